@@ -1,0 +1,431 @@
+//! Space: which pages are free, and which wait for old versions to go.
+//!
+//! A page (or overflow run, or extent) written by txn W and replaced by the
+//! commit of version F is seen by exactly the versions W..F-1. It waits in
+//! F's *deadlist* until no kept version falls in that interval; then it is
+//! free. With the kept versions sorted, that is: free once the newest kept
+//! version older than F is older than W. A deadlist sorted by W gives up its
+//! free ranges from the end, and only deadlists whose predecessor changed
+//! need a look when a version goes (ZFS's deadlists work the same way).
+//!
+//! Free space is a set of page ranges, allocated best-fit (smallest range
+//! that fits, then lowest address), then from the tail of the file (the
+//! high-water mark). Every allocation and free of a transaction is logged so
+//! that an aborted transaction can be undone.
+//!
+//! ## Saved allocator state (a run of pages written at clean close)
+//!
+//! ```text
+//! 32   8 high-water mark
+//! 40   8 number of free ranges R
+//! 48  16×R  (first page u64, pages u64)
+//! ..   8 number of deadlists D
+//!      per deadlist: F u64, number of ranges n u64, n × (W u64, first page u64, pages u64)
+//! ```
+//!
+//! After a crash it is absent (the next commit stops pointing at it) and the
+//! engine rebuilds the same state by walking every kept version.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use crate::store::error::{StoreError, StoreResult};
+use crate::store::format::{HEADER_SIZE, get_u64, put_u64};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Undo {
+    Alloc { start: u64, len: u64, old_hwm: u64 },
+    Free { start: u64, len: u64 },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Allocator {
+    by_start: BTreeMap<u64, u64>,
+    by_size: BTreeSet<(u64, u64)>,
+    hwm: u64,
+    undo: Vec<Undo>,
+}
+
+impl Allocator {
+    pub fn new(hwm: u64) -> Self {
+        Allocator {
+            hwm,
+            ..Default::default()
+        }
+    }
+
+    pub fn hwm(&self) -> u64 {
+        self.hwm
+    }
+
+    pub fn free_pages(&self) -> u64 {
+        self.by_start.values().sum()
+    }
+
+    pub fn free_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.by_start.iter().map(|(&s, &l)| (s, l))
+    }
+
+    pub fn alloc(&mut self, len: u64) -> u64 {
+        debug_assert!(len > 0);
+        let old_hwm = self.hwm;
+        let start = if let Some(&(flen, fstart)) = self.by_size.range((len, 0)..).next() {
+            self.remove_free(fstart, flen);
+            if flen > len {
+                self.insert_free(fstart + len, flen - len);
+            }
+            fstart
+        } else {
+            let s = self.hwm;
+            self.hwm += len;
+            s
+        };
+        self.undo.push(Undo::Alloc {
+            start,
+            len,
+            old_hwm,
+        });
+        start
+    }
+
+    pub fn free(&mut self, start: u64, len: u64) {
+        debug_assert!(len > 0 && start + len <= self.hwm);
+        self.undo.push(Undo::Free { start, len });
+        self.free_coalescing(start, len);
+    }
+
+    fn free_coalescing(&mut self, mut start: u64, mut len: u64) {
+        if let Some((&ps, &pl)) = self.by_start.range(..start).next_back() {
+            debug_assert!(ps + pl <= start, "double free of page {start}");
+            if ps + pl == start {
+                self.remove_free(ps, pl);
+                start = ps;
+                len += pl;
+            }
+        }
+        if let Some(&nl) = self.by_start.get(&(start + len)) {
+            self.remove_free(start + len, nl);
+            len += nl;
+        }
+        self.insert_free(start, len);
+    }
+
+    fn insert_free(&mut self, start: u64, len: u64) {
+        self.by_start.insert(start, len);
+        self.by_size.insert((len, start));
+    }
+
+    fn remove_free(&mut self, start: u64, len: u64) {
+        self.by_start.remove(&start);
+        self.by_size.remove(&(len, start));
+    }
+
+    /// Takes `[start, start+len)` out of the free set; it must be free.
+    fn carve(&mut self, start: u64, len: u64) {
+        let (fs, fl) = match self.by_start.range(..=start).next_back() {
+            Some((&fs, &fl)) if fs + fl >= start + len => (fs, fl),
+            _ => {
+                debug_assert!(false, "carving pages {start}+{len} that are not free");
+                return;
+            }
+        };
+        self.remove_free(fs, fl);
+        if fs < start {
+            self.insert_free(fs, start - fs);
+        }
+        if fs + fl > start + len {
+            self.insert_free(start + len, fs + fl - start - len);
+        }
+    }
+
+    /// Forgets the undo log: the transaction committed.
+    pub fn settle(&mut self) {
+        self.undo.clear();
+    }
+
+    /// Undoes every allocation and free since the last `settle`.
+    pub fn rollback(&mut self) {
+        while let Some(u) = self.undo.pop() {
+            match u {
+                Undo::Alloc {
+                    start,
+                    len,
+                    old_hwm,
+                } => {
+                    if start >= old_hwm {
+                        self.hwm = old_hwm;
+                    } else {
+                        self.free_coalescing(start, len);
+                    }
+                }
+                Undo::Free { start, len } => self.carve(start, len),
+            }
+        }
+    }
+
+    /// Gives free space at the end of the file back to the tail; returns the
+    /// new high-water mark.
+    pub fn trim_tail(&mut self) -> u64 {
+        if let Some((&s, &l)) = self.by_start.iter().next_back()
+            && s + l == self.hwm
+        {
+            self.remove_free(s, l);
+            self.hwm = s;
+        }
+        self.hwm
+    }
+}
+
+/// One range waiting in a deadlist: born in txn `birth`, pages `[start, start+len)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dead {
+    pub birth: u64,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// Deadlists keyed by the version whose commit replaced their ranges.
+#[derive(Clone, Debug, Default)]
+pub struct Deadlists {
+    lists: BTreeMap<u64, Vec<Dead>>,
+}
+
+impl Deadlists {
+    pub fn add(&mut self, freed_by: u64, mut ranges: Vec<Dead>) {
+        if ranges.is_empty() {
+            return;
+        }
+        ranges.sort_unstable();
+        let list = self.lists.entry(freed_by).or_default();
+        list.extend(ranges);
+        list.sort_unstable();
+    }
+
+    pub fn pages(&self) -> u64 {
+        self.lists.values().flatten().map(|d| d.len).sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Dead)> + '_ {
+        self.lists
+            .iter()
+            .flat_map(|(&f, l)| l.iter().map(move |d| (f, d)))
+    }
+
+    /// Takes out every range no kept version can see, looking only at the
+    /// deadlists whose freeing version lies in one of `touched` (half-open
+    /// intervals `(a, b]`), or at all of them when `touched` is `None`.
+    pub fn release(
+        &mut self,
+        kept: &BTreeSet<u64>,
+        touched: Option<&[(u64, u64)]>,
+        out: &mut Vec<(u64, u64)>,
+    ) {
+        let mut fs: Vec<u64> = match touched {
+            None => self.lists.keys().copied().collect(),
+            Some(iv) => iv
+                .iter()
+                .flat_map(|&(a, b)| {
+                    self.lists
+                        .range((Bound::Excluded(a), Bound::Included(b)))
+                        .map(|(&f, _)| f)
+                })
+                .collect(),
+        };
+        fs.sort_unstable();
+        fs.dedup();
+        for f in fs {
+            let pred = kept.range(..f).next_back().copied();
+            let Some(list) = self.lists.get_mut(&f) else {
+                continue;
+            };
+            while let Some(d) = list.last() {
+                if pred.is_some_and(|p| p >= d.birth) {
+                    break;
+                }
+                out.push((d.start, d.len));
+                list.pop();
+            }
+            if list.is_empty() {
+                self.lists.remove(&f);
+            }
+        }
+    }
+}
+
+/// Bytes the saved state needs (header included).
+pub fn state_size(alloc: &Allocator, dead: &Deadlists) -> usize {
+    HEADER_SIZE
+        + 8
+        + 8
+        + 16 * alloc.by_start.len()
+        + 8
+        + 16 * dead.lists.len()
+        + 24 * dead.iter().count()
+}
+
+/// Writes the state after the header of `buf` (which is `state_size` or larger).
+pub fn encode_state(alloc: &Allocator, dead: &Deadlists, buf: &mut [u8]) {
+    let mut at = HEADER_SIZE;
+    let mut put = |v: u64| {
+        put_u64(buf, at, v);
+        at += 8;
+    };
+    put(alloc.hwm);
+    put(alloc.by_start.len() as u64);
+    for (&s, &l) in &alloc.by_start {
+        put(s);
+        put(l);
+    }
+    put(dead.lists.len() as u64);
+    for (&f, list) in &dead.lists {
+        put(f);
+        put(list.len() as u64);
+        for d in list {
+            put(d.birth);
+            put(d.start);
+            put(d.len);
+        }
+    }
+}
+
+/// Reads a saved state; `page` names the run in errors.
+pub fn decode_state(buf: &[u8], page: u64) -> StoreResult<(Allocator, Deadlists)> {
+    let mut at = HEADER_SIZE;
+    let mut get = || -> StoreResult<u64> {
+        if at + 8 > buf.len() {
+            return Err(StoreError::corrupt(page, "allocator state truncated"));
+        }
+        let v = get_u64(buf, at);
+        at += 8;
+        Ok(v)
+    };
+    let hwm = get()?;
+    let mut alloc = Allocator::new(hwm);
+    let n = get()?;
+    for _ in 0..n {
+        let (s, l) = (get()?, get()?);
+        if l == 0 || s.checked_add(l).is_none_or(|e| e > hwm) {
+            return Err(StoreError::corrupt(
+                page,
+                "allocator state has a bad free range",
+            ));
+        }
+        alloc.insert_free(s, l);
+    }
+    let mut dead = Deadlists::default();
+    let d = get()?;
+    for _ in 0..d {
+        let f = get()?;
+        let n = get()?;
+        let mut list = Vec::new();
+        for _ in 0..n {
+            let (birth, start, len) = (get()?, get()?, get()?);
+            if len == 0 || start.checked_add(len).is_none_or(|e| e > hwm) {
+                return Err(StoreError::corrupt(
+                    page,
+                    "allocator state has a bad deadlist range",
+                ));
+            }
+            list.push(Dead { birth, start, len });
+        }
+        dead.add(f, list);
+    }
+    Ok((alloc, dead))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocates_best_fit_then_from_the_tail_and_coalesces_frees() {
+        let mut a = Allocator::new(2);
+        let x = a.alloc(4);
+        let y = a.alloc(1);
+        let z = a.alloc(2);
+        assert_eq!((x, y, z), (2, 6, 7));
+        a.free(2, 4);
+        a.free(7, 2);
+        assert_eq!(a.alloc(2), 7, "best fit takes the 2-page hole");
+        a.free(7, 2);
+        a.free(6, 1);
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![(2, 7)]);
+        assert_eq!(a.trim_tail(), 2);
+    }
+
+    #[test]
+    fn rollback_restores_the_free_set_and_tail() {
+        let mut a = Allocator::new(2);
+        a.alloc(10);
+        a.free(4, 3);
+        a.settle();
+        let before: Vec<_> = a.free_ranges().collect();
+        let p = a.alloc(2);
+        a.free(p, 2);
+        a.alloc(5);
+        a.free(2, 2);
+        a.rollback();
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), before);
+        assert_eq!(a.hwm(), 12);
+    }
+
+    #[test]
+    fn deadlist_range_is_released_once_no_kept_version_sees_it() {
+        let mut d = Deadlists::default();
+        // Born in 3, replaced by 8: visible to versions 3..=7.
+        d.add(
+            8,
+            vec![
+                Dead {
+                    birth: 3,
+                    start: 100,
+                    len: 1,
+                },
+                Dead {
+                    birth: 7,
+                    start: 101,
+                    len: 1,
+                },
+            ],
+        );
+        let mut out = Vec::new();
+        let kept: BTreeSet<u64> = [2, 5, 8].into();
+        d.release(&kept, None, &mut out);
+        assert_eq!(
+            out,
+            vec![(101, 1)],
+            "version 5 still sees the page born in 3"
+        );
+        out.clear();
+        let kept: BTreeSet<u64> = [2, 8].into();
+        d.release(&kept, Some(&[(5, 8)]), &mut out);
+        assert_eq!(out, vec![(100, 1)]);
+        assert_eq!(d.pages(), 0);
+    }
+
+    #[test]
+    fn saved_state_round_trips() {
+        let mut a = Allocator::new(2);
+        a.alloc(20);
+        a.free(5, 2);
+        a.free(10, 1);
+        let mut d = Deadlists::default();
+        d.add(
+            9,
+            vec![Dead {
+                birth: 4,
+                start: 12,
+                len: 3,
+            }],
+        );
+        let mut buf = vec![0u8; state_size(&a, &d)];
+        encode_state(&a, &d, &mut buf);
+        let (a2, d2) = decode_state(&buf, 1).unwrap();
+        assert_eq!(
+            a2.free_ranges().collect::<Vec<_>>(),
+            a.free_ranges().collect::<Vec<_>>()
+        );
+        assert_eq!(a2.hwm(), a.hwm());
+        assert_eq!(d2.iter().collect::<Vec<_>>(), d.iter().collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,523 @@
+//! The store engine: one file holding a copy-on-write B+Tree of byte keys and
+//! values, every committed version of it, and data extents. It knows nothing
+//! of files; `fs` gives its keys meaning.
+//!
+//! - [`Store::begin_write`] starts the one write transaction; its
+//!   [`WriteTxn::commit`] makes a new version (id, time, cause).
+//! - [`Store::snapshot`] opens any kept version for reading, without locks on
+//!   the read path, while the writer works.
+//! - [`retention`] decides which versions are kept; pages and extents that no
+//!   kept version can see are reused ([`alloc`]).
+//! - [`Store::fsck`] checks every reachable page of every kept version and
+//!   the allocator's accounting.
+//!
+//! The on-disk format is written down in `format.rs`, `node.rs` and
+//! `alloc.rs`; the commit protocol in `txn.rs`; `ARCHITECTURE.md` has both.
+
+mod alloc;
+pub mod backend;
+mod error;
+mod format;
+mod fsck;
+mod node;
+mod read;
+pub mod retention;
+mod txn;
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::ops::RangeBounds;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+
+pub use backend::{Backend, FileBackend, SimBackend, SplitMix64};
+pub use error::{StoreError, StoreResult};
+pub use fsck::{FsckReport, Problem};
+pub use node::{Extent, MAX_KEY};
+pub use read::{Entry, Range};
+pub use retention::Retention;
+pub use txn::WriteTxn;
+
+use alloc::{Allocator, Deadlists};
+use format::{KIND_ALLOC, PAGE, PAGE_SIZE, Slot, verify_run};
+use read::{Pages, Src, Verified};
+
+/// The store file's name inside the store directory.
+pub const STORE_FILE: &str = "zippy.store";
+/// The largest value, inline or in an overflow run.
+pub const MAX_VALUE: usize = 64 << 20;
+
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Virtual address space reserved for the read-only map: the largest the
+    /// store file may grow to while open.
+    pub map_size: u64,
+    pub retention: Retention,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            map_size: 1 << 40,
+            retention: Retention::default(),
+        }
+    }
+}
+
+/// A kept version, as listed by [`Store::versions`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub id: u64,
+    /// Unix time in nanoseconds.
+    pub time: u64,
+    pub cause: String,
+    /// Keys put or deleted by this version's commit.
+    pub changes: u64,
+    /// Value and extent bytes written by this version's commit.
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct VersionMeta {
+    pub info: VersionInfo,
+    pub data_root: u64,
+}
+
+/// Space accounting, in pages of 4 KiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreStats {
+    pub file_bytes: u64,
+    pub hwm_pages: u64,
+    pub free_pages: u64,
+    /// Pages only old kept versions (or open snapshots) can still see.
+    pub retained_pages: u64,
+    pub versions: usize,
+}
+
+/// State shared between the writer and readers; locked only briefly.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub versions: BTreeMap<u64, VersionMeta>,
+    /// Open snapshots per version.
+    pub pins: BTreeMap<u64, usize>,
+    /// Versions retention dropped while a snapshot still had them open.
+    pub dropped_pinned: BTreeMap<u64, u64>,
+    /// Versions whose last snapshot closed after retention dropped them: their
+    /// space may now be free, which the next commit works out.
+    pub released: Vec<u64>,
+}
+
+/// The writer's state between transactions.
+pub(crate) struct WriterState {
+    pub alloc: Allocator,
+    pub dead: Deadlists,
+    pub slot: Slot,
+    pub poisoned: bool,
+}
+
+pub struct Store {
+    // Declared first so it is dropped (unmapped) before the lock file closes.
+    backend: Box<dyn Backend>,
+    verified: Verified,
+    writer: Mutex<WriterState>,
+    shared: Mutex<Shared>,
+    opts: StoreOptions,
+    path: Option<PathBuf>,
+    _lock: Option<File>,
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating the directory and the store if they
+    /// do not exist. Another process holding it open gets [`StoreError::InUse`].
+    pub fn open(dir: &Path, opts: StoreOptions) -> StoreResult<Store> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io(format!("create store directory {}", dir.display()), e))?;
+        let path = dir.join(STORE_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(StoreError::InUse {
+                    path: path.display().to_string(),
+                });
+            }
+            return Err(StoreError::io(format!("lock {}", path.display()), e));
+        }
+        let lock = file
+            .try_clone()
+            .map_err(|e| StoreError::io("duplicate store file handle", e))?;
+        let backend = FileBackend::new(file, opts.map_size)?;
+        let mut store = Self::open_backend(Box::new(backend), opts)?;
+        store.path = Some(path);
+        store._lock = Some(lock);
+        Ok(store)
+    }
+
+    /// Opens a store on any backend (crash tests use [`SimBackend`]).
+    pub fn open_backend(backend: Box<dyn Backend>, opts: StoreOptions) -> StoreResult<Store> {
+        let verified = Verified::new(opts.map_size);
+        if backend.is_empty() {
+            init(&*backend)?;
+        }
+        let slot = read_slots(&*backend)?;
+        let mut store = Store {
+            backend,
+            verified,
+            writer: Mutex::new(WriterState {
+                alloc: Allocator::new(slot.hwm),
+                dead: Deadlists::default(),
+                slot,
+                poisoned: false,
+            }),
+            shared: Mutex::new(Shared::default()),
+            opts,
+            path: None,
+            _lock: None,
+        };
+        store.load(slot)?;
+        Ok(store)
+    }
+
+    fn pages(&self) -> Pages<'_> {
+        Pages {
+            backend: &*self.backend,
+            verified: &self.verified,
+        }
+    }
+
+    /// Reads the version table and the allocator state of the newest commit.
+    fn load(&mut self, mut slot: Slot) -> StoreResult<()> {
+        let file_pages = self.backend.len() / PAGE;
+        let mut rebuild = slot.alloc_page == 0;
+        if slot.hwm > file_pages {
+            // The file was shrunk after a commit that still counted the tail;
+            // only free pages live there, which the rebuild walk checks.
+            tracing::info!(
+                hwm = slot.hwm,
+                file_pages,
+                "store file shorter than its high-water mark"
+            );
+            slot.hwm = file_pages;
+            rebuild = true;
+        }
+        let versions = fsck::load_versions(self.pages(), slot.system_root)?;
+        let w = self.writer.get_mut();
+        w.slot = slot;
+        if !rebuild {
+            match load_alloc_state(&*self.backend, &slot) {
+                Ok((alloc, dead)) => {
+                    w.alloc = alloc;
+                    w.dead = dead;
+                    w.alloc.free(slot.alloc_page, slot.alloc_pages);
+                    w.alloc.settle();
+                }
+                Err(e) => {
+                    tracing::warn!("saved allocator state unusable ({e}); rebuilding it");
+                    rebuild = true;
+                }
+            }
+        }
+        if rebuild {
+            let started = std::time::Instant::now();
+            let pages = Pages {
+                backend: &*self.backend,
+                verified: &self.verified,
+            };
+            let (alloc, dead) = fsck::rebuild(pages, &slot, &versions)?;
+            tracing::info!(
+                elapsed = ?started.elapsed(),
+                pages = slot.hwm,
+                "rebuilt allocator state by walking every kept version"
+            );
+            w.alloc = alloc;
+            w.dead = dead;
+        }
+        self.shared.get_mut().versions = versions;
+        Ok(())
+    }
+
+    /// Starts the write transaction, waiting for the current one to end.
+    pub fn begin_write(&self) -> StoreResult<WriteTxn<'_>> {
+        WriteTxn::begin(self)
+    }
+
+    /// A read-only view of a kept version, valid until dropped even if
+    /// retention lets the version go meanwhile.
+    pub fn snapshot(&self, version: u64) -> StoreResult<Snapshot<'_>> {
+        let mut sh = self.shared.lock();
+        let meta = sh
+            .versions
+            .get(&version)
+            .ok_or(StoreError::NoSuchVersion(version))?;
+        let root = meta.data_root;
+        *sh.pins.entry(version).or_default() += 1;
+        Ok(Snapshot {
+            store: self,
+            version,
+            root,
+        })
+    }
+
+    /// The newest version, or `None` for a store nothing was committed to.
+    pub fn latest_version(&self) -> Option<u64> {
+        self.shared.lock().versions.keys().next_back().copied()
+    }
+
+    /// A snapshot of the newest version (an empty view of an empty store).
+    pub fn latest(&self) -> StoreResult<Snapshot<'_>> {
+        match self.latest_version() {
+            Some(v) => self.snapshot(v),
+            None => Ok(Snapshot {
+                store: self,
+                version: 0,
+                root: 0,
+            }),
+        }
+    }
+
+    /// Every kept version, oldest first.
+    pub fn versions(&self) -> Vec<VersionInfo> {
+        self.shared
+            .lock()
+            .versions
+            .values()
+            .map(|m| m.info.clone())
+            .collect()
+    }
+
+    pub fn retention(&self) -> &Retention {
+        &self.opts.retention
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let w = self.writer.lock();
+        StoreStats {
+            file_bytes: self.backend.len(),
+            hwm_pages: w.alloc.hwm(),
+            free_pages: w.alloc.free_pages(),
+            retained_pages: w.dead.pages(),
+            versions: self.shared.lock().versions.len(),
+        }
+    }
+
+    /// The store file, for stores opened from a directory.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Checks the whole store; waits for the current write transaction.
+    pub fn fsck(&self) -> StoreResult<FsckReport> {
+        let w = self.writer.lock();
+        let sh = self.shared.lock();
+        let mut roots: Vec<(u64, u64)> = sh
+            .versions
+            .values()
+            .map(|m| (m.info.id, m.data_root))
+            .collect();
+        roots.extend(sh.dropped_pinned.iter().map(|(&v, &r)| (v, r)));
+        drop(sh);
+        roots.sort_unstable();
+        Ok(fsck::check(self.pages(), &w, &roots))
+    }
+
+    /// Saves the allocator state so the next open need not walk the store,
+    /// and gives unused space at the end of the file back to the filesystem.
+    /// Dropping the store does the same, logging rather than returning errors.
+    pub fn close(mut self) -> StoreResult<()> {
+        let r = self.save_alloc_state();
+        // Don't run it twice from Drop.
+        self.writer.get_mut().poisoned = true;
+        r
+    }
+
+    fn save_alloc_state(&mut self) -> StoreResult<()> {
+        let backend = &*self.backend;
+        let w = self.writer.get_mut();
+        if w.poisoned {
+            return Ok(());
+        }
+        w.alloc.trim_tail();
+        // The run holding the state is allocated first so the state it saves
+        // already counts it as used.
+        let size = alloc::state_size(&w.alloc, &w.dead) + 16 * 2;
+        let pages = (size as u64).div_ceil(PAGE);
+        let start = w.alloc.alloc(pages);
+        w.alloc.settle();
+        let txn = w.slot.txn + 1;
+        let mut buf = vec![0u8; (pages * PAGE) as usize];
+        alloc::encode_state(&w.alloc, &w.dead, &mut buf);
+        format::seal(&mut buf, KIND_ALLOC, 0, start, txn);
+        let hwm = w.alloc.hwm();
+        let result = (|| {
+            if backend.len() != hwm * PAGE {
+                backend.set_len(hwm * PAGE)?;
+            }
+            backend.write_all(&[(start * PAGE, &buf)])?;
+            backend.sync()?;
+            let slot = Slot {
+                txn,
+                hwm,
+                alloc_page: start,
+                alloc_pages: pages,
+                ..w.slot
+            };
+            write_slot(backend, &slot)?;
+            w.slot = slot;
+            Ok(())
+        })();
+        if result.is_err() {
+            w.poisoned = true;
+        }
+        result
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.save_alloc_state() {
+            tracing::warn!(
+                "could not save allocator state at close ({e}); the next open rebuilds it"
+            );
+        }
+    }
+}
+
+/// A read-only view of one version.
+pub struct Snapshot<'s> {
+    store: &'s Store,
+    version: u64,
+    root: u64,
+}
+
+impl<'s> Snapshot<'s> {
+    /// The version this snapshot shows (0 for an empty store).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn get(&self, key: &[u8]) -> StoreResult<Option<&'s [u8]>> {
+        Ok(self.get_entry(key)?.map(|e| e.value))
+    }
+
+    pub fn get_entry(&self, key: &[u8]) -> StoreResult<Option<Entry<'s>>> {
+        let src = self.src();
+        match read::get_entry(&src, self.root, key)? {
+            Some(e) => Ok(Some(src.resolve(e)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn src(&self) -> Src<'s> {
+        Src {
+            pages: self.store.pages(),
+            dirty: None,
+        }
+    }
+
+    /// Entries with keys in `range`, in key order.
+    pub fn range<'k, R: RangeBounds<&'k [u8]>>(&self, range: R) -> StoreResult<Range<'s>> {
+        Range::new(
+            self.src(),
+            self.root,
+            range.start_bound().map(|k| *k),
+            range.end_bound().map(|k| *k),
+        )
+    }
+
+    /// The bytes of an extent this version references.
+    pub fn read_extent(&self, e: &Extent) -> StoreResult<&'s [u8]> {
+        self.store.pages().extent(e)
+    }
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        if self.version == 0 {
+            return;
+        }
+        let mut sh = self.store.shared.lock();
+        if let Some(n) = sh.pins.get_mut(&self.version) {
+            *n -= 1;
+            if *n == 0 {
+                sh.pins.remove(&self.version);
+                if sh.dropped_pinned.remove(&self.version).is_some() {
+                    sh.released.push(self.version);
+                }
+            }
+        }
+    }
+}
+
+/// Writes the first commit of a new store.
+fn init(backend: &dyn Backend) -> StoreResult<()> {
+    backend.set_len(2 * PAGE)?;
+    let slot = Slot {
+        txn: 1,
+        hwm: format::FIRST_DATA_PAGE,
+        ..Slot::default()
+    };
+    write_slot(backend, &slot)?;
+    Ok(())
+}
+
+/// Writes a commit slot (the one its txn's parity names) and syncs it.
+pub(crate) fn write_slot(backend: &dyn Backend, slot: &Slot) -> StoreResult<()> {
+    // One 512-byte sector: devices write a sector whole or not at all.
+    let mut sector = [0u8; 512];
+    sector[..format::SLOT_SIZE].copy_from_slice(&slot.encode());
+    backend.write_all(&[((slot.txn % 2) * PAGE, &sector)])?;
+    backend.sync()
+}
+
+/// Reads both commit slots and returns the newest valid one.
+fn read_slots(backend: &dyn Backend) -> StoreResult<Slot> {
+    if backend.len() < 2 * PAGE {
+        return Err(StoreError::NotAStore(format!(
+            "file of {} bytes is too short to hold the commit slots",
+            backend.len()
+        )));
+    }
+    let mut best: Option<Slot> = None;
+    let mut magic_seen = false;
+    for i in 0..2u64 {
+        let mut b = [0u8; format::SLOT_SIZE];
+        backend.read_copy(i * PAGE, &mut b)?;
+        magic_seen |= b[..8] == format::MAGIC;
+        if let Some(s) = Slot::decode(&b)?
+            && best.is_none_or(|b| s.txn > b.txn)
+        {
+            best = Some(s);
+        }
+    }
+    match best {
+        Some(s) => Ok(s),
+        None if magic_seen => Err(StoreError::corrupt(0, "both commit slots are damaged")),
+        None => Err(StoreError::NotAStore("no commit slot found".into())),
+    }
+}
+
+fn load_alloc_state(backend: &dyn Backend, slot: &Slot) -> StoreResult<(Allocator, Deadlists)> {
+    let run = backend.read(slot.alloc_page * PAGE, (slot.alloc_pages * PAGE) as usize)?;
+    verify_run(run, slot.alloc_page, &[KIND_ALLOC])?;
+    let (alloc, dead) = alloc::decode_state(run, slot.alloc_page)?;
+    if alloc.hwm() != slot.hwm {
+        return Err(StoreError::corrupt(
+            slot.alloc_page,
+            "allocator state of another commit",
+        ));
+    }
+    Ok((alloc, dead))
+}
+
+const _: () = assert!(PAGE_SIZE == 4096);

@@ -1,0 +1,135 @@
+//! Which versions are kept. A pure function of the versions' times, the
+//! clock and the policy, so it is easy to test and the same everywhere.
+//!
+//! The newest version is always kept. Beyond it a version is kept if any rule
+//! keeps it: it is among the newest `keep_last`; it is younger than
+//! `keep_within`; or it is the newest version of one of the newest `hourly`
+//! hours (or `daily` days, `weekly` weeks, counted in UTC) that have a version.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_last: usize,
+    pub keep_within: Duration,
+    pub hourly: usize,
+    pub daily: usize,
+    pub weekly: usize,
+}
+
+impl Default for Retention {
+    /// The last 100 versions, then one an hour for a day and one a day for a month.
+    fn default() -> Self {
+        Retention {
+            keep_last: 100,
+            keep_within: Duration::ZERO,
+            hourly: 24,
+            daily: 30,
+            weekly: 0,
+        }
+    }
+}
+
+impl Retention {
+    /// Keeps only the newest `n` versions.
+    pub fn last(n: usize) -> Self {
+        Retention {
+            keep_last: n,
+            keep_within: Duration::ZERO,
+            hourly: 0,
+            daily: 0,
+            weekly: 0,
+        }
+    }
+
+    /// Keeps everything (nothing is ever freed but replaced pages of
+    /// versions that never reached a commit).
+    pub fn all() -> Self {
+        Self::last(usize::MAX)
+    }
+}
+
+const NS: u64 = 1_000_000_000;
+
+/// `versions` as (id, time in unix nanoseconds), ascending by id (times may
+/// go backwards if the clock did). Returns the ids to keep.
+pub fn select(versions: &[(u64, u64)], now_ns: u64, p: &Retention) -> BTreeSet<u64> {
+    let mut keep = BTreeSet::new();
+    let newest_first = || versions.iter().rev();
+    if let Some(&(id, _)) = versions.last() {
+        keep.insert(id);
+    }
+    keep.extend(newest_first().take(p.keep_last).map(|&(id, _)| id));
+    if !p.keep_within.is_zero() {
+        let since = now_ns.saturating_sub(p.keep_within.as_nanos().min(u64::MAX as u128) as u64);
+        keep.extend(
+            newest_first()
+                .filter(|&&(_, t)| t >= since)
+                .map(|&(id, _)| id),
+        );
+    }
+    for (count, period) in [(p.hourly, 3600), (p.daily, 86_400), (p.weekly, 604_800)] {
+        let mut last_bucket = None;
+        let mut taken = 0;
+        for &(id, t) in newest_first() {
+            if taken >= count {
+                break;
+            }
+            let bucket = t / (period * NS);
+            if last_bucket != Some(bucket) {
+                last_bucket = Some(bucket);
+                keep.insert(id);
+                taken += 1;
+            }
+        }
+    }
+    keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: u64 = 3600 * NS;
+
+    #[test]
+    fn keep_last_keeps_the_newest_n() {
+        let v: Vec<_> = (1..=20).map(|i| (i, i * NS)).collect();
+        let k = select(&v, 100 * NS, &Retention::last(3));
+        assert_eq!(k.into_iter().collect::<Vec<_>>(), vec![18, 19, 20]);
+    }
+
+    #[test]
+    fn newest_is_kept_even_with_keep_last_zero() {
+        let v = vec![(1, 0), (2, 1)];
+        assert_eq!(select(&v, 5, &Retention::last(0)), [2].into());
+    }
+
+    #[test]
+    fn hourly_keeps_the_newest_version_of_each_recent_hour() {
+        // Three versions in each of hours 0..5.
+        let v: Vec<_> = (0..15u64)
+            .map(|i| (i + 1, (i / 3) * H + (i % 3) * NS))
+            .collect();
+        let p = Retention {
+            keep_last: 1,
+            hourly: 3,
+            ..Retention::last(1)
+        };
+        let k = select(&v, 5 * H, &p);
+        // Newest of hours 4, 3, 2 are ids 15, 12, 9.
+        assert_eq!(k.into_iter().collect::<Vec<_>>(), vec![9, 12, 15]);
+    }
+
+    #[test]
+    fn keep_within_keeps_everything_younger() {
+        let v: Vec<_> = (1..=10).map(|i| (i, i * 60 * NS)).collect();
+        let p = Retention {
+            keep_within: Duration::from_secs(150),
+            ..Retention::last(1)
+        };
+        let k = select(&v, 600 * NS, &p);
+        assert_eq!(k.into_iter().collect::<Vec<_>>(), vec![8, 9, 10]);
+    }
+}

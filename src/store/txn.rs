@@ -1,0 +1,863 @@
+//! The write transaction: copy-on-write edits of the data tree, extents, and
+//! the commit that turns them into a version.
+//!
+//! ## Commit protocol
+//!
+//! 1. Queued extent and overflow writes are finished.
+//! 2. The version record (id, time, cause, data root) goes into the system
+//!    tree; retention picks the versions to drop, whose records are deleted.
+//! 3. Every node edited in this transaction is written to pages no commit
+//!    references (copy-on-write), sealed with a checksum and its birth txn.
+//! 4. `fdatasync`: everything the new slot will point at is durable.
+//! 5. The commit slot of this txn's parity (the older slot) is written, one
+//!    512-byte sector, and synced. The commit is durable when this returns.
+//! 6. Only now is space freed: pages born in this txn and dropped again at
+//!    once (that was safe already), system pages the new system tree replaced,
+//!    and deadlist ranges that no kept version can see any more.
+//!
+//! A crash before 5 completes leaves the previous slot newest: the store
+//! opens at the previous commit, and nothing it references was overwritten,
+//! because writes only ever go to pages that were free at that commit. A
+//! crash during 5 leaves a torn slot whose checksum fails: same outcome. A
+//! crash after 5 opens at this commit. Space is never reused before the
+//! commit that freed it is durable, so no crash can reach a version whose
+//! pages were handed out again.
+//!
+//! Any failure from step 1 on poisons the store: the kernel may have dropped
+//! dirty pages it could not write, so nothing cached can be trusted until the
+//! store is reopened (and recovered from its last durable commit).
+
+use std::collections::HashMap;
+use std::ops::RangeBounds;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::MutexGuard;
+
+use crate::store::alloc::Dead;
+use crate::store::error::{StoreError, StoreResult};
+use crate::store::format::{self, HEADER_SIZE, KIND_OVERFLOW, PAGE, PAGE_SIZE, Slot, put_u64};
+use crate::store::node::{
+    BranchEntry, CAPACITY, Extent, LeafEntry, MAX_INLINE_ENTRY, MAX_KEY, Node, UNDERFULL, Val,
+    inline_entry_size,
+};
+use crate::store::read::{self, Entry, Range, Src, overflow_pages};
+use crate::store::{
+    MAX_VALUE, Store, VersionInfo, VersionMeta, WriterState, retention, write_slot,
+};
+
+/// Queued extent and overflow writes are sent to the disk once they hold this much.
+const QUEUE_BYTES: usize = 16 << 20;
+/// The longest cause string kept with a version.
+pub const MAX_CAUSE: usize = 512;
+/// The file grows by at least this much at a time.
+const GROW_MIN: u64 = 1 << 20;
+const GROW_MAX: u64 = 256 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tree {
+    Data = 0,
+    System = 1,
+}
+
+enum Op {
+    Put(LeafEntry),
+    Delete,
+}
+
+enum Outcome {
+    Done,
+    /// The node overflowed; these right siblings (with their separators) follow it.
+    Split(Vec<(Box<[u8]>, u64)>),
+    Underfull,
+}
+
+pub struct WriteTxn<'s> {
+    store: &'s Store,
+    w: MutexGuard<'s, WriterState>,
+    txn: u64,
+    roots: [u64; 2],
+    dirty: HashMap<u64, Node>,
+    /// Data pages this txn replaced that older versions may still see.
+    data_freed: Vec<Dead>,
+    /// System-tree pages this txn replaced: free once it commits.
+    sys_freed: Vec<(u64, u64)>,
+    /// Runs born in this txn and dropped again: free at commit, after the
+    /// queued writes that may still target them have finished.
+    free_at_commit: Vec<(u64, u64)>,
+    queue: Vec<(u64, Vec<u8>)>,
+    queued_bytes: usize,
+    extents_written: HashMap<u64, Extent>,
+    extents_freed: HashMap<u64, Extent>,
+    changes: u64,
+    bytes: u64,
+    /// An edit failed half-way; the tree may be inconsistent, so only abort is allowed.
+    broken: bool,
+    done: bool,
+}
+
+impl<'s> WriteTxn<'s> {
+    pub(crate) fn begin(store: &'s Store) -> StoreResult<Self> {
+        let w = store.writer.lock();
+        if w.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let txn = w.slot.txn + 1;
+        let roots = [w.slot.data_root, w.slot.system_root];
+        Ok(WriteTxn {
+            store,
+            w,
+            txn,
+            roots,
+            dirty: HashMap::new(),
+            data_freed: Vec::new(),
+            sys_freed: Vec::new(),
+            free_at_commit: Vec::new(),
+            queue: Vec::new(),
+            queued_bytes: 0,
+            extents_written: HashMap::new(),
+            extents_freed: HashMap::new(),
+            changes: 0,
+            bytes: 0,
+            broken: false,
+            done: false,
+        })
+    }
+
+    /// The id the version made by this transaction's commit will have.
+    pub fn version(&self) -> u64 {
+        self.txn
+    }
+
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> StoreResult<()> {
+        self.guarded(|t| t.put_entry(Tree::Data, key, value, None))
+    }
+
+    /// Puts a value that references `extent`, which must have been written
+    /// by this transaction ([`WriteTxn::write_extent`]) or be the extent of an
+    /// entry this transaction replaced or deleted (it moves). An extent is
+    /// referenced by one entry at a time; it is freed when no kept version
+    /// references it any more.
+    pub fn put_with_extent(&mut self, key: &[u8], value: &[u8], extent: Extent) -> StoreResult<()> {
+        self.guarded(|t| t.put_entry(Tree::Data, key, value, Some(extent)))
+    }
+
+    /// Deletes a key; returns whether it was there.
+    pub fn delete(&mut self, key: &[u8]) -> StoreResult<bool> {
+        self.guarded(|t| {
+            if read::get_entry(&t.src(), t.roots[Tree::Data as usize], key)?.is_none() {
+                return Ok(false);
+            }
+            if let Some(old) = t.modify(Tree::Data, key, Op::Delete)? {
+                t.release_value(Tree::Data, &old, None);
+            }
+            t.changes += 1;
+            Ok(true)
+        })
+    }
+
+    pub fn get(&mut self, key: &[u8]) -> StoreResult<Option<Entry<'_>>> {
+        self.flush_queue()?;
+        let src = self.src();
+        match read::get_entry(&src, self.roots[Tree::Data as usize], key)? {
+            Some(e) => Ok(Some(src.resolve(e)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Entries with keys in `range`, in key order, as this transaction sees them.
+    pub fn range<'k, R: RangeBounds<&'k [u8]>>(&mut self, range: R) -> StoreResult<Range<'_>> {
+        self.flush_queue()?;
+        Range::new(
+            self.src(),
+            self.roots[Tree::Data as usize],
+            range.start_bound().map(|k| *k),
+            range.end_bound().map(|k| *k),
+        )
+    }
+
+    /// Allocates an extent and queues `data` to be written into it; the
+    /// writes of many extents are in flight together (io_uring) and finish
+    /// before the commit.
+    pub fn write_extent(&mut self, data: &[u8]) -> StoreResult<Extent> {
+        if data.is_empty() || data.len() > MAX_VALUE {
+            return Err(StoreError::ValueTooLong {
+                len: data.len(),
+                max: MAX_VALUE,
+            });
+        }
+        self.guarded(|t| {
+            let len = data.len() as u64;
+            let pages = len.div_ceil(PAGE);
+            let page = t.alloc_pages(pages)?;
+            let e = Extent {
+                page,
+                len,
+                birth: t.txn,
+            };
+            t.queue_write(page * PAGE, data.to_vec())?;
+            t.extents_written.insert(page, e);
+            t.bytes += len;
+            Ok(e)
+        })
+    }
+
+    pub fn read_extent(&mut self, e: &Extent) -> StoreResult<&[u8]> {
+        self.flush_queue()?;
+        self.store.pages().extent(e)
+    }
+
+    /// Drops every change of this transaction.
+    pub fn abort(self) {}
+
+    /// Makes the changes a new version and returns it.
+    pub fn commit(mut self, cause: &str) -> StoreResult<VersionInfo> {
+        if self.broken {
+            return Err(StoreError::Io {
+                context: "commit".into(),
+                source: std::io::Error::other("an edit in this transaction failed; abort it"),
+            });
+        }
+        let mut end = cause.len().min(MAX_CAUSE);
+        while !cause.is_char_boundary(end) {
+            end -= 1;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let r = self.commit_inner(&cause[..end], now);
+        if r.is_err() {
+            self.w.poisoned = true;
+        }
+        r
+    }
+
+    fn commit_inner(&mut self, cause: &str, now: u64) -> StoreResult<VersionInfo> {
+        let txn = self.txn;
+        self.flush_queue()?;
+        for (_, e) in std::mem::take(&mut self.extents_written) {
+            self.free_at_commit.push((e.page, e.pages()));
+        }
+        for (_, e) in std::mem::take(&mut self.extents_freed) {
+            if e.birth >= txn {
+                self.free_at_commit.push((e.page, e.pages()));
+            } else {
+                self.data_freed.push(Dead {
+                    birth: e.birth,
+                    start: e.page,
+                    len: e.pages(),
+                });
+            }
+        }
+        for (s, l) in std::mem::take(&mut self.free_at_commit) {
+            self.w.alloc.free(s, l);
+        }
+
+        // The version record, and retention.
+        let info = VersionInfo {
+            id: txn,
+            time: now,
+            cause: cause.to_string(),
+            changes: self.changes,
+            bytes: self.bytes,
+        };
+        let meta = VersionMeta {
+            info: info.clone(),
+            data_root: self.roots[Tree::Data as usize],
+        };
+        self.put_entry(
+            Tree::System,
+            &version_key(txn),
+            &encode_version(&meta),
+            None,
+        )?;
+        let mut times: Vec<(u64, u64)> = {
+            let sh = self.store.shared.lock();
+            sh.versions
+                .values()
+                .map(|m| (m.info.id, m.info.time))
+                .collect()
+        };
+        times.push((txn, now));
+        let keep = retention::select(&times, now, &self.store.opts.retention);
+        let dropped: Vec<u64> = times
+            .iter()
+            .map(|&(id, _)| id)
+            .filter(|id| !keep.contains(id))
+            .collect();
+        for &d in &dropped {
+            self.modify(Tree::System, &version_key(d), Op::Delete)?;
+        }
+
+        // Write the edited nodes, then the slot.
+        let mut ids: Vec<u64> = self.dirty.keys().copied().collect();
+        ids.sort_unstable();
+        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+        for &id in &ids {
+            match runs.last_mut() {
+                Some((start, buf)) if *start + (buf.len() / PAGE_SIZE) as u64 == id => {
+                    buf.resize(buf.len() + PAGE_SIZE, 0)
+                }
+                _ => runs.push((id, vec![0u8; PAGE_SIZE])),
+            }
+            let (start, buf) = runs.last_mut().expect("just pushed");
+            let at = ((id - *start) as usize) * PAGE_SIZE;
+            let page = &mut buf[at..at + PAGE_SIZE];
+            let (kind, count) = self.dirty[&id].encode(page);
+            format::seal(page, kind, count, id, txn);
+        }
+        let writes: Vec<(u64, &[u8])> =
+            runs.iter().map(|(s, b)| (s * PAGE, b.as_slice())).collect();
+        self.store.backend.write_all(&writes)?;
+        for &id in &ids {
+            self.store.verified.set(id, true);
+        }
+        self.store.backend.sync()?;
+        let slot = Slot {
+            txn,
+            version: txn,
+            time: now,
+            data_root: self.roots[Tree::Data as usize],
+            system_root: self.roots[Tree::System as usize],
+            hwm: self.w.alloc.hwm(),
+            alloc_page: 0,
+            alloc_pages: 0,
+        };
+        write_slot(&*self.store.backend, &slot)?;
+
+        // Durable. Publish the version and free what no kept version sees.
+        self.done = true;
+        self.w.slot = slot;
+        let mut removed = Vec::new();
+        let kept = {
+            let mut sh = self.store.shared.lock();
+            sh.versions.insert(txn, meta);
+            for d in dropped {
+                if let Some(m) = sh.versions.remove(&d) {
+                    if sh.pins.contains_key(&d) {
+                        sh.dropped_pinned.insert(d, m.data_root);
+                    } else {
+                        removed.push(d);
+                    }
+                }
+            }
+            removed.append(&mut sh.released);
+            let mut kept: std::collections::BTreeSet<u64> = sh.versions.keys().copied().collect();
+            kept.extend(sh.pins.keys().copied());
+            kept
+        };
+        let w = &mut *self.w;
+        for (s, l) in std::mem::take(&mut self.sys_freed) {
+            w.alloc.free(s, l);
+        }
+        w.dead.add(txn, std::mem::take(&mut self.data_freed));
+        let mut touched = vec![(txn - 1, txn)];
+        for d in removed {
+            let succ = kept.range(d + 1..).next().copied().unwrap_or(txn);
+            touched.push((d, succ));
+        }
+        let mut out = Vec::new();
+        w.dead.release(&kept, Some(&touched), &mut out);
+        for (s, l) in out {
+            w.alloc.free(s, l);
+        }
+        w.alloc.settle();
+        self.shrink_if_worth_it();
+        Ok(info)
+    }
+
+    /// Gives a large free tail back to the filesystem.
+    fn shrink_if_worth_it(&mut self) {
+        let hwm = self.w.alloc.trim_tail() * PAGE;
+        let len = self.store.backend.len();
+        if len > hwm + GROW_MAX.max(len / 4) {
+            let target = hwm.div_ceil(GROW_MIN) * GROW_MIN;
+            if let Err(e) = self.store.backend.set_len(target) {
+                tracing::warn!("could not shrink the store file: {e}");
+            }
+        }
+    }
+
+    // ---- internals ----
+
+    fn src(&self) -> Src<'_> {
+        Src {
+            pages: self.store.pages(),
+            dirty: Some(&self.dirty),
+        }
+    }
+
+    /// Runs an edit; if it fails, the transaction can only be aborted.
+    fn guarded<T>(&mut self, f: impl FnOnce(&mut Self) -> StoreResult<T>) -> StoreResult<T> {
+        if self.broken {
+            return Err(StoreError::Io {
+                context: "write".into(),
+                source: std::io::Error::other(
+                    "an earlier edit in this transaction failed; abort it",
+                ),
+            });
+        }
+        let r = f(self);
+        if r.is_err() {
+            self.broken = true;
+        }
+        r
+    }
+
+    fn alloc_pages(&mut self, n: u64) -> StoreResult<u64> {
+        let start = self.w.alloc.alloc(n);
+        let need = (start + n) * PAGE;
+        let len = self.store.backend.len();
+        if need > len {
+            let step = (len / 8).clamp(GROW_MIN, GROW_MAX);
+            let target = need.max(len + step).div_ceil(GROW_MIN) * GROW_MIN;
+            let target = target.min(self.store.opts.map_size).max(need);
+            self.store.backend.set_len(target)?;
+        }
+        for p in start..start + n {
+            self.store.verified.set(p, false);
+        }
+        Ok(start)
+    }
+
+    fn queue_write(&mut self, off: u64, buf: Vec<u8>) -> StoreResult<()> {
+        self.queued_bytes += buf.len();
+        self.queue.push((off, buf));
+        if self.queued_bytes >= QUEUE_BYTES {
+            self.flush_queue()?;
+        }
+        Ok(())
+    }
+
+    fn flush_queue(&mut self) -> StoreResult<()> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        let writes: Vec<(u64, &[u8])> =
+            self.queue.iter().map(|(o, b)| (*o, b.as_slice())).collect();
+        let r = self.store.backend.write_all(&writes);
+        self.queue.clear();
+        self.queued_bytes = 0;
+        if r.is_err() {
+            self.w.poisoned = true;
+            self.broken = true;
+        }
+        r
+    }
+
+    fn put_entry(
+        &mut self,
+        tree: Tree,
+        key: &[u8],
+        value: &[u8],
+        extent: Option<Extent>,
+    ) -> StoreResult<()> {
+        if key.len() > MAX_KEY {
+            return Err(StoreError::KeyTooLong {
+                len: key.len(),
+                max: MAX_KEY,
+            });
+        }
+        if value.len() > MAX_VALUE {
+            return Err(StoreError::ValueTooLong {
+                len: value.len(),
+                max: MAX_VALUE,
+            });
+        }
+        if let Some(x) = extent {
+            let ours = self.extents_written.get(&x.page) == Some(&x)
+                || self.extents_freed.get(&x.page) == Some(&x);
+            if !ours {
+                let current = read::get_entry(&self.src(), self.roots[tree as usize], key)?
+                    .and_then(|e| e.extent);
+                if current != Some(x) {
+                    return Err(StoreError::ForeignExtent(x.page));
+                }
+            }
+        }
+        let val = if inline_entry_size(key.len(), value.len(), extent.is_some()) <= MAX_INLINE_ENTRY
+        {
+            Val::Inline(value.into())
+        } else {
+            let len = value.len() as u64;
+            let pages = overflow_pages(len);
+            let page = self.alloc_pages(pages)?;
+            let mut buf = vec![0u8; (pages * PAGE) as usize];
+            buf[HEADER_SIZE..HEADER_SIZE + value.len()].copy_from_slice(value);
+            format::seal(&mut buf, KIND_OVERFLOW, 0, page, self.txn);
+            self.queue_write(page * PAGE, buf)?;
+            Val::Overflow {
+                page,
+                len,
+                birth: self.txn,
+            }
+        };
+        let entry = LeafEntry {
+            key: key.into(),
+            val,
+            extent,
+        };
+        let old = self.modify(tree, key, Op::Put(entry))?;
+        if let Some(old) = old {
+            self.release_value(tree, &old, extent);
+        }
+        if let Some(x) = extent {
+            self.extents_written.remove(&x.page);
+            self.extents_freed.remove(&x.page);
+        }
+        if tree == Tree::Data {
+            self.changes += 1;
+            self.bytes += value.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Frees what a replaced or deleted entry held, except `keep`.
+    fn release_value(&mut self, tree: Tree, old: &LeafEntry, keep: Option<Extent>) {
+        if let Val::Overflow { page, len, birth } = old.val {
+            self.release(tree, page, overflow_pages(len), birth);
+        }
+        if let Some(x) = old.extent
+            && Some(x) != keep
+        {
+            self.extents_freed.insert(x.page, x);
+        }
+    }
+
+    /// A run of pages the tree no longer references.
+    fn release(&mut self, tree: Tree, start: u64, len: u64, birth: u64) {
+        if birth >= self.txn {
+            self.free_at_commit.push((start, len));
+        } else if tree == Tree::Data {
+            self.data_freed.push(Dead { birth, start, len });
+        } else {
+            self.sys_freed.push((start, len));
+        }
+    }
+
+    /// A node page edited in this txn and now dropped: nothing else refers to
+    /// it and nothing is queued for it, so it is free at once.
+    fn drop_dirty(&mut self, id: u64) {
+        self.dirty.remove(&id);
+        self.w.alloc.free(id, 1);
+    }
+
+    /// The writable copy of node `id` (itself, if already edited in this txn).
+    fn make_dirty(&mut self, tree: Tree, id: u64) -> StoreResult<u64> {
+        if self.dirty.contains_key(&id) {
+            return Ok(id);
+        }
+        let page = self.store.pages().node(id)?;
+        let node = page.decode();
+        let birth = format::header_birth(page.bytes);
+        let new = self.alloc_pages(1)?;
+        self.release(tree, id, 1, birth);
+        self.dirty.insert(new, node);
+        Ok(new)
+    }
+
+    fn new_node(&mut self, node: Node) -> StoreResult<u64> {
+        let id = self.alloc_pages(1)?;
+        self.dirty.insert(id, node);
+        Ok(id)
+    }
+
+    fn modify(&mut self, tree: Tree, key: &[u8], op: Op) -> StoreResult<Option<LeafEntry>> {
+        let t = tree as usize;
+        if self.roots[t] == 0 {
+            if let Op::Put(e) = op {
+                self.roots[t] = self.new_node(Node::Leaf(vec![e]))?;
+            }
+            return Ok(None);
+        }
+        let (mut root, out, old) = self.modify_rec(tree, self.roots[t], key, op, 0)?;
+        if let Outcome::Split(list) = out {
+            root = self.grow_root(root, list)?;
+        }
+        // A root branch with one child gives way to the child; an empty root
+        // leaf leaves an empty tree.
+        loop {
+            match self.dirty.get(&root) {
+                Some(Node::Branch(es)) if es.len() == 1 => {
+                    let child = es[0].child;
+                    self.drop_dirty(root);
+                    root = child;
+                }
+                Some(Node::Leaf(es)) if es.is_empty() => {
+                    self.drop_dirty(root);
+                    root = 0;
+                    break;
+                }
+                _ => break,
+            }
+        }
+        self.roots[t] = root;
+        Ok(old)
+    }
+
+    fn grow_root(&mut self, left: u64, list: Vec<(Box<[u8]>, u64)>) -> StoreResult<u64> {
+        let mut es = vec![BranchEntry {
+            key: Box::new([]),
+            child: left,
+        }];
+        es.extend(
+            list.into_iter()
+                .map(|(key, child)| BranchEntry { key, child }),
+        );
+        let root = self.new_node(Node::Branch(es))?;
+        match self.check_size(root)? {
+            Outcome::Split(more) => self.grow_root(root, more),
+            _ => Ok(root),
+        }
+    }
+
+    fn modify_rec(
+        &mut self,
+        tree: Tree,
+        id: u64,
+        key: &[u8],
+        op: Op,
+        depth: usize,
+    ) -> StoreResult<(u64, Outcome, Option<LeafEntry>)> {
+        if depth > 32 {
+            return Err(StoreError::corrupt(id, "tree deeper than any real tree"));
+        }
+        let id = self.make_dirty(tree, id)?;
+        let old = match self.dirty.get_mut(&id) {
+            Some(Node::Leaf(es)) => {
+                let pos = es.binary_search_by(|e| e.key.as_ref().cmp(key));
+                match (op, pos) {
+                    (Op::Put(e), Ok(i)) => Some(std::mem::replace(&mut es[i], e)),
+                    (Op::Put(e), Err(i)) => {
+                        es.insert(i, e);
+                        None
+                    }
+                    (Op::Delete, Ok(i)) => Some(es.remove(i)),
+                    (Op::Delete, Err(_)) => None,
+                }
+            }
+            Some(Node::Branch(es)) => {
+                let i = branch_index(es, key);
+                let child = es[i].child;
+                let (nc, out, old) = self.modify_rec(tree, child, key, op, depth + 1)?;
+                self.after_child(tree, id, i, nc, out)?;
+                old
+            }
+            None => unreachable!("make_dirty returned a node it did not store"),
+        };
+        let out = self.check_size(id)?;
+        Ok((id, out, old))
+    }
+
+    fn branch_mut(&mut self, id: u64) -> &mut Vec<BranchEntry> {
+        match self.dirty.get_mut(&id) {
+            Some(Node::Branch(es)) => es,
+            _ => unreachable!("node {id} is not an edited branch"),
+        }
+    }
+
+    fn after_child(
+        &mut self,
+        tree: Tree,
+        parent: u64,
+        i: usize,
+        child: u64,
+        out: Outcome,
+    ) -> StoreResult<()> {
+        let es = self.branch_mut(parent);
+        es[i].child = child;
+        match out {
+            Outcome::Done => Ok(()),
+            Outcome::Split(list) => {
+                for (j, (key, child)) in list.into_iter().enumerate() {
+                    es.insert(i + 1 + j, BranchEntry { key, child });
+                }
+                Ok(())
+            }
+            Outcome::Underfull => self.rebalance(tree, parent, i),
+        }
+    }
+
+    /// Child `i` of `parent` is under-full: merge it with a sibling, or even
+    /// out the two.
+    fn rebalance(&mut self, tree: Tree, parent: u64, i: usize) -> StoreResult<()> {
+        let n = self.branch_mut(parent).len();
+        if n < 2 {
+            return Ok(());
+        }
+        let (l, r) = if i > 0 { (i - 1, i) } else { (0, 1) };
+        for j in [l, r] {
+            let c = self.branch_mut(parent)[j].child;
+            let nc = self.make_dirty(tree, c)?;
+            self.branch_mut(parent)[j].child = nc;
+        }
+        let (lid, rid, sep) = {
+            let es = self.branch_mut(parent);
+            (es[l].child, es[r].child, es[r].key.clone())
+        };
+        let left = self.dirty.remove(&lid).expect("dirty left");
+        let right = self.dirty.remove(&rid).expect("dirty right");
+        match (left, right) {
+            (Node::Leaf(mut a), Node::Leaf(b)) => {
+                a.extend(b);
+                if a.iter().map(LeafEntry::size).sum::<usize>() <= CAPACITY {
+                    self.dirty.insert(lid, Node::Leaf(a));
+                    self.w.alloc.free(rid, 1);
+                    self.branch_mut(parent).remove(r);
+                } else {
+                    let k = balance_point(a.iter().map(LeafEntry::size));
+                    let b = a.split_off(k);
+                    let new_sep = b[0].key.clone();
+                    self.dirty.insert(lid, Node::Leaf(a));
+                    self.dirty.insert(rid, Node::Leaf(b));
+                    self.branch_mut(parent)[r].key = new_sep;
+                }
+            }
+            (Node::Branch(mut a), Node::Branch(mut b)) => {
+                b[0].key = sep;
+                a.extend(b);
+                if a.iter().map(BranchEntry::size).sum::<usize>() <= CAPACITY {
+                    self.dirty.insert(lid, Node::Branch(a));
+                    self.w.alloc.free(rid, 1);
+                    self.branch_mut(parent).remove(r);
+                } else {
+                    let k = balance_point(a.iter().map(BranchEntry::size));
+                    let mut b = a.split_off(k);
+                    let new_sep = std::mem::take(&mut b[0].key);
+                    self.dirty.insert(lid, Node::Branch(a));
+                    self.dirty.insert(rid, Node::Branch(b));
+                    self.branch_mut(parent)[r].key = new_sep;
+                }
+            }
+            (a, b) => {
+                self.dirty.insert(lid, a);
+                self.dirty.insert(rid, b);
+                return Err(StoreError::corrupt(rid, "siblings of different kinds"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits an overfull node, or reports it under-full.
+    fn check_size(&mut self, id: u64) -> StoreResult<Outcome> {
+        let size = self.dirty[&id].size();
+        if size < UNDERFULL {
+            return Ok(Outcome::Underfull);
+        }
+        if size <= CAPACITY {
+            return Ok(Outcome::Done);
+        }
+        let node = self.dirty.remove(&id).expect("dirty node");
+        let mut pieces = split_to_fit(node);
+        let (_, first) = pieces.remove(0);
+        self.dirty.insert(id, first);
+        let mut out = Vec::with_capacity(pieces.len());
+        for (sep, node) in pieces {
+            out.push((sep, self.new_node(node)?));
+        }
+        Ok(Outcome::Split(out))
+    }
+}
+
+impl Drop for WriteTxn<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.w.alloc.rollback();
+        }
+    }
+}
+
+/// The child of a branch whose key range holds `key`.
+fn branch_index(es: &[BranchEntry], key: &[u8]) -> usize {
+    es[1..].partition_point(|e| e.key.as_ref() <= key)
+}
+
+/// The index that splits entries of these sizes into two halves of about
+/// equal bytes, each non-empty.
+fn balance_point(sizes: impl ExactSizeIterator<Item = usize> + Clone) -> usize {
+    let n = sizes.len();
+    let total: usize = sizes.clone().sum();
+    let mut acc = 0;
+    for (i, s) in sizes.enumerate() {
+        if acc + s / 2 >= total / 2 {
+            return i.clamp(1, n - 1);
+        }
+        acc += s;
+    }
+    n - 1
+}
+
+/// Splits a node into pieces that each fit a page; every piece after the
+/// first comes with its separator key.
+fn split_to_fit(node: Node) -> Vec<(Box<[u8]>, Node)> {
+    let mut out = vec![(Box::<[u8]>::default(), node)];
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].1.size() <= CAPACITY || out[i].1.len() < 2 {
+            i += 1;
+            continue;
+        }
+        let (sep, right) = match &mut out[i].1 {
+            Node::Leaf(a) => {
+                let k = balance_point(a.iter().map(LeafEntry::size));
+                let b = a.split_off(k);
+                (b[0].key.clone(), Node::Leaf(b))
+            }
+            Node::Branch(a) => {
+                let k = balance_point(a.iter().map(BranchEntry::size));
+                let mut b = a.split_off(k);
+                (std::mem::take(&mut b[0].key), Node::Branch(b))
+            }
+        };
+        out.insert(i + 1, (sep, right));
+    }
+    out
+}
+
+pub(crate) fn version_key(id: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'v';
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// Version record, the value under `v` + big-endian id in the system tree:
+///
+/// ```text
+/// off size field
+///   0    8 time, unix nanoseconds
+///   8    8 data root page
+///  16    8 keys put or deleted
+///  24    8 value and extent bytes written
+///  32    2 cause length
+///  34    c cause, UTF-8
+/// ```
+pub(crate) fn encode_version(m: &VersionMeta) -> Vec<u8> {
+    let mut b = vec![0u8; 34 + m.info.cause.len()];
+    put_u64(&mut b, 0, m.info.time);
+    put_u64(&mut b, 8, m.data_root);
+    put_u64(&mut b, 16, m.info.changes);
+    put_u64(&mut b, 24, m.info.bytes);
+    format::put_u16(&mut b, 32, m.info.cause.len() as u16);
+    b[34..].copy_from_slice(m.info.cause.as_bytes());
+    b
+}
+
+pub(crate) fn decode_version(id: u64, b: &[u8], page: u64) -> StoreResult<VersionMeta> {
+    let bad = || StoreError::corrupt(page, format!("malformed record of version {id}"));
+    if b.len() < 34 {
+        return Err(bad());
+    }
+    let clen = format::get_u16(b, 32) as usize;
+    let cause = b.get(34..34 + clen).ok_or_else(bad)?;
+    Ok(VersionMeta {
+        info: VersionInfo {
+            id,
+            time: format::get_u64(b, 0),
+            cause: String::from_utf8_lossy(cause).into_owned(),
+            changes: format::get_u64(b, 16),
+            bytes: format::get_u64(b, 24),
+        },
+        data_root: format::get_u64(b, 8),
+    })
+}
