@@ -1,6 +1,6 @@
 //! The `zippyfs` command line: parsing and wiring only.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use zippyfs::store::{Store, StoreOptions};
 
 #[derive(Parser)]
-#[command(name = "zippyfs", version, about = "A versioned FUSE filesystem that syncs through a server")]
+#[command(
+    name = "zippyfs",
+    version,
+    about = "A versioned FUSE filesystem that syncs through a server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,11 +49,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(dir: &PathBuf) -> anyhow::Result<Store> {
+fn open(dir: &Path) -> anyhow::Result<Store> {
     if !dir.join(zippyfs::store::STORE_FILE).is_file() {
         anyhow::bail!("{} holds no zippyfs store", dir.display());
     }
-    Store::open(dir, StoreOptions::default()).with_context(|| format!("cannot open store {}", dir.display()))
+    Store::open(dir, StoreOptions::default())
+        .with_context(|| format!("cannot open store {}", dir.display()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -1,16 +1,15 @@
 //! Corruption: random bytes of random pages of a store file are flipped.
-//! Whatever was hit, the store either reads back exactly what was written or
-//! fails with an error naming the damaged page, and `fsck` finds the same
-//! damage. Nothing panics. (Extent contents are not checksummed by the store,
-//! which leaves their integrity to the BLAKE3 hashes its user keeps; this
-//! store has no extents.)
+//! Whatever was hit (node, overflow value, data extent, allocator state),
+//! the store either reads back exactly what was written or fails with an
+//! error naming the damaged page, and `fsck` finds the same damage. Nothing
+//! panics.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use zippyfs::store::{Retention, STORE_FILE, SplitMix64, Store, StoreError, StoreOptions};
 
-type Versions = BTreeMap<u64, BTreeMap<Vec<u8>, Vec<u8>>>;
+type Versions = BTreeMap<u64, BTreeMap<Vec<u8>, (Vec<u8>, Option<Vec<u8>>)>>;
 
 fn opts() -> StoreOptions {
     StoreOptions {
@@ -28,6 +27,12 @@ fn build(dir: &Path) {
             let k = format!("key{:05}", rng.below(3000)).into_bytes();
             if rng.below(4) == 0 {
                 t.delete(&k).unwrap();
+            } else if rng.below(5) == 0 {
+                let data: Vec<u8> = (0..1 + rng.below(8000))
+                    .map(|i| (i * 7) as u8 ^ round as u8)
+                    .collect();
+                let e = t.write_extent(&data).unwrap();
+                t.put_with_extent(&k, b"ext", e).unwrap();
             } else {
                 let len = if rng.below(20) == 0 {
                     2000 + rng.below(8000)
@@ -51,7 +56,11 @@ fn read_all(store: &Store) -> Result<Versions, StoreError> {
         let mut m = BTreeMap::new();
         for item in snap.range::<std::ops::RangeFull>(..)? {
             let (k, e) = item?;
-            m.insert(k.to_vec(), e.value.to_vec());
+            let ext = match e.extent {
+                Some(x) => Some(snap.read_extent(&x)?.to_vec()),
+                None => None,
+            };
+            m.insert(k.to_vec(), (e.value.to_vec(), ext));
         }
         out.insert(v.id, m);
     }

@@ -161,6 +161,7 @@ fn crash_once(seed: u64) -> &'static str {
         open(dev.clone()).unwrap_or_else(|e| panic!("seed {seed}: reopen after crash: {e}"));
     let last = history.keys().next_back().copied();
     let at = store.latest_version();
+    let discarded = store.open_report().discarded_commit.is_some();
     if at != last {
         let (id, m) = in_flight
             .take()
@@ -172,6 +173,9 @@ fn crash_once(seed: u64) -> &'static str {
         );
         history.insert(id, m);
         outcome = "crash in commit, commit survived";
+    }
+    if discarded {
+        outcome = "crash in commit, slot on disk without all its pages";
     }
     check(&store, &history, seed);
 

@@ -14,12 +14,12 @@
 //!  16    8 txn: commit sequence number; the valid slot with the larger txn wins
 //!  24    8 version: id of the newest version (0 = none yet)
 //!  32    8 time of that version, unix nanoseconds
-//!  40    8 data root page of the newest version (0 = empty tree)
-//!  48    8 system root page (version table; 0 = empty)
-//!  56    8 high-water mark: pages [0, hwm) are in use or free, [hwm, ..) unused
-//!  64    8 allocator state first page (0 = not saved: rebuild by walking)
-//!  72    8 allocator state page count
-//!  80   40 reserved, zero
+//!  40   24 data root of the newest version: page (0 = empty tree), birth, checksum
+//!  64   24 system root (the version table): page, birth, checksum
+//!  88    8 high-water mark: pages [0, hwm) are in use or free, [hwm, ..) unused
+//!  96    8 allocator state first page (0 = not saved: rebuild by walking)
+//! 104    8 allocator state page count
+//! 112    8 reserved, zero
 //! 120    8 xxh3-64 of bytes [0, 120)
 //! ```
 //!
@@ -86,14 +86,35 @@ pub fn put_u64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
 
+/// A reference to a node or overflow run: where it is, the txn that wrote
+/// it, and the checksum it was sealed with. Page 0 means "nothing".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ptr {
+    pub page: u64,
+    pub birth: u64,
+    pub sum: u64,
+}
+
+impl Ptr {
+    pub const NONE: Ptr = Ptr {
+        page: 0,
+        birth: 0,
+        sum: 0,
+    };
+
+    pub fn is_none(&self) -> bool {
+        self.page == 0
+    }
+}
+
 /// One commit slot, decoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Slot {
     pub txn: u64,
     pub version: u64,
     pub time: u64,
-    pub data_root: u64,
-    pub system_root: u64,
+    pub data_root: Ptr,
+    pub system_root: Ptr,
     pub hwm: u64,
     pub alloc_page: u64,
     pub alloc_pages: u64,
@@ -108,11 +129,14 @@ impl Slot {
         put_u64(&mut b, 16, self.txn);
         put_u64(&mut b, 24, self.version);
         put_u64(&mut b, 32, self.time);
-        put_u64(&mut b, 40, self.data_root);
-        put_u64(&mut b, 48, self.system_root);
-        put_u64(&mut b, 56, self.hwm);
-        put_u64(&mut b, 64, self.alloc_page);
-        put_u64(&mut b, 72, self.alloc_pages);
+        for (at, p) in [(40, self.data_root), (64, self.system_root)] {
+            put_u64(&mut b, at, p.page);
+            put_u64(&mut b, at + 8, p.birth);
+            put_u64(&mut b, at + 16, p.sum);
+        }
+        put_u64(&mut b, 88, self.hwm);
+        put_u64(&mut b, 96, self.alloc_page);
+        put_u64(&mut b, 104, self.alloc_pages);
         let sum = checksum(&b[..SLOT_CHECKSUM_AT]);
         put_u64(&mut b, SLOT_CHECKSUM_AT, sum);
         b
@@ -139,17 +163,26 @@ impl Slot {
             txn: get_u64(b, 16),
             version: get_u64(b, 24),
             time: get_u64(b, 32),
-            data_root: get_u64(b, 40),
-            system_root: get_u64(b, 48),
-            hwm: get_u64(b, 56),
-            alloc_page: get_u64(b, 64),
-            alloc_pages: get_u64(b, 72),
+            data_root: get_ptr(b, 40),
+            system_root: get_ptr(b, 64),
+            hwm: get_u64(b, 88),
+            alloc_page: get_u64(b, 96),
+            alloc_pages: get_u64(b, 104),
         }))
     }
 }
 
-/// Fills in the header of a run of pages and seals it with its checksum.
-pub fn seal(run: &mut [u8], kind: u8, count: u16, page: u64, birth: u64) {
+fn get_ptr(b: &[u8], at: usize) -> Ptr {
+    Ptr {
+        page: get_u64(b, at),
+        birth: get_u64(b, at + 8),
+        sum: get_u64(b, at + 16),
+    }
+}
+
+/// Fills in the header of a run of pages and seals it with its checksum;
+/// returns the reference a parent keeps to it.
+pub fn seal(run: &mut [u8], kind: u8, count: u16, page: u64, birth: u64) -> Ptr {
     debug_assert!(run.len().is_multiple_of(PAGE_SIZE) && !run.is_empty());
     run[0] = kind;
     run[1] = 0;
@@ -160,6 +193,24 @@ pub fn seal(run: &mut [u8], kind: u8, count: u16, page: u64, birth: u64) {
     put_u64(run, 24, birth);
     let sum = checksum(run);
     put_u64(run, 8, sum);
+    Ptr { page, birth, sum }
+}
+
+/// Checks that a run is the one `want` refers to: the page it claims to be,
+/// written by the txn and sealed with the checksum the reference names. Only
+/// the header is read: the run's own checksum is checked by `verify_run`.
+pub fn check_ref(run: &[u8], want: &Ptr) -> StoreResult<()> {
+    let (birth, sum) = (get_u64(run, 24), get_u64(run, 8));
+    if birth != want.birth || sum != want.sum {
+        return Err(StoreError::Corrupt {
+            page: want.page,
+            reason: format!(
+                "holds the page written by txn {birth} (checksum {sum:016x}), not the one its reference names (txn {}, checksum {:016x}): a lost or misdirected write",
+                want.birth, want.sum
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Checks a run's header and checksum: that it is the page it claims, of a kind
@@ -195,10 +246,6 @@ pub fn verify_run(run: &[u8], page: u64, kinds: &[u8]) -> StoreResult<()> {
     Ok(())
 }
 
-pub fn header_birth(page: &[u8]) -> u64 {
-    get_u64(page, 24)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,8 +256,16 @@ mod tests {
             txn: 7,
             version: 5,
             time: 99,
-            data_root: 3,
-            system_root: 4,
+            data_root: Ptr {
+                page: 3,
+                birth: 6,
+                sum: 0xabc,
+            },
+            system_root: Ptr {
+                page: 4,
+                birth: 7,
+                sum: 0xdef,
+            },
             hwm: 10,
             alloc_page: 0,
             alloc_pages: 0,

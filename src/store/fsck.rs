@@ -15,7 +15,7 @@ use std::ops::Bound;
 
 use crate::store::alloc::{Allocator, Dead, Deadlists};
 use crate::store::error::{StoreError, StoreResult};
-use crate::store::format::{FIRST_DATA_PAGE, Slot, header_birth};
+use crate::store::format::{FIRST_DATA_PAGE, Ptr, Slot};
 use crate::store::node::{MIN_FILL, NodeRef, ValRef};
 use crate::store::read::{Pages, Range, Src, overflow_pages};
 use crate::store::txn::decode_version;
@@ -71,7 +71,7 @@ impl fmt::Display for FsckReport {
 /// Reads the version table from the system tree.
 pub(crate) fn load_versions(
     pages: Pages<'_>,
-    system_root: u64,
+    system_root: Ptr,
 ) -> StoreResult<BTreeMap<u64, VersionMeta>> {
     let src = Src { pages, dirty: None };
     let mut out = BTreeMap::new();
@@ -85,9 +85,9 @@ pub(crate) fn load_versions(
         let id: [u8; 8] = k
             .get(1..)
             .and_then(|s| s.try_into().ok())
-            .ok_or_else(|| StoreError::corrupt(system_root, "malformed version key"))?;
+            .ok_or_else(|| StoreError::corrupt(system_root.page, "malformed version key"))?;
         let id = u64::from_be_bytes(id);
-        out.insert(id, decode_version(id, e.value, system_root)?);
+        out.insert(id, decode_version(id, e.value, system_root.page)?);
     }
     Ok(out)
 }
@@ -151,8 +151,8 @@ impl<'a> Walker<'a> {
     /// Walks a tree. `strict`: every page must be new (the newest version and
     /// the system tree share nothing, and nothing within them is reached
     /// twice); otherwise reached pages are shared and skipped.
-    fn tree(&mut self, root: u64, strict: bool, found: &mut dyn FnMut(Found)) {
-        if root != 0 {
+    fn tree(&mut self, root: Ptr, strict: bool, found: &mut dyn FnMut(Found)) {
+        if !root.is_none() {
             self.node(root, None, None, 0, true, strict, found);
         }
     }
@@ -160,7 +160,7 @@ impl<'a> Walker<'a> {
     #[allow(clippy::too_many_arguments)]
     fn node(
         &mut self,
-        id: u64,
+        ptr: Ptr,
         lo: Option<&[u8]>,
         hi: Option<&[u8]>,
         depth: usize,
@@ -168,6 +168,7 @@ impl<'a> Walker<'a> {
         strict: bool,
         found: &mut dyn FnMut(Found),
     ) -> Option<usize> {
+        let id = ptr.page;
         if depth > 32 {
             self.problem(Some(id), "tree deeper than any real tree (a cycle?)");
             return None;
@@ -183,9 +184,9 @@ impl<'a> Walker<'a> {
         }
         self.set(id);
         let page = match if self.force {
-            self.pages.node_checked(id)
+            self.pages.node_checked(ptr)
         } else {
-            self.pages.node(id)
+            self.pages.node(ptr)
         } {
             Ok(p) => p,
             Err(e) => {
@@ -194,7 +195,7 @@ impl<'a> Walker<'a> {
             }
         };
         self.checked += 1;
-        let birth = header_birth(page.bytes);
+        let birth = ptr.birth;
         if birth > self.max_birth {
             self.problem(
                 Some(id),
@@ -229,21 +230,16 @@ impl<'a> Walker<'a> {
         if n.is_leaf() {
             for i in 0..n.len() {
                 let e = n.entry(i);
-                if let ValRef::Overflow {
-                    page: p,
-                    len,
-                    birth,
-                } = e.val
-                {
-                    let pages = overflow_pages(len);
+                if let ValRef::Overflow { run, len } = e.val {
+                    let (p, pages) = (run.page, overflow_pages(len));
                     if self.in_bounds(p, pages, "overflow value") && self.claim(p, pages, strict) {
-                        match self.pages.overflow(p, len, self.force) {
+                        match self.pages.overflow(run, len, self.force) {
                             Ok(_) => {
                                 self.checked += 1;
                                 found(Found::Run {
                                     page: p,
                                     pages,
-                                    birth,
+                                    birth: run.birth,
                                 });
                             }
                             Err(e) => self.problems.push(problem_of(e, p)),
@@ -254,6 +250,12 @@ impl<'a> Walker<'a> {
                     && self.in_bounds(x.page, x.pages(), "extent")
                     && self.claim(x.page, x.pages(), strict)
                 {
+                    // Extent bytes are read by fsck, not by the rebuild.
+                    if self.force
+                        && let Err(e) = self.pages.extent(&x, true)
+                    {
+                        self.problems.push(problem_of(e, x.page));
+                    }
                     found(Found::Run {
                         page: x.page,
                         pages: x.pages(),
@@ -320,7 +322,7 @@ fn problem_of(e: StoreError, page: u64) -> Problem {
 fn walk_all(
     w: &mut Walker<'_>,
     slot: &Slot,
-    roots: &[(u64, u64)],
+    roots: &[(u64, Ptr)],
     found: &mut dyn FnMut(u64, Found),
 ) {
     w.tree(slot.system_root, true, &mut |_| {});
@@ -341,7 +343,7 @@ pub(crate) fn rebuild(
     slot: &Slot,
     versions: &BTreeMap<u64, VersionMeta>,
 ) -> StoreResult<(Allocator, Deadlists)> {
-    let roots: Vec<(u64, u64)> = versions
+    let roots: Vec<(u64, Ptr)> = versions
         .values()
         .map(|m| (m.info.id, m.data_root))
         .collect();
@@ -388,7 +390,7 @@ pub(crate) fn rebuild(
 
 /// Checks every reachable page of every kept version, and that every page
 /// below the high-water mark is exactly one of: reachable, free.
-pub(crate) fn check(pages: Pages<'_>, ws: &WriterState, roots: &[(u64, u64)]) -> FsckReport {
+pub(crate) fn check(pages: Pages<'_>, ws: &WriterState, roots: &[(u64, Ptr)]) -> FsckReport {
     let slot = ws.slot;
     let hwm = ws.alloc.hwm();
     let mut w = Walker::new(pages, hwm, slot.txn, true);
@@ -493,4 +495,48 @@ impl Ranges {
         }
         out
     }
+}
+
+/// Checks that everything the commit in `slot` wrote reached the disk: every
+/// node, overflow run and extent born in its txn, found from the roots
+/// through references that name their checksum. A commit is written with a
+/// single `fdatasync`, so after a crash its slot may be on disk while some of
+/// its pages are not; such a commit is not used.
+pub(crate) fn verify_commit(pages: Pages<'_>, slot: &Slot) -> StoreResult<()> {
+    fn node(pages: Pages<'_>, ptr: Ptr, txn: u64, depth: usize) -> StoreResult<()> {
+        if depth > 32 {
+            return Err(StoreError::corrupt(
+                ptr.page,
+                "tree deeper than any real tree",
+            ));
+        }
+        let n = NodeRef::Page(pages.node_checked(ptr)?);
+        for i in 0..n.len() {
+            if !n.is_leaf() {
+                let c = n.child(i);
+                if c.birth == txn {
+                    node(pages, c, txn, depth + 1)?;
+                }
+                continue;
+            }
+            let e = n.entry(i);
+            if let ValRef::Overflow { run, len } = e.val
+                && run.birth == txn
+            {
+                pages.overflow(run, len, true)?;
+            }
+            if let Some(x) = e.extent
+                && x.birth == txn
+            {
+                pages.extent(&x, true)?;
+            }
+        }
+        Ok(())
+    }
+    for root in [slot.system_root, slot.data_root] {
+        if !root.is_none() && root.birth == slot.txn {
+            node(pages, root, slot.txn, 0)?;
+        }
+    }
+    Ok(())
 }

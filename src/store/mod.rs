@@ -42,7 +42,7 @@ pub use retention::Retention;
 pub use txn::WriteTxn;
 
 use alloc::{Allocator, Deadlists};
-use format::{KIND_ALLOC, PAGE, PAGE_SIZE, Slot, verify_run};
+use format::{KIND_ALLOC, PAGE, PAGE_SIZE, Ptr, Slot, verify_run};
 use read::{Pages, Src, Verified};
 
 /// The store file's name inside the store directory.
@@ -83,7 +83,7 @@ pub struct VersionInfo {
 #[derive(Clone, Debug)]
 pub(crate) struct VersionMeta {
     pub info: VersionInfo,
-    pub data_root: u64,
+    pub data_root: Ptr,
 }
 
 /// Space accounting, in pages of 4 KiB.
@@ -104,7 +104,7 @@ pub(crate) struct Shared {
     /// Open snapshots per version.
     pub pins: BTreeMap<u64, usize>,
     /// Versions retention dropped while a snapshot still had them open.
-    pub dropped_pinned: BTreeMap<u64, u64>,
+    pub dropped_pinned: BTreeMap<u64, Ptr>,
     /// Versions whose last snapshot closed after retention dropped them: their
     /// space may now be free, which the next commit works out.
     pub released: Vec<u64>,
@@ -126,7 +126,19 @@ pub struct Store {
     shared: Mutex<Shared>,
     opts: StoreOptions,
     path: Option<PathBuf>,
+    opened: OpenReport,
     _lock: Option<File>,
+}
+
+/// What opening a store had to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// A commit whose slot reached the disk but not all of its pages (a
+    /// crash during its sync); the store opened at the commit before it.
+    pub discarded_commit: Option<u64>,
+    /// The store was not closed cleanly, so the free space was found by
+    /// walking every kept version.
+    pub rebuilt_allocator: bool,
 }
 
 impl Store {
@@ -170,7 +182,7 @@ impl Store {
         if backend.is_empty() {
             init(&*backend)?;
         }
-        let slot = read_slots(&*backend)?;
+        let (slot, discarded) = choose_slot(&*backend, &verified)?;
         let mut store = Store {
             backend,
             verified,
@@ -184,6 +196,10 @@ impl Store {
             opts,
             path: None,
             _lock: None,
+            opened: OpenReport {
+                discarded_commit: discarded,
+                rebuilt_allocator: false,
+            },
         };
         store.load(slot)?;
         Ok(store)
@@ -242,6 +258,7 @@ impl Store {
             );
             w.alloc = alloc;
             w.dead = dead;
+            self.opened.rebuilt_allocator = true;
         }
         self.shared.get_mut().versions = versions;
         Ok(())
@@ -281,7 +298,7 @@ impl Store {
             None => Ok(Snapshot {
                 store: self,
                 version: 0,
-                root: 0,
+                root: Ptr::NONE,
             }),
         }
     }
@@ -311,6 +328,11 @@ impl Store {
         }
     }
 
+    /// What opening the store had to do (recovery after a crash).
+    pub fn open_report(&self) -> OpenReport {
+        self.opened
+    }
+
     /// The store file, for stores opened from a directory.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
@@ -320,14 +342,14 @@ impl Store {
     pub fn fsck(&self) -> StoreResult<FsckReport> {
         let w = self.writer.lock();
         let sh = self.shared.lock();
-        let mut roots: Vec<(u64, u64)> = sh
+        let mut roots: Vec<(u64, Ptr)> = sh
             .versions
             .values()
             .map(|m| (m.info.id, m.data_root))
             .collect();
         roots.extend(sh.dropped_pinned.iter().map(|(&v, &r)| (v, r)));
         drop(sh);
-        roots.sort_unstable();
+        roots.sort_unstable_by_key(|r| r.0);
         Ok(fsck::check(self.pages(), &w, &roots))
     }
 
@@ -397,7 +419,7 @@ impl Drop for Store {
 pub struct Snapshot<'s> {
     store: &'s Store,
     version: u64,
-    root: u64,
+    root: Ptr,
 }
 
 impl<'s> Snapshot<'s> {
@@ -437,7 +459,7 @@ impl<'s> Snapshot<'s> {
 
     /// The bytes of an extent this version references.
     pub fn read_extent(&self, e: &Extent) -> StoreResult<&'s [u8]> {
-        self.store.pages().extent(e)
+        self.store.pages().extent(e, false)
     }
 }
 
@@ -471,39 +493,72 @@ fn init(backend: &dyn Backend) -> StoreResult<()> {
     Ok(())
 }
 
-/// Writes a commit slot (the one its txn's parity names) and syncs it.
-pub(crate) fn write_slot(backend: &dyn Backend, slot: &Slot) -> StoreResult<()> {
-    // One 512-byte sector: devices write a sector whole or not at all.
+/// The sector holding a commit slot, and where it goes: the slot its txn's
+/// parity names. One 512-byte sector, which devices write whole or not at all.
+pub(crate) fn slot_sector(slot: &Slot) -> (u64, [u8; 512]) {
     let mut sector = [0u8; 512];
     sector[..format::SLOT_SIZE].copy_from_slice(&slot.encode());
-    backend.write_all(&[((slot.txn % 2) * PAGE, &sector)])?;
+    ((slot.txn % 2) * PAGE, sector)
+}
+
+/// Writes a commit slot and syncs it.
+fn write_slot(backend: &dyn Backend, slot: &Slot) -> StoreResult<()> {
+    let (at, sector) = slot_sector(slot);
+    backend.write_all(&[(at, &sector)])?;
     backend.sync()
 }
 
-/// Reads both commit slots and returns the newest valid one.
-fn read_slots(backend: &dyn Backend) -> StoreResult<Slot> {
+/// The newest commit that is whole: the newest valid slot, unless it is a
+/// commit whose pages did not all reach the disk, in which case the one
+/// before it (see `txn.rs`, the commit protocol).
+fn choose_slot(backend: &dyn Backend, verified: &Verified) -> StoreResult<(Slot, Option<u64>)> {
+    let mut slots = read_slots(backend)?;
+    slots.sort_by_key(|s| std::cmp::Reverse(s.txn));
+    let pages = Pages { backend, verified };
+    let mut last_err = None;
+    let mut discarded = None;
+    for s in slots {
+        if s.alloc_page != 0 {
+            // A clean close synced everything before writing its slot.
+            return Ok((s, discarded));
+        }
+        match fsck::verify_commit(pages, &s) {
+            Ok(()) => return Ok((s, discarded)),
+            Err(e) => {
+                tracing::warn!(
+                    txn = s.txn,
+                    "newest commit did not fully reach the disk ({e}); opening the one before it"
+                );
+                discarded = Some(s.txn);
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| StoreError::corrupt(0, "no usable commit slot")))
+}
+
+/// Reads both commit slots and returns the valid ones.
+fn read_slots(backend: &dyn Backend) -> StoreResult<Vec<Slot>> {
     if backend.len() < 2 * PAGE {
         return Err(StoreError::NotAStore(format!(
             "file of {} bytes is too short to hold the commit slots",
             backend.len()
         )));
     }
-    let mut best: Option<Slot> = None;
+    let mut valid = Vec::new();
     let mut magic_seen = false;
     for i in 0..2u64 {
         let mut b = [0u8; format::SLOT_SIZE];
         backend.read_copy(i * PAGE, &mut b)?;
         magic_seen |= b[..8] == format::MAGIC;
-        if let Some(s) = Slot::decode(&b)?
-            && best.is_none_or(|b| s.txn > b.txn)
-        {
-            best = Some(s);
+        if let Some(s) = Slot::decode(&b)? {
+            valid.push(s);
         }
     }
-    match best {
-        Some(s) => Ok(s),
-        None if magic_seen => Err(StoreError::corrupt(0, "both commit slots are damaged")),
-        None => Err(StoreError::NotAStore("no commit slot found".into())),
+    match valid.is_empty() {
+        false => Ok(valid),
+        true if magic_seen => Err(StoreError::corrupt(0, "both commit slots are damaged")),
+        true => Err(StoreError::NotAStore("no commit slot found".into())),
     }
 }
 

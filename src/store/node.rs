@@ -18,19 +18,25 @@
 //!   3    1 zero
 //!   4    4 value length in bytes
 //!   8    k key
-//!   ..  24 if flag 1: extent first page u64, extent length in bytes u64, extent birth u64
-//!   ..  16 if flag 2: overflow first page u64, overflow birth u64
+//!   ..  32 if flag 1: extent first page u64, length in bytes u64, birth u64, xxh3-64 of its bytes u64
+//!   ..  24 if flag 2: overflow run: first page u64, birth u64, run checksum u64
 //!        v else: the value itself
 //! ```
 //!
-//! Branch entry: child page u64, key length u16, key. Entry i's key is the
-//! smallest key that may be found under child i; entry 0's key is empty and
-//! means "anything below entry 1".
+//! Branch entry: child pointer (page u64, birth u64, checksum u64), key
+//! length u16, key. Entry i's key is the smallest key that may be found under
+//! child i; entry 0's key is empty and means "anything below entry 1".
+//!
+//! Every reference to a page (child, overflow run, root) carries the birth and
+//! checksum the page had when it was written, so a read notices a lost or
+//! misdirected write even when the page it finds is itself intact: the tree
+//! is a Merkle tree. Recovery relies on this (`txn.rs`).
 //!
 //! Every non-root node holds at least [`MIN_FILL`] bytes; writes rebalance a
 //! node that falls under [`UNDERFULL`].
 
 use crate::store::error::{StoreError, StoreResult};
+pub use crate::store::format::Ptr;
 use crate::store::format::{
     HEADER_SIZE, KIND_BRANCH, KIND_LEAF, PAGE_SIZE, get_u16, get_u32, get_u64, put_u16, put_u32,
     put_u64,
@@ -51,19 +57,21 @@ pub const MAX_INLINE_ENTRY: usize = CAPACITY / 4;
 
 const SLOT: usize = 2;
 const LEAF_ENTRY_HEADER: usize = 8;
-const BRANCH_ENTRY_HEADER: usize = 10;
-const EXTENT_REF: usize = 24;
-const OVERFLOW_REF: usize = 16;
+const BRANCH_ENTRY_HEADER: usize = 26;
+const EXTENT_REF: usize = 32;
+const OVERFLOW_REF: usize = 24;
 const FLAG_EXTENT: u8 = 1;
 const FLAG_OVERFLOW: u8 = 2;
 
 /// A run of data pages written by the engine for its user, referenced from
-/// one entry. `len` is in bytes; the run covers `len.div_ceil(4096)` pages.
+/// one entry. `len` is in bytes; the run covers `len.div_ceil(4096)` pages;
+/// `sum` is the xxh3-64 of the bytes, checked when they are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Extent {
     pub page: u64,
     pub len: u64,
     pub birth: u64,
+    pub sum: u64,
 }
 
 impl Extent {
@@ -76,7 +84,7 @@ impl Extent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Val {
     Inline(Box<[u8]>),
-    Overflow { page: u64, len: u64, birth: u64 },
+    Overflow { run: Ptr, len: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,7 +114,7 @@ pub fn inline_entry_size(klen: usize, vlen: usize, extent: bool) -> usize {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BranchEntry {
     pub key: Box<[u8]>,
-    pub child: u64,
+    pub child: Ptr,
 }
 
 impl BranchEntry {
@@ -171,14 +179,12 @@ impl Node {
                         put_u64(b, at, x.page);
                         put_u64(b, at + 8, x.len);
                         put_u64(b, at + 16, x.birth);
+                        put_u64(b, at + 24, x.sum);
                         at += EXTENT_REF;
                     }
                     match &e.val {
                         Val::Inline(v) => b[at..at + v.len()].copy_from_slice(v),
-                        Val::Overflow { page, birth, .. } => {
-                            put_u64(b, at, *page);
-                            put_u64(b, at + 8, *birth);
-                        }
+                        Val::Overflow { run, .. } => put_ptr(b, at, run),
                     }
                 }
                 (KIND_LEAF, es.len() as u16)
@@ -189,8 +195,8 @@ impl Node {
                     end -= sz;
                     put_u16(page, HEADER_SIZE + SLOT * i, end as u16);
                     let b = &mut page[end..end + sz];
-                    put_u64(b, 0, e.child);
-                    put_u16(b, 8, e.key.len() as u16);
+                    put_ptr(b, 0, &e.child);
+                    put_u16(b, 24, e.key.len() as u16);
                     b[BRANCH_ENTRY_HEADER..].copy_from_slice(&e.key);
                 }
                 (KIND_BRANCH, es.len() as u16)
@@ -199,11 +205,25 @@ impl Node {
     }
 }
 
+fn put_ptr(b: &mut [u8], at: usize, p: &Ptr) {
+    put_u64(b, at, p.page);
+    put_u64(b, at + 8, p.birth);
+    put_u64(b, at + 16, p.sum);
+}
+
+fn get_ptr(b: &[u8], at: usize) -> Ptr {
+    Ptr {
+        page: get_u64(b, at),
+        birth: get_u64(b, at + 8),
+        sum: get_u64(b, at + 16),
+    }
+}
+
 /// A value as a reader finds it: in the page, or a reference to an overflow run.
 #[derive(Clone, Copy, Debug)]
 pub enum ValRef<'a> {
     Inline(&'a [u8]),
-    Overflow { page: u64, len: u64, birth: u64 },
+    Overflow { run: Ptr, len: u64 },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -219,7 +239,7 @@ impl EntryRef<'_> {
             key: self.key.into(),
             val: match self.val {
                 ValRef::Inline(v) => Val::Inline(v.into()),
-                ValRef::Overflow { page, len, birth } => Val::Overflow { page, len, birth },
+                ValRef::Overflow { run, len } => Val::Overflow { run, len },
             },
             extent: self.extent,
         }
@@ -248,12 +268,12 @@ impl<'a> PageRef<'a> {
             let kl = get_u16(self.bytes, at) as usize;
             &self.bytes[at + LEAF_ENTRY_HEADER..at + LEAF_ENTRY_HEADER + kl]
         } else {
-            let kl = get_u16(self.bytes, at + 8) as usize;
+            let kl = get_u16(self.bytes, at + 24) as usize;
             &self.bytes[at + BRANCH_ENTRY_HEADER..at + BRANCH_ENTRY_HEADER + kl]
         }
     }
-    pub fn child(&self, i: usize) -> u64 {
-        get_u64(self.bytes, self.entry_at(i))
+    pub fn child(&self, i: usize) -> Ptr {
+        get_ptr(self.bytes, self.entry_at(i))
     }
     pub fn entry(&self, i: usize) -> EntryRef<'a> {
         let b = self.bytes;
@@ -268,6 +288,7 @@ impl<'a> PageRef<'a> {
                 page: get_u64(b, p),
                 len: get_u64(b, p + 8),
                 birth: get_u64(b, p + 16),
+                sum: get_u64(b, p + 24),
             };
             p += EXTENT_REF;
             Some(x)
@@ -276,9 +297,8 @@ impl<'a> PageRef<'a> {
         };
         let val = if flags & FLAG_OVERFLOW != 0 {
             ValRef::Overflow {
-                page: get_u64(b, p),
+                run: get_ptr(b, p),
                 len: vlen as u64,
-                birth: get_u64(b, p + 8),
             }
         } else {
             ValRef::Inline(&b[p..p + vlen])
@@ -363,7 +383,7 @@ pub fn validate(bytes: &[u8], id: u64) -> StoreResult<()> {
             if !fits(BRANCH_ENTRY_HEADER) {
                 return bad(format!("entry {i} out of bounds"));
             }
-            let kl = get_u16(bytes, at + 8) as usize;
+            let kl = get_u16(bytes, at + 24) as usize;
             if kl > MAX_KEY || !fits(BRANCH_ENTRY_HEADER + kl) {
                 return bad(format!("entry {i} out of bounds"));
             }
@@ -402,11 +422,11 @@ impl<'a> NodeRef<'a> {
             NodeRef::Mem(Node::Branch(es)) => &es[i].key,
         }
     }
-    pub fn child(&self, i: usize) -> u64 {
+    pub fn child(&self, i: usize) -> Ptr {
         match self {
             NodeRef::Page(p) => p.child(i),
             NodeRef::Mem(Node::Branch(es)) => es[i].child,
-            NodeRef::Mem(Node::Leaf(_)) => 0,
+            NodeRef::Mem(Node::Leaf(_)) => Ptr::NONE,
         }
     }
     pub fn entry(&self, i: usize) -> EntryRef<'a> {
@@ -418,10 +438,9 @@ impl<'a> NodeRef<'a> {
                     key: &e.key,
                     val: match &e.val {
                         Val::Inline(v) => ValRef::Inline(v),
-                        Val::Overflow { page, len, birth } => ValRef::Overflow {
-                            page: *page,
+                        Val::Overflow { run, len } => ValRef::Overflow {
+                            run: *run,
                             len: *len,
-                            birth: *birth,
                         },
                     },
                     extent: e.extent,
@@ -473,9 +492,12 @@ mod tests {
                     key: format!("key{i:04}").into_bytes().into(),
                     val: if i % 3 == 0 {
                         Val::Overflow {
-                            page: 100 + i as u64,
+                            run: Ptr {
+                                page: 100 + i as u64,
+                                birth: 2,
+                                sum: 77,
+                            },
                             len: 5000,
-                            birth: 2,
                         }
                     } else {
                         Val::Inline(vec![i as u8; i].into())
@@ -484,6 +506,7 @@ mod tests {
                         page: 7,
                         len: 4096,
                         birth: 1,
+                        sum: 99,
                     }),
                 })
                 .collect(),
@@ -514,15 +537,27 @@ mod tests {
         let node = Node::Branch(vec![
             BranchEntry {
                 key: Box::new([]),
-                child: 10,
+                child: Ptr {
+                    page: 10,
+                    birth: 1,
+                    sum: 1,
+                },
             },
             BranchEntry {
                 key: b"m".to_vec().into(),
-                child: 11,
+                child: Ptr {
+                    page: 11,
+                    birth: 1,
+                    sum: 1,
+                },
             },
             BranchEntry {
                 key: b"t".to_vec().into(),
-                child: 12,
+                child: Ptr {
+                    page: 12,
+                    birth: 1,
+                    sum: 1,
+                },
             },
         ]);
         let r = NodeRef::Mem(&node);

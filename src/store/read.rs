@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::store::backend::Backend;
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::format::{
-    HEADER_SIZE, KIND_BRANCH, KIND_LEAF, KIND_OVERFLOW, PAGE, PAGE_SIZE, verify_run,
+    FIRST_DATA_PAGE, HEADER_SIZE, KIND_BRANCH, KIND_LEAF, KIND_OVERFLOW, PAGE, PAGE_SIZE, Ptr,
+    check_ref, checksum, verify_run,
 };
 use std::collections::HashMap;
 
@@ -65,18 +66,19 @@ pub(crate) struct Pages<'a> {
 }
 
 impl<'a> Pages<'a> {
-    /// A node page, verified on first use.
-    pub fn node(&self, id: u64) -> StoreResult<PageRef<'a>> {
-        self.node_inner(id, false)
+    /// The node `ptr` refers to, its checksum verified on first use.
+    pub fn node(&self, ptr: Ptr) -> StoreResult<PageRef<'a>> {
+        self.node_inner(ptr, false)
     }
 
-    /// A node page, verified now whatever was verified before (for fsck).
-    pub fn node_checked(&self, id: u64) -> StoreResult<PageRef<'a>> {
-        self.node_inner(id, true)
+    /// The node `ptr` refers to, verified now whatever was verified before (for fsck).
+    pub fn node_checked(&self, ptr: Ptr) -> StoreResult<PageRef<'a>> {
+        self.node_inner(ptr, true)
     }
 
-    fn node_inner(&self, id: u64, force: bool) -> StoreResult<PageRef<'a>> {
-        if id < crate::store::format::FIRST_DATA_PAGE {
+    fn node_inner(&self, ptr: Ptr, force: bool) -> StoreResult<PageRef<'a>> {
+        let id = ptr.page;
+        if id < FIRST_DATA_PAGE {
             return Err(StoreError::corrupt(
                 id,
                 "reference to a commit slot as a node",
@@ -90,28 +92,46 @@ impl<'a> Pages<'a> {
             validate(bytes, id)?;
             self.verified.set(id, true);
         }
+        check_ref(bytes, &ptr)?;
         Ok(PageRef { bytes })
     }
 
-    /// The bytes of an overflow value of `len` bytes starting at `page`.
-    pub fn overflow(&self, page: u64, len: u64, force: bool) -> StoreResult<&'a [u8]> {
+    /// The bytes of an overflow value of `len` bytes in the run `run` refers to.
+    pub fn overflow(&self, run: Ptr, len: u64, force: bool) -> StoreResult<&'a [u8]> {
         let pages = overflow_pages(len);
-        if page < crate::store::format::FIRST_DATA_PAGE {
-            return Err(StoreError::corrupt(page, "overflow value in a commit slot"));
+        if run.page < FIRST_DATA_PAGE {
+            return Err(StoreError::corrupt(
+                run.page,
+                "overflow value in a commit slot",
+            ));
         }
-        let run = self.backend.read(page * PAGE, (pages * PAGE) as usize)?;
-        if force || !self.verified.get(page) || run[0] != KIND_OVERFLOW {
-            verify_run(run, page, &[KIND_OVERFLOW])?;
-            self.verified.set(page, true);
+        let bytes = self
+            .backend
+            .read(run.page * PAGE, (pages * PAGE) as usize)?;
+        if force || !self.verified.get(run.page) || bytes[0] != KIND_OVERFLOW {
+            verify_run(bytes, run.page, &[KIND_OVERFLOW])?;
+            self.verified.set(run.page, true);
         }
-        Ok(&run[HEADER_SIZE..HEADER_SIZE + len as usize])
+        check_ref(bytes, &run)?;
+        Ok(&bytes[HEADER_SIZE..HEADER_SIZE + len as usize])
     }
 
-    pub fn extent(&self, e: &Extent) -> StoreResult<&'a [u8]> {
-        if e.page < crate::store::format::FIRST_DATA_PAGE {
+    /// An extent's bytes, their checksum verified on first use.
+    pub fn extent(&self, e: &Extent, force: bool) -> StoreResult<&'a [u8]> {
+        if e.page < FIRST_DATA_PAGE {
             return Err(StoreError::corrupt(e.page, "extent in a commit slot"));
         }
-        self.backend.read(e.page * PAGE, e.len as usize)
+        let bytes = self.backend.read(e.page * PAGE, e.len as usize)?;
+        if force || !self.verified.get(e.page) {
+            if checksum(bytes) != e.sum {
+                return Err(StoreError::corrupt(
+                    e.page,
+                    format!("extent of {} bytes does not match its checksum", e.len),
+                ));
+            }
+            self.verified.set(e.page, true);
+        }
+        Ok(bytes)
     }
 }
 
@@ -135,17 +155,17 @@ pub(crate) struct Src<'a> {
 }
 
 impl<'a> Src<'a> {
-    pub fn node(&self, id: u64) -> StoreResult<NodeRef<'a>> {
-        if let Some(n) = self.dirty.and_then(|d| d.get(&id)) {
+    pub fn node(&self, ptr: Ptr) -> StoreResult<NodeRef<'a>> {
+        if let Some(n) = self.dirty.and_then(|d| d.get(&ptr.page)) {
             return Ok(NodeRef::Mem(n));
         }
-        Ok(NodeRef::Page(self.pages.node(id)?))
+        Ok(NodeRef::Page(self.pages.node(ptr)?))
     }
 
     pub fn resolve(&self, e: EntryRef<'a>) -> StoreResult<Entry<'a>> {
         let value = match e.val {
             ValRef::Inline(v) => v,
-            ValRef::Overflow { page, len, .. } => self.pages.overflow(page, len, false)?,
+            ValRef::Overflow { run, len } => self.pages.overflow(run, len, false)?,
         };
         Ok(Entry {
             value,
@@ -160,21 +180,24 @@ const MAX_DEPTH: usize = 32;
 
 pub(crate) fn get_entry<'a>(
     src: &Src<'a>,
-    root: u64,
+    root: Ptr,
     key: &[u8],
 ) -> StoreResult<Option<EntryRef<'a>>> {
-    if root == 0 {
+    if root.is_none() {
         return Ok(None);
     }
-    let mut id = root;
+    let mut ptr = root;
     for _ in 0..MAX_DEPTH {
-        let n = src.node(id)?;
+        let n = src.node(ptr)?;
         if n.is_leaf() {
             return Ok(n.search_leaf(key).ok().map(|i| n.entry(i)));
         }
-        id = n.child(n.search_branch(key));
+        ptr = n.child(n.search_branch(key));
     }
-    Err(StoreError::corrupt(id, "tree deeper than any real tree"))
+    Err(StoreError::corrupt(
+        ptr.page,
+        "tree deeper than any real tree",
+    ))
 }
 
 /// An iterator over the entries of a tree within key bounds, in key order.
@@ -188,7 +211,7 @@ pub struct Range<'a> {
 impl<'a> Range<'a> {
     pub(crate) fn new(
         src: Src<'a>,
-        root: u64,
+        root: Ptr,
         start: Bound<&[u8]>,
         end: Bound<&[u8]>,
     ) -> StoreResult<Self> {
@@ -196,15 +219,18 @@ impl<'a> Range<'a> {
             src,
             stack: Vec::new(),
             end: end.map(|e| e.to_vec()),
-            done: root == 0,
+            done: root.is_none(),
         };
-        if root == 0 {
+        if root.is_none() {
             return Ok(r);
         }
         let mut id = root;
         loop {
             if r.stack.len() > MAX_DEPTH {
-                return Err(StoreError::corrupt(id, "tree deeper than any real tree"));
+                return Err(StoreError::corrupt(
+                    id.page,
+                    "tree deeper than any real tree",
+                ));
             }
             let n = r.src.node(id)?;
             if n.is_leaf() {
@@ -252,7 +278,10 @@ impl<'a> Range<'a> {
             let mut id = node.child(top.1);
             loop {
                 if self.stack.len() > MAX_DEPTH {
-                    return Err(StoreError::corrupt(id, "tree deeper than any real tree"));
+                    return Err(StoreError::corrupt(
+                        id.page,
+                        "tree deeper than any real tree",
+                    ));
                 }
                 let n = self.src.node(id)?;
                 self.stack.push((n, 0));

@@ -3,25 +3,33 @@
 //!
 //! ## Commit protocol
 //!
-//! 1. Queued extent and overflow writes are finished.
-//! 2. The version record (id, time, cause, data root) goes into the system
-//!    tree; retention picks the versions to drop, whose records are deleted.
-//! 3. Every node edited in this transaction is written to pages no commit
-//!    references (copy-on-write), sealed with a checksum and its birth txn.
-//! 4. `fdatasync`: everything the new slot will point at is durable.
-//! 5. The commit slot of this txn's parity (the older slot) is written, one
-//!    512-byte sector, and synced. The commit is durable when this returns.
-//! 6. Only now is space freed: pages born in this txn and dropped again at
-//!    once (that was safe already), system pages the new system tree replaced,
+//! 1. Queued extent and overflow writes are sent (not synced).
+//! 2. The edited data-tree nodes are sealed bottom-up: each gets its checksum
+//!    and birth, and its parent records both, so the root's reference names
+//!    the whole new tree (a Merkle tree).
+//! 3. The version record (id, time, cause, data root) goes into the system
+//!    tree; retention picks the versions to drop, whose records are deleted;
+//!    the system tree is sealed the same way.
+//! 4. The nodes (contiguous pages coalesced) and the commit slot of this
+//!    txn's parity (the older slot; one 512-byte sector) are written in one
+//!    batch, then one `fdatasync`. The commit is durable when it returns.
+//! 5. Only now is space freed: system pages the new system tree replaced,
 //!    and deadlist ranges that no kept version can see any more.
 //!
-//! A crash before 5 completes leaves the previous slot newest: the store
-//! opens at the previous commit, and nothing it references was overwritten,
-//! because writes only ever go to pages that were free at that commit. A
-//! crash during 5 leaves a torn slot whose checksum fails: same outcome. A
-//! crash after 5 opens at this commit. Space is never reused before the
-//! commit that freed it is durable, so no crash can reach a version whose
-//! pages were handed out again.
+//! Every write goes to pages that were free at the previous commit, so the
+//! previous commit stays whole until this one is durable. After a crash,
+//! open takes the newest valid slot and checks that everything its commit
+//! wrote is on disk: it follows the references from the roots into every
+//! node, overflow run and extent born in that txn and compares checksums
+//! (`fsck::verify_commit`; a few pages, not the store). If the slot reached
+//! the disk but some of its pages did not, the slot is not used and the
+//! store opens at the previous commit, which is whole by the argument above.
+//! A torn slot fails its own checksum: same outcome. Because references name
+//! checksums, a stale page left at the same place by an earlier, discarded
+//! attempt of the same txn number is told apart too.
+//!
+//! A clean close writes the allocator state, syncs, then writes its slot and
+//! syncs again; its slot is trusted without the check.
 //!
 //! Any failure from step 1 on poisons the store: the kernel may have dropped
 //! dirty pages it could not write, so nothing cached can be trusted until the
@@ -35,14 +43,14 @@ use parking_lot::MutexGuard;
 
 use crate::store::alloc::Dead;
 use crate::store::error::{StoreError, StoreResult};
-use crate::store::format::{self, HEADER_SIZE, KIND_OVERFLOW, PAGE, PAGE_SIZE, Slot, put_u64};
+use crate::store::format::{self, HEADER_SIZE, KIND_OVERFLOW, PAGE, PAGE_SIZE, Ptr, Slot, put_u64};
 use crate::store::node::{
     BranchEntry, CAPACITY, Extent, LeafEntry, MAX_INLINE_ENTRY, MAX_KEY, Node, UNDERFULL, Val,
     inline_entry_size,
 };
 use crate::store::read::{self, Entry, Range, Src, overflow_pages};
 use crate::store::{
-    MAX_VALUE, Store, VersionInfo, VersionMeta, WriterState, retention, write_slot,
+    MAX_VALUE, Store, VersionInfo, VersionMeta, WriterState, retention, slot_sector,
 };
 
 /// Queued extent and overflow writes are sent to the disk once they hold this much.
@@ -75,7 +83,7 @@ pub struct WriteTxn<'s> {
     store: &'s Store,
     w: MutexGuard<'s, WriterState>,
     txn: u64,
-    roots: [u64; 2],
+    roots: [Ptr; 2],
     dirty: HashMap<u64, Node>,
     /// Data pages this txn replaced that older versions may still see.
     data_freed: Vec<Dead>,
@@ -193,6 +201,7 @@ impl<'s> WriteTxn<'s> {
                 page,
                 len,
                 birth: t.txn,
+                sum: format::checksum(data),
             };
             t.queue_write(page * PAGE, data.to_vec())?;
             t.extents_written.insert(page, e);
@@ -203,7 +212,7 @@ impl<'s> WriteTxn<'s> {
 
     pub fn read_extent(&mut self, e: &Extent) -> StoreResult<&[u8]> {
         self.flush_queue()?;
-        self.store.pages().extent(e)
+        self.store.pages().extent(e, false)
     }
 
     /// Drops every change of this transaction.
@@ -253,6 +262,12 @@ impl<'s> WriteTxn<'s> {
             self.w.alloc.free(s, l);
         }
 
+        // Seal the data tree bottom-up: each parent records its children's
+        // checksums, so the root's reference covers the whole new tree.
+        let mut sealed = Vec::with_capacity(self.dirty.len());
+        let data_root = self.seal(self.roots[Tree::Data as usize], &mut sealed);
+        self.roots[Tree::Data as usize] = data_root;
+
         // The version record, and retention.
         let info = VersionInfo {
             id: txn,
@@ -263,7 +278,7 @@ impl<'s> WriteTxn<'s> {
         };
         let meta = VersionMeta {
             info: info.clone(),
-            data_root: self.roots[Tree::Data as usize],
+            data_root,
         };
         self.put_entry(
             Tree::System,
@@ -288,42 +303,43 @@ impl<'s> WriteTxn<'s> {
         for &d in &dropped {
             self.modify(Tree::System, &version_key(d), Op::Delete)?;
         }
+        let system_root = self.seal(self.roots[Tree::System as usize], &mut sealed);
+        self.roots[Tree::System as usize] = system_root;
+        debug_assert!(self.dirty.is_empty(), "edited nodes no tree references");
+        for id in std::mem::take(&mut self.dirty).into_keys() {
+            self.w.alloc.free(id, 1);
+        }
 
-        // Write the edited nodes, then the slot.
-        let mut ids: Vec<u64> = self.dirty.keys().copied().collect();
-        ids.sort_unstable();
+        // One batch: the nodes (contiguous pages coalesced) and the slot; one sync.
+        sealed.sort_unstable_by_key(|(id, _)| *id);
         let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
-        for &id in &ids {
+        for (id, page) in &sealed {
             match runs.last_mut() {
-                Some((start, buf)) if *start + (buf.len() / PAGE_SIZE) as u64 == id => {
-                    buf.resize(buf.len() + PAGE_SIZE, 0)
+                Some((start, buf)) if *start + (buf.len() / PAGE_SIZE) as u64 == *id => {
+                    buf.extend_from_slice(&page[..])
                 }
-                _ => runs.push((id, vec![0u8; PAGE_SIZE])),
+                _ => runs.push((*id, page.to_vec())),
             }
-            let (start, buf) = runs.last_mut().expect("just pushed");
-            let at = ((id - *start) as usize) * PAGE_SIZE;
-            let page = &mut buf[at..at + PAGE_SIZE];
-            let (kind, count) = self.dirty[&id].encode(page);
-            format::seal(page, kind, count, id, txn);
         }
-        let writes: Vec<(u64, &[u8])> =
-            runs.iter().map(|(s, b)| (s * PAGE, b.as_slice())).collect();
-        self.store.backend.write_all(&writes)?;
-        for &id in &ids {
-            self.store.verified.set(id, true);
-        }
-        self.store.backend.sync()?;
         let slot = Slot {
             txn,
             version: txn,
             time: now,
-            data_root: self.roots[Tree::Data as usize],
-            system_root: self.roots[Tree::System as usize],
+            data_root,
+            system_root,
             hwm: self.w.alloc.hwm(),
             alloc_page: 0,
             alloc_pages: 0,
         };
-        write_slot(&*self.store.backend, &slot)?;
+        let (slot_at, sector) = slot_sector(&slot);
+        let mut writes: Vec<(u64, &[u8])> =
+            runs.iter().map(|(s, b)| (s * PAGE, b.as_slice())).collect();
+        writes.push((slot_at, &sector));
+        self.store.backend.write_all(&writes)?;
+        for (id, _) in &sealed {
+            self.store.verified.set(*id, true);
+        }
+        self.store.backend.sync()?;
 
         // Durable. Publish the version and free what no kept version sees.
         self.done = true;
@@ -379,6 +395,24 @@ impl<'s> WriteTxn<'s> {
     }
 
     // ---- internals ----
+
+    /// Encodes every edited node under `ptr`, children first, and returns
+    /// the reference to it with its final checksum.
+    fn seal(&mut self, ptr: Ptr, out: &mut Vec<(u64, Box<[u8]>)>) -> Ptr {
+        let Some(mut node) = self.dirty.remove(&ptr.page) else {
+            return ptr;
+        };
+        if let Node::Branch(es) = &mut node {
+            for e in es.iter_mut() {
+                e.child = self.seal(e.child, out);
+            }
+        }
+        let mut page: Box<[u8]> = vec![0u8; PAGE_SIZE].into_boxed_slice();
+        let (kind, count) = node.encode(&mut page);
+        let sealed = format::seal(&mut page, kind, count, ptr.page, self.txn);
+        out.push((ptr.page, page));
+        sealed
+    }
 
     fn src(&self) -> Src<'_> {
         Src {
@@ -484,13 +518,9 @@ impl<'s> WriteTxn<'s> {
             let page = self.alloc_pages(pages)?;
             let mut buf = vec![0u8; (pages * PAGE) as usize];
             buf[HEADER_SIZE..HEADER_SIZE + value.len()].copy_from_slice(value);
-            format::seal(&mut buf, KIND_OVERFLOW, 0, page, self.txn);
+            let run = format::seal(&mut buf, KIND_OVERFLOW, 0, page, self.txn);
             self.queue_write(page * PAGE, buf)?;
-            Val::Overflow {
-                page,
-                len,
-                birth: self.txn,
-            }
+            Val::Overflow { run, len }
         };
         let entry = LeafEntry {
             key: key.into(),
@@ -514,8 +544,8 @@ impl<'s> WriteTxn<'s> {
 
     /// Frees what a replaced or deleted entry held, except `keep`.
     fn release_value(&mut self, tree: Tree, old: &LeafEntry, keep: Option<Extent>) {
-        if let Val::Overflow { page, len, birth } = old.val {
-            self.release(tree, page, overflow_pages(len), birth);
+        if let Val::Overflow { run, len } = old.val {
+            self.release(tree, run.page, overflow_pages(len), run.birth);
         }
         if let Some(x) = old.extent
             && Some(x) != keep
@@ -543,15 +573,13 @@ impl<'s> WriteTxn<'s> {
     }
 
     /// The writable copy of node `id` (itself, if already edited in this txn).
-    fn make_dirty(&mut self, tree: Tree, id: u64) -> StoreResult<u64> {
-        if self.dirty.contains_key(&id) {
-            return Ok(id);
+    fn make_dirty(&mut self, tree: Tree, ptr: Ptr) -> StoreResult<u64> {
+        if self.dirty.contains_key(&ptr.page) {
+            return Ok(ptr.page);
         }
-        let page = self.store.pages().node(id)?;
-        let node = page.decode();
-        let birth = format::header_birth(page.bytes);
+        let node = self.store.pages().node(ptr)?.decode();
         let new = self.alloc_pages(1)?;
-        self.release(tree, id, 1, birth);
+        self.release(tree, ptr.page, 1, ptr.birth);
         self.dirty.insert(new, node);
         Ok(new)
     }
@@ -564,28 +592,30 @@ impl<'s> WriteTxn<'s> {
 
     fn modify(&mut self, tree: Tree, key: &[u8], op: Op) -> StoreResult<Option<LeafEntry>> {
         let t = tree as usize;
-        if self.roots[t] == 0 {
+        if self.roots[t].is_none() {
             if let Op::Put(e) = op {
-                self.roots[t] = self.new_node(Node::Leaf(vec![e]))?;
+                let page = self.new_node(Node::Leaf(vec![e]))?;
+                self.roots[t] = self.fresh(page);
             }
             return Ok(None);
         }
-        let (mut root, out, old) = self.modify_rec(tree, self.roots[t], key, op, 0)?;
+        let (page, out, old) = self.modify_rec(tree, self.roots[t], key, op, 0)?;
+        let mut root = self.fresh(page);
         if let Outcome::Split(list) = out {
             root = self.grow_root(root, list)?;
         }
         // A root branch with one child gives way to the child; an empty root
         // leaf leaves an empty tree.
         loop {
-            match self.dirty.get(&root) {
+            match self.dirty.get(&root.page) {
                 Some(Node::Branch(es)) if es.len() == 1 => {
                     let child = es[0].child;
-                    self.drop_dirty(root);
+                    self.drop_dirty(root.page);
                     root = child;
                 }
                 Some(Node::Leaf(es)) if es.is_empty() => {
-                    self.drop_dirty(root);
-                    root = 0;
+                    self.drop_dirty(root.page);
+                    root = Ptr::NONE;
                     break;
                 }
                 _ => break,
@@ -595,34 +625,47 @@ impl<'s> WriteTxn<'s> {
         Ok(old)
     }
 
-    fn grow_root(&mut self, left: u64, list: Vec<(Box<[u8]>, u64)>) -> StoreResult<u64> {
+    /// A reference to a node edited in this txn; its checksum is filled in
+    /// when the node is sealed at commit.
+    fn fresh(&self, page: u64) -> Ptr {
+        Ptr {
+            page,
+            birth: self.txn,
+            sum: 0,
+        }
+    }
+
+    fn grow_root(&mut self, left: Ptr, list: Vec<(Box<[u8]>, u64)>) -> StoreResult<Ptr> {
         let mut es = vec![BranchEntry {
             key: Box::new([]),
             child: left,
         }];
-        es.extend(
-            list.into_iter()
-                .map(|(key, child)| BranchEntry { key, child }),
-        );
+        es.extend(list.into_iter().map(|(key, page)| BranchEntry {
+            key,
+            child: self.fresh(page),
+        }));
         let root = self.new_node(Node::Branch(es))?;
         match self.check_size(root)? {
-            Outcome::Split(more) => self.grow_root(root, more),
-            _ => Ok(root),
+            Outcome::Split(more) => self.grow_root(self.fresh(root), more),
+            _ => Ok(self.fresh(root)),
         }
     }
 
     fn modify_rec(
         &mut self,
         tree: Tree,
-        id: u64,
+        ptr: Ptr,
         key: &[u8],
         op: Op,
         depth: usize,
     ) -> StoreResult<(u64, Outcome, Option<LeafEntry>)> {
         if depth > 32 {
-            return Err(StoreError::corrupt(id, "tree deeper than any real tree"));
+            return Err(StoreError::corrupt(
+                ptr.page,
+                "tree deeper than any real tree",
+            ));
         }
-        let id = self.make_dirty(tree, id)?;
+        let id = self.make_dirty(tree, ptr)?;
         let old = match self.dirty.get_mut(&id) {
             Some(Node::Leaf(es)) => {
                 let pos = es.binary_search_by(|e| e.key.as_ref().cmp(key));
@@ -664,17 +707,35 @@ impl<'s> WriteTxn<'s> {
         child: u64,
         out: Outcome,
     ) -> StoreResult<()> {
+        let fresh = |page| Ptr {
+            page,
+            birth: self.txn,
+            sum: 0,
+        };
+        let child = fresh(child);
+        let (underfull, list): (bool, Vec<BranchEntry>) = match out {
+            Outcome::Split(list) => (
+                false,
+                list.into_iter()
+                    .map(|(key, page)| BranchEntry {
+                        key,
+                        child: fresh(page),
+                    })
+                    .collect(),
+            ),
+            Outcome::Underfull => (true, Vec::new()),
+            Outcome::Done => (false, Vec::new()),
+        };
         let es = self.branch_mut(parent);
         es[i].child = child;
-        match out {
-            Outcome::Done => Ok(()),
-            Outcome::Split(list) => {
-                for (j, (key, child)) in list.into_iter().enumerate() {
-                    es.insert(i + 1 + j, BranchEntry { key, child });
+        match underfull {
+            false => {
+                for (j, e) in list.into_iter().enumerate() {
+                    es.insert(i + 1 + j, e);
                 }
                 Ok(())
             }
-            Outcome::Underfull => self.rebalance(tree, parent, i),
+            true => self.rebalance(tree, parent, i),
         }
     }
 
@@ -689,11 +750,11 @@ impl<'s> WriteTxn<'s> {
         for j in [l, r] {
             let c = self.branch_mut(parent)[j].child;
             let nc = self.make_dirty(tree, c)?;
-            self.branch_mut(parent)[j].child = nc;
+            self.branch_mut(parent)[j].child = self.fresh(nc);
         }
         let (lid, rid, sep) = {
             let es = self.branch_mut(parent);
-            (es[l].child, es[r].child, es[r].key.clone())
+            (es[l].child.page, es[r].child.page, es[r].key.clone())
         };
         let left = self.dirty.remove(&lid).expect("dirty left");
         let right = self.dirty.remove(&rid).expect("dirty right");
@@ -826,38 +887,44 @@ pub(crate) fn version_key(id: u64) -> [u8; 9] {
 /// ```text
 /// off size field
 ///   0    8 time, unix nanoseconds
-///   8    8 data root page
-///  16    8 keys put or deleted
-///  24    8 value and extent bytes written
-///  32    2 cause length
-///  34    c cause, UTF-8
+///   8   24 data root: page, birth, checksum
+///  32    8 keys put or deleted
+///  40    8 value and extent bytes written
+///  48    2 cause length
+///  50    c cause, UTF-8
 /// ```
 pub(crate) fn encode_version(m: &VersionMeta) -> Vec<u8> {
-    let mut b = vec![0u8; 34 + m.info.cause.len()];
+    let mut b = vec![0u8; 50 + m.info.cause.len()];
     put_u64(&mut b, 0, m.info.time);
-    put_u64(&mut b, 8, m.data_root);
-    put_u64(&mut b, 16, m.info.changes);
-    put_u64(&mut b, 24, m.info.bytes);
-    format::put_u16(&mut b, 32, m.info.cause.len() as u16);
-    b[34..].copy_from_slice(m.info.cause.as_bytes());
+    put_u64(&mut b, 8, m.data_root.page);
+    put_u64(&mut b, 16, m.data_root.birth);
+    put_u64(&mut b, 24, m.data_root.sum);
+    put_u64(&mut b, 32, m.info.changes);
+    put_u64(&mut b, 40, m.info.bytes);
+    format::put_u16(&mut b, 48, m.info.cause.len() as u16);
+    b[50..].copy_from_slice(m.info.cause.as_bytes());
     b
 }
 
 pub(crate) fn decode_version(id: u64, b: &[u8], page: u64) -> StoreResult<VersionMeta> {
     let bad = || StoreError::corrupt(page, format!("malformed record of version {id}"));
-    if b.len() < 34 {
+    if b.len() < 50 {
         return Err(bad());
     }
-    let clen = format::get_u16(b, 32) as usize;
-    let cause = b.get(34..34 + clen).ok_or_else(bad)?;
+    let clen = format::get_u16(b, 48) as usize;
+    let cause = b.get(50..50 + clen).ok_or_else(bad)?;
     Ok(VersionMeta {
         info: VersionInfo {
             id,
             time: format::get_u64(b, 0),
             cause: String::from_utf8_lossy(cause).into_owned(),
-            changes: format::get_u64(b, 16),
-            bytes: format::get_u64(b, 24),
+            changes: format::get_u64(b, 32),
+            bytes: format::get_u64(b, 40),
         },
-        data_root: format::get_u64(b, 8),
+        data_root: Ptr {
+            page: format::get_u64(b, 8),
+            birth: format::get_u64(b, 16),
+            sum: format::get_u64(b, 24),
+        },
     })
 }
