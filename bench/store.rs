@@ -93,6 +93,7 @@ fn open_zippy(dir: &Path) -> Store {
     let opts = StoreOptions {
         map_size: 1 << 36,
         retention: Retention::last(10),
+        ..StoreOptions::default()
     };
     Store::open(&dir.join("zippy"), opts).expect("open zippyfs store")
 }

@@ -15,6 +15,7 @@ fn opts() -> StoreOptions {
     StoreOptions {
         map_size: 1 << 30,
         retention: Retention::last(8),
+        ..StoreOptions::default()
     }
 }
 

@@ -20,6 +20,7 @@ fn opts() -> StoreOptions {
     StoreOptions {
         map_size: DEVICE,
         retention: Retention::last(KEEP),
+        ..StoreOptions::default()
     }
 }
 

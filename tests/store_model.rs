@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use zippyfs::store::{Retention, SimBackend, Store, StoreOptions};
+use zippyfs::store::{Retention, SimBackend, Store, StoreOptions, WritePath};
 
 /// What a key holds in the model: its value and the bytes of its extent.
 type Model = BTreeMap<Vec<u8>, (Vec<u8>, Option<Vec<u8>>)>;
@@ -25,10 +25,10 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        30 => (0u16..300, prop_oneof![8 => 0usize..200, 1 => 900usize..12_000], any::<u8>())
+        30 => (0u16..2000, prop_oneof![8 => 0usize..200, 1 => 900usize..12_000], any::<u8>())
             .prop_map(|(key, len, seed)| Op::Put { key, len, seed }),
-        6 => (0u16..300, 1usize..10_000, any::<u8>()).prop_map(|(key, len, seed)| Op::PutExtent { key, len, seed }),
-        12 => (0u16..300).prop_map(|key| Op::Delete { key }),
+        6 => (0u16..2000, 1usize..10_000, any::<u8>()).prop_map(|(key, len, seed)| Op::PutExtent { key, len, seed }),
+        12 => (0u16..2000).prop_map(|key| Op::Delete { key }),
         6 => Just(Op::Commit),
         1 => Just(Op::Abort),
         1 => Just(Op::Reopen),
@@ -152,6 +152,7 @@ fn opts() -> StoreOptions {
     StoreOptions {
         map_size: 1 << 30,
         retention: Retention::last(KEEP),
+        ..StoreOptions::default()
     }
 }
 
@@ -169,6 +170,16 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         run(ops, KEEP, || Store::open(Path::new(&path), opts()).unwrap());
+    }
+
+    #[test]
+    fn every_kept_version_matches_the_model_on_a_file_written_through_io_uring(
+        ops in prop::collection::vec(op(), 1..300)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let opts = StoreOptions { write_path: WritePath::IoUring, ..opts() };
+        run(ops, KEEP, || Store::open(Path::new(&path), opts.clone()).unwrap());
     }
 }
 

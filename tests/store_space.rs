@@ -14,6 +14,7 @@ fn opts() -> StoreOptions {
     StoreOptions {
         map_size: 1 << 36,
         retention: Retention::last(10),
+        ..StoreOptions::default()
     }
 }
 

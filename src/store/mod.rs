@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
-pub use backend::{Backend, FileBackend, SimBackend, SplitMix64};
+pub use backend::{Backend, FileBackend, SimBackend, SplitMix64, WritePath};
 pub use error::{StoreError, StoreResult};
 pub use fsck::{FsckReport, Problem};
 pub use node::{Extent, MAX_KEY};
@@ -56,6 +56,8 @@ pub struct StoreOptions {
     /// store file may grow to while open.
     pub map_size: u64,
     pub retention: Retention,
+    /// How pages and extents are written to the store file.
+    pub write_path: WritePath,
 }
 
 impl Default for StoreOptions {
@@ -63,6 +65,7 @@ impl Default for StoreOptions {
         StoreOptions {
             map_size: 1 << 40,
             retention: Retention::default(),
+            write_path: WritePath::default(),
         }
     }
 }
@@ -169,7 +172,7 @@ impl Store {
         let lock = file
             .try_clone()
             .map_err(|e| StoreError::io("duplicate store file handle", e))?;
-        let backend = FileBackend::new(file, opts.map_size)?;
+        let backend = FileBackend::new(file, opts.map_size, opts.write_path)?;
         let mut store = Self::open_backend(Box::new(backend), opts)?;
         store.path = Some(path);
         store._lock = Some(lock);

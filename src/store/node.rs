@@ -38,8 +38,7 @@
 use crate::store::error::{StoreError, StoreResult};
 pub use crate::store::format::Ptr;
 use crate::store::format::{
-    HEADER_SIZE, KIND_BRANCH, KIND_LEAF, PAGE_SIZE, get_u16, get_u32, get_u64, put_u16, put_u32,
-    put_u64,
+    HEADER_SIZE, KIND_BRANCH, KIND_LEAF, PAGE_SIZE, get_u16, get_u32, get_u64, put_u16, put_u64,
 };
 
 /// Bytes available for slots and entries in one node page.
@@ -80,128 +79,61 @@ impl Extent {
     }
 }
 
-/// Where an entry's value lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Val {
-    Inline(Box<[u8]>),
+/// A value as the writer hands it to a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewVal<'a> {
+    Inline(&'a [u8]),
     Overflow { run: Ptr, len: u64 },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeafEntry {
-    pub key: Box<[u8]>,
-    pub val: Val,
-    pub extent: Option<Extent>,
+/// Size of a leaf entry (with its slot) holding `val`.
+pub fn leaf_entry_size(klen: usize, val: NewVal<'_>, extent: bool) -> usize {
+    SLOT + LEAF_ENTRY_HEADER
+        + klen
+        + if extent { EXTENT_REF } else { 0 }
+        + match val {
+            NewVal::Inline(v) => v.len(),
+            NewVal::Overflow { .. } => OVERFLOW_REF,
+        }
 }
 
-impl LeafEntry {
-    pub fn size(&self) -> usize {
-        SLOT + LEAF_ENTRY_HEADER
-            + self.key.len()
-            + if self.extent.is_some() { EXTENT_REF } else { 0 }
-            + match &self.val {
-                Val::Inline(v) => v.len(),
-                Val::Overflow { .. } => OVERFLOW_REF,
-            }
+fn push_leaf_entry(out: &mut Vec<u8>, key: &[u8], val: NewVal<'_>, extent: Option<Extent>) {
+    let mut flags = 0;
+    if extent.is_some() {
+        flags |= FLAG_EXTENT;
     }
-}
-
-/// Size of a leaf entry with an inline value of `vlen` bytes.
-pub fn inline_entry_size(klen: usize, vlen: usize, extent: bool) -> usize {
-    SLOT + LEAF_ENTRY_HEADER + klen + vlen + if extent { EXTENT_REF } else { 0 }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BranchEntry {
-    pub key: Box<[u8]>,
-    pub child: Ptr,
-}
-
-impl BranchEntry {
-    pub fn size(&self) -> usize {
-        SLOT + BRANCH_ENTRY_HEADER + self.key.len()
-    }
-}
-
-/// A node decoded for editing by the writer.
-#[derive(Clone, Debug)]
-pub enum Node {
-    Leaf(Vec<LeafEntry>),
-    Branch(Vec<BranchEntry>),
-}
-
-impl Node {
-    pub fn size(&self) -> usize {
-        match self {
-            Node::Leaf(es) => es.iter().map(LeafEntry::size).sum(),
-            Node::Branch(es) => es.iter().map(BranchEntry::size).sum(),
+    let vlen = match val {
+        NewVal::Inline(v) => v.len() as u32,
+        NewVal::Overflow { len, .. } => {
+            flags |= FLAG_OVERFLOW;
+            len as u32
+        }
+    };
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    out.push(flags);
+    out.push(0);
+    out.extend_from_slice(&vlen.to_le_bytes());
+    out.extend_from_slice(key);
+    if let Some(x) = extent {
+        for v in [x.page, x.len, x.birth, x.sum] {
+            out.extend_from_slice(&v.to_le_bytes());
         }
     }
-
-    pub fn len(&self) -> usize {
-        match self {
-            Node::Leaf(es) => es.len(),
-            Node::Branch(es) => es.len(),
-        }
+    match val {
+        NewVal::Inline(v) => out.extend_from_slice(v),
+        NewVal::Overflow { run, .. } => push_ptr(out, &run),
     }
+}
 
-    /// Writes the node into a page (header left for `format::seal`); returns
-    /// the kind and entry count for the header.
-    pub fn encode(&self, page: &mut [u8]) -> (u8, u16) {
-        debug_assert!(self.size() <= CAPACITY, "node of {} bytes", self.size());
-        let mut end = PAGE_SIZE;
-        match self {
-            Node::Leaf(es) => {
-                for (i, e) in es.iter().enumerate() {
-                    let sz = e.size() - SLOT;
-                    end -= sz;
-                    put_u16(page, HEADER_SIZE + SLOT * i, end as u16);
-                    let b = &mut page[end..end + sz];
-                    put_u16(b, 0, e.key.len() as u16);
-                    let mut flags = 0;
-                    if e.extent.is_some() {
-                        flags |= FLAG_EXTENT;
-                    }
-                    if matches!(e.val, Val::Overflow { .. }) {
-                        flags |= FLAG_OVERFLOW;
-                    }
-                    b[2] = flags;
-                    b[3] = 0;
-                    let vlen = match &e.val {
-                        Val::Inline(v) => v.len() as u64,
-                        Val::Overflow { len, .. } => *len,
-                    };
-                    put_u32(b, 4, vlen as u32);
-                    let mut at = LEAF_ENTRY_HEADER;
-                    b[at..at + e.key.len()].copy_from_slice(&e.key);
-                    at += e.key.len();
-                    if let Some(x) = e.extent {
-                        put_u64(b, at, x.page);
-                        put_u64(b, at + 8, x.len);
-                        put_u64(b, at + 16, x.birth);
-                        put_u64(b, at + 24, x.sum);
-                        at += EXTENT_REF;
-                    }
-                    match &e.val {
-                        Val::Inline(v) => b[at..at + v.len()].copy_from_slice(v),
-                        Val::Overflow { run, .. } => put_ptr(b, at, run),
-                    }
-                }
-                (KIND_LEAF, es.len() as u16)
-            }
-            Node::Branch(es) => {
-                for (i, e) in es.iter().enumerate() {
-                    let sz = e.size() - SLOT;
-                    end -= sz;
-                    put_u16(page, HEADER_SIZE + SLOT * i, end as u16);
-                    let b = &mut page[end..end + sz];
-                    put_ptr(b, 0, &e.child);
-                    put_u16(b, 24, e.key.len() as u16);
-                    b[BRANCH_ENTRY_HEADER..].copy_from_slice(&e.key);
-                }
-                (KIND_BRANCH, es.len() as u16)
-            }
-        }
+fn push_branch_entry(out: &mut Vec<u8>, key: &[u8], child: Ptr) {
+    push_ptr(out, &child);
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    out.extend_from_slice(key);
+}
+
+fn push_ptr(out: &mut Vec<u8>, p: &Ptr) {
+    for v in [p.page, p.birth, p.sum] {
+        out.extend_from_slice(&v.to_le_bytes());
     }
 }
 
@@ -219,6 +151,262 @@ fn get_ptr(b: &[u8], at: usize) -> Ptr {
     }
 }
 
+/// The length of the entry at the start of `b` (a validated node's entry).
+fn entry_len(kind: u8, b: &[u8]) -> usize {
+    if kind == KIND_LEAF {
+        let kl = get_u16(b, 0) as usize;
+        let flags = b[2];
+        let mut len = LEAF_ENTRY_HEADER + kl;
+        if flags & FLAG_EXTENT != 0 {
+            len += EXTENT_REF;
+        }
+        len + if flags & FLAG_OVERFLOW != 0 {
+            OVERFLOW_REF
+        } else {
+            get_u32(b, 4) as usize
+        }
+    } else {
+        BRANCH_ENTRY_HEADER + get_u16(b, 24) as usize
+    }
+}
+
+fn entry_key(kind: u8, b: &[u8]) -> &[u8] {
+    if kind == KIND_LEAF {
+        let kl = get_u16(b, 0) as usize;
+        &b[LEAF_ENTRY_HEADER..LEAF_ENTRY_HEADER + kl]
+    } else {
+        let kl = get_u16(b, 24) as usize;
+        &b[BRANCH_ENTRY_HEADER..BRANCH_ENTRY_HEADER + kl]
+    }
+}
+
+fn parse_leaf_entry(b: &[u8]) -> EntryRef<'_> {
+    let kl = get_u16(b, 0) as usize;
+    let flags = b[2];
+    let vlen = get_u32(b, 4) as usize;
+    let key = &b[LEAF_ENTRY_HEADER..LEAF_ENTRY_HEADER + kl];
+    let mut p = LEAF_ENTRY_HEADER + kl;
+    let extent = if flags & FLAG_EXTENT != 0 {
+        let x = Extent {
+            page: get_u64(b, p),
+            len: get_u64(b, p + 8),
+            birth: get_u64(b, p + 16),
+            sum: get_u64(b, p + 24),
+        };
+        p += EXTENT_REF;
+        Some(x)
+    } else {
+        None
+    };
+    let val = if flags & FLAG_OVERFLOW != 0 {
+        ValRef::Overflow {
+            run: get_ptr(b, p),
+            len: vlen as u64,
+        }
+    } else {
+        ValRef::Inline(&b[p..p + vlen])
+    };
+    EntryRef { key, val, extent }
+}
+
+/// A node the writer edits: its entries in their on-page encoding, appended
+/// to one buffer in any order, and a slot list in key order. Edits append
+/// and re-point slots; the buffer is compacted when dead bytes pile up, and
+/// at commit the live entries are packed into a page.
+#[derive(Clone, Debug)]
+pub struct Node {
+    kind: u8,
+    buf: Vec<u8>,
+    /// (offset in `buf`, length) of each entry, in key order.
+    slots: Vec<(u32, u32)>,
+    /// Bytes of live entries.
+    live: usize,
+}
+
+impl Node {
+    pub fn new(leaf: bool) -> Self {
+        Node {
+            kind: if leaf { KIND_LEAF } else { KIND_BRANCH },
+            buf: Vec::new(),
+            slots: Vec::new(),
+            live: 0,
+        }
+    }
+
+    /// Copies a page's entries for editing (one copy of the entry area).
+    pub fn from_page(p: PageRef<'_>) -> Self {
+        let kind = p.bytes[0];
+        let n = p.len();
+        let low = (0..n).map(|i| p.entry_at(i)).min().unwrap_or(PAGE_SIZE);
+        let buf = p.bytes[low..PAGE_SIZE].to_vec();
+        let mut live = 0;
+        let slots = (0..n)
+            .map(|i| {
+                let at = p.entry_at(i);
+                let len = entry_len(kind, &p.bytes[at..]);
+                live += len;
+                ((at - low) as u32, len as u32)
+            })
+            .collect();
+        Node {
+            kind,
+            buf,
+            slots,
+            live,
+        }
+    }
+
+    pub fn is_leaf(&self) -> bool {
+        self.kind == KIND_LEAF
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Bytes this node takes in a page: slots and entries.
+    pub fn size(&self) -> usize {
+        self.live + SLOT * self.slots.len()
+    }
+
+    fn bytes(&self, i: usize) -> &[u8] {
+        let (off, len) = self.slots[i];
+        &self.buf[off as usize..(off + len) as usize]
+    }
+
+    /// Size of entry i with its slot.
+    pub fn entry_size(&self, i: usize) -> usize {
+        self.slots[i].1 as usize + SLOT
+    }
+
+    pub fn key(&self, i: usize) -> &[u8] {
+        entry_key(self.kind, self.bytes(i))
+    }
+
+    pub fn entry(&self, i: usize) -> EntryRef<'_> {
+        parse_leaf_entry(self.bytes(i))
+    }
+
+    pub fn child(&self, i: usize) -> Ptr {
+        get_ptr(self.bytes(i), 0)
+    }
+
+    pub fn set_child(&mut self, i: usize, p: Ptr) {
+        let off = self.slots[i].0 as usize;
+        put_ptr(&mut self.buf, off, &p);
+    }
+
+    /// In a leaf: `Ok(i)` if key i equals `key`, else `Err(where it would go)`.
+    pub fn search(&self, key: &[u8]) -> Result<usize, usize> {
+        self.slots.binary_search_by(|&(off, len)| {
+            entry_key(self.kind, &self.buf[off as usize..(off + len) as usize]).cmp(key)
+        })
+    }
+
+    /// In a branch: the child whose range holds `key`.
+    pub fn child_index(&self, key: &[u8]) -> usize {
+        self.slots[1..].partition_point(|&(off, len)| {
+            entry_key(self.kind, &self.buf[off as usize..(off + len) as usize]) <= key
+        })
+    }
+
+    fn append(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> (u32, u32) {
+        let off = self.buf.len();
+        write(&mut self.buf);
+        let len = self.buf.len() - off;
+        self.live += len;
+        (off as u32, len as u32)
+    }
+
+    pub fn insert_leaf(&mut self, i: usize, key: &[u8], val: NewVal<'_>, extent: Option<Extent>) {
+        let slot = self.append(|b| push_leaf_entry(b, key, val, extent));
+        self.slots.insert(i, slot);
+    }
+
+    pub fn replace_leaf(&mut self, i: usize, key: &[u8], val: NewVal<'_>, extent: Option<Extent>) {
+        let slot = self.append(|b| push_leaf_entry(b, key, val, extent));
+        self.live -= self.slots[i].1 as usize;
+        self.slots[i] = slot;
+        self.compact_if_sparse();
+    }
+
+    pub fn insert_branch(&mut self, i: usize, key: &[u8], child: Ptr) {
+        let slot = self.append(|b| push_branch_entry(b, key, child));
+        self.slots.insert(i, slot);
+    }
+
+    /// A branch entry's key changes, its child stays.
+    pub fn set_key(&mut self, i: usize, key: &[u8]) {
+        let child = self.child(i);
+        let slot = self.append(|b| push_branch_entry(b, key, child));
+        self.live -= self.slots[i].1 as usize;
+        self.slots[i] = slot;
+        self.compact_if_sparse();
+    }
+
+    pub fn remove(&mut self, i: usize) {
+        let (_, len) = self.slots.remove(i);
+        self.live -= len as usize;
+        self.compact_if_sparse();
+    }
+
+    /// Appends all of `other`'s entries (which sort after this node's).
+    pub fn extend(&mut self, other: &Node) {
+        for i in 0..other.len() {
+            let b = other.bytes(i);
+            let slot = self.append(|out| out.extend_from_slice(b));
+            self.slots.push(slot);
+        }
+    }
+
+    /// Moves entries `k..` into a new node.
+    pub fn split_off(&mut self, k: usize) -> Node {
+        let mut right = Node::new(self.is_leaf());
+        for i in k..self.len() {
+            let b = self.bytes(i);
+            let off = right.buf.len();
+            right.buf.extend_from_slice(b);
+            right.slots.push((off as u32, b.len() as u32));
+            right.live += b.len();
+        }
+        for (_, len) in self.slots.drain(k..) {
+            self.live -= len as usize;
+        }
+        self.compact_if_sparse();
+        right
+    }
+
+    /// Keeps the buffer from growing with edits: dead bytes are dropped once
+    /// they outweigh a page.
+    fn compact_if_sparse(&mut self) {
+        if self.buf.len() <= self.live + PAGE_SIZE {
+            return;
+        }
+        let mut buf = Vec::with_capacity(self.live);
+        for slot in &mut self.slots {
+            let (off, len) = *slot;
+            let new = buf.len() as u32;
+            buf.extend_from_slice(&self.buf[off as usize..(off + len) as usize]);
+            *slot = (new, len);
+        }
+        self.buf = buf;
+    }
+
+    /// Writes the node into a page (header left for `format::seal`); returns
+    /// the kind and entry count for the header.
+    pub fn encode(&self, page: &mut [u8]) -> (u8, u16) {
+        debug_assert!(self.size() <= CAPACITY, "node of {} bytes", self.size());
+        let mut end = PAGE_SIZE;
+        for i in 0..self.len() {
+            let b = self.bytes(i);
+            end -= b.len();
+            put_u16(page, HEADER_SIZE + SLOT * i, end as u16);
+            page[end..end + b.len()].copy_from_slice(b);
+        }
+        (self.kind, self.len() as u16)
+    }
+}
+
 /// A value as a reader finds it: in the page, or a reference to an overflow run.
 #[derive(Clone, Copy, Debug)]
 pub enum ValRef<'a> {
@@ -231,19 +419,6 @@ pub struct EntryRef<'a> {
     pub key: &'a [u8],
     pub val: ValRef<'a>,
     pub extent: Option<Extent>,
-}
-
-impl EntryRef<'_> {
-    pub fn to_owned_entry(self) -> LeafEntry {
-        LeafEntry {
-            key: self.key.into(),
-            val: match self.val {
-                ValRef::Inline(v) => Val::Inline(v.into()),
-                ValRef::Overflow { run, len } => Val::Overflow { run, len },
-            },
-            extent: self.extent,
-        }
-    }
 }
 
 /// A node page that passed [`validate`]: its accessors cannot go out of bounds.
@@ -263,66 +438,13 @@ impl<'a> PageRef<'a> {
         get_u16(self.bytes, HEADER_SIZE + SLOT * i) as usize
     }
     pub fn key(&self, i: usize) -> &'a [u8] {
-        let at = self.entry_at(i);
-        if self.is_leaf() {
-            let kl = get_u16(self.bytes, at) as usize;
-            &self.bytes[at + LEAF_ENTRY_HEADER..at + LEAF_ENTRY_HEADER + kl]
-        } else {
-            let kl = get_u16(self.bytes, at + 24) as usize;
-            &self.bytes[at + BRANCH_ENTRY_HEADER..at + BRANCH_ENTRY_HEADER + kl]
-        }
+        entry_key(self.bytes[0], &self.bytes[self.entry_at(i)..])
     }
     pub fn child(&self, i: usize) -> Ptr {
         get_ptr(self.bytes, self.entry_at(i))
     }
     pub fn entry(&self, i: usize) -> EntryRef<'a> {
-        let b = self.bytes;
-        let at = self.entry_at(i);
-        let kl = get_u16(b, at) as usize;
-        let flags = b[at + 2];
-        let vlen = get_u32(b, at + 4) as usize;
-        let key = &b[at + LEAF_ENTRY_HEADER..at + LEAF_ENTRY_HEADER + kl];
-        let mut p = at + LEAF_ENTRY_HEADER + kl;
-        let extent = if flags & FLAG_EXTENT != 0 {
-            let x = Extent {
-                page: get_u64(b, p),
-                len: get_u64(b, p + 8),
-                birth: get_u64(b, p + 16),
-                sum: get_u64(b, p + 24),
-            };
-            p += EXTENT_REF;
-            Some(x)
-        } else {
-            None
-        };
-        let val = if flags & FLAG_OVERFLOW != 0 {
-            ValRef::Overflow {
-                run: get_ptr(b, p),
-                len: vlen as u64,
-            }
-        } else {
-            ValRef::Inline(&b[p..p + vlen])
-        };
-        EntryRef { key, val, extent }
-    }
-
-    pub fn decode(&self) -> Node {
-        if self.is_leaf() {
-            Node::Leaf(
-                (0..self.len())
-                    .map(|i| self.entry(i).to_owned_entry())
-                    .collect(),
-            )
-        } else {
-            Node::Branch(
-                (0..self.len())
-                    .map(|i| BranchEntry {
-                        key: self.key(i).into(),
-                        child: self.child(i),
-                    })
-                    .collect(),
-            )
-        }
+        parse_leaf_entry(&self.bytes[self.entry_at(i)..])
     }
 
     /// Bytes used by slots and entries.
@@ -406,7 +528,7 @@ impl<'a> NodeRef<'a> {
     pub fn is_leaf(&self) -> bool {
         match self {
             NodeRef::Page(p) => p.is_leaf(),
-            NodeRef::Mem(n) => matches!(n, Node::Leaf(_)),
+            NodeRef::Mem(n) => n.is_leaf(),
         }
     }
     pub fn len(&self) -> usize {
@@ -418,35 +540,19 @@ impl<'a> NodeRef<'a> {
     pub fn key(&self, i: usize) -> &'a [u8] {
         match self {
             NodeRef::Page(p) => p.key(i),
-            NodeRef::Mem(Node::Leaf(es)) => &es[i].key,
-            NodeRef::Mem(Node::Branch(es)) => &es[i].key,
+            NodeRef::Mem(n) => n.key(i),
         }
     }
     pub fn child(&self, i: usize) -> Ptr {
         match self {
             NodeRef::Page(p) => p.child(i),
-            NodeRef::Mem(Node::Branch(es)) => es[i].child,
-            NodeRef::Mem(Node::Leaf(_)) => Ptr::NONE,
+            NodeRef::Mem(n) => n.child(i),
         }
     }
     pub fn entry(&self, i: usize) -> EntryRef<'a> {
         match self {
             NodeRef::Page(p) => p.entry(i),
-            NodeRef::Mem(Node::Leaf(es)) => {
-                let e = &es[i];
-                EntryRef {
-                    key: &e.key,
-                    val: match &e.val {
-                        Val::Inline(v) => ValRef::Inline(v),
-                        Val::Overflow { run, len } => ValRef::Overflow {
-                            run: *run,
-                            len: *len,
-                        },
-                    },
-                    extent: e.extent,
-                }
-            }
-            NodeRef::Mem(Node::Branch(_)) => unreachable!("entry() of a branch"),
+            NodeRef::Mem(n) => n.entry(i),
         }
     }
 
@@ -486,35 +592,39 @@ mod tests {
     use crate::store::format::{seal, verify_run};
 
     fn leaf(n: usize) -> Node {
-        Node::Leaf(
-            (0..n)
-                .map(|i| LeafEntry {
-                    key: format!("key{i:04}").into_bytes().into(),
-                    val: if i % 3 == 0 {
-                        Val::Overflow {
-                            run: Ptr {
-                                page: 100 + i as u64,
-                                birth: 2,
-                                sum: 77,
-                            },
-                            len: 5000,
-                        }
-                    } else {
-                        Val::Inline(vec![i as u8; i].into())
+        let mut node = Node::new(true);
+        for i in 0..n {
+            let key = format!("key{i:04}").into_bytes();
+            let inline = vec![i as u8; i];
+            let val = if i % 3 == 0 {
+                NewVal::Overflow {
+                    run: Ptr {
+                        page: 100 + i as u64,
+                        birth: 2,
+                        sum: 77,
                     },
-                    extent: (i % 2 == 0).then_some(Extent {
-                        page: 7,
-                        len: 4096,
-                        birth: 1,
-                        sum: 99,
-                    }),
-                })
-                .collect(),
-        )
+                    len: 5000,
+                }
+            } else {
+                NewVal::Inline(&inline)
+            };
+            let extent = (i % 2 == 0).then_some(Extent {
+                page: 7,
+                len: 4096,
+                birth: 1,
+                sum: 99,
+            });
+            node.insert_leaf(i, &key, val, extent);
+        }
+        node
+    }
+
+    fn entries(n: NodeRef<'_>) -> Vec<String> {
+        (0..n.len()).map(|i| format!("{:?}", n.entry(i))).collect()
     }
 
     #[test]
-    fn leaf_page_round_trips_through_encode_and_validate() {
+    fn leaf_round_trips_through_a_page_and_back() {
         let node = leaf(30);
         let mut page = vec![0u8; PAGE_SIZE];
         let (kind, count) = node.encode(&mut page);
@@ -522,49 +632,60 @@ mod tests {
         verify_run(&page, 9, &[KIND_LEAF]).unwrap();
         validate(&page, 9).unwrap();
         let p = PageRef { bytes: &page };
-        let back = p.decode();
-        match (back, node.clone()) {
-            (Node::Leaf(a), Node::Leaf(b)) => assert_eq!(a, b),
-            _ => panic!("kind changed"),
-        }
+        assert_eq!(entries(NodeRef::Page(p)), entries(NodeRef::Mem(&node)));
         assert_eq!(p.used(), node.size());
+        let back = Node::from_page(p);
+        assert_eq!(entries(NodeRef::Mem(&back)), entries(NodeRef::Mem(&node)));
+        assert_eq!(back.size(), node.size());
         assert_eq!(NodeRef::Page(p).search_leaf(b"key0010"), Ok(10));
         assert_eq!(NodeRef::Page(p).search_leaf(b"key00105"), Err(11));
+        assert_eq!(back.search(b"key0010"), Ok(10));
+    }
+
+    #[test]
+    fn edits_keep_sizes_and_order_and_compact_dead_bytes() {
+        let mut node = leaf(10);
+        for round in 0..200u8 {
+            let v = vec![round; 50];
+            node.replace_leaf(3, b"key0003", NewVal::Inline(&v), None);
+        }
+        assert!(
+            node.buf.len() <= node.live + PAGE_SIZE,
+            "buffer grew with edits"
+        );
+        let right = node.split_off(6);
+        assert_eq!(node.len(), 6);
+        assert_eq!(right.key(0), b"key0006");
+        let total: usize = (0..node.len()).map(|i| node.entry_size(i)).sum();
+        assert_eq!(total, node.size());
+        node.extend(&right);
+        assert_eq!(node.len(), 10);
+        node.remove(0);
+        assert_eq!(node.key(0), b"key0001");
     }
 
     #[test]
     fn branch_search_finds_the_child_covering_a_key() {
-        let node = Node::Branch(vec![
-            BranchEntry {
-                key: Box::new([]),
-                child: Ptr {
-                    page: 10,
-                    birth: 1,
-                    sum: 1,
-                },
-            },
-            BranchEntry {
-                key: b"m".to_vec().into(),
-                child: Ptr {
-                    page: 11,
-                    birth: 1,
-                    sum: 1,
-                },
-            },
-            BranchEntry {
-                key: b"t".to_vec().into(),
-                child: Ptr {
-                    page: 12,
-                    birth: 1,
-                    sum: 1,
-                },
-            },
-        ]);
+        let mut node = Node::new(false);
+        let ptr = |page| Ptr {
+            page,
+            birth: 1,
+            sum: 1,
+        };
+        node.insert_branch(0, b"", ptr(10));
+        node.insert_branch(1, b"m", ptr(11));
+        node.insert_branch(2, b"t", ptr(12));
         let r = NodeRef::Mem(&node);
         assert_eq!(r.search_branch(b"a"), 0);
         assert_eq!(r.search_branch(b"m"), 1);
         assert_eq!(r.search_branch(b"s"), 1);
         assert_eq!(r.search_branch(b"z"), 2);
+        assert_eq!(node.child_index(b"s"), 1);
+        node.set_child(1, ptr(20));
+        node.set_key(2, b"u");
+        assert_eq!(node.child(1).page, 20);
+        assert_eq!(node.key(2), b"u");
+        assert_eq!(node.child(2).page, 12);
     }
 
     #[test]
@@ -590,6 +711,7 @@ mod tests {
                     let _ = p.key(i);
                 }
                 let _ = p.used();
+                let _ = Node::from_page(p);
             }
         }
     }

@@ -45,8 +45,7 @@ use crate::store::alloc::Dead;
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::format::{self, HEADER_SIZE, KIND_OVERFLOW, PAGE, PAGE_SIZE, Ptr, Slot, put_u64};
 use crate::store::node::{
-    BranchEntry, CAPACITY, Extent, LeafEntry, MAX_INLINE_ENTRY, MAX_KEY, Node, UNDERFULL, Val,
-    inline_entry_size,
+    CAPACITY, Extent, MAX_INLINE_ENTRY, MAX_KEY, NewVal, Node, UNDERFULL, ValRef, leaf_entry_size,
 };
 use crate::store::read::{self, Entry, Range, Src, overflow_pages};
 use crate::store::{
@@ -67,9 +66,19 @@ enum Tree {
     System = 1,
 }
 
-enum Op {
-    Put(LeafEntry),
+enum Op<'v> {
+    Put {
+        val: NewVal<'v>,
+        extent: Option<Extent>,
+    },
     Delete,
+}
+
+/// What a replaced or deleted entry held that may need freeing.
+#[derive(Clone, Copy)]
+struct Old {
+    overflow: Option<(Ptr, u64)>,
+    extent: Option<Extent>,
 }
 
 enum Outcome {
@@ -156,7 +165,7 @@ impl<'s> WriteTxn<'s> {
                 return Ok(false);
             }
             if let Some(old) = t.modify(Tree::Data, key, Op::Delete)? {
-                t.release_value(Tree::Data, &old, None);
+                t.release_value(Tree::Data, old, None);
             }
             t.changes += 1;
             Ok(true)
@@ -243,6 +252,7 @@ impl<'s> WriteTxn<'s> {
 
     fn commit_inner(&mut self, cause: &str, now: u64) -> StoreResult<VersionInfo> {
         let txn = self.txn;
+        let t0 = std::time::Instant::now();
         self.flush_queue()?;
         for (_, e) in std::mem::take(&mut self.extents_written) {
             self.free_at_commit.push((e.page, e.pages()));
@@ -303,6 +313,7 @@ impl<'s> WriteTxn<'s> {
         for &d in &dropped {
             self.modify(Tree::System, &version_key(d), Op::Delete)?;
         }
+        let t1 = std::time::Instant::now();
         let system_root = self.seal(self.roots[Tree::System as usize], &mut sealed);
         self.roots[Tree::System as usize] = system_root;
         debug_assert!(self.dirty.is_empty(), "edited nodes no tree references");
@@ -310,17 +321,9 @@ impl<'s> WriteTxn<'s> {
             self.w.alloc.free(id, 1);
         }
 
-        // One batch: the nodes (contiguous pages coalesced) and the slot; one sync.
+        // One batch: the nodes (sorted, so the backend can coalesce adjacent
+        // pages) and the slot; one sync.
         sealed.sort_unstable_by_key(|(id, _)| *id);
-        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
-        for (id, page) in &sealed {
-            match runs.last_mut() {
-                Some((start, buf)) if *start + (buf.len() / PAGE_SIZE) as u64 == *id => {
-                    buf.extend_from_slice(&page[..])
-                }
-                _ => runs.push((*id, page.to_vec())),
-            }
-        }
         let slot = Slot {
             txn,
             version: txn,
@@ -332,14 +335,29 @@ impl<'s> WriteTxn<'s> {
             alloc_pages: 0,
         };
         let (slot_at, sector) = slot_sector(&slot);
-        let mut writes: Vec<(u64, &[u8])> =
-            runs.iter().map(|(s, b)| (s * PAGE, b.as_slice())).collect();
+        let mut writes: Vec<(u64, &[u8])> = sealed
+            .iter()
+            .map(|(id, page)| (id * PAGE, &page[..]))
+            .collect();
         writes.push((slot_at, &sector));
+        let t2 = std::time::Instant::now();
         self.store.backend.write_all(&writes)?;
         for (id, _) in &sealed {
             self.store.verified.set(*id, true);
         }
+        let t3 = std::time::Instant::now();
         self.store.backend.sync()?;
+        let t4 = std::time::Instant::now();
+        if std::env::var("ZT").is_ok() {
+            eprintln!(
+                "pages {} seal+ret {:?} sys {:?} write {:?} sync {:?}",
+                sealed.len(),
+                t1 - t0,
+                t2 - t1,
+                t3 - t2,
+                t4 - t3
+            );
+        }
 
         // Durable. Publish the version and free what no kept version sees.
         self.done = true;
@@ -402,9 +420,10 @@ impl<'s> WriteTxn<'s> {
         let Some(mut node) = self.dirty.remove(&ptr.page) else {
             return ptr;
         };
-        if let Node::Branch(es) = &mut node {
-            for e in es.iter_mut() {
-                e.child = self.seal(e.child, out);
+        if !node.is_leaf() {
+            for i in 0..node.len() {
+                let child = self.seal(node.child(i), out);
+                node.set_child(i, child);
             }
         }
         let mut page: Box<[u8]> = vec![0u8; PAGE_SIZE].into_boxed_slice();
@@ -509,9 +528,10 @@ impl<'s> WriteTxn<'s> {
                 }
             }
         }
-        let val = if inline_entry_size(key.len(), value.len(), extent.is_some()) <= MAX_INLINE_ENTRY
+        let val = if leaf_entry_size(key.len(), NewVal::Inline(value), extent.is_some())
+            <= MAX_INLINE_ENTRY
         {
-            Val::Inline(value.into())
+            NewVal::Inline(value)
         } else {
             let len = value.len() as u64;
             let pages = overflow_pages(len);
@@ -520,16 +540,11 @@ impl<'s> WriteTxn<'s> {
             buf[HEADER_SIZE..HEADER_SIZE + value.len()].copy_from_slice(value);
             let run = format::seal(&mut buf, KIND_OVERFLOW, 0, page, self.txn);
             self.queue_write(page * PAGE, buf)?;
-            Val::Overflow { run, len }
+            NewVal::Overflow { run, len }
         };
-        let entry = LeafEntry {
-            key: key.into(),
-            val,
-            extent,
-        };
-        let old = self.modify(tree, key, Op::Put(entry))?;
+        let old = self.modify(tree, key, Op::Put { val, extent })?;
         if let Some(old) = old {
-            self.release_value(tree, &old, extent);
+            self.release_value(tree, old, extent);
         }
         if let Some(x) = extent {
             self.extents_written.remove(&x.page);
@@ -543,8 +558,8 @@ impl<'s> WriteTxn<'s> {
     }
 
     /// Frees what a replaced or deleted entry held, except `keep`.
-    fn release_value(&mut self, tree: Tree, old: &LeafEntry, keep: Option<Extent>) {
-        if let Val::Overflow { run, len } = old.val {
+    fn release_value(&mut self, tree: Tree, old: Old, keep: Option<Extent>) {
+        if let Some((run, len)) = old.overflow {
             self.release(tree, run.page, overflow_pages(len), run.birth);
         }
         if let Some(x) = old.extent
@@ -577,7 +592,7 @@ impl<'s> WriteTxn<'s> {
         if self.dirty.contains_key(&ptr.page) {
             return Ok(ptr.page);
         }
-        let node = self.store.pages().node(ptr)?.decode();
+        let node = Node::from_page(self.store.pages().node(ptr)?);
         let new = self.alloc_pages(1)?;
         self.release(tree, ptr.page, 1, ptr.birth);
         self.dirty.insert(new, node);
@@ -590,11 +605,13 @@ impl<'s> WriteTxn<'s> {
         Ok(id)
     }
 
-    fn modify(&mut self, tree: Tree, key: &[u8], op: Op) -> StoreResult<Option<LeafEntry>> {
+    fn modify(&mut self, tree: Tree, key: &[u8], op: Op<'_>) -> StoreResult<Option<Old>> {
         let t = tree as usize;
         if self.roots[t].is_none() {
-            if let Op::Put(e) = op {
-                let page = self.new_node(Node::Leaf(vec![e]))?;
+            if let Op::Put { val, extent } = op {
+                let mut leaf = Node::new(true);
+                leaf.insert_leaf(0, key, val, extent);
+                let page = self.new_node(leaf)?;
                 self.roots[t] = self.fresh(page);
             }
             return Ok(None);
@@ -608,12 +625,12 @@ impl<'s> WriteTxn<'s> {
         // leaf leaves an empty tree.
         loop {
             match self.dirty.get(&root.page) {
-                Some(Node::Branch(es)) if es.len() == 1 => {
-                    let child = es[0].child;
+                Some(n) if !n.is_leaf() && n.len() == 1 => {
+                    let child = n.child(0);
                     self.drop_dirty(root.page);
                     root = child;
                 }
-                Some(Node::Leaf(es)) if es.is_empty() => {
+                Some(n) if n.is_leaf() && n.len() == 0 => {
                     self.drop_dirty(root.page);
                     root = Ptr::NONE;
                     break;
@@ -636,15 +653,12 @@ impl<'s> WriteTxn<'s> {
     }
 
     fn grow_root(&mut self, left: Ptr, list: Vec<(Box<[u8]>, u64)>) -> StoreResult<Ptr> {
-        let mut es = vec![BranchEntry {
-            key: Box::new([]),
-            child: left,
-        }];
-        es.extend(list.into_iter().map(|(key, page)| BranchEntry {
-            key,
-            child: self.fresh(page),
-        }));
-        let root = self.new_node(Node::Branch(es))?;
+        let mut node = Node::new(false);
+        node.insert_branch(0, b"", left);
+        for (i, (key, page)) in list.into_iter().enumerate() {
+            node.insert_branch(i + 1, &key, self.fresh(page));
+        }
+        let root = self.new_node(node)?;
         match self.check_size(root)? {
             Outcome::Split(more) => self.grow_root(self.fresh(root), more),
             _ => Ok(self.fresh(root)),
@@ -656,9 +670,9 @@ impl<'s> WriteTxn<'s> {
         tree: Tree,
         ptr: Ptr,
         key: &[u8],
-        op: Op,
+        op: Op<'_>,
         depth: usize,
-    ) -> StoreResult<(u64, Outcome, Option<LeafEntry>)> {
+    ) -> StoreResult<(u64, Outcome, Option<Old>)> {
         if depth > 32 {
             return Err(StoreError::corrupt(
                 ptr.page,
@@ -666,37 +680,39 @@ impl<'s> WriteTxn<'s> {
             ));
         }
         let id = self.make_dirty(tree, ptr)?;
-        let old = match self.dirty.get_mut(&id) {
-            Some(Node::Leaf(es)) => {
-                let pos = es.binary_search_by(|e| e.key.as_ref().cmp(key));
-                match (op, pos) {
-                    (Op::Put(e), Ok(i)) => Some(std::mem::replace(&mut es[i], e)),
-                    (Op::Put(e), Err(i)) => {
-                        es.insert(i, e);
-                        None
-                    }
-                    (Op::Delete, Ok(i)) => Some(es.remove(i)),
-                    (Op::Delete, Err(_)) => None,
+        let node = self.dirty.get_mut(&id).expect("make_dirty stores the node");
+        let old = if node.is_leaf() {
+            let pos = node.search(key);
+            let old = pos.ok().map(|i| {
+                let e = node.entry(i);
+                Old {
+                    overflow: match e.val {
+                        ValRef::Overflow { run, len } => Some((run, len)),
+                        ValRef::Inline(_) => None,
+                    },
+                    extent: e.extent,
                 }
+            });
+            match (op, pos) {
+                (Op::Put { val, extent }, Ok(i)) => node.replace_leaf(i, key, val, extent),
+                (Op::Put { val, extent }, Err(i)) => node.insert_leaf(i, key, val, extent),
+                (Op::Delete, Ok(i)) => node.remove(i),
+                (Op::Delete, Err(_)) => {}
             }
-            Some(Node::Branch(es)) => {
-                let i = branch_index(es, key);
-                let child = es[i].child;
-                let (nc, out, old) = self.modify_rec(tree, child, key, op, depth + 1)?;
-                self.after_child(tree, id, i, nc, out)?;
-                old
-            }
-            None => unreachable!("make_dirty returned a node it did not store"),
+            old
+        } else {
+            let i = node.child_index(key);
+            let child = node.child(i);
+            let (nc, out, old) = self.modify_rec(tree, child, key, op, depth + 1)?;
+            self.after_child(tree, id, i, nc, out)?;
+            old
         };
         let out = self.check_size(id)?;
         Ok((id, out, old))
     }
 
-    fn branch_mut(&mut self, id: u64) -> &mut Vec<BranchEntry> {
-        match self.dirty.get_mut(&id) {
-            Some(Node::Branch(es)) => es,
-            _ => unreachable!("node {id} is not an edited branch"),
-        }
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.dirty.get_mut(&id).expect("an edited node")
     }
 
     fn after_child(
@@ -707,95 +723,69 @@ impl<'s> WriteTxn<'s> {
         child: u64,
         out: Outcome,
     ) -> StoreResult<()> {
-        let fresh = |page| Ptr {
-            page,
-            birth: self.txn,
-            sum: 0,
+        let child = self.fresh(child);
+        let fresh: Vec<(Box<[u8]>, Ptr)> = match &out {
+            Outcome::Split(list) => list
+                .iter()
+                .map(|(key, page)| (key.clone(), self.fresh(*page)))
+                .collect(),
+            _ => Vec::new(),
         };
-        let child = fresh(child);
-        let (underfull, list): (bool, Vec<BranchEntry>) = match out {
-            Outcome::Split(list) => (
-                false,
-                list.into_iter()
-                    .map(|(key, page)| BranchEntry {
-                        key,
-                        child: fresh(page),
-                    })
-                    .collect(),
-            ),
-            Outcome::Underfull => (true, Vec::new()),
-            Outcome::Done => (false, Vec::new()),
-        };
-        let es = self.branch_mut(parent);
-        es[i].child = child;
-        match underfull {
-            false => {
-                for (j, e) in list.into_iter().enumerate() {
-                    es.insert(i + 1 + j, e);
-                }
-                Ok(())
-            }
-            true => self.rebalance(tree, parent, i),
+        let node = self.node_mut(parent);
+        node.set_child(i, child);
+        for (j, (key, ptr)) in fresh.into_iter().enumerate() {
+            node.insert_branch(i + 1 + j, &key, ptr);
+        }
+        match out {
+            Outcome::Underfull => self.rebalance(tree, parent, i),
+            _ => Ok(()),
         }
     }
 
     /// Child `i` of `parent` is under-full: merge it with a sibling, or even
     /// out the two.
     fn rebalance(&mut self, tree: Tree, parent: u64, i: usize) -> StoreResult<()> {
-        let n = self.branch_mut(parent).len();
-        if n < 2 {
+        if self.node_mut(parent).len() < 2 {
             return Ok(());
         }
         let (l, r) = if i > 0 { (i - 1, i) } else { (0, 1) };
         for j in [l, r] {
-            let c = self.branch_mut(parent)[j].child;
+            let c = self.node_mut(parent).child(j);
             let nc = self.make_dirty(tree, c)?;
-            self.branch_mut(parent)[j].child = self.fresh(nc);
+            let fresh = self.fresh(nc);
+            self.node_mut(parent).set_child(j, fresh);
         }
         let (lid, rid, sep) = {
-            let es = self.branch_mut(parent);
-            (es[l].child.page, es[r].child.page, es[r].key.clone())
+            let p = self.node_mut(parent);
+            (p.child(l).page, p.child(r).page, p.key(r).to_vec())
         };
-        let left = self.dirty.remove(&lid).expect("dirty left");
-        let right = self.dirty.remove(&rid).expect("dirty right");
-        match (left, right) {
-            (Node::Leaf(mut a), Node::Leaf(b)) => {
-                a.extend(b);
-                if a.iter().map(LeafEntry::size).sum::<usize>() <= CAPACITY {
-                    self.dirty.insert(lid, Node::Leaf(a));
-                    self.w.alloc.free(rid, 1);
-                    self.branch_mut(parent).remove(r);
-                } else {
-                    let k = balance_point(a.iter().map(LeafEntry::size));
-                    let b = a.split_off(k);
-                    let new_sep = b[0].key.clone();
-                    self.dirty.insert(lid, Node::Leaf(a));
-                    self.dirty.insert(rid, Node::Leaf(b));
-                    self.branch_mut(parent)[r].key = new_sep;
-                }
-            }
-            (Node::Branch(mut a), Node::Branch(mut b)) => {
-                b[0].key = sep;
-                a.extend(b);
-                if a.iter().map(BranchEntry::size).sum::<usize>() <= CAPACITY {
-                    self.dirty.insert(lid, Node::Branch(a));
-                    self.w.alloc.free(rid, 1);
-                    self.branch_mut(parent).remove(r);
-                } else {
-                    let k = balance_point(a.iter().map(BranchEntry::size));
-                    let mut b = a.split_off(k);
-                    let new_sep = std::mem::take(&mut b[0].key);
-                    self.dirty.insert(lid, Node::Branch(a));
-                    self.dirty.insert(rid, Node::Branch(b));
-                    self.branch_mut(parent)[r].key = new_sep;
-                }
-            }
-            (a, b) => {
-                self.dirty.insert(lid, a);
-                self.dirty.insert(rid, b);
-                return Err(StoreError::corrupt(rid, "siblings of different kinds"));
-            }
+        let mut left = self.dirty.remove(&lid).expect("dirty left");
+        let mut right = self.dirty.remove(&rid).expect("dirty right");
+        if left.is_leaf() != right.is_leaf() {
+            self.dirty.insert(lid, left);
+            self.dirty.insert(rid, right);
+            return Err(StoreError::corrupt(rid, "siblings of different kinds"));
         }
+        if !right.is_leaf() {
+            // The right node's first key stands for the separator above it.
+            right.set_key(0, &sep);
+        }
+        left.extend(&right);
+        if left.size() <= CAPACITY {
+            self.dirty.insert(lid, left);
+            self.w.alloc.free(rid, 1);
+            self.node_mut(parent).remove(r);
+            return Ok(());
+        }
+        let k = balance_point(&left);
+        let mut right = left.split_off(k);
+        let new_sep = right.key(0).to_vec();
+        if !right.is_leaf() {
+            right.set_key(0, b"");
+        }
+        self.dirty.insert(lid, left);
+        self.dirty.insert(rid, right);
+        self.node_mut(parent).set_key(r, &new_sep);
         Ok(())
     }
 
@@ -828,18 +818,14 @@ impl Drop for WriteTxn<'_> {
     }
 }
 
-/// The child of a branch whose key range holds `key`.
-fn branch_index(es: &[BranchEntry], key: &[u8]) -> usize {
-    es[1..].partition_point(|e| e.key.as_ref() <= key)
-}
-
-/// The index that splits entries of these sizes into two halves of about
-/// equal bytes, each non-empty.
-fn balance_point(sizes: impl ExactSizeIterator<Item = usize> + Clone) -> usize {
-    let n = sizes.len();
-    let total: usize = sizes.clone().sum();
+/// The index that splits a node's entries into two halves of about equal
+/// bytes, each non-empty.
+fn balance_point(node: &Node) -> usize {
+    let n = node.len();
+    let total = node.size();
     let mut acc = 0;
-    for (i, s) in sizes.enumerate() {
+    for i in 0..n {
+        let s = node.entry_size(i);
         if acc + s / 2 >= total / 2 {
             return i.clamp(1, n - 1);
         }
@@ -858,18 +844,12 @@ fn split_to_fit(node: Node) -> Vec<(Box<[u8]>, Node)> {
             i += 1;
             continue;
         }
-        let (sep, right) = match &mut out[i].1 {
-            Node::Leaf(a) => {
-                let k = balance_point(a.iter().map(LeafEntry::size));
-                let b = a.split_off(k);
-                (b[0].key.clone(), Node::Leaf(b))
-            }
-            Node::Branch(a) => {
-                let k = balance_point(a.iter().map(BranchEntry::size));
-                let mut b = a.split_off(k);
-                (std::mem::take(&mut b[0].key), Node::Branch(b))
-            }
-        };
+        let k = balance_point(&out[i].1);
+        let mut right = out[i].1.split_off(k);
+        let sep: Box<[u8]> = right.key(0).into();
+        if !right.is_leaf() {
+            right.set_key(0, b"");
+        }
         out.insert(i + 1, (sep, right));
     }
     out

@@ -11,7 +11,7 @@
 mod file;
 mod sim;
 
-pub use file::FileBackend;
+pub use file::{FileBackend, WritePath};
 pub use sim::{SimBackend, SplitMix64};
 
 use crate::store::error::StoreResult;
