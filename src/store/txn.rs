@@ -252,6 +252,7 @@ impl<'s> WriteTxn<'s> {
 
     fn commit_inner(&mut self, cause: &str, now: u64) -> StoreResult<VersionInfo> {
         let txn = self.txn;
+        // Phase timings, logged at debug level.
         let t0 = std::time::Instant::now();
         self.flush_queue()?;
         for (_, e) in std::mem::take(&mut self.extents_written) {
@@ -348,16 +349,15 @@ impl<'s> WriteTxn<'s> {
         let t3 = std::time::Instant::now();
         self.store.backend.sync()?;
         let t4 = std::time::Instant::now();
-        if std::env::var("ZT").is_ok() {
-            eprintln!(
-                "pages {} seal+ret {:?} sys {:?} write {:?} sync {:?}",
-                sealed.len(),
-                t1 - t0,
-                t2 - t1,
-                t3 - t2,
-                t4 - t3
-            );
-        }
+        tracing::debug!(
+            version = txn,
+            pages = sealed.len(),
+            data = ?(t1 - t0),
+            system = ?(t2 - t1),
+            write = ?(t3 - t2),
+            sync = ?(t4 - t3),
+            "commit"
+        );
 
         // Durable. Publish the version and free what no kept version sees.
         self.done = true;
