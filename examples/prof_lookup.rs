@@ -17,7 +17,10 @@ fn key(rng: &mut SplitMix64) -> [u8; 16] {
 }
 
 fn main() {
-    let lookups: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
+    let lookups: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000_000);
     let dir = tempfile::tempdir().expect("temporary directory");
     let opts = StoreOptions {
         map_size: 1 << 36,

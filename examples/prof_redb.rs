@@ -1,5 +1,5 @@
-use std::time::Instant;
 use redb::{Database, TableDefinition};
+use std::time::Instant;
 use zippyfs::store::SplitMix64;
 const T: TableDefinition<&[u8], &[u8]> = TableDefinition::new("t");
 fn main() {
@@ -7,7 +7,10 @@ fn main() {
     let db = Database::create(dir.path().join("db")).unwrap();
     let mut rng = SplitMix64(1);
     let val = [7u8; 100];
-    let commits: u64 = std::env::args().nth(1).map(|s| s.parse().unwrap()).unwrap_or(200);
+    let commits: u64 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(200);
     let t0 = Instant::now();
     let mut tc = std::time::Duration::ZERO;
     for _ in 0..commits {
@@ -25,5 +28,10 @@ fn main() {
         w.commit().unwrap();
         tc += tt.elapsed();
     }
-    println!("redb {commits} commits: {:?} in all, {:?} in commits, file {}", t0.elapsed(), tc, std::fs::metadata(dir.path().join("db")).unwrap().len());
+    println!(
+        "redb {commits} commits: {:?} in all, {:?} in commits, file {}",
+        t0.elapsed(),
+        tc,
+        std::fs::metadata(dir.path().join("db")).unwrap().len()
+    );
 }

@@ -1,9 +1,12 @@
 //! zippyfs: a versioned, thread-per-core FUSE filesystem that syncs through a
 //! server. This crate holds the engine; `main.rs` is the command line.
 //!
-//! Layers, with dependencies pointing one way: `store` (the versioned
-//! copy-on-write B+Tree file; it knows nothing of files).
+//! Layers, with dependencies pointing one way: `fuse` (the kernel side, a
+//! thin adapter) -> `fs` (the filesystem core, FUSE-free) -> `store` (the
+//! versioned copy-on-write B+Tree file; it knows nothing of files).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod fs;
+pub mod fuse;
 pub mod store;

@@ -1,10 +1,15 @@
 //! The `zippyfs` command line: parsing and wiring only.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use zippyfs::fs::{Fs, FsOptions};
+use zippyfs::fuse::MountOpts;
 use zippyfs::store::{Store, StoreOptions};
 
 #[derive(Parser)]
@@ -30,17 +35,70 @@ enum Command {
         /// The store directory.
         store: PathBuf,
     },
+    /// Mount the filesystem in a store directory (made if missing).
+    ///
+    /// Runs as a daemon (logging to <store-dir>/zippyfs.log) unless -f is
+    /// given; returns once the mount is live. Unmount with `umount
+    /// <mountpoint>` (or SIGTERM/SIGINT to the daemon): what is left is
+    /// committed before the daemon exits.
+    Mount(MountArgs),
+}
+
+#[derive(clap::Args)]
+struct MountArgs {
+    /// Stay in the foreground, logging to standard error (RUST_LOG sets the level).
+    #[arg(short = 'f', long)]
+    foreground: bool,
+    /// Single-threaded: one shard and one FUSE thread.
+    #[arg(short = 's', long, conflicts_with = "threads")]
+    single: bool,
+    /// FUSE threads and shards [default: the number of CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
+    /// Dirty data held in memory before a commit starts, e.g. 256M or 1G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    cache_size: Option<u64>,
+    /// Options, comma-separated: block_size=SIZE (a new filesystem's block
+    /// size), flush_interval=SECS (commit at least this often); others go to
+    /// the kernel mount (ro, noatime, allow_other, ...).
+    #[arg(short = 'o', value_name = "OPTION,...", value_delimiter = ',')]
+    options: Vec<String>,
+    /// Where to mount: an existing directory.
+    mountpoint: PathBuf,
+    /// The store directory.
+    store: PathBuf,
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Mount(args) => mount(args),
+        command => {
+            log_to_stderr();
+            report(run(command))
+        }
+    }
+}
+
+/// RUST_LOG, or `info`. By default fuser's session logger is held to
+/// errors: fuser 0.18 warns "Failed to umount filesystem: Invalid argument"
+/// after every ordinary `umount`: at the end of the session it unmounts
+/// again, its `is_mounted` taking the POLLERR of a closed connection for
+/// "still mounted".
+fn env_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser::session=error"))
+}
+
+fn log_to_stderr() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(env_filter())
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+}
+
+fn report(r: anyhow::Result<ExitCode>) -> ExitCode {
+    match r {
         Ok(code) => code,
         Err(e) => {
             eprintln!("zippyfs: {e:#}");
@@ -57,8 +115,8 @@ fn open(dir: &Path) -> anyhow::Result<Store> {
         .with_context(|| format!("cannot open store {}", dir.display()))
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Fsck { store } => {
             let s = open(&store)?;
             let report = s.fsck()?;
@@ -85,5 +143,292 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Mount(_) => unreachable!("mount is dispatched in main"),
+    }
+}
+
+// ---- mount ----
+
+/// Everything a mount needs, checked.
+struct Plan {
+    mountpoint: PathBuf,
+    store: PathBuf,
+    fs: FsOptions,
+    mount: MountOpts,
+}
+
+/// `256M`, `1G`, `4096`, `64k`, `1GiB`: bytes, with binary multiples.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix("ib"))
+        .or_else(|| t.strip_suffix(['B', 'b']))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((at, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => {
+                    return Err(format!(
+                        "{s:?}: unknown size suffix {c:?} (use K, M, G or T)"
+                    ));
+                }
+            };
+            (&t[..at], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 64K, 256M, 1G)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// The checks before anything else, and the options sorted out.
+fn plan(args: MountArgs) -> anyhow::Result<Plan> {
+    let mp = &args.mountpoint;
+    match std::fs::metadata(mp) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => anyhow::bail!("mountpoint {} is not a directory", mp.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("mountpoint {} does not exist", mp.display())
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => anyhow::bail!(
+            "mountpoint {}: {e} (a FUSE filesystem whose daemon died is still mounted there: `umount -l {}`)",
+            mp.display(),
+            mp.display()
+        ),
+        Err(e) => anyhow::bail!("cannot use mountpoint {}: {e}", mp.display()),
+    }
+    match std::fs::metadata(&args.store) {
+        Ok(m) if !m.is_dir() => anyhow::bail!("store {} is not a directory", args.store.display()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // made at open
+        Err(e) => anyhow::bail!("cannot use store directory {}: {e}", args.store.display()),
+    }
+    // Absolute paths: the daemon works from `/`.
+    let mountpoint = mp
+        .canonicalize()
+        .with_context(|| format!("mountpoint {}", mp.display()))?;
+    let store = std::path::absolute(&args.store)
+        .with_context(|| format!("store {}", args.store.display()))?;
+
+    let threads = if args.single {
+        1
+    } else if let Some(n) = args.threads {
+        n as usize
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    let mut fs = FsOptions {
+        shards: threads,
+        ..FsOptions::default()
+    };
+    if let Some(limit) = args.cache_size {
+        fs.dirty_limit = limit;
+    }
+    let mut kernel = Vec::new();
+    for o in args
+        .options
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+    {
+        if let Some(v) = o.strip_prefix("block_size=") {
+            let bs = parse_size(v).map_err(|e| anyhow::anyhow!("-o block_size: {e}"))?;
+            if !bs.is_power_of_two() || !(4096..=1 << 20).contains(&bs) {
+                anyhow::bail!("-o block_size={v}: a power of two from 4K to 1M is needed");
+            }
+            fs.block_size = bs as u32;
+        } else if let Some(v) = o.strip_prefix("flush_interval=") {
+            let secs: f64 = v
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s < 1e9)
+                .with_context(|| {
+                    format!("-o flush_interval={v}: a positive number of seconds is needed")
+                })?;
+            fs.flush_interval = Duration::from_secs_f64(secs);
+        } else {
+            kernel.push(o.to_string());
+        }
+    }
+    Ok(Plan {
+        mountpoint,
+        store,
+        fs,
+        mount: MountOpts {
+            threads,
+            options: kernel,
+        },
+    })
+}
+
+fn mount(args: MountArgs) -> ExitCode {
+    let foreground = args.foreground;
+    let plan = match plan(args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("zippyfs: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if foreground {
+        log_to_stderr();
+        report(serve(&plan, &mut || {}).map(|()| ExitCode::SUCCESS))
+    } else {
+        daemonize(&plan)
+    }
+}
+
+/// Opens the store, mounts, and serves until unmounted; `live` is called
+/// once the mount is live.
+fn serve(plan: &Plan, live: &mut dyn FnMut()) -> anyhow::Result<()> {
+    let fs = Fs::mount(&plan.store, plan.fs.clone())
+        .with_context(|| format!("cannot open store {}", plan.store.display()))?;
+    let fs = Arc::new(fs);
+    let flusher = fs.spawn_flusher();
+    let r = zippyfs::fuse::mount_and_notify(Arc::clone(&fs), &plan.mountpoint, &plan.mount, live);
+    // The mount has shut the filesystem down (the committer has stopped).
+    if flusher.join().is_err() {
+        tracing::error!("the committer thread panicked");
+    }
+    r?;
+    Ok(())
+}
+
+/// Runs the mount in a daemon and waits until it is live (exit 0) or has
+/// failed (its error is printed; exit 2).
+///
+/// The store is opened in the daemon, after the fork, so its lock belongs
+/// to the daemon. The daemon reports over a pipe: `ok`, or `error: ...`.
+fn daemonize(plan: &Plan) -> ExitCode {
+    let (mut reader, writer) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("zippyfs: cannot make a pipe: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: no thread has been started yet (logging is not set up and
+    // nothing before this point spawns one), so the child is a complete
+    // copy of a single-threaded process and may do anything.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        eprintln!("zippyfs: cannot fork: {}", std::io::Error::last_os_error());
+        return ExitCode::from(2);
+    }
+    if pid == 0 {
+        drop(reader);
+        daemon(plan, writer);
+    }
+    drop(writer);
+    let mut msg = String::new();
+    let _ = reader.read_to_string(&mut msg);
+    if msg.trim_end() == "ok" {
+        return ExitCode::SUCCESS;
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a valid out-pointer.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    match msg.trim_end().strip_prefix("error: ") {
+        Some(e) => eprintln!("zippyfs: {e}"),
+        None => eprintln!(
+            "zippyfs: the daemon exited before the mount was live (see {})",
+            plan.store.join(LOG_FILE).display()
+        ),
+    }
+    ExitCode::from(2)
+}
+
+const LOG_FILE: &str = "zippyfs.log";
+
+/// The daemon: never returns.
+fn daemon(plan: &Plan, writer: std::io::PipeWriter) -> ! {
+    let mut writer = Some(writer);
+    let mut tell = |msg: &str| {
+        if let Some(mut w) = writer.take() {
+            let _ = w.write_all(msg.as_bytes());
+        }
+    };
+    let code = match detach(plan) {
+        Err(e) => {
+            tell(&format!("error: {e:#}"));
+            2
+        }
+        Ok(()) => {
+            let r = serve(plan, &mut || tell("ok"));
+            match r {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    tell(&format!("error: {e:#}"));
+                    2
+                }
+            }
+        }
+    };
+    std::process::exit(code)
+}
+
+/// A new session without a terminal, standard streams on /dev/null, logs
+/// to the store directory's log file, working directory `/`.
+fn detach(plan: &Plan) -> anyhow::Result<()> {
+    // SAFETY: setsid has no memory-safety preconditions; we are not a
+    // process group leader (the parent is), so it succeeds.
+    unsafe { libc::setsid() };
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .context("open /dev/null")?;
+    for fd in 0..=2 {
+        // SAFETY: dup2 onto the standard descriptors, from a descriptor we own.
+        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) } < 0 {
+            return Err(std::io::Error::last_os_error()).context("redirect standard streams");
+        }
+    }
+    drop(null);
+    std::env::set_current_dir("/").context("chdir /")?;
+    std::fs::create_dir_all(&plan.store)
+        .with_context(|| format!("create store directory {}", plan.store.display()))?;
+    let path = plan.store.join(LOG_FILE);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("open log file {}", path.display()))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(env_filter())
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(log))
+        .init();
+    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
+    tracing::info!(pid = std::process::id(), mountpoint = %plan.mountpoint.display(), "zippyfs daemon starting");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2mb"), Ok(2 << 20));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }

@@ -1,0 +1,1785 @@
+//! The filesystem core: inodes, directories, files, links, xattrs, over the
+//! store. No FUSE in here: every operation takes plain arguments and returns
+//! a plain result or an errno-bearing [`FsError`], so it is tested without a
+//! mount (`fuse/` adapts it to the kernel).
+//!
+//! ## State and sharding
+//!
+//! Committed state lives in the store (keys in `inode.rs`). Changes since the
+//! last commit live in memory, in one [`Delta`] per shard; a shard owns the
+//! inodes whose number hashes to it: their records, their data blocks (the
+//! dirty block cache), their xattrs, and the entries of the directories among
+//! them. An operation locks the shards of the inodes it touches, in shard
+//! order, and never waits for the disk. Reads look at the shard's delta, then
+//! at the delta being committed, then at the newest committed version.
+//!
+//! ## Commits
+//!
+//! A commit takes every shard's delta at once (all shard locks, a swap of
+//! maps: a consistent cut across shards), writes it into one store
+//! transaction and commits it as a version. Commits happen on `fsync` (the
+//! caller waits; concurrent callers share one commit), shortly after a file
+//! is closed, when dirty data passes the dirty limit, and on a timer
+//! (`flush.rs`). If a commit fails, its changes go back into the shards and
+//! the error is returned; nothing is lost while the daemon runs.
+
+pub mod error;
+mod flush;
+pub mod inode;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::store::{Snapshot, Store, StoreOptions};
+pub use error::{FsError, FsResult, err};
+use inode::*;
+pub use inode::{Inode, Kind, NAME_MAX, ROOT, Time};
+
+/// Data blocks up to this size are kept in the entry itself, not an extent.
+const INLINE_BLOCK: usize = 512;
+const XATTR_NAME_MAX: usize = 255;
+const XATTR_SIZE_MAX: usize = 64 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Shards of state (and of the dirty block cache); one per core by default.
+    pub shards: usize,
+    /// Bytes per data block (a power of two from 4 KiB to 1 MiB).
+    pub block_size: u32,
+    /// Dirty data in memory before a commit is started.
+    pub dirty_limit: u64,
+    /// Changes are committed at least this often.
+    pub flush_interval: Duration,
+    pub store: StoreOptions,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            block_size: 64 * 1024,
+            dirty_limit: 256 << 20,
+            flush_interval: Duration::from_secs(5),
+            store: StoreOptions::default(),
+        }
+    }
+}
+
+/// Who is asking: the credentials of the calling process.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A directory entry as `readdir` returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: Kind,
+}
+
+/// Attribute changes for `setattr`; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Time>,
+    pub mtime: Option<Time>,
+    pub ctime: Option<Time>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameMode {
+    Replace,
+    NoReplace,
+    Exchange,
+}
+
+/// What `statfs` reports.
+#[derive(Clone, Copy, Debug)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// A directory's changed entries: name → `None` (removed) or (inode, kind).
+type DirDelta = BTreeMap<Vec<u8>, Option<(u64, Kind)>>;
+
+/// One shard's changes since the last commit.
+#[derive(Default, Debug)]
+struct Delta {
+    /// `None`: the inode is gone, with every key it had.
+    inodes: HashMap<u64, Option<Inode>>,
+    /// Per directory: name → `None` (removed) or the entry.
+    dirents: HashMap<u64, DirDelta>,
+    /// `None`: a hole where committed data was.
+    blocks: HashMap<(u64, u64), Option<Vec<u8>>>,
+    /// Committed blocks from this index on are gone (the file shrank).
+    truncs: HashMap<u64, u64>,
+    xattrs: HashMap<(u64, Vec<u8>), Option<Vec<u8>>>,
+    symlinks: HashMap<u64, Vec<u8>>,
+    /// true: unlinked while open (an orphan); false: no longer an orphan.
+    orphans: HashMap<u64, bool>,
+    /// Dirty data bytes held.
+    bytes: u64,
+}
+
+impl Delta {
+    fn is_empty(&self) -> bool {
+        self.inodes.is_empty()
+            && self.dirents.is_empty()
+            && self.blocks.is_empty()
+            && self.truncs.is_empty()
+            && self.xattrs.is_empty()
+            && self.symlinks.is_empty()
+            && self.orphans.is_empty()
+    }
+
+    /// Folds a newer delta into this older one.
+    fn absorb(&mut self, newer: Delta) {
+        for (ino, i) in newer.inodes {
+            if i.is_none() {
+                self.drop_inode_data(ino);
+            }
+            self.inodes.insert(ino, i);
+        }
+        for (dir, ents) in newer.dirents {
+            self.dirents.entry(dir).or_default().extend(ents);
+        }
+        for (ino, t) in newer.truncs {
+            self.blocks.retain(|&(i, b), _| i != ino || b < t);
+            let e = self.truncs.entry(ino).or_insert(t);
+            *e = (*e).min(t);
+        }
+        self.blocks.extend(newer.blocks);
+        self.xattrs.extend(newer.xattrs);
+        self.symlinks.extend(newer.symlinks);
+        self.orphans.extend(newer.orphans);
+        self.bytes += newer.bytes;
+    }
+
+    fn drop_inode_data(&mut self, ino: u64) {
+        self.blocks.retain(|&(i, _), _| i != ino);
+        self.truncs.remove(&ino);
+        self.xattrs.retain(|(i, _), _| *i != ino);
+        self.symlinks.remove(&ino);
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    delta: Delta,
+    committing: Option<Arc<Delta>>,
+    /// Open handles per inode.
+    open: HashMap<u64, u32>,
+}
+
+/// What a lookup in the layers of state found.
+enum Found<T> {
+    Yes(T),
+    Gone,
+    Unknown,
+}
+
+pub struct Fs {
+    store: Store,
+    shards: Box<[Mutex<Shard>]>,
+    next_ino: AtomicU64,
+    next_fh: AtomicU64,
+    fs_id: u128,
+    block_size: u64,
+    opts: FsOptions,
+    dirty_bytes: AtomicU64,
+    flush: flush::Flusher,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    statfs_path: Option<std::path::PathBuf>,
+}
+
+fn shard_of(ino: u64, n: usize) -> usize {
+    // Fibonacci hashing: consecutive inode numbers spread over the shards.
+    ((ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % n as u64) as usize
+}
+
+impl Fs {
+    /// Opens (creating if needed) the filesystem in the store in `dir`.
+    pub fn mount(dir: &Path, opts: FsOptions) -> FsResult<Fs> {
+        let store = Store::open(dir, opts.store.clone())?;
+        let mut fs = Fs::with_store(store, opts)?;
+        fs.statfs_path = Some(dir.to_path_buf());
+        Ok(fs)
+    }
+
+    pub fn with_store(store: Store, opts: FsOptions) -> FsResult<Fs> {
+        let bs = opts.block_size;
+        if !bs.is_power_of_two() || !(4096..=1 << 20).contains(&bs) {
+            return err(libc::EINVAL);
+        }
+        let n = opts.shards.max(1);
+        let mut fs = Fs {
+            store,
+            shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+            next_ino: AtomicU64::new(ROOT + 1),
+            next_fh: AtomicU64::new(1),
+            fs_id: 0,
+            block_size: bs as u64,
+            opts,
+            dirty_bytes: AtomicU64::new(0),
+            flush: flush::Flusher::default(),
+            dirs: Mutex::new(HashMap::new()),
+            statfs_path: None,
+        };
+        fs.load_meta()?;
+        Ok(fs)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    /// Reads the filesystem record, or makes a new filesystem, and deletes
+    /// orphans a crash left behind.
+    fn load_meta(&mut self) -> FsResult<()> {
+        let snap = self.store.latest()?;
+        if let Some(m) = snap.get(META_KEY)? {
+            if m.len() < 28 {
+                return Err(FsError::Errno(libc::EIO));
+            }
+            let next = u64::from_le_bytes(m[0..8].try_into().unwrap_or_default());
+            let bs = u32::from_le_bytes(m[8..12].try_into().unwrap_or_default());
+            self.fs_id = u128::from_le_bytes(m[12..28].try_into().unwrap_or_default());
+            self.next_ino.store(next, Ordering::Relaxed);
+            if bs as u64 != self.block_size {
+                tracing::info!(
+                    block_size = bs,
+                    "using the block size the filesystem was made with"
+                );
+                self.block_size = bs as u64;
+            }
+            let orphans: Vec<u64> = snap
+                .range(&b"O"[..]..&b"P"[..])?
+                .filter_map(|r| r.ok())
+                .filter_map(|(k, _)| k.get(1..9).and_then(|b| b.try_into().ok()))
+                .map(u64::from_be_bytes)
+                .collect();
+            drop(snap);
+            if !orphans.is_empty() {
+                tracing::info!(
+                    count = orphans.len(),
+                    "deleting files unlinked while open before a crash"
+                );
+                for ino in orphans {
+                    let mut sh = self.shard(ino);
+                    self.forget_inode(&mut sh, ino);
+                }
+            }
+            return Ok(());
+        }
+        drop(snap);
+        // A new filesystem: its identity and the root directory.
+        let now = Time::now();
+        self.fs_id = u128::from_le_bytes(
+            blake3::hash(format!("{now:?} {}", std::process::id()).as_bytes()).as_bytes()[..16]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        let root = Inode {
+            ino: ROOT,
+            kind: Kind::Dir,
+            perm: 0o755,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            flags: 0,
+            size: 0,
+            parent: ROOT,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            file_id: self.file_id(ROOT),
+        };
+        self.shard(ROOT).delta.inodes.insert(ROOT, Some(root));
+        self.commit("mkfs")?;
+        Ok(())
+    }
+
+    fn file_id(&self, ino: u64) -> u128 {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.fs_id.to_le_bytes());
+        h.update(&ino.to_le_bytes());
+        u128::from_le_bytes(h.finalize().as_bytes()[..16].try_into().unwrap_or_default())
+    }
+
+    fn shard(&self, ino: u64) -> MutexGuard<'_, Shard> {
+        self.shards[shard_of(ino, self.shards.len())].lock()
+    }
+
+    /// Locks the shards of these inodes, in shard order, each once.
+    fn lock_many(&self, inos: &[u64]) -> Locked<'_> {
+        let mut idx: Vec<usize> = inos
+            .iter()
+            .map(|&i| shard_of(i, self.shards.len()))
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        Locked {
+            n: self.shards.len(),
+            guards: idx
+                .into_iter()
+                .map(|i| (i, self.shards[i].lock()))
+                .collect(),
+        }
+    }
+
+    // ---- reading through the layers ----
+
+    fn inode_in(&self, sh: &Shard, snap: &Snapshot<'_>, ino: u64) -> FsResult<Inode> {
+        match layered(sh, |d| d.inodes.get(&ino).map(|i| i.clone().ok_or(())))? {
+            Found::Yes(i) => Ok(i),
+            Found::Gone => err(libc::ENOENT),
+            Found::Unknown => match snap.get(&inode_key(ino))? {
+                Some(b) => Inode::decode(ino, b),
+                None => err(libc::ENOENT),
+            },
+        }
+    }
+
+    fn dirent_in(
+        &self,
+        sh: &Shard,
+        snap: &Snapshot<'_>,
+        parent: u64,
+        name: &[u8],
+    ) -> FsResult<Option<(u64, Kind)>> {
+        match layered(sh, |d| {
+            d.dirents
+                .get(&parent)
+                .and_then(|m| m.get(name))
+                .map(|e| e.ok_or(()))
+        })? {
+            Found::Yes(e) => Ok(Some(e)),
+            Found::Gone => Ok(None),
+            Found::Unknown => match snap.get(&dirent_key(parent, name))? {
+                Some(b) if b.len() >= 9 => {
+                    let ino = u64::from_le_bytes(b[0..8].try_into().unwrap_or_default());
+                    let kind = Kind::from_code(b[8]).ok_or(FsError::Errno(libc::EIO))?;
+                    Ok(Some((ino, kind)))
+                }
+                Some(_) => err(libc::EIO),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Every entry of a directory, in name order.
+    fn list_in(
+        &self,
+        sh: &Shard,
+        snap: &Snapshot<'_>,
+        dir: u64,
+    ) -> FsResult<BTreeMap<Vec<u8>, (u64, Kind)>> {
+        let mut out = BTreeMap::new();
+        let start = dirent_prefix(dir);
+        let end = prefix_end(&start);
+        for item in snap.range((Bound::Included(&start[..]), Bound::Excluded(&end[..])))? {
+            let (k, e) = item?;
+            let b = e.value;
+            if b.len() < 9 {
+                return err(libc::EIO);
+            }
+            let ino = u64::from_le_bytes(b[0..8].try_into().unwrap_or_default());
+            let kind = Kind::from_code(b[8]).ok_or(FsError::Errno(libc::EIO))?;
+            out.insert(k[9..].to_vec(), (ino, kind));
+        }
+        let mut apply = |d: &Delta| {
+            if let Some(m) = d.dirents.get(&dir) {
+                for (name, e) in m {
+                    match e {
+                        Some(e) => out.insert(name.clone(), *e),
+                        None => out.remove(name),
+                    };
+                }
+            }
+        };
+        if let Some(c) = &sh.committing {
+            apply(c);
+        }
+        apply(&sh.delta);
+        Ok(out)
+    }
+
+    /// The bytes of block `idx` of a file (shorter than a block at the end
+    /// of the data; empty for a hole).
+    fn block_in<'a>(
+        &self,
+        sh: &'a Shard,
+        snap: &Snapshot<'a>,
+        ino: u64,
+        idx: u64,
+    ) -> FsResult<BlockRef<'a>> {
+        for d in [Some(&sh.delta), sh.committing.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(b) = d.blocks.get(&(ino, idx)) {
+                return Ok(match b {
+                    Some(v) => BlockRef::Mem(v),
+                    None => BlockRef::Hole,
+                });
+            }
+            if d.truncs.get(&ino).is_some_and(|&t| idx >= t)
+                || matches!(d.inodes.get(&ino), Some(None))
+            {
+                return Ok(BlockRef::Hole);
+            }
+        }
+        match snap.get_entry(&block_key(ino, idx))? {
+            None => Ok(BlockRef::Hole),
+            Some(e) => match e.extent {
+                Some(x) => Ok(BlockRef::Store(snap.read_extent(&x)?)),
+                None => Ok(BlockRef::Store(e.value.get(32..).unwrap_or(&[]))),
+            },
+        }
+    }
+
+    fn snap(&self) -> FsResult<Snapshot<'_>> {
+        Ok(self.store.latest()?)
+    }
+
+    // ---- operations ----
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Inode> {
+        let sh = self.shard(ino);
+        let snap = self.snap()?;
+        self.inode_in(&sh, &snap, ino)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Inode> {
+        check_name(name)?;
+        let ino = {
+            let sh = self.shard(parent);
+            let snap = self.snap()?;
+            let dir = self.inode_in(&sh, &snap, parent)?;
+            if dir.kind != Kind::Dir {
+                return err(libc::ENOTDIR);
+            }
+            if name == b"." {
+                return Ok(dir);
+            }
+            if name == b".." {
+                dir.parent
+            } else {
+                match self.dirent_in(&sh, &snap, parent, name)? {
+                    Some((ino, _)) => ino,
+                    None => return err(libc::ENOENT),
+                }
+            }
+        };
+        self.getattr(ino)
+    }
+
+    pub fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Inode> {
+        let mut sh = self.shard(ino);
+        let snap = self.snap()?;
+        let mut i = self.inode_in(&sh, &snap, ino)?;
+        let now = Time::now();
+        if let Some(size) = set.size {
+            if i.kind == Kind::Dir {
+                return err(libc::EISDIR);
+            }
+            if i.kind != Kind::File {
+                return err(libc::EINVAL);
+            }
+            if size != i.size {
+                self.resize(&mut sh, &snap, &i, size)?;
+                i.size = size;
+                i.mtime = now;
+            }
+            i.ctime = now;
+        }
+        if let Some(mode) = set.mode {
+            i.perm = (mode & 0o7777) as u16;
+            i.ctime = now;
+        }
+        if let Some(uid) = set.uid {
+            i.uid = uid;
+            i.ctime = now;
+        }
+        if let Some(gid) = set.gid {
+            i.gid = gid;
+            i.ctime = now;
+        }
+        if let Some(t) = set.atime {
+            i.atime = t;
+            i.ctime = now;
+        }
+        if let Some(t) = set.mtime {
+            i.mtime = t;
+            i.ctime = now;
+        }
+        if let Some(t) = set.ctime {
+            i.ctime = t;
+        }
+        drop(snap);
+        sh.delta.inodes.insert(ino, Some(i.clone()));
+        Ok(i)
+    }
+
+    /// Cuts or extends a file's data to `size` bytes.
+    fn resize(&self, sh: &mut Shard, snap: &Snapshot<'_>, i: &Inode, size: u64) -> FsResult<()> {
+        let bs = self.block_size;
+        if size < i.size {
+            let keep = size.div_ceil(bs);
+            // The block holding the new end keeps only the bytes before it.
+            if !size.is_multiple_of(bs) {
+                let idx = size / bs;
+                let mut b = self.block_in(sh, snap, i.ino, idx)?.to_vec();
+                b.truncate((size % bs) as usize);
+                self.put_block(sh, i.ino, idx, Some(b));
+            }
+            let ino = i.ino;
+            let d = &mut sh.delta;
+            let mut freed = 0;
+            d.blocks.retain(|&(n, b), v| {
+                let keep_it = n != ino || b < keep;
+                if !keep_it {
+                    freed += v.as_ref().map_or(0, |v| v.len() as u64);
+                }
+                keep_it
+            });
+            d.bytes = d.bytes.saturating_sub(freed);
+            self.sub_dirty(freed);
+            let t = d.truncs.entry(ino).or_insert(keep);
+            *t = (*t).min(keep);
+        }
+        Ok(())
+    }
+
+    fn sub_dirty(&self, n: u64) {
+        let _ = self
+            .dirty_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+
+    fn put_block(&self, sh: &mut Shard, ino: u64, idx: u64, data: Option<Vec<u8>>) {
+        let new = data.as_ref().map_or(0, |v| v.len() as u64);
+        let old = sh
+            .delta
+            .blocks
+            .insert((ino, idx), data)
+            .flatten()
+            .map_or(0, |v| v.len() as u64);
+        sh.delta.bytes = (sh.delta.bytes + new).saturating_sub(old);
+        self.dirty_bytes.fetch_add(new, Ordering::Relaxed);
+        self.sub_dirty(old);
+    }
+
+    fn new_inode(
+        &self,
+        ino: u64,
+        ctx: Ctx,
+        parent: &Inode,
+        kind: Kind,
+        perm: u32,
+        rdev: u32,
+    ) -> Inode {
+        let now = Time::now();
+        let mut perm = (perm & 0o7777) as u16;
+        // BSD group semantics under a set-group-ID directory.
+        let gid = if parent.perm & libc::S_ISGID as u16 != 0 {
+            if kind == Kind::Dir {
+                perm |= libc::S_ISGID as u16;
+            }
+            parent.gid
+        } else {
+            ctx.gid
+        };
+        Inode {
+            ino,
+            kind,
+            perm,
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            uid: ctx.uid,
+            gid,
+            rdev,
+            flags: 0,
+            size: 0,
+            parent: if kind == Kind::Dir { parent.ino } else { 0 },
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            file_id: self.file_id(ino),
+        }
+    }
+
+    /// Creates a node of any kind in `parent` (the common part of mknod,
+    /// mkdir, symlink and create).
+    #[allow(clippy::too_many_arguments)]
+    fn make(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &[u8],
+        kind: Kind,
+        perm: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+    ) -> FsResult<Inode> {
+        check_name(name)?;
+        if name == b"." || name == b".." {
+            return err(libc::EEXIST);
+        }
+        // The new inode's number decides its shard: take the number first
+        // so both shards are locked together, in order (a number lost to an
+        // error is never reused, which is harmless).
+        let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
+        let mut l = self.lock_many(&[parent, ino]);
+        let snap = self.snap()?;
+        let mut dir = self.inode_in(l.get(parent), &snap, parent)?;
+        if dir.kind != Kind::Dir {
+            return err(libc::ENOTDIR);
+        }
+        if dir.nlink == 0 {
+            return err(libc::ENOENT);
+        }
+        if self
+            .dirent_in(l.get(parent), &snap, parent, name)?
+            .is_some()
+        {
+            return err(libc::EEXIST);
+        }
+        drop(snap);
+        let mut inode = self.new_inode(ino, ctx, &dir, kind, perm, rdev);
+        let now = inode.ctime;
+        dir.mtime = now;
+        dir.ctime = now;
+        if kind == Kind::Dir {
+            dir.nlink += 1;
+        }
+        let dsh = l.get_mut(parent);
+        dsh.delta
+            .dirents
+            .entry(parent)
+            .or_default()
+            .insert(name.to_vec(), Some((ino, kind)));
+        dsh.delta.inodes.insert(parent, Some(dir));
+        let sh = l.get_mut(ino);
+        if let Some(t) = target {
+            inode.size = t.len() as u64;
+            sh.delta.symlinks.insert(ino, t.to_vec());
+        }
+        sh.delta.inodes.insert(ino, Some(inode.clone()));
+        Ok(inode)
+    }
+
+    pub fn mknod(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+    ) -> FsResult<Inode> {
+        let kind = Kind::from_mode(mode).ok_or(FsError::Errno(libc::EINVAL))?;
+        if kind == Kind::Dir || kind == Kind::Symlink {
+            return err(libc::EINVAL);
+        }
+        self.make(ctx, parent, name, kind, mode, rdev, None)
+    }
+
+    pub fn mkdir(&self, ctx: Ctx, parent: u64, name: &[u8], mode: u32) -> FsResult<Inode> {
+        self.make(ctx, parent, name, Kind::Dir, mode, 0, None)
+    }
+
+    pub fn symlink(&self, ctx: Ctx, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Inode> {
+        if target.len() > 4095 {
+            return err(libc::ENAMETOOLONG);
+        }
+        self.make(ctx, parent, name, Kind::Symlink, 0o777, 0, Some(target))
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let sh = self.shard(ino);
+        let snap = self.snap()?;
+        let i = self.inode_in(&sh, &snap, ino)?;
+        if i.kind != Kind::Symlink {
+            return err(libc::EINVAL);
+        }
+        for d in [Some(&sh.delta), sh.committing.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(t) = d.symlinks.get(&ino) {
+                return Ok(t.clone());
+            }
+        }
+        match snap.get(&symlink_key(ino))? {
+            Some(t) => Ok(t.to_vec()),
+            None => err(libc::EIO),
+        }
+    }
+
+    /// Creates and opens a regular file.
+    pub fn create(&self, ctx: Ctx, parent: u64, name: &[u8], mode: u32) -> FsResult<(Inode, u64)> {
+        let i = self.make(ctx, parent, name, Kind::File, mode, 0, None)?;
+        let fh = self.open(i.ino)?;
+        Ok((i, fh))
+    }
+
+    pub fn open(&self, ino: u64) -> FsResult<u64> {
+        let mut sh = self.shard(ino);
+        let snap = self.snap()?;
+        self.inode_in(&sh, &snap, ino)?;
+        drop(snap);
+        *sh.open.entry(ino).or_default() += 1;
+        Ok(self.next_fh.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The last handle of a file is closed: an orphan goes, and the change
+    /// is committed soon (every close makes a version).
+    pub fn release(&self, ino: u64) -> FsResult<()> {
+        let mut sh = self.shard(ino);
+        let left = match sh.open.get_mut(&ino) {
+            Some(n) => {
+                *n -= 1;
+                *n
+            }
+            None => 0,
+        };
+        if left == 0 {
+            sh.open.remove(&ino);
+            let snap = self.snap()?;
+            if let Ok(i) = self.inode_in(&sh, &snap, ino)
+                && i.nlink == 0
+            {
+                drop(snap);
+                self.forget_inode(&mut sh, ino);
+            }
+        }
+        drop(sh);
+        self.flush.request();
+        Ok(())
+    }
+
+    /// Removes an inode and everything it holds.
+    fn forget_inode(&self, sh: &mut Shard, ino: u64) {
+        let freed: u64 = sh
+            .delta
+            .blocks
+            .iter()
+            .filter(|((i, _), _)| *i == ino)
+            .map(|(_, v)| v.as_ref().map_or(0, |v| v.len() as u64))
+            .sum();
+        sh.delta.drop_inode_data(ino);
+        sh.delta.bytes = sh.delta.bytes.saturating_sub(freed);
+        self.sub_dirty(freed);
+        sh.delta.inodes.insert(ino, None);
+        sh.delta.orphans.insert(ino, false);
+    }
+
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let sh = self.shard(ino);
+        let snap = self.snap()?;
+        let i = self.inode_in(&sh, &snap, ino)?;
+        if i.kind == Kind::Dir {
+            return err(libc::EISDIR);
+        }
+        if offset >= i.size {
+            return Ok(Vec::new());
+        }
+        let end = i.size.min(offset + size as u64);
+        let mut out = vec![0u8; (end - offset) as usize];
+        let bs = self.block_size;
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / bs;
+            let within = (pos % bs) as usize;
+            let n = ((bs - pos % bs).min(end - pos)) as usize;
+            let b = self.block_in(&sh, &snap, ino, idx)?;
+            let data = b.bytes();
+            let at = (pos - offset) as usize;
+            if within < data.len() {
+                let m = n.min(data.len() - within);
+                out[at..at + m].copy_from_slice(&data[within..within + m]);
+            }
+            pos += n as u64;
+        }
+        Ok(out)
+    }
+
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::Errno(libc::EFBIG))?;
+        if end > i64::MAX as u64 {
+            return err(libc::EFBIG);
+        }
+        {
+            let mut sh = self.shard(ino);
+            let snap = self.snap()?;
+            let mut i = self.inode_in(&sh, &snap, ino)?;
+            if i.kind == Kind::Dir {
+                return err(libc::EISDIR);
+            }
+            let bs = self.block_size;
+            let mut pos = offset;
+            while pos < end {
+                let idx = pos / bs;
+                let within = (pos % bs) as usize;
+                let n = ((bs - pos % bs).min(end - pos)) as usize;
+                let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
+                if let Some(Some(b)) = sh.delta.blocks.get_mut(&(ino, idx)) {
+                    // Already dirty: patch it in place.
+                    let before = b.len();
+                    if b.len() < within + n {
+                        b.resize(within + n, 0);
+                    }
+                    b[within..within + n].copy_from_slice(src);
+                    let grew = (b.len() - before) as u64;
+                    sh.delta.bytes += grew;
+                    self.dirty_bytes.fetch_add(grew, Ordering::Relaxed);
+                } else {
+                    let mut buf = if within == 0 && n as u64 == bs {
+                        Vec::with_capacity(n)
+                    } else {
+                        // Bytes past the old end of file read as zeros.
+                        let mut b = self.block_in(&sh, &snap, ino, idx)?.to_vec();
+                        let valid = i.size.saturating_sub(idx * bs).min(bs) as usize;
+                        b.truncate(valid);
+                        b
+                    };
+                    if buf.len() < within + n {
+                        buf.resize(within + n, 0);
+                    }
+                    buf[within..within + n].copy_from_slice(src);
+                    self.put_block(&mut sh, ino, idx, Some(buf));
+                }
+                pos += n as u64;
+            }
+            let now = Time::now();
+            i.size = i.size.max(end);
+            i.mtime = now;
+            i.ctime = now;
+            drop(snap);
+            sh.delta.inodes.insert(ino, Some(i));
+        }
+        self.after_dirty()?;
+        Ok(data.len() as u32)
+    }
+
+    /// Starts a commit when dirty data passes the limit; makes the writer
+    /// wait for one when it passes twice the limit.
+    fn after_dirty(&self) -> FsResult<()> {
+        let dirty = self.dirty_bytes.load(Ordering::Relaxed);
+        if dirty > 2 * self.opts.dirty_limit {
+            self.commit("dirty limit")?;
+        } else if dirty > self.opts.dirty_limit {
+            self.flush.request();
+        }
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
+        check_name(name)?;
+        if name == b"." {
+            return err(libc::EINVAL);
+        }
+        if name == b".." {
+            return err(libc::ENOTEMPTY);
+        }
+        loop {
+            let child = {
+                let sh = self.shard(parent);
+                let snap = self.snap()?;
+                match self.dirent_in(&sh, &snap, parent, name)? {
+                    Some((c, _)) => c,
+                    None => return err(libc::ENOENT),
+                }
+            };
+            let mut l = self.lock_many(&[parent, child]);
+            let snap = self.snap()?;
+            // The entry may have changed between the two locks: look again.
+            if self
+                .dirent_in(l.get(parent), &snap, parent, name)?
+                .map(|e| e.0)
+                != Some(child)
+            {
+                continue;
+            }
+            let mut p = self.inode_in(l.get(parent), &snap, parent)?;
+            let mut c = self.inode_in(l.get(child), &snap, child)?;
+            if dir {
+                if c.kind != Kind::Dir {
+                    return err(libc::ENOTDIR);
+                }
+                if !self.list_in(l.get(child), &snap, child)?.is_empty() {
+                    return err(libc::ENOTEMPTY);
+                }
+            } else if c.kind == Kind::Dir {
+                return err(libc::EISDIR);
+            }
+            drop(snap);
+            let now = Time::now();
+            p.mtime = now;
+            p.ctime = now;
+            if dir {
+                p.nlink -= 1;
+                c.nlink = 0;
+            } else {
+                c.nlink = c.nlink.saturating_sub(1);
+            }
+            c.ctime = now;
+            l.get_mut(parent)
+                .delta
+                .dirents
+                .entry(parent)
+                .or_default()
+                .insert(name.to_vec(), None);
+            l.get_mut(parent).delta.inodes.insert(parent, Some(p));
+            self.drop_link(l.get_mut(child), c);
+            return Ok(());
+        }
+    }
+
+    /// Stores an inode that lost a link: gone if nothing holds it, an orphan
+    /// if it is still open.
+    fn drop_link(&self, sh: &mut Shard, c: Inode) {
+        let ino = c.ino;
+        if c.nlink > 0 {
+            sh.delta.inodes.insert(ino, Some(c));
+        } else if sh.open.get(&ino).copied().unwrap_or(0) > 0 {
+            sh.delta.inodes.insert(ino, Some(c));
+            sh.delta.orphans.insert(ino, true);
+        } else {
+            self.forget_inode(sh, ino);
+        }
+    }
+
+    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Inode> {
+        check_name(name)?;
+        let mut l = self.lock_many(&[ino, parent]);
+        let snap = self.snap()?;
+        let mut i = self.inode_in(l.get(ino), &snap, ino)?;
+        if i.kind == Kind::Dir {
+            return err(libc::EPERM);
+        }
+        if i.nlink == 0 {
+            return err(libc::ENOENT);
+        }
+        let mut p = self.inode_in(l.get(parent), &snap, parent)?;
+        if p.kind != Kind::Dir {
+            return err(libc::ENOTDIR);
+        }
+        if p.nlink == 0 {
+            return err(libc::ENOENT);
+        }
+        if name == b"."
+            || name == b".."
+            || self
+                .dirent_in(l.get(parent), &snap, parent, name)?
+                .is_some()
+        {
+            return err(libc::EEXIST);
+        }
+        if i.nlink >= 65_000 {
+            return err(libc::EMLINK);
+        }
+        drop(snap);
+        let now = Time::now();
+        i.nlink += 1;
+        i.ctime = now;
+        p.mtime = now;
+        p.ctime = now;
+        l.get_mut(parent)
+            .delta
+            .dirents
+            .entry(parent)
+            .or_default()
+            .insert(name.to_vec(), Some((ino, i.kind)));
+        l.get_mut(parent).delta.inodes.insert(parent, Some(p));
+        l.get_mut(ino).delta.inodes.insert(ino, Some(i.clone()));
+        Ok(i)
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        mode: RenameMode,
+    ) -> FsResult<()> {
+        check_name(name)?;
+        check_name(newname)?;
+        for n in [name, newname] {
+            if n == b"." || n == b".." {
+                return err(libc::EINVAL);
+            }
+        }
+        loop {
+            // Find the inodes involved, then lock every shard they live in.
+            let (src, dst) = {
+                let l = self.lock_many(&[parent, newparent]);
+                let snap = self.snap()?;
+                let src = match self.dirent_in(l.get(parent), &snap, parent, name)? {
+                    Some(e) => e,
+                    None => return err(libc::ENOENT),
+                };
+                let dst = self.dirent_in(l.get(newparent), &snap, newparent, newname)?;
+                (src, dst)
+            };
+            let mut inos = vec![parent, newparent, src.0];
+            if let Some(d) = dst {
+                inos.push(d.0);
+            }
+            let mut l = self.lock_many(&inos);
+            let snap = self.snap()?;
+            if self.dirent_in(l.get(parent), &snap, parent, name)? != Some(src)
+                || self.dirent_in(l.get(newparent), &snap, newparent, newname)? != dst
+            {
+                continue;
+            }
+            if parent == newparent && name == newname {
+                return Ok(());
+            }
+            if dst.is_some_and(|d| d.0 == src.0) {
+                // Two links to one inode: rename does nothing.
+                return Ok(());
+            }
+            let mut sp = self.inode_in(l.get(parent), &snap, parent)?;
+            let mut dp = self.inode_in(l.get(newparent), &snap, newparent)?;
+            if dp.kind != Kind::Dir {
+                return err(libc::ENOTDIR);
+            }
+            let mut s = self.inode_in(l.get(src.0), &snap, src.0)?;
+            let mut d = match dst {
+                Some(e) => Some(self.inode_in(l.get(e.0), &snap, e.0)?),
+                None => None,
+            };
+            match (mode, &d) {
+                (RenameMode::NoReplace, Some(_)) => return err(libc::EEXIST),
+                (RenameMode::Exchange, None) => return err(libc::ENOENT),
+                _ => {}
+            }
+            // A directory may not move into itself or below itself.
+            if s.kind == Kind::Dir
+                && parent != newparent
+                && self.is_ancestor(&l, &snap, s.ino, newparent)?
+            {
+                return err(libc::EINVAL);
+            }
+            if mode == RenameMode::Exchange
+                && let Some(dd) = &d
+                && dd.kind == Kind::Dir
+                && parent != newparent
+                && self.is_ancestor(&l, &snap, dd.ino, parent)?
+            {
+                return err(libc::EINVAL);
+            }
+            if mode != RenameMode::Exchange
+                && let Some(dd) = &d
+            {
+                match (s.kind == Kind::Dir, dd.kind == Kind::Dir) {
+                    (true, false) => return err(libc::ENOTDIR),
+                    (false, true) => return err(libc::EISDIR),
+                    (true, true) if !self.list_in(l.get(dd.ino), &snap, dd.ino)?.is_empty() => {
+                        return err(libc::ENOTEMPTY);
+                    }
+                    _ => {}
+                }
+            }
+            drop(snap);
+            let now = Time::now();
+            // Entries.
+            if mode == RenameMode::Exchange {
+                let dd = d.as_ref().map(|x| (x.ino, x.kind)).unwrap_or(src);
+                l.get_mut(parent)
+                    .delta
+                    .dirents
+                    .entry(parent)
+                    .or_default()
+                    .insert(name.to_vec(), Some(dd));
+            } else {
+                l.get_mut(parent)
+                    .delta
+                    .dirents
+                    .entry(parent)
+                    .or_default()
+                    .insert(name.to_vec(), None);
+            }
+            l.get_mut(newparent)
+                .delta
+                .dirents
+                .entry(newparent)
+                .or_default()
+                .insert(newname.to_vec(), Some(src));
+            // Link counts: a directory's ".." counts as a link of its parent.
+            let s_dir = s.kind == Kind::Dir;
+            let d_dir = d.as_ref().is_some_and(|x| x.kind == Kind::Dir);
+            let (mut to_sp, mut to_dp) = (0i64, 0i64);
+            if mode == RenameMode::Exchange {
+                if s_dir {
+                    to_sp -= 1;
+                    to_dp += 1;
+                }
+                if d_dir {
+                    to_dp -= 1;
+                    to_sp += 1;
+                }
+            } else {
+                if s_dir {
+                    to_sp -= 1;
+                    to_dp += 1;
+                }
+                if d_dir {
+                    to_dp -= 1;
+                }
+            }
+            if s_dir {
+                s.parent = newparent;
+            }
+            s.ctime = now;
+            if parent == newparent {
+                sp.nlink = (sp.nlink as i64 + to_sp + to_dp).max(0) as u32;
+                sp.mtime = now;
+                sp.ctime = now;
+                l.get_mut(parent).delta.inodes.insert(parent, Some(sp));
+            } else {
+                sp.nlink = (sp.nlink as i64 + to_sp).max(0) as u32;
+                dp.nlink = (dp.nlink as i64 + to_dp).max(0) as u32;
+                sp.mtime = now;
+                sp.ctime = now;
+                dp.mtime = now;
+                dp.ctime = now;
+                l.get_mut(parent).delta.inodes.insert(parent, Some(sp));
+                l.get_mut(newparent)
+                    .delta
+                    .inodes
+                    .insert(newparent, Some(dp));
+            }
+            if let Some(mut dd) = d.take() {
+                dd.ctime = now;
+                if mode == RenameMode::Exchange {
+                    if dd.kind == Kind::Dir {
+                        dd.parent = parent;
+                    }
+                    l.get_mut(dd.ino).delta.inodes.insert(dd.ino, Some(dd));
+                } else {
+                    if dd.kind == Kind::Dir {
+                        dd.nlink = 0;
+                    } else {
+                        dd.nlink = dd.nlink.saturating_sub(1);
+                    }
+                    self.drop_link(l.get_mut(dd.ino), dd);
+                }
+            }
+            l.get_mut(s.ino).delta.inodes.insert(s.ino, Some(s));
+            return Ok(());
+        }
+    }
+
+    /// Whether `dir` is `of` or one of its ancestors (following parents from `of`).
+    fn is_ancestor(
+        &self,
+        l: &Locked<'_>,
+        snap: &Snapshot<'_>,
+        dir: u64,
+        of: u64,
+    ) -> FsResult<bool> {
+        let mut cur = of;
+        for _ in 0..4096 {
+            if cur == dir {
+                return Ok(true);
+            }
+            if cur == ROOT {
+                return Ok(false);
+            }
+            let i = match l.try_get(cur) {
+                Some(sh) => self.inode_in(sh, snap, cur)?,
+                None => {
+                    let sh = self.shard(cur);
+                    self.inode_in(&sh, snap, cur)?
+                }
+            };
+            cur = i.parent;
+        }
+        err(libc::ELOOP)
+    }
+
+    /// Opens a directory for listing. The listing is taken when it is read
+    /// from the start ([`Fs::relist`]: the first read, and `rewinddir`) and
+    /// then read page by page ([`Fs::readdir`]); POSIX leaves changes made
+    /// meanwhile unspecified.
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        {
+            let sh = self.shard(ino);
+            let snap = self.snap()?;
+            if self.inode_in(&sh, &snap, ino)?.kind != Kind::Dir {
+                return err(libc::ENOTDIR);
+            }
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().insert(fh, Arc::new(Vec::new()));
+        Ok(fh)
+    }
+
+    /// Takes a new listing for an open directory (`rewinddir`).
+    pub fn relist(&self, fh: u64, ino: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        let listing = Arc::new(self.listing(ino)?);
+        self.dirs.lock().insert(fh, listing.clone());
+        Ok(listing)
+    }
+
+    fn listing(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        let listing = {
+            let sh = self.shard(ino);
+            let snap = self.snap()?;
+            let dir = self.inode_in(&sh, &snap, ino)?;
+            if dir.kind != Kind::Dir {
+                return err(libc::ENOTDIR);
+            }
+            let mut v = vec![
+                DirEntry {
+                    name: b".".to_vec(),
+                    ino,
+                    kind: Kind::Dir,
+                },
+                DirEntry {
+                    name: b"..".to_vec(),
+                    ino: dir.parent,
+                    kind: Kind::Dir,
+                },
+            ];
+            v.extend(
+                self.list_in(&sh, &snap, ino)?
+                    .into_iter()
+                    .map(|(name, (ino, kind))| DirEntry { name, ino, kind }),
+            );
+            v
+        };
+        Ok(listing)
+    }
+
+    /// The listing of an open directory, as last taken.
+    pub fn readdir(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        self.dirs
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::Errno(libc::EBADF))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().remove(&fh);
+    }
+
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let mut st = StatFs {
+            blocks: 0,
+            bfree: 0,
+            bavail: 0,
+            files: 1 << 32,
+            ffree: (1 << 32) - self.next_ino.load(Ordering::Relaxed).min(1 << 31),
+            bsize: 4096,
+            namelen: NAME_MAX as u32,
+        };
+        if let Some(p) = &self.statfs_path {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+                .map_err(|_| FsError::Errno(libc::EINVAL))?;
+            let mut v: libc::statvfs = unsafe_zeroed_statvfs();
+            // SAFETY: `c` is a valid NUL-terminated path and `v` a valid out-pointer.
+            if unsafe { libc::statvfs(c.as_ptr(), &mut v) } == 0 {
+                // The host filesystem's blocks, in 4 KiB units; the store's
+                // free pages are free space too.
+                let frsize = v.f_frsize.max(1);
+                let free_pages = self.store.stats().free_pages;
+                st.blocks = v.f_blocks * frsize / 4096;
+                st.bfree = v.f_bfree * frsize / 4096 + free_pages;
+                st.bavail = v.f_bavail * frsize / 4096 + free_pages;
+            }
+        }
+        Ok(st)
+    }
+
+    // ---- extended attributes ----
+
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> FsResult<()> {
+        if name.is_empty() || name.len() > XATTR_NAME_MAX {
+            return err(libc::ERANGE);
+        }
+        if value.len() > XATTR_SIZE_MAX {
+            return err(libc::E2BIG);
+        }
+        let mut sh = self.shard(ino);
+        let snap = self.snap()?;
+        let mut i = self.inode_in(&sh, &snap, ino)?;
+        let exists = self.xattr_in(&sh, &snap, ino, name)?.is_some();
+        if create && exists {
+            return err(libc::EEXIST);
+        }
+        if replace && !exists {
+            return err(libc::ENODATA);
+        }
+        drop(snap);
+        i.ctime = Time::now();
+        sh.delta
+            .xattrs
+            .insert((ino, name.to_vec()), Some(value.to_vec()));
+        sh.delta.inodes.insert(ino, Some(i));
+        Ok(())
+    }
+
+    fn xattr_in(
+        &self,
+        sh: &Shard,
+        snap: &Snapshot<'_>,
+        ino: u64,
+        name: &[u8],
+    ) -> FsResult<Option<Vec<u8>>> {
+        let key = (ino, name.to_vec());
+        match layered(sh, |d| d.xattrs.get(&key).map(|v| v.clone().ok_or(())))? {
+            Found::Yes(v) => Ok(Some(v)),
+            Found::Gone => Ok(None),
+            Found::Unknown => Ok(snap.get(&xattr_key(ino, name))?.map(|v| v.to_vec())),
+        }
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        let sh = self.shard(ino);
+        let snap = self.snap()?;
+        self.inode_in(&sh, &snap, ino)?;
+        self.xattr_in(&sh, &snap, ino, name)?
+            .ok_or(FsError::Errno(libc::ENODATA))
+    }
+
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        let sh = self.shard(ino);
+        let snap = self.snap()?;
+        self.inode_in(&sh, &snap, ino)?;
+        let mut names = std::collections::BTreeSet::new();
+        let start = xattr_prefix(ino);
+        let end = prefix_end(&start);
+        for item in snap.range((Bound::Included(&start[..]), Bound::Excluded(&end[..])))? {
+            let (k, _) = item?;
+            names.insert(k[9..].to_vec());
+        }
+        for d in [sh.committing.as_deref(), Some(&sh.delta)]
+            .into_iter()
+            .flatten()
+        {
+            for ((i, name), v) in &d.xattrs {
+                if *i == ino {
+                    if v.is_some() {
+                        names.insert(name.clone());
+                    } else {
+                        names.remove(name);
+                    }
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        let mut sh = self.shard(ino);
+        let snap = self.snap()?;
+        let mut i = self.inode_in(&sh, &snap, ino)?;
+        if self.xattr_in(&sh, &snap, ino, name)?.is_none() {
+            return err(libc::ENODATA);
+        }
+        drop(snap);
+        i.ctime = Time::now();
+        sh.delta.xattrs.insert((ino, name.to_vec()), None);
+        sh.delta.inodes.insert(ino, Some(i));
+        Ok(())
+    }
+
+    // ---- space: fallocate and seek ----
+
+    /// `mode`: 0 (allocate, may extend the file), or with
+    /// `FALLOC_FL_KEEP_SIZE`, `FALLOC_FL_PUNCH_HOLE`, `FALLOC_FL_ZERO_RANGE`.
+    pub fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let end = offset.checked_add(len).ok_or(FsError::Errno(libc::EFBIG))?;
+        let supported =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !supported != 0 {
+            return err(libc::EOPNOTSUPP);
+        }
+        if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 && mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
+            return err(libc::EINVAL);
+        }
+        let mut sh = self.shard(ino);
+        let snap = self.snap()?;
+        let mut i = self.inode_in(&sh, &snap, ino)?;
+        if i.kind != Kind::File {
+            return err(if i.kind == Kind::Dir {
+                libc::EISDIR
+            } else {
+                libc::ENODEV
+            });
+        }
+        if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+            // Zero the range: whole blocks become holes, partial ones are patched.
+            let bs = self.block_size;
+            let zend = end.min(i.size);
+            let mut pos = offset;
+            while pos < zend {
+                let idx = pos / bs;
+                let within = (pos % bs) as usize;
+                let n = ((bs - pos % bs).min(zend - pos)) as usize;
+                if within == 0 && n as u64 == bs {
+                    self.put_block(&mut sh, ino, idx, None);
+                } else {
+                    let mut b = self.block_in(&sh, &snap, ino, idx)?.to_vec();
+                    if b.len() > within {
+                        let m = n.min(b.len() - within);
+                        b[within..within + m].fill(0);
+                        self.put_block(&mut sh, ino, idx, Some(b));
+                    }
+                }
+                pos += n as u64;
+            }
+        }
+        if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > i.size {
+            i.size = end;
+        }
+        i.ctime = Time::now();
+        if mode != 0 {
+            i.mtime = i.ctime;
+        }
+        drop(snap);
+        sh.delta.inodes.insert(ino, Some(i));
+        Ok(())
+    }
+
+    /// SEEK_DATA / SEEK_HOLE at block granularity (a block with any data is data).
+    pub fn lseek(&self, ino: u64, offset: u64, whence: i32) -> FsResult<u64> {
+        let sh = self.shard(ino);
+        let snap = self.snap()?;
+        let i = self.inode_in(&sh, &snap, ino)?;
+        if offset >= i.size {
+            return err(libc::ENXIO);
+        }
+        let bs = self.block_size;
+        let mut idx = offset / bs;
+        let last = i.size.div_ceil(bs);
+        while idx < last {
+            let data = !self.block_in(&sh, &snap, ino, idx)?.bytes().is_empty();
+            match whence {
+                libc::SEEK_DATA if data => return Ok(offset.max(idx * bs)),
+                libc::SEEK_HOLE if !data => return Ok(offset.max(idx * bs)),
+                libc::SEEK_DATA | libc::SEEK_HOLE => {}
+                _ => return err(libc::EINVAL),
+            }
+            idx += 1;
+        }
+        match whence {
+            libc::SEEK_HOLE => Ok(i.size),
+            _ => err(libc::ENXIO),
+        }
+    }
+
+    // ---- commits ----
+
+    /// Commits every change so far and waits until it is durable; callers
+    /// arriving while a commit runs share the next one.
+    pub fn fsync(&self) -> FsResult<()> {
+        self.flush.sync(|| self.commit_now("fsync"))
+    }
+
+    /// Takes every shard's changes and commits them as one version.
+    pub fn commit(&self, cause: &str) -> FsResult<()> {
+        self.flush.exclusive(|| self.commit_now(cause))
+    }
+
+    fn commit_now(&self, cause: &str) -> FsResult<()> {
+        // The cut: every shard at once.
+        let mut deltas: Vec<(usize, Arc<Delta>)> = Vec::new();
+        {
+            let mut guards: Vec<MutexGuard<'_, Shard>> =
+                self.shards.iter().map(|s| s.lock()).collect();
+            for (i, g) in guards.iter_mut().enumerate() {
+                if g.delta.is_empty() {
+                    continue;
+                }
+                let d = Arc::new(std::mem::take(&mut g.delta));
+                g.committing = Some(d.clone());
+                deltas.push((i, d));
+            }
+        }
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let result = self.write_deltas(&deltas, cause);
+        let bytes: u64 = deltas.iter().map(|(_, d)| d.bytes).sum();
+        for (i, d) in deltas {
+            let mut g = self.shards[i].lock();
+            g.committing = None;
+            if result.is_err() {
+                // Put the changes back under the newer ones.
+                let mut old = Arc::try_unwrap(d).unwrap_or_else(|a| clone_delta(&a));
+                old.absorb(std::mem::take(&mut g.delta));
+                g.delta = old;
+            }
+        }
+        if result.is_ok() {
+            self.sub_dirty(bytes);
+        }
+        result
+    }
+
+    fn write_deltas(&self, deltas: &[(usize, Arc<Delta>)], cause: &str) -> FsResult<()> {
+        let mut t = self.store.begin_write()?;
+        let mut meta = Vec::with_capacity(28);
+        meta.extend_from_slice(&self.next_ino.load(Ordering::Relaxed).to_le_bytes());
+        meta.extend_from_slice(&(self.block_size as u32).to_le_bytes());
+        meta.extend_from_slice(&self.fs_id.to_le_bytes());
+        t.put(META_KEY, &meta)?;
+        for (_, d) in deltas {
+            // Inodes that are gone take all their keys with them.
+            for (&ino, i) in &d.inodes {
+                if i.is_none() {
+                    t.delete(&inode_key(ino))?;
+                    t.delete(&symlink_key(ino))?;
+                    t.delete(&orphan_key(ino))?;
+                    delete_prefix(&mut t, &block_prefix(ino))?;
+                    delete_prefix(&mut t, &xattr_prefix(ino))?;
+                }
+            }
+            for (&ino, &from) in &d.truncs {
+                let start = block_key(ino, from);
+                let end = prefix_end(&block_prefix(ino));
+                delete_range(&mut t, &start, &end)?;
+            }
+            for (&ino, i) in &d.inodes {
+                if let Some(i) = i {
+                    t.put(&inode_key(ino), &i.encode())?;
+                }
+            }
+            for (&dir, ents) in &d.dirents {
+                for (name, e) in ents {
+                    let k = dirent_key(dir, name);
+                    match e {
+                        Some((ino, kind)) => {
+                            let mut v = [0u8; 9];
+                            v[..8].copy_from_slice(&ino.to_le_bytes());
+                            v[8] = kind.code();
+                            t.put(&k, &v)?;
+                        }
+                        None => {
+                            t.delete(&k)?;
+                        }
+                    }
+                }
+            }
+            for (&(ino, idx), b) in &d.blocks {
+                let k = block_key(ino, idx);
+                match b {
+                    Some(data) if !data.is_empty() => {
+                        let hash = blake3::hash(data);
+                        if data.len() <= INLINE_BLOCK {
+                            let mut v = Vec::with_capacity(32 + data.len());
+                            v.extend_from_slice(hash.as_bytes());
+                            v.extend_from_slice(data);
+                            t.put(&k, &v)?;
+                        } else {
+                            let e = t.write_extent(data)?;
+                            t.put_with_extent(&k, hash.as_bytes(), e)?;
+                        }
+                    }
+                    _ => {
+                        t.delete(&k)?;
+                    }
+                }
+            }
+            for ((ino, name), v) in &d.xattrs {
+                let k = xattr_key(*ino, name);
+                match v {
+                    Some(v) => t.put(&k, v)?,
+                    None => {
+                        t.delete(&k)?;
+                    }
+                }
+            }
+            for (&ino, target) in &d.symlinks {
+                t.put(&symlink_key(ino), target)?;
+            }
+            for (&ino, &orphan) in &d.orphans {
+                if orphan {
+                    t.put(&orphan_key(ino), b"")?;
+                } else {
+                    t.delete(&orphan_key(ino))?;
+                }
+            }
+        }
+        t.commit(cause)?;
+        Ok(())
+    }
+
+    /// Runs the background committer until `stop` is called.
+    pub fn spawn_flusher(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+        let fs = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("zippy-flush".into())
+            .spawn(move || {
+                let interval = fs.opts.flush_interval;
+                while fs.flush.wait(interval) {
+                    if let Err(e) = fs.commit("writeback") {
+                        tracing::error!("background commit failed: {e}");
+                    }
+                }
+            })
+            .expect("spawn the committer thread")
+    }
+
+    /// Stops the committer and commits what is left.
+    pub fn shutdown(&self) -> FsResult<()> {
+        self.flush.stop();
+        self.commit("unmount")
+    }
+}
+
+fn clone_delta(d: &Delta) -> Delta {
+    Delta {
+        inodes: d.inodes.clone(),
+        dirents: d.dirents.clone(),
+        blocks: d.blocks.clone(),
+        truncs: d.truncs.clone(),
+        xattrs: d.xattrs.clone(),
+        symlinks: d.symlinks.clone(),
+        orphans: d.orphans.clone(),
+        bytes: d.bytes,
+    }
+}
+
+fn delete_prefix(t: &mut crate::store::WriteTxn<'_>, prefix: &[u8]) -> FsResult<()> {
+    delete_range(t, prefix, &prefix_end(prefix))
+}
+
+fn delete_range(t: &mut crate::store::WriteTxn<'_>, start: &[u8], end: &[u8]) -> FsResult<()> {
+    let keys: Vec<Vec<u8>> = t
+        .range((Bound::Included(start), Bound::Excluded(end)))?
+        .map(|r| r.map(|(k, _)| k.to_vec()))
+        .collect::<Result<_, _>>()?;
+    for k in keys {
+        t.delete(&k)?;
+    }
+    Ok(())
+}
+
+/// Looks a key up in the shard's delta, then in the delta being committed.
+fn layered<T>(sh: &Shard, get: impl Fn(&Delta) -> Option<Result<T, ()>>) -> FsResult<Found<T>> {
+    for d in [Some(&sh.delta), sh.committing.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        match get(d) {
+            Some(Ok(v)) => return Ok(Found::Yes(v)),
+            Some(Err(())) => return Ok(Found::Gone),
+            None => {}
+        }
+    }
+    Ok(Found::Unknown)
+}
+
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return err(libc::ENAMETOOLONG);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return err(libc::EINVAL);
+    }
+    Ok(())
+}
+
+fn unsafe_zeroed_statvfs() -> libc::statvfs {
+    // SAFETY: statvfs is a plain C struct of integers, for which all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// A block's bytes, wherever they are.
+enum BlockRef<'a> {
+    Mem(&'a [u8]),
+    Store(&'a [u8]),
+    Hole,
+}
+
+impl<'a> BlockRef<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        match self {
+            BlockRef::Mem(b) | BlockRef::Store(b) => b,
+            BlockRef::Hole => &[],
+        }
+    }
+    fn to_vec(&self) -> Vec<u8> {
+        self.bytes().to_vec()
+    }
+}
+
+/// Several shards locked at once, in shard order.
+struct Locked<'a> {
+    n: usize,
+    guards: Vec<(usize, MutexGuard<'a, Shard>)>,
+}
+
+impl<'a> Locked<'a> {
+    fn get(&self, ino: u64) -> &Shard {
+        self.try_get(ino)
+            .expect("shard of an inode in the locked set")
+    }
+
+    fn try_get(&self, ino: u64) -> Option<&Shard> {
+        let s = shard_of(ino, self.n);
+        self.guards.iter().find(|(i, _)| *i == s).map(|(_, g)| &**g)
+    }
+
+    fn get_mut(&mut self, ino: u64) -> &mut Shard {
+        let s = shard_of(ino, self.n);
+        self.guards
+            .iter_mut()
+            .find(|(i, _)| *i == s)
+            .map(|(_, g)| &mut **g)
+            .expect("shard of an inode in the locked set")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,327 @@
+//! Unit tests of the filesystem core, without a mount.
+
+use super::*;
+
+const ROOT_CTX: Ctx = Ctx { uid: 0, gid: 0 };
+
+fn opts() -> FsOptions {
+    FsOptions {
+        shards: 3,
+        block_size: 4096,
+        dirty_limit: 1 << 20,
+        flush_interval: Duration::from_secs(3600),
+        store: StoreOptions {
+            map_size: 1 << 32,
+            ..StoreOptions::default()
+        },
+    }
+}
+
+fn fresh() -> (tempfile::TempDir, Fs) {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Fs::mount(dir.path(), opts()).unwrap();
+    (dir, fs)
+}
+
+fn errno<T: std::fmt::Debug>(r: FsResult<T>) -> i32 {
+    r.expect_err("expected an error").errno()
+}
+
+fn names(fs: &Fs, dir: u64) -> Vec<String> {
+    let fh = fs.opendir(dir).unwrap();
+    let v = fs.relist(fh, dir).unwrap();
+    fs.releasedir(fh);
+    v.iter()
+        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+        .filter(|n| n != "." && n != "..")
+        .collect()
+}
+
+#[test]
+fn create_write_read_across_blocks_and_a_commit() {
+    let (_d, fs) = fresh();
+    let (f, fh) = fs.create(ROOT_CTX, ROOT, b"a", 0o644).unwrap();
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(fs.write(f.ino, 100, &data).unwrap(), 20_000);
+    assert_eq!(fs.getattr(f.ino).unwrap().size, 20_100);
+    let back = fs.read(f.ino, 0, 30_000).unwrap();
+    assert_eq!(back.len(), 20_100);
+    assert!(back[..100].iter().all(|&b| b == 0));
+    assert_eq!(&back[100..], &data[..]);
+    fs.commit("test").unwrap();
+    assert_eq!(fs.read(f.ino, 100, 20_000).unwrap(), data);
+    // Overwrite a middle range after the commit.
+    fs.write(f.ino, 5000, b"hello").unwrap();
+    let mut want = data[4898..4907].to_vec();
+    want[2..7].copy_from_slice(b"hello");
+    assert_eq!(fs.read(f.ino, 4998, 9).unwrap(), want);
+    fs.release(f.ino).unwrap();
+    assert!(fh > 0);
+}
+
+#[test]
+fn everything_survives_a_remount() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, sub, link);
+    {
+        let fs = Fs::mount(dir.path(), opts()).unwrap();
+        sub = fs.mkdir(ROOT_CTX, ROOT, b"sub", 0o755).unwrap();
+        let (f, _) = fs.create(ROOT_CTX, sub.ino, b"f", 0o600).unwrap();
+        file = f.ino;
+        fs.write(file, 0, &vec![7u8; 100_000]).unwrap();
+        fs.release(file).unwrap();
+        link = fs.symlink(ROOT_CTX, ROOT, b"ln", b"sub/f").unwrap();
+        fs.setxattr(file, b"user.k", b"v", false, false).unwrap();
+        fs.shutdown().unwrap();
+    }
+    let fs = Fs::mount(dir.path(), opts()).unwrap();
+    assert_eq!(fs.lookup(ROOT, b"sub").unwrap().ino, sub.ino);
+    let f = fs.lookup(sub.ino, b"f").unwrap();
+    assert_eq!(f.ino, file);
+    assert_eq!(f.size, 100_000);
+    assert_eq!(f.perm, 0o600);
+    assert_eq!(fs.read(file, 0, 200_000).unwrap(), vec![7u8; 100_000]);
+    assert_eq!(fs.readlink(link.ino).unwrap(), b"sub/f");
+    assert_eq!(fs.getxattr(file, b"user.k").unwrap(), b"v");
+    assert_eq!(fs.getattr(ROOT).unwrap().nlink, 3);
+}
+
+#[test]
+fn errors_are_the_posix_ones() {
+    let (_d, fs) = fresh();
+    let d = fs.mkdir(ROOT_CTX, ROOT, b"d", 0o755).unwrap();
+    assert_eq!(errno(fs.mkdir(ROOT_CTX, ROOT, b"d", 0o755)), libc::EEXIST);
+    assert_eq!(errno(fs.lookup(ROOT, b"nope")), libc::ENOENT);
+    assert_eq!(errno(fs.lookup(ROOT, &[b'x'; 256])), libc::ENAMETOOLONG);
+    let (f, _) = fs.create(ROOT_CTX, d.ino, b"f", 0o644).unwrap();
+    assert_eq!(errno(fs.rmdir(ROOT, b"d")), libc::ENOTEMPTY);
+    assert_eq!(errno(fs.unlink(ROOT, b"d")), libc::EISDIR);
+    assert_eq!(errno(fs.rmdir(d.ino, b"f")), libc::ENOTDIR);
+    assert_eq!(errno(fs.lookup(f.ino, b"x")), libc::ENOTDIR);
+    assert_eq!(errno(fs.link(d.ino, ROOT, b"dl")), libc::EPERM);
+    assert_eq!(
+        errno(fs.rename(ROOT, b"d", d.ino, b"inside", RenameMode::Replace)),
+        libc::EINVAL
+    );
+    assert_eq!(errno(fs.readlink(f.ino)), libc::EINVAL);
+    assert_eq!(errno(fs.getxattr(f.ino, b"user.none")), libc::ENODATA);
+    assert_eq!(errno(fs.removexattr(f.ino, b"user.none")), libc::ENODATA);
+}
+
+#[test]
+fn rename_replaces_exchanges_and_keeps_link_counts() {
+    let (_d, fs) = fresh();
+    let a = fs.mkdir(ROOT_CTX, ROOT, b"a", 0o755).unwrap();
+    let b = fs.mkdir(ROOT_CTX, ROOT, b"b", 0o755).unwrap();
+    let sub = fs.mkdir(ROOT_CTX, a.ino, b"sub", 0o755).unwrap();
+    fs.rename(a.ino, b"sub", b.ino, b"sub2", RenameMode::Replace)
+        .unwrap();
+    assert_eq!(fs.getattr(a.ino).unwrap().nlink, 2);
+    assert_eq!(fs.getattr(b.ino).unwrap().nlink, 3);
+    assert_eq!(fs.lookup(sub.ino, b"..").unwrap().ino, b.ino);
+    let (x, _) = fs.create(ROOT_CTX, a.ino, b"x", 0o644).unwrap();
+    let (y, _) = fs.create(ROOT_CTX, b.ino, b"y", 0o644).unwrap();
+    assert_eq!(
+        errno(fs.rename(a.ino, b"x", b.ino, b"y", RenameMode::NoReplace)),
+        libc::EEXIST
+    );
+    fs.rename(a.ino, b"x", b.ino, b"y", RenameMode::Exchange)
+        .unwrap();
+    assert_eq!(fs.lookup(a.ino, b"x").unwrap().ino, y.ino);
+    assert_eq!(fs.lookup(b.ino, b"y").unwrap().ino, x.ino);
+    // Replacing a file drops the replaced inode (no handle holds it after release).
+    fs.release(x.ino).unwrap();
+    fs.release(y.ino).unwrap();
+    fs.rename(a.ino, b"x", b.ino, b"y", RenameMode::Replace)
+        .unwrap();
+    assert_eq!(errno(fs.getattr(x.ino)), libc::ENOENT);
+    assert_eq!(names(&fs, a.ino), Vec::<String>::new());
+    assert_eq!(names(&fs, b.ino), vec!["sub2", "y"]);
+    // Exchanging a directory with a file across parents moves the ".." link.
+    let (f, _) = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap();
+    assert_eq!(fs.getattr(ROOT).unwrap().nlink, 4);
+    fs.rename(b.ino, b"sub2", ROOT, b"f", RenameMode::Exchange)
+        .unwrap();
+    assert_eq!(fs.getattr(ROOT).unwrap().nlink, 5);
+    assert_eq!(fs.getattr(b.ino).unwrap().nlink, 2);
+    assert_eq!(fs.lookup(b.ino, b"sub2").unwrap().ino, f.ino);
+    assert_eq!(fs.lookup(sub.ino, b"..").unwrap().ino, ROOT);
+    fs.commit("t").unwrap();
+    assert_eq!(fs.getattr(ROOT).unwrap().nlink, 5);
+}
+
+#[test]
+fn hard_links_and_open_unlinked_files() {
+    let (_d, fs) = fresh();
+    let (f, _) = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap();
+    fs.write(f.ino, 0, b"data").unwrap();
+    fs.link(f.ino, ROOT, b"g").unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().nlink, 2);
+    fs.unlink(ROOT, b"f").unwrap();
+    fs.unlink(ROOT, b"g").unwrap();
+    // Still open: readable and writable.
+    assert_eq!(fs.read(f.ino, 0, 10).unwrap(), b"data");
+    fs.write(f.ino, 4, b"more").unwrap();
+    fs.commit("t").unwrap();
+    assert_eq!(fs.read(f.ino, 0, 10).unwrap(), b"datamore");
+    fs.release(f.ino).unwrap();
+    assert_eq!(errno(fs.getattr(f.ino)), libc::ENOENT);
+    fs.commit("t").unwrap();
+    assert_eq!(errno(fs.getattr(f.ino)), libc::ENOENT);
+}
+
+#[test]
+fn orphans_left_by_a_crash_are_deleted_at_the_next_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let ino;
+    {
+        let fs = Fs::mount(dir.path(), opts()).unwrap();
+        let (f, _) = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap();
+        ino = f.ino;
+        fs.write(ino, 0, &vec![1u8; 50_000]).unwrap();
+        fs.unlink(ROOT, b"f").unwrap();
+        // Committed while still open; then the "crash": no release.
+        fs.commit("t").unwrap();
+    }
+    let fs = Fs::mount(dir.path(), opts()).unwrap();
+    fs.commit("t").unwrap();
+    assert_eq!(errno(fs.getattr(ino)), libc::ENOENT);
+    let snap = fs.store().latest().unwrap();
+    let start = block_prefix(ino);
+    assert_eq!(
+        snap.range(&start[..]..&prefix_end(&start)[..])
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn truncate_cuts_and_zero_extends() {
+    let (_d, fs) = fresh();
+    let (f, _) = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap();
+    fs.write(f.ino, 0, &vec![9u8; 10_000]).unwrap();
+    fs.commit("t").unwrap();
+    fs.setattr(
+        f.ino,
+        SetAttr {
+            size: Some(5000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fs.setattr(
+        f.ino,
+        SetAttr {
+            size: Some(12_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let back = fs.read(f.ino, 0, 20_000).unwrap();
+    assert_eq!(back.len(), 12_000);
+    assert!(back[..5000].iter().all(|&b| b == 9));
+    assert!(
+        back[5000..].iter().all(|&b| b == 0),
+        "bytes past a cut read as zeros"
+    );
+    fs.commit("t").unwrap();
+    assert_eq!(fs.read(f.ino, 0, 20_000).unwrap(), back);
+}
+
+#[test]
+fn holes_punch_and_seek() {
+    let (_d, fs) = fresh();
+    let (f, _) = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap();
+    fs.write(f.ino, 40_960, b"x").unwrap();
+    assert_eq!(fs.lseek(f.ino, 0, libc::SEEK_DATA).unwrap(), 40_960);
+    assert_eq!(fs.lseek(f.ino, 0, libc::SEEK_HOLE).unwrap(), 0);
+    fs.write(f.ino, 0, &vec![1u8; 12_288]).unwrap();
+    fs.fallocate(
+        f.ino,
+        4096,
+        4096,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    )
+    .unwrap();
+    let back = fs.read(f.ino, 0, 12_288).unwrap();
+    assert!(back[4096..8192].iter().all(|&b| b == 0));
+    assert!(back[..4096].iter().all(|&b| b == 1));
+    assert_eq!(fs.lseek(f.ino, 0, libc::SEEK_HOLE).unwrap(), 4096);
+    assert_eq!(
+        errno(fs.lseek(f.ino, 1 << 20, libc::SEEK_DATA)),
+        libc::ENXIO
+    );
+    fs.fallocate(f.ino, 0, 100_000, 0).unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().size, 100_000);
+}
+
+#[test]
+fn many_files_in_one_directory_list_in_order_across_commits() {
+    let (_d, fs) = fresh();
+    for i in 0..500 {
+        let (f, _) = fs
+            .create(ROOT_CTX, ROOT, format!("f{i:04}").as_bytes(), 0o644)
+            .unwrap();
+        fs.release(f.ino).unwrap();
+        if i % 100 == 0 {
+            fs.commit("t").unwrap();
+        }
+    }
+    for i in (0..500).step_by(2) {
+        fs.unlink(ROOT, format!("f{i:04}").as_bytes()).unwrap();
+    }
+    let n = names(&fs, ROOT);
+    assert_eq!(n.len(), 250);
+    assert_eq!(n[0], "f0001");
+    fs.commit("t").unwrap();
+    assert_eq!(names(&fs, ROOT), n);
+}
+
+#[test]
+fn a_failed_commit_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A store on a device of 4 MiB: the commit of 8 MiB of data fails.
+    let dev = std::sync::Arc::new(crate::store::SimBackend::new(4 << 20).unwrap());
+    let store = Store::open_backend(
+        Box::new(dev),
+        StoreOptions {
+            map_size: 4 << 20,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let fs = Fs::with_store(store, opts()).unwrap();
+    let _ = dir;
+    let (f, _) = fs.create(ROOT_CTX, ROOT, b"big", 0o644).unwrap();
+    let data = vec![3u8; 8 << 20];
+    let r = fs.write(f.ino, 0, &data).and_then(|_| fs.commit("t"));
+    assert_eq!(errno(r), libc::ENOSPC);
+    // Still all there in memory.
+    assert_eq!(fs.read(f.ino, 0, 16).unwrap(), vec![3u8; 16]);
+    assert_eq!(fs.getattr(f.ino).unwrap().size, 8 << 20);
+    // Making room (a smaller file) lets the next commit through.
+    fs.setattr(
+        f.ino,
+        SetAttr {
+            size: Some(1000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fs.commit("t").unwrap();
+    assert_eq!(fs.read(f.ino, 0, 2000).unwrap(), vec![3u8; 1000]);
+}
+
+#[test]
+fn fsync_commits_and_a_second_fsync_has_nothing_to_wait_for() {
+    let (_d, fs) = fresh();
+    let (f, _) = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap();
+    fs.write(f.ino, 0, b"x").unwrap();
+    let before = fs.store().latest_version();
+    fs.fsync().unwrap();
+    let after = fs.store().latest_version();
+    assert!(after > before, "fsync made no version");
+    fs.fsync().unwrap();
+    assert_eq!(fs.store().latest_version(), after, "nothing new: no commit");
+}

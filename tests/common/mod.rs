@@ -1,0 +1,124 @@
+//! Mounting the real `zippyfs` binary for integration tests, and taking the
+//! mount down again whatever happens.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_zippyfs")
+}
+
+/// Whether this machine can mount FUSE filesystems at all.
+pub fn fuse_available() -> bool {
+    Path::new("/dev/fuse").exists()
+}
+
+/// A zippyfs mount run in the foreground by a child process.
+pub struct Mounted {
+    pub mnt: PathBuf,
+    pub store: PathBuf,
+    child: Option<Child>,
+    _mnt_dir: tempfile::TempDir,
+}
+
+/// Whether something other than `dir`'s parent filesystem is mounted there.
+pub fn is_mounted(dir: &Path) -> bool {
+    let (Ok(a), Some(parent)) = (std::fs::metadata(dir), dir.parent()) else {
+        return false;
+    };
+    std::fs::metadata(parent).is_ok_and(|p| p.dev() != a.dev())
+}
+
+impl Mounted {
+    /// Mounts the store in `store` (created if needed) with extra arguments
+    /// such as `-s`; panics if the mount does not come up in 20 seconds.
+    pub fn start(store: &Path, args: &[&str]) -> Mounted {
+        let mnt_dir = tempfile::tempdir().expect("mountpoint");
+        let mnt = mnt_dir.path().to_path_buf();
+        let mut cmd = Command::new(bin());
+        cmd.arg("mount").arg("-f").args(args).arg(&mnt).arg(store);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("spawn zippyfs mount");
+        let mut m = Mounted {
+            mnt,
+            store: store.to_path_buf(),
+            child: Some(child),
+            _mnt_dir: mnt_dir,
+        };
+        let started = Instant::now();
+        while !is_mounted(&m.mnt) {
+            if let Some(st) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("zippyfs mount exited before mounting: {st}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "mount did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Unmounts and waits for the daemon to exit (killing it after 20 s).
+    pub fn unmount(mut self) -> ExitStatus {
+        self.take_down(false).expect("daemon exit status")
+    }
+
+    /// Kills the daemon with SIGKILL and clears the dead mount.
+    pub fn kill9(mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.child = None;
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+
+    fn take_down(&mut self, lazy: bool) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let mut umount = Command::new("umount");
+        if lazy {
+            umount.arg("-l");
+        }
+        let _ = umount.arg(&self.mnt).stderr(Stdio::null()).status();
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let st = child.wait().ok();
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.take_down(true);
+        }
+    }
+}
+
+/// The two ways to run the daemon: one shard per core, and `-s`.
+pub const MODES: [&[&str]; 2] = [&[], &["-s"]];

@@ -1,0 +1,147 @@
+//! Many threads at once on a real mount: writing different files and
+//! disjoint ranges of one file, creating and renaming in the same
+//! directories. The end state must be one a sequential run allows, and the
+//! whole load must finish within a time bound (no deadlock). Both modes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+const THREADS: u64 = 8;
+const TIME_BOUND: Duration = Duration::from_secs(120);
+
+fn pattern(t: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u64 * 31 + t) as u8).collect()
+}
+
+fn load(root: PathBuf) {
+    std::fs::create_dir(root.join("a")).expect("mkdir a");
+    std::fs::create_dir(root.join("b")).expect("mkdir b");
+    let shared = std::fs::File::create(root.join("shared")).expect("shared file");
+    drop(shared);
+    let region = 300_000usize;
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                // Its own file, in uneven chunks.
+                let own = pattern(t, 1_000_000);
+                let f = std::fs::File::create(root.join(format!("own{t}"))).expect("own");
+                let mut off = 0;
+                let mut step = 1 + t as usize * 777;
+                while off < own.len() {
+                    let end = (off + step).min(own.len());
+                    f.write_all_at(&own[off..end], off as u64)
+                        .expect("write own");
+                    off = end;
+                    step = step * 3 % 65_537 + 1;
+                }
+                // Its own region of the shared file.
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(root.join("shared"))
+                    .expect("open shared");
+                f.write_all_at(&pattern(t + 100, region), t * region as u64)
+                    .expect("write shared");
+                // Files created in one directory and renamed back and forth.
+                for i in 0..200 {
+                    let name = format!("t{t}-{i}");
+                    std::fs::write(root.join("a").join(&name), name.as_bytes()).expect("create");
+                    if i % 2 == 0 {
+                        std::fs::rename(root.join("a").join(&name), root.join("b").join(&name))
+                            .expect("rename");
+                    }
+                    if i % 5 == 0 {
+                        let (from, to) = if i % 2 == 0 { ("b", "a") } else { ("a", "b") };
+                        std::fs::rename(root.join(from).join(&name), root.join(to).join(&name))
+                            .expect("rename back");
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("worker panicked");
+    }
+}
+
+fn check(root: PathBuf) {
+    let region = 300_000usize;
+    for t in 0..THREADS {
+        assert_eq!(
+            std::fs::read(root.join(format!("own{t}"))).expect("own"),
+            pattern(t, 1_000_000)
+        );
+    }
+    let shared = std::fs::read(root.join("shared")).expect("shared");
+    assert_eq!(shared.len(), THREADS as usize * region);
+    for t in 0..THREADS {
+        let r = &shared[t as usize * region..(t as usize + 1) * region];
+        assert!(
+            r == pattern(t + 100, region).as_slice(),
+            "region {t} of the shared file"
+        );
+    }
+    let list = |d: &str| -> BTreeSet<String> {
+        std::fs::read_dir(root.join(d))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect()
+    };
+    let (a, b) = (list("a"), list("b"));
+    assert!(a.is_disjoint(&b), "a file in two directories at once");
+    for t in 0..THREADS {
+        for i in 0..200 {
+            let name = format!("t{t}-{i}");
+            // Where the sequence of renames leaves it.
+            let in_b = (i % 2 == 0) != (i % 5 == 0);
+            let dir = if in_b { "b" } else { "a" };
+            assert_eq!(
+                std::fs::read(root.join(dir).join(&name)).expect("renamed file"),
+                name.as_bytes()
+            );
+        }
+    }
+    assert_eq!(a.len() + b.len(), (THREADS * 200) as usize);
+}
+
+fn run(mode: &[&str]) {
+    let store = tempfile::tempdir().expect("store");
+    let m = common::Mounted::start(store.path(), mode);
+    let root = m.path().to_path_buf();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        load(root.clone());
+        check(root);
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(TIME_BOUND) {
+        Ok(()) => {}
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("load did not finish in {TIME_BOUND:?}: deadlock?")
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("load or check failed (see the panic above)")
+        }
+    }
+    // The same state after a remount.
+    assert!(m.unmount().success());
+    let m = common::Mounted::start(store.path(), mode);
+    check(m.path().to_path_buf());
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn concurrent_writers_and_renamers_end_in_a_sequential_state() {
+    if !common::fuse_available() {
+        println!("skipped: no /dev/fuse");
+        return;
+    }
+    for mode in common::MODES {
+        run(mode);
+    }
+}

@@ -1,0 +1,306 @@
+//! Every POSIX operation on a real mount, with its error cases: device
+//! nodes, fifos and sockets; xattrs; fallocate and SEEK_DATA/SEEK_HOLE;
+//! renameat2 flags; open-unlinked files; sparse and > 4 GiB files; long
+//! names; permissions as another user. Both daemon modes.
+
+mod common;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Runs a libc call returning -1 on error; gives the errno or 0.
+fn call(r: libc::c_int) -> i32 {
+    if r < 0 { errno() } else { 0 }
+}
+
+/// Safe wrappers: each call gets valid, NUL-terminated paths and live buffers.
+mod sys {
+    use super::*;
+
+    pub fn mkfifo(p: &Path, mode: u32) -> i32 {
+        let p = c(p);
+        // SAFETY: a valid NUL-terminated path.
+        call(unsafe { libc::mkfifo(p.as_ptr(), mode) })
+    }
+
+    pub fn mknod(p: &Path, mode: u32, dev: u64) -> i32 {
+        let p = c(p);
+        // SAFETY: a valid NUL-terminated path.
+        call(unsafe { libc::mknod(p.as_ptr(), mode, dev) })
+    }
+
+    pub fn setxattr(p: &CString, name: &CString, v: &[u8], flags: i32) -> i32 {
+        // SAFETY: valid path and name; the value buffer lives across the call.
+        call(unsafe {
+            libc::setxattr(p.as_ptr(), name.as_ptr(), v.as_ptr().cast(), v.len(), flags)
+        })
+    }
+
+    /// The result of getxattr into `buf` (its length: 0 asks for the size).
+    pub fn getxattr(p: &CString, name: &CString, buf: &mut [u8]) -> isize {
+        let ptr = if buf.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            buf.as_mut_ptr().cast()
+        };
+        // SAFETY: valid path and name; `ptr` is null with length 0 or points into `buf`.
+        unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), ptr, buf.len()) }
+    }
+
+    pub fn listxattr(p: &CString, buf: &mut [u8]) -> isize {
+        // SAFETY: valid path; the buffer lives across the call.
+        unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+    }
+
+    pub fn removexattr(p: &CString, name: &CString) -> i32 {
+        // SAFETY: valid path and name.
+        call(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) })
+    }
+
+    pub fn lseek(fd: i32, off: i64, whence: i32) -> i64 {
+        // SAFETY: lseek on a descriptor the caller keeps open.
+        unsafe { libc::lseek(fd, off, whence) }
+    }
+
+    pub fn fallocate(fd: i32, mode: i32, off: i64, len: i64) -> i32 {
+        // SAFETY: fallocate on a descriptor the caller keeps open.
+        call(unsafe { libc::fallocate(fd, mode, off, len) })
+    }
+
+    pub fn renameat2(a: &Path, b: &Path, flags: u32) -> i32 {
+        let (a, b) = (c(a), c(b));
+        // SAFETY: valid absolute paths, so AT_FDCWD is not used.
+        call(unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                a.as_ptr(),
+                libc::AT_FDCWD,
+                b.as_ptr(),
+                flags,
+            )
+        })
+    }
+
+    pub fn statvfs(p: &Path) -> Option<libc::statvfs> {
+        let p = c(p);
+        // SAFETY: statvfs is plain integers, valid when zeroed.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid path and out-pointer.
+        (unsafe { libc::statvfs(p.as_ptr(), &mut st) } == 0).then_some(st)
+    }
+}
+
+fn special_files(root: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let fifo = root.join("fifo");
+    assert_eq!(sys::mkfifo(&fifo, 0o644), 0);
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .expect("stat fifo")
+            .file_type()
+            .is_fifo()
+    );
+    let dev = root.join("chr");
+    assert_eq!(
+        sys::mknod(&dev, libc::S_IFCHR | 0o600, libc::makedev(1, 3)),
+        0
+    );
+    let m = std::fs::symlink_metadata(&dev).expect("stat chr");
+    assert_eq!(m.mode() & libc::S_IFMT, libc::S_IFCHR);
+    assert_eq!(m.rdev(), libc::makedev(1, 3));
+    assert_eq!(
+        sys::mknod(
+            &root.join("blk"),
+            libc::S_IFBLK | 0o600,
+            libc::makedev(7, 0)
+        ),
+        0
+    );
+    let sock = root.join("sock");
+    assert_eq!(sys::mknod(&sock, libc::S_IFSOCK | 0o600, 0), 0);
+    assert!(
+        std::fs::symlink_metadata(&sock)
+            .expect("stat sock")
+            .file_type()
+            .is_socket()
+    );
+    assert_eq!(sys::mkfifo(&fifo, 0o644), libc::EEXIST);
+}
+
+fn xattrs(root: &Path) {
+    let f = root.join("x");
+    std::fs::write(&f, b"x").expect("create");
+    let p = c(&f);
+    let name = CString::new("user.color").expect("name");
+    assert_eq!(
+        sys::setxattr(&p, &name, b"red", libc::XATTR_REPLACE),
+        libc::ENODATA
+    );
+    assert_eq!(sys::setxattr(&p, &name, b"red", libc::XATTR_CREATE), 0);
+    assert_eq!(
+        sys::setxattr(&p, &name, b"blue", libc::XATTR_CREATE),
+        libc::EEXIST
+    );
+    assert_eq!(sys::setxattr(&p, &name, b"green", libc::XATTR_REPLACE), 0);
+    let mut buf = [0u8; 64];
+    let n = sys::getxattr(&p, &name, &mut buf);
+    assert_eq!(&buf[..n as usize], b"green");
+    assert_eq!(sys::getxattr(&p, &name, &mut []), 5, "size query");
+    assert!(sys::getxattr(&p, &name, &mut buf[..2]) < 0 && errno() == libc::ERANGE);
+    let n = sys::listxattr(&p, &mut buf);
+    assert_eq!(&buf[..n as usize], b"user.color\0");
+    assert_eq!(sys::removexattr(&p, &name), 0);
+    assert_eq!(sys::removexattr(&p, &name), libc::ENODATA);
+}
+
+fn space(root: &Path) {
+    use std::os::fd::AsRawFd;
+    let open_rw = |name: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(root.join(name))
+            .expect("create")
+    };
+    let f = open_rw("sparse");
+    // More than 4 GiB, sparse.
+    let far = 5u64 << 30;
+    f.write_all_at(b"end", far).expect("write far");
+    f.write_all_at(b"start", 0).expect("write start");
+    assert_eq!(f.metadata().expect("stat").len(), far + 3);
+    let mut b = [0u8; 3];
+    f.read_exact_at(&mut b, far).expect("read far");
+    assert_eq!(&b, b"end");
+    f.read_exact_at(&mut b, 1 << 30).expect("read hole");
+    assert_eq!(b, [0, 0, 0]);
+    // With the kernel's writeback cache the kernel answers SEEK_DATA and
+    // SEEK_HOLE itself (the whole file is data, the hole is at the end): a
+    // valid answer, as for any filesystem without holes. What must hold:
+    // the answers lie in the file and data is where data was written.
+    let fd = f.as_raw_fd();
+    let hole = sys::lseek(fd, 0, libc::SEEK_HOLE);
+    assert!(hole > 0 && hole as u64 <= far + 3, "first hole at {hole}");
+    assert_eq!(
+        sys::lseek(fd, far as i64, libc::SEEK_DATA),
+        far as i64,
+        "data where it was written"
+    );
+    assert!(sys::lseek(fd, (far + 10) as i64, libc::SEEK_DATA) < 0 && errno() == libc::ENXIO);
+    // fallocate: extend, punch.
+    let g = open_rw("alloc");
+    assert_eq!(sys::fallocate(g.as_raw_fd(), 0, 0, 1 << 20), 0);
+    assert_eq!(g.metadata().expect("stat").len(), 1 << 20);
+    g.write_all_at(&[1u8; 200_000], 0).expect("fill");
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    assert_eq!(sys::fallocate(g.as_raw_fd(), punch, 65_536, 65_536), 0);
+    let mut back = vec![0u8; 200_000];
+    g.read_exact_at(&mut back, 0).expect("read back");
+    assert!(back[..65_536].iter().all(|&x| x == 1));
+    assert!(back[65_536..131_072].iter().all(|&x| x == 0));
+    assert!(back[131_072..].iter().all(|&x| x == 1));
+}
+
+fn renames_and_links(root: &Path) {
+    let (a, b) = (root.join("ra"), root.join("rb"));
+    std::fs::write(&a, b"A").expect("a");
+    std::fs::write(&b, b"B").expect("b");
+    assert_eq!(sys::renameat2(&a, &b, libc::RENAME_NOREPLACE), libc::EEXIST);
+    assert_eq!(sys::renameat2(&a, &b, libc::RENAME_EXCHANGE), 0);
+    assert_eq!(std::fs::read(&a).expect("a"), b"B");
+    assert_eq!(std::fs::read(&b).expect("b"), b"A");
+    std::fs::create_dir(root.join("full")).expect("mkdir");
+    std::fs::write(root.join("full/f"), b"").expect("file in dir");
+    std::fs::create_dir(root.join("empty")).expect("mkdir");
+    let e =
+        std::fs::rename(root.join("empty"), root.join("full")).expect_err("dir over non-empty dir");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+    let e =
+        std::fs::rename(root.join("empty"), root.join("full/sub/x")).expect_err("into missing dir");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    let e = std::fs::rename(root.join("full"), root.join("full/inside")).expect_err("into itself");
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    let long = root.join("n".repeat(256));
+    assert_eq!(
+        std::fs::write(&long, b"")
+            .expect_err("long name")
+            .raw_os_error(),
+        Some(libc::ENAMETOOLONG)
+    );
+    std::fs::write(root.join("n".repeat(255)), b"ok").expect("255-byte name");
+    // Open, unlink, keep using.
+    let path = root.join("gone");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    f.write_all_at(b"still here", 0).expect("write");
+    std::fs::remove_file(&path).expect("unlink");
+    assert!(std::fs::metadata(&path).is_err());
+    f.write_all_at(b"!", 10).expect("write after unlink");
+    let mut buf = [0u8; 11];
+    f.read_exact_at(&mut buf, 0).expect("read after unlink");
+    assert_eq!(&buf, b"still here!");
+    assert_eq!(f.metadata().expect("fstat").nlink(), 0);
+}
+
+fn permissions(root: &Path) {
+    // As "nobody": no way into a 0700 directory owned by root.
+    let d = root.join("private");
+    std::fs::create_dir(&d).expect("mkdir");
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let status = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "touch"])
+        .arg(d.join("f"))
+        .stderr(std::process::Stdio::null())
+        .status();
+    match status {
+        Ok(s) => assert!(
+            !s.success(),
+            "nobody created a file in a 0700 root directory"
+        ),
+        Err(_) => println!("setpriv missing: permission check skipped"),
+    }
+    let st = sys::statvfs(root).expect("statvfs");
+    assert!(st.f_namemax >= 255);
+    assert!(st.f_blocks > 0);
+}
+
+#[test]
+fn posix_operations_and_their_errors() {
+    if !common::fuse_available() {
+        println!("skipped: no /dev/fuse");
+        return;
+    }
+    for mode in common::MODES {
+        let store = tempfile::tempdir().expect("store");
+        let m = common::Mounted::start(store.path(), mode);
+        special_files(m.path());
+        xattrs(m.path());
+        space(m.path());
+        renames_and_links(m.path());
+        permissions(m.path());
+        assert!(m.unmount().success());
+        // And all of it after a remount.
+        let m = common::Mounted::start(store.path(), mode);
+        assert_eq!(std::fs::read(m.path().join("ra")).expect("ra"), b"B");
+        let f = std::fs::File::open(m.path().join("sparse")).expect("sparse");
+        assert_eq!(f.metadata().expect("stat").len(), (5u64 << 30) + 3);
+        drop(f);
+        assert!(m.unmount().success());
+    }
+}
