@@ -268,7 +268,10 @@ fn run_model(mode: &[&str]) {
     }
     let (ok, errs) = counts.get();
     println!("{ok} operations succeeded and {errs} failed alike on zippyfs and ext4");
-    assert!(ok > 800 && errs > 100, "the random operations exercised too little");
+    assert!(
+        ok > 800 && errs > 100,
+        "the random operations exercised too little"
+    );
 }
 
 #[test]
