@@ -52,7 +52,8 @@ pub struct FsOptions {
     pub shards: usize,
     /// Bytes per data block (a power of two from 4 KiB to 1 MiB).
     pub block_size: u32,
-    /// Dirty data in memory before a commit is started.
+    /// The most dirty data held in memory: a commit starts in the background
+    /// at half of it, and a write that would pass it waits for a commit.
     pub dirty_limit: u64,
     /// Changes are committed at least this often.
     pub flush_interval: Duration,
@@ -837,6 +838,7 @@ impl Fs {
         if end > i64::MAX as u64 {
             return err(libc::EFBIG);
         }
+        self.before_dirty(data.len() as u64)?;
         {
             let mut sh = self.shard(ino);
             let snap = self.snap()?;
@@ -886,20 +888,28 @@ impl Fs {
             drop(snap);
             sh.delta.inodes.insert(ino, Some(i));
         }
-        self.after_dirty()?;
+        self.after_dirty();
         Ok(data.len() as u32)
     }
 
     /// Starts a commit when dirty data passes the limit; makes the writer
     /// wait for one when it passes twice the limit.
-    fn after_dirty(&self) -> FsResult<()> {
+    /// Keeps dirty data under the limit: a write that would find the cache
+    /// full first waits for a commit (and fails, changing nothing, if the
+    /// commit fails); past half the limit a commit is started in the
+    /// background.
+    fn before_dirty(&self, adding: u64) -> FsResult<()> {
         let dirty = self.dirty_bytes.load(Ordering::Relaxed);
-        if dirty > 2 * self.opts.dirty_limit {
+        if dirty > 0 && dirty + adding > self.opts.dirty_limit {
             self.commit("dirty limit")?;
-        } else if dirty > self.opts.dirty_limit {
-            self.flush.request();
         }
         Ok(())
+    }
+
+    fn after_dirty(&self) {
+        if self.dirty_bytes.load(Ordering::Relaxed) > self.opts.dirty_limit / 2 {
+            self.flush.request();
+        }
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {

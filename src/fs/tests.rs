@@ -294,12 +294,27 @@ fn a_failed_commit_loses_nothing() {
     let fs = Fs::with_store(store, opts()).unwrap();
     let _ = dir;
     let (f, _) = fs.create(ROOT_CTX, ROOT, b"big", 0o644).unwrap();
-    let data = vec![3u8; 8 << 20];
-    let r = fs.write(f.ino, 0, &data).and_then(|_| fs.commit("t"));
+    // 8 MiB in 1 MiB writes (the cache limit): the commit a full cache
+    // forces fails at some point, and that write fails without effect.
+    let mut written = 0u64;
+    let mut failure = None;
+    for i in 0..8u64 {
+        match fs.write(f.ino, i << 20, &vec![3u8; 1 << 20]) {
+            Ok(_) => written += 1 << 20,
+            Err(e) => {
+                failure = Some(e.errno());
+                break;
+            }
+        }
+    }
+    let r = match failure {
+        Some(e) => Err(FsError::Errno(e)),
+        None => fs.commit("t"),
+    };
     assert_eq!(errno(r), libc::ENOSPC);
-    // Still all there in memory.
+    // Every accepted write is still there, in memory.
+    assert_eq!(fs.getattr(f.ino).unwrap().size, written);
     assert_eq!(fs.read(f.ino, 0, 16).unwrap(), vec![3u8; 16]);
-    assert_eq!(fs.getattr(f.ino).unwrap().size, 8 << 20);
     // Making room (a smaller file) lets the next commit through.
     fs.setattr(
         f.ino,

@@ -1,0 +1,83 @@
+//! The mount command's errors and signals: a mount point that is not a
+//! directory and a damaged store are clear errors with a non-zero exit;
+//! SIGTERM and SIGINT commit and exit cleanly.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn mount_fails(mountpoint: &std::path::Path, store: &std::path::Path, expect: &str) {
+    let out = Command::new(common::bin())
+        .args(["mount", "-f"])
+        .arg(mountpoint)
+        .arg(store)
+        .output()
+        .expect("run zippyfs mount");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mount succeeded");
+    assert!(err.contains(expect), "expected {expect:?} in: {err}");
+    assert!(!common::is_mounted(mountpoint), "something got mounted");
+}
+
+#[test]
+fn mountpoint_that_is_not_a_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").expect("file");
+    mount_fails(&file, &dir.path().join("store"), "not a directory");
+}
+
+#[test]
+fn damaged_store_is_a_clear_error() {
+    if !common::fuse_available() {
+        println!("skipped: no /dev/fuse");
+        return;
+    }
+    let store = tempfile::tempdir().expect("store");
+    std::fs::write(
+        store.path().join(zippyfs::store::STORE_FILE),
+        vec![0x5au8; 3 * 4096],
+    )
+    .expect("garbage store");
+    let mnt = tempfile::tempdir().expect("mountpoint");
+    mount_fails(mnt.path(), store.path(), "not a zippyfs store");
+}
+
+fn signal_commits_and_exits(sig: i32) {
+    let store = tempfile::tempdir().expect("store");
+    let m = common::Mounted::start(store.path(), &[]);
+    std::fs::write(m.path().join("kept"), b"written before the signal").expect("write");
+    let pid = m.pid() as i32;
+    // SAFETY: kill with a valid pid of our own child and a valid signal.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    let started = Instant::now();
+    while common::is_mounted(m.path()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still mounted after the signal"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = m.unmount();
+    assert!(
+        status.success(),
+        "daemon exit status after signal {sig}: {status}"
+    );
+    let m = common::Mounted::start(store.path(), &[]);
+    assert_eq!(
+        std::fs::read(m.path().join("kept")).expect("read"),
+        b"written before the signal"
+    );
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn sigterm_and_sigint_commit_and_exit_cleanly() {
+    if !common::fuse_available() {
+        println!("skipped: no /dev/fuse");
+        return;
+    }
+    signal_commits_and_exits(libc::SIGTERM);
+    signal_commits_and_exits(libc::SIGINT);
+}
