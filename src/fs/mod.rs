@@ -1247,10 +1247,8 @@ impl Fs {
         err(libc::ELOOP)
     }
 
-    /// Opens a directory for listing. The listing is taken when it is read
-    /// from the start ([`Fs::relist`]: the first read, and `rewinddir`) and
-    /// then read page by page ([`Fs::readdir`]); POSIX leaves changes made
-    /// meanwhile unspecified.
+    /// Opens a directory for listing ([`Fs::readdir`]); POSIX leaves
+    /// changes made while it is read page by page unspecified.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
         {
             let sh = self.shard(ino);
@@ -1264,11 +1262,19 @@ impl Fs {
         Ok(fh)
     }
 
-    /// Takes a new listing for an open directory (`rewinddir`).
-    pub fn relist(&self, fh: u64, ino: u64) -> FsResult<Arc<Vec<DirEntry>>> {
-        let listing = Arc::new(self.listing(ino)?);
-        self.dirs.lock().insert(fh, listing.clone());
-        Ok(listing)
+    /// The listing of an open directory: taken anew when read from the
+    /// start (the first read, and after `rewinddir`), else the one taken then.
+    pub fn readdir(&self, fh: u64, ino: u64, offset: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        if offset == 0 {
+            let listing = Arc::new(self.listing(ino)?);
+            self.dirs.lock().insert(fh, listing.clone());
+            return Ok(listing);
+        }
+        self.dirs
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::Errno(libc::EBADF))
     }
 
     fn listing(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
@@ -1299,15 +1305,6 @@ impl Fs {
             v
         };
         Ok(listing)
-    }
-
-    /// The listing of an open directory, as last taken.
-    pub fn readdir(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {
-        self.dirs
-            .lock()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::Errno(libc::EBADF))
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -29,7 +29,7 @@ fn errno<T: std::fmt::Debug>(r: FsResult<T>) -> i32 {
 
 fn names(fs: &Fs, dir: u64) -> Vec<String> {
     let fh = fs.opendir(dir).unwrap();
-    let v = fs.relist(fh, dir).unwrap();
+    let v = fs.readdir(fh, dir, 0).unwrap();
     fs.releasedir(fh);
     v.iter()
         .map(|e| String::from_utf8_lossy(&e.name).into_owned())

@@ -515,13 +515,7 @@ impl Filesystem for ZippyFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        // Reading from the start (the first read, or after rewinddir) takes a
-        // new listing.
-        let list = match if offset == 0 {
-            self.fs.relist(fh.0, ino.0)
-        } else {
-            self.fs.readdir(fh.0)
-        } {
+        let list = match self.fs.readdir(fh.0, ino.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdir", e)),
         };
@@ -547,11 +541,7 @@ impl Filesystem for ZippyFuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = match if offset == 0 {
-            self.fs.relist(fh.0, ino.0)
-        } else {
-            self.fs.readdir(fh.0)
-        } {
+        let list = match self.fs.readdir(fh.0, ino.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdirplus", e)),
         };
