@@ -895,10 +895,73 @@ fn run_session(
     live();
     let threads = config.n_threads.unwrap_or(1);
     tracing::info!(mountpoint = %mountpoint.display(), threads, "mounted");
+    if threads > 1 {
+        pin_workers(threads);
+    }
     // Until unmounted; then `destroy` runs (see the module comment).
     let r = session.run().map_err(MountError::Session);
     drop(signals);
     r
+}
+
+/// Pins fuser's worker threads, one per CPU: thread-per-core. fuser spawns
+/// them inside `Session::run` and names them `fuser-<i>`, so a watcher finds
+/// them by name in /proc and pins worker i to CPU i (mod the CPU count).
+fn pin_workers(n: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let spawned = std::thread::Builder::new()
+        .name("zippy-pin".into())
+        .spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let mut pinned = std::collections::HashSet::new();
+            while pinned.len() < n && std::time::Instant::now() < deadline {
+                for (tid, i) in fuser_threads() {
+                    if pinned.insert(tid) {
+                        let cpu = i % cpus;
+                        match pin(tid, cpu) {
+                            Ok(()) => tracing::debug!(tid, cpu, "pinned FUSE worker {i}"),
+                            Err(e) => {
+                                tracing::warn!(tid, cpu, "could not pin FUSE worker {i}: {e}")
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("FUSE workers left unpinned: {e}");
+    }
+}
+
+/// (thread id, worker index) of this process's fuser workers.
+fn fuser_threads() -> Vec<(i32, usize)> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let tid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        let i = comm.trim().strip_prefix("fuser-")?.parse().ok()?;
+        Some((tid, i))
+    })
+    .collect()
+}
+
+fn pin(tid: i32, cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit set, valid when zeroed.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes one bit of `set`; `cpu` is below the CPU count,
+    // far below the set's capacity (CPU_SETSIZE).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: a valid thread id of this process and a set of the size passed.
+    let r = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 // ---- SIGINT / SIGTERM ----
