@@ -9,4 +9,5 @@
 
 pub mod fs;
 pub mod fuse;
+pub mod shard;
 pub mod store;

@@ -36,7 +36,8 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::store::{Snapshot, Store, StoreOptions};
+use crate::shard::{IoThreads, shard_of};
+use crate::store::{Reserved, Snapshot, Store, StoreOptions, StoreResult, extent_checksum};
 pub use error::{FsError, FsResult, err};
 use inode::*;
 pub use inode::{Inode, Kind, NAME_MAX, ROOT, Time};
@@ -57,6 +58,9 @@ pub struct FsOptions {
     pub dirty_limit: u64,
     /// Changes are committed at least this often.
     pub flush_interval: Duration,
+    /// Hash and write each shard's dirty blocks on its own pinned thread
+    /// (else on the committing thread).
+    pub io_threads: bool,
     pub store: StoreOptions,
 }
 
@@ -67,6 +71,7 @@ impl Default for FsOptions {
             block_size: 64 * 1024,
             dirty_limit: 256 << 20,
             flush_interval: Duration::from_secs(5),
+            io_threads: true,
             store: StoreOptions::default(),
         }
     }
@@ -198,7 +203,9 @@ enum Found<T> {
 }
 
 pub struct Fs {
-    store: Store,
+    store: Arc<Store>,
+    /// Each shard's I/O thread, when running as a mount.
+    io: Option<IoThreads>,
     shards: Box<[Mutex<Shard>]>,
     next_ino: AtomicU64,
     next_fh: AtomicU64,
@@ -209,11 +216,6 @@ pub struct Fs {
     flush: flush::Flusher,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     statfs_path: Option<std::path::PathBuf>,
-}
-
-fn shard_of(ino: u64, n: usize) -> usize {
-    // Fibonacci hashing: consecutive inode numbers spread over the shards.
-    ((ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % n as u64) as usize
 }
 
 impl Fs {
@@ -231,8 +233,17 @@ impl Fs {
             return err(libc::EINVAL);
         }
         let n = opts.shards.max(1);
+        let io = if opts.io_threads {
+            Some(IoThreads::spawn(n).map_err(|e| {
+                tracing::error!("cannot start the I/O threads: {e}");
+                FsError::Errno(libc::EIO)
+            })?)
+        } else {
+            None
+        };
         let mut fs = Fs {
-            store,
+            store: Arc::new(store),
+            io,
             shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
             next_ino: AtomicU64::new(ROOT + 1),
             next_fh: AtomicU64::new(1),
@@ -1575,12 +1586,13 @@ impl Fs {
 
     fn write_deltas(&self, deltas: &[(usize, Arc<Delta>)], cause: &str) -> FsResult<()> {
         let mut t = self.store.begin_write()?;
+        let mut big: Vec<BlockJob> = Vec::new();
         let mut meta = Vec::with_capacity(28);
         meta.extend_from_slice(&self.next_ino.load(Ordering::Relaxed).to_le_bytes());
         meta.extend_from_slice(&(self.block_size as u32).to_le_bytes());
         meta.extend_from_slice(&self.fs_id.to_le_bytes());
         t.put(META_KEY, &meta)?;
-        for (_, d) in deltas {
+        for (shard, d) in deltas {
             // Inodes that are gone take all their keys with them.
             for (&ino, i) in &d.inodes {
                 if i.is_none() {
@@ -1617,25 +1629,32 @@ impl Fs {
                     }
                 }
             }
+            // Large blocks get an extent now and are hashed and written
+            // below, by their shard's I/O thread; small ones live in the entry.
+            let mut mine = Vec::new();
             for (&(ino, idx), b) in &d.blocks {
                 let k = block_key(ino, idx);
                 match b {
+                    Some(data) if data.len() > INLINE_BLOCK => {
+                        mine.push((ino, idx, t.reserve_extent(data.len() as u64)?));
+                    }
                     Some(data) if !data.is_empty() => {
-                        let hash = blake3::hash(data);
-                        if data.len() <= INLINE_BLOCK {
-                            let mut v = Vec::with_capacity(32 + data.len());
-                            v.extend_from_slice(hash.as_bytes());
-                            v.extend_from_slice(data);
-                            t.put(&k, &v)?;
-                        } else {
-                            let e = t.write_extent(data)?;
-                            t.put_with_extent(&k, hash.as_bytes(), e)?;
-                        }
+                        let mut v = Vec::with_capacity(32 + data.len());
+                        v.extend_from_slice(blake3::hash(data).as_bytes());
+                        v.extend_from_slice(data);
+                        t.put(&k, &v)?;
                     }
                     _ => {
                         t.delete(&k)?;
                     }
                 }
+            }
+            if !mine.is_empty() {
+                big.push(BlockJob {
+                    shard: *shard,
+                    delta: Arc::clone(d),
+                    blocks: mine,
+                });
             }
             for ((ino, name), v) in &d.xattrs {
                 let k = xattr_key(*ino, name);
@@ -1657,8 +1676,53 @@ impl Fs {
                 }
             }
         }
+        for written in self.write_blocks(big)? {
+            for w in written {
+                t.put_with_reserved(&block_key(w.ino, w.idx), &w.hash, w.extent, w.sum)?;
+            }
+        }
         t.commit(cause)?;
         Ok(())
+    }
+
+    /// Hashes and writes large dirty blocks into their reserved extents:
+    /// each shard's on its I/O thread, all shards at once. Returns only when
+    /// every job has finished, whatever failed.
+    fn write_blocks(&self, jobs: Vec<BlockJob>) -> FsResult<Vec<Vec<Written>>> {
+        let Some(io) = &self.io else {
+            return jobs
+                .iter()
+                .map(|j| write_block_job(&self.store, j).map_err(FsError::from))
+                .collect();
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let total = jobs.len();
+        let mut sent = 0;
+        for (i, job) in jobs.into_iter().enumerate() {
+            let store = Arc::clone(&self.store);
+            let tx = tx.clone();
+            let shard = job.shard;
+            if io.run(
+                shard,
+                Box::new(move || {
+                    let _ = tx.send((i, write_block_job(&store, &job)));
+                }),
+            ) {
+                sent += 1;
+            }
+        }
+        drop(tx);
+        // Every job that was handed out finishes before this returns.
+        let mut results: Vec<(usize, StoreResult<Vec<Written>>)> = rx.iter().take(sent).collect();
+        if sent < total || results.len() < sent {
+            tracing::error!(total, sent, "an I/O thread is gone");
+            return err(libc::EIO);
+        }
+        results.sort_by_key(|r| r.0);
+        results
+            .into_iter()
+            .map(|(_, r)| r.map_err(FsError::from))
+            .collect()
     }
 
     /// Runs the background committer until `stop` is called.
@@ -1682,6 +1746,44 @@ impl Fs {
         self.flush.stop();
         self.commit("unmount")
     }
+}
+
+/// One shard's large dirty blocks, with the extents reserved for them.
+struct BlockJob {
+    shard: usize,
+    delta: Arc<Delta>,
+    blocks: Vec<(u64, u64, Reserved)>,
+}
+
+/// A block written into its extent.
+struct Written {
+    ino: u64,
+    idx: u64,
+    extent: Reserved,
+    hash: [u8; 32],
+    sum: u64,
+}
+
+fn write_block_job(store: &Store, job: &BlockJob) -> StoreResult<Vec<Written>> {
+    job.blocks
+        .iter()
+        .map(|&(ino, idx, extent)| {
+            let data = job
+                .delta
+                .blocks
+                .get(&(ino, idx))
+                .and_then(|b| b.as_deref())
+                .unwrap_or(&[]);
+            store.write_reserved(&extent, data)?;
+            Ok(Written {
+                ino,
+                idx,
+                extent,
+                hash: *blake3::hash(data).as_bytes(),
+                sum: extent_checksum(data),
+            })
+        })
+        .collect()
 }
 
 fn clone_delta(d: &Delta) -> Delta {

@@ -10,6 +10,7 @@ fn opts() -> FsOptions {
         block_size: 4096,
         dirty_limit: 1 << 20,
         flush_interval: Duration::from_secs(3600),
+        io_threads: true,
         store: StoreOptions {
             map_size: 1 << 32,
             ..StoreOptions::default()

@@ -918,7 +918,7 @@ fn pin_workers(n: usize) {
                 for (tid, i) in fuser_threads() {
                     if pinned.insert(tid) {
                         let cpu = i % cpus;
-                        match pin(tid, cpu) {
+                        match crate::shard::pin_thread(tid, cpu) {
                             Ok(()) => tracing::debug!(tid, cpu, "pinned FUSE worker {i}"),
                             Err(e) => {
                                 tracing::warn!(tid, cpu, "could not pin FUSE worker {i}: {e}")
@@ -947,21 +947,6 @@ fn fuser_threads() -> Vec<(i32, usize)> {
         Some((tid, i))
     })
     .collect()
-}
-
-fn pin(tid: i32, cpu: usize) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is a plain bit set, valid when zeroed.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes one bit of `set`; `cpu` is below the CPU count,
-    // far below the set's capacity (CPU_SETSIZE).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: a valid thread id of this process and a set of the size passed.
-    let r = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 // ---- SIGINT / SIGTERM ----

@@ -39,7 +39,7 @@ pub use fsck::{FsckReport, Problem};
 pub use node::{Extent, MAX_KEY};
 pub use read::{Entry, Range};
 pub use retention::Retention;
-pub use txn::WriteTxn;
+pub use txn::{Reserved, WriteTxn};
 
 use alloc::{Allocator, Deadlists};
 use format::{KIND_ALLOC, PAGE, PAGE_SIZE, Ptr, Slot, verify_run};
@@ -49,6 +49,12 @@ use read::{Pages, Src, Verified};
 pub const STORE_FILE: &str = "zippy.store";
 /// The largest value, inline or in an overflow run.
 pub const MAX_VALUE: usize = 64 << 20;
+
+/// The checksum an extent's bytes carry (xxh3-64), for callers that write
+/// reserved extents themselves.
+pub fn extent_checksum(data: &[u8]) -> u64 {
+    format::checksum(data)
+}
 
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -130,6 +136,9 @@ pub struct Store {
     opts: StoreOptions,
     path: Option<PathBuf>,
     opened: OpenReport,
+    /// A write outside the writer lock failed; the writer poisons itself
+    /// when it next looks.
+    poison_pending: std::sync::atomic::AtomicBool,
     _lock: Option<File>,
 }
 
@@ -203,6 +212,7 @@ impl Store {
                 discarded_commit: discarded,
                 rebuilt_allocator: false,
             },
+            poison_pending: std::sync::atomic::AtomicBool::new(false),
         };
         store.load(slot)?;
         Ok(store)
@@ -334,6 +344,33 @@ impl Store {
     /// What opening the store had to do (recovery after a crash).
     pub fn open_report(&self) -> OpenReport {
         self.opened
+    }
+
+    /// Writes the bytes of an extent the current write transaction reserved
+    /// ([`WriteTxn::reserve_extent`]); any thread may call it, and several
+    /// at once. Nothing reads those pages until the transaction commits.
+    pub fn write_reserved(&self, r: &Reserved, data: &[u8]) -> StoreResult<()> {
+        if data.len() as u64 != r.len {
+            return Err(StoreError::ValueTooLong {
+                len: data.len(),
+                max: r.len as usize,
+            });
+        }
+        let result = self.backend.write_all(&[(r.page * PAGE, data)]);
+        if result.is_err() {
+            // As for any failed write: the page cache can no longer be trusted.
+            self.writer_poison();
+        }
+        result
+    }
+
+    fn writer_poison(&self) {
+        if let Some(mut w) = self.writer.try_lock() {
+            w.poisoned = true;
+        } else {
+            self.poison_pending
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// The store file, for stores opened from a directory.

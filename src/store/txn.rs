@@ -88,6 +88,14 @@ enum Outcome {
     Underfull,
 }
 
+/// An extent a write transaction allocated for another thread to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reserved {
+    pub page: u64,
+    pub len: u64,
+    txn: u64,
+}
+
 pub struct WriteTxn<'s> {
     store: &'s Store,
     w: MutexGuard<'s, WriterState>,
@@ -105,6 +113,8 @@ pub struct WriteTxn<'s> {
     queued_bytes: usize,
     extents_written: HashMap<u64, Extent>,
     extents_freed: HashMap<u64, Extent>,
+    /// Extents reserved for other threads to write: first page → length.
+    reserved: HashMap<u64, u64>,
     changes: u64,
     bytes: u64,
     /// An edit failed half-way; the tree may be inconsistent, so only abort is allowed.
@@ -114,7 +124,13 @@ pub struct WriteTxn<'s> {
 
 impl<'s> WriteTxn<'s> {
     pub(crate) fn begin(store: &'s Store) -> StoreResult<Self> {
-        let w = store.writer.lock();
+        let mut w = store.writer.lock();
+        if store
+            .poison_pending
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            w.poisoned = true;
+        }
         if w.poisoned {
             return Err(StoreError::Poisoned);
         }
@@ -133,6 +149,7 @@ impl<'s> WriteTxn<'s> {
             queued_bytes: 0,
             extents_written: HashMap::new(),
             extents_freed: HashMap::new(),
+            reserved: HashMap::new(),
             changes: 0,
             bytes: 0,
             broken: false,
@@ -219,6 +236,53 @@ impl<'s> WriteTxn<'s> {
         })
     }
 
+    /// Allocates an extent of `len` bytes for another thread to fill with
+    /// [`Store::write_reserved`]; [`WriteTxn::put_with_reserved`] then
+    /// references it. The caller must see every such write return before it
+    /// commits. A reservation never referenced is freed at commit.
+    pub fn reserve_extent(&mut self, len: u64) -> StoreResult<Reserved> {
+        if len == 0 || len > MAX_VALUE as u64 {
+            return Err(StoreError::ValueTooLong {
+                len: len as usize,
+                max: MAX_VALUE,
+            });
+        }
+        self.guarded(|t| {
+            let page = t.alloc_pages(len.div_ceil(PAGE))?;
+            t.reserved.insert(page, len);
+            Ok(Reserved {
+                page,
+                len,
+                txn: t.txn,
+            })
+        })
+    }
+
+    /// Puts a value referencing a reserved extent whose bytes were written
+    /// and whose checksum ([`crate::store::extent_checksum`]) is `sum`.
+    pub fn put_with_reserved(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        r: Reserved,
+        sum: u64,
+    ) -> StoreResult<()> {
+        self.guarded(|t| {
+            if r.txn != t.txn || t.reserved.remove(&r.page) != Some(r.len) {
+                return Err(StoreError::ForeignExtent(r.page));
+            }
+            let e = Extent {
+                page: r.page,
+                len: r.len,
+                birth: t.txn,
+                sum,
+            };
+            t.extents_written.insert(r.page, e);
+            t.bytes += r.len;
+            t.put_entry(Tree::Data, key, value, Some(e))
+        })
+    }
+
     pub fn read_extent(&mut self, e: &Extent) -> StoreResult<&[u8]> {
         self.flush_queue()?;
         self.store.pages().extent(e, false)
@@ -257,6 +321,9 @@ impl<'s> WriteTxn<'s> {
         self.flush_queue()?;
         for (_, e) in std::mem::take(&mut self.extents_written) {
             self.free_at_commit.push((e.page, e.pages()));
+        }
+        for (page, len) in std::mem::take(&mut self.reserved) {
+            self.free_at_commit.push((page, len.div_ceil(PAGE)));
         }
         for (_, e) in std::mem::take(&mut self.extents_freed) {
             if e.birth >= txn {
@@ -335,6 +402,14 @@ impl<'s> WriteTxn<'s> {
             alloc_page: 0,
             alloc_pages: 0,
         };
+        if self
+            .store
+            .poison_pending
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // A reserved extent failed to write: this commit would point at it.
+            return Err(StoreError::Poisoned);
+        }
         let (slot_at, sector) = slot_sector(&slot);
         let mut writes: Vec<(u64, &[u8])> = sealed
             .iter()
