@@ -59,7 +59,8 @@ struct MountArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     cache_size: Option<u64>,
     /// Options, comma-separated: block_size=SIZE (a new filesystem's block
-    /// size), flush_interval=SECS (commit at least this often); others go to
+    /// size), flush_interval=SECS (commit at least this often),
+    /// write_path=pwritev|uring (how the store file is written); others go to
     /// the kernel mount (ro, noatime, allow_other, ...).
     #[arg(short = 'o', value_name = "OPTION,...", value_delimiter = ',')]
     options: Vec<String>,
@@ -255,6 +256,12 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
                     format!("-o flush_interval={v}: a positive number of seconds is needed")
                 })?;
             fs.flush_interval = Duration::from_secs_f64(secs);
+        } else if let Some(v) = o.strip_prefix("write_path=") {
+            fs.store.write_path = match v {
+                "pwritev" => zippyfs::store::WritePath::Pwritev,
+                "uring" => zippyfs::store::WritePath::IoUring,
+                _ => anyhow::bail!("-o write_path={v}: pwritev or uring"),
+            };
         } else {
             kernel.push(o.to_string());
         }
