@@ -1,6 +1,6 @@
 //! The mount command's errors and signals: a mount point that is not a
 //! directory and a damaged store are clear errors with a non-zero exit;
-//! SIGTERM and SIGINT commit and exit cleanly.
+//! SIGTERM, SIGINT and `fusermount3 -u` commit and exit cleanly.
 
 mod common;
 
@@ -80,4 +80,36 @@ fn sigterm_and_sigint_commit_and_exit_cleanly() {
     }
     signal_commits_and_exits(libc::SIGTERM);
     signal_commits_and_exits(libc::SIGINT);
+}
+
+#[test]
+fn fusermount3_unmount_commits_and_exits_cleanly() {
+    if !common::fuse_available() {
+        println!("skipped: no /dev/fuse");
+        return;
+    }
+    if Command::new("fusermount3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: fusermount3 is not installed (Debian package fuse3)");
+        return;
+    }
+    let store = tempfile::tempdir().expect("store");
+    let m = common::Mounted::start(store.path(), &[]);
+    std::fs::write(m.path().join("kept"), b"before fusermount3 -u").expect("write");
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(m.path())
+        .status()
+        .expect("run fusermount3");
+    assert!(st.success(), "fusermount3 -u failed");
+    assert!(m.unmount().success());
+    let m = common::Mounted::start(store.path(), &[]);
+    assert_eq!(
+        std::fs::read(m.path().join("kept")).expect("read"),
+        b"before fusermount3 -u"
+    );
+    assert!(m.unmount().success());
 }
