@@ -117,6 +117,11 @@ fn open(dir: &Path) -> anyhow::Result<Store> {
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
+    // Like other Unix tools, stop quietly when the reader of our output goes
+    // away (`zippyfs info | head`) instead of failing on the broken pipe.
+    // Only here: the mount daemon keeps ignoring SIGPIPE.
+    // SAFETY: setting a signal disposition to its default has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match command {
         Command::Fsck { store } => {
             let s = open(&store)?;
