@@ -60,7 +60,8 @@ struct MountArgs {
     cache_size: Option<u64>,
     /// Options, comma-separated: block_size=SIZE (a new filesystem's block
     /// size), flush_interval=SECS (commit at least this often),
-    /// write_path=pwritev|uring (how the store file is written); others go to
+    /// write_path=pwritev|uring (how the store file is written),
+    /// history_name=NAME (the directory of old versions, .zippy by default); others go to
     /// the kernel mount (ro, noatime, allow_other, ...).
     #[arg(short = 'o', value_name = "OPTION,...", value_delimiter = ',')]
     options: Vec<String>,
@@ -261,6 +262,11 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
                     format!("-o flush_interval={v}: a positive number of seconds is needed")
                 })?;
             fs.flush_interval = Duration::from_secs_f64(secs);
+        } else if let Some(v) = o.strip_prefix("history_name=") {
+            if v.is_empty() || v.contains('/') || v == "." || v == ".." || v.len() > 255 {
+                anyhow::bail!("-o history_name={v}: a plain file name is needed");
+            }
+            fs.history_name = v.to_string();
         } else if let Some(v) = o.strip_prefix("write_path=") {
             fs.store.write_path = match v {
                 "pwritev" => zippyfs::store::WritePath::Pwritev,

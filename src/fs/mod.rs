@@ -25,6 +25,7 @@
 
 pub mod error;
 mod flush;
+mod history;
 pub mod inode;
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +40,7 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::shard::{IoThreads, shard_of};
 use crate::store::{Reserved, Snapshot, Store, StoreOptions, StoreResult, extent_checksum};
 pub use error::{FsError, FsResult, err};
+pub use history::{HISTORY_DIR, VERSIONS_DIR, is_history};
 use inode::*;
 pub use inode::{Inode, Kind, NAME_MAX, ROOT, Time};
 
@@ -61,6 +63,8 @@ pub struct FsOptions {
     /// Hash and write each shard's dirty blocks on its own pinned thread
     /// (else on the committing thread).
     pub io_threads: bool,
+    /// The name of the read-only directory of old versions in the root.
+    pub history_name: String,
     pub store: StoreOptions,
 }
 
@@ -72,6 +76,7 @@ impl Default for FsOptions {
             dirty_limit: 256 << 20,
             flush_interval: Duration::from_secs(5),
             io_threads: true,
+            history_name: ".zippy".into(),
             store: StoreOptions::default(),
         }
     }
@@ -369,10 +374,7 @@ impl Fs {
         match layered(sh, |d| d.inodes.get(&ino).map(|i| i.clone().ok_or(())))? {
             Found::Yes(i) => Ok(i),
             Found::Gone => err(libc::ENOENT),
-            Found::Unknown => match snap.get(&inode_key(ino))? {
-                Some(b) => Inode::decode(ino, b),
-                None => err(libc::ENOENT),
-            },
+            Found::Unknown => history::inode_at(snap, ino)?.ok_or(FsError::Errno(libc::ENOENT)),
         }
     }
 
@@ -391,15 +393,7 @@ impl Fs {
         })? {
             Found::Yes(e) => Ok(Some(e)),
             Found::Gone => Ok(None),
-            Found::Unknown => match snap.get(&dirent_key(parent, name))? {
-                Some(b) if b.len() >= 9 => {
-                    let ino = u64::from_le_bytes(b[0..8].try_into().unwrap_or_default());
-                    let kind = Kind::from_code(b[8]).ok_or(FsError::Errno(libc::EIO))?;
-                    Ok(Some((ino, kind)))
-                }
-                Some(_) => err(libc::EIO),
-                None => Ok(None),
-            },
+            Found::Unknown => history::dirent_at(snap, parent, name),
         }
     }
 
@@ -410,19 +404,7 @@ impl Fs {
         snap: &Snapshot<'_>,
         dir: u64,
     ) -> FsResult<BTreeMap<Vec<u8>, (u64, Kind)>> {
-        let mut out = BTreeMap::new();
-        let start = dirent_prefix(dir);
-        let end = prefix_end(&start);
-        for item in snap.range((Bound::Included(&start[..]), Bound::Excluded(&end[..])))? {
-            let (k, e) = item?;
-            let b = e.value;
-            if b.len() < 9 {
-                return err(libc::EIO);
-            }
-            let ino = u64::from_le_bytes(b[0..8].try_into().unwrap_or_default());
-            let kind = Kind::from_code(b[8]).ok_or(FsError::Errno(libc::EIO))?;
-            out.insert(k[9..].to_vec(), (ino, kind));
-        }
+        let mut out = history::list_at(snap, dir)?;
         let mut apply = |d: &Delta| {
             if let Some(m) = d.dirents.get(&dir) {
                 for (name, e) in m {
@@ -465,13 +447,7 @@ impl Fs {
                 return Ok(BlockRef::Hole);
             }
         }
-        match snap.get_entry(&block_key(ino, idx))? {
-            None => Ok(BlockRef::Hole),
-            Some(e) => match e.extent {
-                Some(x) => Ok(BlockRef::Store(snap.read_extent(&x)?)),
-                None => Ok(BlockRef::Store(e.value.get(32..).unwrap_or(&[]))),
-            },
-        }
+        Ok(BlockRef::Store(history::block_at(snap, ino, idx)?))
     }
 
     fn snap(&self) -> FsResult<Snapshot<'_>> {
@@ -481,6 +457,9 @@ impl Fs {
     // ---- operations ----
 
     pub fn getattr(&self, ino: u64) -> FsResult<Inode> {
+        if is_history(ino) {
+            return self.history_getattr(ino);
+        }
         let sh = self.shard(ino);
         let snap = self.snap()?;
         self.inode_in(&sh, &snap, ino)
@@ -488,6 +467,12 @@ impl Fs {
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Inode> {
         check_name(name)?;
+        if is_history(parent) {
+            return self.history_lookup(parent, name);
+        }
+        if self.is_history_entry(parent, name) {
+            return self.history_getattr(HISTORY_DIR);
+        }
         let ino = {
             let sh = self.shard(parent);
             let snap = self.snap()?;
@@ -511,6 +496,7 @@ impl Fs {
     }
 
     pub fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Inode> {
+        read_only(ino)?;
         let mut sh = self.shard(ino);
         let snap = self.snap()?;
         let mut i = self.inode_in(&sh, &snap, ino)?;
@@ -661,7 +647,8 @@ impl Fs {
         target: Option<&[u8]>,
     ) -> FsResult<Inode> {
         check_name(name)?;
-        if name == b"." || name == b".." {
+        read_only(parent)?;
+        if name == b"." || name == b".." || self.is_history_entry(parent, name) {
             return err(libc::EEXIST);
         }
         // The new inode's number decides its shard: take the number first
@@ -734,6 +721,9 @@ impl Fs {
     }
 
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        if is_history(ino) {
+            return self.history_readlink(ino);
+        }
         let sh = self.shard(ino);
         let snap = self.snap()?;
         let i = self.inode_in(&sh, &snap, ino)?;
@@ -757,11 +747,19 @@ impl Fs {
     /// Creates and opens a regular file.
     pub fn create(&self, ctx: Ctx, parent: u64, name: &[u8], mode: u32) -> FsResult<(Inode, u64)> {
         let i = self.make(ctx, parent, name, Kind::File, mode, 0, None)?;
-        let fh = self.open(i.ino)?;
+        let fh = self.open(i.ino, true)?;
         Ok((i, fh))
     }
 
-    pub fn open(&self, ino: u64) -> FsResult<u64> {
+    /// Opens a file; `write` if it may be written through this handle.
+    pub fn open(&self, ino: u64, write: bool) -> FsResult<u64> {
+        if is_history(ino) {
+            if write {
+                return err(libc::EROFS);
+            }
+            self.history_getattr(ino)?;
+            return Ok(self.next_fh.fetch_add(1, Ordering::Relaxed));
+        }
         let mut sh = self.shard(ino);
         let snap = self.snap()?;
         self.inode_in(&sh, &snap, ino)?;
@@ -773,6 +771,9 @@ impl Fs {
     /// The last handle of a file is closed: an orphan goes, and the change
     /// is committed soon (every close makes a version).
     pub fn release(&self, ino: u64) -> FsResult<()> {
+        if is_history(ino) {
+            return Ok(());
+        }
         let mut sh = self.shard(ino);
         let left = match sh.open.get_mut(&ino) {
             Some(n) => {
@@ -813,6 +814,9 @@ impl Fs {
     }
 
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        if is_history(ino) {
+            return self.history_read(ino, offset, size);
+        }
         let sh = self.shard(ino);
         let snap = self.snap()?;
         let i = self.inode_in(&sh, &snap, ino)?;
@@ -843,6 +847,7 @@ impl Fs {
     }
 
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        read_only(ino)?;
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(FsError::Errno(libc::EFBIG))?;
@@ -933,6 +938,10 @@ impl Fs {
 
     fn remove(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
         check_name(name)?;
+        read_only(parent)?;
+        if self.is_history_entry(parent, name) {
+            return err(libc::EROFS);
+        }
         if name == b"." {
             return err(libc::EINVAL);
         }
@@ -1009,6 +1018,11 @@ impl Fs {
 
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Inode> {
         check_name(name)?;
+        read_only(ino)?;
+        read_only(parent)?;
+        if self.is_history_entry(parent, name) {
+            return err(libc::EEXIST);
+        }
         let mut l = self.lock_many(&[ino, parent]);
         let snap = self.snap()?;
         let mut i = self.inode_in(l.get(ino), &snap, ino)?;
@@ -1063,6 +1077,11 @@ impl Fs {
     ) -> FsResult<()> {
         check_name(name)?;
         check_name(newname)?;
+        read_only(parent)?;
+        read_only(newparent)?;
+        if self.is_history_entry(parent, name) || self.is_history_entry(newparent, newname) {
+            return err(libc::EROFS);
+        }
         for n in [name, newname] {
             if n == b"." || n == b".." {
                 return err(libc::EINVAL);
@@ -1261,7 +1280,11 @@ impl Fs {
     /// Opens a directory for listing ([`Fs::readdir`]); POSIX leaves
     /// changes made while it is read page by page unspecified.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        {
+        if is_history(ino) {
+            if self.history_getattr(ino)?.kind != Kind::Dir {
+                return err(libc::ENOTDIR);
+            }
+        } else {
             let sh = self.shard(ino);
             let snap = self.snap()?;
             if self.inode_in(&sh, &snap, ino)?.kind != Kind::Dir {
@@ -1289,6 +1312,9 @@ impl Fs {
     }
 
     fn listing(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        if is_history(ino) {
+            return self.history_listing(ino);
+        }
         let listing = {
             let sh = self.shard(ino);
             let snap = self.snap()?;
@@ -1360,6 +1386,7 @@ impl Fs {
         create: bool,
         replace: bool,
     ) -> FsResult<()> {
+        read_only(ino)?;
         if name.is_empty() || name.len() > XATTR_NAME_MAX {
             return err(libc::ERANGE);
         }
@@ -1401,6 +1428,9 @@ impl Fs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        if is_history(ino) {
+            return self.history_getxattr(ino, name);
+        }
         let sh = self.shard(ino);
         let snap = self.snap()?;
         self.inode_in(&sh, &snap, ino)?;
@@ -1409,6 +1439,9 @@ impl Fs {
     }
 
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        if is_history(ino) {
+            return self.history_listxattr(ino);
+        }
         let sh = self.shard(ino);
         let snap = self.snap()?;
         self.inode_in(&sh, &snap, ino)?;
@@ -1437,6 +1470,7 @@ impl Fs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        read_only(ino)?;
         let mut sh = self.shard(ino);
         let snap = self.snap()?;
         let mut i = self.inode_in(&sh, &snap, ino)?;
@@ -1455,6 +1489,7 @@ impl Fs {
     /// `mode`: 0 (allocate, may extend the file), or with
     /// `FALLOC_FL_KEEP_SIZE`, `FALLOC_FL_PUNCH_HOLE`, `FALLOC_FL_ZERO_RANGE`.
     pub fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        read_only(ino)?;
         let end = offset.checked_add(len).ok_or(FsError::Errno(libc::EFBIG))?;
         let supported =
             libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
@@ -1510,6 +1545,16 @@ impl Fs {
 
     /// SEEK_DATA / SEEK_HOLE at block granularity (a block with any data is data).
     pub fn lseek(&self, ino: u64, offset: u64, whence: i32) -> FsResult<u64> {
+        if is_history(ino) {
+            // Old versions: all data, one hole at the end.
+            let size = self.history_getattr(ino)?.size;
+            return match whence {
+                _ if offset >= size => err(libc::ENXIO),
+                libc::SEEK_DATA => Ok(offset),
+                libc::SEEK_HOLE => Ok(size),
+                _ => err(libc::EINVAL),
+            };
+        }
         let sh = self.shard(ino);
         let snap = self.snap()?;
         let i = self.inode_in(&sh, &snap, ino)?;
@@ -1827,6 +1872,14 @@ fn layered<T>(sh: &Shard, get: impl Fn(&Delta) -> Option<Result<T, ()>>) -> FsRe
         }
     }
     Ok(Found::Unknown)
+}
+
+/// Refuses changes to the history tree.
+fn read_only(ino: u64) -> FsResult<()> {
+    if is_history(ino) {
+        return err(libc::EROFS);
+    }
+    Ok(())
 }
 
 fn check_name(name: &[u8]) -> FsResult<()> {

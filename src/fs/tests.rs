@@ -11,6 +11,7 @@ fn opts() -> FsOptions {
         dirty_limit: 1 << 20,
         flush_interval: Duration::from_secs(3600),
         io_threads: true,
+        history_name: ".zippy".into(),
         store: StoreOptions {
             map_size: 1 << 32,
             ..StoreOptions::default()
@@ -340,4 +341,58 @@ fn fsync_commits_and_a_second_fsync_has_nothing_to_wait_for() {
     assert!(after > before, "fsync made no version");
     fs.fsync().unwrap();
     assert_eq!(fs.store().latest_version(), after, "nothing new: no commit");
+}
+
+#[test]
+fn old_versions_read_back_through_the_history_directory() {
+    let (_d, fs) = fresh();
+    let (f, _) = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap();
+    fs.write(f.ino, 0, &vec![1u8; 70_000]).unwrap();
+    fs.commit("v1").unwrap();
+    let v1 = fs.store().latest_version().unwrap();
+    fs.write(f.ino, 0, b"changed").unwrap();
+    fs.rename(ROOT, b"f", ROOT, b"g", RenameMode::Replace)
+        .unwrap();
+    fs.commit("v2").unwrap();
+    let v2 = fs.store().latest_version().unwrap();
+    fs.unlink(ROOT, b"g").unwrap();
+    fs.commit("v3").unwrap();
+
+    let h = fs.lookup(ROOT, b".zippy").unwrap();
+    assert_eq!(h.ino, HISTORY_DIR);
+    assert!(
+        !names(&fs, ROOT).contains(&".zippy".to_string()),
+        "hidden from the root's listing"
+    );
+    let versions = fs.lookup(h.ino, b"versions").unwrap();
+    let at = |v: u64| fs.lookup(versions.ino, v.to_string().as_bytes()).unwrap();
+    let f1 = fs.lookup(at(v1).ino, b"f").unwrap();
+    assert_eq!(f1.size, 70_000);
+    assert_eq!(fs.read(f1.ino, 0, 100_000).unwrap(), vec![1u8; 70_000]);
+    assert_eq!(errno(fs.lookup(at(v1).ino, b"g")), libc::ENOENT);
+    let g2 = fs.lookup(at(v2).ino, b"g").unwrap();
+    let mut want = vec![1u8; 70_000];
+    want[..7].copy_from_slice(b"changed");
+    assert_eq!(fs.read(g2.ino, 0, 100_000).unwrap(), want);
+    assert_eq!(names(&fs, at(v2).ino), vec!["g"]);
+    assert_eq!(names(&fs, ROOT), Vec::<String>::new());
+    // Read-only, and the name cannot be taken or removed.
+    assert_eq!(errno(fs.write(g2.ino, 0, b"x")), libc::EROFS);
+    assert_eq!(errno(fs.open(g2.ino, true)), libc::EROFS);
+    assert!(fs.open(g2.ino, false).is_ok());
+    assert_eq!(
+        errno(fs.mkdir(ROOT_CTX, at(v2).ino, b"new", 0o755)),
+        libc::EROFS
+    );
+    assert_eq!(errno(fs.unlink(at(v2).ino, b"g")), libc::EROFS);
+    assert_eq!(
+        errno(fs.mkdir(ROOT_CTX, ROOT, b".zippy", 0o755)),
+        libc::EEXIST
+    );
+    assert_eq!(errno(fs.rmdir(ROOT, b".zippy")), libc::EROFS);
+    assert_eq!(
+        errno(fs.rename(ROOT, b".zippy", ROOT, b"x", RenameMode::Replace)),
+        libc::EROFS
+    );
+    assert_eq!(errno(fs.lookup(versions.ino, b"999999")), libc::ENOENT);
 }

@@ -1,0 +1,327 @@
+//! Old versions, read-only, inside the filesystem: `/<name>/versions/<id>/...`
+//! (`name` is `.zippy` unless configured) is the whole tree as version `id`
+//! left it, the way ZFS shows `.zfs/snapshot`. Nothing is copied: a view
+//! reads the version's tree in the store.
+//!
+//! ## Inode numbers
+//!
+//! The history directory and its `versions` directory have fixed numbers at
+//! the top of the range. A file `ino` seen in version `v` is
+//! `2^63 | v << 36 | ino`: versions up to 2^27 and inodes up to 2^36 can be
+//! shown, anything beyond gives `EOVERFLOW`. Real inode numbers never reach
+//! 2^63.
+//!
+//! The history directory is not listed by the root's `readdir`; nothing in
+//! it can be written, renamed or removed (`EROFS`), and a name equal to it
+//! cannot be created in the root (`EEXIST`).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use crate::fs::error::{FsError, FsResult, err};
+use crate::fs::inode::*;
+use crate::fs::{DirEntry, Fs};
+use crate::store::{Snapshot, StoreError};
+
+pub const HISTORY_DIR: u64 = u64::MAX - 1;
+pub const VERSIONS_DIR: u64 = u64::MAX - 2;
+const VIEW_BIT: u64 = 1 << 63;
+const INO_BITS: u32 = 36;
+const VERSION_LIMIT: u64 = 1 << 27;
+
+/// Whether an inode number belongs to the history tree.
+pub fn is_history(ino: u64) -> bool {
+    ino & VIEW_BIT != 0
+}
+
+fn view_ino(version: u64, ino: u64) -> FsResult<u64> {
+    if version >= VERSION_LIMIT || ino >= 1 << INO_BITS {
+        return err(libc::EOVERFLOW);
+    }
+    Ok(VIEW_BIT | version << INO_BITS | ino)
+}
+
+/// (version, inode) of a view inode number.
+fn split(vino: u64) -> Option<(u64, u64)> {
+    if !is_history(vino) || vino == HISTORY_DIR || vino == VERSIONS_DIR {
+        return None;
+    }
+    let rest = vino & !VIEW_BIT;
+    Some((rest >> INO_BITS, rest & ((1 << INO_BITS) - 1)))
+}
+
+// ---- reading a committed version (no uncommitted changes) ----
+
+pub(crate) fn inode_at(snap: &Snapshot<'_>, ino: u64) -> FsResult<Option<Inode>> {
+    match snap.get(&inode_key(ino))? {
+        Some(b) => Ok(Some(Inode::decode(ino, b)?)),
+        None => Ok(None),
+    }
+}
+
+fn decode_dirent(b: &[u8]) -> FsResult<(u64, Kind)> {
+    if b.len() < 9 {
+        return err(libc::EIO);
+    }
+    let ino = u64::from_le_bytes(b[0..8].try_into().unwrap_or_default());
+    let kind = Kind::from_code(b[8]).ok_or(FsError::Errno(libc::EIO))?;
+    Ok((ino, kind))
+}
+
+pub(crate) fn dirent_at(
+    snap: &Snapshot<'_>,
+    parent: u64,
+    name: &[u8],
+) -> FsResult<Option<(u64, Kind)>> {
+    match snap.get(&dirent_key(parent, name))? {
+        Some(b) => Ok(Some(decode_dirent(b)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn list_at(snap: &Snapshot<'_>, dir: u64) -> FsResult<BTreeMap<Vec<u8>, (u64, Kind)>> {
+    let mut out = BTreeMap::new();
+    let start = dirent_prefix(dir);
+    let end = prefix_end(&start);
+    for item in snap.range((Bound::Included(&start[..]), Bound::Excluded(&end[..])))? {
+        let (k, e) = item?;
+        out.insert(k[9..].to_vec(), decode_dirent(e.value)?);
+    }
+    Ok(out)
+}
+
+/// A committed block's bytes (empty for a hole).
+pub(crate) fn block_at<'a>(snap: &Snapshot<'a>, ino: u64, idx: u64) -> FsResult<&'a [u8]> {
+    match snap.get_entry(&block_key(ino, idx))? {
+        None => Ok(&[]),
+        Some(e) => match e.extent {
+            Some(x) => Ok(snap.read_extent(&x)?),
+            None => Ok(e.value.get(32..).unwrap_or(&[])),
+        },
+    }
+}
+
+impl Fs {
+    pub(crate) fn history_name(&self) -> &[u8] {
+        self.opts.history_name.as_bytes()
+    }
+
+    /// Whether (`parent`, `name`) names the history directory.
+    pub(crate) fn is_history_entry(&self, parent: u64, name: &[u8]) -> bool {
+        parent == ROOT && name == self.history_name()
+    }
+
+    fn version_snapshot(&self, v: u64) -> FsResult<Snapshot<'_>> {
+        match self.store.snapshot(v) {
+            Ok(s) => Ok(s),
+            // Retention let it go (or it never was).
+            Err(StoreError::NoSuchVersion(_)) => err(libc::ENOENT),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn fixed_dir(&self, ino: u64, parent: u64, nlink: u32) -> FsResult<Inode> {
+        let time = self
+            .store
+            .versions()
+            .last()
+            .map(|v| Time {
+                sec: (v.time / 1_000_000_000) as i64,
+                nsec: (v.time % 1_000_000_000) as u32,
+            })
+            .unwrap_or_default();
+        Ok(Inode {
+            ino,
+            kind: Kind::Dir,
+            perm: 0o555,
+            nlink,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            flags: 0,
+            size: 0,
+            parent,
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            file_id: 0,
+        })
+    }
+
+    /// An inode of version `v`, numbered for the view.
+    fn view_inode(&self, snap: &Snapshot<'_>, v: u64, ino: u64) -> FsResult<Inode> {
+        let mut i = inode_at(snap, ino)?.ok_or(FsError::Errno(libc::ENOENT))?;
+        i.ino = view_ino(v, ino)?;
+        if i.kind == Kind::Dir {
+            i.parent = if ino == ROOT {
+                VERSIONS_DIR
+            } else {
+                view_ino(v, i.parent)?
+            };
+        }
+        Ok(i)
+    }
+
+    pub(crate) fn history_getattr(&self, ino: u64) -> FsResult<Inode> {
+        match ino {
+            HISTORY_DIR => self.fixed_dir(HISTORY_DIR, ROOT, 3),
+            VERSIONS_DIR => {
+                let n = self.store.versions().len() as u32;
+                self.fixed_dir(VERSIONS_DIR, HISTORY_DIR, 2 + n)
+            }
+            _ => {
+                let (v, real) = split(ino).ok_or(FsError::Errno(libc::ENOENT))?;
+                self.view_inode(&self.version_snapshot(v)?, v, real)
+            }
+        }
+    }
+
+    pub(crate) fn history_lookup(&self, parent: u64, name: &[u8]) -> FsResult<Inode> {
+        match parent {
+            HISTORY_DIR => match name {
+                b"." => self.history_getattr(HISTORY_DIR),
+                b".." => self.getattr(ROOT),
+                b"versions" => self.history_getattr(VERSIONS_DIR),
+                _ => err(libc::ENOENT),
+            },
+            VERSIONS_DIR => match name {
+                b"." => self.history_getattr(VERSIONS_DIR),
+                b".." => self.history_getattr(HISTORY_DIR),
+                _ => {
+                    let v: u64 = std::str::from_utf8(name)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or(FsError::Errno(libc::ENOENT))?;
+                    self.view_inode(&self.version_snapshot(v)?, v, ROOT)
+                }
+            },
+            _ => {
+                let (v, dir) = split(parent).ok_or(FsError::Errno(libc::ENOENT))?;
+                let snap = self.version_snapshot(v)?;
+                let d = self.view_inode(&snap, v, dir)?;
+                if d.kind != Kind::Dir {
+                    return err(libc::ENOTDIR);
+                }
+                match name {
+                    b"." => Ok(d),
+                    b".." => self.history_getattr(d.parent),
+                    _ => match dirent_at(&snap, dir, name)? {
+                        Some((child, _)) => self.view_inode(&snap, v, child),
+                        None => err(libc::ENOENT),
+                    },
+                }
+            }
+        }
+    }
+
+    pub(crate) fn history_listing(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        let me = self.history_getattr(ino)?;
+        if me.kind != Kind::Dir {
+            return err(libc::ENOTDIR);
+        }
+        let mut out = vec![
+            DirEntry {
+                name: b".".to_vec(),
+                ino,
+                kind: Kind::Dir,
+            },
+            DirEntry {
+                name: b"..".to_vec(),
+                ino: me.parent,
+                kind: Kind::Dir,
+            },
+        ];
+        match ino {
+            HISTORY_DIR => out.push(DirEntry {
+                name: b"versions".to_vec(),
+                ino: VERSIONS_DIR,
+                kind: Kind::Dir,
+            }),
+            VERSIONS_DIR => {
+                for v in self.store.versions() {
+                    if let Ok(vino) = view_ino(v.id, ROOT) {
+                        out.push(DirEntry {
+                            name: v.id.to_string().into_bytes(),
+                            ino: vino,
+                            kind: Kind::Dir,
+                        });
+                    }
+                }
+            }
+            _ => {
+                let (v, dir) = split(ino).ok_or(FsError::Errno(libc::ENOENT))?;
+                let snap = self.version_snapshot(v)?;
+                for (name, (child, kind)) in list_at(&snap, dir)? {
+                    out.push(DirEntry {
+                        name,
+                        ino: view_ino(v, child)?,
+                        kind,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn history_read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (v, real) = split(ino).ok_or(FsError::Errno(libc::EISDIR))?;
+        let snap = self.version_snapshot(v)?;
+        let i = inode_at(&snap, real)?.ok_or(FsError::Errno(libc::ENOENT))?;
+        if i.kind == Kind::Dir {
+            return err(libc::EISDIR);
+        }
+        if offset >= i.size {
+            return Ok(Vec::new());
+        }
+        let end = i.size.min(offset + size as u64);
+        let mut out = vec![0u8; (end - offset) as usize];
+        let bs = self.block_size;
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / bs;
+            let within = (pos % bs) as usize;
+            let n = ((bs - pos % bs).min(end - pos)) as usize;
+            let data = block_at(&snap, real, idx)?;
+            let at = (pos - offset) as usize;
+            if within < data.len() {
+                let m = n.min(data.len() - within);
+                out[at..at + m].copy_from_slice(&data[within..within + m]);
+            }
+            pos += n as u64;
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn history_readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let (v, real) = split(ino).ok_or(FsError::Errno(libc::EINVAL))?;
+        let snap = self.version_snapshot(v)?;
+        match snap.get(&symlink_key(real))? {
+            Some(t) => Ok(t.to_vec()),
+            None => err(libc::EINVAL),
+        }
+    }
+
+    pub(crate) fn history_getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        let (v, real) = split(ino).ok_or(FsError::Errno(libc::ENODATA))?;
+        let snap = self.version_snapshot(v)?;
+        match snap.get(&xattr_key(real, name))? {
+            Some(x) => Ok(x.to_vec()),
+            None => err(libc::ENODATA),
+        }
+    }
+
+    pub(crate) fn history_listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        let Some((v, real)) = split(ino) else {
+            return Ok(Vec::new());
+        };
+        let snap = self.version_snapshot(v)?;
+        let start = xattr_prefix(real);
+        let end = prefix_end(&start);
+        let mut out = Vec::new();
+        for item in snap.range((Bound::Included(&start[..]), Bound::Excluded(&end[..])))? {
+            out.push(item?.0[9..].to_vec());
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,121 @@
+//! Old versions on a real mount: write, overwrite, rename and delete files
+//! across versions, then read every old version back through
+//! `.zippy/versions/<id>/`, byte for byte. The history directory is hidden
+//! from the root's listing and cannot be written, renamed or removed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+/// The newest version the mount shows, after making everything durable.
+fn newest_version(root: &Path) -> u64 {
+    // An fsync of the root directory commits every change.
+    std::fs::File::open(root)
+        .and_then(|d| d.sync_all())
+        .expect("fsync root");
+    std::fs::read_dir(root.join(".zippy/versions"))
+        .expect("list versions")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .expect("at least one version")
+}
+
+fn write(path: &Path, data: &[u8]) {
+    let mut f = std::fs::File::create(path).expect("create");
+    f.write_all(data).expect("write");
+}
+
+/// Every regular file under `dir`, by relative path.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p
+                    .strip_prefix(dir)
+                    .expect("under dir")
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+fn history(mode: &[&str]) {
+    let store = tempfile::tempdir().expect("store");
+    let m = common::Mounted::start(store.path(), mode);
+    let root = m.path();
+    let mut expected: Vec<(u64, BTreeMap<String, Vec<u8>>)> = Vec::new();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+
+    std::fs::create_dir(root.join("d")).expect("mkdir");
+    write(&root.join("d/a"), &big);
+    write(&root.join("small"), b"small file");
+    expected.push((newest_version(root), files(root)));
+
+    let mut changed = big.clone();
+    changed[100_000..100_005].copy_from_slice(b"HELLO");
+    write(&root.join("d/a"), &changed);
+    expected.push((newest_version(root), files(root)));
+
+    std::fs::rename(root.join("d/a"), root.join("moved")).expect("rename");
+    expected.push((newest_version(root), files(root)));
+
+    std::fs::remove_file(root.join("moved")).expect("unlink");
+    std::fs::remove_file(root.join("small")).expect("unlink");
+    expected.push((newest_version(root), files(root)));
+
+    for (v, want) in &expected {
+        let view = root.join(format!(".zippy/versions/{v}"));
+        assert_eq!(&files(&view), want, "version {v} read back through .zippy");
+    }
+    assert!(
+        expected.windows(2).all(|w| w[0].0 < w[1].0),
+        "each step made a version"
+    );
+
+    // Hidden, read-only, not removable.
+    let listed: Vec<String> = std::fs::read_dir(root)
+        .expect("list root")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !listed.contains(&".zippy".to_string()),
+        "root lists {listed:?}"
+    );
+    assert!(root.join(".zippy").is_dir());
+    let (v1, _) = &expected[0];
+    let old = root.join(format!(".zippy/versions/{v1}/d/a"));
+    let e = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&old)
+        .expect_err("write into history");
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    let e = std::fs::create_dir(root.join(format!(".zippy/versions/{v1}/new")))
+        .expect_err("mkdir in history");
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    assert!(std::fs::remove_dir_all(root.join(".zippy")).is_err());
+    let e =
+        std::fs::rename(root.join(".zippy"), root.join("elsewhere")).expect_err("rename history");
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn every_old_version_reads_back_byte_for_byte_through_zippy() {
+    if !common::fuse_available() {
+        println!("skipped: no /dev/fuse");
+        return;
+    }
+    for mode in common::MODES {
+        history(mode);
+    }
+}
