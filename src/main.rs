@@ -35,6 +35,19 @@ enum Command {
         /// The store directory.
         store: PathBuf,
     },
+    /// List the kept versions: id, time, cause, and how much changed.
+    ///
+    /// PATH is a store directory, or a mountpoint or any path inside a
+    /// mount (the versions are read from the live mount).
+    Versions {
+        path: PathBuf,
+        /// Print JSON: an array of {id, time, time_ns, cause, changes, bytes}.
+        #[arg(long)]
+        json: bool,
+        /// The mount's history directory name (its -o history_name).
+        #[arg(long, default_value = ".zippy", value_name = "NAME")]
+        history_name: String,
+    },
     /// Mount the filesystem in a store directory (made if missing).
     ///
     /// Runs as a daemon (logging to <store-dir>/zippyfs.log) unless -f is
@@ -150,8 +163,72 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Versions {
+            path,
+            json,
+            history_name,
+        } => {
+            let text = match locate(&path, &history_name)? {
+                Located::Store(dir) => zippyfs::fs::versions_json(&open(&dir)?),
+                Located::Mount(file) => std::fs::read(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?,
+            };
+            if json {
+                use std::io::Write;
+                std::io::stdout().write_all(&text)?;
+            } else {
+                let list: Vec<serde_json::Value> =
+                    serde_json::from_slice(&text).context("the versions list is not valid JSON")?;
+                println!(
+                    "{:>10}  {:<30}  {:>9}  {:>14}  cause",
+                    "id", "time (UTC)", "changes", "bytes"
+                );
+                for v in list {
+                    println!(
+                        "{:>10}  {:<30}  {:>9}  {:>14}  {}",
+                        v["id"].as_u64().unwrap_or(0),
+                        v["time"].as_str().unwrap_or(""),
+                        v["changes"].as_u64().unwrap_or(0),
+                        v["bytes"].as_u64().unwrap_or(0),
+                        v["cause"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Mount(_) => unreachable!("mount is dispatched in main"),
     }
+}
+
+/// Where a command's path leads.
+enum Located {
+    /// A store directory (not mounted: the store is opened).
+    Store(PathBuf),
+    /// The versions file of the live mount the path is in.
+    Mount(PathBuf),
+}
+
+/// A store directory, or the mount a path is in (found by walking up to the
+/// directory holding the history directory).
+fn locate(path: &Path, history_name: &str) -> anyhow::Result<Located> {
+    if path.join(zippyfs::store::STORE_FILE).is_file() {
+        return Ok(Located::Store(path.to_path_buf()));
+    }
+    let start = path
+        .canonicalize()
+        .with_context(|| format!("{} does not exist", path.display()))?;
+    let mut cur = Some(start.as_path());
+    while let Some(dir) = cur {
+        let file = dir.join(history_name).join("versions.json");
+        if file.is_file() {
+            return Ok(Located::Mount(file));
+        }
+        cur = dir.parent();
+    }
+    anyhow::bail!(
+        "{} is neither a zippyfs store directory nor inside a zippyfs mount",
+        path.display()
+    )
 }
 
 // ---- mount ----

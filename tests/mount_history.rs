@@ -109,6 +109,58 @@ fn history(mode: &[&str]) {
     assert!(m.unmount().success());
 }
 
+fn versions_command(path: &Path, json: bool) -> std::process::Output {
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.arg("versions");
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.arg(path).output().expect("run zippyfs versions")
+}
+
+#[test]
+fn versions_command_lists_the_same_versions_from_a_mount_a_path_inside_it_and_the_store() {
+    if !common::fuse_available() {
+        println!("skipped: no /dev/fuse");
+        return;
+    }
+    let store = tempfile::tempdir().expect("store");
+    let m = common::Mounted::start(store.path(), &[]);
+    std::fs::create_dir(m.path().join("sub")).expect("mkdir");
+    write(&m.path().join("sub/f"), b"data");
+    let newest = newest_version(m.path());
+    let ids = |out: std::process::Output| -> Vec<u64> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+        v.as_array()
+            .expect("an array")
+            .iter()
+            .map(|x| x["id"].as_u64().expect("id"))
+            .collect()
+    };
+    let from_mount = ids(versions_command(m.path(), true));
+    assert_eq!(from_mount.last(), Some(&newest));
+    assert_eq!(
+        ids(versions_command(&m.path().join("sub"), true)),
+        from_mount
+    );
+    let table = versions_command(m.path(), false);
+    assert!(String::from_utf8_lossy(&table.stdout).contains(&newest.to_string()));
+    assert!(m.unmount().success());
+    assert_eq!(
+        ids(versions_command(store.path(), true)),
+        from_mount,
+        "the same list from the store"
+    );
+    let outside = versions_command(Path::new("/proc"), false);
+    assert!(!outside.status.success());
+    assert!(String::from_utf8_lossy(&outside.stderr).contains("neither a zippyfs store"));
+}
+
 #[test]
 fn every_old_version_reads_back_byte_for_byte_through_zippy() {
     if !common::fuse_available() {

@@ -25,9 +25,14 @@ use crate::store::{Snapshot, StoreError};
 
 pub const HISTORY_DIR: u64 = u64::MAX - 1;
 pub const VERSIONS_DIR: u64 = u64::MAX - 2;
+/// `versions.json`: the kept versions, generated when read (so the kernel
+/// must not cache it: see [`Fs::is_generated`]).
+pub const VERSIONS_FILE: u64 = u64::MAX - 3;
+const VERSIONS_FILE_NAME: &[u8] = b"versions.json";
 const VIEW_BIT: u64 = 1 << 63;
 const INO_BITS: u32 = 36;
-const VERSION_LIMIT: u64 = 1 << 27;
+// One less than 2^27, so that view numbers stay below the fixed ones at the top.
+const VERSION_LIMIT: u64 = (1 << 27) - 1;
 
 /// Whether an inode number belongs to the history tree.
 pub fn is_history(ino: u64) -> bool {
@@ -43,7 +48,7 @@ fn view_ino(version: u64, ino: u64) -> FsResult<u64> {
 
 /// (version, inode) of a view inode number.
 fn split(vino: u64) -> Option<(u64, u64)> {
-    if !is_history(vino) || vino == HISTORY_DIR || vino == VERSIONS_DIR {
+    if !is_history(vino) || vino >= VERSIONS_FILE {
         return None;
     }
     let rest = vino & !VIEW_BIT;
@@ -163,8 +168,28 @@ impl Fs {
         Ok(i)
     }
 
+    /// Whether a file's contents are made when read (the kernel must not
+    /// cache them).
+    pub fn is_generated(&self, ino: u64) -> bool {
+        ino == VERSIONS_FILE
+    }
+
+    /// The kept versions as JSON: an array of objects with `id`, `time`
+    /// (UTC, RFC 3339), `time_ns` (unix nanoseconds), `cause`, `changes`
+    /// (keys put or deleted) and `bytes` (data written).
+    pub fn versions_json(&self) -> Vec<u8> {
+        versions_json(&self.store)
+    }
+
     pub(crate) fn history_getattr(&self, ino: u64) -> FsResult<Inode> {
         match ino {
+            VERSIONS_FILE => {
+                let mut i = self.fixed_dir(VERSIONS_FILE, HISTORY_DIR, 1)?;
+                i.kind = Kind::File;
+                i.perm = 0o444;
+                i.size = self.versions_json().len() as u64;
+                Ok(i)
+            }
             HISTORY_DIR => self.fixed_dir(HISTORY_DIR, ROOT, 3),
             VERSIONS_DIR => {
                 let n = self.store.versions().len() as u32;
@@ -183,6 +208,7 @@ impl Fs {
                 b"." => self.history_getattr(HISTORY_DIR),
                 b".." => self.getattr(ROOT),
                 b"versions" => self.history_getattr(VERSIONS_DIR),
+                VERSIONS_FILE_NAME => self.history_getattr(VERSIONS_FILE),
                 _ => err(libc::ENOENT),
             },
             VERSIONS_DIR => match name {
@@ -233,11 +259,18 @@ impl Fs {
             },
         ];
         match ino {
-            HISTORY_DIR => out.push(DirEntry {
-                name: b"versions".to_vec(),
-                ino: VERSIONS_DIR,
-                kind: Kind::Dir,
-            }),
+            HISTORY_DIR => {
+                out.push(DirEntry {
+                    name: b"versions".to_vec(),
+                    ino: VERSIONS_DIR,
+                    kind: Kind::Dir,
+                });
+                out.push(DirEntry {
+                    name: VERSIONS_FILE_NAME.to_vec(),
+                    ino: VERSIONS_FILE,
+                    kind: Kind::File,
+                });
+            }
             VERSIONS_DIR => {
                 for v in self.store.versions() {
                     if let Ok(vino) = view_ino(v.id, ROOT) {
@@ -265,6 +298,12 @@ impl Fs {
     }
 
     pub(crate) fn history_read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        if ino == VERSIONS_FILE {
+            let all = self.versions_json();
+            let start = (offset as usize).min(all.len());
+            let end = (start + size as usize).min(all.len());
+            return Ok(all[start..end].to_vec());
+        }
         let (v, real) = split(ino).ok_or(FsError::Errno(libc::EISDIR))?;
         let snap = self.version_snapshot(v)?;
         let i = inode_at(&snap, real)?.ok_or(FsError::Errno(libc::ENOENT))?;
@@ -323,5 +362,84 @@ impl Fs {
             out.push(item?.0[9..].to_vec());
         }
         Ok(out)
+    }
+}
+
+/// The kept versions of a store as JSON (what `versions.json` holds).
+pub fn versions_json(store: &crate::store::Store) -> Vec<u8> {
+    let mut out = String::from("[\n");
+    let versions = store.versions();
+    for (i, v) in versions.iter().enumerate() {
+        out.push_str(&format!(
+            "  {{\"id\": {}, \"time\": \"{}\", \"time_ns\": {}, \"cause\": \"{}\", \"changes\": {}, \"bytes\": {}}}{}\n",
+            v.id,
+            rfc3339(v.time),
+            v.time,
+            json_escape(&v.cause),
+            v.changes,
+            v.bytes,
+            if i + 1 < versions.len() { "," } else { "" }
+        ));
+    }
+    out.push_str("]\n");
+    out.into_bytes()
+}
+
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Unix nanoseconds as RFC 3339 UTC with nanoseconds.
+pub(crate) fn rfc3339(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ns % 1_000_000_000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339(1_700_000_000_123_456_789),
+            "2023-11-14T22:13:20.123456789Z"
+        );
+        assert_eq!(
+            rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_escape("a\"b\\c\nd"), "a\\\"b\\\\c\\u000ad");
     }
 }
