@@ -11,3 +11,4 @@ pub mod fs;
 pub mod fuse;
 pub mod shard;
 pub mod store;
+pub mod tools;

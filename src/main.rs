@@ -48,6 +48,29 @@ enum Command {
         #[arg(long, default_value = ".zippy", value_name = "NAME")]
         history_name: String,
     },
+    /// The versions in which a file or directory appeared, changed or
+    /// disappeared (read from the live mount the path is in).
+    Log {
+        path: PathBuf,
+        /// Print JSON: an array of {id, change}.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = ".zippy", value_name = "NAME")]
+        history_name: String,
+    },
+    /// What changed between two versions, under PATH (default: the current
+    /// directory, which must be inside a live mount): added, removed,
+    /// modified, renamed.
+    Diff {
+        v1: u64,
+        v2: u64,
+        path: Option<PathBuf>,
+        /// Print JSON: {added, removed, modified, renamed: [[from, to]]}.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = ".zippy", value_name = "NAME")]
+        history_name: String,
+    },
     /// Mount the filesystem in a store directory (made if missing).
     ///
     /// Runs as a daemon (logging to <store-dir>/zippyfs.log) unless -f is
@@ -196,8 +219,116 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Log {
+            path,
+            json,
+            history_name,
+        } => {
+            let (h, rel) = history(&path, &history_name)?;
+            let log = h.log(&rel);
+            if json {
+                let v: Vec<_> = log
+                    .iter()
+                    .map(|(id, what)| serde_json::json!({"id": id, "change": what}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                for (id, what) in log {
+                    println!("{id:>10}  {what}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diff {
+            v1,
+            v2,
+            path,
+            json,
+            history_name,
+        } => {
+            let path = path.unwrap_or_else(|| PathBuf::from("."));
+            let (h, rel) = history(&path, &history_name)?;
+            for v in [v1, v2] {
+                if !h.versions.contains(&v) {
+                    anyhow::bail!("version {v} is not kept (see `zippyfs versions`)");
+                }
+            }
+            let d = h.diff(v1, v2, &rel);
+            let s = |p: &PathBuf| p.display().to_string();
+            if json {
+                let v = serde_json::json!({
+                    "added": d.added.iter().map(s).collect::<Vec<_>>(),
+                    "removed": d.removed.iter().map(s).collect::<Vec<_>>(),
+                    "modified": d.modified.iter().map(s).collect::<Vec<_>>(),
+                    "renamed": d.renamed.iter().map(|(a, b)| [s(a), s(b)]).collect::<Vec<_>>(),
+                });
+                println!("{v}");
+            } else {
+                for p in &d.added {
+                    println!("A {}", p.display());
+                }
+                for p in &d.removed {
+                    println!("D {}", p.display());
+                }
+                for p in &d.modified {
+                    println!("M {}", p.display());
+                }
+                for (a, b) in &d.renamed {
+                    println!("R {} -> {}", a.display(), b.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Mount(_) => unreachable!("mount is dispatched in main"),
     }
+}
+
+/// The history of the live mount `path` is in, and `path` relative to its root.
+fn history(path: &Path, history_name: &str) -> anyhow::Result<(zippyfs::tools::History, PathBuf)> {
+    let existing = if path.exists() {
+        path
+    } else {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    };
+    let file = match locate(existing, history_name)? {
+        Located::Mount(file) => file,
+        Located::Store(dir) => anyhow::bail!(
+            "{} is a store directory: log and diff read a live mount; mount it first",
+            dir.display()
+        ),
+    };
+    let hist_dir = file.parent().context("history directory")?.to_path_buf();
+    let root = hist_dir.parent().context("mount root")?.to_path_buf();
+    let text = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let list: Vec<serde_json::Value> =
+        serde_json::from_slice(&text).context("the versions list is not valid JSON")?;
+    let versions = list.iter().filter_map(|v| v["id"].as_u64()).collect();
+    // The path may be gone from the live tree (its history is still asked
+    // for): resolve its parent then.
+    let full = match path.canonicalize() {
+        Ok(p) => p,
+        Err(_) => {
+            let name = path.file_name().context("a path with a final name")?;
+            existing
+                .canonicalize()
+                .with_context(|| format!("{} does not exist", existing.display()))?
+                .join(name)
+        }
+    };
+    let rel = full
+        .strip_prefix(&root)
+        .unwrap_or(Path::new(""))
+        .to_path_buf();
+    Ok((
+        zippyfs::tools::History {
+            root,
+            history: hist_dir,
+            versions,
+        },
+        rel,
+    ))
 }
 
 /// Where a command's path leads.

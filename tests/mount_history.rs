@@ -171,3 +171,68 @@ fn every_old_version_reads_back_byte_for_byte_through_zippy() {
         history(mode);
     }
 }
+
+fn run_json(args: &[&str], cwd: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(common::bin())
+        .args(args)
+        .arg("--json")
+        .current_dir(cwd)
+        .output()
+        .expect("run zippyfs");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+#[test]
+fn log_and_diff_follow_the_operations_applied() {
+    if !common::fuse_available() {
+        println!("skipped: no /dev/fuse");
+        return;
+    }
+    let store = tempfile::tempdir().expect("store");
+    let m = common::Mounted::start(store.path(), &[]);
+    let root = m.path();
+    std::fs::create_dir(root.join("d")).expect("mkdir");
+    write(&root.join("d/f"), b"one");
+    write(&root.join("g"), b"gone soon");
+    let v1 = newest_version(root);
+    write(&root.join("d/f"), b"one and two");
+    let v2 = newest_version(root);
+    std::fs::rename(root.join("d/f"), root.join("d/h")).expect("rename");
+    std::fs::remove_file(root.join("g")).expect("unlink");
+    write(&root.join("new"), b"new");
+    let v3 = newest_version(root);
+
+    let log = run_json(&["log", "d/f"], root);
+    let changes: Vec<(u64, String)> = log
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_u64().expect("id"),
+                e["change"].as_str().expect("change").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes.iter().find(|c| c.0 == v2).map(|c| c.1.as_str()),
+        Some("modified")
+    );
+    assert_eq!(changes.last(), Some(&(v3, "deleted".to_string())));
+    assert!(changes.iter().any(|c| c.1 == "created" && c.0 <= v1));
+
+    let d = run_json(&["diff", &v1.to_string(), &v3.to_string()], root);
+    let list = |k: &str| -> Vec<serde_json::Value> { d[k].as_array().expect(k).clone() };
+    assert_eq!(list("added"), vec![serde_json::json!("new")]);
+    assert_eq!(list("removed"), vec![serde_json::json!("g")]);
+    assert_eq!(list("renamed"), vec![serde_json::json!(["d/f", "d/h"])]);
+    let d12 = run_json(&["diff", &v1.to_string(), &v2.to_string(), "d"], root);
+    assert_eq!(d12["modified"], serde_json::json!(["d/f"]));
+    assert_eq!(d12["added"], serde_json::json!([]));
+    assert!(m.unmount().success());
+}

@@ -1,0 +1,142 @@
+//! What the history commands (`log`, `diff`) compute, from a live mount's
+//! `.zippy/versions/<id>/` trees. Files are followed by path; a path that
+//! names another inode in a later version (replaced) counts as modified,
+//! and an inode that moved between two versions is a rename.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Inode numbers in a version view carry the real inode in their low bits
+/// (see `fs/history.rs`).
+const REAL_INO_MASK: u64 = (1 << 36) - 1;
+
+/// What a path was in one version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: char,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+    /// The inode's number in the live filesystem.
+    pub ino: u64,
+}
+
+fn meta(path: &Path) -> Option<Meta> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    let t = m.file_type();
+    Some(Meta {
+        kind: if t.is_dir() {
+            'd'
+        } else if t.is_symlink() {
+            'l'
+        } else {
+            'f'
+        },
+        size: if t.is_dir() { 0 } else { m.len() },
+        mode: m.mode(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+        ino: m.ino() & REAL_INO_MASK,
+    })
+}
+
+/// A mount's history: its root and its kept versions.
+pub struct History {
+    pub root: PathBuf,
+    pub history: PathBuf,
+    pub versions: Vec<u64>,
+}
+
+impl History {
+    pub fn view(&self, v: u64) -> PathBuf {
+        self.history.join("versions").join(v.to_string())
+    }
+
+    /// The versions in which `rel` (a path relative to the mount root)
+    /// appeared, changed or disappeared, with what happened.
+    pub fn log(&self, rel: &Path) -> Vec<(u64, &'static str)> {
+        let mut out = Vec::new();
+        let mut prev: Option<Meta> = None;
+        for &v in &self.versions {
+            let now = meta(&self.view(v).join(rel));
+            let what = match (&prev, &now) {
+                (None, Some(_)) => Some("created"),
+                (Some(_), None) => Some("deleted"),
+                (Some(a), Some(b)) if a != b => Some("modified"),
+                _ => None,
+            };
+            if let Some(w) = what {
+                out.push((v, w));
+            }
+            prev = now;
+        }
+        out
+    }
+
+    /// Every path under `rel` in version `v`, relative to the mount root.
+    fn tree(&self, v: u64, rel: &Path) -> BTreeMap<PathBuf, Meta> {
+        let base = self.view(v);
+        let mut out = BTreeMap::new();
+        let mut stack = vec![rel.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let Some(m) = meta(&base.join(&p)) else {
+                continue;
+            };
+            if m.kind == 'd'
+                && let Ok(rd) = std::fs::read_dir(base.join(&p))
+            {
+                for e in rd.flatten() {
+                    stack.push(p.join(e.file_name()));
+                }
+            }
+            if !p.as_os_str().is_empty() {
+                out.insert(p, m);
+            }
+        }
+        out
+    }
+
+    /// What changed under `rel` from version `a` to version `b`.
+    pub fn diff(&self, a: u64, b: u64, rel: &Path) -> Diff {
+        let (old, new) = (self.tree(a, rel), self.tree(b, rel));
+        let mut d = Diff::default();
+        for (p, m) in &old {
+            match new.get(p) {
+                None => d.removed.push(p.clone()),
+                Some(n) if n != m && !(m.kind == 'd' && n.kind == 'd' && m.ino == n.ino) => {
+                    d.modified.push(p.clone())
+                }
+                _ => {}
+            }
+        }
+        d.added = new
+            .keys()
+            .filter(|p| !old.contains_key(*p))
+            .cloned()
+            .collect();
+        // An inode removed at one path and added at another moved.
+        let added_by_ino: BTreeMap<u64, PathBuf> =
+            d.added.iter().map(|p| (new[p].ino, p.clone())).collect();
+        let mut renamed = Vec::new();
+        d.removed.retain(|p| match added_by_ino.get(&old[p].ino) {
+            Some(to) => {
+                renamed.push((p.clone(), to.clone()));
+                false
+            }
+            None => true,
+        });
+        d.added.retain(|p| !renamed.iter().any(|(_, to)| to == p));
+        d.renamed = renamed;
+        d
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub added: Vec<PathBuf>,
+    pub removed: Vec<PathBuf>,
+    pub modified: Vec<PathBuf>,
+    pub renamed: Vec<(PathBuf, PathBuf)>,
+}
