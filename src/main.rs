@@ -71,6 +71,21 @@ enum Command {
         #[arg(long, default_value = ".zippy", value_name = "NAME")]
         history_name: String,
     },
+    /// Bring a file or a whole directory back as it was in a version, as a
+    /// new version (the state it replaces stays in the history).
+    Restore {
+        /// A path inside a live mount.
+        path: PathBuf,
+        /// A version id, a UTC time (2026-11-26T07:53:26Z: the newest
+        /// version at or before it), or @UNIX-SECONDS.
+        #[arg(long, value_name = "VERSION|TIME")]
+        at: String,
+        /// Where to put it (inside the mount); default: where it was.
+        #[arg(long, value_name = "DEST")]
+        to: Option<PathBuf>,
+        #[arg(long, default_value = ".zippy", value_name = "NAME")]
+        history_name: String,
+    },
     /// Mount the filesystem in a store directory (made if missing).
     ///
     /// Runs as a daemon (logging to <store-dir>/zippyfs.log) unless -f is
@@ -279,8 +294,53 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Restore {
+            path,
+            at,
+            to,
+            history_name,
+        } => {
+            let (h, rel) = history(&path, &history_name)?;
+            let version = pick_version(&h, &history_name, &at)?;
+            let src = h.view(version).join(&rel);
+            if std::fs::symlink_metadata(&src).is_err() {
+                anyhow::bail!("{} did not exist in version {version}", rel.display());
+            }
+            let dest = to.unwrap_or_else(|| h.root.join(&rel));
+            let n = zippyfs::tools::restore(&src, &dest)
+                .with_context(|| format!("restoring {} into {}", src.display(), dest.display()))?;
+            // Commit it: the restored state is a new version.
+            std::fs::File::open(&h.root)
+                .and_then(|d| d.sync_all())
+                .context("committing the restored state")?;
+            println!(
+                "restored {} from version {version} ({n} files)",
+                dest.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Mount(_) => unreachable!("mount is dispatched in main"),
     }
+}
+
+/// A version named by id, or the newest at or before a time.
+fn pick_version(h: &zippyfs::tools::History, history_name: &str, at: &str) -> anyhow::Result<u64> {
+    if let Ok(id) = at.parse::<u64>() {
+        if !h.versions.contains(&id) {
+            anyhow::bail!("version {id} is not kept (see `zippyfs versions`)");
+        }
+        return Ok(id);
+    }
+    let ns = zippyfs::tools::parse_time(at).with_context(|| {
+        format!("--at {at}: a version id, a UTC time like 2026-11-26T07:53:26Z, or @SECONDS")
+    })?;
+    let file = h.root.join(history_name).join("versions.json");
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&file)?)?;
+    list.iter()
+        .filter(|v| v["time_ns"].as_u64().is_some_and(|t| t as i64 <= ns))
+        .filter_map(|v| v["id"].as_u64())
+        .max()
+        .with_context(|| format!("no kept version at or before {at}"))
 }
 
 /// The history of the live mount `path` is in, and `path` relative to its root.

@@ -140,3 +140,120 @@ pub struct Diff {
     pub modified: Vec<PathBuf>,
     pub renamed: Vec<(PathBuf, PathBuf)>,
 }
+
+/// Makes `dest` what `src` (a path in a version view) is: files copied with
+/// their permission bits, symlinks recreated, directories made to hold
+/// exactly the entries the old one held. Returns the number of files and
+/// symlinks written.
+pub fn restore(src: &Path, dest: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::symlink_metadata(src)?;
+    let t = m.file_type();
+    let existing = std::fs::symlink_metadata(dest).ok();
+    // Whatever stands at `dest` and is of another kind goes first.
+    if let Some(e) = &existing {
+        let same = (t.is_dir() && e.is_dir()) || (t.is_file() && e.is_file());
+        if !same {
+            if e.is_dir() {
+                std::fs::remove_dir_all(dest)?;
+            } else {
+                std::fs::remove_file(dest)?;
+            }
+        }
+    }
+    if t.is_symlink() {
+        if std::fs::symlink_metadata(dest).is_ok() {
+            std::fs::remove_file(dest)?;
+        }
+        std::os::unix::fs::symlink(std::fs::read_link(src)?, dest)?;
+        return Ok(1);
+    }
+    if t.is_file() {
+        std::fs::copy(src, dest)?;
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+        return Ok(1);
+    }
+    if !t.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{}: only files, directories and symlinks are restored",
+            src.display()
+        )));
+    }
+    if std::fs::symlink_metadata(dest).is_err() {
+        std::fs::create_dir(dest)?;
+    }
+    let wanted: std::collections::BTreeSet<std::ffi::OsString> = std::fs::read_dir(src)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    for e in std::fs::read_dir(dest)? {
+        let e = e?;
+        if !wanted.contains(&e.file_name()) {
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&p)?;
+            } else {
+                std::fs::remove_file(&p)?;
+            }
+        }
+    }
+    let mut n = 0;
+    for name in &wanted {
+        n += restore(&src.join(name), &dest.join(name))?;
+    }
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    Ok(n)
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 UTC time
+/// (`2026-11-26T07:53:26.123Z`, fraction optional) or of `@SECONDS`.
+pub fn parse_time(s: &str) -> Option<i64> {
+    if let Some(secs) = s.strip_prefix('@') {
+        return secs.parse::<i64>().ok()?.checked_mul(1_000_000_000);
+    }
+    let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
+    let (date, time) = s.split_once('T').or_else(|| s.split_once(' '))?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (time, frac) = time.split_once('.').unwrap_or((time, ""));
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: i64 = format!("{frac:0<9}").parse().ok()?;
+    let mut t = time.splitn(3, ':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000_000 + nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_back_to_their_instants() {
+        const S: i64 = 1_000_000_000;
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20.123456789Z"),
+            Some(1_700_000_000 * S + 123_456_789)
+        );
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20.5Z"),
+            Some(1_700_000_000 * S + 500_000_000)
+        );
+        assert_eq!(parse_time("2000-02-29T00:00:00Z"), Some(951_782_400 * S));
+        assert_eq!(parse_time("@42"), Some(42 * S));
+        assert_eq!(parse_time("2000-13-01T00:00:00Z"), None);
+        assert_eq!(parse_time("yesterday"), None);
+    }
+}

@@ -236,3 +236,75 @@ fn log_and_diff_follow_the_operations_applied() {
     assert_eq!(d12["added"], serde_json::json!([]));
     assert!(m.unmount().success());
 }
+
+#[test]
+fn restore_brings_back_a_file_and_a_directory_as_a_new_version() {
+    if !common::fuse_available() {
+        println!("skipped: no /dev/fuse");
+        return;
+    }
+    let store = tempfile::tempdir().expect("store");
+    let m = common::Mounted::start(store.path(), &[]);
+    let root = m.path();
+    std::fs::create_dir(root.join("d")).expect("mkdir");
+    write(&root.join("d/a"), b"a, first");
+    write(&root.join("d/b"), b"b");
+    std::os::unix::fs::symlink("a", root.join("d/ln")).expect("symlink");
+    let v1 = newest_version(root);
+    let v1_tree = files(root);
+    // Lose some of it.
+    write(&root.join("d/a"), b"a, second");
+    std::fs::remove_file(root.join("d/b")).expect("unlink");
+    write(&root.join("d/c"), b"c, new");
+    let before_restore = newest_version(root);
+    let before_tree = files(root);
+
+    let restore = |args: &[&str]| {
+        let out = std::process::Command::new(common::bin())
+            .arg("restore")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .expect("run restore");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // One file, elsewhere, by id.
+    restore(&["d/a", "--at", &v1.to_string(), "--to", "a-then"]);
+    assert_eq!(
+        std::fs::read(root.join("a-then")).expect("restored copy"),
+        b"a, first"
+    );
+    assert_eq!(
+        std::fs::read(root.join("d/a")).expect("untouched"),
+        b"a, second"
+    );
+    // The whole directory, in place, by time.
+    let t = serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(root.join(".zippy/versions.json")).expect("versions.json"),
+    )
+    .expect("JSON")
+    .as_array()
+    .expect("array")
+    .iter()
+    .find(|v| v["id"].as_u64() == Some(v1))
+    .and_then(|v| v["time"].as_str().map(str::to_string))
+    .expect("v1's time");
+    restore(&["d", "--at", &t]);
+    let after = newest_version(root);
+    assert!(after > before_restore, "the restore made a new version");
+    let mut now = files(root);
+    now.remove("a-then");
+    assert_eq!(now, v1_tree, "d is as it was in version {v1}");
+    assert_eq!(
+        std::fs::read_link(root.join("d/ln")).expect("symlink back"),
+        Path::new("a")
+    );
+    // Nothing was lost: the state the restore replaced is still there.
+    let old = root.join(format!(".zippy/versions/{before_restore}"));
+    assert_eq!(files(&old), before_tree);
+    assert!(m.unmount().success());
+}
