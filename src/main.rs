@@ -86,6 +86,30 @@ enum Command {
         #[arg(long, default_value = ".zippy", value_name = "NAME")]
         history_name: String,
     },
+    /// Show or set a store's retention policy (kept in
+    /// <store-dir>/retention.conf; a mount reads it when it starts, `gc`
+    /// applies it).
+    Retention {
+        store: PathBuf,
+        /// Always keep the newest N versions.
+        #[arg(long, value_name = "N")]
+        keep_last: Option<usize>,
+        /// Keep every version younger than this (90s, 30m, 12h, 7d).
+        #[arg(long, value_name = "DURATION")]
+        keep_within: Option<String>,
+        /// Beyond that, the newest version of each of the last N hours.
+        #[arg(long, value_name = "N")]
+        hourly: Option<usize>,
+        /// ... of each of the last N days.
+        #[arg(long, value_name = "N")]
+        daily: Option<usize>,
+        /// ... of each of the last N weeks.
+        #[arg(long, value_name = "N")]
+        weekly: Option<usize>,
+    },
+    /// Apply the retention policy to an unmounted store now and show what
+    /// was freed.
+    Gc { store: PathBuf },
     /// Mount the filesystem in a store directory (made if missing).
     ///
     /// Runs as a daemon (logging to <store-dir>/zippyfs.log) unless -f is
@@ -319,7 +343,86 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Retention {
+            store,
+            keep_last,
+            keep_within,
+            hourly,
+            daily,
+            weekly,
+        } => {
+            if !store.join(zippyfs::store::STORE_FILE).is_file() {
+                anyhow::bail!("{} holds no zippyfs store", store.display());
+            }
+            let conf = store.join(zippyfs::store::retention::RETENTION_FILE);
+            let mut policy = read_policy(&store)?;
+            let mut changed = false;
+            let mut set = |field: &mut usize, v: Option<usize>| {
+                if let Some(v) = v {
+                    *field = v;
+                    changed = true;
+                }
+            };
+            set(&mut policy.keep_last, keep_last);
+            set(&mut policy.hourly, hourly);
+            set(&mut policy.daily, daily);
+            set(&mut policy.weekly, weekly);
+            if let Some(d) = keep_within {
+                policy.keep_within =
+                    zippyfs::store::retention::parse_duration(&d).with_context(|| {
+                        format!("--keep-within {d}: a duration like 90s, 30m, 12h, 7d")
+                    })?;
+                changed = true;
+            }
+            if changed {
+                let tmp = conf.with_extension("conf.tmp");
+                std::fs::write(&tmp, policy.to_text())
+                    .and_then(|_| std::fs::rename(&tmp, &conf))
+                    .with_context(|| format!("cannot write {}", conf.display()))?;
+            }
+            print!("{}", policy.to_text());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gc { store } => {
+            let policy = read_policy(&store)?;
+            let s = open(&store)?;
+            s.set_retention(policy);
+            let before = (s.stats(), s.versions().len());
+            s.begin_write()?.commit("gc")?;
+            let mid = (s.stats(), s.versions().len());
+            s.close()?;
+            let after = open(&store)?.stats();
+            let mib = |b: u64| b as f64 / (1 << 20) as f64;
+            println!("versions kept: {} -> {}", before.1, mid.1);
+            println!(
+                "pages old versions held: {} -> {}",
+                before.0.retained_pages, mid.0.retained_pages
+            );
+            println!(
+                "free pages: {} -> {}",
+                before.0.free_pages, after.free_pages
+            );
+            println!(
+                "store file: {:.1} MiB -> {:.1} MiB",
+                mib(before.0.file_bytes),
+                mib(after.file_bytes)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Mount(_) => unreachable!("mount is dispatched in main"),
+    }
+}
+
+/// A store directory's retention policy (the default where none is set).
+fn read_policy(store: &Path) -> anyhow::Result<zippyfs::store::Retention> {
+    let conf = store.join(zippyfs::store::retention::RETENTION_FILE);
+    match std::fs::read_to_string(&conf) {
+        Ok(text) => zippyfs::store::Retention::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", conf.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(zippyfs::store::Retention::default())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", conf.display())),
     }
 }
 

@@ -225,7 +225,16 @@ pub struct Fs {
 
 impl Fs {
     /// Opens (creating if needed) the filesystem in the store in `dir`.
-    pub fn mount(dir: &Path, opts: FsOptions) -> FsResult<Fs> {
+    /// The retention policy in `<dir>/retention.conf`, if there is one,
+    /// replaces `opts.store.retention`.
+    pub fn mount(dir: &Path, mut opts: FsOptions) -> FsResult<Fs> {
+        let conf = dir.join(crate::store::retention::RETENTION_FILE);
+        if let Ok(text) = std::fs::read_to_string(&conf) {
+            opts.store.retention = crate::store::Retention::parse(&text).map_err(|e| {
+                tracing::error!("{}: {e}", conf.display());
+                FsError::Errno(libc::EINVAL)
+            })?;
+        }
         let store = Store::open(dir, opts.store.clone())?;
         let mut fs = Fs::with_store(store, opts)?;
         fs.statfs_path = Some(dir.to_path_buf());

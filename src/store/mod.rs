@@ -136,6 +136,7 @@ pub struct Store {
     opts: StoreOptions,
     path: Option<PathBuf>,
     opened: OpenReport,
+    retention: Mutex<Retention>,
     /// A write outside the writer lock failed; the writer poisons itself
     /// when it next looks.
     poison_pending: std::sync::atomic::AtomicBool,
@@ -195,6 +196,7 @@ impl Store {
             init(&*backend)?;
         }
         let (slot, discarded) = choose_slot(&*backend, &verified)?;
+        let retention = opts.retention.clone();
         let mut store = Store {
             backend,
             verified,
@@ -213,6 +215,7 @@ impl Store {
                 rebuilt_allocator: false,
             },
             poison_pending: std::sync::atomic::AtomicBool::new(false),
+            retention: Mutex::new(retention),
         };
         store.load(slot)?;
         Ok(store)
@@ -326,8 +329,13 @@ impl Store {
             .collect()
     }
 
-    pub fn retention(&self) -> &Retention {
-        &self.opts.retention
+    pub fn retention(&self) -> Retention {
+        self.retention.lock().clone()
+    }
+
+    /// Changes the retention policy; it applies from the next commit on.
+    pub fn set_retention(&self, policy: Retention) {
+        *self.retention.lock() = policy;
     }
 
     pub fn stats(&self) -> StoreStats {

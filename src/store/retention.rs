@@ -50,6 +50,74 @@ impl Retention {
     }
 }
 
+/// The retention file of a store directory.
+pub const RETENTION_FILE: &str = "retention.conf";
+
+impl Retention {
+    /// Reads the policy from its text form: `key = value` lines, `#`
+    /// comments; keys `keep_last`, `keep_within` (a duration: `90s`, `30m`,
+    /// `12h`, `7d`), `hourly`, `daily`, `weekly`. Keys left out keep their
+    /// default.
+    pub fn parse(text: &str) -> Result<Retention, String> {
+        let mut r = Retention::default();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .ok_or_else(|| format!("line {}: expected key = value", n + 1))?;
+            let count = || {
+                v.parse::<usize>()
+                    .map_err(|_| format!("line {}: {k} needs a count", n + 1))
+            };
+            match k {
+                "keep_last" => r.keep_last = count()?,
+                "hourly" => r.hourly = count()?,
+                "daily" => r.daily = count()?,
+                "weekly" => r.weekly = count()?,
+                "keep_within" => {
+                    r.keep_within = parse_duration(v).ok_or_else(|| {
+                        format!("line {}: keep_within needs a duration like 30m", n + 1)
+                    })?
+                }
+                _ => return Err(format!("line {}: unknown key {k}", n + 1)),
+            }
+        }
+        Ok(r)
+    }
+
+    /// The text form `parse` reads.
+    pub fn to_text(&self) -> String {
+        format!(
+            "keep_last = {}\nkeep_within = {}s\nhourly = {}\ndaily = {}\nweekly = {}\n",
+            self.keep_last,
+            self.keep_within.as_secs(),
+            self.hourly,
+            self.daily,
+            self.weekly
+        )
+    }
+}
+
+/// `90s`, `30m`, `12h`, `7d`, or plain seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        "w" => n.checked_mul(604_800)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
 const NS: u64 = 1_000_000_000;
 
 /// `versions` as (id, time in unix nanoseconds), ascending by id (times may
@@ -120,6 +188,34 @@ mod tests {
         let k = select(&v, 5 * H, &p);
         // Newest of hours 4, 3, 2 are ids 15, 12, 9.
         assert_eq!(k.into_iter().collect::<Vec<_>>(), vec![9, 12, 15]);
+    }
+
+    #[test]
+    fn policy_text_round_trips_and_bad_lines_are_named() {
+        let p = Retention {
+            keep_last: 5,
+            keep_within: Duration::from_secs(1800),
+            hourly: 2,
+            daily: 3,
+            weekly: 4,
+        };
+        assert_eq!(Retention::parse(&p.to_text()).unwrap(), p);
+        assert_eq!(
+            Retention::parse("keep_within = 2h # comment\n")
+                .unwrap()
+                .keep_within,
+            Duration::from_secs(7200)
+        );
+        assert!(
+            Retention::parse("keep_last = many")
+                .unwrap_err()
+                .contains("line 1")
+        );
+        assert!(
+            Retention::parse("\nfoo = 1")
+                .unwrap_err()
+                .contains("unknown key foo")
+        );
     }
 
     #[test]

@@ -372,7 +372,7 @@ impl<'s> WriteTxn<'s> {
                 .collect()
         };
         times.push((txn, now));
-        let keep = retention::select(&times, now, &self.store.opts.retention);
+        let keep = retention::select(&times, now, &self.store.retention());
         let dropped: Vec<u64> = times
             .iter()
             .map(|&(id, _)| id)
