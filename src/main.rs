@@ -107,9 +107,14 @@ enum Command {
         #[arg(long, value_name = "N")]
         weekly: Option<usize>,
     },
-    /// Apply the retention policy to an unmounted store now and show what
-    /// was freed.
-    Gc { store: PathBuf },
+    /// Apply the retention policy now and show what was freed: on an
+    /// unmounted store directory, or on a live mount (a path inside it),
+    /// whose daemon re-reads the store's retention.conf.
+    Gc {
+        path: PathBuf,
+        #[arg(long, default_value = ".zippy", value_name = "NAME")]
+        history_name: String,
+    },
     /// Mount the filesystem in a store directory (made if missing).
     ///
     /// Runs as a daemon (logging to <store-dir>/zippyfs.log) unless -f is
@@ -383,7 +388,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", policy.to_text());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Gc { store } => {
+        Command::Gc { path, history_name } => {
+            let store = match locate(&path, &history_name)? {
+                Located::Store(dir) => dir,
+                Located::Mount(file) => return live_gc(&file),
+            };
             let policy = read_policy(&store)?;
             let s = open(&store)?;
             s.set_retention(policy);
@@ -410,6 +419,47 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Mount(_) => unreachable!("mount is dispatched in main"),
+    }
+}
+
+/// `gc` on a live mount: signal the daemon, wait for its gc version.
+fn live_gc(versions_file: &Path) -> anyhow::Result<ExitCode> {
+    let read = || -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(serde_json::from_slice(&std::fs::read(versions_file)?)?)
+    };
+    let daemon_file = versions_file.with_file_name("daemon.json");
+    let daemon: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&daemon_file)
+            .with_context(|| format!("cannot read {}", daemon_file.display()))?,
+    )?;
+    let pid = daemon["pid"].as_i64().context("daemon.json has no pid")? as i32;
+    let before = read()?;
+    let runs = daemon["gc_runs"].as_u64().unwrap_or(0);
+    // SAFETY: kill with a pid and a valid signal; no memory is passed.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context(format!("cannot signal the daemon (pid {pid})"));
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let after: serde_json::Value = serde_json::from_slice(&std::fs::read(&daemon_file)?)?;
+        if after["gc_runs"].as_u64().unwrap_or(0) > runs {
+            let now = read()?;
+            println!("versions kept: {} -> {}", before.len(), now.len());
+            println!(
+                "pages old versions held: {} -> {}",
+                daemon["retained_pages"], after["retained_pages"]
+            );
+            println!(
+                "free pages: {} -> {}",
+                daemon["free_pages"], after["free_pages"]
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            anyhow::bail!("the daemon (pid {pid}) did not run gc within 60 s; see its log");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

@@ -29,6 +29,10 @@ pub const VERSIONS_DIR: u64 = u64::MAX - 2;
 /// must not cache it: see [`Fs::is_generated`]).
 pub const VERSIONS_FILE: u64 = u64::MAX - 3;
 const VERSIONS_FILE_NAME: &[u8] = b"versions.json";
+/// `daemon.json`: the serving process's pid and store directory, for the
+/// commands that act on a live mount (`zippyfs gc` signals the daemon).
+pub const DAEMON_FILE: u64 = u64::MAX - 4;
+const DAEMON_FILE_NAME: &[u8] = b"daemon.json";
 const VIEW_BIT: u64 = 1 << 63;
 const INO_BITS: u32 = 36;
 // One less than 2^27, so that view numbers stay below the fixed ones at the top.
@@ -48,7 +52,7 @@ fn view_ino(version: u64, ino: u64) -> FsResult<u64> {
 
 /// (version, inode) of a view inode number.
 fn split(vino: u64) -> Option<(u64, u64)> {
-    if !is_history(vino) || vino >= VERSIONS_FILE {
+    if !is_history(vino) || vino >= DAEMON_FILE {
         return None;
     }
     let rest = vino & !VIEW_BIT;
@@ -171,7 +175,37 @@ impl Fs {
     /// Whether a file's contents are made when read (the kernel must not
     /// cache them).
     pub fn is_generated(&self, ino: u64) -> bool {
-        ino == VERSIONS_FILE
+        ino == VERSIONS_FILE || ino == DAEMON_FILE
+    }
+
+    fn daemon_json(&self) -> Vec<u8> {
+        let store = self
+            .store_dir()
+            .map(|p| json_escape(&p.display().to_string()))
+            .unwrap_or_default();
+        let st = self.store.stats();
+        format!(
+            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"versions\": {}, \"gc_runs\": {}}}\n",
+            std::process::id(),
+            st.file_bytes,
+            st.free_pages,
+            st.retained_pages,
+            st.versions,
+            self.gc_runs()
+        )
+        .into_bytes()
+    }
+
+    pub(crate) fn generated_text(&self, ino: u64) -> Option<Vec<u8>> {
+        self.generated(ino)
+    }
+
+    fn generated(&self, ino: u64) -> Option<Vec<u8>> {
+        match ino {
+            VERSIONS_FILE => Some(self.versions_json()),
+            DAEMON_FILE => Some(self.daemon_json()),
+            _ => None,
+        }
     }
 
     /// The kept versions as JSON: an array of objects with `id`, `time`
@@ -183,11 +217,11 @@ impl Fs {
 
     pub(crate) fn history_getattr(&self, ino: u64) -> FsResult<Inode> {
         match ino {
-            VERSIONS_FILE => {
-                let mut i = self.fixed_dir(VERSIONS_FILE, HISTORY_DIR, 1)?;
+            VERSIONS_FILE | DAEMON_FILE => {
+                let mut i = self.fixed_dir(ino, HISTORY_DIR, 1)?;
                 i.kind = Kind::File;
                 i.perm = 0o444;
-                i.size = self.versions_json().len() as u64;
+                i.size = self.generated(ino).map_or(0, |g| g.len() as u64);
                 Ok(i)
             }
             HISTORY_DIR => self.fixed_dir(HISTORY_DIR, ROOT, 3),
@@ -209,6 +243,7 @@ impl Fs {
                 b".." => self.getattr(ROOT),
                 b"versions" => self.history_getattr(VERSIONS_DIR),
                 VERSIONS_FILE_NAME => self.history_getattr(VERSIONS_FILE),
+                DAEMON_FILE_NAME => self.history_getattr(DAEMON_FILE),
                 _ => err(libc::ENOENT),
             },
             VERSIONS_DIR => match name {
@@ -265,11 +300,16 @@ impl Fs {
                     ino: VERSIONS_DIR,
                     kind: Kind::Dir,
                 });
-                out.push(DirEntry {
-                    name: VERSIONS_FILE_NAME.to_vec(),
-                    ino: VERSIONS_FILE,
-                    kind: Kind::File,
-                });
+                for (name, ino) in [
+                    (VERSIONS_FILE_NAME, VERSIONS_FILE),
+                    (DAEMON_FILE_NAME, DAEMON_FILE),
+                ] {
+                    out.push(DirEntry {
+                        name: name.to_vec(),
+                        ino,
+                        kind: Kind::File,
+                    });
+                }
             }
             VERSIONS_DIR => {
                 for v in self.store.versions() {
@@ -298,8 +338,7 @@ impl Fs {
     }
 
     pub(crate) fn history_read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        if ino == VERSIONS_FILE {
-            let all = self.versions_json();
+        if let Some(all) = self.generated(ino) {
             let start = (offset as usize).min(all.len());
             let end = (start + size as usize).min(all.len());
             return Ok(all[start..end].to_vec());

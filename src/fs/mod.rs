@@ -220,6 +220,11 @@ pub struct Fs {
     dirty_bytes: AtomicU64,
     flush: flush::Flusher,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// Generated files' contents, taken once per open handle so that a
+    /// reader sees one consistent text.
+    generated: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
+    /// Completed `gc` runs, shown in `daemon.json` so a command can wait for its own.
+    gc_runs: AtomicU64,
     statfs_path: Option<std::path::PathBuf>,
 }
 
@@ -267,6 +272,8 @@ impl Fs {
             dirty_bytes: AtomicU64::new(0),
             flush: flush::Flusher::default(),
             dirs: Mutex::new(HashMap::new()),
+            generated: Mutex::new(HashMap::new()),
+            gc_runs: AtomicU64::new(0),
             statfs_path: None,
         };
         fs.load_meta()?;
@@ -767,7 +774,11 @@ impl Fs {
                 return err(libc::EROFS);
             }
             self.history_getattr(ino)?;
-            return Ok(self.next_fh.fetch_add(1, Ordering::Relaxed));
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            if let Some(text) = self.generated_text(ino) {
+                self.generated.lock().insert(fh, Arc::new(text));
+            }
+            return Ok(fh);
         }
         let mut sh = self.shard(ino);
         let snap = self.snap()?;
@@ -820,6 +831,26 @@ impl Fs {
         self.sub_dirty(freed);
         sh.delta.inodes.insert(ino, None);
         sh.delta.orphans.insert(ino, false);
+    }
+
+    /// Reads through an open handle (a generated file reads the text taken
+    /// when the handle was opened).
+    pub fn read_handle(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let text = self.generated.lock().get(&fh).cloned();
+        match text {
+            Some(t) => {
+                let start = (offset as usize).min(t.len());
+                let end = start.saturating_add(size as usize).min(t.len());
+                Ok(t[start..end].to_vec())
+            }
+            None => self.read(ino, offset, size),
+        }
+    }
+
+    /// Closes an open handle.
+    pub fn release_handle(&self, ino: u64, fh: u64) -> FsResult<()> {
+        self.generated.lock().remove(&fh);
+        self.release(ino)
     }
 
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
@@ -1600,6 +1631,41 @@ impl Fs {
     /// Takes every shard's changes and commits them as one version.
     pub fn commit(&self, cause: &str) -> FsResult<()> {
         self.flush.exclusive(|| self.commit_now(cause))
+    }
+
+    /// Re-reads the store directory's retention policy and commits at once
+    /// (a version even with no changes), so the policy takes effect now.
+    pub fn gc(&self) -> FsResult<()> {
+        if let Some(dir) = &self.statfs_path {
+            let conf = dir.join(crate::store::retention::RETENTION_FILE);
+            let policy = match std::fs::read_to_string(&conf) {
+                Ok(text) => crate::store::Retention::parse(&text).map_err(|e| {
+                    tracing::error!("{}: {e}", conf.display());
+                    FsError::Errno(libc::EINVAL)
+                })?,
+                Err(_) => crate::store::Retention::default(),
+            };
+            self.store.set_retention(policy);
+        }
+        self.flush.exclusive(|| {
+            let before = self.store.latest_version();
+            self.commit_now("gc")?;
+            // Nothing was pending: commit an empty version so retention runs.
+            if self.store.latest_version() == before {
+                self.store.begin_write()?.commit("gc")?;
+            }
+            self.gc_runs.fetch_add(1, Ordering::Release);
+            Ok(())
+        })
+    }
+
+    pub fn gc_runs(&self) -> u64 {
+        self.gc_runs.load(Ordering::Acquire)
+    }
+
+    /// The store directory, for a filesystem opened with [`Fs::mount`].
+    pub fn store_dir(&self) -> Option<&Path> {
+        self.statfs_path.as_deref()
     }
 
     fn commit_now(&self, cause: &str) -> FsResult<()> {

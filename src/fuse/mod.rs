@@ -436,14 +436,14 @@ impl Filesystem for ZippyFuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(ino.0, offset, size) {
+        match self.fs.read_handle(ino.0, fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno("read", e)),
         }
@@ -484,13 +484,13 @@ impl Filesystem for ZippyFuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        empty("release", self.fs.release(ino.0), reply);
+        empty("release", self.fs.release_handle(ino.0, fh.0), reply);
     }
 
     fn fsync(
@@ -891,7 +891,13 @@ fn run_session(
 ) -> Result<(), MountError> {
     // Handlers first, so a signal during the mount is not fatal (a process
     // killed while mounted leaves a dead mount behind).
-    let signals = Signals::install(mountpoint).map_err(MountError::Signals)?;
+    let fs = Arc::clone(&adapter.fs);
+    let on_hup = Box::new(move || {
+        if let Err(e) = fs.gc() {
+            tracing::error!("gc: {e}");
+        }
+    });
+    let signals = Signals::install(mountpoint, on_hup).map_err(MountError::Signals)?;
     let mut session =
         Session::new(adapter, mountpoint, config).map_err(|error| MountError::Mount {
             path: mountpoint.to_path_buf(),
@@ -992,10 +998,12 @@ struct Signals {
     old: Vec<(libc::c_int, libc::sigaction)>,
 }
 
-const SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+/// SIGINT and SIGTERM unmount; SIGHUP applies the store's retention policy
+/// now (`zippyfs gc` on a live mount sends it).
+const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 impl Signals {
-    fn install(mountpoint: &Path) -> io::Result<Signals> {
+    fn install(mountpoint: &Path, on_hup: Box<dyn Fn() + Send>) -> io::Result<Signals> {
         let (mut reader, writer) = io::pipe()?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&writer);
         // SAFETY: fcntl on a descriptor we own; no memory is passed.
@@ -1027,6 +1035,10 @@ impl Signals {
                     match reader.read(&mut b) {
                         Ok(0) => return,
                         Ok(_) if b[0] == STOP => return,
+                        Ok(_) if b[0] == libc::SIGHUP as u8 => {
+                            tracing::info!("SIGHUP: applying the retention policy");
+                            on_hup();
+                        }
                         Ok(_) => {
                             tracing::info!(signal = b[0], "signal received: unmounting");
                             let mut a = watch.lock();
