@@ -25,10 +25,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check every reachable page of every kept version, and the space accounting.
+    /// Check every reachable page of every kept version, and the space
+    /// accounting: of an unmounted store directory, or of a live mount (a
+    /// path inside it), whose daemon runs the check without stopping.
     Fsck {
-        /// The store directory.
+        /// The store directory, or a path inside a mount.
         store: PathBuf,
+        #[arg(long, default_value = ".zippy", value_name = "NAME")]
+        history_name: String,
     },
     /// Show a store's versions and how its space is used.
     Info {
@@ -204,7 +208,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     // SAFETY: setting a signal disposition to its default has no preconditions.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match command {
-        Command::Fsck { store } => {
+        Command::Fsck {
+            store,
+            history_name,
+        } => {
+            let store = match locate(&store, &history_name)? {
+                Located::Store(dir) => dir,
+                Located::Mount(file) => return live_fsck(&file),
+            };
             let s = open(&store)?;
             let report = s.fsck()?;
             print!("{report}");
@@ -458,6 +469,43 @@ fn live_gc(versions_file: &Path) -> anyhow::Result<ExitCode> {
         }
         if started.elapsed() > std::time::Duration::from_secs(60) {
             anyhow::bail!("the daemon (pid {pid}) did not run gc within 60 s; see its log");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `fsck` on a live mount: signal the daemon, wait for its report.
+fn live_fsck(versions_file: &Path) -> anyhow::Result<ExitCode> {
+    let daemon_file = versions_file.with_file_name("daemon.json");
+    let read = || -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_slice(
+            &std::fs::read(&daemon_file)
+                .with_context(|| format!("cannot read {}", daemon_file.display()))?,
+        )?)
+    };
+    let daemon = read()?;
+    let pid = daemon["pid"].as_i64().context("daemon.json has no pid")? as i32;
+    let runs = daemon["fsck_runs"].as_u64().unwrap_or(0);
+    // SAFETY: kill with a pid and a valid signal; no memory is passed.
+    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context(format!("cannot signal the daemon (pid {pid})"));
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let now = read()?;
+        if now["fsck_runs"].as_u64().unwrap_or(0) > runs {
+            print!("{}", now["fsck_report"].as_str().unwrap_or(""));
+            return Ok(if now["fsck_problems"].as_u64() == Some(0) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        if started.elapsed() > std::time::Duration::from_secs(600) {
+            anyhow::bail!(
+                "the daemon (pid {pid}) did not finish fsck within 10 minutes; see its log"
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

@@ -1,6 +1,7 @@
 //! Retention and gc on a live mount, under a write load: gc loses no kept
 //! version and no current data (checksums of every kept version's files
-//! before and after), and the space old versions held becomes free.
+//! before and after), and the space old versions held becomes free; fsck
+//! of the live mount is clean.
 
 mod common;
 

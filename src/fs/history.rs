@@ -184,14 +184,18 @@ impl Fs {
             .map(|p| json_escape(&p.display().to_string()))
             .unwrap_or_default();
         let st = self.store.stats();
+        let fsck = self.fsck_report();
         format!(
-            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"versions\": {}, \"gc_runs\": {}}}\n",
+            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"versions\": {}, \"gc_runs\": {}, \"fsck_runs\": {}, \"fsck_problems\": {}, \"fsck_report\": \"{}\"}}\n",
             std::process::id(),
             st.file_bytes,
             st.free_pages,
             st.retained_pages,
             st.versions,
-            self.gc_runs()
+            self.gc_runs(),
+            fsck.0,
+            fsck.1,
+            json_escape(&fsck.2)
         )
         .into_bytes()
     }

@@ -225,6 +225,8 @@ pub struct Fs {
     generated: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
     /// Completed `gc` runs, shown in `daemon.json` so a command can wait for its own.
     gc_runs: AtomicU64,
+    /// The last `fsck` of the live store: (runs so far, problems, report).
+    fsck: Mutex<(u64, usize, String)>,
     statfs_path: Option<std::path::PathBuf>,
 }
 
@@ -274,6 +276,7 @@ impl Fs {
             dirs: Mutex::new(HashMap::new()),
             generated: Mutex::new(HashMap::new()),
             gc_runs: AtomicU64::new(0),
+            fsck: Mutex::new((0, 0, String::new())),
             statfs_path: None,
         };
         fs.load_meta()?;
@@ -1657,6 +1660,20 @@ impl Fs {
             self.gc_runs.fetch_add(1, Ordering::Release);
             Ok(())
         })
+    }
+
+    /// Checks the store while mounted (commits wait meanwhile) and keeps
+    /// the report for `daemon.json`.
+    pub fn fsck(&self) -> FsResult<()> {
+        let report = self.store.fsck()?;
+        let mut f = self.fsck.lock();
+        *f = (f.0 + 1, report.problems.len(), report.to_string());
+        Ok(())
+    }
+
+    /// (runs, problems found, report) of the last live `fsck`.
+    pub fn fsck_report(&self) -> (u64, usize, String) {
+        self.fsck.lock().clone()
     }
 
     pub fn gc_runs(&self) -> u64 {

@@ -897,7 +897,13 @@ fn run_session(
             tracing::error!("gc: {e}");
         }
     });
-    let signals = Signals::install(mountpoint, on_hup).map_err(MountError::Signals)?;
+    let fs = Arc::clone(&adapter.fs);
+    let on_usr1 = Box::new(move || {
+        if let Err(e) = fs.fsck() {
+            tracing::error!("fsck: {e}");
+        }
+    });
+    let signals = Signals::install(mountpoint, on_hup, on_usr1).map_err(MountError::Signals)?;
     let mut session =
         Session::new(adapter, mountpoint, config).map_err(|error| MountError::Mount {
             path: mountpoint.to_path_buf(),
@@ -999,11 +1005,16 @@ struct Signals {
 }
 
 /// SIGINT and SIGTERM unmount; SIGHUP applies the store's retention policy
-/// now (`zippyfs gc` on a live mount sends it).
-const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// now (`zippyfs gc` on a live mount sends it); SIGUSR1 checks the store
+/// (`zippyfs fsck` on a live mount).
+const SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1];
 
 impl Signals {
-    fn install(mountpoint: &Path, on_hup: Box<dyn Fn() + Send>) -> io::Result<Signals> {
+    fn install(
+        mountpoint: &Path,
+        on_hup: Box<dyn Fn() + Send>,
+        on_usr1: Box<dyn Fn() + Send>,
+    ) -> io::Result<Signals> {
         let (mut reader, writer) = io::pipe()?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&writer);
         // SAFETY: fcntl on a descriptor we own; no memory is passed.
@@ -1038,6 +1049,10 @@ impl Signals {
                         Ok(_) if b[0] == libc::SIGHUP as u8 => {
                             tracing::info!("SIGHUP: applying the retention policy");
                             on_hup();
+                        }
+                        Ok(_) if b[0] == libc::SIGUSR1 as u8 => {
+                            tracing::info!("SIGUSR1: checking the store");
+                            on_usr1();
                         }
                         Ok(_) => {
                             tracing::info!(signal = b[0], "signal received: unmounting");
