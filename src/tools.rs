@@ -204,36 +204,7 @@ pub fn restore(src: &Path, dest: &Path) -> std::io::Result<u64> {
     Ok(n)
 }
 
-/// Nanoseconds since the epoch of an RFC 3339 UTC time
-/// (`2026-11-26T07:53:26.123Z`, fraction optional) or of `@SECONDS`.
-pub fn parse_time(s: &str) -> Option<i64> {
-    if let Some(secs) = s.strip_prefix('@') {
-        return secs.parse::<i64>().ok()?.checked_mul(1_000_000_000);
-    }
-    let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
-    let (date, time) = s.split_once('T').or_else(|| s.split_once(' '))?;
-    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let (time, frac) = time.split_once('.').unwrap_or((time, ""));
-    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let nanos: i64 = format!("{frac:0<9}").parse().ok()?;
-    let mut t = time.splitn(3, ':').map(|x| x.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000_000 + nanos)
-}
+pub use crate::fs::parse_time;
 
 #[cfg(test)]
 mod tests {

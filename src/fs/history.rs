@@ -120,6 +120,22 @@ impl Fs {
         parent == ROOT && name == self.history_name()
     }
 
+    /// A version by id, or by time (RFC 3339 UTC, or `@SECONDS`): the newest
+    /// version at or before it.
+    fn version_named(&self, name: &[u8]) -> Option<u64> {
+        let name = std::str::from_utf8(name).ok()?;
+        if let Ok(id) = name.parse::<u64>() {
+            return Some(id);
+        }
+        let ns = parse_time(name)?;
+        self.store
+            .versions()
+            .iter()
+            .filter(|v| (v.time as i64) <= ns)
+            .map(|v| v.id)
+            .max()
+    }
+
     fn version_snapshot(&self, v: u64) -> FsResult<Snapshot<'_>> {
         match self.store.snapshot(v) {
             Ok(s) => Ok(s),
@@ -254,9 +270,8 @@ impl Fs {
                 b"." => self.history_getattr(VERSIONS_DIR),
                 b".." => self.history_getattr(HISTORY_DIR),
                 _ => {
-                    let v: u64 = std::str::from_utf8(name)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
+                    let v = self
+                        .version_named(name)
                         .ok_or(FsError::Errno(libc::ENOENT))?;
                     self.view_inode(&self.version_snapshot(v)?, v, ROOT)
                 }
@@ -426,6 +441,37 @@ pub fn versions_json(store: &crate::store::Store) -> Vec<u8> {
     }
     out.push_str("]\n");
     out.into_bytes()
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 UTC time
+/// (`2026-11-26T07:53:26.123Z`, fraction optional) or of `@SECONDS`.
+pub fn parse_time(s: &str) -> Option<i64> {
+    if let Some(secs) = s.strip_prefix('@') {
+        return secs.parse::<i64>().ok()?.checked_mul(1_000_000_000);
+    }
+    let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
+    let (date, time) = s.split_once('T').or_else(|| s.split_once(' '))?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (time, frac) = time.split_once('.').unwrap_or((time, ""));
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: i64 = format!("{frac:0<9}").parse().ok()?;
+    let mut t = time.splitn(3, ':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000_000 + nanos)
 }
 
 fn json_escape(s: &str) -> String {

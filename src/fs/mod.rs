@@ -40,7 +40,9 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::shard::{IoThreads, shard_of};
 use crate::store::{Reserved, Snapshot, Store, StoreOptions, StoreResult, extent_checksum};
 pub use error::{FsError, FsResult, err};
-pub use history::{HISTORY_DIR, VERSIONS_DIR, VERSIONS_FILE, is_history, versions_json};
+pub use history::{
+    HISTORY_DIR, VERSIONS_DIR, VERSIONS_FILE, is_history, parse_time, versions_json,
+};
 use inode::*;
 pub use inode::{Inode, Kind, NAME_MAX, ROOT, Time};
 
