@@ -110,6 +110,10 @@ enum Command {
         /// ... of each of the last N weeks.
         #[arg(long, value_name = "N")]
         weekly: Option<usize>,
+        /// A cap on the space the store uses (10G; 0: none): over it the
+        /// oldest versions go first, never the newest.
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<String>,
     },
     /// Apply the retention policy now and show what was freed: on an
     /// unmounted store directory, or on a live mount (a path inside it),
@@ -366,6 +370,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             hourly,
             daily,
             weekly,
+            max_size,
         } => {
             if !store.join(zippyfs::store::STORE_FILE).is_file() {
                 anyhow::bail!("{} holds no zippyfs store", store.display());
@@ -383,6 +388,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             set(&mut policy.hourly, hourly);
             set(&mut policy.daily, daily);
             set(&mut policy.weekly, weekly);
+            if let Some(m) = max_size {
+                policy.max_bytes = zippyfs::store::retention::parse_size(&m)
+                    .with_context(|| format!("--max-size {m}: a size like 10G, or 0"))?;
+                changed = true;
+            }
             if let Some(d) = keep_within {
                 policy.keep_within =
                     zippyfs::store::retention::parse_duration(&d).with_context(|| {
@@ -409,6 +419,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             s.set_retention(policy);
             let before = (s.stats(), s.versions().len());
             s.begin_write()?.commit("gc")?;
+            // Over the space cap each commit lets one more old version go.
+            let mut rounds = s.versions().len();
+            while s.over_cap() && s.versions().len() > 1 && rounds > 0 {
+                s.begin_write()?.commit("gc")?;
+                rounds -= 1;
+            }
             let mid = (s.stats(), s.versions().len());
             s.close()?;
             let after = open(&store)?.stats();

@@ -86,3 +86,39 @@ fn rewriting_1gib_of_extents_keeps_the_file_under_3x_live() {
     });
     assert!(peak < 3 * LIVE, "file peaked at {peak} bytes");
 }
+
+#[test]
+fn space_cap_lets_the_oldest_versions_go_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap: u64 = 16 << 20;
+    let opts = StoreOptions {
+        map_size: 1 << 32,
+        retention: Retention {
+            max_bytes: cap,
+            ..Retention::all()
+        },
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), opts).unwrap();
+    // 40 commits, each rewriting the same 1 MiB: keeping all of them would
+    // take 40 MiB.
+    for round in 0..40u64 {
+        let mut t = store.begin_write().unwrap();
+        for k in 0..256u64 {
+            let e = t.write_extent(&vec![round as u8; 4096]).unwrap();
+            t.put_with_extent(&k.to_be_bytes(), b"v", e).unwrap();
+        }
+        t.commit("round").unwrap();
+    }
+    let versions: Vec<u64> = store.versions().iter().map(|v| v.id).collect();
+    let st = store.stats();
+    let used = (st.hwm_pages - st.free_pages) * 4096;
+    println!("cap {cap} bytes: {} versions kept, {used} bytes used", versions.len());
+    assert!(versions.len() < 40, "the cap dropped nothing");
+    assert!(versions.len() > 1, "the cap left only the newest, with room for more");
+    assert!(used <= cap + (2 << 20), "{used} bytes used over a cap of {cap}");
+    // What is left is the newest versions, without gaps.
+    assert!(versions.windows(2).all(|w| w[1] == w[0] + 1), "{versions:?}");
+    let report = store.fsck().unwrap();
+    assert!(report.is_clean(), "{report}");
+}

@@ -1659,6 +1659,12 @@ impl Fs {
             if self.store.latest_version() == before {
                 self.store.begin_write()?.commit("gc")?;
             }
+            // Over the space cap each commit lets one more old version go.
+            let mut rounds = self.store.versions().len();
+            while self.store.over_cap() && self.store.versions().len() > 1 && rounds > 0 {
+                self.store.begin_write()?.commit("gc")?;
+                rounds -= 1;
+            }
             self.gc_runs.fetch_add(1, Ordering::Release);
             Ok(())
         })

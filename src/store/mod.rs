@@ -333,6 +333,13 @@ impl Store {
         self.retention.lock().clone()
     }
 
+    /// Whether the store uses more than the retention policy's space cap.
+    pub fn over_cap(&self) -> bool {
+        let cap = self.retention.lock().max_bytes;
+        let st = self.stats();
+        cap > 0 && (st.hwm_pages - st.free_pages) * PAGE > cap
+    }
+
     /// Changes the retention policy; it applies from the next commit on.
     pub fn set_retention(&self, policy: Retention) {
         *self.retention.lock() = policy;

@@ -16,6 +16,10 @@ pub struct Retention {
     pub hourly: usize,
     pub daily: usize,
     pub weekly: usize,
+    /// A cap on the bytes the store uses (its live data and what old
+    /// versions hold); 0: none. Over it, each commit drops the oldest kept
+    /// version, never the newest, until it fits.
+    pub max_bytes: u64,
 }
 
 impl Default for Retention {
@@ -27,6 +31,7 @@ impl Default for Retention {
             hourly: 24,
             daily: 30,
             weekly: 0,
+            max_bytes: 0,
         }
     }
 }
@@ -40,6 +45,7 @@ impl Retention {
             hourly: 0,
             daily: 0,
             weekly: 0,
+            max_bytes: 0,
         }
     }
 
@@ -78,6 +84,11 @@ impl Retention {
                 "hourly" => r.hourly = count()?,
                 "daily" => r.daily = count()?,
                 "weekly" => r.weekly = count()?,
+                "max_size" => {
+                    r.max_bytes = parse_size(v).ok_or_else(|| {
+                        format!("line {}: max_size needs a size like 10G (0: none)", n + 1)
+                    })?
+                }
                 "keep_within" => {
                     r.keep_within = parse_duration(v).ok_or_else(|| {
                         format!("line {}: keep_within needs a duration like 30m", n + 1)
@@ -92,14 +103,31 @@ impl Retention {
     /// The text form `parse` reads.
     pub fn to_text(&self) -> String {
         format!(
-            "keep_last = {}\nkeep_within = {}s\nhourly = {}\ndaily = {}\nweekly = {}\n",
+            "keep_last = {}\nkeep_within = {}s\nhourly = {}\ndaily = {}\nweekly = {}\nmax_size = {}\n",
             self.keep_last,
             self.keep_within.as_secs(),
             self.hourly,
             self.daily,
-            self.weekly
+            self.weekly,
+            self.max_bytes
         )
     }
+}
+
+/// `4096`, `64K`, `256M`, `10G`, `2T` (powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
 }
 
 /// `90s`, `30m`, `12h`, `7d`, or plain seconds.
@@ -198,6 +226,7 @@ mod tests {
             hourly: 2,
             daily: 3,
             weekly: 4,
+            max_bytes: 5 << 30,
         };
         assert_eq!(Retention::parse(&p.to_text()).unwrap(), p);
         assert_eq!(

@@ -372,7 +372,18 @@ impl<'s> WriteTxn<'s> {
                 .collect()
         };
         times.push((txn, now));
-        let keep = retention::select(&times, now, &self.store.retention());
+        let policy = self.store.retention();
+        let mut keep = retention::select(&times, now, &policy);
+        // Over the space cap, the oldest kept version goes too (one per
+        // commit: what it frees is known only once it is gone).
+        let used = (self.w.alloc.hwm() - self.w.alloc.free_pages()) * PAGE;
+        if policy.max_bytes > 0
+            && used > policy.max_bytes
+            && let Some(&oldest) = keep.iter().next()
+            && oldest != txn
+        {
+            keep.remove(&oldest);
+        }
         let dropped: Vec<u64> = times
             .iter()
             .map(|&(id, _)| id)
