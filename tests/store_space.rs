@@ -113,12 +113,24 @@ fn space_cap_lets_the_oldest_versions_go_first() {
     let versions: Vec<u64> = store.versions().iter().map(|v| v.id).collect();
     let st = store.stats();
     let used = (st.hwm_pages - st.free_pages) * 4096;
-    println!("cap {cap} bytes: {} versions kept, {used} bytes used", versions.len());
+    println!(
+        "cap {cap} bytes: {} versions kept, {used} bytes used",
+        versions.len()
+    );
     assert!(versions.len() < 40, "the cap dropped nothing");
-    assert!(versions.len() > 1, "the cap left only the newest, with room for more");
-    assert!(used <= cap + (2 << 20), "{used} bytes used over a cap of {cap}");
+    assert!(
+        versions.len() > 1,
+        "the cap left only the newest, with room for more"
+    );
+    assert!(
+        used <= cap + (2 << 20),
+        "{used} bytes used over a cap of {cap}"
+    );
     // What is left is the newest versions, without gaps.
-    assert!(versions.windows(2).all(|w| w[1] == w[0] + 1), "{versions:?}");
+    assert!(
+        versions.windows(2).all(|w| w[1] == w[0] + 1),
+        "{versions:?}"
+    );
     let report = store.fsck().unwrap();
     assert!(report.is_clean(), "{report}");
 }
