@@ -221,7 +221,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Located::Mount(file) => return live_fsck(&file),
             };
             let s = open(&store)?;
-            let report = s.fsck()?;
+            let report =
+                s.fsck_with_progress(&|checked, total| show_progress("fsck", checked, total))?;
+            end_progress();
             print!("{report}");
             Ok(if report.is_clean() {
                 ExitCode::SUCCESS
@@ -510,7 +512,13 @@ fn live_fsck(versions_file: &Path) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     loop {
         let now = read()?;
+        show_progress(
+            "fsck",
+            now["fsck_checked"].as_u64().unwrap_or(0),
+            now["fsck_total"].as_u64().unwrap_or(0),
+        );
         if now["fsck_runs"].as_u64().unwrap_or(0) > runs {
+            end_progress();
             print!("{}", now["fsck_report"].as_str().unwrap_or(""));
             return Ok(if now["fsck_problems"].as_u64() == Some(0) {
                 ExitCode::SUCCESS
@@ -524,6 +532,24 @@ fn live_fsck(versions_file: &Path) -> anyhow::Result<ExitCode> {
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A progress line on standard error, when it is a terminal.
+fn show_progress(what: &str, done: u64, total: u64) {
+    use std::io::IsTerminal;
+    if total > 0 && std::io::stderr().is_terminal() {
+        eprint!(
+            "\r{what}: {done} of at most {total} pages ({}%)",
+            done * 100 / total
+        );
+    }
+}
+
+fn end_progress() {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        eprintln!();
     }
 }
 

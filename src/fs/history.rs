@@ -202,7 +202,7 @@ impl Fs {
         let st = self.store.stats();
         let fsck = self.fsck_report();
         format!(
-            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"versions\": {}, \"gc_runs\": {}, \"fsck_runs\": {}, \"fsck_problems\": {}, \"fsck_report\": \"{}\"}}\n",
+            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"versions\": {}, \"gc_runs\": {}, \"fsck_runs\": {}, \"fsck_problems\": {}, \"fsck_report\": \"{}\", \"fsck_checked\": {}, \"fsck_total\": {}}}\n",
             std::process::id(),
             st.file_bytes,
             st.free_pages,
@@ -211,7 +211,9 @@ impl Fs {
             self.gc_runs(),
             fsck.0,
             fsck.1,
-            json_escape(&fsck.2)
+            json_escape(&fsck.2),
+            self.fsck_progress().0,
+            self.fsck_progress().1
         )
         .into_bytes()
     }

@@ -229,6 +229,8 @@ pub struct Fs {
     gc_runs: AtomicU64,
     /// The last `fsck` of the live store: (runs so far, problems, report).
     fsck: Mutex<(u64, usize, String)>,
+    /// (pages checked, pages in the store) of the `fsck` under way.
+    fsck_progress: (AtomicU64, AtomicU64),
     statfs_path: Option<std::path::PathBuf>,
 }
 
@@ -279,6 +281,7 @@ impl Fs {
             generated: Mutex::new(HashMap::new()),
             gc_runs: AtomicU64::new(0),
             fsck: Mutex::new((0, 0, String::new())),
+            fsck_progress: (AtomicU64::new(0), AtomicU64::new(0)),
             statfs_path: None,
         };
         fs.load_meta()?;
@@ -1673,10 +1676,22 @@ impl Fs {
     /// Checks the store while mounted (commits wait meanwhile) and keeps
     /// the report for `daemon.json`.
     pub fn fsck(&self) -> FsResult<()> {
-        let report = self.store.fsck()?;
+        let progress = |checked: u64, total: u64| {
+            self.fsck_progress.0.store(checked, Ordering::Relaxed);
+            self.fsck_progress.1.store(total, Ordering::Relaxed);
+        };
+        let report = self.store.fsck_with_progress(&progress)?;
         let mut f = self.fsck.lock();
         *f = (f.0 + 1, report.problems.len(), report.to_string());
         Ok(())
+    }
+
+    /// (pages checked, pages in the store) of the `fsck` under way.
+    pub fn fsck_progress(&self) -> (u64, u64) {
+        (
+            self.fsck_progress.0.load(Ordering::Relaxed),
+            self.fsck_progress.1.load(Ordering::Relaxed),
+        )
     }
 
     /// (runs, problems found, report) of the last live `fsck`.

@@ -98,8 +98,12 @@ enum Found {
     Run { page: u64, pages: u64, birth: u64 },
 }
 
+/// Told (pages checked, pages in the store) as a walk goes.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
 struct Walker<'a> {
     pages: Pages<'a>,
+    progress: Option<Progress<'a>>,
     hwm: u64,
     max_birth: u64,
     /// Verify every page even if this process verified it before.
@@ -113,6 +117,7 @@ impl<'a> Walker<'a> {
     fn new(pages: Pages<'a>, hwm: u64, max_birth: u64, force: bool) -> Self {
         Walker {
             pages,
+            progress: None,
             hwm,
             max_birth,
             force,
@@ -195,6 +200,11 @@ impl<'a> Walker<'a> {
             }
         };
         self.checked += 1;
+        if self.checked.is_multiple_of(1024)
+            && let Some(p) = self.progress
+        {
+            p(self.checked, self.hwm);
+        }
         let birth = ptr.birth;
         if birth > self.max_birth {
             self.problem(
@@ -390,10 +400,16 @@ pub(crate) fn rebuild(
 
 /// Checks every reachable page of every kept version, and that every page
 /// below the high-water mark is exactly one of: reachable, free.
-pub(crate) fn check(pages: Pages<'_>, ws: &WriterState, roots: &[(u64, Ptr)]) -> FsckReport {
+pub(crate) fn check<'a>(
+    pages: Pages<'a>,
+    ws: &WriterState,
+    roots: &[(u64, Ptr)],
+    progress: Option<Progress<'a>>,
+) -> FsckReport {
     let slot = ws.slot;
     let hwm = ws.alloc.hwm();
     let mut w = Walker::new(pages, hwm, slot.txn, true);
+    w.progress = progress;
     // The marks once the newest commit's trees are walked tell pages the
     // newest version uses from those only older ones see.
     w.tree(slot.system_root, true, &mut |_| {});

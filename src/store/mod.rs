@@ -35,7 +35,7 @@ use parking_lot::Mutex;
 
 pub use backend::{Backend, FileBackend, SimBackend, SplitMix64, WritePath};
 pub use error::{StoreError, StoreResult};
-pub use fsck::{FsckReport, Problem};
+pub use fsck::{FsckReport, Problem, Progress};
 pub use node::{Extent, MAX_KEY};
 pub use read::{Entry, Range};
 pub use retention::Retention;
@@ -395,6 +395,11 @@ impl Store {
 
     /// Checks the whole store; waits for the current write transaction.
     pub fn fsck(&self) -> StoreResult<FsckReport> {
+        self.fsck_with_progress(&|_, _| {})
+    }
+
+    /// `fsck`, telling `progress` (pages checked, pages in the store) as it goes.
+    pub fn fsck_with_progress(&self, progress: fsck::Progress<'_>) -> StoreResult<FsckReport> {
         let w = self.writer.lock();
         let sh = self.shared.lock();
         let mut roots: Vec<(u64, Ptr)> = sh
@@ -405,7 +410,7 @@ impl Store {
         roots.extend(sh.dropped_pinned.iter().map(|(&v, &r)| (v, r)));
         drop(sh);
         roots.sort_unstable_by_key(|r| r.0);
-        Ok(fsck::check(self.pages(), &w, &roots))
+        Ok(fsck::check(self.pages(), &w, &roots, Some(progress)))
     }
 
     /// Saves the allocator state so the next open need not walk the store,
