@@ -46,8 +46,10 @@ pub use history::{
 use inode::*;
 pub use inode::{Inode, Kind, NAME_MAX, ROOT, Time};
 
-/// Data blocks up to this size are kept in the entry itself, not an extent.
-const INLINE_BLOCK: usize = 512;
+/// Data blocks up to this size are kept in the entry itself, not an extent:
+/// with its key and hash the entry still fits a leaf (the store takes entries
+/// up to a quarter page inline), so a small file costs no page of its own.
+const INLINE_BLOCK: usize = 900;
 const XATTR_NAME_MAX: usize = 255;
 const XATTR_SIZE_MAX: usize = 64 * 1024;
 
