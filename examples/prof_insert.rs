@@ -28,6 +28,7 @@ fn main() {
         map_size: 1 << 36,
         retention: Retention::last(keep),
         write_path,
+        ..StoreOptions::default()
     };
     let store = Store::open(dir.path(), opts).expect("open store");
     let mut rng = SplitMix64(1);

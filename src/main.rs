@@ -201,8 +201,11 @@ fn open(dir: &Path) -> anyhow::Result<Store> {
     if !dir.join(zippyfs::store::STORE_FILE).is_file() {
         anyhow::bail!("{} holds no zippyfs store", dir.display());
     }
-    Store::open(dir, StoreOptions::default())
-        .with_context(|| format!("cannot open store {}", dir.display()))
+    let opts = StoreOptions {
+        progress: Some(open_progress),
+        ..StoreOptions::default()
+    };
+    Store::open(dir, opts).with_context(|| format!("cannot open store {}", dir.display()))
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -422,10 +425,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let before = (s.stats(), s.versions().len());
             s.begin_write()?.commit("gc")?;
             // Over the space cap each commit lets one more old version go.
-            let mut rounds = s.versions().len();
-            while s.over_cap() && s.versions().len() > 1 && rounds > 0 {
+            let most = s.versions().len() as u64;
+            let mut rounds = 0;
+            while s.over_cap() && s.versions().len() > 1 && rounds < most {
                 s.begin_write()?.commit("gc")?;
-                rounds -= 1;
+                rounds += 1;
+                show_progress("gc: versions let go for the space cap", rounds, most);
+            }
+            if rounds > 0 {
+                end_progress();
             }
             let mid = (s.stats(), s.versions().len());
             s.close()?;
@@ -533,6 +541,12 @@ fn live_fsck(versions_file: &Path) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Progress of opening a store that was not closed cleanly (a walk of
+/// every kept version).
+fn open_progress(done: u64, total: u64) {
+    show_progress("opening: walking the store", done, total);
 }
 
 /// A progress line on standard error, when it is a terminal.

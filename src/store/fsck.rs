@@ -348,16 +348,18 @@ fn walk_all(
 }
 
 /// Rebuilds the free space and deadlists of a store opened after a crash.
-pub(crate) fn rebuild(
-    pages: Pages<'_>,
+pub(crate) fn rebuild<'a>(
+    pages: Pages<'a>,
     slot: &Slot,
     versions: &BTreeMap<u64, VersionMeta>,
+    progress: Progress<'a>,
 ) -> StoreResult<(Allocator, Deadlists)> {
     let roots: Vec<(u64, Ptr)> = versions
         .values()
         .map(|m| (m.info.id, m.data_root))
         .collect();
     let mut w = Walker::new(pages, slot.hwm, slot.txn, false);
+    w.progress = Some(progress);
     let mut lists: BTreeMap<u64, Vec<Dead>> = BTreeMap::new();
     walk_all(&mut w, slot, &roots, &mut |f, found| {
         let d = match found {

@@ -64,6 +64,9 @@ pub struct StoreOptions {
     pub retention: Retention,
     /// How pages and extents are written to the store file.
     pub write_path: WritePath,
+    /// Told (pages walked, pages in the store) while opening walks the store
+    /// (after a crash), for a progress display.
+    pub progress: Option<fn(u64, u64)>,
 }
 
 impl Default for StoreOptions {
@@ -72,6 +75,7 @@ impl Default for StoreOptions {
             map_size: 1 << 40,
             retention: Retention::default(),
             write_path: WritePath::default(),
+            progress: None,
         }
     }
 }
@@ -266,7 +270,13 @@ impl Store {
                 backend: &*self.backend,
                 verified: &self.verified,
             };
-            let (alloc, dead) = fsck::rebuild(pages, &slot, &versions)?;
+            let progress = self.opts.progress;
+            let report = move |done: u64, total: u64| {
+                if let Some(p) = progress {
+                    p(done, total);
+                }
+            };
+            let (alloc, dead) = fsck::rebuild(pages, &slot, &versions, &report)?;
             tracing::info!(
                 elapsed = ?started.elapsed(),
                 pages = slot.hwm,
