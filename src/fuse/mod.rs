@@ -25,6 +25,8 @@
 //! freely: writeback cache, `FOPEN_KEEP_CACHE` on every open, and
 //! attributes and entries valid for [`TTL`].
 
+pub mod ring;
+
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
