@@ -313,7 +313,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let path = path.unwrap_or_else(|| PathBuf::from("."));
             let (h, rel) = history(&path, &history_name)?;
             for v in [v1, v2] {
-                if !h.versions.contains(&v) {
+                if !h.versions.contains_key(&v) {
                     anyhow::bail!("version {v} is not kept (see `zippyfs versions`)");
                 }
             }
@@ -350,12 +350,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             history_name,
         } => {
             let (h, rel) = history(&path, &history_name)?;
-            let version = pick_version(&h, &history_name, &at)?;
+            let version = pick_version(&h, &at)?;
             let src = h.view(version).join(&rel);
             if std::fs::symlink_metadata(&src).is_err() {
                 anyhow::bail!("{} did not exist in version {version}", rel.display());
             }
             let dest = to.unwrap_or_else(|| h.root.join(&rel));
+            // Commit what is there first: the restore may overwrite or remove
+            // changes no version holds yet, and nothing may be lost.
+            std::fs::File::open(&h.root)
+                .and_then(|d| d.sync_all())
+                .context("committing the state before the restore")?;
             let n = zippyfs::tools::restore(&src, &dest)
                 .with_context(|| format!("restoring {} into {}", src.display(), dest.display()))?;
             // Commit it: the restored state is a new version.
@@ -459,49 +464,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `gc` on a live mount: signal the daemon, wait for its gc version.
-fn live_gc(versions_file: &Path) -> anyhow::Result<ExitCode> {
-    let read = || -> anyhow::Result<Vec<serde_json::Value>> {
-        Ok(serde_json::from_slice(&std::fs::read(versions_file)?)?)
-    };
-    let daemon_file = versions_file.with_file_name("daemon.json");
-    let daemon: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&daemon_file)
-            .with_context(|| format!("cannot read {}", daemon_file.display()))?,
-    )?;
-    let pid = daemon["pid"].as_i64().context("daemon.json has no pid")? as i32;
-    let before = read()?;
-    let runs = daemon["gc_runs"].as_u64().unwrap_or(0);
-    // SAFETY: kill with a pid and a valid signal; no memory is passed.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .context(format!("cannot signal the daemon (pid {pid})"));
-    }
-    let started = std::time::Instant::now();
-    loop {
-        let after: serde_json::Value = serde_json::from_slice(&std::fs::read(&daemon_file)?)?;
-        if after["gc_runs"].as_u64().unwrap_or(0) > runs {
-            let now = read()?;
-            println!("versions kept: {} -> {}", before.len(), now.len());
-            println!(
-                "pages old versions held: {} -> {}",
-                daemon["retained_pages"], after["retained_pages"]
-            );
-            println!(
-                "free pages: {} -> {}",
-                daemon["free_pages"], after["free_pages"]
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
-        if started.elapsed() > std::time::Duration::from_secs(60) {
-            anyhow::bail!("the daemon (pid {pid}) did not run gc within 60 s; see its log");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
-/// `fsck` on a live mount: signal the daemon, wait for its report.
-fn live_fsck(versions_file: &Path) -> anyhow::Result<ExitCode> {
+/// Signals the daemon serving the mount whose `versions.json` this is, and
+/// waits until `counter` in its `daemon.json` grows (the run it asked for
+/// is done); `poll` sees each reading meanwhile. Gives the readings before
+/// and after.
+fn ask_daemon(
+    versions_file: &Path,
+    signal: libc::c_int,
+    counter: &str,
+    limit: std::time::Duration,
+    mut poll: impl FnMut(&serde_json::Value),
+) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
     let daemon_file = versions_file.with_file_name("daemon.json");
     let read = || -> anyhow::Result<serde_json::Value> {
         Ok(serde_json::from_slice(
@@ -509,38 +482,64 @@ fn live_fsck(versions_file: &Path) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot read {}", daemon_file.display()))?,
         )?)
     };
-    let daemon = read()?;
-    let pid = daemon["pid"].as_i64().context("daemon.json has no pid")? as i32;
-    let runs = daemon["fsck_runs"].as_u64().unwrap_or(0);
+    let before = read()?;
+    let pid = before["pid"].as_i64().context("daemon.json has no pid")? as i32;
+    let runs = before[counter].as_u64().unwrap_or(0);
     // SAFETY: kill with a pid and a valid signal; no memory is passed.
-    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+    if unsafe { libc::kill(pid, signal) } != 0 {
         return Err(std::io::Error::last_os_error())
             .context(format!("cannot signal the daemon (pid {pid})"));
     }
     let started = std::time::Instant::now();
     loop {
         let now = read()?;
+        poll(&now);
+        if now[counter].as_u64().unwrap_or(0) > runs {
+            return Ok((before, now));
+        }
+        if started.elapsed() > limit {
+            anyhow::bail!("the daemon (pid {pid}) did not answer within {limit:?}; see its log");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `gc` on a live mount: the daemon re-reads the policy and commits.
+fn live_gc(versions_file: &Path) -> anyhow::Result<ExitCode> {
+    let limit = std::time::Duration::from_secs(60);
+    let (before, after) = ask_daemon(versions_file, libc::SIGHUP, "gc_runs", limit, |_| {})?;
+    println!(
+        "versions kept: {} -> {}",
+        before["versions"], after["versions"]
+    );
+    println!(
+        "pages old versions held: {} -> {}",
+        before["retained_pages"], after["retained_pages"]
+    );
+    println!(
+        "free pages: {} -> {}",
+        before["free_pages"], after["free_pages"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fsck` on a live mount: the daemon checks the store while serving.
+fn live_fsck(versions_file: &Path) -> anyhow::Result<ExitCode> {
+    let limit = std::time::Duration::from_secs(600);
+    let (_, after) = ask_daemon(versions_file, libc::SIGUSR1, "fsck_runs", limit, |now| {
         show_progress(
             "fsck",
             now["fsck_checked"].as_u64().unwrap_or(0),
             now["fsck_total"].as_u64().unwrap_or(0),
-        );
-        if now["fsck_runs"].as_u64().unwrap_or(0) > runs {
-            end_progress();
-            print!("{}", now["fsck_report"].as_str().unwrap_or(""));
-            return Ok(if now["fsck_problems"].as_u64() == Some(0) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
-        }
-        if started.elapsed() > std::time::Duration::from_secs(600) {
-            anyhow::bail!(
-                "the daemon (pid {pid}) did not finish fsck within 10 minutes; see its log"
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        )
+    })?;
+    end_progress();
+    print!("{}", after["fsck_report"].as_str().unwrap_or(""));
+    Ok(if after["fsck_problems"].as_u64() == Some(0) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Progress of opening a store that was not closed cleanly (a walk of
@@ -569,21 +568,15 @@ fn end_progress() {
 
 /// A store directory's retention policy (the default where none is set).
 fn read_policy(store: &Path) -> anyhow::Result<zippyfs::store::Retention> {
-    let conf = store.join(zippyfs::store::retention::RETENTION_FILE);
-    match std::fs::read_to_string(&conf) {
-        Ok(text) => zippyfs::store::Retention::parse(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", conf.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok(zippyfs::store::Retention::default())
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", conf.display())),
-    }
+    Ok(zippyfs::store::Retention::load(store)
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or_default())
 }
 
 /// A version named by id, or the newest at or before a time.
-fn pick_version(h: &zippyfs::tools::History, history_name: &str, at: &str) -> anyhow::Result<u64> {
+fn pick_version(h: &zippyfs::tools::History, at: &str) -> anyhow::Result<u64> {
     if let Ok(id) = at.parse::<u64>() {
-        if !h.versions.contains(&id) {
+        if !h.versions.contains_key(&id) {
             anyhow::bail!("version {id} is not kept (see `zippyfs versions`)");
         }
         return Ok(id);
@@ -591,11 +584,10 @@ fn pick_version(h: &zippyfs::tools::History, history_name: &str, at: &str) -> an
     let ns = zippyfs::tools::parse_time(at).with_context(|| {
         format!("--at {at}: a version id, a UTC time like 2026-11-26T07:53:26Z, or @SECONDS")
     })?;
-    let file = h.root.join(history_name).join("versions.json");
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&file)?)?;
-    list.iter()
-        .filter(|v| v["time_ns"].as_u64().is_some_and(|t| t as i64 <= ns))
-        .filter_map(|v| v["id"].as_u64())
+    h.versions
+        .iter()
+        .filter(|&(_, &t)| t as i64 <= ns)
+        .map(|(&id, _)| id)
         .max()
         .with_context(|| format!("no kept version at or before {at}"))
 }
@@ -621,7 +613,10 @@ fn history(path: &Path, history_name: &str) -> anyhow::Result<(zippyfs::tools::H
     let text = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
     let list: Vec<serde_json::Value> =
         serde_json::from_slice(&text).context("the versions list is not valid JSON")?;
-    let versions = list.iter().filter_map(|v| v["id"].as_u64()).collect();
+    let versions = list
+        .iter()
+        .filter_map(|v| Some((v["id"].as_u64()?, v["time_ns"].as_u64()?)))
+        .collect();
     // The path may be gone from the live tree (its history is still asked
     // for): resolve its parent then.
     let full = match path.canonicalize() {

@@ -46,7 +46,8 @@ fn meta(path: &Path) -> Option<Meta> {
 pub struct History {
     pub root: PathBuf,
     pub history: PathBuf,
-    pub versions: Vec<u64>,
+    /// Kept versions: id → time (unix nanoseconds).
+    pub versions: BTreeMap<u64, u64>,
 }
 
 impl History {
@@ -59,7 +60,7 @@ impl History {
     pub fn log(&self, rel: &Path) -> Vec<(u64, &'static str)> {
         let mut out = Vec::new();
         let mut prev: Option<Meta> = None;
-        for &v in &self.versions {
+        for &v in self.versions.keys() {
             let now = meta(&self.view(v).join(rel));
             let what = match (&prev, &now) {
                 (None, Some(_)) => Some("created"),

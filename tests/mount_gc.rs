@@ -11,24 +11,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-fn fsync_root(root: &Path) {
-    std::fs::File::open(root)
-        .and_then(|d| d.sync_all())
-        .expect("fsync root");
-}
-
-fn versions(root: &Path) -> Vec<u64> {
-    let v: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(root.join(".zippy/versions.json")).expect("versions.json"),
-    )
-    .expect("JSON");
-    v.as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|x| x["id"].as_u64())
-        .collect()
-}
-
 fn daemon(root: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(root.join(".zippy/daemon.json")).expect("daemon.json"))
         .expect("JSON")
@@ -84,9 +66,9 @@ fn gc_under_a_write_load_keeps_every_kept_version_and_all_current_data() {
         for f in 0..3u64 {
             std::fs::write(root.join(format!("r{f}")), content(round * 10 + f)).expect("write");
         }
-        fsync_root(&root);
+        common::fsync_root(&root);
     }
-    let before: BTreeMap<u64, BTreeMap<String, String>> = versions(&root)
+    let before: BTreeMap<u64, BTreeMap<String, String>> = common::version_ids(&root)
         .into_iter()
         .map(|v| (v, sums(&root.join(format!(".zippy/versions/{v}")))))
         .collect();
@@ -104,7 +86,7 @@ fn gc_under_a_write_load_keeps_every_kept_version_and_all_current_data() {
             while !stop.load(Ordering::Relaxed) {
                 std::fs::write(root.join(format!("w{i}")), content(i)).expect("load write");
                 if i.is_multiple_of(4) {
-                    fsync_root(&root);
+                    common::fsync_root(&root);
                 }
                 i += 1;
             }
@@ -125,9 +107,9 @@ fn gc_under_a_write_load_keeps_every_kept_version_and_all_current_data() {
     run(&["gc", root.to_str().expect("utf-8 path")]);
     stop.store(true, Ordering::Relaxed);
     let last = writer.join().expect("writer");
-    fsync_root(&root);
+    common::fsync_root(&root);
 
-    let after = versions(&root);
+    let after = common::version_ids(&root);
     assert!(after.len() <= 4, "kept after gc: {after:?}");
     for v in &after {
         if let Some(want) = before.get(v) {

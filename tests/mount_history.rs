@@ -11,13 +11,9 @@ use std::path::Path;
 
 /// The newest version the mount shows, after making everything durable.
 fn newest_version(root: &Path) -> u64 {
-    // An fsync of the root directory commits every change.
-    std::fs::File::open(root)
-        .and_then(|d| d.sync_all())
-        .expect("fsync root");
-    std::fs::read_dir(root.join(".zippy/versions"))
-        .expect("list versions")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+    common::fsync_root(root);
+    common::version_ids(root)
+        .into_iter()
         .max()
         .expect("at least one version")
 }
@@ -172,21 +168,6 @@ fn every_old_version_reads_back_byte_for_byte_through_zippy() {
     }
 }
 
-fn run_json(args: &[&str], cwd: &Path) -> serde_json::Value {
-    let out = std::process::Command::new(common::bin())
-        .args(args)
-        .arg("--json")
-        .current_dir(cwd)
-        .output()
-        .expect("run zippyfs");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("valid JSON")
-}
-
 #[test]
 fn log_and_diff_follow_the_operations_applied() {
     if !common::fuse_available() {
@@ -207,7 +188,7 @@ fn log_and_diff_follow_the_operations_applied() {
     write(&root.join("new"), b"new");
     let v3 = newest_version(root);
 
-    let log = run_json(&["log", "d/f"], root);
+    let log = common::run_json(&["log", "d/f"], root);
     let changes: Vec<(u64, String)> = log
         .as_array()
         .expect("array")
@@ -226,12 +207,12 @@ fn log_and_diff_follow_the_operations_applied() {
     assert_eq!(changes.last(), Some(&(v3, "deleted".to_string())));
     assert!(changes.iter().any(|c| c.1 == "created" && c.0 <= v1));
 
-    let d = run_json(&["diff", &v1.to_string(), &v3.to_string()], root);
+    let d = common::run_json(&["diff", &v1.to_string(), &v3.to_string()], root);
     let list = |k: &str| -> Vec<serde_json::Value> { d[k].as_array().expect(k).clone() };
     assert_eq!(list("added"), vec![serde_json::json!("new")]);
     assert_eq!(list("removed"), vec![serde_json::json!("g")]);
     assert_eq!(list("renamed"), vec![serde_json::json!(["d/f", "d/h"])]);
-    let d12 = run_json(&["diff", &v1.to_string(), &v2.to_string(), "d"], root);
+    let d12 = common::run_json(&["diff", &v1.to_string(), &v2.to_string(), "d"], root);
     assert_eq!(d12["modified"], serde_json::json!(["d/f"]));
     assert_eq!(d12["added"], serde_json::json!([]));
     assert!(m.unmount().success());

@@ -6,8 +6,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::Command;
 
 use zippyfs::store::SplitMix64;
 
@@ -22,21 +20,6 @@ struct File {
 }
 
 type State = BTreeMap<String, File>;
-
-fn json(args: &[String], cwd: &Path) -> serde_json::Value {
-    let out = Command::new(common::bin())
-        .args(args)
-        .arg("--json")
-        .current_dir(cwd)
-        .output()
-        .expect("run zippyfs");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
-}
 
 fn strings(v: &serde_json::Value) -> BTreeSet<String> {
     v.as_array()
@@ -99,10 +82,8 @@ fn diff_and_log_agree_with_the_operations_applied() {
                 }
             }
         }
-        std::fs::File::open(&root)
-            .and_then(|d| d.sync_all())
-            .expect("fsync");
-        let versions: Vec<u64> = strings_ids(&root);
+        common::fsync_root(&root);
+        let versions: Vec<u64> = common::version_ids(&root);
         steps.push((*versions.last().expect("a version"), state.clone(), touched));
     }
 
@@ -149,7 +130,7 @@ fn diff_and_log_agree_with_the_operations_applied() {
             .filter(|p| !old.contains_key(*p) && !renamed_to.contains(*p))
             .cloned()
             .collect();
-        let d = json(&["diff".into(), v1.to_string(), v2.to_string()], &root);
+        let d = common::run_json(&["diff".into(), v1.to_string(), v2.to_string()], &root);
         let ctx = format!("diff {v1} {v2}: {d}");
         assert_eq!(strings(&d["added"]), want_added, "{ctx}");
         assert_eq!(strings(&d["removed"]), want_removed, "{ctx}");
@@ -189,7 +170,7 @@ fn diff_and_log_agree_with_the_operations_applied() {
             }
             prev = now;
         }
-        let log = json(&["log".into(), name.into()], &root);
+        let log = common::run_json(&["log", name], &root);
         let got: Vec<(u64, String)> = log
             .as_array()
             .expect("array")
@@ -207,16 +188,4 @@ fn diff_and_log_agree_with_the_operations_applied() {
         assert_eq!(got, want, "log {name}");
     }
     assert!(m.unmount().success());
-}
-
-fn strings_ids(root: &Path) -> Vec<u64> {
-    let v: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(root.join(".zippy/versions.json")).expect("versions.json"),
-    )
-    .expect("JSON");
-    v.as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|x| x["id"].as_u64())
-        .collect()
 }

@@ -76,6 +76,17 @@ fn named_page(e: &StoreError) -> Option<u64> {
     }
 }
 
+/// The page an error names, which must be the flipped one (or the first
+/// page of the run holding it).
+fn page_named(e: &StoreError, flipped: u64, trial: u32) -> u64 {
+    let named = named_page(e).unwrap_or_else(|| panic!("trial {trial}: unclear error {e}"));
+    assert!(
+        names(named, flipped),
+        "trial {trial}: flipped page {flipped}, error names {named}: {e}"
+    );
+    named
+}
+
 /// Overflow runs are checked whole and named by their first page.
 fn names(named: u64, flipped: u64) -> bool {
     named <= flipped && flipped - named < 3
@@ -102,12 +113,7 @@ fn flipped_bytes_give_an_error_naming_the_page_or_no_change_at_all() {
         let store = match Store::open(dir.path(), opts()) {
             Ok(s) => s,
             Err(e) => {
-                let named =
-                    named_page(&e).unwrap_or_else(|| panic!("trial {trial}: unclear error {e}"));
-                assert!(
-                    names(named, page),
-                    "trial {trial}: flipped page {page}, error names {named}: {e}"
-                );
+                let named = page_named(&e, page, trial);
                 assert!(e.to_string().contains(&format!("page {named}")), "{e}");
                 on_open += 1;
                 continue;
@@ -127,12 +133,7 @@ fn flipped_bytes_give_an_error_naming_the_page_or_no_change_at_all() {
                 harmless += 1;
             }
             Err(e) => {
-                let named =
-                    named_page(&e).unwrap_or_else(|| panic!("trial {trial}: unclear error {e}"));
-                assert!(
-                    names(named, page),
-                    "trial {trial}: flipped page {page}, error names {named}: {e}"
-                );
+                let named = page_named(&e, page, trial);
                 assert!(
                     report.problems.iter().any(|p| p.page == Some(named)),
                     "trial {trial}: read error at page {named} but fsck says {report}"

@@ -20,7 +20,7 @@ use std::ops::Bound;
 
 use crate::fs::error::{FsError, FsResult, err};
 use crate::fs::inode::*;
-use crate::fs::{DirEntry, Fs};
+use crate::fs::{DirEntry, Fs, read_blocks, slice_of};
 use crate::store::{Snapshot, StoreError};
 
 pub const HISTORY_DIR: u64 = u64::MAX - 1;
@@ -218,11 +218,8 @@ impl Fs {
         .into_bytes()
     }
 
-    pub(crate) fn generated_text(&self, ino: u64) -> Option<Vec<u8>> {
-        self.generated(ino)
-    }
-
-    fn generated(&self, ino: u64) -> Option<Vec<u8>> {
+    /// A generated file's text as of now.
+    pub(crate) fn generated(&self, ino: u64) -> Option<Vec<u8>> {
         match ino {
             VERSIONS_FILE => Some(self.versions_json()),
             DAEMON_FILE => Some(self.daemon_json()),
@@ -360,9 +357,7 @@ impl Fs {
 
     pub(crate) fn history_read(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         if let Some(all) = self.generated(ino) {
-            let start = (offset as usize).min(all.len());
-            let end = (start + size as usize).min(all.len());
-            return Ok(all[start..end].to_vec());
+            return Ok(slice_of(&all, offset, size).to_vec());
         }
         let (v, real) = split(ino).ok_or(FsError::Errno(libc::EISDIR))?;
         let snap = self.version_snapshot(v)?;
@@ -370,26 +365,9 @@ impl Fs {
         if i.kind == Kind::Dir {
             return err(libc::EISDIR);
         }
-        if offset >= i.size {
-            return Ok(Vec::new());
-        }
-        let end = i.size.min(offset + size as u64);
-        let mut out = vec![0u8; (end - offset) as usize];
-        let bs = self.block_size;
-        let mut pos = offset;
-        while pos < end {
-            let idx = pos / bs;
-            let within = (pos % bs) as usize;
-            let n = ((bs - pos % bs).min(end - pos)) as usize;
-            let data = block_at(&snap, real, idx)?;
-            let at = (pos - offset) as usize;
-            if within < data.len() {
-                let m = n.min(data.len() - within);
-                out[at..at + m].copy_from_slice(&data[within..within + m]);
-            }
-            pos += n as u64;
-        }
-        Ok(out)
+        read_blocks(i.size, self.block_size, offset, size, |idx| {
+            block_at(&snap, real, idx)
+        })
     }
 
     pub(crate) fn history_readlink(&self, ino: u64) -> FsResult<Vec<u8>> {

@@ -136,7 +136,7 @@ pub struct StatFs {
 type DirDelta = BTreeMap<Vec<u8>, Option<(u64, Kind)>>;
 
 /// One shard's changes since the last commit.
-#[derive(Default, Debug)]
+#[derive(Clone, Default, Debug)]
 struct Delta {
     /// `None`: the inode is gone, with every key it had.
     inodes: HashMap<u64, Option<Inode>>,
@@ -241,12 +241,8 @@ impl Fs {
     /// The retention policy in `<dir>/retention.conf`, if there is one,
     /// replaces `opts.store.retention`.
     pub fn mount(dir: &Path, mut opts: FsOptions) -> FsResult<Fs> {
-        let conf = dir.join(crate::store::retention::RETENTION_FILE);
-        if let Ok(text) = std::fs::read_to_string(&conf) {
-            opts.store.retention = crate::store::Retention::parse(&text).map_err(|e| {
-                tracing::error!("{}: {e}", conf.display());
-                FsError::Errno(libc::EINVAL)
-            })?;
+        if let Some(policy) = load_retention(dir)? {
+            opts.store.retention = policy;
         }
         let store = Store::open(dir, opts.store.clone())?;
         let mut fs = Fs::with_store(store, opts)?;
@@ -785,7 +781,7 @@ impl Fs {
             }
             self.history_getattr(ino)?;
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-            if let Some(text) = self.generated_text(ino) {
+            if let Some(text) = self.generated(ino) {
                 self.generated.lock().insert(fh, Arc::new(text));
             }
             return Ok(fh);
@@ -846,20 +842,19 @@ impl Fs {
     /// Reads through an open handle (a generated file reads the text taken
     /// when the handle was opened).
     pub fn read_handle(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let text = self.generated.lock().get(&fh).cloned();
-        match text {
-            Some(t) => {
-                let start = (offset as usize).min(t.len());
-                let end = start.saturating_add(size as usize).min(t.len());
-                Ok(t[start..end].to_vec())
-            }
-            None => self.read(ino, offset, size),
+        if self.is_generated(ino)
+            && let Some(text) = self.generated.lock().get(&fh).cloned()
+        {
+            return Ok(slice_of(&text, offset, size).to_vec());
         }
+        self.read(ino, offset, size)
     }
 
     /// Closes an open handle.
     pub fn release_handle(&self, ino: u64, fh: u64) -> FsResult<()> {
-        self.generated.lock().remove(&fh);
+        if self.is_generated(ino) {
+            self.generated.lock().remove(&fh);
+        }
         self.release(ino)
     }
 
@@ -876,24 +871,9 @@ impl Fs {
         if offset >= i.size {
             return Ok(Vec::new());
         }
-        let end = i.size.min(offset + size as u64);
-        let mut out = vec![0u8; (end - offset) as usize];
-        let bs = self.block_size;
-        let mut pos = offset;
-        while pos < end {
-            let idx = pos / bs;
-            let within = (pos % bs) as usize;
-            let n = ((bs - pos % bs).min(end - pos)) as usize;
-            let b = self.block_in(&sh, &snap, ino, idx)?;
-            let data = b.bytes();
-            let at = (pos - offset) as usize;
-            if within < data.len() {
-                let m = n.min(data.len() - within);
-                out[at..at + m].copy_from_slice(&data[within..within + m]);
-            }
-            pos += n as u64;
-        }
-        Ok(out)
+        read_blocks(i.size, self.block_size, offset, size, |idx| {
+            Ok(self.block_in(&sh, &snap, ino, idx)?.bytes())
+        })
     }
 
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
@@ -1647,15 +1627,8 @@ impl Fs {
     /// (a version even with no changes), so the policy takes effect now.
     pub fn gc(&self) -> FsResult<()> {
         if let Some(dir) = &self.statfs_path {
-            let conf = dir.join(crate::store::retention::RETENTION_FILE);
-            let policy = match std::fs::read_to_string(&conf) {
-                Ok(text) => crate::store::Retention::parse(&text).map_err(|e| {
-                    tracing::error!("{}: {e}", conf.display());
-                    FsError::Errno(libc::EINVAL)
-                })?,
-                Err(_) => crate::store::Retention::default(),
-            };
-            self.store.set_retention(policy);
+            self.store
+                .set_retention(load_retention(dir)?.unwrap_or_default());
         }
         self.flush.exclusive(|| {
             let before = self.store.latest_version();
@@ -1735,7 +1708,7 @@ impl Fs {
             g.committing = None;
             if result.is_err() {
                 // Put the changes back under the newer ones.
-                let mut old = Arc::try_unwrap(d).unwrap_or_else(|a| clone_delta(&a));
+                let mut old = Arc::try_unwrap(d).unwrap_or_else(|a| (*a).clone());
                 old.absorb(std::mem::take(&mut g.delta));
                 g.delta = old;
             }
@@ -1948,19 +1921,6 @@ fn write_block_job(store: &Store, job: &BlockJob) -> StoreResult<Vec<Written>> {
         .collect()
 }
 
-fn clone_delta(d: &Delta) -> Delta {
-    Delta {
-        inodes: d.inodes.clone(),
-        dirents: d.dirents.clone(),
-        blocks: d.blocks.clone(),
-        truncs: d.truncs.clone(),
-        xattrs: d.xattrs.clone(),
-        symlinks: d.symlinks.clone(),
-        orphans: d.orphans.clone(),
-        bytes: d.bytes,
-    }
-}
-
 fn delete_prefix(t: &mut crate::store::WriteTxn<'_>, prefix: &[u8]) -> FsResult<()> {
     delete_range(t, prefix, &prefix_end(prefix))
 }
@@ -1989,6 +1949,51 @@ fn layered<T>(sh: &Shard, get: impl Fn(&Delta) -> Option<Result<T, ()>>) -> FsRe
         }
     }
     Ok(Found::Unknown)
+}
+
+/// Reads `[offset, offset + size)` of a file of `file_size` bytes whose
+/// block `idx` holds `block(idx)` (shorter than a block, or empty: zeros).
+fn read_blocks<'a>(
+    file_size: u64,
+    bs: u64,
+    offset: u64,
+    size: u32,
+    mut block: impl FnMut(u64) -> FsResult<&'a [u8]>,
+) -> FsResult<Vec<u8>> {
+    if offset >= file_size {
+        return Ok(Vec::new());
+    }
+    let end = file_size.min(offset + size as u64);
+    let mut out = vec![0u8; (end - offset) as usize];
+    let mut pos = offset;
+    while pos < end {
+        let within = (pos % bs) as usize;
+        let n = ((bs - pos % bs).min(end - pos)) as usize;
+        let data = block(pos / bs)?;
+        let at = (pos - offset) as usize;
+        if within < data.len() {
+            let m = n.min(data.len() - within);
+            out[at..at + m].copy_from_slice(&data[within..within + m]);
+        }
+        pos += n as u64;
+    }
+    Ok(out)
+}
+
+/// `[offset, offset + size)` of a text, cut at its end.
+fn slice_of(text: &[u8], offset: u64, size: u32) -> &[u8] {
+    let start = (offset as usize).min(text.len());
+    let end = start.saturating_add(size as usize).min(text.len());
+    &text[start..end]
+}
+
+/// A store directory's retention file, if any; a malformed one is logged
+/// and refused (EINVAL).
+fn load_retention(dir: &Path) -> FsResult<Option<crate::store::Retention>> {
+    crate::store::Retention::load(dir).map_err(|e| {
+        tracing::error!("{e}");
+        FsError::Errno(libc::EINVAL)
+    })
 }
 
 /// Refuses changes to the history tree.

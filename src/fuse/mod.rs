@@ -156,6 +156,13 @@ fn empty(op: &'static str, r: Result<(), FsError>, reply: ReplyEmpty) {
     }
 }
 
+fn data(op: &'static str, r: Result<Vec<u8>, FsError>, reply: ReplyData) {
+    match r {
+        Ok(d) => reply.data(&d),
+        Err(e) => reply.error(errno(op, e)),
+    }
+}
+
 fn file_type(k: Kind) -> FileType {
     match k {
         Kind::File => FileType::RegularFile,
@@ -313,10 +320,7 @@ impl Filesystem for ZippyFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno("readlink", e)),
-        }
+        data("readlink", self.fs.readlink(ino.0), reply);
     }
 
     // The kernel sends `mode` with the caller's umask already applied
@@ -445,10 +449,11 @@ impl Filesystem for ZippyFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read_handle(ino.0, fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno("read", e)),
-        }
+        data(
+            "read",
+            self.fs.read_handle(ino.0, fh.0, offset, size),
+            reply,
+        );
     }
 
     fn write(

@@ -100,6 +100,19 @@ impl Retention {
         Ok(r)
     }
 
+    /// The policy in a store directory's retention file; `None` where the
+    /// directory has none. Errors name the file.
+    pub fn load(store_dir: &std::path::Path) -> Result<Option<Retention>, String> {
+        let conf = store_dir.join(RETENTION_FILE);
+        match std::fs::read_to_string(&conf) {
+            Ok(text) => Retention::parse(&text)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", conf.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", conf.display())),
+        }
+    }
+
     /// The text form `parse` reads.
     pub fn to_text(&self) -> String {
         format!(

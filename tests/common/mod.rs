@@ -122,3 +122,42 @@ impl Drop for Mounted {
 
 /// The two ways to run the daemon: one shard per core, and `-s`.
 pub const MODES: [&[&str]; 2] = [&[], &["-s"]];
+
+/// Commits every change of the mount at `root` (an fsync of its root).
+pub fn fsync_root(root: &Path) {
+    std::fs::File::open(root)
+        .and_then(|d| d.sync_all())
+        .expect("fsync root");
+}
+
+/// The kept versions' ids, from the mount's `.zippy/versions.json`.
+pub fn version_ids(root: &Path) -> Vec<u64> {
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join(".zippy/versions.json")).expect("versions.json"),
+    )
+    .expect("versions.json is JSON");
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|x| x["id"].as_u64())
+        .collect()
+}
+
+/// Runs `zippyfs <args> --json` in `cwd`; it must succeed.
+pub fn run_json<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    args: &[S],
+    cwd: &Path,
+) -> serde_json::Value {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--json")
+        .current_dir(cwd)
+        .output()
+        .expect("run zippyfs");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
