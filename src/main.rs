@@ -143,12 +143,22 @@ struct MountArgs {
     /// FUSE threads and shards [default: the number of CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
+    /// How requests come from the kernel: uring (FUSE over io_uring, Linux
+    /// 6.14+ with /sys/module/fuse/parameters/enable_uring = Y), classic
+    /// (/dev/fuse), or auto (uring where the kernel offers it).
+    #[arg(long, value_name = "auto|uring|classic", default_value = "auto")]
+    transport: zippyfs::fuse::Transport,
+    /// Entries per io_uring queue (one queue per CPU), each holding a
+    /// request and a 1 MiB buffer.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    queue_depth: Option<u32>,
     /// Dirty data held in memory before a commit starts, e.g. 256M or 1G.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     cache_size: Option<u64>,
     /// Options, comma-separated: block_size=SIZE (a new filesystem's block
     /// size), flush_interval=SECS (commit at least this often),
     /// write_path=pwritev|uring (how the store file is written),
+    /// transport=auto|uring|classic, queue_depth=N (as the flags above),
     /// history_name=NAME (the directory of old versions, .zippy by default); others go to
     /// the kernel mount (ro, noatime, allow_other, ...).
     #[arg(short = 'o', value_name = "OPTION,...", value_delimiter = ',')]
@@ -760,6 +770,10 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
     if let Some(limit) = args.cache_size {
         fs.dirty_limit = limit;
     }
+    let mut transport = args.transport;
+    let mut queue_depth = args
+        .queue_depth
+        .unwrap_or(zippyfs::fuse::DEFAULT_QUEUE_DEPTH);
     let mut kernel = Vec::new();
     for o in args
         .options
@@ -787,6 +801,18 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
                 anyhow::bail!("-o history_name={v}: a plain file name is needed");
             }
             fs.history_name = v.to_string();
+        } else if let Some(v) = o.strip_prefix("transport=") {
+            transport = v
+                .parse()
+                .map_err(|e| anyhow::anyhow!("-o transport: {e}"))?;
+        } else if let Some(v) = o.strip_prefix("queue_depth=") {
+            queue_depth = v
+                .parse()
+                .ok()
+                .filter(|d| (1..=4096).contains(d))
+                .with_context(|| {
+                    format!("-o queue_depth={v}: a number from 1 to 4096 is needed")
+                })?;
         } else if let Some(v) = o.strip_prefix("write_path=") {
             fs.store.write_path = match v {
                 "pwritev" => zippyfs::store::WritePath::Pwritev,
@@ -803,6 +829,8 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
         fs,
         mount: MountOpts {
             threads,
+            transport,
+            queue_depth,
             options: kernel,
         },
     })

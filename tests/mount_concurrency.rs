@@ -141,7 +141,7 @@ fn concurrent_writers_and_renamers_end_in_a_sequential_state() {
         println!("skipped: no /dev/fuse");
         return;
     }
-    for mode in common::MODES {
+    for mode in common::modes() {
         run(mode);
     }
 }

@@ -163,7 +163,7 @@ fn every_old_version_reads_back_byte_for_byte_through_zippy() {
         println!("skipped: no /dev/fuse");
         return;
     }
-    for mode in common::MODES {
+    for mode in common::modes() {
         history(mode);
     }
 }

@@ -210,11 +210,12 @@ fn clear(root: &Path) {
     }
 }
 
-fn run_model(mode: &[&str]) {
+fn run_model(mode: Option<&[&str]>) {
     if !common::fuse_available() {
         println!("skipped: no /dev/fuse");
         return;
     }
+    let Some(mode) = mode else { return };
     let store = tempfile::tempdir().expect("store dir");
     let m = common::Mounted::start(store.path(), mode);
     let ext4 = tempfile::tempdir_in(std::env::temp_dir()).expect("ext4 dir");
@@ -275,11 +276,21 @@ fn run_model(mode: &[&str]) {
 }
 
 #[test]
-fn random_operations_match_ext4_in_the_default_mode() {
-    run_model(common::MODES[0]);
+fn random_operations_match_ext4_classic_transport() {
+    run_model(common::mode(0));
 }
 
 #[test]
-fn random_operations_match_ext4_single_threaded() {
-    run_model(common::MODES[1]);
+fn random_operations_match_ext4_classic_transport_single_threaded() {
+    run_model(common::mode(1));
+}
+
+#[test]
+fn random_operations_match_ext4_uring_transport() {
+    run_model(common::mode(2));
+}
+
+#[test]
+fn random_operations_match_ext4_uring_transport_single_threaded() {
+    run_model(common::mode(3));
 }

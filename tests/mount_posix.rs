@@ -286,7 +286,7 @@ fn posix_operations_and_their_errors() {
         println!("skipped: no /dev/fuse");
         return;
     }
-    for mode in common::MODES {
+    for mode in common::modes() {
         let store = tempfile::tempdir().expect("store");
         let m = common::Mounted::start(store.path(), mode);
         special_files(m.path());

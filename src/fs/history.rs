@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::Ordering;
 
 use crate::fs::error::{FsError, FsResult, err};
 use crate::fs::inode::*;
@@ -202,7 +203,7 @@ impl Fs {
         let st = self.store.stats();
         let fsck = self.fsck_report();
         format!(
-            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"versions\": {}, \"gc_runs\": {}, \"fsck_runs\": {}, \"fsck_problems\": {}, \"fsck_report\": \"{}\", \"fsck_checked\": {}, \"fsck_total\": {}}}\n",
+            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"versions\": {}, \"gc_runs\": {}, \"fsck_runs\": {}, \"fsck_problems\": {}, \"fsck_report\": \"{}\", \"fsck_checked\": {}, \"fsck_total\": {}, \"transport\": \"{}\", \"requests_ring\": {}, \"requests_dev\": {}}}\n",
             std::process::id(),
             st.file_bytes,
             st.free_pages,
@@ -213,7 +214,10 @@ impl Fs {
             fsck.1,
             json_escape(&fsck.2),
             self.fsck_progress().0,
-            self.fsck_progress().1
+            self.fsck_progress().1,
+            self.served().transport.lock(),
+            self.served().ring.load(Ordering::Relaxed),
+            self.served().dev.load(Ordering::Relaxed),
         )
         .into_bytes()
     }

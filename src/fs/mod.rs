@@ -234,6 +234,20 @@ pub struct Fs {
     /// (pages checked, pages in the store) of the `fsck` under way.
     fsck_progress: (AtomicU64, AtomicU64),
     statfs_path: Option<std::path::PathBuf>,
+    served: Served,
+}
+
+/// Requests the kernel side served, by transport, shown in `daemon.json`
+/// (a test compares them with the operations it made, to prove which way
+/// requests came).
+#[derive(Debug, Default)]
+pub struct Served {
+    /// `"uring"` or `"classic"`, once the mount is live.
+    pub transport: Mutex<&'static str>,
+    /// Requests that came through io_uring queues.
+    pub ring: AtomicU64,
+    /// Requests read from `/dev/fuse`.
+    pub dev: AtomicU64,
 }
 
 impl Fs {
@@ -281,6 +295,7 @@ impl Fs {
             fsck: Mutex::new((0, 0, String::new())),
             fsck_progress: (AtomicU64::new(0), AtomicU64::new(0)),
             statfs_path: None,
+            served: Served::default(),
         };
         fs.load_meta()?;
         Ok(fs)
@@ -1672,6 +1687,11 @@ impl Fs {
     /// (runs, problems found, report) of the last live `fsck`.
     pub fn fsck_report(&self) -> (u64, usize, String) {
         self.fsck.lock().clone()
+    }
+
+    /// The kernel side's request counters.
+    pub fn served(&self) -> &Served {
+        &self.served
     }
 
     pub fn gc_runs(&self) -> u64 {

@@ -120,8 +120,44 @@ impl Drop for Mounted {
     }
 }
 
-/// The two ways to run the daemon: one shard per core, and `-s`.
-pub const MODES: [&[&str]; 2] = [&[], &["-s"]];
+/// The ways to run the daemon: each transport, with one shard per core
+/// and with `-s`.
+const ALL_MODES: [&[&str]; 4] = [
+    &["--transport", "classic"],
+    &["--transport", "classic", "-s"],
+    &["--transport", "uring"],
+    &["--transport", "uring", "-s"],
+];
+
+/// Whether the kernel takes FUSE over io_uring now (`.ci/run` turns it on).
+pub fn uring_available() -> bool {
+    std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|v| v.trim() == "Y")
+}
+
+/// Every mode this kernel can run; the io_uring ones are skipped, saying
+/// so, where the kernel has the feature off or lacks it.
+pub fn modes() -> Vec<&'static [&'static str]> {
+    if uring_available() {
+        ALL_MODES.to_vec()
+    } else {
+        eprintln!(
+            "SKIPPED: --transport uring modes (/sys/module/fuse/parameters/enable_uring is not Y)"
+        );
+        ALL_MODES[..2].to_vec()
+    }
+}
+
+/// Mode `i` of [`ALL_MODES`], or `None` (saying so) if this kernel cannot
+/// run it.
+pub fn mode(i: usize) -> Option<&'static [&'static str]> {
+    let m = ALL_MODES[i];
+    if m.contains(&"uring") && !uring_available() {
+        eprintln!("SKIPPED: {m:?} (/sys/module/fuse/parameters/enable_uring is not Y)");
+        return None;
+    }
+    Some(m)
+}
 
 /// Commits every change of the mount at `root` (an fsync of its root).
 pub fn fsync_root(root: &Path) {
