@@ -79,6 +79,33 @@ impl Mounted {
         self.take_down(false).expect("daemon exit status")
     }
 
+    /// Unmounts (`umount`, or the signal `sig` to the daemon) and returns
+    /// the daemon's exit status and how long it took to exit.
+    pub fn stop_timed(mut self, sig: Option<i32>) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let st = match sig {
+            None => self.take_down(false),
+            Some(sig) => {
+                let mut child = self.child.take().expect("daemon");
+                // SAFETY: kill(2) with our own child's pid.
+                unsafe { libc::kill(child.id() as i32, sig) };
+                let st = loop {
+                    if let Ok(Some(st)) = child.try_wait() {
+                        break Some(st);
+                    }
+                    if started.elapsed() > Duration::from_secs(20) {
+                        let _ = child.kill();
+                        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+                        break child.wait().ok();
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                };
+                st
+            }
+        };
+        (st.expect("daemon exit status"), started.elapsed())
+    }
+
     /// Kills the daemon with SIGKILL and clears the dead mount.
     pub fn kill9(mut self) {
         if let Some(c) = self.child.as_mut() {
