@@ -125,7 +125,7 @@ fn unmount_under_load_exits_cleanly_and_leaves_a_clean_store() {
                         let _ = fs::write(&p, vec![n as u8; 70_000]);
                         let _ = fs::read(&p);
                         let _ = fs::metadata(&p);
-                        if n % 3 == 0 {
+                        if n.is_multiple_of(3) {
                             let _ = fs::remove_file(&p);
                         }
                         n += 1;

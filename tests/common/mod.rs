@@ -89,7 +89,7 @@ impl Mounted {
                 let mut child = self.child.take().expect("daemon");
                 // SAFETY: kill(2) with our own child's pid.
                 unsafe { libc::kill(child.id() as i32, sig) };
-                let st = loop {
+                loop {
                     if let Ok(Some(st)) = child.try_wait() {
                         break Some(st);
                     }
@@ -99,8 +99,7 @@ impl Mounted {
                         break child.wait().ok();
                     }
                     std::thread::sleep(Duration::from_millis(5));
-                };
-                st
+                }
             }
         };
         (st.expect("daemon exit status"), started.elapsed())
