@@ -280,6 +280,84 @@ fn permissions(root: &Path) {
     assert!(st.f_blocks > 0);
 }
 
+/// Runs `sh -c script` as the user nobody, without capabilities; false if
+/// `setpriv` is missing.
+fn as_nobody(script: &str) -> bool {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(script)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Set-user-ID and set-group-ID bits after writes, truncates and chowns by
+/// nobody and by root, in `dir`: (file, mode) pairs.
+fn set_id_bits_after_writes(dir: &Path) -> Option<Vec<(&'static str, u32)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let files = [
+        ("write-suid-sgid-gx", 0o6775),
+        ("write-sgid-no-gx", 0o2664),
+        ("trunc-suid", 0o4777),
+        ("root-write-suid", 0o4777),
+        ("root-chown-suid", 0o4777),
+    ];
+    for (name, mode) in files {
+        let p = dir.join(name);
+        std::fs::write(&p, b"data").expect("create");
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).expect("chown");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let d = dir.display();
+    if !as_nobody(&format!(
+        "printf x >> {d}/write-suid-sgid-gx && printf x >> {d}/write-sgid-no-gx && truncate -s 1 {d}/trunc-suid"
+    )) {
+        return None;
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("root-write-suid"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+        .expect("root write");
+    std::os::unix::fs::chown(dir.join("root-chown-suid"), Some(0), None).expect("chown");
+    Some(
+        files
+            .iter()
+            .map(|(name, _)| {
+                let m = std::fs::metadata(dir.join(name))
+                    .expect("stat")
+                    .permissions()
+                    .mode();
+                (*name, m & 0o7777)
+            })
+            .collect(),
+    )
+}
+
+/// The kernel leaves dropping the set-ID bits to us (we take
+/// FUSE_HANDLE_KILLPRIV_V2 so it stops asking for `security.capability`
+/// before every write); the outcome must be ext4's.
+fn set_id_bits(root: &Path) {
+    let here = root.join("setid");
+    std::fs::create_dir(&here).expect("mkdir");
+    std::fs::set_permissions(&here, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let ext4 = tempfile::tempdir().expect("ext4 dir");
+    std::fs::set_permissions(ext4.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let (Some(ours), Some(theirs)) = (
+        set_id_bits_after_writes(&here),
+        set_id_bits_after_writes(ext4.path()),
+    ) else {
+        println!("setpriv missing: set-ID checks skipped");
+        return;
+    };
+    assert_eq!(ours, theirs, "set-ID bits after writes: zippyfs vs ext4");
+}
+
 #[test]
 fn posix_operations_and_their_errors() {
     if !common::fuse_available() {
@@ -294,6 +372,7 @@ fn posix_operations_and_their_errors() {
         space(m.path());
         renames_and_links(m.path());
         permissions(m.path());
+        set_id_bits(m.path());
         assert!(m.unmount().success());
         // And all of it after a remount.
         let m = common::Mounted::start(store.path(), mode);

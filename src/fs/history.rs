@@ -203,7 +203,7 @@ impl Fs {
         let st = self.store.stats();
         let fsck = self.fsck_report();
         format!(
-            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"versions\": {}, \"gc_runs\": {}, \"fsck_runs\": {}, \"fsck_problems\": {}, \"fsck_report\": \"{}\", \"fsck_checked\": {}, \"fsck_total\": {}, \"transport\": \"{}\", \"requests_ring\": {}, \"requests_dev\": {}}}\n",
+            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"versions\": {}, \"gc_runs\": {}, \"fsck_runs\": {}, \"fsck_problems\": {}, \"fsck_report\": \"{}\", \"fsck_checked\": {}, \"fsck_total\": {}, \"transport\": \"{}\", \"requests_ring\": {}, \"requests_dev\": {}, \"requests_by_opcode\": {}}}\n",
             std::process::id(),
             st.file_bytes,
             st.free_pages,
@@ -218,6 +218,7 @@ impl Fs {
             self.served().transport.lock(),
             self.served().ring.load(Ordering::Relaxed),
             self.served().dev.load(Ordering::Relaxed),
+            self.served().by_op_json(),
         )
         .into_bytes()
     }

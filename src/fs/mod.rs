@@ -240,7 +240,7 @@ pub struct Fs {
 /// Requests the kernel side served, by transport, shown in `daemon.json`
 /// (a test compares them with the operations it made, to prove which way
 /// requests came).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Served {
     /// `"uring"` or `"classic"`, once the mount is live.
     pub transport: Mutex<&'static str>,
@@ -248,6 +248,40 @@ pub struct Served {
     pub ring: AtomicU64,
     /// Requests read from `/dev/fuse`.
     pub dev: AtomicU64,
+    /// Requests by opcode (both transports; opcodes past the end are not
+    /// counted), to see what a workload costs in round trips.
+    pub by_op: [AtomicU64; 64],
+}
+
+impl Default for Served {
+    fn default() -> Served {
+        Served {
+            transport: Mutex::new(""),
+            ring: AtomicU64::new(0),
+            dev: AtomicU64::new(0),
+            by_op: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Served {
+    pub fn count_op(&self, opcode: u32) {
+        if let Some(c) = self.by_op.get(opcode as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `{"opcode": count, ...}` of the opcodes seen, as JSON.
+    pub fn by_op_json(&self) -> String {
+        let mut parts = Vec::new();
+        for (op, c) in self.by_op.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            if n > 0 {
+                parts.push(format!("\"{op}\": {n}"));
+            }
+        }
+        format!("{{{}}}", parts.join(", "))
+    }
 }
 
 impl Fs {
@@ -1525,6 +1559,36 @@ impl Fs {
         drop(snap);
         i.ctime = Time::now();
         sh.delta.xattrs.insert((ino, name.to_vec()), None);
+        sh.delta.inodes.insert(ino, Some(i));
+        Ok(())
+    }
+
+    /// Drops what a write, truncate or chown by an unprivileged caller must
+    /// drop, which the kernel leaves to us (we ask for
+    /// FUSE_HANDLE_KILLPRIV_V2, so it need not ask for `security.capability`
+    /// before every write): set-user-ID always, set-group-ID when the file
+    /// is group-executable (otherwise the bit marks mandatory locking, as
+    /// the kernel's own rule has it), and the file capability.
+    pub fn kill_privs(&self, ino: u64) -> FsResult<()> {
+        const CAPS: &[u8] = b"security.capability";
+        read_only(ino)?;
+        let mut sh = self.shard(ino);
+        let snap = self.snap()?;
+        let mut i = self.inode_in(&sh, &snap, ino)?;
+        let mut perm = u32::from(i.perm) & !libc::S_ISUID;
+        if perm & libc::S_IXGRP != 0 {
+            perm &= !libc::S_ISGID;
+        }
+        let caps = self.xattr_in(&sh, &snap, ino, CAPS)?.is_some();
+        if perm == u32::from(i.perm) && !caps {
+            return Ok(());
+        }
+        drop(snap);
+        i.perm = perm as u16;
+        i.ctime = Time::now();
+        if caps {
+            sh.delta.xattrs.insert((ino, CAPS.to_vec()), None);
+        }
         sh.delta.inodes.insert(ino, Some(i));
         Ok(())
     }

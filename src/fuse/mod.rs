@@ -148,6 +148,11 @@ impl Filesystem for Negotiate {
                 "parallel directory operations",
                 InitFlags::FUSE_PARALLEL_DIROPS,
             ),
+            // We drop set-user-ID, set-group-ID and file capabilities on
+            // write, truncate and chown ourselves (`Fs::kill_privs`), so the
+            // kernel stops asking for `security.capability` before every
+            // write (it marks the superblock SB_NOSEC).
+            ("killpriv v2", InitFlags::FUSE_HANDLE_KILLPRIV_V2),
         ] {
             if config.add_capabilities(flag).is_err() {
                 tracing::debug!("the kernel does not offer {what}; carrying on without it");

@@ -18,6 +18,11 @@ use crate::fs::{Ctx, Fs, FsError, RenameMode, SetAttr, Time};
 pub const TTL: Duration = Duration::from_secs(1);
 
 const FOPEN_DIRECT_IO: u32 = 1 << 0;
+/// In `fuse_open_in.open_flags`: an O_TRUNC open by a caller without
+/// CAP_FSETID must drop set-user-ID and set-group-ID.
+const FUSE_OPEN_KILL_SUIDGID: u32 = 1 << 0;
+/// In `fuse_write_in.write_flags`: the same, for a write.
+const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
 const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 
 /// A positive errno for the reply header.
@@ -83,10 +88,17 @@ impl Ops {
 
     /// Runs the handler of `req`'s opcode, writing the reply body to `out`.
     pub fn dispatch(&self, req: &Request, out: &mut Out) -> Outcome {
+        self.fs.served().count_op(req.opcode);
         let Some(h) = handler(req.opcode) else {
             tracing::debug!(opcode = req.opcode, "unsupported opcode: ENOSYS");
             return Outcome::Reply(Some(Errno(libc::ENOSYS)));
         };
+        tracing::trace!(
+            op = h.name,
+            node = req.nodeid,
+            unique = req.unique,
+            "request"
+        );
         let r = (h.run)(self, req, out);
         if !h.reply {
             return Outcome::None;
@@ -173,8 +185,10 @@ static TABLE: [Option<Handler>; TABLE_LEN] = {
     t[op::GETXATTR as usize] = h("getxattr", 8, getxattr);
     t[op::LISTXATTR as usize] = h("listxattr", 8, listxattr);
     t[op::REMOVEXATTR as usize] = h("removexattr", 0, removexattr);
-    // Called on every close: commits follow release, fsync and the timer.
-    t[op::FLUSH as usize] = h("flush", 24, ok);
+    // Sent on every close. Nothing to do (commits follow release, fsync
+    // and the timer), and ENOSYS tells the kernel not to send it again: it
+    // still writes cached data back before close returns.
+    t[op::FLUSH as usize] = h("flush", 24, |_, _, _| Err(Errno(libc::ENOSYS)));
     t[op::OPENDIR as usize] = h("opendir", 8, opendir);
     t[op::READDIR as usize] = h("readdir", 40, readdir);
     t[op::READDIRPLUS as usize] = h("readdirplus", 40, readdirplus);
@@ -215,8 +229,14 @@ fn name<'a>(req: &Request<'a>) -> Result<&'a [u8], Errno> {
 }
 
 fn lookup(o: &Ops, req: &Request, out: &mut Out) -> Res {
-    let i = o.fs.lookup(req.nodeid, name(req)?)?;
-    Ok(out.entry(&i, o.ttl)?)
+    match o.fs.lookup(req.nodeid, name(req)?) {
+        Ok(i) => Ok(out.entry(&i, o.ttl)?),
+        // A negative entry (node 0) the kernel may cache for the TTL, as it
+        // caches positive ones: a name looked up again (a create right
+        // after its failed lookup, a search path) costs no request.
+        Err(e) if e.errno() == libc::ENOENT => Ok(out.negative_entry(o.ttl)?),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn getattr(o: &Ops, req: &Request, out: &mut Out) -> Res {
@@ -237,9 +257,12 @@ fn setattr(o: &Ops, req: &Request, out: &mut Out) -> Res {
     const ATIME_NOW: u32 = 1 << 7;
     const MTIME_NOW: u32 = 1 << 8;
     const CTIME: u32 = 1 << 10;
-    let parse = || {
+    const KILL_SUIDGID: u32 = 1 << 11;
+    let mut kill = false;
+    let mut parse = || {
         let mut a = Args::new(req.op);
         let valid = a.u32()?;
+        kill = valid & KILL_SUIDGID != 0;
         a.skip(4 + 8)?; // padding, fh
         let size = a.u64()?;
         a.skip(8)?; // lock_owner
@@ -268,6 +291,11 @@ fn setattr(o: &Ops, req: &Request, out: &mut Out) -> Res {
         })
     };
     let set = parse().ok_or(EINVAL)?;
+    // A truncate or chown by a caller without CAP_FSETID (the kernel
+    // decides, and leaves the dropping to us).
+    if kill {
+        o.fs.kill_privs(req.nodeid)?;
+    }
     let i = o.fs.setattr(req.nodeid, set)?;
     Ok(out.attr_out(&i, o.ttl)?)
 }
@@ -351,9 +379,14 @@ fn link(o: &Ops, req: &Request, out: &mut Out) -> Res {
 
 /// `fuse_open_in`: flags, open_flags (u32).
 fn open(o: &Ops, req: &Request, out: &mut Out) -> Res {
-    let flags = Args::new(req.op).u32().ok_or(EINVAL)? as i32;
+    let mut a = Args::new(req.op);
+    let (flags, open_flags) = a.u32().zip(a.u32()).ok_or(EINVAL)?;
+    let flags = flags as i32;
     let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
     let fh = o.fs.open(req.nodeid, write)?;
+    if flags & libc::O_TRUNC != 0 && open_flags & FUSE_OPEN_KILL_SUIDGID != 0 {
+        o.fs.kill_privs(req.nodeid)?;
+    }
     // Generated files are read from us every time; the rest keeps the
     // page cache across opens.
     let open_flags = if o.fs.is_generated(req.nodeid) {
@@ -381,7 +414,11 @@ fn read(o: &Ops, req: &Request, out: &mut Out) -> Res {
 /// lock_owner u64, flags, padding (u32); payload: the data.
 fn write(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let mut a = Args::new(req.op);
-    let (_fh, offset, size) = (|| Some((a.u64()?, a.u64()?, a.u32()?)))().ok_or(EINVAL)?;
+    let (_fh, offset, size, write_flags) =
+        (|| Some((a.u64()?, a.u64()?, a.u32()?, a.u32()?)))().ok_or(EINVAL)?;
+    if write_flags & FUSE_WRITE_KILL_SUIDGID != 0 {
+        o.fs.kill_privs(req.nodeid)?;
+    }
     let data = req
         .payload
         .get(..usize::try_from(size).map_err(|_| EINVAL)?)

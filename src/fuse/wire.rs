@@ -282,6 +282,18 @@ impl<'a> Out<'a> {
         self.attr(i, ttl.blksize)
     }
 
+    /// A `fuse_entry_out` for a name that does not exist: node 0, valid for
+    /// the TTL, no attributes.
+    pub fn negative_entry(&mut self, ttl: Ttl) -> Result<(), Full> {
+        self.u64(0)?; // nodeid 0: negative
+        self.u64(0)?;
+        self.u64(ttl.secs)?;
+        self.u64(0)?;
+        self.u32(ttl.nanos)?;
+        self.u32(0)?;
+        self.zeros(88)
+    }
+
     /// `fuse_attr_out` (104 bytes): attr_valid u64, attr_valid_nsec u32,
     /// dummy u32, attr.
     pub fn attr_out(&mut self, i: &Inode, ttl: Ttl) -> Result<(), Full> {
@@ -393,6 +405,9 @@ mod tests {
         assert_eq!(o.len(), 88);
         o.clear();
         o.entry(&inode(), ttl).unwrap();
+        assert_eq!(o.len(), ENTRY_OUT_LEN);
+        o.clear();
+        o.negative_entry(ttl).unwrap();
         assert_eq!(o.len(), ENTRY_OUT_LEN);
         o.clear();
         o.attr_out(&inode(), ttl).unwrap();
