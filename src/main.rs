@@ -159,6 +159,8 @@ struct MountArgs {
     /// size), flush_interval=SECS (commit at least this often),
     /// write_path=pwritev|uring (how the store file is written),
     /// transport=auto|uring|classic, queue_depth=N (as the flags above),
+    /// kernel_dirty_ratio=PERCENT|default (how much of the system's dirty
+    /// page cache the kernel may hold for this mount; 20 by default),
     /// history_name=NAME (the directory of old versions, .zippy by default); others go to
     /// the kernel mount (ro, noatime, allow_other, ...).
     #[arg(short = 'o', value_name = "OPTION,...", value_delimiter = ',')]
@@ -774,6 +776,7 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
     let mut queue_depth = args
         .queue_depth
         .unwrap_or(zippyfs::fuse::DEFAULT_QUEUE_DEPTH);
+    let mut kernel_dirty_ratio = Some(zippyfs::fuse::DEFAULT_KERNEL_DIRTY_RATIO);
     let mut kernel = Vec::new();
     for o in args
         .options
@@ -805,6 +808,20 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
             transport = v
                 .parse()
                 .map_err(|e| anyhow::anyhow!("-o transport: {e}"))?;
+        } else if let Some(v) = o.strip_prefix("kernel_dirty_ratio=") {
+            kernel_dirty_ratio = match v {
+                "default" => None,
+                _ => Some(
+                    v.parse()
+                        .ok()
+                        .filter(|r| (1..=100).contains(r))
+                        .with_context(|| {
+                            format!(
+                                "-o kernel_dirty_ratio={v}: a percentage from 1 to 100, or default"
+                            )
+                        })?,
+                ),
+            };
         } else if let Some(v) = o.strip_prefix("queue_depth=") {
             queue_depth = v
                 .parse()
@@ -831,6 +848,7 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
             threads,
             transport,
             queue_depth,
+            kernel_dirty_ratio,
             options: kernel,
         },
     })
