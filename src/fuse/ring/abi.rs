@@ -12,7 +12,8 @@
 //!    0  128  in_out          fuse_in_header on fetch, fuse_out_header on commit
 //!  128  128  op_in           the opcode's fixed in-struct (fuse_write_in, ...)
 //!  256   32  ring_ent_in_out flags, commit_id, payload_sz, padding, reserved
-//! iov[1]: payload buffer of max_write bytes (names, write data, read replies)
+//! iov[1]: payload buffer of max(8192, max_write, max_pages x 4 KiB) bytes
+//!         (names, write data, read replies); see `super::payload_len`
 //! ```
 //!
 //! ## Commands (`IORING_OP_URING_CMD` on the `/dev/fuse` descriptor, SQE128)
