@@ -39,6 +39,8 @@ BIN = os.path.join(REPO, "target", "release", "zippyfs")
 URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
 
 ZIPPY = {
+    "zippy": [],
+    "zippy-s": ["-s"],
     "zippy-classic": ["--transport", "classic"],
     "zippy-uring": ["--transport", "uring"],
     "zippy-classic-s": ["--transport", "classic", "-s"],
@@ -48,6 +50,33 @@ ZIPPY = {
 
 def sh(*args, **kw):
     return subprocess.run(args, check=True, text=True, capture_output=True, **kw)
+
+
+PTLL = os.path.join(REPO, "target", "perf", "passthrough_ll")
+PTLL_SRC = "/usr/share/doc/libfuse3-dev/examples/passthrough_ll.c"
+
+# Passthrough FUSE filesystems over an ext4 directory: command to mount
+# SRC on MNT (each daemonizes and returns once mounted).
+PEERS = {
+    "mergerfs": lambda src, mnt: ["mergerfs", src, mnt],
+    "bindfs": lambda src, mnt: ["bindfs", src, mnt],
+    "passthrough_ll": lambda src, mnt: [PTLL, "-o", f"source={src}", mnt],
+    "passthrough_ll-wb": lambda src, mnt: [PTLL, "-o", f"source={src},writeback", mnt],
+}
+
+
+def build_peers():
+    if not os.path.exists(PTLL):
+        os.makedirs(os.path.dirname(PTLL), exist_ok=True)
+        flags = sh("pkg-config", "fuse3", "--cflags", "--libs").stdout.split()
+        sh("gcc", "-O2", "-o", PTLL, PTLL_SRC, *flags)
+
+
+def is_mount(path):
+    try:
+        return os.stat(path).st_dev != os.stat(os.path.dirname(path)).st_dev
+    except OSError:
+        return False
 
 
 class Target:
@@ -65,6 +94,16 @@ class Target:
         if self.name == "ext4":
             self.path = base
             return
+        if self.name in PEERS:
+            src = os.path.join(base, "src")
+            self.path = os.path.join(base, "mnt")
+            os.mkdir(src)
+            os.mkdir(self.path)
+            sh(*PEERS[self.name](src, self.path))
+            deadline = time.time() + 10
+            while not is_mount(self.path) and time.time() < deadline:
+                time.sleep(0.02)
+            return
         self.store = os.path.join(base, "store")
         self.path = os.path.join(base, "mnt")
         os.mkdir(self.path)
@@ -80,6 +119,11 @@ class Target:
         )
 
     def down(self):
+        if self.name in PEERS:
+            for _ in range(50):
+                if subprocess.run(["umount", self.path], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.1)
         if self.store:
             with open(os.path.join(self.path, ".zippy", "daemon.json")) as f:
                 pid = json.load(f)["pid"]
@@ -116,8 +160,11 @@ def fio(path, name, extra):
     return job
 
 
+META_ARGS = []
+
+
 def w_meta(t):
-    out = sh(sys.executable, os.path.join(REPO, "perf", "meta.py"), t.path).stdout
+    out = sh(sys.executable, os.path.join(REPO, "perf", "meta.py"), t.path, *META_ARGS).stdout
     r = json.loads(out)
     return {f"{k} 10k files (s)": v for k, v in r.items()}
 
@@ -130,6 +177,76 @@ def w_seqwrite(t):
 def w_randwrite(t):
     j = fio(t.path, "rw", ["--rw=randwrite", "--bs=4k", "--size=256M", "--end_fsync=1"])
     return {"rand write 4K (IOPS)": j["write"]["iops"]}
+
+
+def layout(t, name, size="256M"):
+    fio(t.path, name, ["--rw=write", "--bs=1M", f"--size={size}", "--end_fsync=1"])
+
+
+def w_randread_cold(t):
+    layout(t, "rc")
+    drop_caches()
+    j = fio(t.path, "rc", ["--rw=randread", "--bs=4k", "--size=256M", "--time_based", "--runtime=8"])
+    return {"rand read 4K cold (IOPS)": j["read"]["iops"]}
+
+
+def w_mix(t):
+    layout(t, "mx")
+    drop_caches()
+    j = fio(
+        t.path,
+        "mx",
+        ["--rw=randrw", "--rwmixread=70", "--bs=4k", "--size=256M", "--time_based",
+         "--runtime=8", "--end_fsync=1"],
+    )
+    return {"mix 70/30 4K (IOPS)": j["read"]["iops"] + j["write"]["iops"]}
+
+
+def w_fsync(t):
+    j = fio(t.path, "fs", ["--rw=randwrite", "--bs=4k", "--size=64M", "--fsync=1",
+                           "--time_based", "--runtime=6"])
+    return {"4K write+fsync (IOPS)": j["write"]["iops"]}
+
+
+def w_threads(t):
+    j = fio(t.path, "th", ["--rw=randwrite", "--bs=4k", "--size=64M", "--numjobs=4",
+                           "--end_fsync=1"])
+    return {"4 threads rand write 4K (IOPS)": j["write"]["iops"]}
+
+
+def w_onedir(t):
+    d = os.path.join(t.path, "one")
+    os.mkdir(d)
+    start = time.perf_counter()
+    sh("bash", "-c", 'cd "$1" && for i in $(seq 10000); do echo x > f$i; done', "-", d)
+    return {"10k files in one dir, shell loop (s)": time.perf_counter() - start}
+
+
+TREE = None
+
+
+def source_tree(work):
+    """A tar of real source: the cargo registry's crate sources, files under
+    256 KiB (about 7,000 files, 60 MiB here)."""
+    global TREE
+    if TREE:
+        return TREE
+    reg = os.path.expanduser("~/.cargo/registry/src")
+    TREE = os.path.join(work, "zippy-perf-tree.tar")
+    sh("bash", "-c", f'cd "{reg}" && find . -type f -size -256k | sort | tar cf "{TREE}" -T -')
+    return TREE
+
+
+def w_untar(t):
+    tree = source_tree(os.path.dirname(t.base))
+    start = time.perf_counter()
+    sh("tar", "xf", tree, "-C", t.path)
+    sh("sync", "-f", t.path)
+    untar = time.perf_counter() - start
+    start = time.perf_counter()
+    for e in os.listdir(t.path):
+        sh("rm", "-rf", os.path.join(t.path, e))
+    return {"untar source tree (s)": untar, "rm -rf source tree (s)": time.perf_counter() - start}
 
 
 def w_randread_warm(t):
@@ -157,7 +274,13 @@ WORKLOADS = {
     "meta": w_meta,
     "seqwrite": w_seqwrite,
     "randwrite": w_randwrite,
+    "randread-cold": w_randread_cold,
     "randread-warm": w_randread_warm,
+    "mix": w_mix,
+    "fsync": w_fsync,
+    "threads": w_threads,
+    "onedir": w_onedir,
+    "untar": w_untar,
 }
 
 LOWER_IS_BETTER = "(s)"
@@ -188,15 +311,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--targets", default="ext4,zippy-classic,zippy-uring")
+    ap.add_argument("--meta-ttl", default=None, help="meta.py --ttl (seconds to wait before stat and readdir)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--name", default="transport")
     ap.add_argument("--work", default="/var/tmp", help="a directory on ext4")
     a = ap.parse_args()
     targets = a.targets.split(",")
+    if a.meta_ttl is not None:
+        META_ARGS.append(f"--ttl={a.meta_ttl}")
     workloads = a.workloads.split(",")
     if os.geteuid() != 0:
         sys.exit("run as root (mounts, drop_caches)")
     sh("cargo", "build", "--release", cwd=REPO)
+    if any(t in PEERS for t in targets):
+        build_peers()
     old_uring = None
     if any("uring" in t for t in targets):
         with open(URING_PARAM) as f:
@@ -229,52 +357,121 @@ def main():
     write(a.name, machine(), targets, results, store_sizes)
 
 
+def fmt(v):
+    return f"{v:.3f}" if v < 100 else f"{v:,.0f}"
+
+
+def better(k, x, y):
+    """How many times x is better than y for metric k."""
+    return (y / x) if LOWER_IS_BETTER in k else (x / y)
+
+
 def write(name, m, targets, results, sizes):
     day = m["date"][:10]
     base = os.path.join(REPO, "perf", "results", f"{name}-{day}")
     med = {t: {k: statistics.median(v) for k, v in results[t].items()} for t in targets}
+    store = {
+        t: {w: statistics.median([b for w2, b in sizes[t] if w2 == w]) for w, _ in sizes[t]}
+        for t in targets
+        if sizes[t]
+    }
     with open(base + ".json", "w") as f:
-        json.dump({"machine": m, "rounds": results, "median": med, "store_bytes": sizes}, f, indent=1)
+        json.dump(
+            {"machine": m, "rounds": results, "median": med, "store_bytes": sizes,
+             "store_bytes_median": store},
+            f,
+            indent=1,
+        )
     metrics = list(dict.fromkeys(k for t in targets for k in results[t]))
+    rounds = max((len(v) for t in targets for v in results[t].values()), default=0)
     lines = [
         f"# {name}: {m['date']}",
         "",
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, Linux {m['kernel']}; "
-        f"commit {m['commit']}; {m['fio']}. Median of {len(next(iter(results[targets[0]].values()), []))} "
-        "rounds, targets interleaved in each round.",
+        f"commit {m['commit']}; {m['fio']}. Median of {rounds} rounds, targets interleaved "
+        "in each round. Seconds: lower is better; MB/s and IOPS: higher is better.",
         "",
         "| workload | " + " | ".join(targets) + " |",
         "|---|" + "---|" * len(targets),
     ]
     for k in metrics:
-        row = [k]
-        for t in targets:
-            v = med[t].get(k)
-            row.append("" if v is None else (f"{v:.3f}" if v < 100 else f"{v:,.0f}"))
+        row = [k] + ["" if med[t].get(k) is None else fmt(med[t][k]) for t in targets]
         lines.append("| " + " | ".join(row) + " |")
-    # Ratios: every target against ext4 and, if both ran, uring against classic.
-    lines += ["", "Ratios (> 1 is faster):", ""]
-    pairs = [(t, "ext4") for t in targets if t != "ext4" and "ext4" in targets]
-    for u in [t for t in targets if "uring" in t]:
+
+    peers = [t for t in targets if t in PEERS]
+    zippies = [t for t in targets if t in ZIPPY]
+    lines += ["", "Ratios (> 1 means zippyfs is faster):", ""]
+    cols = []
+    for z in zippies:
+        if "ext4" in targets:
+            cols.append((z, "ext4"))
+        if peers:
+            cols.append((z, "best peer"))
+    for u in [t for t in zippies if "uring" in t]:
         c = u.replace("uring", "classic")
         if c in targets:
-            pairs.append((u, c))
-    lines.append("| workload | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " |")
-    lines.append("|---|" + "---|" * len(pairs))
+            cols.append((u, c))
+    if "zippy" in targets and "zippy-s" in targets:
+        cols.append(("zippy", "zippy-s"))
+    lines.append("| workload | " + " | ".join(f"{a} / {b}" for a, b in cols) + " |")
+    lines.append("|---|" + "---|" * len(cols))
     for k in metrics:
         row = [k]
-        for a_, b_ in pairs:
-            x, y = med[a_].get(k), med[b_].get(k)
-            if not x or not y:
-                row.append("")
+        for a_, b_ in cols:
+            x = med[a_].get(k)
+            if b_ == "best peer":
+                vals = [(med[p][k], p) for p in peers if med[p].get(k)]
+                if not vals:
+                    row.append("")
+                    continue
+                y, who = (min if LOWER_IS_BETTER in k else max)(vals)
+                row.append(f"{better(k, x, y):.2f}x ({who})" if x else "")
                 continue
-            ratio = (y / x) if LOWER_IS_BETTER in k else (x / y)
-            row.append(f"{ratio:.2f}x")
+            y = med[b_].get(k)
+            row.append(f"{better(k, x, y):.2f}x" if x and y else "")
         lines.append("| " + " | ".join(row) + " |")
+    if store:
+        lines += ["", "Store size after each workload (versioning on, default retention), MiB:", ""]
+        ws = list(dict.fromkeys(w for t in store for w in store[t]))
+        lines.append("| target | " + " | ".join(ws) + " |")
+        lines.append("|---|" + "---|" * len(ws))
+        for t in store:
+            lines.append(
+                f"| {t} | " + " | ".join(f"{store[t].get(w, 0) / 2**20:.1f}" for w in ws) + " |"
+            )
     with open(base + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"\nwritten: {base}.json, {base}.md")
+    drawn = chart(base + ".png", name, m, targets, metrics, med)
+    print(f"\nwritten: {base}.json, {base}.md" + (f", {base}.png" if drawn else ""))
+
+
+def chart(path, name, m, targets, metrics, med):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no chart (apt-get install python3-matplotlib)")
+        return False
+    cols = 3
+    rows = (len(metrics) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
+    colors = {t: ("tab:red" if t.startswith("zippy") else "tab:gray") for t in targets}
+    colors["ext4"] = "tab:blue"
+    for ax, k in zip(axes.flat, metrics):
+        ts = [t for t in targets if med[t].get(k) is not None]
+        ax.bar(range(len(ts)), [med[t][k] for t in ts], color=[colors[t] for t in ts])
+        ax.set_xticks(range(len(ts)))
+        ax.set_xticklabels(ts, rotation=35, ha="right", fontsize=7)
+        ax.set_title(k, fontsize=9)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.suptitle(f"{name}, {m['date'][:10]}, {m['cpus']} CPUs, commit {m['commit']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    return True
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Metadata workload: create, stat and unlink N files of 1 KiB, 100 per
+"""Metadata workload: create, stat, list and unlink N files of 1 KiB, 100 per
 directory, under DIR. Prints one JSON object of seconds per phase.
 
 Between create and stat the script waits out FUSE's attribute and entry
@@ -42,6 +42,14 @@ t = time.perf_counter()
 for p in paths:
     os.stat(p)
 out["stat"] = time.perf_counter() - t
+
+time.sleep(ttl + 0.1)
+t = time.perf_counter()
+entries = 0
+for d in dirs:
+    entries += len(os.listdir(d))
+out["readdir"] = time.perf_counter() - t
+assert entries == n, entries
 
 t = time.perf_counter()
 for p in paths:

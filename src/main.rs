@@ -161,6 +161,7 @@ struct MountArgs {
     /// transport=auto|uring|classic, queue_depth=N (as the flags above),
     /// kernel_dirty_ratio=PERCENT|default (how much of the system's dirty
     /// page cache the kernel may hold for this mount; 20 by default),
+    /// ttl=SECS (how long the kernel caches attributes and names; 1),
     /// history_name=NAME (the directory of old versions, .zippy by default); others go to
     /// the kernel mount (ro, noatime, allow_other, ...).
     #[arg(short = 'o', value_name = "OPTION,...", value_delimiter = ',')]
@@ -777,6 +778,7 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
         .queue_depth
         .unwrap_or(zippyfs::fuse::DEFAULT_QUEUE_DEPTH);
     let mut kernel_dirty_ratio = Some(zippyfs::fuse::DEFAULT_KERNEL_DIRTY_RATIO);
+    let mut ttl = zippyfs::fuse::ops::TTL;
     let mut kernel = Vec::new();
     for o in args
         .options
@@ -822,6 +824,13 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
                         })?,
                 ),
             };
+        } else if let Some(v) = o.strip_prefix("ttl=") {
+            let secs: f64 = v
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && (0.0..=3600.0).contains(s))
+                .with_context(|| format!("-o ttl={v}: seconds from 0 to 3600 are needed"))?;
+            ttl = Duration::from_secs_f64(secs);
         } else if let Some(v) = o.strip_prefix("queue_depth=") {
             queue_depth = v
                 .parse()
@@ -849,6 +858,7 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
             transport,
             queue_depth,
             kernel_dirty_ratio,
+            ttl,
             options: kernel,
         },
     })

@@ -93,6 +93,8 @@ pub struct MountOpts {
     /// strict per-FUSE-mount limit lifted; `None` leaves the kernel's
     /// defaults (1%, strict).
     pub kernel_dirty_ratio: Option<u32>,
+    /// How long the kernel may cache attributes and entries.
+    pub ttl: std::time::Duration,
     /// Further mount options (`-o`), passed to the kernel mount.
     pub options: Vec<String>,
 }
@@ -113,6 +115,7 @@ impl Default for MountOpts {
             transport: Transport::Auto,
             queue_depth: DEFAULT_QUEUE_DEPTH,
             kernel_dirty_ratio: Some(DEFAULT_KERNEL_DIRTY_RATIO),
+            ttl: ops::TTL,
             options: Vec::new(),
         }
     }
@@ -360,7 +363,7 @@ fn run_session(
     if let Some(ratio) = opts.kernel_dirty_ratio {
         tune_writeback(mountpoint, ratio);
     }
-    let ops = Ops::new(Arc::clone(&fs), n.writeback);
+    let ops = Ops::new(Arc::clone(&fs), n.writeback, opts.ttl);
     *fs.served().transport.lock() = if uring { "uring" } else { "classic" };
     live();
     let threads = opts.threads.max(1);

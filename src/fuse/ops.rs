@@ -11,10 +11,11 @@ use super::wire::{self, Args, Full, Out, Request, Ttl, op};
 use crate::fs::{Ctx, Fs, FsError, RenameMode, SetAttr, Time};
 
 /// How long the kernel may trust the attributes and directory entries we
-/// return. We are the only writer, so the kernel's view only goes stale
-/// through changes it made itself (which it knows about); one second keeps
-/// `stat`-heavy workloads off the daemon while bounding how long anything
-/// surprising (a bug, a future sync from a peer) stays visible.
+/// return, by default (`-o ttl=SECS`). We are the only writer, so the
+/// kernel's view only goes stale through changes it made itself (which it
+/// knows about); one second keeps `stat`-heavy workloads off the daemon
+/// while bounding how long anything surprising (a bug, a future sync from
+/// a peer) stays visible.
 pub const TTL: Duration = Duration::from_secs(1);
 
 const FOPEN_DIRECT_IO: u32 = 1 << 0;
@@ -73,13 +74,13 @@ pub struct Ops {
 }
 
 impl Ops {
-    pub fn new(fs: Arc<Fs>, writeback: bool) -> Ops {
+    pub fn new(fs: Arc<Fs>, writeback: bool, ttl: Duration) -> Ops {
         let blksize = u32::try_from(fs.block_size()).unwrap_or(u32::MAX);
         Ops {
             fs,
             ttl: Ttl {
-                secs: TTL.as_secs(),
-                nanos: TTL.subsec_nanos(),
+                secs: ttl.as_secs(),
+                nanos: ttl.subsec_nanos(),
                 blksize,
             },
             writeback,
