@@ -1908,7 +1908,12 @@ impl Fs {
     /// each shard's on its I/O thread, all shards at once. Returns only when
     /// every job has finished, whatever failed.
     fn write_blocks(&self, jobs: Vec<BlockJob>) -> FsResult<Vec<Vec<Written>>> {
-        let Some(io) = &self.io else {
+        // A small commit (an fsync after a few writes) is done here: handing
+        // it to other threads costs a cross-CPU wake-up each, more than
+        // hashing and writing a few blocks.
+        let bytes: u64 = jobs.iter().flat_map(|j| &j.blocks).map(|b| b.2.len).sum();
+        let io = self.io.as_ref().filter(|_| bytes > INLINE_COMMIT_BYTES);
+        let Some(io) = io else {
             return jobs
                 .iter()
                 .map(|j| write_block_job(&self.store, j).map_err(FsError::from))
@@ -1968,6 +1973,10 @@ impl Fs {
 }
 
 /// One shard's large dirty blocks, with the extents reserved for them.
+/// Commits with at most this much block data hash and write it on the
+/// committing thread (see `write_blocks`).
+const INLINE_COMMIT_BYTES: u64 = 1 << 20;
+
 struct BlockJob {
     shard: usize,
     delta: Arc<Delta>,
