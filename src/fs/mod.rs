@@ -1919,6 +1919,13 @@ impl Fs {
                 .map(|j| write_block_job(&self.store, j).map_err(FsError::from))
                 .collect();
         };
+        // A large commit is usually one file's (one shard's) blocks: spread
+        // them over every I/O thread, in contiguous runs of their extents,
+        // so one big file is hashed and written on every core.
+        let jobs: Vec<BlockJob> = jobs
+            .into_iter()
+            .flat_map(|j| split_job(j, io.len()))
+            .collect();
         let (tx, rx) = std::sync::mpsc::channel();
         let total = jobs.len();
         let mut sent = 0;
@@ -1990,6 +1997,24 @@ struct Written {
     extent: Reserved,
     hash: [u8; 32],
     sum: u64,
+}
+
+/// `job` as up to `n` jobs of contiguous runs of its blocks, one per I/O
+/// thread, starting with the job's own shard.
+fn split_job(job: BlockJob, n: usize) -> Vec<BlockJob> {
+    if n <= 1 || job.blocks.len() < 2 {
+        return vec![job];
+    }
+    let per = job.blocks.len().div_ceil(n);
+    job.blocks
+        .chunks(per)
+        .enumerate()
+        .map(|(i, run)| BlockJob {
+            shard: (job.shard + i) % n,
+            delta: Arc::clone(&job.delta),
+            blocks: run.to_vec(),
+        })
+        .collect()
 }
 
 fn write_block_job(store: &Store, job: &BlockJob) -> StoreResult<Vec<Written>> {

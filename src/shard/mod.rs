@@ -41,6 +41,15 @@ pub struct IoThreads {
 }
 
 impl IoThreads {
+    /// How many threads (one per shard).
+    pub fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty()
+    }
+
     pub fn spawn(n: usize) -> std::io::Result<IoThreads> {
         let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
         let mut senders = Vec::with_capacity(n);
