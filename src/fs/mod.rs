@@ -1979,11 +1979,12 @@ impl Fs {
     }
 }
 
-/// One shard's large dirty blocks, with the extents reserved for them.
 /// Commits with at most this much block data hash and write it on the
 /// committing thread (see `write_blocks`).
 const INLINE_COMMIT_BYTES: u64 = 1 << 20;
 
+/// Large dirty blocks of one shard (or a run of them), with the extents
+/// reserved for them, for the I/O thread `shard`.
 struct BlockJob {
     shard: usize,
     delta: Arc<Delta>,

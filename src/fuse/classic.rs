@@ -98,6 +98,12 @@ pub fn send(fd: BorrowedFd<'_>, reply: &[u8]) -> io::Result<()> {
         let e = io::Error::last_os_error();
         return match e.raw_os_error() {
             Some(libc::ENOENT | libc::ENODEV) => Ok(()),
+            // The kernel refused this reply (and failed its request): a bug
+            // of ours in one reply, not a reason to end the mount.
+            Some(libc::EINVAL) => {
+                tracing::error!(len = reply.len(), "the kernel refused a reply: {e}");
+                Ok(())
+            }
             _ => Err(e),
         };
     }

@@ -284,6 +284,18 @@ pub fn mount_and_notify(
 /// Whether to ask for io_uring at INIT. `uring` on a kernel that has it
 /// turned off is an error naming the switch.
 fn want_uring(t: Transport) -> Result<bool, MountError> {
+    if t == Transport::Classic {
+        return Ok(false);
+    }
+    // io_uring itself may be off (kernel.io_uring_disabled, a seccomp
+    // profile): find out before asking the kernel for FUSE over it.
+    if let Err(why) = ring::probe() {
+        if t == Transport::Uring {
+            return Err(MountError::Transport(why));
+        }
+        tracing::info!("transport: classic /dev/fuse, because {why}");
+        return Ok(false);
+    }
     match (t, ring::abi::kernel_enables_uring()) {
         (Transport::Classic, _) => Ok(false),
         (_, Ok(true)) => Ok(true),
@@ -318,13 +330,13 @@ fn run_session(
     // Handlers first, so a signal during the mount is not fatal (a process
     // killed while mounted leaves a dead mount behind).
     let hup = Arc::clone(&fs);
-    let on_hup = Box::new(move || {
+    let on_hup = Arc::new(move || {
         if let Err(e) = hup.gc() {
             tracing::error!("gc: {e}");
         }
     });
     let usr1 = Arc::clone(&fs);
-    let on_usr1 = Box::new(move || {
+    let on_usr1 = Arc::new(move || {
         if let Err(e) = usr1.fsck() {
             tracing::error!("fsck: {e}");
         }
@@ -360,8 +372,9 @@ fn run_session(
         (u, _) => u,
     };
     signals.arm(session.unmount_callable());
+    let dev = mount_device(mountpoint);
     if let Some(ratio) = opts.kernel_dirty_ratio {
-        tune_writeback(mountpoint, ratio);
+        tune_writeback(dev.as_deref(), ratio);
     }
     let ops = Ops::new(Arc::clone(&fs), n.writeback, opts.ttl);
     *fs.served().transport.lock() = if uring { "uring" } else { "classic" };
@@ -370,12 +383,14 @@ fn run_session(
     let fd = session.as_fd();
     let r = if uring {
         tracing::info!(mountpoint = %mountpoint.display(), threads, queue_depth = opts.queue_depth, "mounted; transport: io_uring");
+        let abort = || abort_connection(mountpoint);
         ring::serve(
             &ops,
             fd,
             threads,
             opts.queue_depth,
             ring::payload_len(n.max_write, n.max_readahead),
+            &abort,
         )
     } else {
         tracing::info!(mountpoint = %mountpoint.display(), threads, "mounted; transport: classic /dev/fuse");
@@ -383,7 +398,6 @@ fn run_session(
     };
     // The connection is gone; `session` unmounts (if that is still to do)
     // when it drops.
-    let _ = session.unmount_callable();
     drop(signals);
     r.map_err(MountError::Session)
 }
@@ -395,12 +409,12 @@ fn run_session(
 /// written back page by page). The kernel does that to protect itself from
 /// untrusted daemons; a root daemon may relax it. Best effort: without the
 /// right (not root) the defaults stay, and the log says so.
-fn tune_writeback(mountpoint: &Path, ratio: u32) {
-    let Some(dev) = mount_device(mountpoint) else {
+fn tune_writeback(dev: Option<&str>, ratio: u32) {
+    let Some(dev) = dev else {
         tracing::info!("writeback limits left as they are: the mount's device was not found");
         return;
     };
-    let bdi = PathBuf::from("/sys/class/bdi").join(&dev);
+    let bdi = PathBuf::from("/sys/class/bdi").join(dev);
     for (knob, value) in [("strict_limit", 0), ("max_ratio", ratio.min(100))] {
         if let Err(e) = std::fs::write(bdi.join(knob), format!("{value}\n")) {
             tracing::info!(
@@ -411,6 +425,27 @@ fn tune_writeback(mountpoint: &Path, ratio: u32) {
         }
     }
     tracing::debug!(bdi = %bdi.display(), ratio, "writeback limits set");
+}
+
+/// Aborts the FUSE connection of the mount at `mountpoint`: a forced
+/// unmount makes the kernel abort the connection first (FUSE's
+/// `umount_begin`), even when the mount is busy and stays attached; every
+/// request then fails and every transport thread sees the end.
+fn abort_connection(mountpoint: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path; no other memory is passed.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            tracing::error!(
+                "cannot abort the connection at {}: {e}",
+                mountpoint.display()
+            );
+        }
+    }
 }
 
 /// `major:minor` of what is mounted at `mountpoint`, from

@@ -56,8 +56,8 @@ const SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, li
 impl Signals {
     pub fn install(
         mountpoint: &Path,
-        on_hup: Box<dyn Fn() + Send>,
-        on_usr1: Box<dyn Fn() + Send>,
+        on_hup: Arc<dyn Fn() + Send + Sync>,
+        on_usr1: Arc<dyn Fn() + Send + Sync>,
     ) -> io::Result<Signals> {
         let (mut reader, writer) = io::pipe()?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&writer);
@@ -90,13 +90,17 @@ impl Signals {
                     match reader.read(&mut b) {
                         Ok(0) => return,
                         Ok(_) if b[0] == STOP => return,
+                        // gc and fsck may take minutes: on threads of their
+                        // own, so that a SIGTERM meanwhile still unmounts.
                         Ok(_) if b[0] == libc::SIGHUP as u8 => {
                             tracing::info!("SIGHUP: applying the retention policy");
-                            on_hup();
+                            let f = Arc::clone(&on_hup);
+                            spawn_named("zippy-gc", move || f());
                         }
                         Ok(_) if b[0] == libc::SIGUSR1 as u8 => {
                             tracing::info!("SIGUSR1: checking the store");
-                            on_usr1();
+                            let f = Arc::clone(&on_usr1);
+                            spawn_named("zippy-fsck", move || f());
                         }
                         Ok(_) => {
                             tracing::info!(signal = b[0], "signal received: unmounting");
@@ -179,6 +183,12 @@ fn unmount(u: &mut SessionUnmounter, path: &Path) {
     }
 }
 
+fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
+        tracing::error!("cannot start {name}: {e}");
+    }
+}
+
 impl Drop for Signals {
     fn drop(&mut self) {
         for (sig, old) in self.old.drain(..) {
@@ -186,7 +196,14 @@ impl Drop for Signals {
             unsafe { libc::sigaction(sig, &old, std::ptr::null_mut()) };
         }
         SIGNAL_PIPE.store(-1, Ordering::Release);
-        let _ = self.writer.write_all(&[STOP]);
+        // The pipe is non-blocking: if it is full, the watcher has bytes to
+        // read anyway; retry until the stop byte is in.
+        while let Err(e) = self.writer.write_all(&[STOP]) {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         if let Some(w) = self.watcher.take() {
             let _ = w.join();
         }

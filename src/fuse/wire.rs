@@ -185,10 +185,6 @@ impl<'a> Args<'a> {
         self.b = &self.b[end + 1..];
         Some(name)
     }
-
-    pub fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.b)
-    }
 }
 
 /// The body of a reply, written into the transport's buffer.
@@ -216,11 +212,6 @@ impl<'a> Out<'a> {
 
     pub fn clear(&mut self) {
         self.len = 0;
-    }
-
-    /// Room left.
-    pub fn room(&self) -> usize {
-        self.buf.len() - self.len
     }
 
     pub fn bytes(&mut self, b: &[u8]) -> Result<(), Full> {

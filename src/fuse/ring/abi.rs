@@ -1,5 +1,6 @@
 //! The kernel's FUSE-over-io_uring interface (`include/uapi/linux/fuse.h`,
-//! protocol 7.42), as laid out in memory. Every struct's size and field
+//! protocol 7.42, where it was added; the rest of the protocol is spoken at
+//! 7.40, what fuser negotiates), as laid out in memory. Every struct's size and field
 //! offsets are checked against the uapi values by the tests below.
 //!
 //! ## Ring entry
@@ -27,9 +28,6 @@ use std::path::Path;
 
 pub const IN_OUT_HEADER_SZ: usize = 128;
 pub const OP_IN_OUT_SZ: usize = 128;
-
-/// `FUSE_OVER_IO_URING`, in the 64-bit INIT flags (bit 9 of `flags2`).
-pub const FUSE_OVER_IO_URING: u64 = 1 << 41;
 
 pub const CMD_REGISTER: u32 = 1;
 pub const CMD_COMMIT_AND_FETCH: u32 = 2;

@@ -77,12 +77,15 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(2);
 
 /// Serves the kernel's io_uring queues (and `/dev/fuse` beside them) with
 /// `threads` threads until the connection ends.
+/// If a thread fails, `abort` ends the connection: the kernel would
+/// otherwise wait forever for the queues that thread served.
 pub fn serve(
     ops: &Ops,
     fd: BorrowedFd<'_>,
     threads: usize,
     depth: u32,
     payload_len: usize,
+    abort: &(dyn Fn() + Sync),
 ) -> io::Result<()> {
     let queues = queue_count();
     let threads = threads.clamp(1, queues);
@@ -95,28 +98,48 @@ pub fn serve(
     }
     let gone = AtomicBool::new(false);
     let pin = threads > 1;
+    // A thread that fails leaves its queues without entries, and the
+    // kernel waits for them forever: end the connection, so every thread
+    // sees the end and the mount reports the error.
+    let failed = |r: io::Result<()>| {
+        if let Err(e) = &r {
+            tracing::error!("a ring thread failed ({e}); ending the connection");
+            gone.store(true, Ordering::Release);
+            abort();
+        }
+        r
+    };
     std::thread::scope(|s| {
-        let workers: Vec<_> = (1..threads)
-            .map(|t| {
-                let gone = &gone;
-                std::thread::Builder::new()
-                    .name(format!("zippy-ring-{t}"))
-                    .spawn_scoped(s, move || {
-                        super::pin_me(t, pin);
-                        let qids = (t..queues).step_by(threads).collect();
-                        Queues::new(ops, fd, qids, depth, payload_len, false, gone)?.run()
-                    })
-            })
-            .collect::<io::Result<_>>()?;
+        let mut workers = Vec::new();
+        let mut spawned = Ok(());
+        for t in 1..threads {
+            let failed = &failed;
+            let gone = &gone;
+            let w = std::thread::Builder::new()
+                .name(format!("zippy-ring-{t}"))
+                .spawn_scoped(s, move || {
+                    super::pin_me(t, pin);
+                    let qids = (t..queues).step_by(threads).collect();
+                    failed(
+                        Queues::new(ops, fd, qids, depth, payload_len, false, gone)
+                            .and_then(|q| q.run()),
+                    )
+                });
+            match w {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    spawned = failed(Err(e));
+                    break;
+                }
+            }
+        }
         super::pin_me(0, pin);
         let qids = (0..queues).step_by(threads).collect();
-        let mut r =
-            Queues::new(ops, fd, qids, depth, payload_len, true, &gone).and_then(|q| q.run());
-        if r.is_err() {
-            // The other threads wait for the kernel; the kernel waits for
-            // every queue. Say the connection is gone so they stop too.
-            gone.store(true, Ordering::Release);
-        }
+        let mut r = spawned.and_then(|()| {
+            failed(
+                Queues::new(ops, fd, qids, depth, payload_len, true, &gone).and_then(|q| q.run()),
+            )
+        });
         for w in workers {
             let wr = w
                 .join()
@@ -127,6 +150,14 @@ pub fn serve(
         }
         r
     })
+}
+
+/// Whether this process may set up the rings the transport needs.
+pub fn probe() -> Result<(), String> {
+    IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+        .build(2)
+        .map(drop)
+        .map_err(|e| format!("io_uring cannot be set up here ({e})"))
 }
 
 /// The kernel's queue count: one per possible CPU (`num_possible_cpus`,
@@ -516,10 +547,20 @@ impl<'a> Queues<'a> {
             let mut out = Out::new(&mut self.reply_aside);
             let r = self.ops.dispatch(&req, &mut out);
             let n = out.len();
-            payload[..n].copy_from_slice(&self.reply_aside[..n]);
-            (r, n)
+            match payload.get_mut(..n) {
+                Some(dst) => {
+                    dst.copy_from_slice(&self.reply_aside[..n]);
+                    (r, n)
+                }
+                // Cannot happen (replies to large requests are a few bytes
+                // and the payload buffer is at least 8 KiB); fail the
+                // request rather than panic.
+                None => (Outcome::Reply(Some(super::ops::Errno(libc::EIO))), 0),
+            }
         };
         let (error, len) = match outcome {
+            // No-reply opcodes (FORGET, INTERRUPT) come through /dev/fuse;
+            // should one come here, the entry must still be committed.
             Outcome::Reply(None) | Outcome::None => (0, reply_len),
             Outcome::Reply(Some(e)) => (-e.0, 0),
         };
