@@ -34,7 +34,9 @@ fn uring_with_the_switch_off_is_a_clear_error_and_auto_falls_back() {
         return;
     }
     let Some(_restore) = Switch::set("N") else {
-        println!("SKIPPED: {PARAM} cannot be written here (not root, or no FUSE over io_uring)");
+        common::skipped(&format!(
+            "{PARAM} cannot be written here (not root, or no FUSE over io_uring)"
+        ));
         return;
     };
     let store = tempfile::tempdir().expect("store");

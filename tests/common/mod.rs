@@ -161,15 +161,21 @@ pub fn uring_available() -> bool {
         .is_ok_and(|v| v.trim() == "Y")
 }
 
+/// Says on the terminal that something was skipped. Straight to standard
+/// error: the test harness captures `eprintln!` of passing tests, and a
+/// skip must be seen.
+pub fn skipped(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {what}");
+}
+
 /// Every mode this kernel can run; the io_uring ones are skipped, saying
 /// so, where the kernel has the feature off or lacks it.
 pub fn modes() -> Vec<&'static [&'static str]> {
     if uring_available() {
         ALL_MODES.to_vec()
     } else {
-        eprintln!(
-            "SKIPPED: --transport uring modes (/sys/module/fuse/parameters/enable_uring is not Y)"
-        );
+        skipped("--transport uring modes (/sys/module/fuse/parameters/enable_uring is not Y)");
         ALL_MODES[..2].to_vec()
     }
 }
@@ -179,7 +185,9 @@ pub fn modes() -> Vec<&'static [&'static str]> {
 pub fn mode(i: usize) -> Option<&'static [&'static str]> {
     let m = ALL_MODES[i];
     if m.contains(&"uring") && !uring_available() {
-        eprintln!("SKIPPED: {m:?} (/sys/module/fuse/parameters/enable_uring is not Y)");
+        skipped(&format!(
+            "{m:?} (/sys/module/fuse/parameters/enable_uring is not Y)"
+        ));
         return None;
     }
     Some(m)
