@@ -350,7 +350,9 @@ def main():
     if any(t in PEERS for t in targets):
         build_peers()
     old_uring = None
-    if any("uring" in t for t in targets):
+    # zippyfs's default transport (auto) is io_uring where the kernel's
+    # switch is on: turn it on for the run (and back after), as .ci/run does.
+    if any(t.startswith("zippy") and "classic" not in t for t in targets):
         with open(URING_PARAM) as f:
             old_uring = f.read().strip()
         with open(URING_PARAM, "w") as f:
