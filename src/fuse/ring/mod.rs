@@ -531,8 +531,14 @@ impl<'a> Queues<'a> {
             header.ent_in_out.payload_sz = 0;
             return commit_id;
         };
+        // Arg 0 is as long as the request's length says (header, arg 0 and
+        // payload), and no longer than the table's size for the opcode: a
+        // shorter one reaches the handler short (EINVAL), not padded with
+        // the previous request's bytes.
+        let declared = (hdr.len as usize).saturating_sub(IN_HEADER_LEN + in_len);
         let arg = handler(hdr.opcode)
             .map_or(0, |h| h.arg)
+            .min(declared)
             .min(header.op_in.len());
         let op = &header.op_in[..arg];
         // Input and reply share the payload buffer: copy the smaller side.
