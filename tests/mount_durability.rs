@@ -6,27 +6,12 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn content(i: u64) -> Vec<u8> {
     (0..(i % 7) * 9000 + 100).map(|j| (j ^ i) as u8).collect()
-}
-
-fn fsck_clean(store: &Path) {
-    let out = Command::new(common::bin())
-        .arg("fsck")
-        .arg(store)
-        .output()
-        .expect("run fsck");
-    assert!(
-        out.status.success(),
-        "fsck: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn unmount_and_mount_again(mode: &[&str]) {
@@ -40,7 +25,7 @@ fn unmount_and_mount_again(mode: &[&str]) {
     std::fs::hard_link(m.path().join("d/f2"), m.path().join("d/e/hard")).expect("link");
     std::fs::rename(m.path().join("d/f3"), m.path().join("d/e/moved")).expect("rename");
     assert!(m.unmount().success(), "clean unmount");
-    fsck_clean(store.path());
+    common::fsck_clean(store.path());
 
     let m = common::Mounted::start(store.path(), mode);
     for i in (0..50u64).filter(|&i| i != 3) {
@@ -120,7 +105,7 @@ fn kill9_keeps_every_fsynced_byte(mode: &[&str]) {
         .flat_map(|w| w.join().expect("writer"))
         .collect();
     assert!(!synced.is_empty(), "the load wrote nothing before the kill");
-    fsck_clean(store.path());
+    common::fsck_clean(store.path());
 
     let m = common::Mounted::start(store.path(), mode);
     let started = Instant::now();
@@ -135,7 +120,7 @@ fn kill9_keeps_every_fsynced_byte(mode: &[&str]) {
         started.elapsed()
     );
     assert!(m.unmount().success());
-    fsck_clean(store.path());
+    common::fsck_clean(store.path());
 }
 
 #[test]

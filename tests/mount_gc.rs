@@ -140,14 +140,5 @@ fn gc_under_a_write_load_keeps_every_kept_version_and_all_current_data() {
         d["retained_pages"]
     );
     assert!(m.unmount().success());
-    let out = Command::new(common::bin())
-        .arg("fsck")
-        .arg(store.path())
-        .output()
-        .expect("fsck");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    common::fsck_clean(store.path());
 }

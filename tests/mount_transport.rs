@@ -140,15 +140,6 @@ fn unmount_under_load_exits_cleanly_and_leaves_a_clean_store() {
         let ops: u64 = load.into_iter().map(|h| h.join().expect("load")).sum();
         println!("{mode:?}: exited {status} after {took:?} under a load of {ops} rounds");
         assert!(status.success(), "{mode:?}: {status}");
-        let out = std::process::Command::new(common::bin())
-            .arg("fsck")
-            .arg(store.path())
-            .output()
-            .expect("fsck");
-        assert!(
-            out.status.success(),
-            "{mode:?}: fsck after an unmount under load: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        common::fsck_clean(store.path());
     }
 }

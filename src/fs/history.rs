@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 
 use crate::fs::error::{FsError, FsResult, err};
 use crate::fs::inode::*;
-use crate::fs::{DirEntry, Fs, read_blocks, slice_of};
+use crate::fs::{DirEntry, Fs, dot_entries, read_blocks, slice_of};
 use crate::store::{Snapshot, StoreError};
 
 pub const HISTORY_DIR: u64 = u64::MAX - 1;
@@ -304,18 +304,7 @@ impl Fs {
         if me.kind != Kind::Dir {
             return err(libc::ENOTDIR);
         }
-        let mut out = vec![
-            DirEntry {
-                name: b".".to_vec(),
-                ino,
-                kind: Kind::Dir,
-            },
-            DirEntry {
-                name: b"..".to_vec(),
-                ino: me.parent,
-                kind: Kind::Dir,
-            },
-        ];
+        let mut out = dot_entries(ino, me.parent);
         match ino {
             HISTORY_DIR => {
                 out.push(DirEntry {

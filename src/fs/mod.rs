@@ -1401,18 +1401,7 @@ impl Fs {
             if dir.kind != Kind::Dir {
                 return err(libc::ENOTDIR);
             }
-            let mut v = vec![
-                DirEntry {
-                    name: b".".to_vec(),
-                    ino,
-                    kind: Kind::Dir,
-                },
-                DirEntry {
-                    name: b"..".to_vec(),
-                    ino: dir.parent,
-                    kind: Kind::Dir,
-                },
-            ];
+            let mut v = dot_entries(ino, dir.parent);
             v.extend(
                 self.list_in(&sh, &snap, ino)?
                     .into_iter()
@@ -1977,6 +1966,18 @@ impl Fs {
         self.flush.stop();
         self.commit("unmount")
     }
+}
+
+/// The `.` and `..` entries that start every directory listing.
+pub(crate) fn dot_entries(ino: u64, parent: u64) -> Vec<DirEntry> {
+    [(&b"."[..], ino), (&b".."[..], parent)]
+        .into_iter()
+        .map(|(name, ino)| DirEntry {
+            name: name.to_vec(),
+            ino,
+            kind: Kind::Dir,
+        })
+        .collect()
 }
 
 /// Commits with at most this much block data hash and write it on the

@@ -489,17 +489,26 @@ fn serve_classic(
             })
             .collect::<io::Result<_>>()?;
         pin_me(0, pin);
-        let mut r = classic::serve(ops, fd, max_write, served);
-        for w in workers {
-            let wr = w
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("a FUSE thread panicked")));
-            if r.is_ok() {
-                r = wr;
-            }
-        }
-        r
+        join_all(classic::serve(ops, fd, max_write, served), workers)
     })
+}
+
+/// Waits for every worker; the first error wins (`first`, the calling
+/// thread's own result, before the workers').
+pub(crate) fn join_all(
+    first: io::Result<()>,
+    workers: Vec<std::thread::ScopedJoinHandle<'_, io::Result<()>>>,
+) -> io::Result<()> {
+    let mut r = first;
+    for w in workers {
+        let wr = w
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("a transport thread panicked")));
+        if r.is_ok() {
+            r = wr;
+        }
+    }
+    r
 }
 
 /// Pins the calling thread, worker `i`, to CPU `i` (mod the CPU count):

@@ -89,15 +89,15 @@ impl Ops {
 
     /// Runs the handler of `req`'s opcode, writing the reply body to `out`.
     pub fn dispatch(&self, req: &Request, out: &mut Out) -> Outcome {
-        self.fs.served().count_op(req.opcode);
-        let Some(h) = handler(req.opcode) else {
-            tracing::debug!(opcode = req.opcode, "unsupported opcode: ENOSYS");
+        self.fs.served().count_op(req.hdr.opcode);
+        let Some(h) = handler(req.hdr.opcode) else {
+            tracing::debug!(opcode = req.hdr.opcode, "unsupported opcode: ENOSYS");
             return Outcome::Reply(Some(Errno(libc::ENOSYS)));
         };
         tracing::trace!(
             op = h.name,
-            node = req.nodeid,
-            unique = req.unique,
+            node = req.hdr.nodeid,
+            unique = req.hdr.unique,
             "request"
         );
         let r = (h.run)(self, req, out);
@@ -216,8 +216,8 @@ pub fn handler(opcode: u32) -> Option<&'static Handler> {
 
 fn ctx(req: &Request) -> Ctx {
     Ctx {
-        uid: req.uid,
-        gid: req.gid,
+        uid: req.hdr.uid,
+        gid: req.hdr.gid,
     }
 }
 
@@ -230,7 +230,7 @@ fn name<'a>(req: &Request<'a>) -> Result<&'a [u8], Errno> {
 }
 
 fn lookup(o: &Ops, req: &Request, out: &mut Out) -> Res {
-    match o.fs.lookup(req.nodeid, name(req)?) {
+    match o.fs.lookup(req.hdr.nodeid, name(req)?) {
         Ok(i) => Ok(out.entry(&i, o.ttl)?),
         // A negative entry (node 0) the kernel may cache for the TTL, as it
         // caches positive ones: a name looked up again (a create right
@@ -241,7 +241,7 @@ fn lookup(o: &Ops, req: &Request, out: &mut Out) -> Res {
 }
 
 fn getattr(o: &Ops, req: &Request, out: &mut Out) -> Res {
-    let i = o.fs.getattr(req.nodeid)?;
+    let i = o.fs.getattr(req.hdr.nodeid)?;
     Ok(out.attr_out(&i, o.ttl)?)
 }
 
@@ -295,14 +295,14 @@ fn setattr(o: &Ops, req: &Request, out: &mut Out) -> Res {
     // A truncate or chown by a caller without CAP_FSETID (the kernel
     // decides, and leaves the dropping to us).
     if kill {
-        o.fs.kill_privs(req.nodeid)?;
+        o.fs.kill_privs(req.hdr.nodeid)?;
     }
-    let i = o.fs.setattr(req.nodeid, set)?;
+    let i = o.fs.setattr(req.hdr.nodeid, set)?;
     Ok(out.attr_out(&i, o.ttl)?)
 }
 
 fn readlink(o: &Ops, req: &Request, out: &mut Out) -> Res {
-    let target = o.fs.readlink(req.nodeid)?;
+    let target = o.fs.readlink(req.hdr.nodeid)?;
     Ok(out.bytes(&target)?)
 }
 
@@ -310,7 +310,7 @@ fn readlink(o: &Ops, req: &Request, out: &mut Out) -> Res {
 fn symlink(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let mut a = Args::new(req.payload);
     let (name, target) = a.name().zip(a.name()).ok_or(EINVAL)?;
-    let i = o.fs.symlink(ctx(req), req.nodeid, name, target)?;
+    let i = o.fs.symlink(ctx(req), req.hdr.nodeid, name, target)?;
     Ok(out.entry(&i, o.ttl)?)
 }
 
@@ -323,7 +323,7 @@ fn mknod(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let mut a = Args::new(req.op);
     let (mode, rdev, umask) = (|| Some((a.u32()?, a.u32()?, a.u32()?)))().ok_or(EINVAL)?;
     let i =
-        o.fs.mknod(ctx(req), req.nodeid, name(req)?, mode & !umask, rdev)?;
+        o.fs.mknod(ctx(req), req.hdr.nodeid, name(req)?, mode & !umask, rdev)?;
     Ok(out.entry(&i, o.ttl)?)
 }
 
@@ -332,16 +332,16 @@ fn mkdir(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let mut a = Args::new(req.op);
     let (mode, umask) = a.u32().zip(a.u32()).ok_or(EINVAL)?;
     let i =
-        o.fs.mkdir(ctx(req), req.nodeid, name(req)?, mode & !umask)?;
+        o.fs.mkdir(ctx(req), req.hdr.nodeid, name(req)?, mode & !umask)?;
     Ok(out.entry(&i, o.ttl)?)
 }
 
 fn unlink(o: &Ops, req: &Request, _: &mut Out) -> Res {
-    Ok(o.fs.unlink(req.nodeid, name(req)?)?)
+    Ok(o.fs.unlink(req.hdr.nodeid, name(req)?)?)
 }
 
 fn rmdir(o: &Ops, req: &Request, _: &mut Out) -> Res {
-    Ok(o.fs.rmdir(req.nodeid, name(req)?)?)
+    Ok(o.fs.rmdir(req.hdr.nodeid, name(req)?)?)
 }
 
 /// `fuse_rename_in`: newdir u64; payload: old name, NUL, new name, NUL.
@@ -367,14 +367,14 @@ fn do_rename(o: &Ops, req: &Request, newdir: u64, flags: u32) -> Res {
     };
     let mut a = Args::new(req.payload);
     let (old, new) = a.name().zip(a.name()).ok_or(EINVAL)?;
-    Ok(o.fs.rename(req.nodeid, old, newdir, new, mode)?)
+    Ok(o.fs.rename(req.hdr.nodeid, old, newdir, new, mode)?)
 }
 
 /// `fuse_link_in`: oldnodeid u64; payload: the new name. The request's
 /// node is the new parent.
 fn link(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let ino = Args::new(req.op).u64().ok_or(EINVAL)?;
-    let i = o.fs.link(ino, req.nodeid, name(req)?)?;
+    let i = o.fs.link(ino, req.hdr.nodeid, name(req)?)?;
     Ok(out.entry(&i, o.ttl)?)
 }
 
@@ -384,13 +384,13 @@ fn open(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let (flags, open_flags) = a.u32().zip(a.u32()).ok_or(EINVAL)?;
     let flags = flags as i32;
     let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-    let fh = o.fs.open(req.nodeid, write)?;
+    let fh = o.fs.open(req.hdr.nodeid, write)?;
     if flags & libc::O_TRUNC != 0 && open_flags & FUSE_OPEN_KILL_SUIDGID != 0 {
-        o.fs.kill_privs(req.nodeid)?;
+        o.fs.kill_privs(req.hdr.nodeid)?;
     }
     // Generated files are read from us every time; the rest keeps the
     // page cache across opens.
-    let open_flags = if o.fs.is_generated(req.nodeid) {
+    let open_flags = if o.fs.is_generated(req.hdr.nodeid) {
         FOPEN_DIRECT_IO
     } else {
         FOPEN_KEEP_CACHE
@@ -407,7 +407,7 @@ fn read_in(req: &Request) -> Result<(u64, u64, u32), Errno> {
 
 fn read(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let (fh, offset, size) = read_in(req)?;
-    let data = o.fs.read_handle(req.nodeid, fh, offset, size)?;
+    let data = o.fs.read_handle(req.hdr.nodeid, fh, offset, size)?;
     Ok(out.bytes(&data)?)
 }
 
@@ -418,13 +418,13 @@ fn write(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let (_fh, offset, size, write_flags) =
         (|| Some((a.u64()?, a.u64()?, a.u32()?, a.u32()?)))().ok_or(EINVAL)?;
     if write_flags & FUSE_WRITE_KILL_SUIDGID != 0 {
-        o.fs.kill_privs(req.nodeid)?;
+        o.fs.kill_privs(req.hdr.nodeid)?;
     }
     let data = req
         .payload
         .get(..usize::try_from(size).map_err(|_| EINVAL)?)
         .ok_or(EINVAL)?;
-    let n = o.fs.write(req.nodeid, offset, data)?;
+    let n = o.fs.write(req.hdr.nodeid, offset, data)?;
     out.u32(n)?;
     Ok(out.u32(0)?)
 }
@@ -445,7 +445,7 @@ fn statfs(o: &Ops, _: &Request, out: &mut Out) -> Res {
 /// `fuse_release_in`: fh u64, flags, release_flags (u32), lock_owner u64.
 fn release(o: &Ops, req: &Request, _: &mut Out) -> Res {
     let fh = Args::new(req.op).u64().ok_or(EINVAL)?;
-    Ok(o.fs.release_handle(req.nodeid, fh)?)
+    Ok(o.fs.release_handle(req.hdr.nodeid, fh)?)
 }
 
 fn fsync(o: &Ops, _: &Request, _: &mut Out) -> Res {
@@ -468,7 +468,7 @@ fn setxattr(o: &Ops, req: &Request, _: &mut Out) -> Res {
     if flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 || (create && replace) {
         return Err(EINVAL);
     }
-    Ok(o.fs.setxattr(req.nodeid, name, value, create, replace)?)
+    Ok(o.fs.setxattr(req.hdr.nodeid, name, value, create, replace)?)
 }
 
 /// `fuse_getxattr_in`: size, padding (u32). Size 0 asks for the length
@@ -487,12 +487,12 @@ fn xattr_reply(req: &Request, value: &[u8], out: &mut Out) -> Res {
 }
 
 fn getxattr(o: &Ops, req: &Request, out: &mut Out) -> Res {
-    let v = o.fs.getxattr(req.nodeid, name(req)?)?;
+    let v = o.fs.getxattr(req.hdr.nodeid, name(req)?)?;
     xattr_reply(req, &v, out)
 }
 
 fn listxattr(o: &Ops, req: &Request, out: &mut Out) -> Res {
-    let names = o.fs.listxattr(req.nodeid)?;
+    let names = o.fs.listxattr(req.hdr.nodeid)?;
     let mut buf = Vec::with_capacity(names.iter().map(|n| n.len() + 1).sum());
     for n in &names {
         buf.extend_from_slice(n);
@@ -502,11 +502,11 @@ fn listxattr(o: &Ops, req: &Request, out: &mut Out) -> Res {
 }
 
 fn removexattr(o: &Ops, req: &Request, _: &mut Out) -> Res {
-    Ok(o.fs.removexattr(req.nodeid, name(req)?)?)
+    Ok(o.fs.removexattr(req.hdr.nodeid, name(req)?)?)
 }
 
 fn opendir(o: &Ops, req: &Request, out: &mut Out) -> Res {
-    let fh = o.fs.opendir(req.nodeid)?;
+    let fh = o.fs.opendir(req.hdr.nodeid)?;
     Ok(out.open_out(fh, 0)?)
 }
 
@@ -514,7 +514,7 @@ fn opendir(o: &Ops, req: &Request, out: &mut Out) -> Res {
 /// offset is the index of the one after it.
 fn readdir(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let (fh, offset, size) = read_in(req)?;
-    let list = o.fs.readdir(fh, req.nodeid, offset)?;
+    let list = o.fs.readdir(fh, req.hdr.nodeid, offset)?;
     let start = usize::try_from(offset).unwrap_or(usize::MAX);
     let limit = size as usize;
     for (at, e) in list.iter().enumerate().skip(start) {
@@ -528,7 +528,7 @@ fn readdir(o: &Ops, req: &Request, out: &mut Out) -> Res {
 /// Like [`readdir`], each entry preceded by its `fuse_entry_out`.
 fn readdirplus(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let (fh, offset, size) = read_in(req)?;
-    let list = o.fs.readdir(fh, req.nodeid, offset)?;
+    let list = o.fs.readdir(fh, req.hdr.nodeid, offset)?;
     let start = usize::try_from(offset).unwrap_or(usize::MAX);
     let limit = size as usize;
     for (at, e) in list.iter().enumerate().skip(start) {
@@ -563,7 +563,7 @@ fn create(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let mut a = Args::new(req.op);
     let (_flags, mode, umask) = (|| Some((a.u32()?, a.u32()?, a.u32()?)))().ok_or(EINVAL)?;
     let (i, fh) =
-        o.fs.create(ctx(req), req.nodeid, name(req)?, mode & !umask)?;
+        o.fs.create(ctx(req), req.hdr.nodeid, name(req)?, mode & !umask)?;
     out.entry(&i, o.ttl)?;
     Ok(out.open_out(fh, FOPEN_KEEP_CACHE)?)
 }
@@ -573,7 +573,7 @@ fn fallocate(o: &Ops, req: &Request, _: &mut Out) -> Res {
     let mut a = Args::new(req.op);
     let (_fh, offset, len, mode) =
         (|| Some((a.u64()?, a.u64()?, a.u64()?, a.u32()?)))().ok_or(EINVAL)?;
-    Ok(o.fs.fallocate(req.nodeid, offset, len, mode as i32)?)
+    Ok(o.fs.fallocate(req.hdr.nodeid, offset, len, mode as i32)?)
 }
 
 /// `fuse_lseek_in`: fh, offset (u64), whence, padding (u32). Only
@@ -592,7 +592,7 @@ fn lseek(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let Ok(offset) = i64::try_from(offset) else {
         return Err(Errno(libc::ENXIO));
     };
-    let at = o.fs.lseek(req.nodeid, offset as u64, whence as i32)?;
+    let at = o.fs.lseek(req.hdr.nodeid, offset as u64, whence as i32)?;
     let at = i64::try_from(at).map_err(|_| Errno(libc::EOVERFLOW))?;
     Ok(out.u64(at as u64)?)
 }

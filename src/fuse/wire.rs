@@ -84,12 +84,7 @@ pub mod op {
 /// A decoded request, the same for both transports.
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
-    pub opcode: u32,
-    pub unique: u64,
-    pub nodeid: u64,
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: u32,
+    pub hdr: InHeader,
     /// Arg 0: the opcode's fixed struct.
     pub op: &'a [u8],
     /// The other args: names, data.
@@ -127,12 +122,7 @@ impl InHeader {
 
     pub fn request<'a>(&self, op: &'a [u8], payload: &'a [u8]) -> Request<'a> {
         Request {
-            opcode: self.opcode,
-            unique: self.unique,
-            nodeid: self.nodeid,
-            uid: self.uid,
-            gid: self.gid,
-            pid: self.pid,
+            hdr: *self,
             op,
             payload,
         }
@@ -252,7 +242,7 @@ impl<'a> Out<'a> {
         for t in [i.atime, i.mtime, i.ctime] {
             self.u32(t.nsec)?;
         }
-        self.u32(type_bits(i.kind) | u32::from(i.perm))?;
+        self.u32(i.mode())?;
         self.u32(i.nlink)?;
         self.u32(i.uid)?;
         self.u32(i.gid)?;
@@ -316,7 +306,7 @@ impl<'a> Out<'a> {
         let _ = self.u64(ino);
         let _ = self.u64(off);
         let _ = self.u32(namelen);
-        let _ = self.u32(type_bits(kind) >> 12);
+        let _ = self.u32(kind.mode_bits() >> 12); // DT_*
         let _ = self.bytes(name);
         let _ = self.zeros(size - 24 - name.len());
         true
@@ -336,19 +326,6 @@ pub const ENTRY_OUT_LEN: usize = 128;
 /// Bytes a `fuse_dirent` with a name of `namelen` takes.
 pub fn dirent_size(namelen: usize) -> usize {
     (24 + namelen + 7) & !7
-}
-
-/// The `S_IF*` bits of a kind.
-pub fn type_bits(k: Kind) -> u32 {
-    match k {
-        Kind::File => libc::S_IFREG,
-        Kind::Dir => libc::S_IFDIR,
-        Kind::Symlink => libc::S_IFLNK,
-        Kind::Fifo => libc::S_IFIFO,
-        Kind::Socket => libc::S_IFSOCK,
-        Kind::CharDev => libc::S_IFCHR,
-        Kind::BlockDev => libc::S_IFBLK,
-    }
 }
 
 /// A time from a request: seconds as the kernel's signed 64 bits.

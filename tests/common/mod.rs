@@ -161,6 +161,21 @@ pub fn uring_available() -> bool {
         .is_ok_and(|v| v.trim() == "Y")
 }
 
+/// `zippyfs fsck <store>` on an unmounted store must find nothing.
+pub fn fsck_clean(store: &Path) {
+    let out = Command::new(bin())
+        .arg("fsck")
+        .arg(store)
+        .output()
+        .expect("run fsck");
+    assert!(
+        out.status.success(),
+        "fsck: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Says on the terminal that something was skipped. Straight to standard
 /// error: the test harness captures `eprintln!` of passing tests, and a
 /// skip must be seen.

@@ -135,20 +135,12 @@ pub fn serve(
         }
         super::pin_me(0, pin);
         let qids = (0..queues).step_by(threads).collect();
-        let mut r = spawned.and_then(|()| {
+        let r = spawned.and_then(|()| {
             failed(
                 Queues::new(ops, fd, qids, depth, payload_len, true, &gone).and_then(|q| q.run()),
             )
         });
-        for w in workers {
-            let wr = w
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("a ring thread panicked")));
-            if r.is_ok() {
-                r = wr;
-            }
-        }
-        r
+        super::join_all(r, workers)
     })
 }
 
