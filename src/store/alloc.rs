@@ -10,7 +10,10 @@
 //!
 //! Free space is a set of page ranges, allocated best-fit (smallest range
 //! that fits, then lowest address), then from the tail of the file (the
-//! high-water mark). Every allocation and free of a transaction is logged so
+//! high-water mark). A write transaction asks first for the pages right
+//! after its previous allocation (`alloc_at`) and starts a new run where
+//! pages to spare follow it (`alloc_with_room`), so what one commit writes
+//! is contiguous where the free space allows. Every allocation and free of a transaction is logged so
 //! that an aborted transaction can be undone.
 //!
 //! ## Saved allocator state (a run of pages written at clean close)
@@ -67,9 +70,19 @@ impl Allocator {
     }
 
     pub fn alloc(&mut self, len: u64) -> u64 {
+        self.alloc_with_room(len, 0)
+    }
+
+    /// Like `alloc`, but prefers a free range with `room` more pages after
+    /// the allocation (left free), so that a caller can continue it with
+    /// `alloc_at`; takes the best fit when no range has that room.
+    pub fn alloc_with_room(&mut self, len: u64, room: u64) -> u64 {
         debug_assert!(len > 0);
         let old_hwm = self.hwm;
-        let start = if let Some(&(flen, fstart)) = self.by_size.range((len, 0)..).next() {
+        let roomy = self.by_size.range((len + room, 0)..).next().copied();
+        let start = if let Some((flen, fstart)) =
+            roomy.or_else(|| self.by_size.range((len, 0)..).next().copied())
+        {
             self.remove_free(fstart, flen);
             if flen > len {
                 self.insert_free(fstart + len, flen - len);
@@ -86,6 +99,33 @@ impl Allocator {
             old_hwm,
         });
         start
+    }
+
+    /// Allocates exactly `[start, start+len)` if it is free, or if it is the
+    /// tail and either `grow` or no free range could take `len` pages
+    /// (growing the file while free space is left leaves that space unused,
+    /// so callers allow it only for a little); false, and nothing changes,
+    /// otherwise.
+    pub fn alloc_at(&mut self, start: u64, len: u64, grow: bool) -> bool {
+        debug_assert!(len > 0);
+        let old_hwm = self.hwm;
+        if start == self.hwm {
+            if !grow && self.by_size.range((len, 0)..).next().is_some() {
+                return false;
+            }
+            self.hwm += len;
+        } else {
+            match self.by_start.range(..=start).next_back() {
+                Some((&fs, &fl)) if fs + fl >= start + len => self.carve(start, len),
+                _ => return false,
+            }
+        }
+        self.undo.push(Undo::Alloc {
+            start,
+            len,
+            old_hwm,
+        });
+        true
     }
 
     pub fn free(&mut self, start: u64, len: u64) {
@@ -351,6 +391,39 @@ mod tests {
         a.free(6, 1);
         assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![(2, 7)]);
         assert_eq!(a.trim_tail(), 2);
+    }
+
+    #[test]
+    fn alloc_at_continues_into_free_space_and_grows_the_tail_only_when_allowed() {
+        let mut a = Allocator::new(2);
+        a.alloc(20); // pages 2..22
+        a.free(5, 4); // hole 5..9
+        a.free(12, 2); // hole 12..14
+        assert!(a.alloc_at(5, 3, false), "inside a hole");
+        assert!(!a.alloc_at(8, 2, false), "runs past the hole");
+        assert!(!a.alloc_at(15, 1, false), "not free");
+        assert!(
+            !a.alloc_at(22, 1, false),
+            "the tail while a hole could take it"
+        );
+        assert!(a.alloc_at(22, 1, true), "the tail when growing is allowed");
+        assert!(a.alloc_at(23, 3, false), "no hole takes 3: the tail");
+        assert_eq!(a.hwm(), 26);
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![(8, 1), (12, 2)]);
+        a.rollback();
+        assert_eq!(a.hwm(), 2);
+        assert_eq!(a.free_pages(), 0);
+    }
+
+    #[test]
+    fn alloc_with_room_prefers_a_hole_with_pages_to_spare() {
+        let mut a = Allocator::new(0);
+        a.alloc(40);
+        a.free(2, 3); // exact fit for 3
+        a.free(10, 10); // room for 3 + 7
+        assert_eq!(a.alloc_with_room(3, 5), 10, "the hole with room");
+        assert_eq!(a.alloc_with_room(3, 50), 2, "no room anywhere: best fit");
+        assert_eq!(a.alloc_with_room(8, 0), 40, "nothing fits: the tail");
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! ## Commit protocol
 //!
 //! 1. Queued extent and overflow writes are sent (not synced).
-//! 2. The edited data-tree nodes are sealed bottom-up: each gets its checksum
-//!    and birth, and its parent records both, so the root's reference names
-//!    the whole new tree (a Merkle tree).
+//! 2. The edited data-tree nodes are sealed bottom-up: each gets its page
+//!    (edited nodes carry stand-in ids until now), its checksum and birth,
+//!    and its parent records all three, so the root's reference names the
+//!    whole new tree (a Merkle tree). Pages are handed out continuing the
+//!    txn's last allocation where that space is free, so a small commit's
+//!    extent and nodes form one stretch of the file (`alloc_pages`).
 //! 3. The version record (id, time, cause, data root) goes into the system
 //!    tree; retention picks the versions to drop, whose records are deleted;
 //!    the system tree is sealed the same way.
@@ -56,6 +59,17 @@ use crate::store::{
 const QUEUE_BYTES: usize = 16 << 20;
 /// The longest cause string kept with a version.
 pub const MAX_CAUSE: usize = 512;
+/// Edited nodes have ids from here up until they are sealed: far above any
+/// page of a store (the map is at most 2^48 bytes, 2^36 pages).
+const TEMP_BASE: u64 = 1 << 62;
+/// When a txn's run cannot continue where its last one ended, it starts
+/// where possible in a free range with this many pages to spare, so that
+/// the runs that follow (the nodes of a small commit) can continue it.
+const RUN_ROOM: u64 = 16;
+/// A txn that has allocated no more than this may go on at the file's tail
+/// even while holes are free, to keep a small commit in one stretch; a
+/// larger one fills holes first.
+const SMALL_TXN_PAGES: u64 = 64;
 /// The file grows by at least this much at a time.
 const GROW_MIN: u64 = 1 << 20;
 const GROW_MAX: u64 = 256 << 20;
@@ -120,6 +134,13 @@ pub struct WriteTxn<'s> {
     /// An edit failed half-way; the tree may be inconsistent, so only abort is allowed.
     broken: bool,
     done: bool,
+    /// The stand-in id of the next edited node (see `new_node`).
+    next_temp: u64,
+    /// The page after the last run this txn allocated: the next run goes
+    /// there if it is free (see `alloc_pages`).
+    hint: Option<u64>,
+    /// Pages this txn allocated so far.
+    allocated: u64,
 }
 
 impl<'s> WriteTxn<'s> {
@@ -154,6 +175,9 @@ impl<'s> WriteTxn<'s> {
             bytes: 0,
             broken: false,
             done: false,
+            next_temp: TEMP_BASE,
+            hint: None,
+            allocated: 0,
         })
     }
 
@@ -343,8 +367,7 @@ impl<'s> WriteTxn<'s> {
         // Seal the data tree bottom-up: each parent records its children's
         // checksums, so the root's reference covers the whole new tree.
         let mut sealed = Vec::with_capacity(self.dirty.len());
-        let data_root = self.seal(self.roots[Tree::Data as usize], &mut sealed);
-        self.roots[Tree::Data as usize] = data_root;
+        let data_root = self.seal_tree(Tree::Data, &mut sealed)?;
 
         // The version record, and retention.
         let info = VersionInfo {
@@ -393,12 +416,9 @@ impl<'s> WriteTxn<'s> {
             self.modify(Tree::System, &version_key(d), Op::Delete)?;
         }
         let t1 = std::time::Instant::now();
-        let system_root = self.seal(self.roots[Tree::System as usize], &mut sealed);
-        self.roots[Tree::System as usize] = system_root;
+        let system_root = self.seal_tree(Tree::System, &mut sealed)?;
         debug_assert!(self.dirty.is_empty(), "edited nodes no tree references");
-        for id in std::mem::take(&mut self.dirty).into_keys() {
-            self.w.alloc.free(id, 1);
-        }
+        self.dirty.clear();
 
         // One batch: the nodes (sorted, so the backend can coalesce adjacent
         // pages) and the slot; one sync.
@@ -502,21 +522,55 @@ impl<'s> WriteTxn<'s> {
 
     /// Encodes every edited node under `ptr`, children first, and returns
     /// the reference to it with its final checksum.
-    fn seal(&mut self, ptr: Ptr, out: &mut Vec<(u64, Box<[u8]>)>) -> Ptr {
+    /// Gives every edited node of `tree` its page, continuing what this txn
+    /// wrote before where the space is free, and seals them; returns the root.
+    fn seal_tree(&mut self, tree: Tree, out: &mut Vec<(u64, Box<[u8]>)>) -> StoreResult<Ptr> {
+        let root = self.roots[tree as usize];
+        let mut left = self.count_dirty(root);
+        let root = self.seal(root, out, &mut left)?;
+        debug_assert_eq!(left, 0, "every edited node was sealed");
+        self.roots[tree as usize] = root;
+        Ok(root)
+    }
+
+    /// The edited nodes reachable from `ptr`.
+    fn count_dirty(&self, ptr: Ptr) -> u64 {
+        match self.dirty.get(&ptr.page) {
+            None => 0,
+            Some(n) if n.is_leaf() => 1,
+            Some(n) => {
+                1 + (0..n.len())
+                    .map(|i| self.count_dirty(n.child(i)))
+                    .sum::<u64>()
+            }
+        }
+    }
+
+    /// Encodes every edited node under `ptr`, children first, each into a
+    /// page of its own (`left` counts the nodes still to place), and returns
+    /// the reference to it with its final page and checksum.
+    fn seal(
+        &mut self,
+        ptr: Ptr,
+        out: &mut Vec<(u64, Box<[u8]>)>,
+        left: &mut u64,
+    ) -> StoreResult<Ptr> {
         let Some(mut node) = self.dirty.remove(&ptr.page) else {
-            return ptr;
+            return Ok(ptr);
         };
         if !node.is_leaf() {
             for i in 0..node.len() {
-                let child = self.seal(node.child(i), out);
+                let child = self.seal(node.child(i), out, left)?;
                 node.set_child(i, child);
             }
         }
+        *left = left.saturating_sub(1);
+        let at = self.alloc_pages_with_room(1, *left)?;
         let mut page: Box<[u8]> = vec![0u8; PAGE_SIZE].into_boxed_slice();
         let (kind, count) = node.encode(&mut page);
-        let sealed = format::seal(&mut page, kind, count, ptr.page, self.txn);
-        out.push((ptr.page, page));
-        sealed
+        let sealed = format::seal(&mut page, kind, count, at, self.txn);
+        out.push((at, page));
+        Ok(sealed)
     }
 
     fn src(&self) -> Src<'_> {
@@ -543,8 +597,24 @@ impl<'s> WriteTxn<'s> {
         r
     }
 
+    /// Allocates `n` pages, right after this txn's previous allocation when
+    /// that space is free, so that what one commit writes (extents, overflow
+    /// runs, nodes) lies in one stretch of the file: the kernel writes it
+    /// back in few large requests, and an `fsync` of a small change waits
+    /// for two writes (the stretch and the slot) instead of one per node.
     fn alloc_pages(&mut self, n: u64) -> StoreResult<u64> {
-        let start = self.w.alloc.alloc(n);
+        self.alloc_pages_with_room(n, RUN_ROOM)
+    }
+
+    /// `alloc_pages`, where a new run should leave `room` pages free after it.
+    fn alloc_pages_with_room(&mut self, n: u64, room: u64) -> StoreResult<u64> {
+        let grow = self.allocated + n <= SMALL_TXN_PAGES;
+        let start = match self.hint {
+            Some(h) if self.w.alloc.alloc_at(h, n, grow) => h,
+            _ => self.w.alloc.alloc_with_room(n, room),
+        };
+        self.hint = Some(start + n);
+        self.allocated += n;
         let need = (start + n) * PAGE;
         let len = self.store.backend.len();
         if need > len {
@@ -666,11 +736,9 @@ impl<'s> WriteTxn<'s> {
         }
     }
 
-    /// A node page edited in this txn and now dropped: nothing else refers to
-    /// it and nothing is queued for it, so it is free at once.
+    /// A node edited in this txn and now dropped: it has no page yet.
     fn drop_dirty(&mut self, id: u64) {
         self.dirty.remove(&id);
-        self.w.alloc.free(id, 1);
     }
 
     /// The writable copy of node `id` (itself, if already edited in this txn).
@@ -679,16 +747,17 @@ impl<'s> WriteTxn<'s> {
             return Ok(ptr.page);
         }
         let node = Node::from_page(self.store.pages().node(ptr)?);
-        let new = self.alloc_pages(1)?;
         self.release(tree, ptr.page, 1, ptr.birth);
-        self.dirty.insert(new, node);
-        Ok(new)
+        Ok(self.new_node(node))
     }
 
-    fn new_node(&mut self, node: Node) -> StoreResult<u64> {
-        let id = self.alloc_pages(1)?;
+    /// An edited node gets a stand-in id (above any page) until the commit
+    /// gives every edited node its page, all in one run.
+    fn new_node(&mut self, node: Node) -> u64 {
+        let id = self.next_temp;
+        self.next_temp += 1;
         self.dirty.insert(id, node);
-        Ok(id)
+        id
     }
 
     fn modify(&mut self, tree: Tree, key: &[u8], op: Op<'_>) -> StoreResult<Option<Old>> {
@@ -697,7 +766,7 @@ impl<'s> WriteTxn<'s> {
             if let Op::Put { val, extent } = op {
                 let mut leaf = Node::new(true);
                 leaf.insert_leaf(0, key, val, extent);
-                let page = self.new_node(leaf)?;
+                let page = self.new_node(leaf);
                 self.roots[t] = self.fresh(page);
             }
             return Ok(None);
@@ -744,7 +813,7 @@ impl<'s> WriteTxn<'s> {
         for (i, (key, page)) in list.into_iter().enumerate() {
             node.insert_branch(i + 1, &key, self.fresh(page));
         }
-        let root = self.new_node(node)?;
+        let root = self.new_node(node);
         match self.check_size(root)? {
             Outcome::Split(more) => self.grow_root(self.fresh(root), more),
             _ => Ok(self.fresh(root)),
@@ -859,7 +928,6 @@ impl<'s> WriteTxn<'s> {
         left.extend(&right);
         if left.size() <= CAPACITY {
             self.dirty.insert(lid, left);
-            self.w.alloc.free(rid, 1);
             self.node_mut(parent).remove(r);
             return Ok(());
         }
@@ -890,7 +958,7 @@ impl<'s> WriteTxn<'s> {
         self.dirty.insert(id, first);
         let mut out = Vec::with_capacity(pieces.len());
         for (sep, node) in pieces {
-            out.push((sep, self.new_node(node)?));
+            out.push((sep, self.new_node(node)));
         }
         Ok(Outcome::Split(out))
     }

@@ -37,6 +37,8 @@ impl SplitMix64 {
 struct Durable {
     image: Vec<u8>,
     unsynced: Vec<(u64, Vec<u8>)>,
+    /// (offset, length) of each write the last sync made durable.
+    last_synced: Vec<(u64, u64)>,
 }
 
 pub struct SimBackend {
@@ -77,6 +79,7 @@ impl SimBackend {
             durable: Mutex::new(Durable {
                 image: image.to_vec(),
                 unsynced: Vec::new(),
+                last_synced: Vec::new(),
             }),
             ops: AtomicU64::new(0),
             crash_at: AtomicU64::new(u64::MAX),
@@ -136,6 +139,12 @@ impl SimBackend {
             image[*off as usize..end].copy_from_slice(&data[..keep]);
         }
         image
+    }
+
+    /// (offset, length) of every write the last sync made durable, in the
+    /// order they were issued: what one commit cost the device.
+    pub fn last_synced_writes(&self) -> Vec<(u64, u64)> {
+        self.durable.lock().last_synced.clone()
     }
 
     /// The live image, as if every write had reached the disk.
@@ -198,9 +207,15 @@ impl Backend for SimBackend {
         self.tick()?;
         let mut d = self.durable.lock();
         let len = self.len() as usize;
-        let Durable { image, unsynced } = &mut *d;
+        let Durable {
+            image,
+            unsynced,
+            last_synced,
+        } = &mut *d;
         image.resize(len, 0);
+        last_synced.clear();
         for (off, data) in unsynced.drain(..) {
+            last_synced.push((off, data.len() as u64));
             let end = (off as usize + data.len()).min(len);
             if (off as usize) < end {
                 image[off as usize..end].copy_from_slice(&data[..end - off as usize]);
