@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The POSIX suite pjdfstest against a zippyfs mount, with each transport
 # (classic /dev/fuse, and io_uring where the kernel has it turned on) in
-# each daemon mode (one shard per core, and -s). Fails on any failed test, and on any skipped
+# each daemon mode (one shard per core, and -s), and once without the
+# kernel's writeback cache (-o writeback_cache=off). Fails on any failed test, and on any skipped
 # test that ext4 on this machine does not skip with the same configuration,
 # with one exception no FUSE filesystem can avoid: link::link_count_max skips
 # because glibc's pathconf(_PC_LINK_MAX) answers 127, "unknown", for every
@@ -16,7 +17,7 @@ ALLOWED_SKIPS="chmod::erofs_named chown::erofs_named chown::lchown::erofs_named 
 link::exdev_target mkdir::erofs_new_file mkfifo::erofs_new_file open::erofs_named
 open::erofs_new_file rename::erofs_named rename::exdev_target rmdir::erofs_named
 symlink::erofs_new_file truncate::erofs_named unlink::erofs_named link::link_count_max"
-MODES=("--transport classic" "--transport classic -s")
+MODES=("--transport classic" "--transport classic -s" "--transport classic -o writeback_cache=off")
 if [ "$(cat /sys/module/fuse/parameters/enable_uring 2>/dev/null)" = "Y" ]; then
     MODES+=("--transport uring" "--transport uring -s")
 else

@@ -162,6 +162,7 @@ struct MountArgs {
     /// kernel_dirty_ratio=PERCENT|default (how much of the system's dirty
     /// page cache the kernel may hold for this mount; 20 by default),
     /// ttl=SECS (how long the kernel caches attributes and names; 1),
+    /// writeback_cache=on|off (the kernel's writeback cache; on),
     /// history_name=NAME (the directory of old versions, .zippy by default); others go to
     /// the kernel mount (ro, noatime, allow_other, ...).
     #[arg(short = 'o', value_name = "OPTION,...", value_delimiter = ',')]
@@ -779,6 +780,7 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
         .unwrap_or(zippyfs::fuse::DEFAULT_QUEUE_DEPTH);
     let mut kernel_dirty_ratio = Some(zippyfs::fuse::DEFAULT_KERNEL_DIRTY_RATIO);
     let mut ttl = zippyfs::fuse::ops::TTL;
+    let mut writeback_cache = true;
     let mut kernel = Vec::new();
     for o in args
         .options
@@ -831,6 +833,12 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
                 .filter(|s: &f64| s.is_finite() && (0.0..=3600.0).contains(s))
                 .with_context(|| format!("-o ttl={v}: seconds from 0 to 3600 are needed"))?;
             ttl = Duration::from_secs_f64(secs);
+        } else if let Some(v) = o.strip_prefix("writeback_cache=") {
+            writeback_cache = match v {
+                "on" => true,
+                "off" => false,
+                _ => anyhow::bail!("-o writeback_cache={v}: on or off"),
+            };
         } else if let Some(v) = o.strip_prefix("queue_depth=") {
             queue_depth = v
                 .parse()
@@ -859,6 +867,7 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
             queue_depth,
             kernel_dirty_ratio,
             ttl,
+            writeback_cache,
             options: kernel,
         },
     })

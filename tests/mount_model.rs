@@ -1,7 +1,8 @@
 //! The same random sequence of file and directory operations, applied to a
 //! zippyfs mount and to a directory on ext4, must give the same results, the
 //! same errors and the same final tree (contents, sizes, modes, links).
-//! Run for both daemon modes (one shard per core, and `-s`).
+//! Run for both transports in both daemon modes (one shard per core, and
+//! `-s`), and without the kernel's writeback cache.
 
 mod common;
 
@@ -293,4 +294,14 @@ fn random_operations_match_ext4_uring_transport() {
 #[test]
 fn random_operations_match_ext4_uring_transport_single_threaded() {
     run_model(common::mode(3));
+}
+
+#[test]
+fn random_operations_match_ext4_without_the_writeback_cache() {
+    run_model(Some(&[
+        "--transport",
+        "classic",
+        "-o",
+        "writeback_cache=off",
+    ]));
 }

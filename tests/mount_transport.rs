@@ -2,7 +2,8 @@
 //! through the io_uring queues (the daemon's counters in `daemon.json`
 //! against the operations made); with `classic` no ring is touched. Both
 //! transports end quickly on unmount, SIGTERM and SIGINT, and cleanly when
-//! unmounted under load.
+//! unmounted under load. `-o writeback_cache=off` sends writes through at
+//! once.
 
 mod common;
 
@@ -141,5 +142,48 @@ fn unmount_under_load_exits_cleanly_and_leaves_a_clean_store() {
         println!("{mode:?}: exited {status} after {took:?} under a load of {ops} rounds");
         assert!(status.success(), "{mode:?}: {status}");
         common::fsck_clean(store.path());
+    }
+}
+
+/// WRITE requests served so far, from `daemon.json`.
+fn writes_served(root: &Path) -> u64 {
+    let text = fs::read_to_string(root.join(".zippy/daemon.json")).expect("daemon.json");
+    let j: serde_json::Value = serde_json::from_str(&text).expect("daemon.json is JSON");
+    j["requests_by_opcode"]["16"].as_u64().unwrap_or(0)
+}
+
+/// `-o writeback_cache=off` really turns the kernel's writeback cache off:
+/// a write reaches the daemon while the file is still open (with the cache
+/// on, it waits in the page cache for the close), and what was written
+/// reads back the same either way.
+#[test]
+fn writeback_cache_off_sends_each_write_through_at_once() {
+    if !common::fuse_available() {
+        println!("skipped: no /dev/fuse");
+        return;
+    }
+    use std::io::Write;
+    for (args, through) in [
+        (&["--transport", "classic"][..], false),
+        (
+            &["--transport", "classic", "-o", "writeback_cache=off"][..],
+            true,
+        ),
+    ] {
+        let store = tempfile::tempdir().expect("store");
+        let m = common::Mounted::start(store.path(), args);
+        let path = m.path().join("f");
+        let mut f = fs::File::create(&path).expect("create");
+        let before = writes_served(m.path());
+        f.write_all(&[7u8; 4096]).expect("write");
+        let after = writes_served(m.path());
+        assert_eq!(
+            after > before,
+            through,
+            "{args:?}: WRITE requests {before} -> {after} before the close"
+        );
+        drop(f);
+        assert_eq!(fs::read(&path).expect("read back"), vec![7u8; 4096]);
+        assert!(m.unmount().success());
     }
 }

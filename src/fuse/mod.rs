@@ -95,6 +95,10 @@ pub struct MountOpts {
     pub kernel_dirty_ratio: Option<u32>,
     /// How long the kernel may cache attributes and entries.
     pub ttl: std::time::Duration,
+    /// Ask for the kernel's writeback cache: writes land in the page cache
+    /// and reach the daemon in large batches, at the price of a SETATTR of
+    /// the times after writes and unlinks (see tuning.md).
+    pub writeback_cache: bool,
     /// Further mount options (`-o`), passed to the kernel mount.
     pub options: Vec<String>,
 }
@@ -116,6 +120,7 @@ impl Default for MountOpts {
             queue_depth: DEFAULT_QUEUE_DEPTH,
             kernel_dirty_ratio: Some(DEFAULT_KERNEL_DIRTY_RATIO),
             ttl: ops::TTL,
+            writeback_cache: true,
             options: Vec::new(),
         }
     }
@@ -146,6 +151,7 @@ struct Negotiated {
 /// fuser's side of the handshake: asks for the capabilities we use.
 struct Negotiate {
     want_uring: bool,
+    want_writeback: bool,
     result: Arc<Mutex<Option<Negotiated>>>,
 }
 
@@ -167,6 +173,9 @@ impl Filesystem for Negotiate {
             // write (it marks the superblock SB_NOSEC).
             ("killpriv v2", InitFlags::FUSE_HANDLE_KILLPRIV_V2),
         ] {
+            if flag == InitFlags::FUSE_WRITEBACK_CACHE && !self.want_writeback {
+                continue;
+            }
             if config.add_capabilities(flag).is_err() {
                 tracing::debug!("the kernel does not offer {what}; carrying on without it");
             } else if flag == InitFlags::FUSE_WRITEBACK_CACHE {
@@ -345,6 +354,7 @@ fn run_session(
     let result = Arc::new(Mutex::new(None));
     let negotiate = Negotiate {
         want_uring,
+        want_writeback: opts.writeback_cache,
         result: Arc::clone(&result),
     };
     let mut session =
