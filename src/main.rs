@@ -152,7 +152,8 @@ struct MountArgs {
     /// request and a 1 MiB buffer.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     queue_depth: Option<u32>,
-    /// Dirty data held in memory before a commit starts, e.g. 256M or 1G.
+    /// The most dirty data held in memory, e.g. 256M or 1G: a commit starts
+    /// at half of it, and a writer waits for one at the limit.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     cache_size: Option<u64>,
     /// Options, comma-separated: block_size=SIZE (a new filesystem's block
