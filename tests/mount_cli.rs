@@ -1,5 +1,6 @@
 //! The mount command's errors and signals: a mount point that is not a
-//! directory and a damaged store are clear errors with a non-zero exit;
+//! directory, a damaged store and a mount option the kernel refuses are
+//! clear errors with a non-zero exit;
 //! SIGTERM, SIGINT and `fusermount3 -u` commit and exit cleanly.
 
 mod common;
@@ -8,8 +9,18 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn mount_fails(mountpoint: &std::path::Path, store: &std::path::Path, expect: &str) {
+    mount_fails_with(&[], mountpoint, store, expect)
+}
+
+fn mount_fails_with(
+    args: &[&str],
+    mountpoint: &std::path::Path,
+    store: &std::path::Path,
+    expect: &str,
+) {
     let out = Command::new(common::bin())
         .args(["mount", "-f"])
+        .args(args)
         .arg(mountpoint)
         .arg(store)
         .output()
@@ -42,6 +53,22 @@ fn damaged_store_is_a_clear_error() {
     .expect("garbage store");
     let mnt = tempfile::tempdir().expect("mountpoint");
     mount_fails(mnt.path(), store.path(), "not a zippyfs store");
+}
+
+#[test]
+fn option_the_kernel_refuses_is_named_in_the_error() {
+    if !common::fuse_available() {
+        println!("skipped: no /dev/fuse");
+        return;
+    }
+    let store = tempfile::tempdir().expect("store");
+    let mnt = tempfile::tempdir().expect("mountpoint");
+    mount_fails_with(
+        &["-o", "noatime,dirty_limt=32M"],
+        mnt.path(),
+        store.path(),
+        "refused an option zippyfs does not know and passed on: dirty_limt=32M",
+    );
 }
 
 fn signal_commits_and_exits(sig: i32) {

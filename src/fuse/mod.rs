@@ -262,6 +262,30 @@ fn mount_option(o: &str) -> UserOption {
     })
 }
 
+/// The kernel answers an option it does not know with a bare EINVAL; name
+/// the options that went to it unchecked, so a typo is easy to spot.
+fn explain_rejected_options(error: io::Error, opts: &MountOpts) -> io::Error {
+    let passed: Vec<&str> = opts
+        .options
+        .iter()
+        .map(String::as_str)
+        .filter(|o| matches!(mount_option(o), UserOption::Mount(MountOption::CUSTOM(_))))
+        .collect();
+    // fuser reports a failed mount(2) as text ("... EINVAL: Invalid
+    // argument"), not as an OS error code.
+    let einval = error.raw_os_error() == Some(libc::EINVAL) || error.to_string().contains("EINVAL");
+    if !einval || passed.is_empty() {
+        return error;
+    }
+    io::Error::new(
+        error.kind(),
+        format!(
+            "{error}; the kernel may have refused an option zippyfs does not know and passed on: {}",
+            passed.join(", ")
+        ),
+    )
+}
+
 /// Mounts `fs` on `mountpoint` and serves it in the calling thread until it
 /// is unmounted (by `umount`, or SIGINT/SIGTERM); the final commit has run
 /// when this returns.
@@ -360,7 +384,7 @@ fn run_session(
     let mut session =
         Session::new(negotiate, mountpoint, &config(opts)).map_err(|error| MountError::Mount {
             path: mountpoint.to_path_buf(),
-            error,
+            error: explain_rejected_options(error, opts),
         })?;
     let Some(n) = *result.lock() else {
         return Err(MountError::Session(io::Error::other(
