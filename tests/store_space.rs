@@ -1,6 +1,7 @@
 //! Space comes back: rewriting 1 GiB over a 64 MiB live set, keeping the
 //! last 10 versions, must leave the store file under 3× the live data, at
 //! every commit along the way. Run with `--nocapture` to see the figures.
+//! A commit that finds the device full fails and leaves the store usable.
 
 use std::path::Path;
 
@@ -130,6 +131,50 @@ fn space_cap_lets_the_oldest_versions_go_first() {
     assert!(
         versions.windows(2).all(|w| w[1] == w[0] + 1),
         "{versions:?}"
+    );
+    let report = store.fsck().unwrap();
+    assert!(report.is_clean(), "{report}");
+}
+
+#[test]
+fn a_commit_that_finds_the_device_full_fails_and_the_store_goes_on() {
+    use std::sync::Arc;
+    use zippyfs::store::{SimBackend, StoreError};
+    const DEVICE: u64 = 2 << 20;
+    let dev = Arc::new(SimBackend::new(DEVICE).unwrap());
+    let store = Store::open_backend(
+        Box::new(dev),
+        StoreOptions {
+            map_size: DEVICE,
+            retention: Retention::last(10),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let mut t = store.begin_write().unwrap();
+    t.put(b"kept", b"before").unwrap();
+    t.commit("small").unwrap();
+    // Far more tree than the device holds: the nodes get their pages at
+    // commit, and run out there.
+    let mut t = store.begin_write().unwrap();
+    for k in 0u64..60_000 {
+        t.put(&k.to_be_bytes(), &[7u8; 40]).unwrap();
+    }
+    match t.commit("too big") {
+        Err(StoreError::NoSpace | StoreError::MapFull { .. }) => {}
+        other => panic!("expected the device to be full, got {other:?}"),
+    }
+    // The store is not poisoned: the last commit is intact and the next
+    // one goes through.
+    let snap = store.latest().unwrap();
+    assert_eq!(snap.get(b"kept").unwrap(), Some(&b"before"[..]));
+    drop(snap);
+    let mut t = store.begin_write().unwrap();
+    t.put(b"after", b"ok").unwrap();
+    t.commit("after the full disk").unwrap();
+    assert_eq!(
+        store.latest().unwrap().get(b"after").unwrap(),
+        Some(&b"ok"[..])
     );
     let report = store.fsck().unwrap();
     assert!(report.is_clean(), "{report}");

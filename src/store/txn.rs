@@ -36,7 +36,10 @@
 //!
 //! Any failure from step 1 on poisons the store: the kernel may have dropped
 //! dirty pages it could not write, so nothing cached can be trusted until the
-//! store is reopened (and recovered from its last durable commit).
+//! store is reopened (and recovered from its last durable commit). The one
+//! exception is running out of space while step 2 gives the nodes their
+//! pages: no node has been written yet, so the commit just fails, the
+//! allocator is rolled back, and the store stays usable.
 
 use std::collections::HashMap;
 use std::ops::RangeBounds;
@@ -141,6 +144,9 @@ pub struct WriteTxn<'s> {
     hint: Option<u64>,
     /// Pages this txn allocated so far.
     allocated: u64,
+    /// The commit failed for want of space while placing nodes, before it
+    /// wrote any (see `space_for_nodes`).
+    out_of_space_before_writing: bool,
 }
 
 impl<'s> WriteTxn<'s> {
@@ -178,6 +184,7 @@ impl<'s> WriteTxn<'s> {
             next_temp: TEMP_BASE,
             hint: None,
             allocated: 0,
+            out_of_space_before_writing: false,
         })
     }
 
@@ -332,7 +339,7 @@ impl<'s> WriteTxn<'s> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         let r = self.commit_inner(&cause[..end], now);
-        if r.is_err() {
+        if r.is_err() && !self.out_of_space_before_writing {
             self.w.poisoned = true;
         }
         r
@@ -367,7 +374,7 @@ impl<'s> WriteTxn<'s> {
         // Seal the data tree bottom-up: each parent records its children's
         // checksums, so the root's reference covers the whole new tree.
         let mut sealed = Vec::with_capacity(self.dirty.len());
-        let data_root = self.seal_tree(Tree::Data, &mut sealed)?;
+        let data_root = self.space_for_nodes(|t| t.seal_tree(Tree::Data, &mut sealed))?;
 
         // The version record, and retention.
         let info = VersionInfo {
@@ -416,7 +423,7 @@ impl<'s> WriteTxn<'s> {
             self.modify(Tree::System, &version_key(d), Op::Delete)?;
         }
         let t1 = std::time::Instant::now();
-        let system_root = self.seal_tree(Tree::System, &mut sealed)?;
+        let system_root = self.space_for_nodes(|t| t.seal_tree(Tree::System, &mut sealed))?;
         debug_assert!(self.dirty.is_empty(), "edited nodes no tree references");
         self.dirty.clear();
 
@@ -522,6 +529,22 @@ impl<'s> WriteTxn<'s> {
 
     /// Encodes every edited node under `ptr`, children first, and returns
     /// the reference to it with its final checksum.
+    /// Runs a step of the commit that allocates pages for nodes before any
+    /// of them is written. If the disk (or the map) is full, nothing this
+    /// commit wrote is referenced by anything durable and the allocator is
+    /// rolled back when the txn drops: the commit fails without poisoning
+    /// the store, and a later one (after space is freed) can succeed.
+    fn space_for_nodes<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let r = f(self);
+        if matches!(r, Err(StoreError::NoSpace | StoreError::MapFull { .. })) {
+            self.out_of_space_before_writing = true;
+        }
+        r
+    }
+
     /// Gives every edited node of `tree` its page, continuing what this txn
     /// wrote before where the space is free, and seals them; returns the root.
     fn seal_tree(&mut self, tree: Tree, out: &mut Vec<(u64, Box<[u8]>)>) -> StoreResult<Ptr> {
