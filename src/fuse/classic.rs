@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::ops::{Ops, Outcome, handler};
+use super::syncer::{ReplyTo, Syncer};
 use super::wire::{IN_HEADER_LEN, InHeader, OUT_HEADER_LEN, Out, out_header};
 
 /// Room for the largest request (a `max_write` write with its headers)
@@ -40,10 +41,35 @@ pub fn clone_fd(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(new)
 }
 
-/// Decodes one request read from `/dev/fuse` and runs it. Returns the
-/// reply's length in `reply` (header included), or `None` when the opcode
-/// takes no reply or the request is too damaged to answer.
-pub fn handle(ops: &Ops, request: &[u8], reply: &mut [u8]) -> Option<usize> {
+/// What became of a request read from `/dev/fuse`.
+pub enum Handled {
+    /// The reply is in the buffer, this long (header included).
+    Reply(usize),
+    /// Nothing to send: the opcode takes no reply, or the request is too
+    /// damaged to answer.
+    Nothing,
+    /// The request (this `unique`) waits for a commit: hand it to the
+    /// syncer, or answer it with [`commit_reply`].
+    Commit(u64),
+}
+
+/// Decodes one request read from `/dev/fuse` and runs it, leaving any
+/// reply in `reply`.
+pub fn handle(ops: &Ops, request: &[u8], reply: &mut [u8]) -> Handled {
+    match handle_inner(ops, request, reply) {
+        Some(h) => h,
+        None => Handled::Nothing,
+    }
+}
+
+/// Commits, then writes the answer to the request `unique` into `reply`;
+/// returns its length.
+pub fn commit_reply(ops: &Ops, unique: u64, reply: &mut [u8]) -> Option<usize> {
+    out_header(reply, unique, ops.commit_wait(), 0)?;
+    Some(OUT_HEADER_LEN)
+}
+
+fn handle_inner(ops: &Ops, request: &[u8], reply: &mut [u8]) -> Option<Handled> {
     let Some(hdr) = InHeader::parse(request) else {
         tracing::warn!(len = request.len(), "a request shorter than its header");
         return None;
@@ -57,15 +83,23 @@ pub fn handle(ops: &Ops, request: &[u8], reply: &mut [u8]) -> Option<usize> {
     let mut out = Out::new(rest);
     let (error, len) = match ops.dispatch(&req, &mut out) {
         Outcome::None => return None,
+        Outcome::Commit => return Some(Handled::Commit(hdr.unique)),
         Outcome::Reply(None) => (0, out.len()),
         Outcome::Reply(Some(e)) => (-e.0, 0),
     };
     out_header(head, hdr.unique, error, len)?;
-    Some(OUT_HEADER_LEN + len)
+    Some(Handled::Reply(OUT_HEADER_LEN + len))
 }
 
-/// Serves `fd` until the connection ends (unmount: `ENODEV`).
-pub fn serve(ops: &Ops, fd: BorrowedFd<'_>, max_write: u32, served: &AtomicU64) -> io::Result<()> {
+/// Serves `fd` until the connection ends (unmount: `ENODEV`); requests
+/// that wait for a commit go to `syncer`, which answers them on `fd`.
+pub fn serve<'a>(
+    ops: &Ops,
+    fd: BorrowedFd<'a>,
+    max_write: u32,
+    served: &AtomicU64,
+    syncer: &Syncer<'a>,
+) -> io::Result<()> {
     let mut request = vec![0u8; buffer_len(max_write)];
     let mut reply = vec![0u8; buffer_len(max_write)];
     loop {
@@ -81,10 +115,11 @@ pub fn serve(ops: &Ops, fd: BorrowedFd<'_>, max_write: u32, served: &AtomicU64) 
             }
         }
         served.fetch_add(1, Ordering::Relaxed);
-        let Some(len) = handle(ops, &request[..n as usize], &mut reply) else {
-            continue;
-        };
-        send(fd, &reply[..len])?;
+        match handle(ops, &request[..n as usize], &mut reply) {
+            Handled::Reply(len) => send(fd, &reply[..len])?,
+            Handled::Nothing => {}
+            Handled::Commit(unique) => syncer.defer(ReplyTo::Dev { fd, unique }),
+        }
     }
 }
 

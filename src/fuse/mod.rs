@@ -34,6 +34,7 @@ pub mod classic;
 pub mod ops;
 pub mod ring;
 mod signals;
+pub mod syncer;
 pub mod wire;
 
 use std::io;
@@ -509,8 +510,13 @@ fn serve_classic(
         .collect::<io::Result<Vec<_>>>()?;
     let served = &ops.fs.served().dev;
     let pin = threads > 1;
+    let syncer = syncer::Syncer::new(ops);
     std::thread::scope(|s| {
-        let workers: Vec<_> = clones
+        let syncer = &syncer;
+        let sync_thread = std::thread::Builder::new()
+            .name("zippy-sync".into())
+            .spawn_scoped(s, || syncer.run())?;
+        let workers = clones
             .iter()
             .enumerate()
             .map(|(i, c)| {
@@ -518,12 +524,20 @@ fn serve_classic(
                     .name(format!("zippy-fuse-{}", i + 1))
                     .spawn_scoped(s, move || {
                         pin_me(i + 1, pin);
-                        classic::serve(ops, c.as_fd(), max_write, served)
+                        classic::serve(ops, c.as_fd(), max_write, served, syncer)
                     })
             })
-            .collect::<io::Result<_>>()?;
-        pin_me(0, pin);
-        join_all(classic::serve(ops, fd, max_write, served), workers)
+            .collect::<io::Result<Vec<_>>>();
+        let r = match workers {
+            Ok(workers) => {
+                pin_me(0, pin);
+                join_all(classic::serve(ops, fd, max_write, served, syncer), workers)
+            }
+            Err(e) => Err(e),
+        };
+        syncer.stop();
+        let _ = sync_thread.join();
+        r
     })
 }
 

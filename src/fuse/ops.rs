@@ -62,6 +62,10 @@ pub enum Outcome {
     Reply(Option<Errno>),
     /// The opcode takes no reply (FORGET, INTERRUPT, ...).
     None,
+    /// The reply waits for a commit of every change so far (`fsync`): the
+    /// transport hands it to the syncer (`super::syncer`), or answers
+    /// after [`Ops::commit_wait`] where it has none.
+    Commit,
 }
 
 /// The state handlers share: the core and what INIT settled.
@@ -88,6 +92,15 @@ impl Ops {
     }
 
     /// Runs the handler of `req`'s opcode, writing the reply body to `out`.
+    /// Commits every change so far and waits until it is durable: the
+    /// answer to an [`Outcome::Commit`] (its errno, or 0).
+    pub fn commit_wait(&self) -> i32 {
+        match self.fs.fsync() {
+            Ok(()) => 0,
+            Err(e) => -Errno::from(e).0,
+        }
+    }
+
     pub fn dispatch(&self, req: &Request, out: &mut Out) -> Outcome {
         self.fs.served().count_op(req.hdr.opcode);
         let Some(h) = handler(req.hdr.opcode) else {
@@ -100,6 +113,9 @@ impl Ops {
             unique = req.hdr.unique,
             "request"
         );
+        if h.commit {
+            return Outcome::Commit;
+        }
         let r = (h.run)(self, req, out);
         if !h.reply {
             return Outcome::None;
@@ -125,6 +141,8 @@ pub struct Handler {
     pub arg: usize,
     /// Whether the kernel waits for a reply.
     pub reply: bool,
+    /// The reply waits for a commit ([`Outcome::Commit`]).
+    pub commit: bool,
     run: fn(&Ops, &Request, &mut Out) -> Res,
 }
 
@@ -137,6 +155,7 @@ const fn h(
         name,
         arg,
         reply: true,
+        commit: false,
         run,
     })
 }
@@ -146,6 +165,18 @@ const fn no_reply(name: &'static str, arg: usize) -> Option<Handler> {
         name,
         arg,
         reply: false,
+        commit: false,
+        run: |_, _, _| Ok(()),
+    })
+}
+
+/// A request whose reply waits for a commit of every change so far.
+const fn commit_wait(name: &'static str, arg: usize) -> Option<Handler> {
+    Some(Handler {
+        name,
+        arg,
+        reply: true,
+        commit: true,
         run: |_, _, _| Ok(()),
     })
 }
@@ -181,7 +212,7 @@ static TABLE: [Option<Handler>; TABLE_LEN] = {
     t[op::WRITE as usize] = h("write", 40, write);
     t[op::STATFS as usize] = h("statfs", 0, statfs);
     t[op::RELEASE as usize] = h("release", 24, release);
-    t[op::FSYNC as usize] = h("fsync", 16, fsync);
+    t[op::FSYNC as usize] = commit_wait("fsync", 16);
     t[op::SETXATTR as usize] = h("setxattr", 8, setxattr);
     t[op::GETXATTR as usize] = h("getxattr", 8, getxattr);
     t[op::LISTXATTR as usize] = h("listxattr", 8, listxattr);
@@ -194,7 +225,7 @@ static TABLE: [Option<Handler>; TABLE_LEN] = {
     t[op::READDIR as usize] = h("readdir", 40, readdir);
     t[op::READDIRPLUS as usize] = h("readdirplus", 40, readdirplus);
     t[op::RELEASEDIR as usize] = h("releasedir", 24, releasedir);
-    t[op::FSYNCDIR as usize] = h("fsyncdir", 16, fsync);
+    t[op::FSYNCDIR as usize] = commit_wait("fsyncdir", 16);
     // Not sent with `default_permissions` (the kernel checks); allow.
     t[op::ACCESS as usize] = h("access", 8, ok);
     t[op::CREATE as usize] = h("create", 16, create);
@@ -203,7 +234,7 @@ static TABLE: [Option<Handler>; TABLE_LEN] = {
     t[op::IOCTL as usize] = h("ioctl", 32, |_, _, _| Err(Errno(libc::ENOTTY)));
     t[op::FALLOCATE as usize] = h("fallocate", 32, fallocate);
     t[op::LSEEK as usize] = h("lseek", 24, lseek);
-    t[op::SYNCFS as usize] = h("syncfs", 8, fsync);
+    t[op::SYNCFS as usize] = commit_wait("syncfs", 8);
     // POLL and COPY_FILE_RANGE are absent: ENOSYS makes the kernel treat
     // files as always ready and copy through read and write.
     t
@@ -446,10 +477,6 @@ fn statfs(o: &Ops, _: &Request, out: &mut Out) -> Res {
 fn release(o: &Ops, req: &Request, _: &mut Out) -> Res {
     let fh = Args::new(req.op).u64().ok_or(EINVAL)?;
     Ok(o.fs.release_handle(req.hdr.nodeid, fh)?)
-}
-
-fn fsync(o: &Ops, _: &Request, _: &mut Out) -> Res {
-    Ok(o.fs.fsync()?)
 }
 
 /// `fuse_setxattr_in` (8 bytes): size, flags (u32); payload: name, NUL,

@@ -527,8 +527,6 @@ impl<'s> WriteTxn<'s> {
 
     // ---- internals ----
 
-    /// Encodes every edited node under `ptr`, children first, and returns
-    /// the reference to it with its final checksum.
     /// Runs a step of the commit that allocates pages for nodes before any
     /// of them is written. If the disk (or the map) is full, nothing this
     /// commit wrote is referenced by anything durable and the allocator is
@@ -579,6 +577,14 @@ impl<'s> WriteTxn<'s> {
         left: &mut u64,
     ) -> StoreResult<Ptr> {
         let Some(mut node) = self.dirty.remove(&ptr.page) else {
+            if ptr.page >= TEMP_BASE {
+                // An edited node that went missing: never write its
+                // stand-in id into a page.
+                return Err(StoreError::corrupt(
+                    ptr.page,
+                    "an edited node has no content at commit",
+                ));
+            }
             return Ok(ptr);
         };
         if !node.is_leaf() {
@@ -644,7 +650,11 @@ impl<'s> WriteTxn<'s> {
             let step = (len / 8).clamp(GROW_MIN, GROW_MAX);
             let target = need.max(len + step).div_ceil(GROW_MIN) * GROW_MIN;
             let target = target.min(self.store.opts.map_size).max(need);
-            self.store.backend.set_len(target)?;
+            match self.store.backend.set_len(target) {
+                // No room for the usual step ahead: take just what is needed.
+                Err(StoreError::NoSpace) if target > need => self.store.backend.set_len(need)?,
+                r => r?,
+            }
         }
         for p in start..start + n {
             self.store.verified.set(p, false);
@@ -927,6 +937,8 @@ impl<'s> WriteTxn<'s> {
             return Ok(());
         }
         let (l, r) = if i > 0 { (i - 1, i) } else { (0, 1) };
+        // For the error below: edited nodes have stand-in ids.
+        let right_page = self.node_mut(parent).child(r).page;
         for j in [l, r] {
             let c = self.node_mut(parent).child(j);
             let nc = self.make_dirty(tree, c)?;
@@ -942,7 +954,10 @@ impl<'s> WriteTxn<'s> {
         if left.is_leaf() != right.is_leaf() {
             self.dirty.insert(lid, left);
             self.dirty.insert(rid, right);
-            return Err(StoreError::corrupt(rid, "siblings of different kinds"));
+            return Err(StoreError::corrupt(
+                right_page,
+                "siblings of different kinds",
+            ));
         }
         if !right.is_leaf() {
             // The right node's first key stands for the separator above it.

@@ -59,11 +59,15 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::classic;
 use super::ops::{Ops, Outcome, handler};
+use super::syncer::{Mailbox, ReplyTo, Syncer};
 use super::wire::{IN_HEADER_LEN, InHeader, OUT_HEADER_LEN, Out, out_header};
 use abi::{CMD_COMMIT_AND_FETCH, CMD_REGISTER, IN_OUT_HEADER_SZ, ReqHeader, UringCmdReq};
+use std::sync::Arc;
 
-/// `user_data` of the poll on `/dev/fuse`; entries use their index.
+/// `user_data` of the poll on `/dev/fuse` and of the poll on the mailbox;
+/// entries use their index.
 const DEV_POLL: u64 = u64::MAX;
+const MAILBOX_POLL: u64 = u64::MAX - 1;
 
 /// Requests with at most this much payload are copied out of the entry so
 /// the reply can be written straight into its payload buffer; larger ones
@@ -109,7 +113,12 @@ pub fn serve(
         }
         r
     };
+    let syncer = Syncer::new(ops);
     std::thread::scope(|s| {
+        let syncer = &syncer;
+        let sync_thread = std::thread::Builder::new()
+            .name("zippy-sync".into())
+            .spawn_scoped(s, || syncer.run())?;
         let mut workers = Vec::new();
         let mut spawned = Ok(());
         for t in 1..threads {
@@ -121,7 +130,7 @@ pub fn serve(
                     super::pin_me(t, pin);
                     let qids = (t..queues).step_by(threads).collect();
                     failed(
-                        Queues::new(ops, fd, qids, depth, payload_len, false, gone)
+                        Queues::new(ops, fd, qids, depth, payload_len, false, gone, syncer)
                             .and_then(|q| q.run()),
                     )
                 });
@@ -137,10 +146,14 @@ pub fn serve(
         let qids = (0..queues).step_by(threads).collect();
         let r = spawned.and_then(|()| {
             failed(
-                Queues::new(ops, fd, qids, depth, payload_len, true, &gone).and_then(|q| q.run()),
+                Queues::new(ops, fd, qids, depth, payload_len, true, &gone, syncer)
+                    .and_then(|q| q.run()),
             )
         });
-        super::join_all(r, workers)
+        let r = super::join_all(r, workers);
+        syncer.stop();
+        let _ = sync_thread.join();
+        r
     })
 }
 
@@ -205,6 +218,9 @@ struct Entry {
     iov: Box<[libc::iovec; 2]>,
     last: Cmd,
     pending: bool,
+    /// The request in the entry waits for the syncer's answer; the commit
+    /// id to reply to.
+    deferred: Option<u64>,
 }
 
 impl Entry {
@@ -232,6 +248,7 @@ impl Entry {
             iov,
             last: Cmd::Register,
             pending: false,
+            deferred: None,
         }
     }
 
@@ -311,9 +328,15 @@ struct Queues<'a> {
     gone_at: Option<Instant>,
     small_input: Vec<u8>,
     reply_aside: Vec<u8>,
+    /// Where requests waiting for a commit go, and where their answers
+    /// come back (see `super::syncer`).
+    syncer: &'a Syncer<'a>,
+    mailbox: Arc<Mailbox>,
+    mailbox_polling: bool,
 }
 
 impl<'a> Queues<'a> {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         ops: &'a Ops,
         fd: BorrowedFd<'a>,
@@ -322,8 +345,9 @@ impl<'a> Queues<'a> {
         payload_len: usize,
         serve_dev: bool,
         gone: &'a AtomicBool,
+        syncer: &'a Syncer<'a>,
     ) -> io::Result<Queues<'a>> {
-        let n = qids.len() as u32 * depth + 1;
+        let n = qids.len() as u32 * depth + 2;
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .setup_cqsize(n.next_power_of_two() * 2)
             .build(n.next_power_of_two())?;
@@ -349,11 +373,21 @@ impl<'a> Queues<'a> {
             gone_at: None,
             small_input: vec![0u8; SMALL_INPUT],
             reply_aside: vec![0u8; REPLY_ASIDE],
+            syncer,
+            mailbox: Arc::new(Mailbox::new()?),
+            mailbox_polling: false,
         })
     }
 
+    /// Commands the kernel holds for us, and requests we still owe an
+    /// answer: the thread ends when there are none (the mailbox poll does
+    /// not count; it only brings answers for deferred requests).
     fn pending(&self) -> usize {
-        self.entries.iter().filter(|e| e.pending).count() + usize::from(self.dev_polling)
+        self.entries
+            .iter()
+            .filter(|e| e.pending || e.deferred.is_some())
+            .count()
+            + usize::from(self.dev_polling)
     }
 
     fn push(&mut self, sqe: &squeue::Entry128) -> io::Result<()> {
@@ -380,6 +414,37 @@ impl<'a> Queues<'a> {
         self.push(&squeue::Entry128::from(sqe))
     }
 
+    fn poll_mailbox(&mut self) -> io::Result<()> {
+        let sqe = opcode::PollAdd::new(
+            types::Fd(self.mailbox.fd().as_raw_fd()),
+            libc::POLLIN as u32,
+        )
+        .build()
+        .user_data(MAILBOX_POLL);
+        self.mailbox_polling = true;
+        self.push(&squeue::Entry128::from(sqe))
+    }
+
+    /// The syncer answered deferred requests: commit their entries.
+    fn on_mailbox(&mut self) -> io::Result<()> {
+        self.mailbox_polling = false;
+        for (i, unique, error) in self.mailbox.take() {
+            let Some(e) = self.entries.get_mut(i) else {
+                continue;
+            };
+            let Some(commit_id) = e.deferred.take() else {
+                continue;
+            };
+            // SAFETY: the entry is ours (no command pending for it) until
+            // the commit below; see `Entry`.
+            let header = unsafe { &mut *e.header.as_ptr() };
+            let _ = out_header(&mut header.in_out[..OUT_HEADER_LEN], unique, error, 0);
+            header.ent_in_out.payload_sz = 0;
+            self.submit_entry(i, Cmd::Commit(commit_id))?;
+        }
+        self.poll_mailbox()
+    }
+
     fn run(mut self) -> io::Result<()> {
         for i in 0..self.entries.len() {
             self.submit_entry(i, Cmd::Register)?;
@@ -387,6 +452,7 @@ impl<'a> Queues<'a> {
         if self.dev.is_some() {
             self.poll_dev()?;
         }
+        self.poll_mailbox()?;
         let mut done = Vec::new();
         loop {
             if self.gone.load(Ordering::Acquire) && self.gone_at.is_none() {
@@ -422,6 +488,8 @@ impl<'a> Queues<'a> {
                 if data == DEV_POLL {
                     self.dev_polling = false;
                     self.on_dev(res)?;
+                } else if data == MAILBOX_POLL {
+                    self.on_mailbox()?;
                 } else {
                     self.on_entry(data as usize, res)?;
                 }
@@ -465,7 +533,14 @@ impl<'a> Queues<'a> {
                 }
             }
             served.fetch_add(1, Ordering::Relaxed);
-            if let Some(len) = classic::handle(self.ops, &request[..n as usize], reply) {
+            // Requests come this way only before the ring is ready, so one
+            // waiting for a commit is rare: answered here, after the commit.
+            let len = match classic::handle(self.ops, &request[..n as usize], reply) {
+                classic::Handled::Reply(len) => Some(len),
+                classic::Handled::Nothing => None,
+                classic::Handled::Commit(unique) => classic::commit_reply(self.ops, unique, reply),
+            };
+            if let Some(len) = len {
                 classic::send(self.fd, &reply[..len])?;
             }
         }
@@ -498,14 +573,17 @@ impl<'a> Queues<'a> {
                 return Err(err);
             }
         }
-        let commit_id = self.handle(i);
         self.ops.fs.served().ring.fetch_add(1, Ordering::Relaxed);
-        self.submit_entry(i, Cmd::Commit(commit_id))
+        match self.handle(i) {
+            Some(commit_id) => self.submit_entry(i, Cmd::Commit(commit_id)),
+            None => Ok(()), // deferred: committed when the syncer answers
+        }
     }
 
     /// Runs the request in entry `i` and leaves the reply in it; returns
-    /// the commit id to reply to.
-    fn handle(&mut self, i: usize) -> u64 {
+    /// the commit id to reply to, or `None` if the request went to the
+    /// syncer (the entry waits, uncommitted, for its answer).
+    fn handle(&mut self, i: usize) -> Option<u64> {
         let e = &self.entries[i];
         // SAFETY: a CQE for this entry has arrived and nothing is pending
         // for it, so the kernel does not touch its buffers until we submit
@@ -521,7 +599,7 @@ impl<'a> Queues<'a> {
             // EIO rather than leave the entry stuck.
             let _ = out_header(&mut header.in_out, commit_id, -libc::EIO, 0);
             header.ent_in_out.payload_sz = 0;
-            return commit_id;
+            return Some(commit_id);
         };
         // Arg 0 is as long as the request's length says (header, arg 0 and
         // payload), and no longer than the table's size for the opcode: a
@@ -561,10 +639,19 @@ impl<'a> Queues<'a> {
             // should one come here, the entry must still be committed.
             Outcome::Reply(None) | Outcome::None => (0, reply_len),
             Outcome::Reply(Some(e)) => (-e.0, 0),
+            Outcome::Commit => {
+                self.entries[i].deferred = Some(commit_id);
+                self.syncer.defer(ReplyTo::Ring {
+                    mailbox: Arc::clone(&self.mailbox),
+                    entry: i,
+                    unique: hdr.unique,
+                });
+                return None;
+            }
         };
         let _ = out_header(&mut header.in_out[..OUT_HEADER_LEN], hdr.unique, error, len);
         header.ent_in_out.payload_sz = len as u32;
-        commit_id
+        Some(commit_id)
     }
 }
 
