@@ -25,6 +25,7 @@ Workloads (fio: buffered, psync, end_fsync=1 for writes):
   randread-warm   random 4 KiB reads of a 256 MiB file already in memory
   mix             70/30 random 4 KiB reads/writes, 8 s, cold start
   fsync           4 KiB random writes, each followed by fsync, 6 s
+  fsync8          the same from 8 jobs at once, each on its own 16 MiB file
   threads         4 threads, each random 4 KiB writes to its own 64 MiB file
   onedir          a shell loop creating 10,000 files in one directory
   untar           extracting a tree of real source (the cargo registry's
@@ -232,6 +233,12 @@ def w_fsync(t):
     return {"4K write+fsync (IOPS)": j["write"]["iops"]}
 
 
+def w_fsync8(t):
+    j = fio(t.path, "fs8", ["--rw=randwrite", "--bs=4k", "--size=16M", "--fsync=1",
+                            "--numjobs=8", "--time_based", "--runtime=6"])
+    return {"8 jobs 4K write+fsync (IOPS)": j["write"]["iops"]}
+
+
 def w_threads(t):
     j = fio(t.path, "th", ["--rw=randwrite", "--bs=4k", "--size=64M", "--numjobs=4",
                            "--end_fsync=1"])
@@ -302,6 +309,7 @@ WORKLOADS = {
     "randread-warm": w_randread_warm,
     "mix": w_mix,
     "fsync": w_fsync,
+    "fsync8": w_fsync8,
     "threads": w_threads,
     "onedir": w_onedir,
     "untar": w_untar,
