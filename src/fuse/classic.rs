@@ -56,23 +56,9 @@ pub enum Handled {
 /// Decodes one request read from `/dev/fuse` and runs it, leaving any
 /// reply in `reply`.
 pub fn handle(ops: &Ops, request: &[u8], reply: &mut [u8]) -> Handled {
-    match handle_inner(ops, request, reply) {
-        Some(h) => h,
-        None => Handled::Nothing,
-    }
-}
-
-/// Commits, then writes the answer to the request `unique` into `reply`;
-/// returns its length.
-pub fn commit_reply(ops: &Ops, unique: u64, reply: &mut [u8]) -> Option<usize> {
-    out_header(reply, unique, ops.commit_wait(), 0)?;
-    Some(OUT_HEADER_LEN)
-}
-
-fn handle_inner(ops: &Ops, request: &[u8], reply: &mut [u8]) -> Option<Handled> {
     let Some(hdr) = InHeader::parse(request) else {
         tracing::warn!(len = request.len(), "a request shorter than its header");
-        return None;
+        return Handled::Nothing;
     };
     let end = (hdr.len as usize).min(request.len());
     let body = request.get(IN_HEADER_LEN..end).unwrap_or_default();
@@ -82,13 +68,22 @@ fn handle_inner(ops: &Ops, request: &[u8], reply: &mut [u8]) -> Option<Handled> 
     let (head, rest) = reply.split_at_mut(OUT_HEADER_LEN);
     let mut out = Out::new(rest);
     let (error, len) = match ops.dispatch(&req, &mut out) {
-        Outcome::None => return None,
-        Outcome::Commit => return Some(Handled::Commit(hdr.unique)),
+        Outcome::None => return Handled::Nothing,
+        Outcome::Commit => return Handled::Commit(hdr.unique),
         Outcome::Reply(None) => (0, out.len()),
         Outcome::Reply(Some(e)) => (-e.0, 0),
     };
-    out_header(head, hdr.unique, error, len)?;
-    Some(Handled::Reply(OUT_HEADER_LEN + len))
+    match out_header(head, hdr.unique, error, len) {
+        Some(()) => Handled::Reply(OUT_HEADER_LEN + len),
+        None => Handled::Nothing,
+    }
+}
+
+/// Commits, then writes the answer to the request `unique` into `reply`;
+/// returns its length.
+pub fn commit_reply(ops: &Ops, unique: u64, reply: &mut [u8]) -> Option<usize> {
+    out_header(reply, unique, ops.commit_wait(), 0)?;
+    Some(OUT_HEADER_LEN)
 }
 
 /// Serves `fd` until the connection ends (unmount: `ENODEV`); requests

@@ -91,7 +91,6 @@ impl Ops {
         }
     }
 
-    /// Runs the handler of `req`'s opcode, writing the reply body to `out`.
     /// Commits every change so far and waits until it is durable: the
     /// answer to an [`Outcome::Commit`] (its errno, or 0).
     pub fn commit_wait(&self) -> i32 {
@@ -101,6 +100,7 @@ impl Ops {
         }
     }
 
+    /// Runs the handler of `req`'s opcode, writing the reply body to `out`.
     pub fn dispatch(&self, req: &Request, out: &mut Out) -> Outcome {
         self.fs.served().count_op(req.hdr.opcode);
         let Some(h) = handler(req.hdr.opcode) else {

@@ -42,7 +42,7 @@ pub enum ReplyTo<'a> {
 pub struct Mailbox {
     /// (entry, unique, error) of each answered request.
     done: Mutex<Vec<(usize, u64, i32)>>,
-    /// Poked once per batch of answers; the ring thread polls it.
+    /// Poked for each answer; the ring thread polls it.
     event: OwnedFd,
 }
 
@@ -118,10 +118,30 @@ impl<'a> Syncer<'a> {
         }
     }
 
-    /// Queues a request that waits for a commit.
+    /// Queues a request that waits for a commit (once the syncer has
+    /// stopped, which only an error path can meet, commits and answers at
+    /// once instead).
     pub fn defer(&self, reply: ReplyTo<'a>) {
-        self.state.lock().waiting.push(reply);
-        self.wake.notify_one();
+        {
+            let mut st = self.state.lock();
+            if !st.stopped {
+                st.waiting.push(reply);
+                self.wake.notify_one();
+                return;
+            }
+        }
+        answer(reply, self.commit());
+    }
+
+    /// Commits and returns the answer for the requests waiting on it. A
+    /// panic in the commit fails them (EIO) instead of leaving them
+    /// unanswered and every later fsync with them.
+    fn commit(&self) -> i32 {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.ops.commit_wait()))
+            .unwrap_or_else(|_| {
+                tracing::error!("a commit for fsync panicked; answering EIO");
+                -libc::EIO
+            })
     }
 
     /// The syncer thread: until stopped, answers every waiting request
@@ -140,7 +160,7 @@ impl<'a> Syncer<'a> {
             };
             // Every request in the batch arrived before this call, and
             // `fsync` returns only after a commit that started after it.
-            let error = self.ops.commit_wait();
+            let error = self.commit();
             for r in batch {
                 answer(r, error);
             }

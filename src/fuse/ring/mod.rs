@@ -332,7 +332,6 @@ struct Queues<'a> {
     /// come back (see `super::syncer`).
     syncer: &'a Syncer<'a>,
     mailbox: Arc<Mailbox>,
-    mailbox_polling: bool,
 }
 
 impl<'a> Queues<'a> {
@@ -375,7 +374,6 @@ impl<'a> Queues<'a> {
             reply_aside: vec![0u8; REPLY_ASIDE],
             syncer,
             mailbox: Arc::new(Mailbox::new()?),
-            mailbox_polling: false,
         })
     }
 
@@ -421,13 +419,11 @@ impl<'a> Queues<'a> {
         )
         .build()
         .user_data(MAILBOX_POLL);
-        self.mailbox_polling = true;
         self.push(&squeue::Entry128::from(sqe))
     }
 
     /// The syncer answered deferred requests: commit their entries.
     fn on_mailbox(&mut self) -> io::Result<()> {
-        self.mailbox_polling = false;
         for (i, unique, error) in self.mailbox.take() {
             let Some(e) = self.entries.get_mut(i) else {
                 continue;
@@ -467,7 +463,7 @@ impl<'a> Queues<'a> {
             {
                 tracing::warn!(
                     pending,
-                    "the connection is gone but ring commands are still pending; leaving them"
+                    "the connection is gone but ring commands (or fsync answers) are still pending; leaving them"
                 );
                 return Ok(());
             }
