@@ -103,7 +103,10 @@ pub fn serve<'a>(
         if n < 0 {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
-                Some(libc::ENODEV) => return Ok(()),
+                // The end: unmounted (ENODEV), or the connection aborted
+                // (ECONNABORTED, seen when a detached mount's last user
+                // leaves while requests are in flight).
+                Some(libc::ENODEV | libc::ECONNABORTED) => return Ok(()),
                 // Interrupted, or a request withdrawn before we read it.
                 Some(libc::EINTR | libc::EAGAIN | libc::ENOENT) => continue,
                 _ => return Err(e),
@@ -119,15 +122,15 @@ pub fn serve<'a>(
 }
 
 /// Writes a reply to `/dev/fuse`. `ENOENT` (the request was interrupted
-/// and is gone) is not an error; `ENODEV` is the end of the connection,
-/// which the next read reports.
+/// and is gone) is not an error; `ENODEV` and `ECONNABORTED` are the end of
+/// the connection, which the next read reports.
 pub fn send(fd: BorrowedFd<'_>, reply: &[u8]) -> io::Result<()> {
     // SAFETY: the buffer is valid for reads of its length.
     let n = unsafe { libc::write(fd.as_raw_fd(), reply.as_ptr().cast(), reply.len()) };
     if n < 0 {
         let e = io::Error::last_os_error();
         return match e.raw_os_error() {
-            Some(libc::ENOENT | libc::ENODEV) => Ok(()),
+            Some(libc::ENOENT | libc::ENODEV | libc::ECONNABORTED) => Ok(()),
             // The kernel refused this reply (and failed its request): a bug
             // of ours in one reply, not a reason to end the mount.
             Some(libc::EINVAL) => {

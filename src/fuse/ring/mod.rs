@@ -521,7 +521,7 @@ impl<'a> Queues<'a> {
                 let e = io::Error::last_os_error();
                 match e.raw_os_error() {
                     Some(libc::EAGAIN | libc::EINTR | libc::ENOENT) => break,
-                    Some(libc::ENODEV) => {
+                    Some(libc::ENODEV | libc::ECONNABORTED) => {
                         self.connection_gone();
                         return Ok(()); // no more polling
                     }
