@@ -102,7 +102,7 @@ fn unmount_and_signals_end_the_daemon_within_two_seconds() {
     }
 }
 
-/// SIGTERM while four threads create, write, read and remove files: the
+/// SIGTERM while four threads create, write, fsync, read and remove files: the
 /// daemon exits cleanly (no crash, no buffer freed under the kernel) and
 /// the store checks clean.
 #[test]
@@ -124,6 +124,10 @@ fn unmount_under_load_exits_cleanly_and_leaves_a_clean_store() {
                     while !stop.load(Ordering::Relaxed) {
                         let p = root.join(format!("t{t}-{}", n % 20));
                         let _ = fs::write(&p, vec![n as u8; 70_000]);
+                        if n.is_multiple_of(2) {
+                            // Some fsyncs are waiting on the syncer when the signal comes.
+                            let _ = fs::File::open(&p).and_then(|f| f.sync_all());
+                        }
                         let _ = fs::read(&p);
                         let _ = fs::metadata(&p);
                         if n.is_multiple_of(3) {
