@@ -11,11 +11,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-fn daemon(root: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(root.join(".zippy/daemon.json")).expect("daemon.json"))
-        .expect("JSON")
-}
-
 /// BLAKE3 of every regular file under `dir`, by relative path.
 fn sums(dir: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -72,7 +67,7 @@ fn gc_under_a_write_load_keeps_every_kept_version_and_all_current_data() {
         .into_iter()
         .map(|v| (v, sums(&root.join(format!(".zippy/versions/{v}")))))
         .collect();
-    let held_before = daemon(&root)["retained_pages"]
+    let held_before = common::daemon_json(&root)["retained_pages"]
         .as_u64()
         .expect("retained_pages");
     assert!(held_before > 0, "old versions hold pages before gc");
@@ -133,7 +128,7 @@ fn gc_under_a_write_load_keeps_every_kept_version_and_all_current_data() {
             content(90 + f)
         );
     }
-    let d = daemon(&root);
+    let d = common::daemon_json(&root);
     assert!(
         d["retained_pages"].as_u64().expect("retained") < held_before,
         "old versions hold {} pages after gc, {held_before} before",

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 /// (transport, requests through rings, requests through /dev/fuse).
 fn counters(root: &Path) -> (String, u64, u64) {
-    let text = fs::read_to_string(root.join(".zippy/daemon.json")).expect("daemon.json");
-    let j: serde_json::Value = serde_json::from_str(&text).expect("daemon.json is JSON");
+    let j = common::daemon_json(root);
     (
         j["transport"].as_str().unwrap_or_default().to_string(),
         j["requests_ring"].as_u64().expect("requests_ring"),
@@ -151,9 +150,9 @@ fn unmount_under_load_exits_cleanly_and_leaves_a_clean_store() {
 
 /// WRITE requests served so far, from `daemon.json`.
 fn writes_served(root: &Path) -> u64 {
-    let text = fs::read_to_string(root.join(".zippy/daemon.json")).expect("daemon.json");
-    let j: serde_json::Value = serde_json::from_str(&text).expect("daemon.json is JSON");
-    j["requests_by_opcode"]["16"].as_u64().unwrap_or(0)
+    common::daemon_json(root)["requests_by_opcode"]["16"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 /// `-o writeback_cache=off` really turns the kernel's writeback cache off:

@@ -54,8 +54,8 @@ fn uring_with_the_switch_off_is_a_clear_error_and_auto_falls_back() {
     assert!(!common::is_mounted(mnt.path()), "nothing is left mounted");
 
     let m = common::Mounted::start(store.path(), &["--transport", "auto"]);
-    let text = std::fs::read_to_string(m.path().join(".zippy/daemon.json")).expect("daemon.json");
-    assert!(text.contains("\"transport\": \"classic\""), "{text}");
+    let d = common::daemon_json(m.path());
+    assert_eq!(d["transport"], "classic", "{d}");
     std::fs::write(m.path().join("f"), b"x").expect("write");
     assert!(m.unmount().success());
 }

@@ -13,8 +13,8 @@
 //! high-water mark). A write transaction asks first for the pages right
 //! after its previous allocation (`alloc_at`) and starts a new run where
 //! pages to spare follow it (`alloc_with_room`), so what one commit writes
-//! is contiguous where the free space allows. Every allocation and free of a transaction is logged so
-//! that an aborted transaction can be undone.
+//! is contiguous where the free space allows. Every allocation and free of
+//! a transaction is logged so that an aborted transaction can be undone.
 //!
 //! ## Saved allocator state (a run of pages written at clean close)
 //!

@@ -145,7 +145,7 @@ pub struct WriteTxn<'s> {
     /// Pages this txn allocated so far.
     allocated: u64,
     /// The commit failed for want of space while placing nodes, before it
-    /// wrote any (see `space_for_nodes`).
+    /// wrote any (see `seal_tree`).
     out_of_space_before_writing: bool,
 }
 
@@ -374,7 +374,7 @@ impl<'s> WriteTxn<'s> {
         // Seal the data tree bottom-up: each parent records its children's
         // checksums, so the root's reference covers the whole new tree.
         let mut sealed = Vec::with_capacity(self.dirty.len());
-        let data_root = self.space_for_nodes(|t| t.seal_tree(Tree::Data, &mut sealed))?;
+        let data_root = self.seal_tree(Tree::Data, &mut sealed)?;
 
         // The version record, and retention.
         let info = VersionInfo {
@@ -423,7 +423,7 @@ impl<'s> WriteTxn<'s> {
             self.modify(Tree::System, &version_key(d), Op::Delete)?;
         }
         let t1 = std::time::Instant::now();
-        let system_root = self.space_for_nodes(|t| t.seal_tree(Tree::System, &mut sealed))?;
+        let system_root = self.seal_tree(Tree::System, &mut sealed)?;
         debug_assert!(self.dirty.is_empty(), "edited nodes no tree references");
         self.dirty.clear();
 
@@ -527,28 +527,22 @@ impl<'s> WriteTxn<'s> {
 
     // ---- internals ----
 
-    /// Runs a step of the commit that allocates pages for nodes before any
-    /// of them is written. If the disk (or the map) is full, nothing this
-    /// commit wrote is referenced by anything durable and the allocator is
-    /// rolled back when the txn drops: the commit fails without poisoning
-    /// the store, and a later one (after space is freed) can succeed.
-    fn space_for_nodes<T>(
-        &mut self,
-        f: impl FnOnce(&mut Self) -> StoreResult<T>,
-    ) -> StoreResult<T> {
-        let r = f(self);
-        if matches!(r, Err(StoreError::NoSpace | StoreError::MapFull { .. })) {
-            self.out_of_space_before_writing = true;
-        }
-        r
-    }
-
     /// Gives every edited node of `tree` its page, continuing what this txn
     /// wrote before where the space is free, and seals them; returns the root.
+    ///
+    /// No node is written before both trees are sealed, so if the disk (or
+    /// the map) is full here, nothing this commit wrote is referenced by
+    /// anything durable and the allocator is rolled back when the txn
+    /// drops: the commit fails without poisoning the store, and a later one
+    /// (after space is freed) can succeed.
     fn seal_tree(&mut self, tree: Tree, out: &mut Vec<(u64, Box<[u8]>)>) -> StoreResult<Ptr> {
         let root = self.roots[tree as usize];
         let mut left = self.count_dirty(root);
-        let root = self.seal(root, out, &mut left)?;
+        let root = self.seal(root, out, &mut left).inspect_err(|e| {
+            if matches!(e, StoreError::NoSpace | StoreError::MapFull { .. }) {
+                self.out_of_space_before_writing = true;
+            }
+        })?;
         debug_assert_eq!(left, 0, "every edited node was sealed");
         self.roots[tree as usize] = root;
         Ok(root)

@@ -215,6 +215,12 @@ pub fn fsync_root(root: &Path) {
         .expect("fsync root");
 }
 
+/// The mount's `.zippy/daemon.json` (pid, store, request counters, ...).
+pub fn daemon_json(root: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(root.join(".zippy/daemon.json")).expect("daemon.json"))
+        .expect("daemon.json is JSON")
+}
+
 /// The kept versions' ids, from the mount's `.zippy/versions.json`.
 pub fn version_ids(root: &Path) -> Vec<u64> {
     let v: serde_json::Value = serde_json::from_slice(

@@ -52,6 +52,7 @@ pub mod abi;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -62,7 +63,6 @@ use super::ops::{Ops, Outcome, handler};
 use super::syncer::{Mailbox, ReplyTo, Syncer};
 use super::wire::{IN_HEADER_LEN, InHeader, OUT_HEADER_LEN, Out, out_header};
 use abi::{CMD_COMMIT_AND_FETCH, CMD_REGISTER, IN_OUT_HEADER_SZ, ReqHeader, UringCmdReq};
-use std::sync::Arc;
 
 /// `user_data` of the poll on `/dev/fuse` and of the poll on the mailbox;
 /// entries use their index.
