@@ -1,8 +1,9 @@
 //! Where a commit's writes land: a small commit (one changed block, as an
 //! `fsync` after one write makes) must reach the device as one stretch of
 //! pages plus the commit slot, not one write per edited node scattered over
-//! the file's free holes. On this machine's disk an `fdatasync` costs about
-//! 100 µs more per separate write (tuning.md, "commit layout").
+//! the file's free holes: a disk pays per request (a seek on a spinning disk).
+//! On this machine's virtio disk the gain is small; tuning.md ("Commit
+//! layout") has both measurements.
 
 use std::sync::Arc;
 
@@ -90,7 +91,7 @@ fn a_small_commit_writes_one_stretch_and_the_slot_even_when_space_is_fragmented(
     let median = pieces[pieces.len() / 2];
     let worst = pieces[pieces.len() - 1];
     assert!(
-        median == 1 && worst <= 3,
+        median == 1 && worst <= 2,
         "one-block commits were written in {pieces:?} pieces"
     );
     let report = store.fsck().unwrap();

@@ -129,6 +129,11 @@ pub(crate) struct WriterState {
     pub dead: Deadlists,
     pub slot: Slot,
     pub poisoned: bool,
+    /// Nodes of the data tree and of the system tree the last commit
+    /// sealed: how much room the next commit leaves after its first run and
+    /// after its data-tree nodes, so that what it writes forms one run
+    /// (see `WriteTxn::alloc_pages`).
+    pub last_nodes: [u64; 2],
 }
 
 pub struct Store {
@@ -209,6 +214,7 @@ impl Store {
                 dead: Deadlists::default(),
                 slot,
                 poisoned: false,
+                last_nodes: [3, 3],
             }),
             shared: Mutex::new(Shared::default()),
             opts,
@@ -387,6 +393,14 @@ impl Store {
             self.writer_poison();
         }
         result
+    }
+
+    /// Starts writing a reserved extent's bytes to the device without
+    /// waiting: the commit's `fdatasync` then finds less left to do, and
+    /// the disk works while the caller hashes and writes the next blocks.
+    /// Only a hint; durability still comes from the commit.
+    pub fn start_writeback(&self, r: &Reserved) {
+        self.backend.start_writeback(r.page * PAGE, r.len);
     }
 
     fn writer_poison(&self) {

@@ -65,10 +65,6 @@ pub const MAX_CAUSE: usize = 512;
 /// Edited nodes have ids from here up until they are sealed: far above any
 /// page of a store (the map is at most 2^48 bytes, 2^36 pages).
 const TEMP_BASE: u64 = 1 << 62;
-/// When a txn's run cannot continue where its last one ended, it starts
-/// where possible in a free range with this many pages to spare, so that
-/// the runs that follow (the nodes of a small commit) can continue it.
-const RUN_ROOM: u64 = 16;
 /// A txn that has allocated no more than this may go on at the file's tail
 /// even while holes are free, to keep a small commit in one stretch; a
 /// larger one fills holes first.
@@ -374,7 +370,8 @@ impl<'s> WriteTxn<'s> {
         // Seal the data tree bottom-up: each parent records its children's
         // checksums, so the root's reference covers the whole new tree.
         let mut sealed = Vec::with_capacity(self.dirty.len());
-        let data_root = self.seal_tree(Tree::Data, &mut sealed)?;
+        let room = self.w.last_nodes[Tree::System as usize];
+        let data_root = self.seal_tree(Tree::Data, room, &mut sealed)?;
 
         // The version record, and retention.
         let info = VersionInfo {
@@ -423,7 +420,7 @@ impl<'s> WriteTxn<'s> {
             self.modify(Tree::System, &version_key(d), Op::Delete)?;
         }
         let t1 = std::time::Instant::now();
-        let system_root = self.seal_tree(Tree::System, &mut sealed)?;
+        let system_root = self.seal_tree(Tree::System, 0, &mut sealed)?;
         debug_assert!(self.dirty.is_empty(), "edited nodes no tree references");
         self.dirty.clear();
 
@@ -535,10 +532,20 @@ impl<'s> WriteTxn<'s> {
     /// anything durable and the allocator is rolled back when the txn
     /// drops: the commit fails without poisoning the store, and a later one
     /// (after space is freed) can succeed.
-    fn seal_tree(&mut self, tree: Tree, out: &mut Vec<(u64, Box<[u8]>)>) -> StoreResult<Ptr> {
+    ///
+    /// `room` is how many pages will follow this tree's (the system tree's
+    /// nodes, after the data tree's): the first node goes where all of them
+    /// fit if it cannot continue the txn's last run.
+    fn seal_tree(
+        &mut self,
+        tree: Tree,
+        room: u64,
+        out: &mut Vec<(u64, Box<[u8]>)>,
+    ) -> StoreResult<Ptr> {
         let root = self.roots[tree as usize];
         let mut left = self.count_dirty(root);
-        let root = self.seal(root, out, &mut left).inspect_err(|e| {
+        self.w.last_nodes[tree as usize] = left;
+        let root = self.seal(root, out, &mut left, room).inspect_err(|e| {
             if matches!(e, StoreError::NoSpace | StoreError::MapFull { .. }) {
                 self.out_of_space_before_writing = true;
             }
@@ -569,6 +576,7 @@ impl<'s> WriteTxn<'s> {
         ptr: Ptr,
         out: &mut Vec<(u64, Box<[u8]>)>,
         left: &mut u64,
+        room: u64,
     ) -> StoreResult<Ptr> {
         let Some(mut node) = self.dirty.remove(&ptr.page) else {
             if ptr.page >= TEMP_BASE {
@@ -583,12 +591,12 @@ impl<'s> WriteTxn<'s> {
         };
         if !node.is_leaf() {
             for i in 0..node.len() {
-                let child = self.seal(node.child(i), out, left)?;
+                let child = self.seal(node.child(i), out, left, room)?;
                 node.set_child(i, child);
             }
         }
         *left = left.saturating_sub(1);
-        let at = self.alloc_pages_with_room(1, *left)?;
+        let at = self.alloc_pages_with_room(1, *left + room)?;
         let mut page: Box<[u8]> = vec![0u8; PAGE_SIZE].into_boxed_slice();
         let (kind, count) = node.encode(&mut page);
         let sealed = format::seal(&mut page, kind, count, at, self.txn);
@@ -625,8 +633,19 @@ impl<'s> WriteTxn<'s> {
     /// runs, nodes) lies in one stretch of the file: the kernel writes it
     /// back in few large requests, and an `fsync` of a small change waits
     /// for two writes (the stretch and the slot) instead of one per node.
+    ///
+    /// A run that cannot continue the last one starts where possible in a
+    /// free range with room after it for the nodes the last commit sealed
+    /// (as many as a small txn's), so that the runs that follow (a small
+    /// commit's nodes) continue it.
     fn alloc_pages(&mut self, n: u64) -> StoreResult<u64> {
-        self.alloc_pages_with_room(n, RUN_ROOM)
+        let room = self
+            .w
+            .last_nodes
+            .iter()
+            .sum::<u64>()
+            .clamp(1, SMALL_TXN_PAGES);
+        self.alloc_pages_with_room(n, room)
     }
 
     /// `alloc_pages`, where a new run should leave `room` pages free after it.

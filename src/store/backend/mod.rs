@@ -32,6 +32,10 @@ pub trait Backend: Send + Sync {
     }
     /// Grows (reserving the space) or shrinks the store.
     fn set_len(&self, len: u64) -> StoreResult<()>;
+    /// Starts writing `[off, off + len)` to the device without waiting, so
+    /// that the next `sync` finds less left to do. Only a hint: durability
+    /// still comes from `sync`.
+    fn start_writeback(&self, _off: u64, _len: u64) {}
 }
 
 /// A shared backend, so a test can keep a handle on the device after the
@@ -54,5 +58,8 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     }
     fn set_len(&self, len: u64) -> StoreResult<()> {
         (**self).set_len(len)
+    }
+    fn start_writeback(&self, off: u64, len: u64) {
+        (**self).start_writeback(off, len)
     }
 }
