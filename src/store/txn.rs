@@ -8,8 +8,9 @@
 //!    (edited nodes carry stand-in ids until now), its checksum and birth,
 //!    and its parent records all three, so the root's reference names the
 //!    whole new tree (a Merkle tree). Pages are handed out continuing the
-//!    txn's last allocation where that space is free, so a small commit's
-//!    extent and nodes form one stretch of the file (`alloc_pages`).
+//!    txn's last allocation where that space is free, and a new run starts
+//!    where the nodes after it will fit too, so a small commit's extent and
+//!    nodes form one stretch of the file (`alloc_pages`).
 //! 3. The version record (id, time, cause, data root) goes into the system
 //!    tree; retention picks the versions to drop, whose records are deleted;
 //!    the system tree is sealed the same way.
