@@ -331,6 +331,46 @@ fn a_failed_commit_loses_nothing() {
 }
 
 #[test]
+fn a_commit_hands_every_block_but_its_last_to_the_disk_early() {
+    let dev = std::sync::Arc::new(crate::store::SimBackend::new(64 << 20).unwrap());
+    let store = Store::open_backend(
+        Box::new(dev.clone()),
+        StoreOptions {
+            map_size: 64 << 20,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let fs = Fs::with_store(
+        store,
+        FsOptions {
+            shards: 1,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let (f, _) = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap();
+    fs.commit("create").unwrap();
+    dev.take_writeback_hints();
+    // Three whole blocks: the first two go to the disk as soon as they are
+    // written; the last waits for the commit's sync with the nodes.
+    fs.write(f.ino, 0, &[7u8; 3 * 4096]).unwrap();
+    fs.commit("three blocks").unwrap();
+    let hints = dev.take_writeback_hints();
+    assert_eq!(hints.len(), 2, "{hints:?}");
+    assert!(
+        hints
+            .iter()
+            .all(|&(off, len)| len == 4096 && off % 4096 == 0)
+    );
+    // One block (what an fsync after a small write commits): no hint.
+    fs.write(f.ino, 100, b"x").unwrap();
+    fs.commit("one block").unwrap();
+    assert_eq!(dev.take_writeback_hints(), Vec::new());
+    assert_eq!(fs.read(f.ino, 0, 3 * 4096).unwrap()[..100], [7u8; 100]);
+}
+
+#[test]
 fn fsync_commits_and_a_second_fsync_has_nothing_to_wait_for() {
     let (_d, fs) = fresh();
     let (f, _) = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap();

@@ -39,6 +39,8 @@ struct Durable {
     unsynced: Vec<(u64, Vec<u8>)>,
     /// (offset, length) of each write the last sync made durable.
     last_synced: Vec<(u64, u64)>,
+    /// (offset, length) of each `start_writeback` hint since last taken.
+    hints: Vec<(u64, u64)>,
 }
 
 pub struct SimBackend {
@@ -80,6 +82,7 @@ impl SimBackend {
                 image: image.to_vec(),
                 unsynced: Vec::new(),
                 last_synced: Vec::new(),
+                hints: Vec::new(),
             }),
             ops: AtomicU64::new(0),
             crash_at: AtomicU64::new(u64::MAX),
@@ -147,6 +150,11 @@ impl SimBackend {
         self.durable.lock().last_synced.clone()
     }
 
+    /// (offset, length) of every writeback hint since the last call.
+    pub fn take_writeback_hints(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.durable.lock().hints)
+    }
+
     /// The live image, as if every write had reached the disk.
     pub fn live_image(&self) -> Vec<u8> {
         self.live[..self.len() as usize].to_vec()
@@ -211,6 +219,7 @@ impl Backend for SimBackend {
             image,
             unsynced,
             last_synced,
+            ..
         } = &mut *d;
         image.resize(len, 0);
         last_synced.clear();
@@ -226,6 +235,10 @@ impl Backend for SimBackend {
 
     fn len(&self) -> u64 {
         self.len.load(Ordering::Acquire)
+    }
+
+    fn start_writeback(&self, off: u64, len: u64) {
+        self.durable.lock().hints.push((off, len));
     }
 
     fn set_len(&self, len: u64) -> StoreResult<()> {
