@@ -2046,10 +2046,11 @@ fn write_block_job(store: &Store, job: &BlockJob) -> StoreResult<Vec<Written>> {
                 .and_then(|b| b.as_deref())
                 .unwrap_or(&[]);
             store.write_reserved(&extent, data)?;
-            // The disk starts on this block while the next is hashed. Not
-            // the last: a commit of one block (an fsync) gains nothing, and
-            // its extent would go out apart from the nodes that follow it,
-            // one more write request (measured in tuning.md).
+            // The disk starts on this block while this thread hashes and
+            // copies the next ones. Not the job's last: a commit of one
+            // block (an fsync) gains nothing, and its extent would go out
+            // apart from the nodes that follow it, one more write request
+            // (measured in tuning.md).
             if i < last {
                 store.start_writeback(&extent);
             }

@@ -129,10 +129,10 @@ pub(crate) struct WriterState {
     pub dead: Deadlists,
     pub slot: Slot,
     pub poisoned: bool,
-    /// Nodes of the data tree and of the system tree the last commit
-    /// sealed: how much room the next commit leaves after its first run and
-    /// after its data-tree nodes, so that what it writes forms one run
-    /// (see `WriteTxn::alloc_pages`).
+    /// Nodes of the data tree and of the system tree the last durable
+    /// commit that edited each sealed: how much room the next commit leaves
+    /// after its first run and after its data-tree nodes, so that what it
+    /// writes forms one run (see `WriteTxn::alloc_pages`).
     pub last_nodes: [u64; 2],
 }
 
@@ -214,7 +214,7 @@ impl Store {
                 dead: Deadlists::default(),
                 slot,
                 poisoned: false,
-                last_nodes: [3, 3],
+                last_nodes: [txn::FIRST_NODES_GUESS; 2],
             }),
             shared: Mutex::new(Shared::default()),
             opts,

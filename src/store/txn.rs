@@ -66,6 +66,10 @@ pub const MAX_CAUSE: usize = 512;
 /// Edited nodes have ids from here up until they are sealed: far above any
 /// page of a store (the map is at most 2^48 bytes, 2^36 pages).
 const TEMP_BASE: u64 = 1 << 62;
+/// Before any commit: a small commit's path in each tree (a leaf, a branch
+/// and the root of a store a few levels deep), the room its first run asks
+/// for (see `WriterState::last_nodes`).
+pub(crate) const FIRST_NODES_GUESS: u64 = 3;
 /// A txn that has allocated no more than this may go on at the file's tail
 /// even while holes are free, to keep a small commit in one stretch; a
 /// larger one fills holes first.
@@ -144,6 +148,8 @@ pub struct WriteTxn<'s> {
     /// The commit failed for want of space while placing nodes, before it
     /// wrote any (see `seal_tree`).
     out_of_space_before_writing: bool,
+    /// Nodes sealed per tree, for `WriterState::last_nodes` once durable.
+    sealed_nodes: [u64; 2],
 }
 
 impl<'s> WriteTxn<'s> {
@@ -182,6 +188,7 @@ impl<'s> WriteTxn<'s> {
             hint: None,
             allocated: 0,
             out_of_space_before_writing: false,
+            sealed_nodes: [0; 2],
         })
     }
 
@@ -473,6 +480,13 @@ impl<'s> WriteTxn<'s> {
         // Durable. Publish the version and free what no kept version sees.
         self.done = true;
         self.w.slot = slot;
+        // A tree this commit did not edit (an empty commit's data tree)
+        // keeps the estimate it had.
+        for (last, &n) in self.w.last_nodes.iter_mut().zip(&self.sealed_nodes) {
+            if n > 0 {
+                *last = n;
+            }
+        }
         let mut removed = Vec::new();
         let kept = {
             let mut sh = self.store.shared.lock();
@@ -545,7 +559,7 @@ impl<'s> WriteTxn<'s> {
     ) -> StoreResult<Ptr> {
         let root = self.roots[tree as usize];
         let mut left = self.count_dirty(root);
-        self.w.last_nodes[tree as usize] = left;
+        self.sealed_nodes[tree as usize] = left;
         let root = self.seal(root, out, &mut left, room).inspect_err(|e| {
             if matches!(e, StoreError::NoSpace | StoreError::MapFull { .. }) {
                 self.out_of_space_before_writing = true;
@@ -637,7 +651,7 @@ impl<'s> WriteTxn<'s> {
     ///
     /// A run that cannot continue the last one starts where possible in a
     /// free range with room after it for the nodes the last commit sealed
-    /// (as many as a small txn's), so that the runs that follow (a small
+    /// (at most `SMALL_TXN_PAGES`), so that the runs that follow (a small
     /// commit's nodes) continue it.
     fn alloc_pages(&mut self, n: u64) -> StoreResult<u64> {
         let room = self

@@ -250,11 +250,17 @@ impl Backend for FileBackend {
     }
 
     fn start_writeback(&self, off: u64, len: u64) {
-        let (Ok(off), Ok(len)) = (i64::try_from(off), i64::try_from(len)) else {
+        // Length 0 would mean "to the end of the file".
+        let (Ok(off), Ok(len @ 1..)) = (i64::try_from(off), i64::try_from(len)) else {
             return;
         };
+        // WRITE only, never a WAIT flag: without one the kernel neither
+        // waits nor consumes a recorded writeback error, so an I/O error
+        // still reaches the commit's `fdatasync` (and poisons the store)
+        // although this call's result is ignored. A failure to start only
+        // leaves the pages dirty for that `fdatasync`.
         // SAFETY: plain system call on a descriptor we own; no memory is
-        // passed. A failure only means the next sync does the work.
+        // passed.
         unsafe {
             libc::sync_file_range(self.file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE);
         }

@@ -39,8 +39,6 @@ struct Durable {
     unsynced: Vec<(u64, Vec<u8>)>,
     /// (offset, length) of each write the last sync made durable.
     last_synced: Vec<(u64, u64)>,
-    /// (offset, length) of each `start_writeback` hint since last taken.
-    hints: Vec<(u64, u64)>,
 }
 
 pub struct SimBackend {
@@ -52,6 +50,8 @@ pub struct SimBackend {
     ops: AtomicU64,
     crash_at: AtomicU64,
     crashed: AtomicBool,
+    /// (offset, length) of each `start_writeback` hint since last taken.
+    hints: Mutex<Vec<(u64, u64)>>,
 }
 
 // SAFETY: `live_ptr` points into `live`, which this struct owns and never
@@ -82,11 +82,11 @@ impl SimBackend {
                 image: image.to_vec(),
                 unsynced: Vec::new(),
                 last_synced: Vec::new(),
-                hints: Vec::new(),
             }),
             ops: AtomicU64::new(0),
             crash_at: AtomicU64::new(u64::MAX),
             crashed: AtomicBool::new(false),
+            hints: Mutex::new(Vec::new()),
         })
     }
 
@@ -152,7 +152,7 @@ impl SimBackend {
 
     /// (offset, length) of every writeback hint since the last call.
     pub fn take_writeback_hints(&self) -> Vec<(u64, u64)> {
-        std::mem::take(&mut self.durable.lock().hints)
+        std::mem::take(&mut self.hints.lock())
     }
 
     /// The live image, as if every write had reached the disk.
@@ -219,7 +219,6 @@ impl Backend for SimBackend {
             image,
             unsynced,
             last_synced,
-            ..
         } = &mut *d;
         image.resize(len, 0);
         last_synced.clear();
@@ -238,7 +237,7 @@ impl Backend for SimBackend {
     }
 
     fn start_writeback(&self, off: u64, len: u64) {
-        self.durable.lock().hints.push((off, len));
+        self.hints.lock().push((off, len));
     }
 
     fn set_len(&self, len: u64) -> StoreResult<()> {
