@@ -467,15 +467,7 @@ impl<'s> WriteTxn<'s> {
         let t3 = std::time::Instant::now();
         self.store.backend.sync()?;
         let t4 = std::time::Instant::now();
-        tracing::debug!(
-            version = txn,
-            pages = sealed.len(),
-            data = ?(t1 - t0),
-            system = ?(t2 - t1),
-            write = ?(t3 - t2),
-            sync = ?(t4 - t3),
-            "commit"
-        );
+        let pages = sealed.len();
 
         // Durable. Publish the version and free what no kept version sees.
         self.done = true;
@@ -522,6 +514,16 @@ impl<'s> WriteTxn<'s> {
         }
         w.alloc.settle();
         self.shrink_if_worth_it();
+        tracing::debug!(
+            version = txn,
+            pages,
+            data = ?(t1 - t0),
+            system = ?(t2 - t1),
+            write = ?(t3 - t2),
+            sync = ?(t4 - t3),
+            free = ?t4.elapsed(),
+            "commit"
+        );
         Ok(info)
     }
 
