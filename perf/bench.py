@@ -2,7 +2,8 @@
 """Whole-system benchmarks: the same workloads, in one run, on several
 filesystems side by side, rounds interleaved so that the machine's drift
 hits every target alike. Writes the machine, date, commit and every figure
-(each round, and the median) to perf/results/<name>-<date>.json and .md.
+(each round, and the median) to perf/results/<name>-<date>.json and .md
+(<name>-<date>-<commit>.* when that day's file exists).
 
 Targets:
   ext4            a plain directory on the ext4 filesystem under --work
@@ -403,6 +404,10 @@ def better(k, x, y):
 def write(name, m, targets, results, sizes):
     day = m["date"][:10]
     base = os.path.join(REPO, "perf", "results", f"{name}-{day}")
+    # A second run on the same day keeps the first: its figures may be
+    # quoted (tuning.md); this one is named by its commit too.
+    if os.path.exists(base + ".json"):
+        base += "-" + m["commit"].replace("+", "-")
     med = {t: {k: statistics.median(v) for k, v in results[t].items()} for t in targets}
     store = {
         t: {w: statistics.median([b for w2, b in sizes[t] if w2 == w]) for w, _ in sizes[t]}
