@@ -188,7 +188,9 @@ fn fsync_storm(mode: &[&str]) -> (u64, u64) {
 /// those arriving while a commit runs share the next one, across every
 /// queue, even with one transport thread (`-s`). When each transport
 /// thread ran its fsync's commit itself, this load took 169-197 commits
-/// for 320 fsyncs; sharing them takes about 80.
+/// for 320 fsyncs; sharing them takes about 80 on a quiet machine, and up
+/// to 113 was seen with builds running beside it. The bound (two fsyncs a
+/// commit on average) still fails the old way.
 #[test]
 fn concurrent_fsyncs_share_commits() {
     if !common::fuse_available() {
@@ -203,7 +205,7 @@ fn concurrent_fsyncs_share_commits() {
         let (fsyncs, commits) = fsync_storm(mode);
         println!("{mode:?}: {fsyncs} fsyncs from 8 threads took {commits} commits");
         assert!(
-            commits * 3 <= fsyncs,
+            commits * 2 <= fsyncs,
             "{mode:?}: {commits} commits for {fsyncs} fsyncs: they are not shared"
         );
     }
