@@ -513,9 +513,7 @@ fn serve_classic(
     let syncer = syncer::Syncer::new(ops);
     std::thread::scope(|s| {
         let syncer = &syncer;
-        let sync_thread = std::thread::Builder::new()
-            .name("zippy-sync".into())
-            .spawn_scoped(s, || syncer.run())?;
+        let sync_thread = syncer.spawn(s)?;
         let workers = clones
             .iter()
             .enumerate()

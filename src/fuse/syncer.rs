@@ -144,9 +144,19 @@ impl<'a> Syncer<'a> {
             })
     }
 
+    /// Starts the syncer thread in scope `s`; [`Syncer::stop`] ends it.
+    pub fn spawn<'scope>(
+        &'scope self,
+        s: &'scope std::thread::Scope<'scope, '_>,
+    ) -> io::Result<std::thread::ScopedJoinHandle<'scope, ()>> {
+        std::thread::Builder::new()
+            .name("zippy-sync".into())
+            .spawn_scoped(s, || self.run())
+    }
+
     /// The syncer thread: until stopped, answers every waiting request
     /// after a commit that started once it was waiting.
-    pub fn run(&self) {
+    fn run(&self) {
         loop {
             let batch = {
                 let mut st = self.state.lock();

@@ -116,9 +116,7 @@ pub fn serve(
     let syncer = Syncer::new(ops);
     std::thread::scope(|s| {
         let syncer = &syncer;
-        let sync_thread = std::thread::Builder::new()
-            .name("zippy-sync".into())
-            .spawn_scoped(s, || syncer.run())?;
+        let sync_thread = syncer.spawn(s)?;
         let mut workers = Vec::new();
         let mut spawned = Ok(());
         for t in 1..threads {
