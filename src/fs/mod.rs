@@ -951,10 +951,7 @@ impl Fs {
                 if let Some(Some(b)) = sh.delta.blocks.get_mut(&(ino, idx)) {
                     // Already dirty: patch it in place.
                     let before = b.len();
-                    if b.len() < within + n {
-                        b.resize(within + n, 0);
-                    }
-                    b[within..within + n].copy_from_slice(src);
+                    patch_block(b, within, src, bs as usize);
                     let grew = (b.len() - before) as u64;
                     sh.delta.bytes += grew;
                     self.dirty_bytes.fetch_add(grew, Ordering::Relaxed);
@@ -963,15 +960,14 @@ impl Fs {
                         Vec::with_capacity(n)
                     } else {
                         // Bytes past the old end of file read as zeros.
-                        let mut b = self.block_in(&sh, &snap, ino, idx)?.to_vec();
+                        let old = self.block_in(&sh, &snap, ino, idx)?.bytes();
                         let valid = i.size.saturating_sub(idx * bs).min(bs) as usize;
-                        b.truncate(valid);
+                        let keep = &old[..old.len().min(valid)];
+                        let mut b = Vec::with_capacity(keep.len().max(within + n));
+                        b.extend_from_slice(keep);
                         b
                     };
-                    if buf.len() < within + n {
-                        buf.resize(within + n, 0);
-                    }
-                    buf[within..within + n].copy_from_slice(src);
+                    patch_block(&mut buf, within, src, bs as usize);
                     self.put_block(&mut sh, ino, idx, Some(buf));
                 }
                 pos += n as u64;
@@ -2033,36 +2029,59 @@ fn split_job(job: BlockJob, n: usize) -> Vec<BlockJob> {
         .collect()
 }
 
+/// How much of a job's adjacent extents early writeback hands the disk at a
+/// time: one request per 64 KiB block cost a system call and a virtio
+/// notification each (tuning.md, early writeback).
+pub(crate) const WRITEBACK_RUN: u64 = 1 << 20;
+
 fn write_block_job(store: &Store, job: &BlockJob) -> StoreResult<Vec<Written>> {
     let last = job.blocks.len().saturating_sub(1);
-    job.blocks
-        .iter()
-        .enumerate()
-        .map(|(i, &(ino, idx, extent))| {
-            let data = job
-                .delta
-                .blocks
-                .get(&(ino, idx))
-                .and_then(|b| b.as_deref())
-                .unwrap_or(&[]);
-            store.write_reserved(&extent, data)?;
-            // The disk starts on this block while this thread hashes and
-            // copies the next ones. Not the job's last: a commit of one
-            // block (an fsync) gains nothing, and its extent would go out
-            // apart from the nodes that follow it, one more write request
-            // (measured in tuning.md).
-            if i < last {
-                store.start_writeback(&extent);
+    // Extents written and not yet handed to the disk: first, last, bytes.
+    let mut run: Option<(Reserved, Reserved, u64)> = None;
+    let mut out = Vec::with_capacity(job.blocks.len());
+    for (i, &(ino, idx, extent)) in job.blocks.iter().enumerate() {
+        let data = job
+            .delta
+            .blocks
+            .get(&(ino, idx))
+            .and_then(|b| b.as_deref())
+            .unwrap_or(&[]);
+        store.write_reserved(&extent, data)?;
+        // The disk starts on the blocks written so far, a run of adjacent
+        // extents at a time, while this thread hashes and copies the next
+        // ones. Not the job's last: a commit of one block (an fsync) gains
+        // nothing, and its extent would go out apart from the nodes that
+        // follow it, one more write request (measured in tuning.md).
+        if i < last {
+            run = match run {
+                Some((first, prev, bytes)) if prev.adjoins(&extent) => {
+                    Some((first, extent, bytes + extent.len))
+                }
+                Some((first, prev, _)) => {
+                    store.start_writeback(&first, &prev);
+                    Some((extent, extent, extent.len))
+                }
+                None => Some((extent, extent, extent.len)),
+            };
+            if let Some((first, prev, bytes)) = run
+                && bytes >= WRITEBACK_RUN
+            {
+                store.start_writeback(&first, &prev);
+                run = None;
             }
-            Ok(Written {
-                ino,
-                idx,
-                extent,
-                hash: *blake3::hash(data).as_bytes(),
-                sum: extent_checksum(data),
-            })
-        })
-        .collect()
+        }
+        out.push(Written {
+            ino,
+            idx,
+            extent,
+            hash: *blake3::hash(data).as_bytes(),
+            sum: extent_checksum(data),
+        });
+    }
+    if let Some((first, prev, _)) = run {
+        store.start_writeback(&first, &prev);
+    }
+    Ok(out)
 }
 
 fn delete_prefix(t: &mut crate::store::WriteTxn<'_>, prefix: &[u8]) -> FsResult<()> {
@@ -2122,6 +2141,25 @@ fn read_blocks<'a>(
         pos += n as u64;
     }
     Ok(out)
+}
+
+/// Writes `src` at `within` into a block's bytes: a gap between the
+/// block's end and `within` reads as zeros, and bytes are written once (no
+/// zero fill under the new data). Growth stays within one block's size, so
+/// a dirty block never holds more than `bs` bytes of memory however it was
+/// written.
+fn patch_block(b: &mut Vec<u8>, within: usize, src: &[u8], bs: usize) {
+    let end = within + src.len();
+    if end > b.capacity() {
+        let want = end.max(b.capacity().saturating_mul(2)).min(bs).max(end);
+        b.reserve_exact(want - b.len());
+    }
+    if b.len() < within {
+        b.resize(within, 0);
+    }
+    let overlap = b.len().min(end) - within;
+    b[within..within + overlap].copy_from_slice(&src[..overlap]);
+    b.extend_from_slice(&src[overlap..]);
 }
 
 /// `[offset, offset + size)` of a text, cut at its end.

@@ -342,7 +342,7 @@ fn a_commit_hands_every_block_but_each_jobs_last_to_the_disk_early() {
     )
     .unwrap();
     // 8 KiB blocks, so extents are told from 4 KiB node pages; one shard,
-    // so a small commit is one job.
+    // so one I/O thread and every commit one job.
     const BS: u64 = 8192;
     let fs = Fs::with_store(
         store,
@@ -356,29 +356,42 @@ fn a_commit_hands_every_block_but_each_jobs_last_to_the_disk_early() {
     let (f, _) = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap();
     fs.commit("create").unwrap();
     dev.take_writeback_hints();
-    // Three whole blocks: the first two go to the disk as soon as they are
-    // written; the last waits for the commit's sync with the nodes.
+    // Three whole blocks: the first two go to the disk early, in one
+    // request since their extents adjoin; the last waits for the commit's
+    // sync with the nodes.
     fs.write(f.ino, 0, &[7u8; 3 * BS as usize]).unwrap();
     fs.commit("three blocks").unwrap();
-    let extents: Vec<(u64, u64)> = dev
+    let mut extents: Vec<(u64, u64)> = dev
         .last_synced_writes()
         .into_iter()
         .filter(|&(_, len)| len == BS)
         .collect();
+    extents.sort_unstable();
     assert_eq!(extents.len(), 3, "the commit wrote {extents:?}");
-    let mut hints = dev.take_writeback_hints();
-    hints.sort_unstable();
-    hints.dedup();
-    assert_eq!(hints.len(), 2, "{hints:?}");
     assert!(
-        hints.iter().all(|h| extents.contains(h)),
-        "hints {hints:?} are not among the extents {extents:?}"
+        extents.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0),
+        "one job's extents adjoin: {extents:?}"
+    );
+    let hints = dev.take_writeback_hints();
+    assert_eq!(hints, vec![(extents[0].0, 2 * BS)], "extents {extents:?}");
+    // A long run goes out a megabyte at a time, all but its last block.
+    let n = 300u64;
+    fs.write(f.ino, 0, &vec![8u8; (n * BS) as usize]).unwrap();
+    fs.commit("a long run").unwrap();
+    let hints = dev.take_writeback_hints();
+    let hinted: u64 = hints.iter().map(|h| h.1).sum();
+    assert_eq!(hinted, (n - 1) * BS, "{hints:?}");
+    assert!(hints.iter().all(|h| h.1 <= WRITEBACK_RUN), "{hints:?}");
+    assert_eq!(
+        hints.len() as u64,
+        ((n - 1) * BS).div_ceil(WRITEBACK_RUN),
+        "{hints:?}"
     );
     // One block (what an fsync after a small write commits): no hint.
     fs.write(f.ino, 100, b"x").unwrap();
     fs.commit("one block").unwrap();
     assert_eq!(dev.take_writeback_hints(), Vec::new());
-    assert_eq!(fs.read(f.ino, 0, 3 * BS as u32).unwrap()[..100], [7u8; 100]);
+    assert_eq!(fs.read(f.ino, 0, 3 * BS as u32).unwrap()[..100], [8u8; 100]);
 }
 
 #[test]
@@ -446,4 +459,31 @@ fn old_versions_read_back_through_the_history_directory() {
         libc::EROFS
     );
     assert_eq!(errno(fs.lookup(versions.ino, b"999999")), libc::ENOENT);
+}
+
+#[test]
+fn patching_a_block_zero_fills_the_gap_and_never_holds_more_than_a_block() {
+    let bs = 64;
+    let mut b = Vec::new();
+    // Into a hole, past its end: the gap reads as zeros.
+    patch_block(&mut b, 10, &[1; 4], bs);
+    assert_eq!(b.len(), 14);
+    assert!(b[..10].iter().all(|&x| x == 0));
+    assert_eq!(&b[10..], &[1; 4]);
+    // Straddling the end: the old part is overwritten, the rest appended.
+    patch_block(&mut b, 12, &[2; 6], bs);
+    assert_eq!(b.len(), 18);
+    assert_eq!(&b[10..12], &[1; 2]);
+    assert_eq!(&b[12..], &[2; 6]);
+    // Inside: nothing grows.
+    patch_block(&mut b, 0, &[3; 2], bs);
+    assert_eq!(b.len(), 18);
+    assert_eq!(&b[..2], &[3; 2]);
+    // Appends one byte at a time up to the block's end: doubling would
+    // have reached 128 bytes of capacity; the block's size caps it.
+    for at in 18..bs {
+        patch_block(&mut b, at, &[4], bs);
+    }
+    assert_eq!(b.len(), bs);
+    assert!(b.capacity() <= bs, "capacity {}", b.capacity());
 }

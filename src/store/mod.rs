@@ -395,12 +395,17 @@ impl Store {
         result
     }
 
-    /// Starts writing a reserved extent's bytes to the device without
+    /// Starts writing the bytes of reserved extents `first` to `last` (a run
+    /// the caller wrote, adjacent in the file) to the device without
     /// waiting: the commit's `fdatasync` then finds less left to do, and
     /// the disk works while the caller hashes and writes the next blocks.
     /// Only a hint; durability still comes from the commit.
-    pub fn start_writeback(&self, r: &Reserved) {
-        self.backend.start_writeback(r.page * PAGE, r.len);
+    pub fn start_writeback(&self, first: &Reserved, last: &Reserved) {
+        let from = first.page * PAGE;
+        let to = last.page * PAGE + last.len;
+        if to > from {
+            self.backend.start_writeback(from, to - from);
+        }
     }
 
     fn writer_poison(&self) {

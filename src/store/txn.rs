@@ -114,6 +114,13 @@ pub struct Reserved {
     txn: u64,
 }
 
+impl Reserved {
+    /// Whether `next` starts on the page right after this extent.
+    pub fn adjoins(&self, next: &Reserved) -> bool {
+        next.page == self.page + self.len.div_ceil(PAGE)
+    }
+}
+
 pub struct WriteTxn<'s> {
     store: &'s Store,
     w: MutexGuard<'s, WriterState>,
