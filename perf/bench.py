@@ -366,6 +366,9 @@ def main():
             old_uring = f.read().strip()
         with open(URING_PARAM, "w") as f:
             f.write("Y\n")
+    # The commit the binary was just built from: taken now, not at the end,
+    # when the working tree may have moved on.
+    info = machine()
     results = {t: {} for t in targets}  # target -> metric -> [values]
     store_sizes = {t: [] for t in targets}
     try:
@@ -389,7 +392,7 @@ def main():
         if old_uring is not None:
             with open(URING_PARAM, "w") as f:
                 f.write(old_uring + "\n")
-    write(a.name, machine(), targets, results, store_sizes)
+    write(a.name, info, targets, results, store_sizes)
 
 
 def fmt(v):

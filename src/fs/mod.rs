@@ -2032,7 +2032,7 @@ fn split_job(job: BlockJob, n: usize) -> Vec<BlockJob> {
 /// How much of a job's adjacent extents early writeback hands the disk at a
 /// time: one request per 64 KiB block cost a system call and a virtio
 /// notification each (tuning.md, early writeback).
-pub(crate) const WRITEBACK_RUN: u64 = 1 << 20;
+const WRITEBACK_RUN: u64 = 1 << 20;
 
 fn write_block_job(store: &Store, job: &BlockJob) -> StoreResult<Vec<Written>> {
     let last = job.blocks.len().saturating_sub(1);
@@ -2046,10 +2046,16 @@ fn write_block_job(store: &Store, job: &BlockJob) -> StoreResult<Vec<Written>> {
             .get(&(ino, idx))
             .and_then(|b| b.as_deref())
             .unwrap_or(&[]);
+        if i == last
+            && let Some((first, prev, _)) = run.take()
+        {
+            store.start_writeback(&first, &prev);
+        }
         store.write_reserved(&extent, data)?;
         // The disk starts on the blocks written so far, a run of adjacent
         // extents at a time, while this thread hashes and copies the next
-        // ones. Not the job's last: a commit of one block (an fsync) gains
+        // ones (what is left of the run goes before the job's last block).
+        // Not the job's last: a commit of one block (an fsync) gains
         // nothing, and its extent would go out apart from the nodes that
         // follow it, one more write request (measured in tuning.md).
         if i < last {
@@ -2077,9 +2083,6 @@ fn write_block_job(store: &Store, job: &BlockJob) -> StoreResult<Vec<Written>> {
             hash: *blake3::hash(data).as_bytes(),
             sum: extent_checksum(data),
         });
-    }
-    if let Some((first, prev, _)) = run {
-        store.start_writeback(&first, &prev);
     }
     Ok(out)
 }
@@ -2151,7 +2154,8 @@ fn read_blocks<'a>(
 fn patch_block(b: &mut Vec<u8>, within: usize, src: &[u8], bs: usize) {
     let end = within + src.len();
     if end > b.capacity() {
-        let want = end.max(b.capacity().saturating_mul(2)).min(bs).max(end);
+        // Doubling amortizes appends; the cap keeps a block within `bs`.
+        let want = b.capacity().saturating_mul(2).min(bs).max(end);
         b.reserve_exact(want - b.len());
     }
     if b.len() < within {

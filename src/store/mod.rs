@@ -401,6 +401,7 @@ impl Store {
     /// the disk works while the caller hashes and writes the next blocks.
     /// Only a hint; durability still comes from the commit.
     pub fn start_writeback(&self, first: &Reserved, last: &Reserved) {
+        debug_assert!(first.page <= last.page, "a run goes forward");
         let from = first.page * PAGE;
         let to = last.page * PAGE + last.len;
         if to > from {

@@ -1137,3 +1137,20 @@ pub(crate) fn decode_version(id: u64, b: &[u8], page: u64) -> StoreResult<Versio
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_extent_adjoins_the_page_after_its_last_partial_page() {
+        let r = |page, len| Reserved { page, len, txn: 1 };
+        // 5,000 bytes take pages 10 and 11.
+        assert!(r(10, 5000).adjoins(&r(12, 4096)));
+        assert!(!r(10, 5000).adjoins(&r(11, 4096)));
+        assert!(!r(10, 5000).adjoins(&r(13, 4096)));
+        // Two whole pages end on page 11 too.
+        assert!(r(10, 8192).adjoins(&r(12, 1)));
+        assert!(!r(10, 8193).adjoins(&r(12, 1)));
+    }
+}
