@@ -356,17 +356,22 @@ fn a_commit_hands_every_block_but_each_jobs_last_to_the_disk_early() {
     let (f, _) = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap();
     fs.commit("create").unwrap();
     dev.take_writeback_hints();
+    // The extents (whole blocks) the last commit wrote, in file order.
+    let synced_extents = || {
+        let mut e: Vec<(u64, u64)> = dev
+            .last_synced_writes()
+            .into_iter()
+            .filter(|&(_, len)| len == BS)
+            .collect();
+        e.sort_unstable();
+        e
+    };
     // Three whole blocks: the first two go to the disk early, in one
     // request since their extents adjoin; the last waits for the commit's
     // sync with the nodes.
     fs.write(f.ino, 0, &[7u8; 3 * BS as usize]).unwrap();
     fs.commit("three blocks").unwrap();
-    let mut extents: Vec<(u64, u64)> = dev
-        .last_synced_writes()
-        .into_iter()
-        .filter(|&(_, len)| len == BS)
-        .collect();
-    extents.sort_unstable();
+    let extents = synced_extents();
     assert_eq!(extents.len(), 3, "the commit wrote {extents:?}");
     assert!(
         extents.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0),
@@ -383,12 +388,7 @@ fn a_commit_hands_every_block_but_each_jobs_last_to_the_disk_early() {
     assert_eq!(hinted, (n - 1) * BS, "{hints:?}");
     assert!(hints.iter().all(|h| h.1 <= WRITEBACK_RUN), "{hints:?}");
     // Each place the extents do not adjoin may cost one more request.
-    let mut extents: Vec<(u64, u64)> = dev
-        .last_synced_writes()
-        .into_iter()
-        .filter(|&(_, len)| len == BS)
-        .collect();
-    extents.sort_unstable();
+    let extents = synced_extents();
     assert_eq!(extents.len() as u64, n);
     let breaks = extents
         .windows(2)
