@@ -154,7 +154,7 @@ struct MountArgs {
     queue_depth: Option<u32>,
     /// The most dirty data held in memory, e.g. 256M or 1G: a commit starts
     /// at half of it, and a writer waits for one at the limit.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = zippyfs::store::retention::parse_size)]
     cache_size: Option<u64>,
     /// Options, comma-separated: block_size=SIZE (a new filesystem's block
     /// size), flush_interval=SECS (commit at least this often),
@@ -415,7 +415,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             set(&mut policy.weekly, weekly);
             if let Some(m) = max_size {
                 policy.max_bytes = zippyfs::store::retention::parse_size(&m)
-                    .with_context(|| format!("--max-size {m}: a size like 10G, or 0"))?;
+                    .map_err(|e| anyhow::anyhow!("--max-size: {e}"))?;
                 changed = true;
             }
             if let Some(d) = keep_within {
@@ -699,39 +699,6 @@ struct Plan {
     mount: MountOpts,
 }
 
-/// `256M`, `1G`, `4096`, `64k`, `1GiB`: bytes, with binary multiples.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix("ib"))
-        .or_else(|| t.strip_suffix(['B', 'b']))
-        .unwrap_or(t);
-    let (digits, shift) = match t.char_indices().last() {
-        Some((at, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => {
-                    return Err(format!(
-                        "{s:?}: unknown size suffix {c:?} (use K, M, G or T)"
-                    ));
-                }
-            };
-            (&t[..at], shift)
-        }
-        _ => (t, 0),
-    };
-    let n: u64 = digits
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 64K, 256M, 1G)"))?;
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
 /// The checks before anything else, and the options sorted out.
 fn plan(args: MountArgs) -> anyhow::Result<Plan> {
     let mp = &args.mountpoint;
@@ -790,7 +757,8 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
         .filter(|o| !o.is_empty())
     {
         if let Some(v) = o.strip_prefix("block_size=") {
-            let bs = parse_size(v).map_err(|e| anyhow::anyhow!("-o block_size: {e}"))?;
+            let bs = zippyfs::store::retention::parse_size(v)
+                .map_err(|e| anyhow::anyhow!("-o block_size: {e}"))?;
             if !bs.is_power_of_two() || !(4096..=1 << 20).contains(&bs) {
                 anyhow::bail!("-o block_size={v}: a power of two from 4K to 1M is needed");
             }
@@ -1016,23 +984,4 @@ fn detach(plan: &Plan) -> anyhow::Result<()> {
     std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
     tracing::info!(pid = std::process::id(), mountpoint = %plan.mountpoint.display(), "zippyfs daemon starting");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("256M"), Ok(256 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("2mb"), Ok(2 << 20));
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
 }

@@ -179,3 +179,98 @@ fn second_opener_gets_store_in_use() {
         Ok(_) => panic!("second open succeeded"),
     }
 }
+
+#[test]
+fn an_empty_store_file_is_refused_not_taken_for_a_new_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(STORE_FILE);
+    std::fs::write(&file, b"").unwrap();
+    match Store::open(dir.path(), opts()) {
+        Err(e @ StoreError::NotAStore(_)) => {
+            assert!(e.to_string().contains("empty"), "{e}")
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("an empty store file was taken for a new store"),
+    }
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 0, "left as found");
+}
+
+#[test]
+fn a_new_store_appears_whole_and_leaves_nothing_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path(), opts()).unwrap().close().unwrap();
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [STORE_FILE]);
+    // A leftover of a crash while an earlier attempt made the store is
+    // started over, not trusted.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join(format!("{STORE_FILE}.new")), b"junk").unwrap();
+    let s = Store::open(other.path(), opts()).unwrap();
+    assert_eq!(s.versions().len(), 0);
+}
+
+/// Rewrites commit slot `i` (0 or 1) of a store file with `edit` applied to
+/// its 128 bytes, and a checksum that holds (see `format.rs`).
+fn rewrite_slot(file: &Path, i: usize, edit: impl Fn(&mut [u8])) {
+    let mut image = std::fs::read(file).unwrap();
+    let slot = &mut image[i * 4096..i * 4096 + 128];
+    edit(slot);
+    let sum = xxhash_rust::xxh3::xxh3_64(&slot[..120]);
+    slot[120..128].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(file, image).unwrap();
+}
+
+fn slot_txn(file: &Path, i: usize) -> u64 {
+    let image = std::fs::read(file).unwrap();
+    u64::from_le_bytes(image[i * 4096 + 16..i * 4096 + 24].try_into().unwrap())
+}
+
+#[test]
+fn a_slot_whose_checksum_holds_but_whose_fields_cannot_be_is_refused() {
+    let base = tempfile::tempdir().unwrap();
+    build(base.path());
+    let pristine = std::fs::read(base.path().join(STORE_FILE)).unwrap();
+    let put =
+        |at: usize, v: u64| move |s: &mut [u8]| s[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    // Both slots damaged the same way: nothing to fall back on, and the
+    // error names what is wrong (before this check, a huge high-water mark
+    // sized the allocator's bitmaps and a huge root page wrapped).
+    let cases: [(usize, u64, &str); 3] = [
+        (88, u64::MAX, "high-water mark"),
+        (40, u64::MAX / 2, "data root"),
+        (104, u64::MAX, "allocator state"),
+    ];
+    for (at, value, field) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(STORE_FILE);
+        std::fs::write(&file, &pristine).unwrap();
+        // The allocator state is only named by a cleanly closed store's slot.
+        for i in 0..2 {
+            rewrite_slot(&file, i, put(at, value));
+        }
+        match Store::open(dir.path(), opts()) {
+            Err(e) => assert!(e.to_string().contains(field), "{e} should name the {field}"),
+            Ok(_) => panic!("opened a store whose slots say {field} = {value}"),
+        }
+    }
+    // One slot damaged: the store opens at the other one and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(STORE_FILE);
+    std::fs::write(&file, &pristine).unwrap();
+    let newest = if slot_txn(&file, 0) > slot_txn(&file, 1) {
+        0
+    } else {
+        1
+    };
+    let older_txn = slot_txn(&file, 1 - newest);
+    rewrite_slot(&file, newest, put(88, u64::MAX));
+    let s = Store::open(dir.path(), opts()).expect("opens at the other slot");
+    assert_eq!(
+        s.open_report().discarded_commit,
+        Some(slot_txn(&file, newest))
+    );
+    assert!(s.latest_version().unwrap_or(0) <= older_txn);
+}

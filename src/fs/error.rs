@@ -8,8 +8,11 @@ pub enum FsError {
     #[error("{}", std::io::Error::from_raw_os_error(*.0))]
     Errno(i32),
     /// The store failed underneath; reported as EIO (ENOSPC for a full disk).
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
+    /// A filesystem record in the store is damaged (reported as EIO).
+    #[error("damaged store: {0}")]
+    Corrupt(String),
 }
 
 pub type FsResult<T> = Result<T, FsError>;
@@ -23,9 +26,16 @@ impl FsError {
             FsError::Store(StoreError::NoSpace) | FsError::Store(StoreError::MapFull { .. }) => {
                 libc::ENOSPC
             }
+            FsError::Store(StoreError::Quota) => libc::EDQUOT,
+            // What else the disk under the store can say, passed on as it
+            // is; anything else is an I/O error.
+            FsError::Store(StoreError::Io { source, .. }) => match source.raw_os_error() {
+                Some(e @ (libc::EROFS | libc::EFBIG | libc::ENOMEM | libc::EIO)) => e,
+                _ => libc::EIO,
+            },
             FsError::Store(StoreError::KeyTooLong { .. }) => libc::ENAMETOOLONG,
             FsError::Store(StoreError::ValueTooLong { .. }) => libc::E2BIG,
-            FsError::Store(_) => libc::EIO,
+            FsError::Store(_) | FsError::Corrupt(_) => libc::EIO,
         }
     }
 }
@@ -33,4 +43,33 @@ impl FsError {
 /// Shorthand for `Err(FsError::Errno(e))`.
 pub fn err<T>(e: i32) -> FsResult<T> {
     Err(FsError::Errno(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_errno_the_disk_can_give_reaches_the_caller_as_itself() {
+        let from_disk = |e: i32| {
+            FsError::from(StoreError::io(
+                "write",
+                std::io::Error::from_raw_os_error(e),
+            ))
+            .errno()
+        };
+        for e in [
+            libc::ENOSPC,
+            libc::EDQUOT,
+            libc::EROFS,
+            libc::EFBIG,
+            libc::ENOMEM,
+            libc::EIO,
+        ] {
+            assert_eq!(from_disk(e), e, "{}", std::io::Error::from_raw_os_error(e));
+        }
+        // Nothing else the store can meet means anything to a caller.
+        assert_eq!(from_disk(libc::EBADF), libc::EIO);
+        assert_eq!(FsError::from(StoreError::Poisoned).errno(), libc::EIO);
+    }
 }

@@ -36,6 +36,8 @@ pub const DAEMON_FILE: u64 = u64::MAX - 4;
 const DAEMON_FILE_NAME: &[u8] = b"daemon.json";
 const VIEW_BIT: u64 = 1 << 63;
 const INO_BITS: u32 = 36;
+/// The most inode numbers a filesystem hands out: the views must encode them.
+pub(crate) const MAX_INO: u64 = 1 << INO_BITS;
 // One less than 2^27, so that view numbers stay below the fixed ones at the top.
 const VERSION_LIMIT: u64 = (1 << 27) - 1;
 

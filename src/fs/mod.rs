@@ -51,6 +51,11 @@ pub use inode::{Inode, Kind, NAME_MAX, ROOT, Time};
 /// up to a quarter page inline), so a small file costs no page of its own.
 const INLINE_BLOCK: usize = 900;
 const XATTR_NAME_MAX: usize = 255;
+/// The largest file: offsets are signed 64-bit to every program (`off_t`).
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+/// Block sizes a filesystem may be made with.
+pub const MIN_BLOCK: u32 = 4096;
+pub const MAX_BLOCK: u32 = 1 << 20;
 const XATTR_SIZE_MAX: usize = 64 * 1024;
 
 #[derive(Clone, Debug)]
@@ -300,7 +305,7 @@ impl Fs {
 
     pub fn with_store(store: Store, opts: FsOptions) -> FsResult<Fs> {
         let bs = opts.block_size;
-        if !bs.is_power_of_two() || !(4096..=1 << 20).contains(&bs) {
+        if !bs.is_power_of_two() || !(MIN_BLOCK..=MAX_BLOCK).contains(&bs) {
             return err(libc::EINVAL);
         }
         let n = opts.shards.max(1);
@@ -348,12 +353,8 @@ impl Fs {
     fn load_meta(&mut self) -> FsResult<()> {
         let snap = self.store.latest()?;
         if let Some(m) = snap.get(META_KEY)? {
-            if m.len() < 28 {
-                return Err(FsError::Errno(libc::EIO));
-            }
-            let next = u64::from_le_bytes(m[0..8].try_into().unwrap_or_default());
-            let bs = u32::from_le_bytes(m[8..12].try_into().unwrap_or_default());
-            self.fs_id = u128::from_le_bytes(m[12..28].try_into().unwrap_or_default());
+            let (next, bs, fs_id) = decode_meta(m)?;
+            self.fs_id = fs_id;
             self.next_ino.store(next, Ordering::Relaxed);
             if bs as u64 != self.block_size {
                 tracing::info!(
@@ -578,6 +579,9 @@ impl Fs {
             }
             if i.kind != Kind::File {
                 return err(libc::EINVAL);
+            }
+            if size > MAX_FILE_SIZE {
+                return err(libc::EFBIG);
             }
             if size != i.size {
                 self.resize(&mut sh, &snap, &i, size)?;
@@ -930,7 +934,7 @@ impl Fs {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(FsError::Errno(libc::EFBIG))?;
-        if end > i64::MAX as u64 {
+        if end > MAX_FILE_SIZE {
             return err(libc::EFBIG);
         }
         self.before_dirty(data.len() as u64)?;
@@ -1584,7 +1588,10 @@ impl Fs {
     /// `FALLOC_FL_KEEP_SIZE`, `FALLOC_FL_PUNCH_HOLE`, `FALLOC_FL_ZERO_RANGE`.
     pub fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
         read_only(ino)?;
-        let end = offset.checked_add(len).ok_or(FsError::Errno(libc::EFBIG))?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::Errno(libc::EFBIG))?;
         let supported =
             libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
         if mode & !supported != 0 {
@@ -2183,6 +2190,33 @@ fn load_retention(dir: &Path) -> FsResult<Option<crate::store::Retention>> {
 }
 
 /// Refuses changes to the history tree.
+/// The filesystem record (key `M`): next inode number (u64), block size
+/// (u32), filesystem id (u128), little-endian, 28 bytes. Every field is
+/// checked here, once, so nothing later divides by a zero block size or
+/// hands out an inode number the history views cannot encode.
+fn decode_meta(m: &[u8]) -> FsResult<(u64, u32, u128)> {
+    let bad = |why: String| Err(FsError::Corrupt(format!("the filesystem record: {why}")));
+    let (Some(next), Some(bs), Some(id)) = (m.get(0..8), m.get(8..12), m.get(12..28)) else {
+        return bad(format!("{} bytes where 28 were expected", m.len()));
+    };
+    let next = u64::from_le_bytes(next.try_into().unwrap_or_default());
+    let bs = u32::from_le_bytes(bs.try_into().unwrap_or_default());
+    let id = u128::from_le_bytes(id.try_into().unwrap_or_default());
+    if !bs.is_power_of_two() || !(MIN_BLOCK..=MAX_BLOCK).contains(&bs) {
+        return bad(format!(
+            "block size {bs} is not a power of two from {MIN_BLOCK} to {MAX_BLOCK}"
+        ));
+    }
+    if next <= ROOT || next > history::MAX_INO {
+        return bad(format!(
+            "next inode number {next} is outside {}..={}",
+            ROOT + 1,
+            history::MAX_INO
+        ));
+    }
+    Ok((next, bs, id))
+}
+
 fn read_only(ino: u64) -> FsResult<()> {
     if is_history(ino) {
         return err(libc::EROFS);

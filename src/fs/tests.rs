@@ -504,3 +504,62 @@ fn patching_a_block_zero_fills_the_gap_and_never_holds_more_than_a_block() {
     assert_eq!(b.len(), bs);
     assert!(b.capacity() <= bs, "capacity {}", b.capacity());
 }
+
+#[test]
+fn a_damaged_filesystem_record_is_refused_with_the_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Fs::mount(dir.path(), opts()).unwrap());
+    let good = {
+        let store = Store::open(dir.path(), opts().store).unwrap();
+        let snap = store.latest().unwrap();
+        snap.get(META_KEY).unwrap().unwrap().to_vec()
+    };
+    let with_block_size = |bs: u32| {
+        let mut m = good.clone();
+        m[8..12].copy_from_slice(&bs.to_le_bytes());
+        m
+    };
+    let with_next = |n: u64| {
+        let mut m = good.clone();
+        m[0..8].copy_from_slice(&n.to_le_bytes());
+        m
+    };
+    let cases: [(Vec<u8>, &str); 5] = [
+        (with_block_size(0), "block size 0"),
+        (with_block_size(3000), "block size 3000"),
+        (with_block_size(1 << 21), "block size 2097152"),
+        (with_next(0), "next inode number 0"),
+        (good[..20].to_vec(), "20 bytes"),
+    ];
+    for (meta, want) in cases {
+        let store = Store::open(dir.path(), opts().store).unwrap();
+        let mut t = store.begin_write().unwrap();
+        t.put(META_KEY, &meta).unwrap();
+        t.commit("damage").unwrap();
+        match Fs::with_store(store, opts()) {
+            Ok(_) => panic!("a record with {want} was accepted"),
+            Err(e) => {
+                assert_eq!(e.errno(), libc::EIO);
+                assert!(e.to_string().contains(want), "{e} should say {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn sizes_past_the_largest_offset_are_efbig_for_write_truncate_and_fallocate() {
+    let (_d, fs) = fresh();
+    let (f, _fh) = fs.create(ROOT_CTX, ROOT, b"big", 0o644).unwrap();
+    let max = i64::MAX as u64;
+    let size = |s| SetAttr {
+        size: Some(s),
+        ..SetAttr::default()
+    };
+    assert_eq!(errno(fs.setattr(f.ino, size(max + 1))), libc::EFBIG);
+    assert_eq!(errno(fs.fallocate(f.ino, max, 1, 0)), libc::EFBIG);
+    assert_eq!(errno(fs.fallocate(f.ino, 1, max, 0)), libc::EFBIG);
+    assert_eq!(errno(fs.write(f.ino, max, b"x")), libc::EFBIG);
+    // Up to the limit itself is a size like any other.
+    assert_eq!(fs.setattr(f.ino, size(max)).unwrap().size, max);
+    assert_eq!(fs.getattr(f.ino).unwrap().size, max);
+}

@@ -14,6 +14,8 @@ pub enum StoreError {
     Corrupt { page: u64, reason: String },
     #[error("no space left on the device holding the store")]
     NoSpace,
+    #[error("the disk quota of the store's owner is used up")]
+    Quota,
     #[error(
         "store file would grow past its map size ({map_size} bytes); reopen with a larger map size"
     )]
@@ -40,13 +42,24 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 impl StoreError {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        if source.raw_os_error() == Some(libc::ENOSPC) {
-            return StoreError::NoSpace;
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) => return StoreError::NoSpace,
+            Some(libc::EDQUOT) => return StoreError::Quota,
+            _ => {}
         }
         StoreError::Io {
             context: context.into(),
             source,
         }
+    }
+
+    /// Whether the device (or the owner's quota) is out of space: the one
+    /// failure that leaves nothing unsure and passes once space is freed.
+    pub fn is_no_space(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NoSpace | StoreError::Quota | StoreError::MapFull { .. }
+        )
     }
 
     pub fn corrupt(page: u64, reason: impl Into<String>) -> Self {

@@ -172,6 +172,79 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// Checks what a slot whose checksum holds says against what any
+    /// commit can write; a slot that fails was not written by zippyfs as it
+    /// is (a bug or deliberate damage), and its numbers must not be used to
+    /// size or address anything.
+    pub fn validate(&self) -> Result<(), String> {
+        let max_pages = u64::MAX / PAGE;
+        if self.hwm < FIRST_DATA_PAGE || self.hwm > max_pages {
+            return Err(format!("high-water mark {} is impossible", self.hwm));
+        }
+        for (what, p) in [
+            ("data root", self.data_root),
+            ("system root", self.system_root),
+        ] {
+            if !p.is_none() && (p.page < FIRST_DATA_PAGE || p.page >= self.hwm) {
+                return Err(format!(
+                    "{what} at page {} lies outside pages {FIRST_DATA_PAGE}..{}",
+                    p.page, self.hwm
+                ));
+            }
+        }
+        if self.alloc_page == 0 && self.alloc_pages != 0 {
+            return Err(format!(
+                "allocator state of {} pages at page 0",
+                self.alloc_pages
+            ));
+        }
+        if self.alloc_page != 0 {
+            let end = self.alloc_page.checked_add(self.alloc_pages);
+            if self.alloc_pages == 0
+                || self.alloc_page < FIRST_DATA_PAGE
+                || end.is_none_or(|e| e > self.hwm)
+            {
+                return Err(format!(
+                    "allocator state at pages {}+{} lies outside pages {FIRST_DATA_PAGE}..{}",
+                    self.alloc_page, self.alloc_pages, self.hwm
+                ));
+            }
+        }
+        if self.version > self.txn {
+            return Err(format!(
+                "version {} is newer than its commit {}",
+                self.version, self.txn
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The byte offset of `page`. Page numbers come from the disk, so the
+/// multiplication is checked: a page past any file is damage, named.
+pub fn page_offset(page: u64) -> StoreResult<u64> {
+    page.checked_mul(PAGE)
+        .ok_or_else(|| StoreError::corrupt(page, "page number past the end of any file"))
+}
+
+/// The bytes of a run of `pages` pages starting at `page` (both from the
+/// disk): its offset and length, checked.
+pub fn run_span(page: u64, pages: u64) -> StoreResult<(u64, usize)> {
+    let off = page_offset(page)?;
+    let len = pages
+        .checked_mul(PAGE)
+        .filter(|l| off.checked_add(*l).is_some())
+        .and_then(|l| usize::try_from(l).ok())
+        .ok_or_else(|| {
+            StoreError::corrupt(
+                page,
+                format!("run of {pages} pages past the end of any file"),
+            )
+        })?;
+    Ok((off, len))
+}
+
 fn get_ptr(b: &[u8], at: usize) -> Ptr {
     Ptr {
         page: get_u64(b, at),
@@ -286,5 +359,71 @@ mod tests {
         run[6000] ^= 0x10;
         let err = verify_run(&run, 17, &[KIND_OVERFLOW]).unwrap_err();
         assert!(err.to_string().contains("page 17"), "{err}");
+    }
+
+    #[test]
+    fn page_numbers_past_any_file_are_errors_naming_the_page() {
+        let huge = u64::MAX / 3;
+        let e = page_offset(huge).unwrap_err();
+        assert!(e.to_string().contains(&format!("page {huge}")), "{e}");
+        assert!(run_span(5, u64::MAX / 2).is_err());
+        assert!(run_span(u64::MAX / PAGE - 1, 4).is_err());
+        assert_eq!(run_span(3, 2).unwrap(), (3 * PAGE, 2 * PAGE_SIZE));
+    }
+
+    #[test]
+    fn a_slot_with_impossible_fields_is_refused_with_the_field_named() {
+        let good = Slot {
+            txn: 9,
+            version: 4,
+            hwm: 100,
+            data_root: Ptr {
+                page: 50,
+                birth: 9,
+                sum: 1,
+            },
+            alloc_page: 90,
+            alloc_pages: 10,
+            ..Slot::default()
+        };
+        good.validate().unwrap();
+        let cases: [(Slot, &str); 5] = [
+            (Slot { hwm: 1, ..good }, "high-water mark"),
+            (
+                Slot {
+                    hwm: u64::MAX,
+                    ..good
+                },
+                "high-water mark",
+            ),
+            (
+                Slot {
+                    data_root: Ptr {
+                        page: 100,
+                        ..good.data_root
+                    },
+                    ..good
+                },
+                "data root",
+            ),
+            (
+                Slot {
+                    alloc_pages: u64::MAX,
+                    ..good
+                },
+                "allocator state",
+            ),
+            (
+                Slot {
+                    version: 10,
+                    ..good
+                },
+                "version",
+            ),
+        ];
+        for (slot, field) in cases {
+            let e = slot.validate().unwrap_err();
+            assert!(e.contains(field), "{e} should name {field}");
+        }
     }
 }

@@ -166,27 +166,31 @@ pub struct OpenReport {
 impl Store {
     /// Opens the store in `dir`, creating the directory and the store if they
     /// do not exist. Another process holding it open gets [`StoreError::InUse`].
+    ///
+    /// A new store is made whole under a temporary name and renamed into
+    /// place, so a `zippy.store` that exists always had its first commit
+    /// written: one that is empty was damaged (or truncated) and is refused,
+    /// never taken for a new store.
     pub fn open(dir: &Path, opts: StoreOptions) -> StoreResult<Store> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::io(format!("create store directory {}", dir.display()), e))?;
         let path = dir.join(STORE_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
-        // SAFETY: flock on a descriptor we own; no memory is passed.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(StoreError::InUse {
-                    path: path.display().to_string(),
-                });
-            }
-            return Err(StoreError::io(format!("lock {}", path.display()), e));
+        let file = match open_rw(&path, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(dir, &path)?,
+            Err(e) => return Err(StoreError::io(format!("open {}", path.display()), e)),
+        };
+        lock(&file, &path)?;
+        let len = file
+            .metadata()
+            .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
+            .len();
+        if len == 0 {
+            return Err(StoreError::NotAStore(format!(
+                "{} exists but is empty: its contents were lost (a new store is never \
+                 empty); move it away to start a new store there",
+                path.display()
+            )));
         }
         let lock = file
             .try_clone()
@@ -387,7 +391,10 @@ impl Store {
                 max: r.len as usize,
             });
         }
-        let result = self.backend.write_all(&[(r.page * PAGE, data)]);
+        // SAFETY: `r` is an extent the open write transaction allocated from
+        // pages free at the last commit; no kept version or snapshot
+        // references them, so no reader borrows them.
+        let result = unsafe { self.backend.write_all(&[(r.page * PAGE, data)]) };
         if result.is_err() {
             // As for any failed write: the page cache can no longer be trusted.
             self.writer_poison();
@@ -472,10 +479,15 @@ impl Store {
         format::seal(&mut buf, KIND_ALLOC, 0, start, txn);
         let hwm = w.alloc.hwm();
         let result = (|| {
-            if backend.len() != hwm * PAGE {
-                backend.set_len(hwm * PAGE)?;
+            // SAFETY: the store is being closed (`&mut self`: no snapshot
+            // is open); the tail past `hwm` and the run at `start` are free
+            // pages that no kept version references.
+            unsafe {
+                if backend.len() != hwm * PAGE {
+                    backend.set_len(hwm * PAGE)?;
+                }
+                backend.write_all(&[(start * PAGE, &buf)])?;
             }
-            backend.write_all(&[(start * PAGE, &buf)])?;
             backend.sync()?;
             let slot = Slot {
                 txn,
@@ -571,15 +583,100 @@ impl Drop for Snapshot<'_> {
     }
 }
 
-/// Writes the first commit of a new store.
-fn init(backend: &dyn Backend) -> StoreResult<()> {
-    backend.set_len(2 * PAGE)?;
-    let slot = Slot {
+fn open_rw(path: &Path, create: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Takes the store's lock (held for as long as the file is open), or says
+/// who has it.
+fn lock(file: &File, path: &Path) -> StoreResult<()> {
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::InUse {
+                path: path.display().to_string(),
+            });
+        }
+        return Err(StoreError::io(format!("lock {}", path.display()), e));
+    }
+    Ok(())
+}
+
+/// Makes a new store at `path`: its first commit written and synced under
+/// a temporary name (locked, so two processes cannot make it at once), then
+/// renamed into place, never over a store another process made meanwhile.
+/// Returns the file, locked.
+fn create(dir: &Path, path: &Path) -> StoreResult<File> {
+    let tmp = dir.join(format!("{STORE_FILE}.new"));
+    let file =
+        open_rw(&tmp, true).map_err(|e| StoreError::io(format!("create {}", tmp.display()), e))?;
+    lock(&file, &tmp)?;
+    let io = |what: &str, e| StoreError::io(format!("{what} {}", tmp.display()), e);
+    // A leftover of a crash during an earlier attempt is started over.
+    file.set_len(0).map_err(|e| io("truncate", e))?;
+    let slot = first_slot();
+    let (at, sector) = slot_sector(&slot);
+    file.set_len(2 * PAGE).map_err(|e| io("grow", e))?;
+    std::os::unix::fs::FileExt::write_all_at(&file, &sector, at).map_err(|e| io("write", e))?;
+    file.sync_all().map_err(|e| io("sync", e))?;
+    let (Ok(from), Ok(to)) = (
+        std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes()),
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()),
+    ) else {
+        return Err(StoreError::NotAStore(format!(
+            "{} holds a NUL byte",
+            path.display()
+        )));
+    };
+    // SAFETY: two valid NUL-terminated paths; no other memory is passed.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EEXIST) {
+            // Another process made the store first: open theirs.
+            let _ = std::fs::remove_file(&tmp);
+            return open_rw(path, false)
+                .map_err(|e| StoreError::io(format!("open {}", path.display()), e));
+        }
+        return Err(StoreError::io(
+            format!("rename {} into place", tmp.display()),
+            e,
+        ));
+    }
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(format!("sync directory {}", dir.display()), e))?;
+    Ok(file)
+}
+
+fn first_slot() -> Slot {
+    Slot {
         txn: 1,
         hwm: format::FIRST_DATA_PAGE,
         ..Slot::default()
-    };
-    write_slot(backend, &slot)?;
+    }
+}
+
+/// Writes the first commit of a new store.
+fn init(backend: &dyn Backend) -> StoreResult<()> {
+    // SAFETY: an empty device: nothing has been read from it.
+    unsafe { backend.set_len(2 * PAGE)? };
+    write_slot(backend, &first_slot())?;
     Ok(())
 }
 
@@ -594,7 +691,9 @@ pub(crate) fn slot_sector(slot: &Slot) -> (u64, [u8; 512]) {
 /// Writes a commit slot and syncs it.
 fn write_slot(backend: &dyn Backend, slot: &Slot) -> StoreResult<()> {
     let (at, sector) = slot_sector(slot);
-    backend.write_all(&[(at, &sector)])?;
+    // SAFETY: the commit slots are only ever read with `read_copy`, never
+    // borrowed.
+    unsafe { backend.write_all(&[(at, &sector)])? };
     backend.sync()
 }
 
@@ -608,6 +707,15 @@ fn choose_slot(backend: &dyn Backend, verified: &Verified) -> StoreResult<(Slot,
     let mut last_err = None;
     let mut discarded = None;
     for s in slots {
+        if let Err(why) = s.validate() {
+            tracing::warn!(txn = s.txn, "commit slot refused: {why}");
+            last_err = Some(StoreError::corrupt(
+                s.txn % 2,
+                format!("commit slot of txn {}: {why}", s.txn),
+            ));
+            discarded = Some(s.txn);
+            continue;
+        }
         if s.alloc_page != 0 {
             // A clean close synced everything before writing its slot.
             return Ok((s, discarded));
@@ -653,7 +761,8 @@ fn read_slots(backend: &dyn Backend) -> StoreResult<Vec<Slot>> {
 }
 
 fn load_alloc_state(backend: &dyn Backend, slot: &Slot) -> StoreResult<(Allocator, Deadlists)> {
-    let run = backend.read(slot.alloc_page * PAGE, (slot.alloc_pages * PAGE) as usize)?;
+    let (off, len) = format::run_span(slot.alloc_page, slot.alloc_pages)?;
+    let run = backend.read(off, len)?;
     verify_run(run, slot.alloc_page, &[KIND_ALLOC])?;
     let (alloc, dead) = alloc::decode_state(run, slot.alloc_page)?;
     if alloc.hwm() != slot.hwm {

@@ -10,7 +10,7 @@ use crate::store::backend::Backend;
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::format::{
     FIRST_DATA_PAGE, HEADER_SIZE, KIND_BRANCH, KIND_LEAF, KIND_OVERFLOW, PAGE, PAGE_SIZE, Ptr,
-    check_ref, checksum, verify_run,
+    check_ref, checksum, page_offset, run_span, verify_run,
 };
 use std::collections::HashMap;
 
@@ -84,7 +84,7 @@ impl<'a> Pages<'a> {
                 "reference to a commit slot as a node",
             ));
         }
-        let bytes = self.backend.read(id * PAGE, PAGE_SIZE)?;
+        let bytes = self.backend.read(page_offset(id)?, PAGE_SIZE)?;
         let known =
             !force && self.verified.get(id) && (bytes[0] == KIND_LEAF || bytes[0] == KIND_BRANCH);
         if !known {
@@ -105,9 +105,8 @@ impl<'a> Pages<'a> {
                 "overflow value in a commit slot",
             ));
         }
-        let bytes = self
-            .backend
-            .read(run.page * PAGE, (pages * PAGE) as usize)?;
+        let (off, span) = run_span(run.page, pages)?;
+        let bytes = self.backend.read(off, span)?;
         if force || !self.verified.get(run.page) || bytes[0] != KIND_OVERFLOW {
             verify_run(bytes, run.page, &[KIND_OVERFLOW])?;
             self.verified.set(run.page, true);
@@ -121,7 +120,9 @@ impl<'a> Pages<'a> {
         if e.page < FIRST_DATA_PAGE {
             return Err(StoreError::corrupt(e.page, "extent in a commit slot"));
         }
-        let bytes = self.backend.read(e.page * PAGE, e.len as usize)?;
+        let len = usize::try_from(e.len)
+            .map_err(|_| StoreError::corrupt(e.page, format!("extent of {} bytes", e.len)))?;
+        let bytes = self.backend.read(page_offset(e.page)?, len)?;
         if force || !self.verified.get(e.page) {
             if checksum(bytes) != e.sum {
                 return Err(StoreError::corrupt(
@@ -135,8 +136,10 @@ impl<'a> Pages<'a> {
     }
 }
 
+/// Pages an overflow value of `len` bytes takes (a length read from a
+/// node is at most `u32::MAX`, so this cannot overflow).
 pub(crate) fn overflow_pages(len: u64) -> u64 {
-    (HEADER_SIZE as u64 + len).div_ceil(PAGE)
+    (HEADER_SIZE as u64).saturating_add(len).div_ceil(PAGE)
 }
 
 /// One entry as a user sees it: the value's bytes and the extent it names.

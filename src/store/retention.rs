@@ -85,7 +85,7 @@ impl Retention {
                 "daily" => r.daily = count()?,
                 "weekly" => r.weekly = count()?,
                 "max_size" => {
-                    r.max_bytes = parse_size(v).ok_or_else(|| {
+                    r.max_bytes = parse_size(v).map_err(|_| {
                         format!("line {}: max_size needs a size like 10G (0: none)", n + 1)
                     })?
                 }
@@ -127,20 +127,38 @@ impl Retention {
     }
 }
 
-/// `4096`, `64K`, `256M`, `10G`, `2T` (powers of 1024).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().ok()?;
-    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches('B') {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => return None,
+/// `256M`, `1G`, `4096`, `64k`, `1GiB`, `2mb`: bytes, with binary
+/// multiples. The one parser of sizes, for every option and file that takes one.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix("ib"))
+        .or_else(|| t.strip_suffix(['B', 'b']))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((at, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => {
+                    return Err(format!(
+                        "{s:?}: unknown size suffix {c:?} (use K, M, G or T)"
+                    ));
+                }
+            };
+            (&t[..at], shift)
+        }
+        _ => (t, 0),
     };
-    n.checked_mul(1 << shift)
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 64K, 256M, 1G)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// `90s`, `30m`, `12h`, `7d`, or plain seconds.
@@ -269,5 +287,19 @@ mod tests {
         };
         let k = select(&v, 600 * NS, &p);
         assert_eq!(k.into_iter().collect::<Vec<_>>(), vec![8, 9, 10]);
+    }
+
+    #[test]
+    fn every_size_option_takes_the_same_spellings() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2mb"), Ok(2 << 20));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }

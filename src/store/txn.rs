@@ -467,7 +467,10 @@ impl<'s> WriteTxn<'s> {
             .collect();
         writes.push((slot_at, &sector));
         let t2 = std::time::Instant::now();
-        self.store.backend.write_all(&writes)?;
+        // SAFETY: every sealed page was allocated by this txn from pages free
+        // at the last commit, which nothing references; the slot sector is
+        // only read with `read_copy`.
+        unsafe { self.store.backend.write_all(&writes)? };
         for (id, _) in &sealed {
             self.store.verified.set(*id, true);
         }
@@ -540,7 +543,9 @@ impl<'s> WriteTxn<'s> {
         let len = self.store.backend.len();
         if len > hwm + GROW_MAX.max(len / 4) {
             let target = hwm.div_ceil(GROW_MIN) * GROW_MIN;
-            if let Err(e) = self.store.backend.set_len(target) {
+            // SAFETY: everything past the trimmed tail is free: no kept
+            // version or open snapshot references it, so no borrow reaches it.
+            if let Err(e) = unsafe { self.store.backend.set_len(target) } {
                 tracing::warn!("could not shrink the store file: {e}");
             }
         }
@@ -570,7 +575,7 @@ impl<'s> WriteTxn<'s> {
         let mut left = self.count_dirty(root);
         self.sealed_nodes[tree as usize] = left;
         let root = self.seal(root, out, &mut left, room).inspect_err(|e| {
-            if matches!(e, StoreError::NoSpace | StoreError::MapFull { .. }) {
+            if e.is_no_space() {
                 self.out_of_space_before_writing = true;
             }
         })?;
@@ -687,9 +692,14 @@ impl<'s> WriteTxn<'s> {
             let step = (len / 8).clamp(GROW_MIN, GROW_MAX);
             let target = need.max(len + step).div_ceil(GROW_MIN) * GROW_MIN;
             let target = target.min(self.store.opts.map_size).max(need);
-            match self.store.backend.set_len(target) {
+            // SAFETY: growing only (`need > len`, and `target >= need`):
+            // no borrow reaches past the current length.
+            match unsafe { self.store.backend.set_len(target) } {
                 // No room for the usual step ahead: take just what is needed.
-                Err(StoreError::NoSpace) if target > need => self.store.backend.set_len(need)?,
+                // SAFETY: as above, `need > len`.
+                Err(StoreError::NoSpace | StoreError::Quota) if target > need => unsafe {
+                    self.store.backend.set_len(need)?
+                },
                 r => r?,
             }
         }
@@ -714,7 +724,10 @@ impl<'s> WriteTxn<'s> {
         }
         let writes: Vec<(u64, &[u8])> =
             self.queue.iter().map(|(o, b)| (*o, b.as_slice())).collect();
-        let r = self.store.backend.write_all(&writes);
+        // SAFETY: queued writes go to extents and overflow runs this txn
+        // allocated from pages free at the last commit: nothing references
+        // them, so no reader borrows them.
+        let r = unsafe { self.store.backend.write_all(&writes) };
         self.queue.clear();
         self.queued_bytes = 0;
         if r.is_err() {

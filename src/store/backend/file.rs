@@ -241,7 +241,7 @@ impl Backend for FileBackend {
             .map_err(|e| StoreError::io("read store file", e))
     }
 
-    fn write_all(&self, writes: &[(u64, &[u8])]) -> StoreResult<()> {
+    unsafe fn write_all(&self, writes: &[(u64, &[u8])]) -> StoreResult<()> {
         let runs = Run::group(writes);
         match &self.ring {
             Some(ring) => self.write_uring(&mut ring.lock(), &runs),
@@ -276,7 +276,7 @@ impl Backend for FileBackend {
         self.len.load(Ordering::Acquire)
     }
 
-    fn set_len(&self, len: u64) -> StoreResult<()> {
+    unsafe fn set_len(&self, len: u64) -> StoreResult<()> {
         if len > self.map_size {
             return Err(StoreError::MapFull {
                 map_size: self.map_size,

@@ -187,7 +187,7 @@ impl Backend for SimBackend {
         Ok(())
     }
 
-    fn write_all(&self, writes: &[(u64, &[u8])]) -> StoreResult<()> {
+    unsafe fn write_all(&self, writes: &[(u64, &[u8])]) -> StoreResult<()> {
         for &(off, data) in writes {
             self.tick()?;
             let end = off + data.len() as u64;
@@ -240,7 +240,7 @@ impl Backend for SimBackend {
         self.hints.lock().push((off, len));
     }
 
-    fn set_len(&self, len: u64) -> StoreResult<()> {
+    unsafe fn set_len(&self, len: u64) -> StoreResult<()> {
         self.tick()?;
         if len > self.capacity {
             return Err(StoreError::NoSpace);
