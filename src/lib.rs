@@ -4,9 +4,11 @@
 //! Layers, with dependencies pointing one way: `fuse` (the kernel side, a
 //! thin adapter) -> `fs` (the filesystem core, FUSE-free) -> `store` (the
 //! versioned copy-on-write B+Tree file; it knows nothing of files).
+//! `control` (the daemon's socket for gc, fsck, status and umount) -> `fs`.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod control;
 pub mod fs;
 pub mod fuse;
 pub mod shard;

@@ -123,6 +123,26 @@ enum Command {
         #[arg(long, default_value = ".zippy", value_name = "NAME")]
         history_name: String,
     },
+    /// What the daemon serving a mount is doing: its store, transport,
+    /// space, versions, requests served, and whether it stopped taking
+    /// changes (and why).
+    Status {
+        /// A mountpoint, a path inside a mount, or a store directory.
+        path: PathBuf,
+        /// Print the daemon's answer as JSON (the fields of .zippy/daemon.json).
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = ".zippy", value_name = "NAME")]
+        history_name: String,
+    },
+    /// Unmount, and return only once the daemon's final commit is durable:
+    /// exit 0 if everything was saved, non-zero (with what was not) if not.
+    /// Use this in scripts that mount the same store again at once.
+    Umount {
+        mountpoint: PathBuf,
+        #[arg(long, default_value = ".zippy", value_name = "NAME")]
+        history_name: String,
+    },
     /// Mount the filesystem in a store directory (made if missing).
     ///
     /// Runs as a daemon (logging to <store-dir>/zippyfs.log) unless -f is
@@ -236,8 +256,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let store = match locate(&store, &history_name)? {
                 Located::Store(dir) => dir,
-                Located::Mount(file) => return live_fsck(&file),
+                Located::Mount(file) => {
+                    return Ok(print_fsck(&ask_live(&file, "fsck", fsck_progress)?));
+                }
             };
+            if let Some(answer) = ask_daemon(&store, "fsck", fsck_progress)? {
+                return Ok(print_fsck(&answer));
+            }
             let s = open(&store)?;
             let report =
                 s.fsck_with_progress(&|checked, total| show_progress("fsck", checked, total))?;
@@ -437,8 +462,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Gc { path, history_name } => {
             let store = match locate(&path, &history_name)? {
                 Located::Store(dir) => dir,
-                Located::Mount(file) => return live_gc(&file),
+                Located::Mount(file) => return Ok(print_gc(&ask_live(&file, "gc", |_, _| {})?)),
             };
+            if let Some(answer) = ask_daemon(&store, "gc", |_, _| {})? {
+                return Ok(print_gc(&answer));
+            }
             let policy = read_policy(&store)?;
             let s = open(&store)?;
             s.set_retention(policy);
@@ -475,54 +503,93 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status {
+            path,
+            json,
+            history_name,
+        } => {
+            let answer = match locate(&path, &history_name)? {
+                Located::Mount(file) => ask_live(&file, "status", |_, _| {})?,
+                Located::Store(dir) => ask_daemon(&dir, "status", |_, _| {})?
+                    .with_context(|| format!("no daemon serves the store in {}", dir.display()))?,
+            };
+            let st = &answer["status"];
+            if json {
+                println!("{st}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("store:      {}", st["store"].as_str().unwrap_or(""));
+            println!("pid:        {}", st["pid"]);
+            println!("state:      {}", st["state"].as_str().unwrap_or(""));
+            if let Some(why) = st["failed"].as_str() {
+                println!("failed:     {why}");
+            }
+            println!("transport:  {}", st["transport"].as_str().unwrap_or(""));
+            println!("versions:   {}", st["versions"]);
+            println!(
+                "space:      {} bytes in the store file, {} free pages, {} pages held by old versions",
+                st["file_bytes"], st["free_pages"], st["retained_pages"]
+            );
+            println!(
+                "requests:   {} by io_uring, {} by /dev/fuse",
+                st["requests_ring"], st["requests_dev"]
+            );
+            Ok(if st["failed"].is_null() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Umount {
+            mountpoint,
+            history_name,
+        } => umount(&mountpoint, &history_name),
         Command::Mount(_) => unreachable!("mount is dispatched in main"),
     }
 }
 
-/// Signals the daemon serving the mount whose `versions.json` this is, and
-/// waits until `counter` in its `daemon.json` grows (the run it asked for
-/// is done); `poll` sees each reading meanwhile. Gives the readings before
-/// and after.
-fn ask_daemon(
-    versions_file: &Path,
-    signal: libc::c_int,
-    counter: &str,
-    limit: std::time::Duration,
-    mut poll: impl FnMut(&serde_json::Value),
-) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
-    let daemon_file = versions_file.with_file_name("daemon.json");
-    let read = || -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_slice(
-            &std::fs::read(&daemon_file)
-                .with_context(|| format!("cannot read {}", daemon_file.display()))?,
-        )?)
-    };
-    let before = read()?;
-    let pid = before["pid"].as_i64().context("daemon.json has no pid")? as i32;
-    let runs = before[counter].as_u64().unwrap_or(0);
-    // SAFETY: kill with a pid and a valid signal; no memory is passed.
-    if unsafe { libc::kill(pid, signal) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .context(format!("cannot signal the daemon (pid {pid})"));
-    }
-    let started = std::time::Instant::now();
-    loop {
-        let now = read()?;
-        poll(&now);
-        if now[counter].as_u64().unwrap_or(0) > runs {
-            return Ok((before, now));
-        }
-        if started.elapsed() > limit {
-            anyhow::bail!("the daemon (pid {pid}) did not answer within {limit:?}; see its log");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+/// The store directory of the mount whose `versions.json` this is, as
+/// its daemon says in `daemon.json` beside it.
+fn mount_store(versions_file: &Path) -> anyhow::Result<PathBuf> {
+    let file = versions_file.with_file_name("daemon.json");
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", file.display()))?;
+    let store = v["store"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .with_context(|| format!("{} names no store directory", file.display()))?;
+    Ok(PathBuf::from(store))
 }
 
-/// `gc` on a live mount: the daemon re-reads the policy and commits.
-fn live_gc(versions_file: &Path) -> anyhow::Result<ExitCode> {
-    let limit = std::time::Duration::from_secs(60);
-    let (before, after) = ask_daemon(versions_file, libc::SIGHUP, "gc_runs", limit, |_| {})?;
+/// Asks the daemon serving the store in `store` (see `zippyfs::control`);
+/// `None` when no daemon serves it.
+fn ask_daemon(
+    store: &Path,
+    op: &str,
+    progress: impl FnMut(u64, u64),
+) -> anyhow::Result<Option<serde_json::Value>> {
+    zippyfs::control::ask(store, op, progress).map_err(anyhow::Error::msg)
+}
+
+/// Asks the daemon of a live mount, which must answer.
+fn ask_live(
+    versions_file: &Path,
+    op: &str,
+    progress: impl FnMut(u64, u64),
+) -> anyhow::Result<serde_json::Value> {
+    let store = mount_store(versions_file)?;
+    ask_daemon(&store, op, progress)?.with_context(|| {
+        format!(
+            "no daemon answers on {} (an older zippyfs, or it is exiting)",
+            store.join(zippyfs::control::SOCKET).display()
+        )
+    })
+}
+
+fn print_gc(answer: &serde_json::Value) -> ExitCode {
+    let (before, after) = (&answer["before"], &answer["after"]);
     println!(
         "versions kept: {} -> {}",
         before["versions"], after["versions"]
@@ -535,26 +602,21 @@ fn live_gc(versions_file: &Path) -> anyhow::Result<ExitCode> {
         "free pages: {} -> {}",
         before["free_pages"], after["free_pages"]
     );
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }
 
-/// `fsck` on a live mount: the daemon checks the store while serving.
-fn live_fsck(versions_file: &Path) -> anyhow::Result<ExitCode> {
-    let limit = std::time::Duration::from_secs(600);
-    let (_, after) = ask_daemon(versions_file, libc::SIGUSR1, "fsck_runs", limit, |now| {
-        show_progress(
-            "fsck",
-            now["fsck_checked"].as_u64().unwrap_or(0),
-            now["fsck_total"].as_u64().unwrap_or(0),
-        )
-    })?;
+fn print_fsck(answer: &serde_json::Value) -> ExitCode {
     end_progress();
-    print!("{}", after["fsck_report"].as_str().unwrap_or(""));
-    Ok(if after["fsck_problems"].as_u64() == Some(0) {
+    print!("{}", answer["report"].as_str().unwrap_or(""));
+    if answer["problems"].as_u64() == Some(0) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
+    }
+}
+
+fn fsck_progress(checked: u64, total: u64) {
+    show_progress("fsck", checked, total)
 }
 
 /// Progress of opening a store that was not closed cleanly (a walk of
@@ -658,6 +720,36 @@ fn history(path: &Path, history_name: &str) -> anyhow::Result<(zippyfs::tools::H
     ))
 }
 
+/// `zippyfs umount`: asks the daemon to tell when it exits, unmounts, and
+/// waits for that answer: the outcome of the final commit.
+fn umount(mountpoint: &Path, history_name: &str) -> anyhow::Result<ExitCode> {
+    let mp = mountpoint
+        .canonicalize()
+        .with_context(|| format!("{} does not exist", mountpoint.display()))?;
+    let versions = mp.join(history_name).join("versions.json");
+    if !versions.is_file() {
+        anyhow::bail!("{} is not the root of a zippyfs mount", mp.display());
+    }
+    let store = mount_store(&versions)?;
+    let pending = zippyfs::control::send(&store, "wait")
+        .map_err(anyhow::Error::msg)?
+        .with_context(|| format!("no daemon serves the store in {}", store.display()))?;
+    let st = std::process::Command::new("umount")
+        .arg(&mp)
+        .status()
+        .context("run umount")?;
+    if !st.success() {
+        anyhow::bail!("umount {} failed ({st})", mp.display());
+    }
+    match pending.answer(|_, _| {}) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("zippyfs: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 /// Where a command's path leads.
 enum Located {
     /// A store directory (not mounted: the store is opened).
@@ -714,6 +806,12 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
             mp.display()
         ),
         Err(e) => anyhow::bail!("cannot use mountpoint {}: {e}", mp.display()),
+    }
+    if let Some(store) = zippyfs_mounted_at(mp) {
+        anyhow::bail!(
+            "zippyfs is already mounted on {} (store {store}); unmount it first",
+            mp.display()
+        );
     }
     match std::fs::metadata(&args.store) {
         Ok(m) if !m.is_dir() => anyhow::bail!("store {} is not a directory", args.store.display()),
@@ -842,6 +940,29 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
     })
 }
 
+/// The store of the zippyfs mount at `mountpoint`, if one is mounted
+/// there (from /proc/self/mountinfo: a `stat` of a busy mount could wait).
+fn zippyfs_mounted_at(mountpoint: &Path) -> Option<String> {
+    let want = mountpoint.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|l| {
+        // id parent dev root mountpoint options ... - fstype source super
+        let (left, right) = l.split_once(" - ")?;
+        let at = left.split(' ').nth(4)?.replace("\\040", " ");
+        let mut fields = right.split(' ');
+        let (fstype, source) = (fields.next()?, fields.next()?);
+        // Mounted by root without fusermount, the subtype is not recorded:
+        // the type is plain `fuse` and the source our FSName.
+        let ours = fstype == "fuse.zippyfs" || (fstype.starts_with("fuse") && source == "zippyfs");
+        (Path::new(&at) == want && ours).then(|| {
+            let versions = want.join(".zippy").join("versions.json");
+            mount_store(&versions)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "unknown".into())
+        })
+    })
+}
+
 fn mount(args: MountArgs) -> ExitCode {
     let foreground = args.foreground;
     let plan = match plan(args) {
@@ -862,17 +983,62 @@ fn mount(args: MountArgs) -> ExitCode {
 /// Opens the store, mounts, and serves until unmounted; `live` is called
 /// once the mount is live.
 fn serve(plan: &Plan, live: &mut dyn FnMut()) -> anyhow::Result<()> {
-    let fs = Fs::mount(&plan.store, plan.fs.clone())
-        .with_context(|| format!("cannot open store {}", plan.store.display()))?;
+    let fs = open_fs(plan)?;
     let fs = Arc::new(fs);
+    let control = zippyfs::control::Server::start(&plan.store, Arc::clone(&fs))
+        .with_context(|| format!("cannot make the control socket in {}", plan.store.display()))?;
     let flusher = fs.spawn_flusher();
     let r = zippyfs::fuse::mount_and_notify(Arc::clone(&fs), &plan.mountpoint, &plan.mount, live);
     // The mount has shut the filesystem down (the committer has stopped).
     if flusher.join().is_err() {
         tracing::error!("the committer thread panicked");
     }
+    let outcome = r.as_ref().map(|_| ()).map_err(|e| e.to_string());
+    // The store closes (its lock goes) before a waiting `zippyfs umount`
+    // hears the outcome.
+    control.stop(outcome, || drop(fs));
     r?;
     Ok(())
+}
+
+/// How long a new mount waits for the daemon of the last mount of the same
+/// store to finish its final commit and let the store go.
+const EXITING_DAEMON_WAIT: Duration = Duration::from_secs(60);
+
+/// Opens the store, waiting (bounded) while the daemon of an unmounted
+/// mount of it is still making its final commit: `umount` returns before
+/// that, and a script that mounts again at once must not fail for it. A
+/// store held by a daemon that is serving is refused at once.
+fn open_fs(plan: &Plan) -> anyhow::Result<Fs> {
+    let started = std::time::Instant::now();
+    let mut waited = false;
+    loop {
+        let e = match Fs::mount(&plan.store, plan.fs.clone()) {
+            Ok(fs) => return Ok(fs),
+            Err(e) => e,
+        };
+        let in_use = matches!(
+            e,
+            zippyfs::fs::FsError::Store(zippyfs::store::StoreError::InUse { .. })
+        );
+        if in_use && started.elapsed() < EXITING_DAEMON_WAIT {
+            let state = zippyfs::control::ask(&plan.store, "status", |_, _| {})
+                .ok()
+                .flatten()
+                .and_then(|a| a["status"]["state"].as_str().map(str::to_string));
+            // No answer: the daemon has closed its socket and is letting
+            // the store go; "unmounting": its final commit runs.
+            if state.as_deref().is_none_or(|s| s == "unmounting") {
+                if !waited {
+                    tracing::info!("waiting for the previous daemon of this store to exit");
+                    waited = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        return Err(e).with_context(|| format!("cannot open store {}", plan.store.display()));
+    }
 }
 
 /// Runs the mount in a daemon and waits until it is live (exit 0) or has

@@ -41,8 +41,7 @@ fn mountpoint_that_is_not_a_directory_is_a_clear_error() {
 
 #[test]
 fn damaged_store_is_a_clear_error() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     let store = tempfile::tempdir().expect("store");
@@ -57,8 +56,7 @@ fn damaged_store_is_a_clear_error() {
 
 #[test]
 fn option_the_kernel_refuses_is_named_in_the_error() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     let store = tempfile::tempdir().expect("store");
@@ -101,8 +99,7 @@ fn signal_commits_and_exits(sig: i32) {
 
 #[test]
 fn sigterm_and_sigint_commit_and_exit_cleanly() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     signal_commits_and_exits(libc::SIGTERM);
@@ -111,18 +108,10 @@ fn sigterm_and_sigint_commit_and_exit_cleanly() {
 
 #[test]
 fn fusermount3_unmount_commits_and_exits_cleanly() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
-    if Command::new("fusermount3")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        println!("skipped: fusermount3 is not installed (Debian package fuse3)");
-        return;
-    }
+    common::need_tool("fusermount3", "fuse3");
     let store = tempfile::tempdir().expect("store");
     let m = common::Mounted::start(store.path(), &[]);
     std::fs::write(m.path().join("kept"), b"before fusermount3 -u").expect("write");

@@ -138,8 +138,7 @@ fn run(mode: &[&str]) {
 
 #[test]
 fn concurrent_writers_and_renamers_end_in_a_sequential_state() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     for mode in common::modes() {
@@ -193,8 +192,7 @@ fn fsync_storm(mode: &[&str]) -> (u64, u64) {
 /// commit on average) still fails the old way.
 #[test]
 fn concurrent_fsyncs_share_commits() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     let mut modes: Vec<&[&str]> = vec![&["--transport", "classic", "-s"]];

@@ -125,8 +125,7 @@ fn kill9_keeps_every_fsynced_byte(mode: &[&str]) {
 
 #[test]
 fn unmount_and_mount_again_keeps_everything() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     for mode in common::modes() {
@@ -136,8 +135,7 @@ fn unmount_and_mount_again_keeps_everything() {
 
 #[test]
 fn kill_9_during_a_write_load_keeps_every_fsynced_byte() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     for mode in common::modes() {

@@ -49,8 +49,7 @@ fn run(cmd: &[&str]) {
 
 #[test]
 fn gc_under_a_write_load_keeps_every_kept_version_and_all_current_data() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     let store = tempfile::tempdir().expect("store");

@@ -116,8 +116,7 @@ fn versions_command(path: &Path, json: bool) -> std::process::Output {
 
 #[test]
 fn versions_command_lists_the_same_versions_from_a_mount_a_path_inside_it_and_the_store() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     let store = tempfile::tempdir().expect("store");
@@ -159,8 +158,7 @@ fn versions_command_lists_the_same_versions_from_a_mount_a_path_inside_it_and_th
 
 #[test]
 fn every_old_version_reads_back_byte_for_byte_through_zippy() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     for mode in common::modes() {
@@ -170,8 +168,7 @@ fn every_old_version_reads_back_byte_for_byte_through_zippy() {
 
 #[test]
 fn log_and_diff_follow_the_operations_applied() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     let store = tempfile::tempdir().expect("store");
@@ -227,8 +224,7 @@ fn log_and_diff_follow_the_operations_applied() {
 
 #[test]
 fn restore_brings_back_a_file_and_a_directory_as_a_new_version() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     let store = tempfile::tempdir().expect("store");

@@ -31,8 +31,7 @@ fn strings(v: &serde_json::Value) -> BTreeSet<String> {
 
 #[test]
 fn diff_and_log_agree_with_the_operations_applied() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     let store = tempfile::tempdir().expect("store");

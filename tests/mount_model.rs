@@ -212,8 +212,7 @@ fn clear(root: &Path) {
 }
 
 fn run_model(mode: Option<&[&str]>) {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     let Some(mode) = mode else { return };

@@ -268,13 +268,10 @@ fn permissions(root: &Path) {
         .arg(d.join("f"))
         .stderr(std::process::Stdio::null())
         .status();
-    match status {
-        Ok(s) => assert!(
-            !s.success(),
-            "nobody created a file in a 0700 root directory"
-        ),
-        Err(_) => println!("setpriv missing: permission check skipped"),
-    }
+    assert!(
+        !status.expect("run setpriv").success(),
+        "nobody created a file in a 0700 root directory"
+    );
     let st = sys::statvfs(root).expect("statvfs");
     assert!(st.f_namemax >= 255);
     assert!(st.f_blocks > 0);
@@ -293,12 +290,13 @@ fn as_nobody(script: &str) -> bool {
         ])
         .arg(script)
         .status()
-        .is_ok_and(|s| s.success())
+        .expect("run setpriv (util-linux)")
+        .success()
 }
 
 /// Set-user-ID and set-group-ID bits after writes, truncates and chowns by
 /// nobody and by root, in `dir`: (file, mode) pairs.
-fn set_id_bits_after_writes(dir: &Path) -> Option<Vec<(&'static str, u32)>> {
+fn set_id_bits_after_writes(dir: &Path) -> Vec<(&'static str, u32)> {
     use std::os::unix::fs::PermissionsExt;
     let files = [
         ("write-suid-sgid-gx", 0o6775),
@@ -314,29 +312,28 @@ fn set_id_bits_after_writes(dir: &Path) -> Option<Vec<(&'static str, u32)>> {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
     let d = dir.display();
-    if !as_nobody(&format!(
-        "printf x >> {d}/write-suid-sgid-gx && printf x >> {d}/write-sgid-no-gx && truncate -s 1 {d}/trunc-suid"
-    )) {
-        return None;
-    }
+    assert!(
+        as_nobody(&format!(
+            "printf x >> {d}/write-suid-sgid-gx && printf x >> {d}/write-sgid-no-gx && truncate -s 1 {d}/trunc-suid"
+        )),
+        "nobody's writes in {d}"
+    );
     std::fs::OpenOptions::new()
         .append(true)
         .open(dir.join("root-write-suid"))
         .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
         .expect("root write");
     std::os::unix::fs::chown(dir.join("root-chown-suid"), Some(0), None).expect("chown");
-    Some(
-        files
-            .iter()
-            .map(|(name, _)| {
-                let m = std::fs::metadata(dir.join(name))
-                    .expect("stat")
-                    .permissions()
-                    .mode();
-                (*name, m & 0o7777)
-            })
-            .collect(),
-    )
+    files
+        .iter()
+        .map(|(name, _)| {
+            let m = std::fs::metadata(dir.join(name))
+                .expect("stat")
+                .permissions()
+                .mode();
+            (*name, m & 0o7777)
+        })
+        .collect()
 }
 
 /// The kernel leaves dropping the set-ID bits to us (we take
@@ -348,20 +345,14 @@ fn set_id_bits(root: &Path) {
     std::fs::set_permissions(&here, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let ext4 = tempfile::tempdir().expect("ext4 dir");
     std::fs::set_permissions(ext4.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let (Some(ours), Some(theirs)) = (
-        set_id_bits_after_writes(&here),
-        set_id_bits_after_writes(ext4.path()),
-    ) else {
-        println!("setpriv missing: set-ID checks skipped");
-        return;
-    };
+    let ours = set_id_bits_after_writes(&here);
+    let theirs = set_id_bits_after_writes(ext4.path());
     assert_eq!(ours, theirs, "set-ID bits after writes: zippyfs vs ext4");
 }
 
 #[test]
 fn posix_operations_and_their_errors() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     for mode in common::modes() {

@@ -1,5 +1,5 @@
 //! The real binary, really mounted: files survive an unmount and a remount;
-//! mount errors are clear. Skipped where there is no /dev/fuse.
+//! mount errors are clear. Skipped, and counted, where there is no /dev/fuse.
 
 use std::ffi::CString;
 use std::fs;
@@ -12,12 +12,10 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_zippyfs");
 const WAIT: Duration = Duration::from_secs(10);
 
+mod common;
+
 fn have_fuse() -> bool {
-    if Path::new("/dev/fuse").exists() {
-        return true;
-    }
-    eprintln!("skipped: no /dev/fuse");
-    false
+    common::fuse_or_skip()
 }
 
 /// Whether a filesystem is mounted on `dir` (its device differs from its parent's).

@@ -58,8 +58,7 @@ fn requests_follow_the_transport(mode: &[&str]) {
 
 #[test]
 fn requests_go_through_the_transport_asked_for() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     for mode in common::modes() {
@@ -71,8 +70,7 @@ fn requests_go_through_the_transport_asked_for() {
 /// ring entry registered and waiting in the kernel.
 #[test]
 fn unmount_and_signals_end_the_daemon_within_two_seconds() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     for mode in common::modes() {
@@ -106,8 +104,7 @@ fn unmount_and_signals_end_the_daemon_within_two_seconds() {
 /// the store checks clean.
 #[test]
 fn unmount_under_load_exits_cleanly_and_leaves_a_clean_store() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     for mode in common::modes() {
@@ -161,8 +158,7 @@ fn writes_served(root: &Path) -> u64 {
 /// reads back the same either way.
 #[test]
 fn writeback_cache_off_sends_each_write_through_at_once() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     use std::io::Write;

@@ -29,8 +29,7 @@ impl Drop for Switch {
 
 #[test]
 fn uring_with_the_switch_off_is_a_clear_error_and_auto_falls_back() {
-    if !common::fuse_available() {
-        println!("skipped: no /dev/fuse");
+    if !common::fuse_or_skip() {
         return;
     }
     let Some(_restore) = Switch::set("N") else {

@@ -197,7 +197,7 @@ impl Fs {
         ino == VERSIONS_FILE || ino == DAEMON_FILE
     }
 
-    fn daemon_json(&self) -> Vec<u8> {
+    pub(crate) fn daemon_json(&self) -> Vec<u8> {
         let store = self
             .store_dir()
             .map(|p| json_escape(&p.display().to_string()))
@@ -205,7 +205,7 @@ impl Fs {
         let st = self.store.stats();
         let fsck = self.fsck_report();
         format!(
-            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"versions\": {}, \"gc_runs\": {}, \"fsck_runs\": {}, \"fsck_problems\": {}, \"fsck_report\": \"{}\", \"fsck_checked\": {}, \"fsck_total\": {}, \"transport\": \"{}\", \"requests_ring\": {}, \"requests_dev\": {}, \"requests_by_opcode\": {}}}\n",
+            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"versions\": {}, \"gc_runs\": {}, \"fsck_runs\": {}, \"fsck_problems\": {}, \"fsck_report\": \"{}\", \"fsck_checked\": {}, \"fsck_total\": {}, \"transport\": \"{}\", \"requests_ring\": {}, \"requests_dev\": {}, \"requests_by_opcode\": {}, \"failed\": {}, \"state\": \"{}\"}}\n",
             std::process::id(),
             st.file_bytes,
             st.free_pages,
@@ -221,6 +221,15 @@ impl Fs {
             self.served().ring.load(Ordering::Relaxed),
             self.served().dev.load(Ordering::Relaxed),
             self.served().by_op_json(),
+            self.failure()
+                .map_or("null".to_string(), |w| format!("\"{}\"", json_escape(w))),
+            if self.unmounting() {
+                "unmounting"
+            } else if self.failure().is_some() {
+                "failed"
+            } else {
+                "serving"
+            },
         )
         .into_bytes()
     }

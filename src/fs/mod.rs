@@ -38,7 +38,9 @@ use std::time::Duration;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::shard::{IoThreads, shard_of};
-use crate::store::{Reserved, Snapshot, Store, StoreOptions, StoreResult, extent_checksum};
+use crate::store::{
+    Reserved, Snapshot, Store, StoreError, StoreOptions, StoreResult, extent_checksum,
+};
 pub use error::{FsError, FsResult, err};
 pub use history::{
     HISTORY_DIR, VERSIONS_DIR, VERSIONS_FILE, is_history, parse_time, versions_json,
@@ -240,6 +242,16 @@ pub struct Fs {
     fsck_progress: (AtomicU64, AtomicU64),
     statfs_path: Option<std::path::PathBuf>,
     served: Served,
+    /// Why the in-memory state can no longer be trusted to be what a
+    /// commit would make durable (a commit panicked, the store is
+    /// poisoned); set once, never cleared. From then on every change and
+    /// every commit fails with EIO and reads go on: see [`Fs::fail`].
+    failed: std::sync::OnceLock<String>,
+    /// The final commit has begun: the daemon is on its way out.
+    unmounting: std::sync::atomic::AtomicBool,
+    /// A commit step at which tests make the commit panic.
+    #[cfg(test)]
+    panic_at: Mutex<Option<&'static str>>,
 }
 
 /// Requests the kernel side served, by transport, shown in `daemon.json`
@@ -335,6 +347,10 @@ impl Fs {
             fsck_progress: (AtomicU64::new(0), AtomicU64::new(0)),
             statfs_path: None,
             served: Served::default(),
+            failed: std::sync::OnceLock::new(),
+            unmounting: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            panic_at: Mutex::new(None),
         };
         fs.load_meta()?;
         Ok(fs)
@@ -568,7 +584,7 @@ impl Fs {
     }
 
     pub fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Inode> {
-        read_only(ino)?;
+        self.writable(ino)?;
         let mut sh = self.shard(ino);
         let snap = self.snap()?;
         let mut i = self.inode_in(&sh, &snap, ino)?;
@@ -722,7 +738,7 @@ impl Fs {
         target: Option<&[u8]>,
     ) -> FsResult<Inode> {
         check_name(name)?;
-        read_only(parent)?;
+        self.writable(parent)?;
         if name == b"." || name == b".." || self.is_history_entry(parent, name) {
             return err(libc::EEXIST);
         }
@@ -930,7 +946,7 @@ impl Fs {
     }
 
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
-        read_only(ino)?;
+        self.writable(ino)?;
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(FsError::Errno(libc::EFBIG))?;
@@ -1017,7 +1033,7 @@ impl Fs {
 
     fn remove(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
         check_name(name)?;
-        read_only(parent)?;
+        self.writable(parent)?;
         if self.is_history_entry(parent, name) {
             return err(libc::EROFS);
         }
@@ -1097,8 +1113,8 @@ impl Fs {
 
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Inode> {
         check_name(name)?;
-        read_only(ino)?;
-        read_only(parent)?;
+        self.writable(ino)?;
+        self.writable(parent)?;
         if self.is_history_entry(parent, name) {
             return err(libc::EEXIST);
         }
@@ -1156,8 +1172,8 @@ impl Fs {
     ) -> FsResult<()> {
         check_name(name)?;
         check_name(newname)?;
-        read_only(parent)?;
-        read_only(newparent)?;
+        self.writable(parent)?;
+        self.writable(newparent)?;
         if self.is_history_entry(parent, name) || self.is_history_entry(newparent, newname) {
             return err(libc::EROFS);
         }
@@ -1454,7 +1470,7 @@ impl Fs {
         create: bool,
         replace: bool,
     ) -> FsResult<()> {
-        read_only(ino)?;
+        self.writable(ino)?;
         if name.is_empty() || name.len() > XATTR_NAME_MAX {
             return err(libc::ERANGE);
         }
@@ -1538,7 +1554,7 @@ impl Fs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
-        read_only(ino)?;
+        self.writable(ino)?;
         let mut sh = self.shard(ino);
         let snap = self.snap()?;
         let mut i = self.inode_in(&sh, &snap, ino)?;
@@ -1560,7 +1576,7 @@ impl Fs {
     /// the kernel's own rule has it), and the file capability.
     pub fn kill_privs(&self, ino: u64) -> FsResult<()> {
         const CAPS: &[u8] = b"security.capability";
-        read_only(ino)?;
+        self.writable(ino)?;
         let mut sh = self.shard(ino);
         let snap = self.snap()?;
         let mut i = self.inode_in(&sh, &snap, ino)?;
@@ -1587,7 +1603,7 @@ impl Fs {
     /// `mode`: 0 (allocate, may extend the file), or with
     /// `FALLOC_FL_KEEP_SIZE`, `FALLOC_FL_PUNCH_HOLE`, `FALLOC_FL_ZERO_RANGE`.
     pub fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
-        read_only(ino)?;
+        self.writable(ino)?;
         let end = offset
             .checked_add(len)
             .filter(|&e| e <= MAX_FILE_SIZE)
@@ -1686,6 +1702,9 @@ impl Fs {
     /// Commits every change so far and waits until it is durable; callers
     /// arriving while a commit runs share the next one.
     pub fn fsync(&self) -> FsResult<()> {
+        if self.failed.get().is_some() {
+            return err(libc::EIO);
+        }
         self.flush.sync(|| self.commit_now("fsync"))
     }
 
@@ -1697,6 +1716,10 @@ impl Fs {
     /// Re-reads the store directory's retention policy and commits at once
     /// (a version even with no changes), so the policy takes effect now.
     pub fn gc(&self) -> FsResult<()> {
+        if let Some(why) = self.failure() {
+            tracing::debug!("gc refused: {why}");
+            return err(libc::EIO);
+        }
         if let Some(dir) = &self.statfs_path {
             self.store
                 .set_retention(load_retention(dir)?.unwrap_or_default());
@@ -1721,7 +1744,7 @@ impl Fs {
 
     /// Checks the store while mounted (commits wait meanwhile) and keeps
     /// the report for `daemon.json`.
-    pub fn fsck(&self) -> FsResult<()> {
+    pub fn fsck(&self) -> FsResult<crate::store::FsckReport> {
         let progress = |checked: u64, total: u64| {
             self.fsck_progress.0.store(checked, Ordering::Relaxed);
             self.fsck_progress.1.store(total, Ordering::Relaxed);
@@ -1729,7 +1752,17 @@ impl Fs {
         let report = self.store.fsck_with_progress(&progress)?;
         let mut f = self.fsck.lock();
         *f = (f.0 + 1, report.problems.len(), report.to_string());
-        Ok(())
+        Ok(report)
+    }
+
+    /// Whether the final commit has begun.
+    pub fn unmounting(&self) -> bool {
+        self.unmounting.load(Ordering::Acquire)
+    }
+
+    /// What `.zippy/daemon.json` shows, as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.daemon_json()).unwrap_or_default()
     }
 
     /// (pages checked, pages in the store) of the `fsck` under way.
@@ -1759,7 +1792,115 @@ impl Fs {
         self.statfs_path.as_deref()
     }
 
+    /// Whether `ino` may be changed: not in the read-only history, and not
+    /// after a failure (see [`Fs::fail`]).
+    fn writable(&self, ino: u64) -> FsResult<()> {
+        if is_history(ino) {
+            return err(libc::EROFS);
+        }
+        if self.failed.get().is_some() {
+            return err(libc::EIO);
+        }
+        Ok(())
+    }
+
+    /// Stops claiming durability: after a failure that leaves the changes
+    /// held in memory unsure (a commit that panicked half way, a store
+    /// whose writes failed), committing them could make a wrong state
+    /// durable and answering fsync would be a lie. Every later change,
+    /// fsync and commit fails with EIO; reads go on; the store is poisoned
+    /// so nothing more is written to it, and the next mount opens it at
+    /// the last commit that completed.
+    fn fail(&self, why: String) {
+        self.store.poison();
+        if self.failed.set(why.clone()).is_ok() {
+            tracing::error!(
+                "{why}. From now on every write, fsync and commit fails with EIO (reads go on); \
+                 changes not committed by then are lost. Unmount and mount again: the store \
+                 opens at version {}, the last commit that completed",
+                self.store.latest_version().unwrap_or(0)
+            );
+        }
+    }
+
+    /// Why the filesystem stopped taking changes, if it did (see [`Fs::fail`]).
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+
+    /// Changes held in memory, not yet in any version: (inodes changed,
+    /// bytes of data, some names they were given).
+    pub fn unsaved(&self) -> (usize, u64, Vec<String>) {
+        let mut inodes = std::collections::HashSet::new();
+        let mut bytes = 0;
+        let mut names = Vec::new();
+        for sh in self.shards.iter() {
+            let sh = sh.lock();
+            for d in std::iter::once(&sh.delta).chain(sh.committing.as_deref()) {
+                inodes.extend(d.inodes.keys().copied());
+                inodes.extend(d.blocks.keys().map(|(i, _)| *i));
+                inodes.extend(d.xattrs.keys().map(|(i, _)| *i));
+                bytes += d.bytes;
+                for ents in d.dirents.values() {
+                    for (name, e) in ents {
+                        if e.is_some() && names.len() < 8 {
+                            names.push(String::from_utf8_lossy(name).into_owned());
+                        }
+                    }
+                }
+            }
+        }
+        (inodes.len(), bytes, names)
+    }
+
+    /// Makes the commit panic at `step` (tests of what a panic leaves).
+    #[cfg(test)]
+    pub(crate) fn panic_at(&self, step: Option<&'static str>) {
+        *self.panic_at.lock() = step;
+    }
+
+    /// Where a test may make the commit panic.
+    fn step(&self, _name: &'static str) {
+        #[cfg(test)]
+        if *self.panic_at.lock() == Some(_name) {
+            panic!("injected panic at commit step {_name:?}");
+        }
+    }
+
+    /// Commits every change so far, or fails. A failure that leaves the
+    /// in-memory state unsure (a panic anywhere in the commit, a poisoned
+    /// store) fails the filesystem (see [`Fs::fail`]); any other (a full
+    /// disk) puts the changes back for the next commit.
     fn commit_now(&self, cause: &str) -> FsResult<()> {
+        if let Some(why) = self.failed.get() {
+            tracing::debug!("commit refused: {why}");
+            return err(libc::EIO);
+        }
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.cut_and_commit(cause)));
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                if matches!(e, FsError::Store(StoreError::Poisoned)) || self.store.is_poisoned() {
+                    self.fail(format!(
+                        "a commit failed and the store cannot be trusted: {e}"
+                    ));
+                }
+                Err(e)
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                self.fail(format!("a commit panicked ({what})"));
+                err(libc::EIO)
+            }
+        }
+    }
+
+    fn cut_and_commit(&self, cause: &str) -> FsResult<()> {
         // The cut: every shard at once.
         let mut deltas: Vec<(usize, Arc<Delta>)> = Vec::new();
         {
@@ -1777,7 +1918,9 @@ impl Fs {
         if deltas.is_empty() {
             return Ok(());
         }
+        self.step("cut");
         let result = self.write_deltas(&deltas, cause);
+        self.step("after commit");
         let bytes: u64 = deltas.iter().map(|(_, d)| d.bytes).sum();
         for (i, d) in deltas {
             let mut g = self.shards[i].lock();
@@ -1799,6 +1942,7 @@ impl Fs {
         // Phase timings, logged at debug level (the store logs its own).
         let t0 = std::time::Instant::now();
         let mut t = self.store.begin_write()?;
+        self.step("edit");
         let t1 = std::time::Instant::now();
         let mut big: Vec<BlockJob> = Vec::new();
         let mut meta = Vec::with_capacity(28);
@@ -1898,6 +2042,7 @@ impl Fs {
             }
         }
         let t3 = std::time::Instant::now();
+        self.step("store commit");
         t.commit(cause)?;
         tracing::debug!(
             blocks,
@@ -1919,12 +2064,17 @@ impl Fs {
         // hashing and writing a few blocks.
         let bytes: u64 = jobs.iter().flat_map(|j| &j.blocks).map(|b| b.2.len).sum();
         let io = self.io.as_ref().filter(|_| bytes > INLINE_COMMIT_BYTES);
+        self.step("blocks");
         let Some(io) = io else {
             return jobs
                 .iter()
                 .map(|j| write_block_job(&self.store, j).map_err(FsError::from))
                 .collect();
         };
+        #[cfg(test)]
+        let boom = *self.panic_at.lock() == Some("blocks on an I/O thread");
+        #[cfg(not(test))]
+        let boom = false;
         // A large commit is usually one file's (one shard's) blocks: spread
         // them over every I/O thread, in contiguous runs of their extents,
         // so one big file is hashed and written on every core.
@@ -1942,6 +2092,9 @@ impl Fs {
             if io.run(
                 shard,
                 Box::new(move || {
+                    if boom {
+                        panic!("injected panic at commit step \"blocks on an I/O thread\"");
+                    }
                     let _ = tx.send((i, write_block_job(&store, &job)));
                 }),
             ) {
@@ -1952,7 +2105,12 @@ impl Fs {
         // Every job that was handed out finishes before this returns.
         let mut results: Vec<(usize, StoreResult<Vec<Written>>)> = rx.iter().take(sent).collect();
         if sent < total || results.len() < sent {
-            tracing::error!(total, sent, "an I/O thread is gone");
+            // A job that never answered panicked (or its thread is gone):
+            // what it wrote is unknown.
+            self.fail(format!(
+                "{} of {total} block writers did not finish (a panic on an I/O thread)",
+                total - results.len()
+            ));
             return err(libc::EIO);
         }
         results.sort_by_key(|r| r.0);
@@ -1969,9 +2127,11 @@ impl Fs {
             .name("zippy-flush".into())
             .spawn(move || {
                 let interval = fs.opts.flush_interval;
+                let mut log = RepeatedError::default();
                 while fs.flush.wait(interval) {
-                    if let Err(e) = fs.commit("writeback") {
-                        tracing::error!("background commit failed: {e}");
+                    match fs.commit("writeback") {
+                        Ok(()) => log.ok(),
+                        Err(e) => log.failed(&e.to_string()),
                     }
                 }
             })
@@ -1980,8 +2140,54 @@ impl Fs {
 
     /// Stops the committer and commits what is left.
     pub fn shutdown(&self) -> FsResult<()> {
+        self.unmounting.store(true, Ordering::Release);
         self.flush.stop();
         self.commit("unmount")
+    }
+}
+
+/// Logs a background commit's failure once, then the same failure again
+/// at most once a minute with how often it happened meanwhile, so a full
+/// disk does not fill the log (each write that finds the cache full asks
+/// for a commit).
+#[derive(Default)]
+struct RepeatedError {
+    last: String,
+    since: Option<std::time::Instant>,
+    repeats: u64,
+}
+
+impl RepeatedError {
+    const QUIET: Duration = Duration::from_secs(60);
+
+    fn failed(&mut self, e: &str) {
+        let now = std::time::Instant::now();
+        let quiet = self.last == e && self.since.is_some_and(|t| now - t < Self::QUIET);
+        if quiet {
+            self.repeats += 1;
+            return;
+        }
+        if self.repeats > 0 {
+            tracing::error!(
+                "background commit failed: {e} (and {} more times since it was last logged)",
+                self.repeats
+            );
+        } else {
+            tracing::error!("background commit failed: {e}");
+        }
+        self.last = e.to_string();
+        self.since = Some(now);
+        self.repeats = 0;
+    }
+
+    fn ok(&mut self) {
+        if !self.last.is_empty() {
+            tracing::info!(
+                "background commits succeed again (after {} unlogged failures)",
+                self.repeats
+            );
+        }
+        *self = RepeatedError::default();
     }
 }
 
@@ -2215,13 +2421,6 @@ fn decode_meta(m: &[u8]) -> FsResult<(u64, u32, u128)> {
         ));
     }
     Ok((next, bs, id))
-}
-
-fn read_only(ino: u64) -> FsResult<()> {
-    if is_history(ino) {
-        return err(libc::EROFS);
-    }
-    Ok(())
 }
 
 fn check_name(name: &[u8]) -> FsResult<()> {

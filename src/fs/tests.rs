@@ -563,3 +563,89 @@ fn sizes_past_the_largest_offset_are_efbig_for_write_truncate_and_fallocate() {
     assert_eq!(fs.setattr(f.ino, size(max)).unwrap().size, max);
     assert_eq!(fs.getattr(f.ino).unwrap().size, max);
 }
+
+#[test]
+fn a_panic_at_any_step_of_a_commit_stops_every_later_change_and_the_store_reopens_at_the_last_good_commit()
+ {
+    for step in [
+        "cut",
+        "edit",
+        "blocks",
+        "blocks on an I/O thread",
+        "store commit",
+        "after commit",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Fs::mount(dir.path(), opts()).unwrap();
+        let (a, _) = fs.create(ROOT_CTX, ROOT, b"a", 0o644).unwrap();
+        fs.write(a.ino, 0, &[1u8; 5000]).unwrap();
+        fs.fsync().unwrap();
+        let good = fs.store().latest_version();
+        // More than a megabyte, so the blocks go to the I/O threads.
+        let big = vec![2u8; 2 << 20];
+        let (b, _) = fs.create(ROOT_CTX, ROOT, b"b", 0o644).unwrap();
+        fs.write(b.ino, 0, &big).unwrap();
+        fs.panic_at(Some(step));
+        assert_eq!(errno(fs.fsync()), libc::EIO, "{step}");
+        fs.panic_at(None);
+        let why = fs.failure().unwrap_or_else(|| panic!("{step}: not failed"));
+        assert!(why.contains("panic"), "{step}: {why}");
+        // Nothing is claimed durable any more, and nothing changes.
+        assert_eq!(errno(fs.fsync()), libc::EIO, "{step}");
+        assert_eq!(errno(fs.commit("test")), libc::EIO, "{step}");
+        assert_eq!(errno(fs.write(a.ino, 0, b"z")), libc::EIO, "{step}");
+        assert_eq!(errno(fs.create(ROOT_CTX, ROOT, b"c", 0o644)), libc::EIO);
+        assert_eq!(errno(fs.mkdir(ROOT_CTX, ROOT, b"d", 0o755)), libc::EIO);
+        assert_eq!(errno(fs.unlink(ROOT, b"a")), libc::EIO);
+        assert_eq!(
+            errno(fs.rename(ROOT, b"a", ROOT, b"e", RenameMode::Replace)),
+            libc::EIO
+        );
+        let truncate = SetAttr {
+            size: Some(0),
+            ..SetAttr::default()
+        };
+        assert_eq!(errno(fs.setattr(a.ino, truncate)), libc::EIO);
+        assert_eq!(
+            errno(fs.setxattr(a.ino, b"user.x", b"1", false, false)),
+            libc::EIO
+        );
+        // Reads go on.
+        assert_eq!(
+            fs.read(a.ino, 0, 10_000).unwrap(),
+            vec![1u8; 5000],
+            "{step}"
+        );
+        assert_eq!(fs.lookup(ROOT, b"a").unwrap().ino, a.ino);
+        let (unsaved, _, _) = fs.unsaved();
+        assert!(
+            step == "after commit" || unsaved > 0,
+            "{step}: unsaved {unsaved}"
+        );
+        drop(fs);
+
+        // A remount opens at the last commit that completed.
+        let fs = Fs::mount(dir.path(), opts()).unwrap();
+        assert!(fs.failure().is_none());
+        assert_eq!(
+            fs.read(a.ino, 0, 10_000).unwrap(),
+            vec![1u8; 5000],
+            "{step}"
+        );
+        match fs.lookup(ROOT, b"b") {
+            Ok(i) => {
+                assert_eq!(
+                    step, "after commit",
+                    "a commit that panicked became durable"
+                );
+                assert_eq!(fs.read(i.ino, 0, 3 << 20).unwrap(), big);
+            }
+            Err(_) => {
+                assert_ne!(step, "after commit", "a durable commit was lost");
+                assert_eq!(fs.store().latest_version(), good, "{step}");
+            }
+        }
+        let report = fs.store().fsck().unwrap();
+        assert!(report.is_clean(), "{step}: {report}");
+    }
+}

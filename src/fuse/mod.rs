@@ -138,6 +138,21 @@ pub enum MountError {
     Transport(String),
     #[error("the FUSE session failed: {0}")]
     Session(io::Error),
+    /// What was in memory at unmount could not be committed: lost.
+    #[error(
+        "the final commit failed: {error}{}. NOT SAVED: changes to {inodes} files and \
+         directories ({bytes} bytes of data){}; the store holds version {version}",
+        .failure.as_ref().map_or(String::new(), |f| format!(" (the filesystem had stopped taking changes: {f})")),
+        if .names.is_empty() { String::new() } else { format!(", among them entries named {}", .names) }
+    )]
+    FinalCommit {
+        error: String,
+        failure: Option<String>,
+        inodes: usize,
+        bytes: u64,
+        names: String,
+        version: u64,
+    },
 }
 
 /// What INIT settled.
@@ -307,7 +322,20 @@ pub fn mount_and_notify(
     let result = run_session(Arc::clone(&fs), mountpoint, opts, live);
     // Whatever happened, the rest is committed and the committer stops.
     if let Err(e) = fs.shutdown() {
-        tracing::error!("the final commit failed: {e}");
+        let (inodes, bytes, names) = fs.unsaved();
+        let lost = MountError::FinalCommit {
+            error: e.to_string(),
+            failure: fs.failure().map(str::to_string),
+            inodes,
+            bytes,
+            names: names.join(", "),
+            version: fs.store().latest_version().unwrap_or(0),
+        };
+        tracing::error!("{lost}");
+        if let Err(session) = result {
+            tracing::error!("{session}");
+        }
+        return Err(lost);
     }
     if result.is_ok() {
         tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
@@ -363,19 +391,7 @@ fn run_session(
     let want_uring = want_uring(opts.transport)?;
     // Handlers first, so a signal during the mount is not fatal (a process
     // killed while mounted leaves a dead mount behind).
-    let hup = Arc::clone(&fs);
-    let on_hup = Arc::new(move || {
-        if let Err(e) = hup.gc() {
-            tracing::error!("gc: {e}");
-        }
-    });
-    let usr1 = Arc::clone(&fs);
-    let on_usr1 = Arc::new(move || {
-        if let Err(e) = usr1.fsck() {
-            tracing::error!("fsck: {e}");
-        }
-    });
-    let signals = Signals::install(mountpoint, on_hup, on_usr1).map_err(MountError::Signals)?;
+    let signals = Signals::install(mountpoint).map_err(MountError::Signals)?;
     let result = Arc::new(Mutex::new(None));
     let negotiate = Negotiate {
         want_uring,

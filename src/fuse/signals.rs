@@ -2,7 +2,8 @@
 //! pipe, and a watcher thread reading the pipe unmounts through fuser's
 //! [`SessionUnmounter`]: a plain `umount(2)`, or if the filesystem is busy a
 //! lazy `MNT_DETACH` unmount, after which the session ends when the last
-//! user lets go of it). SIGHUP and SIGUSR1 run callbacks on the watcher.
+//! user lets go of it). Nothing else is asked of the daemon by signal: the
+//! commands that talk to it use its control socket (`crate::control`).
 
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -48,17 +49,11 @@ pub struct Signals {
     old: Vec<(libc::c_int, libc::sigaction)>,
 }
 
-/// SIGINT and SIGTERM unmount; SIGHUP applies the store's retention policy
-/// now (`zippyfs gc` on a live mount sends it); SIGUSR1 checks the store
-/// (`zippyfs fsck` on a live mount).
-const SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1];
+/// SIGINT and SIGTERM unmount.
+const SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
 
 impl Signals {
-    pub fn install(
-        mountpoint: &Path,
-        on_hup: Arc<dyn Fn() + Send + Sync>,
-        on_usr1: Arc<dyn Fn() + Send + Sync>,
-    ) -> io::Result<Signals> {
+    pub fn install(mountpoint: &Path) -> io::Result<Signals> {
         let (mut reader, writer) = io::pipe()?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&writer);
         // SAFETY: fcntl on a descriptor we own; no memory is passed.
@@ -90,18 +85,6 @@ impl Signals {
                     match reader.read(&mut b) {
                         Ok(0) => return,
                         Ok(_) if b[0] == STOP => return,
-                        // gc and fsck may take minutes: on threads of their
-                        // own, so that a SIGTERM meanwhile still unmounts.
-                        Ok(_) if b[0] == libc::SIGHUP as u8 => {
-                            tracing::info!("SIGHUP: applying the retention policy");
-                            let f = Arc::clone(&on_hup);
-                            spawn_named("zippy-gc", move || f());
-                        }
-                        Ok(_) if b[0] == libc::SIGUSR1 as u8 => {
-                            tracing::info!("SIGUSR1: checking the store");
-                            let f = Arc::clone(&on_usr1);
-                            spawn_named("zippy-fsck", move || f());
-                        }
                         Ok(_) => {
                             tracing::info!(signal = b[0], "signal received: unmounting");
                             let mut a = watch.lock();
@@ -180,12 +163,6 @@ fn unmount(u: &mut SessionUnmounter, path: &Path) {
             path.display(),
             io::Error::last_os_error()
         );
-    }
-}
-
-fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) {
-    if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
-        tracing::error!("cannot start {name}: {e}");
     }
 }
 

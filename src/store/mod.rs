@@ -416,6 +416,23 @@ impl Store {
         }
     }
 
+    /// Stops every later write to the store, as a failed write does: for
+    /// a caller whose own state can no longer be trusted. The store stays
+    /// readable; reopening it recovers the last durable commit.
+    pub fn poison(&self) {
+        self.poison_pending
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.writer_poison();
+    }
+
+    /// Whether a failed write (or [`Store::poison`]) stopped the writer.
+    /// Waits for the write transaction, if one is open.
+    pub fn is_poisoned(&self) -> bool {
+        self.poison_pending
+            .load(std::sync::atomic::Ordering::Acquire)
+            || self.writer.lock().poisoned
+    }
+
     fn writer_poison(&self) {
         if let Some(mut w) = self.writer.try_lock() {
             w.poisoned = true;

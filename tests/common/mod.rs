@@ -176,12 +176,54 @@ pub fn fsck_clean(store: &Path) {
     );
 }
 
-/// Says on the terminal that something was skipped. Straight to standard
-/// error: the test harness captures `eprintln!` of passing tests, and a
-/// skip must be seen.
+/// Where skipped tests are counted: one line each, `test: reason`.
+/// `.ci/run` empties it before `cargo test` and prints the count after.
+pub const SKIP_LOG: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests");
+
+/// Says on the terminal, and in [`SKIP_LOG`], that something was skipped.
+/// Straight to standard error: the test harness captures `eprintln!` of
+/// passing tests, and a skip must be seen.
 pub fn skipped(what: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {what}");
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("an unnamed test")
+        .to_string();
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {what}");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(SKIP_LOG)
+    {
+        let _ = writeln!(f, "{test}: {what}");
+    }
+}
+
+/// Whether this test can mount. Without `/dev/fuse` it cannot, and says
+/// so (counted in [`SKIP_LOG`]); with it, every mount test runs, and one
+/// that cannot is a failure, never a skip.
+pub fn fuse_or_skip() -> bool {
+    if fuse_available() {
+        return true;
+    }
+    skipped("no /dev/fuse on this machine");
+    false
+}
+
+/// A tool a test needs. Where FUSE is present (so the test's requirement
+/// is), a missing tool is a failure that names the package; elsewhere the
+/// test would not have run anyway.
+pub fn need_tool(tool: &str, package: &str) {
+    let found = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        found,
+        "{tool} is needed and missing: install the Debian package {package}"
+    );
 }
 
 /// Every mode this kernel can run; the io_uring ones are skipped, saying
