@@ -21,7 +21,8 @@
 //!   `after` hold `{versions, retained_pages, free_pages, file_bytes}`.
 //! - `fsck`: checks the store while serving; `problems` (a count) and
 //!   `report` (the text `zippyfs fsck` prints).
-//! - `status`: `status` holds what `.zippy/daemon.json` shows.
+//! - `status`: `status` holds what `.zippy/daemon.json` shows, and the
+//!   `mountpoint`.
 //! - `wait`: answered only when the daemon is about to exit, with the
 //!   outcome of its final commit (`zippyfs umount` waits on it).
 //!
@@ -68,7 +69,7 @@ impl Server {
     /// Listens on `<store_dir>/control.sock` and serves `fs`. The caller
     /// holds the store's lock, so a socket left there is a dead daemon's
     /// and is replaced.
-    pub fn start(store_dir: &Path, fs: Arc<Fs>) -> std::io::Result<Server> {
+    pub fn start(store_dir: &Path, mountpoint: &Path, fs: Arc<Fs>) -> std::io::Result<Server> {
         let path = store_dir.join(SOCKET);
         let listener = Address::of(&path)?.bind().or_else(|e| {
             if e.kind() != std::io::ErrorKind::AddrInUse {
@@ -80,9 +81,10 @@ impl Server {
         let stopping = Arc::new(AtomicBool::new(false));
         let exit = Arc::new((Mutex::new(Exit::default()), Condvar::new()));
         let (stop, ex) = (Arc::clone(&stopping), Arc::clone(&exit));
+        let mountpoint = mountpoint.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("zippy-control".into())
-            .spawn(move || accept_loop(listener, fs, stop, ex))?;
+            .spawn(move || accept_loop(listener, fs, mountpoint, stop, ex))?;
         Ok(Server {
             path,
             stopping,
@@ -136,6 +138,7 @@ impl Drop for Server {
 fn accept_loop(
     listener: UnixListener,
     fs: Arc<Fs>,
+    mountpoint: PathBuf,
     stopping: Arc<AtomicBool>,
     exit: Arc<(Mutex<Exit>, Condvar)>,
 ) {
@@ -153,11 +156,11 @@ fn accept_loop(
         };
         // gc and fsck may take minutes, `wait` lasts until exit: a thread
         // each, so one request never holds up another.
-        let (fs, exit) = (Arc::clone(&fs), Arc::clone(&exit));
+        let (fs, exit, mp) = (Arc::clone(&fs), Arc::clone(&exit), mountpoint.clone());
         let spawned = std::thread::Builder::new()
             .name("zippy-request".into())
             .spawn(move || {
-                if let Err(e) = serve(conn, fs, &exit) {
+                if let Err(e) = serve(conn, fs, &mp, &exit) {
                     tracing::debug!("control request: {e}");
                 }
             });
@@ -206,7 +209,12 @@ fn allowed(conn: &UnixStream) -> Result<u32, String> {
     }
 }
 
-fn serve(conn: UnixStream, fs: Arc<Fs>, exit: &(Mutex<Exit>, Condvar)) -> std::io::Result<()> {
+fn serve(
+    conn: UnixStream,
+    fs: Arc<Fs>,
+    mountpoint: &Path,
+    exit: &(Mutex<Exit>, Condvar),
+) -> std::io::Result<()> {
     let mut out = conn.try_clone()?;
     let answer = |out: &mut UnixStream, v: Value| -> std::io::Result<()> {
         writeln!(out, "{v}")?;
@@ -238,7 +246,11 @@ fn serve(conn: UnixStream, fs: Arc<Fs>, exit: &(Mutex<Exit>, Condvar)) -> std::i
     let result = match op {
         "gc" => gc(&fs),
         "fsck" => fsck(&fs, &mut out),
-        "status" => Ok(json!({"status": fs.status()})),
+        "status" => {
+            let mut st = fs.status();
+            st["mountpoint"] = json!(mountpoint.display().to_string());
+            Ok(json!({ "status": st }))
+        }
         "wait" => {
             // Not holding the filesystem (and its store) open meanwhile.
             drop(fs);

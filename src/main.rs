@@ -985,8 +985,10 @@ fn mount(args: MountArgs) -> ExitCode {
 fn serve(plan: &Plan, live: &mut dyn FnMut()) -> anyhow::Result<()> {
     let fs = open_fs(plan)?;
     let fs = Arc::new(fs);
-    let control = zippyfs::control::Server::start(&plan.store, Arc::clone(&fs))
-        .with_context(|| format!("cannot make the control socket in {}", plan.store.display()))?;
+    let control = zippyfs::control::Server::start(&plan.store, &plan.mountpoint, Arc::clone(&fs))
+        .with_context(|| {
+        format!("cannot make the control socket in {}", plan.store.display())
+    })?;
     let flusher = fs.spawn_flusher();
     let r = zippyfs::fuse::mount_and_notify(Arc::clone(&fs), &plan.mountpoint, &plan.mount, live);
     // The mount has shut the filesystem down (the committer has stopped).
@@ -1022,13 +1024,20 @@ fn open_fs(plan: &Plan) -> anyhow::Result<Fs> {
             zippyfs::fs::FsError::Store(zippyfs::store::StoreError::InUse { .. })
         );
         if in_use && started.elapsed() < EXITING_DAEMON_WAIT {
-            let state = zippyfs::control::ask(&plan.store, "status", |_, _| {})
+            let status = zippyfs::control::ask(&plan.store, "status", |_, _| {})
                 .ok()
                 .flatten()
-                .and_then(|a| a["status"]["state"].as_str().map(str::to_string));
+                .map(|a| a["status"].clone());
+            let state = status.as_ref().and_then(|s| s["state"].as_str());
+            // A daemon whose mount is gone is on its way out, even if it
+            // has not seen the end of its connection yet.
+            let mount_gone = status
+                .as_ref()
+                .and_then(|s| s["mountpoint"].as_str())
+                .is_some_and(|mp| zippyfs_mounted_at(Path::new(mp)).is_none());
             // No answer: the daemon has closed its socket and is letting
             // the store go; "unmounting": its final commit runs.
-            if state.as_deref().is_none_or(|s| s == "unmounting") {
+            if state.is_none_or(|s| s == "unmounting") || mount_gone {
                 if !waited {
                     tracing::info!("waiting for the previous daemon of this store to exit");
                     waited = true;
