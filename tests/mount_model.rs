@@ -218,7 +218,9 @@ fn run_model(mode: Option<&[&str]>) {
     let Some(mode) = mode else { return };
     let store = tempfile::tempdir().expect("store dir");
     let m = common::Mounted::start(store.path(), mode);
-    let ext4 = tempfile::tempdir_in(std::env::temp_dir()).expect("ext4 dir");
+    // The reference is ext4 itself (a loop-mounted image where the
+    // temporary directory is not on ext4, as on a tmpfs /tmp).
+    let ext4 = common::Ext4::new();
     let names = paths();
     let mut runner = TestRunner::new(Config {
         cases: 64,

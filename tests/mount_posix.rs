@@ -336,6 +336,89 @@ fn set_id_bits_after_writes(dir: &Path) -> Vec<(&'static str, u32)> {
         .collect()
 }
 
+/// What a program sees through descriptors and a working directory whose
+/// names are gone: (step, outcome) pairs, errors as errno names.
+fn nameless_but_held(dir: &Path) -> Vec<(&'static str, String)> {
+    use std::os::unix::fs::FileExt;
+    let mut seen = Vec::new();
+    let mut note = |step: &'static str, r: std::io::Result<String>| {
+        seen.push((
+            step,
+            r.unwrap_or_else(|e| format!("error {}", e.raw_os_error().unwrap_or(0))),
+        ));
+    };
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    std::fs::write(&a, b"old").expect("a");
+    std::fs::write(&b, b"new").expect("b");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&a)
+        .expect("open a");
+    std::fs::rename(&b, &a).expect("rename over a");
+    // Past the attribute cache and a commit: the daemon is asked.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .expect("fsync dir");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let st = |f: &std::fs::File| {
+        f.metadata()
+            .map(|m| format!("nlink {} size {}", m.nlink(), m.len()))
+    };
+    note("fstat after rename over it", st(&f));
+    let mut buf = [0u8; 8];
+    note(
+        "read",
+        f.read_at(&mut buf, 0)
+            .map(|n| String::from_utf8_lossy(&buf[..n]).into()),
+    );
+    note("write", f.write_at(b"XY", 0).map(|n| n.to_string()));
+    note("fsync", f.sync_all().map(|_| "ok".into()));
+    note(
+        "read back",
+        f.read_at(&mut buf, 0)
+            .map(|n| String::from_utf8_lossy(&buf[..n]).into()),
+    );
+    note("fstat after write", st(&f));
+    note(
+        "the name",
+        std::fs::read(&a).map(|d| String::from_utf8_lossy(&d).into()),
+    );
+    drop(f);
+    let g = std::fs::File::open(&a).expect("open a again");
+    std::fs::remove_file(&a).expect("unlink");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    note("fstat after unlink", st(&g));
+    drop(g);
+    // A removed directory that is a process's working directory.
+    let d = dir.join("cwd");
+    std::fs::create_dir(&d).expect("mkdir");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("cd \"$1\" && rmdir \"$1\" && sleep 1.2 && stat -c 'nlink %h' . && touch x; echo \"touch $?\"")
+        .arg("sh")
+        .arg(&d)
+        .output()
+        .expect("sh");
+    note(
+        "stat of a removed cwd, then a create in it",
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .replace('\n', "; ")),
+    );
+    seen
+}
+
+/// Open files and working directories outlive their names, as on ext4.
+fn outlive_names(root: &Path) {
+    let here = root.join("nameless");
+    std::fs::create_dir(&here).expect("mkdir");
+    let ext4 = common::Ext4::new();
+    let ours = nameless_but_held(&here);
+    let theirs = nameless_but_held(ext4.path());
+    assert_eq!(ours, theirs, "zippyfs vs ext4");
+}
+
 /// The kernel leaves dropping the set-ID bits to us (we take
 /// FUSE_HANDLE_KILLPRIV_V2 so it stops asking for `security.capability`
 /// before every write); the outcome must be ext4's.
@@ -343,7 +426,7 @@ fn set_id_bits(root: &Path) {
     let here = root.join("setid");
     std::fs::create_dir(&here).expect("mkdir");
     std::fs::set_permissions(&here, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let ext4 = tempfile::tempdir().expect("ext4 dir");
+    let ext4 = common::Ext4::new();
     std::fs::set_permissions(ext4.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let ours = set_id_bits_after_writes(&here);
     let theirs = set_id_bits_after_writes(ext4.path());
@@ -372,5 +455,27 @@ fn posix_operations_and_their_errors() {
         assert_eq!(f.metadata().expect("stat").len(), (5u64 << 30) + 3);
         drop(f);
         assert!(m.unmount().success());
+    }
+}
+
+#[test]
+fn open_files_and_working_directories_outlive_their_names_as_on_ext4() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    for mode in common::modes() {
+        let store = tempfile::tempdir().expect("store");
+        let m = common::Mounted::start(store.path(), mode);
+        outlive_names(m.path());
+        assert!(m.unmount().success());
+        // Nothing nameless is left in the store once everything let go.
+        let m = common::Mounted::start(store.path(), mode);
+        let left: Vec<_> = std::fs::read_dir(m.path().join("nameless"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(m.unmount().success());
+        common::fsck_clean(store.path());
     }
 }

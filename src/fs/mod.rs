@@ -209,6 +209,18 @@ struct Shard {
     committing: Option<Arc<Delta>>,
     /// Open handles per inode.
     open: HashMap<u64, u32>,
+    /// The kernel's references per inode (FUSE lookup counts: one per
+    /// entry it was sent, dropped by FORGET). An inode without a name
+    /// lives on while the kernel still holds it (an open file, a process's
+    /// working directory), as on a local filesystem.
+    refs: HashMap<u64, u64>,
+}
+
+impl Shard {
+    /// Whether anything but a name still holds `ino`.
+    fn held(&self, ino: u64) -> bool {
+        self.open.get(&ino).is_some_and(|&n| n > 0) || self.refs.get(&ino).is_some_and(|&n| n > 0)
+    }
 }
 
 /// What a lookup in the layers of state found.
@@ -879,16 +891,52 @@ impl Fs {
         };
         if left == 0 {
             sh.open.remove(&ino);
-            let snap = self.snap()?;
-            if let Ok(i) = self.inode_in(&sh, &snap, ino)
-                && i.nlink == 0
-            {
-                drop(snap);
-                self.forget_inode(&mut sh, ino);
-            }
+            self.drop_if_unheld(&mut sh, ino)?;
         }
         drop(sh);
         self.flush.request();
+        Ok(())
+    }
+
+    /// The kernel was sent an entry for `ino` (a lookup, a create, a link,
+    /// a readdirplus entry): it holds one more reference until it forgets.
+    pub fn remember(&self, ino: u64) {
+        if is_history(ino) || ino == ROOT {
+            return;
+        }
+        *self.shard(ino).refs.entry(ino).or_default() += 1;
+    }
+
+    /// The kernel let go of `n` references to `ino` (FORGET): an inode
+    /// without names that nothing holds any more goes now.
+    pub fn forget(&self, ino: u64, n: u64) -> FsResult<()> {
+        if is_history(ino) || ino == ROOT {
+            return Ok(());
+        }
+        let mut sh = self.shard(ino);
+        let Some(refs) = sh.refs.get_mut(&ino) else {
+            return Ok(());
+        };
+        *refs = refs.saturating_sub(n);
+        if *refs == 0 {
+            sh.refs.remove(&ino);
+            self.drop_if_unheld(&mut sh, ino)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `ino` if it has no name and nothing holds it.
+    fn drop_if_unheld(&self, sh: &mut Shard, ino: u64) -> FsResult<()> {
+        if sh.held(ino) {
+            return Ok(());
+        }
+        let snap = self.snap()?;
+        if let Ok(i) = self.inode_in(sh, &snap, ino)
+            && i.nlink == 0
+        {
+            drop(snap);
+            self.forget_inode(sh, ino);
+        }
         Ok(())
     }
 
@@ -1098,12 +1146,12 @@ impl Fs {
     }
 
     /// Stores an inode that lost a link: gone if nothing holds it, an orphan
-    /// if it is still open.
+    /// if it is still open or the kernel still holds it.
     fn drop_link(&self, sh: &mut Shard, c: Inode) {
         let ino = c.ino;
         if c.nlink > 0 {
             sh.delta.inodes.insert(ino, Some(c));
-        } else if sh.open.get(&ino).copied().unwrap_or(0) > 0 {
+        } else if sh.held(ino) {
             sh.delta.inodes.insert(ino, Some(c));
             sh.delta.orphans.insert(ino, true);
         } else {

@@ -649,3 +649,39 @@ fn a_panic_at_any_step_of_a_commit_stops_every_later_change_and_the_store_reopen
         assert!(report.is_clean(), "{step}: {report}");
     }
 }
+
+#[test]
+fn an_inode_the_kernel_still_holds_outlives_its_last_name_until_it_is_forgotten() {
+    let (_d, fs) = fresh();
+    let dir = fs.mkdir(ROOT_CTX, ROOT, b"d", 0o755).unwrap();
+    fs.remember(dir.ino);
+    let (f, _fh) = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap();
+    fs.remember(f.ino);
+    fs.write(f.ino, 0, b"data").unwrap();
+    fs.release(f.ino).unwrap();
+    fs.unlink(ROOT, b"f").unwrap();
+    fs.rmdir(ROOT, b"d").unwrap();
+    for _ in 0..2 {
+        assert_eq!(fs.getattr(dir.ino).unwrap().nlink, 0);
+        assert_eq!(fs.getattr(f.ino).unwrap().nlink, 0);
+        assert_eq!(fs.read(f.ino, 0, 10).unwrap(), b"data");
+        assert!(names(&fs, ROOT).is_empty());
+        // Across a commit too: the store holds them as orphans.
+        fs.commit("test").unwrap();
+    }
+    // Creating in a removed directory fails as on ext4.
+    assert_eq!(
+        errno(fs.create(ROOT_CTX, dir.ino, b"x", 0o644)),
+        libc::ENOENT
+    );
+    fs.forget(dir.ino, 1).unwrap();
+    fs.forget(f.ino, 1).unwrap();
+    assert_eq!(errno(fs.getattr(dir.ino)), libc::ENOENT);
+    assert_eq!(errno(fs.getattr(f.ino)), libc::ENOENT);
+    fs.commit("test").unwrap();
+    assert_eq!(errno(fs.getattr(f.ino)), libc::ENOENT);
+    // Forgetting more than was remembered, or what was never remembered,
+    // is harmless.
+    fs.forget(f.ino, 5).unwrap();
+    fs.forget(12345, 1).unwrap();
+}

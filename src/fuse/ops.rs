@@ -170,6 +170,21 @@ const fn no_reply(name: &'static str, arg: usize) -> Option<Handler> {
     })
 }
 
+/// A request the kernel expects no reply to, with a handler.
+const fn forget_op(
+    name: &'static str,
+    arg: usize,
+    run: fn(&Ops, &Request, &mut Out) -> Res,
+) -> Option<Handler> {
+    Some(Handler {
+        name,
+        arg,
+        reply: false,
+        commit: false,
+        run,
+    })
+}
+
 /// A request whose reply waits for a commit of every change so far.
 const fn commit_wait(name: &'static str, arg: usize) -> Option<Handler> {
     Some(Handler {
@@ -189,9 +204,10 @@ const TABLE_LEN: usize = 64;
 static TABLE: [Option<Handler>; TABLE_LEN] = {
     let mut t: [Option<Handler>; TABLE_LEN] = [None; TABLE_LEN];
     t[op::LOOKUP as usize] = h("lookup", 0, lookup);
-    // We keep no lookup counts: inodes live in the store, not in memory.
-    t[op::FORGET as usize] = no_reply("forget", 8);
-    t[op::BATCH_FORGET as usize] = no_reply("batch_forget", 8);
+    // Lookup counts keep an inode without names alive while the kernel
+    // holds it (`Fs::remember`, `Fs::forget`).
+    t[op::FORGET as usize] = forget_op("forget", 8, forget);
+    t[op::BATCH_FORGET as usize] = forget_op("batch_forget", 8, batch_forget);
     // Requests are served without blocking on anything a signal could
     // cut short, so an interrupted request simply completes.
     t[op::INTERRUPT as usize] = no_reply("interrupt", 8);
@@ -260,9 +276,35 @@ fn name<'a>(req: &Request<'a>) -> Result<&'a [u8], Errno> {
     Args::new(req.payload).name().ok_or(EINVAL)
 }
 
+/// An entry reply: the kernel will hold a reference to `i` until it sends
+/// FORGET, so the core counts it.
+fn entry(o: &Ops, out: &mut Out, i: &crate::fs::Inode) -> Res {
+    out.entry(i, o.ttl)?;
+    o.fs.remember(i.ino);
+    Ok(())
+}
+
+/// `fuse_forget_in`: nlookup (u64).
+fn forget(o: &Ops, req: &Request, _: &mut Out) -> Res {
+    let n = Args::new(req.op).u64().ok_or(EINVAL)?;
+    Ok(o.fs.forget(req.hdr.nodeid, n)?)
+}
+
+/// `fuse_batch_forget_in`: count, dummy (u32); payload: `count` times
+/// `fuse_forget_one`: nodeid, nlookup (u64).
+fn batch_forget(o: &Ops, req: &Request, _: &mut Out) -> Res {
+    let count = Args::new(req.op).u32().ok_or(EINVAL)?;
+    let mut a = Args::new(req.payload);
+    for _ in 0..count {
+        let (ino, n) = a.u64().zip(a.u64()).ok_or(EINVAL)?;
+        o.fs.forget(ino, n)?;
+    }
+    Ok(())
+}
+
 fn lookup(o: &Ops, req: &Request, out: &mut Out) -> Res {
     match o.fs.lookup(req.hdr.nodeid, name(req)?) {
-        Ok(i) => Ok(out.entry(&i, o.ttl)?),
+        Ok(i) => entry(o, out, &i),
         // A negative entry (node 0) the kernel may cache for the TTL, as it
         // caches positive ones: a name looked up again (a create right
         // after its failed lookup, a search path) costs no request.
@@ -342,7 +384,7 @@ fn symlink(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let mut a = Args::new(req.payload);
     let (name, target) = a.name().zip(a.name()).ok_or(EINVAL)?;
     let i = o.fs.symlink(ctx(req), req.hdr.nodeid, name, target)?;
-    Ok(out.entry(&i, o.ttl)?)
+    entry(o, out, &i)
 }
 
 // The kernel sends `mode` with the caller's umask already applied (we do
@@ -355,7 +397,7 @@ fn mknod(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let (mode, rdev, umask) = (|| Some((a.u32()?, a.u32()?, a.u32()?)))().ok_or(EINVAL)?;
     let i =
         o.fs.mknod(ctx(req), req.hdr.nodeid, name(req)?, mode & !umask, rdev)?;
-    Ok(out.entry(&i, o.ttl)?)
+    entry(o, out, &i)
 }
 
 /// `fuse_mkdir_in`: mode, umask (u32).
@@ -364,7 +406,7 @@ fn mkdir(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let (mode, umask) = a.u32().zip(a.u32()).ok_or(EINVAL)?;
     let i =
         o.fs.mkdir(ctx(req), req.hdr.nodeid, name(req)?, mode & !umask)?;
-    Ok(out.entry(&i, o.ttl)?)
+    entry(o, out, &i)
 }
 
 fn unlink(o: &Ops, req: &Request, _: &mut Out) -> Res {
@@ -406,7 +448,7 @@ fn do_rename(o: &Ops, req: &Request, newdir: u64, flags: u32) -> Res {
 fn link(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let ino = Args::new(req.op).u64().ok_or(EINVAL)?;
     let i = o.fs.link(ino, req.hdr.nodeid, name(req)?)?;
-    Ok(out.entry(&i, o.ttl)?)
+    entry(o, out, &i)
 }
 
 /// `fuse_open_in`: flags, open_flags (u32).
@@ -575,6 +617,10 @@ fn readdirplus(o: &Ops, req: &Request, out: &mut Out) -> Res {
         if !out.dirent(e.ino, at as u64 + 1, e.kind, &e.name, limit) {
             return Err(Full.into()); // the room was checked above
         }
+        // The kernel takes a reference for every entry but `.` and `..`.
+        if e.name != b"." && e.name != b".." {
+            o.fs.remember(i.ino);
+        }
     }
     Ok(())
 }
@@ -591,7 +637,7 @@ fn create(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let (_flags, mode, umask) = (|| Some((a.u32()?, a.u32()?, a.u32()?)))().ok_or(EINVAL)?;
     let (i, fh) =
         o.fs.create(ctx(req), req.hdr.nodeid, name(req)?, mode & !umask)?;
-    out.entry(&i, o.ttl)?;
+    entry(o, out, &i)?;
     Ok(out.open_out(fh, FOPEN_KEEP_CACHE)?)
 }
 

@@ -294,3 +294,77 @@ pub fn run_json<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
     );
     serde_json::from_slice(&out.stdout).expect("valid JSON")
 }
+
+/// A directory on ext4, the filesystem zippyfs is compared with: in the
+/// temporary directory if that is on ext4, else on a small loop-mounted
+/// ext4 image made for the test (root), unmounted when dropped. A test that
+/// compares with "the local filesystem" must not compare with tmpfs.
+pub struct Ext4 {
+    dir: tempfile::TempDir,
+    /// The image's mountpoint, when one was made.
+    loop_mount: Option<tempfile::TempDir>,
+}
+
+impl Ext4 {
+    pub fn new() -> Ext4 {
+        const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+        let tmp = std::env::temp_dir();
+        if statfs_type(&tmp) == Some(EXT4_SUPER_MAGIC) {
+            return Ext4 {
+                dir: tempfile::tempdir().expect("tempdir"),
+                loop_mount: None,
+            };
+        }
+        let mnt = tempfile::tempdir().expect("ext4 mountpoint");
+        let image = mnt.path().with_extension("img");
+        let ok = Command::new("truncate")
+            .args(["-s", "256M"])
+            .arg(&image)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&image)
+                .status()
+                .is_ok_and(|s| s.success())
+            && Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(mnt.path())
+                .status()
+                .is_ok_and(|s| s.success());
+        let _ = std::fs::remove_file(&image);
+        assert!(
+            ok,
+            "{} is not ext4 and no ext4 image could be loop-mounted (needs root and e2fsprogs)",
+            tmp.display()
+        );
+        let dir = tempfile::tempdir_in(mnt.path()).expect("dir on ext4");
+        Ext4 {
+            dir,
+            loop_mount: Some(mnt),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        if let Some(m) = &self.loop_mount {
+            let _ = std::fs::remove_dir_all(self.dir.path());
+            let _ = Command::new("umount").arg("-l").arg(m.path()).status();
+        }
+    }
+}
+
+fn statfs_type(p: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs is a plain C struct for which all-zero is valid.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type as i64)
+}
