@@ -12,7 +12,7 @@
 //! refuses anyone else.
 //!
 //! ```text
-//! request: one line of JSON   {"v": 1, "op": "gc" | "fsck" | "status" | "wait"}
+//! request: one line of JSON   {"v": 1, "op": "gc" | "fsck" | "status" | "wait" | "retention", ...}
 //! answer:  zero or more lines {"progress": [done, total]}      (fsck only)
 //!          then one line      {"ok": true, ...} | {"ok": false, "error": "..."}
 //! ```
@@ -21,6 +21,9 @@
 //!   `after` hold `{versions, retained_pages, free_pages, file_bytes}`.
 //! - `fsck`: checks the store while serving; `problems` (a count) and
 //!   `report` (the text `zippyfs fsck` prints).
+//! - `retention` (with `"policy"`: the text form of `Retention`): keeps the
+//!   policy in the store by a commit that may use the reserve (so it works
+//!   on a full disk) and applies it; `policy` holds the policy now in force.
 //! - `status`: `status` holds what `.zippy/daemon.json` shows, and the
 //!   `mountpoint`.
 //! - `wait`: answered only when the daemon is about to exit, with the
@@ -246,6 +249,14 @@ fn serve(
     let result = match op {
         "gc" => gc(&fs),
         "fsck" => fsck(&fs, &mut out),
+        "retention" => match req["policy"].as_str().map(crate::store::Retention::parse) {
+            Some(Ok(p)) => fs
+                .set_retention(p)
+                .map(|()| json!({ "policy": fs.store().retention().to_text() }))
+                .map_err(|e| format!("retention: {e}")),
+            Some(Err(e)) => Err(format!("retention: {e}")),
+            None => Err("retention: the request holds no policy".into()),
+        },
         "status" => {
             let mut st = fs.status();
             st["mountpoint"] = json!(mountpoint.display().to_string());
@@ -271,7 +282,9 @@ fn serve(
             cv.notify_all();
             return r;
         }
-        _ => Err(format!("unknown request {op:?} (gc, fsck, status, wait)")),
+        _ => Err(format!(
+            "unknown request {op:?} (gc, fsck, status, wait, retention)"
+        )),
     };
     let v = match result {
         Ok(mut v) => {
@@ -359,6 +372,12 @@ impl Address {
 /// The command side: sends `op` to the daemon serving the store in
 /// `store_dir`. `Ok(None)`: no daemon serves that store.
 pub fn send(store_dir: &Path, op: &str) -> Result<Option<Pending>, String> {
+    send_request(store_dir, json!({ "op": op }))
+}
+
+/// [`send`] with the request's other fields (`request` holds `op`).
+pub fn send_request(store_dir: &Path, mut request: Value) -> Result<Option<Pending>, String> {
+    request["v"] = json!(VERSION);
     let path = store_dir.join(SOCKET);
     let conn = match Address::of(&path).and_then(|a| a.connect()) {
         Ok(c) => c,
@@ -379,7 +398,7 @@ pub fn send(store_dir: &Path, op: &str) -> Result<Option<Pending>, String> {
     };
     allowed(&conn).map_err(|why| format!("{}: not a daemon to trust: {why}", path.display()))?;
     let io = |e: std::io::Error| format!("talking to the daemon at {}: {e}", path.display());
-    writeln!(&conn, "{}", json!({"v": VERSION, "op": op})).map_err(io)?;
+    writeln!(&conn, "{request}").map_err(io)?;
     Ok(Some(Pending { conn, path }))
 }
 

@@ -90,9 +90,11 @@ enum Command {
         #[arg(long, default_value = ".zippy", value_name = "NAME")]
         history_name: String,
     },
-    /// Show or set a store's retention policy (kept in
-    /// <store-dir>/retention.conf; a mount reads it when it starts, `gc`
-    /// applies it).
+    /// Show or set a store's retention policy. It is kept in the store
+    /// itself, set by a commit that may use the store's reserve (so it works
+    /// on a full disk); on a live mount the daemon sets it and applies it
+    /// at once. (A store whose policy was never set reads
+    /// <store-dir>/retention.conf, as before.)
     Retention {
         store: PathBuf,
         /// Always keep the newest N versions.
@@ -116,8 +118,9 @@ enum Command {
         max_size: Option<String>,
     },
     /// Apply the retention policy now and show what was freed: on an
-    /// unmounted store directory, or on a live mount (a path inside it),
-    /// whose daemon re-reads the store's retention.conf.
+    /// unmounted store directory, or on a live mount (a path inside it, or
+    /// its store directory), whose daemon does it and answers with the
+    /// figures or its error.
     Gc {
         path: PathBuf,
         #[arg(long, default_value = ".zippy", value_name = "NAME")]
@@ -425,8 +428,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             if !store.join(zippyfs::store::STORE_FILE).is_file() {
                 anyhow::bail!("{} holds no zippyfs store", store.display());
             }
-            let conf = store.join(zippyfs::store::retention::RETENTION_FILE);
-            let mut policy = read_policy(&store)?;
+            // The policy is kept in the store: a live daemon's answer, or
+            // the store itself (retention.conf for a store that never had
+            // one set).
+            let live = ask_daemon(&store, "status", |_, _| {})?;
+            let mut policy = match &live {
+                Some(a) => zippyfs::store::Retention::parse(
+                    a["status"]["retention"].as_str().unwrap_or(""),
+                )
+                .map_err(anyhow::Error::msg)?,
+                None => {
+                    let s = open_with_policy(&store)?;
+                    s.retention()
+                }
+            };
             let mut changed = false;
             let mut set = |field: &mut usize, v: Option<usize>| {
                 if let Some(v) = v {
@@ -451,10 +466,21 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 changed = true;
             }
             if changed {
-                let tmp = conf.with_extension("conf.tmp");
-                std::fs::write(&tmp, policy.to_text())
-                    .and_then(|_| std::fs::rename(&tmp, &conf))
-                    .with_context(|| format!("cannot write {}", conf.display()))?;
+                let text = policy.to_text();
+                if live.is_some() {
+                    let request = serde_json::json!({"op": "retention", "policy": text});
+                    zippyfs::control::send_request(&store, request)
+                        .map_err(anyhow::Error::msg)?
+                        .context("the daemon went away")?
+                        .answer(|_, _| {})
+                        .map_err(anyhow::Error::msg)?;
+                } else {
+                    let s = open_with_policy(&store)?;
+                    let mut t = s.begin_write()?;
+                    t.use_reserve();
+                    t.set_retention(policy.clone());
+                    t.commit("retention")?;
+                }
             }
             print!("{}", policy.to_text());
             Ok(ExitCode::SUCCESS)
@@ -467,16 +493,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(answer) = ask_daemon(&store, "gc", |_, _| {})? {
                 return Ok(print_gc(&answer));
             }
-            let policy = read_policy(&store)?;
-            let s = open(&store)?;
-            s.set_retention(policy);
+            let s = open_with_policy(&store)?;
             let before = (s.stats(), s.versions().len());
-            s.begin_write()?.commit("gc")?;
+            let room = || -> anyhow::Result<()> {
+                let mut t = s.begin_write()?;
+                t.use_reserve();
+                t.commit("gc")?;
+                Ok(())
+            };
+            room()?;
             // Over the space cap each commit lets one more old version go.
             let most = s.versions().len() as u64;
             let mut rounds = 0;
             while s.over_cap() && s.versions().len() > 1 && rounds < most {
-                s.begin_write()?.commit("gc")?;
+                room()?;
                 rounds += 1;
                 show_progress("gc: versions let go for the space cap", rounds, most);
             }
@@ -643,11 +673,16 @@ fn end_progress() {
     }
 }
 
-/// A store directory's retention policy (the default where none is set).
-fn read_policy(store: &Path) -> anyhow::Result<zippyfs::store::Retention> {
-    Ok(zippyfs::store::Retention::load(store)
-        .map_err(anyhow::Error::msg)?
-        .unwrap_or_default())
+/// Opens an unmounted store with its retention policy in force: the one
+/// kept in the store, or for a store that never had one set by a commit,
+/// `retention.conf` (or the default).
+fn open_with_policy(dir: &Path) -> anyhow::Result<Store> {
+    let s = open(dir)?;
+    if !s.has_stored_policy() {
+        let file = zippyfs::store::Retention::load(dir).map_err(anyhow::Error::msg)?;
+        s.set_retention(file.unwrap_or_default());
+    }
+    Ok(s)
 }
 
 /// A version named by id, or the newest at or before a time.
@@ -861,6 +896,9 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
                 anyhow::bail!("-o block_size={v}: a power of two from 4K to 1M is needed");
             }
             fs.block_size = bs as u32;
+        } else if let Some(v) = o.strip_prefix("reserve=") {
+            fs.store.reserve = zippyfs::store::retention::parse_size(v)
+                .map_err(|e| anyhow::anyhow!("-o reserve: {e}"))?;
         } else if let Some(v) = o.strip_prefix("flush_interval=") {
             let secs: f64 = v
                 .parse()

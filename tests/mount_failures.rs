@@ -125,3 +125,179 @@ fn a_final_commit_that_fails_exits_nonzero_and_names_what_was_not_saved() {
     assert!(!again.path().join("lost.bin").exists());
     assert!(again.unmount().success());
 }
+
+/// A small ext4 of our own on a loop device, unmounted when dropped.
+struct LoopExt4 {
+    mnt: tempfile::TempDir,
+}
+
+impl LoopExt4 {
+    fn new(size: &str) -> LoopExt4 {
+        let mnt = tempfile::tempdir().expect("ext4 mountpoint");
+        let image = mnt.path().with_extension("img");
+        let run = |cmd: &mut Command| cmd.status().is_ok_and(|s| s.success());
+        let ok = run(Command::new("truncate").args(["-s", size]).arg(&image))
+            && run(Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0"])
+                .arg(&image))
+            && run(Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(mnt.path()));
+        let _ = std::fs::remove_file(&image);
+        assert!(ok, "a {size} loop-mounted ext4 (needs root and e2fsprogs)");
+        LoopExt4 { mnt }
+    }
+
+    fn path(&self) -> &Path {
+        self.mnt.path()
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mnt.path()).status();
+    }
+}
+
+fn zippyfs(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(common::bin())
+        .args(args)
+        .output()
+        .expect("run zippyfs")
+}
+
+/// Writes `name` (`len` bytes of `seed`) and fsyncs it; the fsync's error.
+fn write_synced(dir: &Path, name: &str, len: usize, seed: u8) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(dir.join(name))?;
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    f.write_all(&data)?;
+    f.sync_all()
+}
+
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+#[test]
+fn a_full_disk_is_left_by_deleting_alone_old_versions_giving_way_to_new_data() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    const FILE: usize = 4 << 20;
+    let disk = LoopExt4::new("160M");
+    let store = disk.path().join("store");
+    // Keep everything, so that only the disk's size limits the history.
+    std::fs::create_dir(&store).expect("store dir");
+    std::fs::write(
+        store.join("retention.conf"),
+        "keep_last = 1000000\nhourly = 0\ndaily = 0\n",
+    )
+    .expect("policy");
+    let m = common::Mounted::start(&store, &[]);
+    let root = m.path().to_path_buf();
+
+    // Fill it: a few files rewritten (old versions to let go), then new
+    // files, each fsync'd, until the disk is full. Every fsync that
+    // returned must survive.
+    let mut synced: Vec<(String, u8)> = Vec::new();
+    let mut full = None;
+    for i in 0..200u32 {
+        let name = if i < 24 {
+            format!("f{}", i % 4)
+        } else {
+            format!("f{i}")
+        };
+        let seed = i as u8;
+        match write_synced(&root, &name, FILE, seed) {
+            Ok(()) => {
+                synced.retain(|(n, _)| *n != name);
+                synced.push((name, seed));
+            }
+            Err(e) => {
+                full = Some(e);
+                break;
+            }
+        }
+    }
+    let full = full.expect("the disk never filled");
+    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    for (name, seed) in &synced {
+        assert!(
+            std::fs::read(root.join(name)).expect("read") == content(FILE, *seed),
+            "{name} changed"
+        );
+    }
+    let versions_before = common::version_ids(&root).len();
+
+    // Deleting every file commits, on the full disk.
+    for e in std::fs::read_dir(&root).expect("list") {
+        let p = e.expect("entry").path();
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('f'))
+        {
+            std::fs::remove_file(p).expect("rm");
+        }
+    }
+    common::fsync_root(&root);
+
+    // A new policy and a gc, on the full disk, answered at once.
+    let started = Instant::now();
+    let st = store.as_os_str();
+    let o = zippyfs(&[
+        "retention".as_ref(),
+        st,
+        "--keep-last".as_ref(),
+        "50".as_ref(),
+    ]);
+    assert!(
+        o.status.success(),
+        "retention: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = zippyfs(&["gc".as_ref(), root.as_os_str()]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "retention and gc took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        o.status.success() || !String::from_utf8_lossy(&o.stderr).contains("did not answer"),
+        "gc: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // And new data fits again: the old versions give way to it.
+    for i in 0..8u32 {
+        write_synced(&root, &format!("g{i}"), FILE, 100 + i as u8)
+            .unwrap_or_else(|e| panic!("g{i} after deleting everything: {e}"));
+    }
+    for i in 0..8u32 {
+        assert!(
+            std::fs::read(root.join(format!("g{i}"))).expect("g") == content(FILE, 100 + i as u8)
+        );
+    }
+    let after = common::run_json(&["versions".as_ref(), root.as_os_str()], &root);
+    let causes: Vec<&str> = after
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|v| v["cause"].as_str())
+        .collect();
+    assert!(
+        causes
+            .iter()
+            .any(|c| c.starts_with("disk full: versions up to")),
+        "the versions list does not say that versions were let go: {causes:?}"
+    );
+    assert!(
+        after.as_array().expect("array").len() <= versions_before.max(50),
+        "{versions_before} versions before, {causes:?} after"
+    );
+    assert!(m.unmount().success());
+    common::fsck_clean(&store);
+}

@@ -20,6 +20,9 @@ fn opts() -> StoreOptions {
     StoreOptions {
         map_size: DEVICE,
         retention: Retention::last(KEEP),
+        // Small, so each simulated crash copies a small image; the reserve
+        // has its own tests (store_space).
+        reserve: 256 << 10,
         ..StoreOptions::default()
     }
 }

@@ -147,6 +147,7 @@ fn a_commit_that_finds_the_device_full_fails_and_the_store_goes_on() {
         StoreOptions {
             map_size: DEVICE,
             retention: Retention::last(10),
+            reserve: 256 << 10,
             ..StoreOptions::default()
         },
     )
@@ -178,4 +179,103 @@ fn a_commit_that_finds_the_device_full_fails_and_the_store_goes_on() {
     );
     let report = store.fsck().unwrap();
     assert!(report.is_clean(), "{report}");
+}
+
+#[test]
+fn on_a_full_device_only_commits_that_use_the_reserve_get_through_and_letting_versions_go_makes_room()
+ {
+    use std::sync::Arc;
+    use zippyfs::store::SimBackend;
+    const DEVICE: u64 = 16 << 20;
+    const RESERVE: u64 = 2 << 20;
+    let dev = Arc::new(SimBackend::new(DEVICE).unwrap());
+    let store = Store::open_backend(
+        Box::new(dev),
+        StoreOptions {
+            map_size: DEVICE,
+            retention: Retention::all(),
+            reserve: RESERVE,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    // Versions of ever new data until an ordinary commit finds no room.
+    let block = vec![5u8; 256 << 10];
+    let mut full = false;
+    for round in 0..200u64 {
+        let mut t = store.begin_write().unwrap();
+        let e = match t.write_extent(&block) {
+            Ok(e) => e,
+            Err(e) if e.is_no_space() => {
+                full = true;
+                break;
+            }
+            Err(e) => panic!("round {round}: {e}"),
+        };
+        t.put_with_extent(&round.to_be_bytes(), b"data", e).unwrap();
+        match t.commit("fill") {
+            Ok(_) => {}
+            Err(e) if e.is_no_space() => {
+                full = true;
+                break;
+            }
+            Err(e) => panic!("round {round}: {e}"),
+        }
+    }
+    assert!(full, "the device never filled");
+    let st = store.stats();
+    assert!(
+        st.file_bytes >= (st.hwm_pages << 12) + RESERVE,
+        "the reserve was used by ordinary commits: {st:?}"
+    );
+    let before = store.versions().len();
+    // Deleting everything, letting the old versions go and changing the
+    // policy: one commit from the reserve.
+    let mut t = store.begin_write().unwrap();
+    t.use_reserve();
+    for round in 0..200u64 {
+        t.delete(&round.to_be_bytes()).unwrap();
+    }
+    t.let_oldest_go(before);
+    t.set_retention(Retention::last(3));
+    t.commit("make room").expect("a commit from the reserve");
+    assert!(store.versions().len() <= 3, "{:?}", store.versions());
+    assert_eq!(store.retention(), Retention::last(3));
+    // Room again for ordinary commits, without anything outside the store.
+    for round in 0..8u64 {
+        let mut t = store.begin_write().unwrap();
+        let e = t.write_extent(&block).unwrap();
+        t.put_with_extent(&round.to_be_bytes(), b"again", e)
+            .unwrap();
+        t.commit("after")
+            .unwrap_or_else(|e| panic!("round {round} after making room: {e}"));
+    }
+    let report = store.fsck().unwrap();
+    assert!(report.is_clean(), "{report}");
+}
+
+#[test]
+fn a_policy_set_by_a_commit_is_kept_in_the_store_and_wins_over_the_one_given_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = |r: Retention| StoreOptions {
+        map_size: 1 << 30,
+        retention: r,
+        ..StoreOptions::default()
+    };
+    {
+        let store = Store::open(dir.path(), opts(Retention::last(50))).unwrap();
+        assert!(!store.has_stored_policy());
+        let mut t = store.begin_write().unwrap();
+        t.set_retention(Retention::last(2));
+        t.commit("policy").unwrap();
+        for i in 0..5u64 {
+            let mut t = store.begin_write().unwrap();
+            t.put(b"k", &i.to_be_bytes()).unwrap();
+            t.commit("v").unwrap();
+        }
+        assert_eq!(store.versions().len(), 2);
+    }
+    let store = Store::open(dir.path(), opts(Retention::last(50))).unwrap();
+    assert!(store.has_stored_policy());
+    assert_eq!(store.retention(), Retention::last(2));
 }

@@ -205,7 +205,7 @@ impl Fs {
         let st = self.store.stats();
         let fsck = self.fsck_report();
         format!(
-            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"versions\": {}, \"gc_runs\": {}, \"fsck_runs\": {}, \"fsck_problems\": {}, \"fsck_report\": \"{}\", \"fsck_checked\": {}, \"fsck_total\": {}, \"transport\": \"{}\", \"requests_ring\": {}, \"requests_dev\": {}, \"requests_by_opcode\": {}, \"failed\": {}, \"state\": \"{}\"}}\n",
+            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"versions\": {}, \"gc_runs\": {}, \"fsck_runs\": {}, \"fsck_problems\": {}, \"fsck_report\": \"{}\", \"fsck_checked\": {}, \"fsck_total\": {}, \"transport\": \"{}\", \"requests_ring\": {}, \"requests_dev\": {}, \"requests_by_opcode\": {}, \"failed\": {}, \"state\": \"{}\", \"retention\": \"{}\"}}\n",
             std::process::id(),
             st.file_bytes,
             st.free_pages,
@@ -230,6 +230,7 @@ impl Fs {
             } else {
                 "serving"
             },
+            json_escape(&self.store.retention().to_text()),
         )
         .into_bytes()
     }

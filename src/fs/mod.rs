@@ -39,7 +39,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::shard::{IoThreads, shard_of};
 use crate::store::{
-    Reserved, Snapshot, Store, StoreError, StoreOptions, StoreResult, extent_checksum,
+    Reserved, Snapshot, Store, StoreError, StoreOptions, StoreResult, VersionInfo, extent_checksum,
 };
 pub use error::{FsError, FsResult, err};
 pub use history::{
@@ -195,6 +195,20 @@ impl Delta {
         self.bytes += newer.bytes;
     }
 
+    /// Whether committing this delta adds nothing that takes space: no
+    /// data, no xattr values, no symlink targets, no inode numbered from
+    /// `first_new` on (made since the last commit). Deletes, renames and
+    /// attribute changes qualify.
+    fn only_frees(&self, first_new: u64) -> bool {
+        self.blocks.values().all(Option::is_none)
+            && self.xattrs.values().all(Option::is_none)
+            && self.symlinks.is_empty()
+            && !self
+                .inodes
+                .iter()
+                .any(|(&ino, i)| i.is_some() && ino >= first_new)
+    }
+
     fn drop_inode_data(&mut self, ino: u64) {
         self.blocks.retain(|&(i, _), _| i != ino);
         self.truncs.remove(&ino);
@@ -259,6 +273,11 @@ pub struct Fs {
     /// poisoned); set once, never cleared. From then on every change and
     /// every commit fails with EIO and reads go on: see [`Fs::fail`].
     failed: std::sync::OnceLock<String>,
+    /// Letting versions go for space is logged at most once a minute.
+    space_log: Mutex<Throttle>,
+    /// The next inode number as of the last commit: inodes numbered from
+    /// here on were made since.
+    committed_next_ino: AtomicU64,
     /// The final commit has begun: the daemon is on its way out.
     unmounting: std::sync::atomic::AtomicBool,
     /// A commit step at which tests make the commit panic.
@@ -361,6 +380,8 @@ impl Fs {
             served: Served::default(),
             failed: std::sync::OnceLock::new(),
             unmounting: std::sync::atomic::AtomicBool::new(false),
+            committed_next_ino: AtomicU64::new(ROOT + 1),
+            space_log: Mutex::new(Throttle::default()),
             #[cfg(test)]
             panic_at: Mutex::new(None),
         };
@@ -384,6 +405,7 @@ impl Fs {
             let (next, bs, fs_id) = decode_meta(m)?;
             self.fs_id = fs_id;
             self.next_ino.store(next, Ordering::Relaxed);
+            self.committed_next_ino.store(next, Ordering::Relaxed);
             if bs as u64 != self.block_size {
                 tracing::info!(
                     block_size = bs,
@@ -1768,24 +1790,52 @@ impl Fs {
             tracing::debug!("gc refused: {why}");
             return err(libc::EIO);
         }
-        if let Some(dir) = &self.statfs_path {
+        // A store that keeps its own policy has it in force already; an
+        // older one still reads `retention.conf`.
+        if let Some(dir) = &self.statfs_path
+            && !self.store.has_stored_policy()
+        {
             self.store
                 .set_retention(load_retention(dir)?.unwrap_or_default());
         }
         self.flush.exclusive(|| {
             let before = self.store.latest_version();
             self.commit_now("gc")?;
+            // gc's own commits only free space: they may use the reserve.
+            let room = || -> FsResult<()> {
+                let mut t = self.store.begin_write()?;
+                t.use_reserve();
+                t.commit("gc")?;
+                Ok(())
+            };
             // Nothing was pending: commit an empty version so retention runs.
             if self.store.latest_version() == before {
-                self.store.begin_write()?.commit("gc")?;
+                room()?;
             }
             // Over the space cap each commit lets one more old version go.
             let mut rounds = self.store.versions().len();
             while self.store.over_cap() && self.store.versions().len() > 1 && rounds > 0 {
-                self.store.begin_write()?.commit("gc")?;
+                room()?;
                 rounds -= 1;
             }
             self.gc_runs.fetch_add(1, Ordering::Release);
+            Ok(())
+        })
+    }
+
+    /// Keeps `policy` in the store (a commit that may use the reserve, so
+    /// it goes through on a full disk) and applies it at once.
+    pub fn set_retention(&self, policy: crate::store::Retention) -> FsResult<()> {
+        if let Some(why) = self.failure() {
+            tracing::debug!("retention change refused: {why}");
+            return err(libc::EIO);
+        }
+        self.flush.exclusive(|| {
+            self.commit_now("retention")?;
+            let mut t = self.store.begin_write()?;
+            t.use_reserve();
+            t.set_retention(policy);
+            t.commit("retention")?;
             Ok(())
         })
     }
@@ -1924,8 +1974,9 @@ impl Fs {
             tracing::debug!("commit refused: {why}");
             return err(libc::EIO);
         }
-        let r =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.cut_and_commit(cause)));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.commit_making_room(cause)
+        }));
         match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
@@ -1946,6 +1997,65 @@ impl Fs {
                 err(libc::EIO)
             }
         }
+    }
+
+    /// Commits; when the disk is full, lets the oldest kept versions go,
+    /// one at a time, and tries again, until the commit fits or only the
+    /// newest version is left (then the error stands: the data waits in
+    /// memory for space). History gives way to new data, never the other
+    /// way round; the log and the versions' causes say which went.
+    fn commit_making_room(&self, cause: &str) -> FsResult<()> {
+        let mut rounds = self.store.versions().len();
+        let mut let_go: Option<(VersionInfo, VersionInfo)> = None;
+        let r = loop {
+            let e = match self.cut_and_commit(cause) {
+                Err(FsError::Store(e)) if e.is_no_space() => e,
+                r => break r,
+            };
+            // The oldest version that is not itself a record of letting go.
+            let versions = self.store.versions();
+            let Some(oldest) = versions
+                .iter()
+                .find(|v| !v.cause.starts_with(LET_GO))
+                .filter(|v| Some(v.id) != versions.last().map(|l| l.id) && rounds > 0)
+            else {
+                break Err(e.into());
+            };
+            rounds -= 1;
+            let mut t = self.store.begin_write()?;
+            t.use_reserve();
+            // Earlier records of letting go hold nothing of their own: the
+            // newest one says how far it went.
+            let records: Vec<u64> = versions
+                .iter()
+                .filter(|v| v.cause.starts_with(LET_GO))
+                .map(|v| v.id)
+                .collect();
+            t.let_go_of(records.iter().copied().chain([oldest.id]).collect());
+            t.commit(&format!("{LET_GO} {} let go", oldest.id))?;
+            let first = let_go.map_or_else(|| oldest.clone(), |(f, _)| f);
+            let_go = Some((first, oldest.clone()));
+        };
+        if let Some((first, last)) = let_go
+            && let Some(quiet) = self.space_log.lock().allow()
+        {
+            tracing::warn!(
+                "the disk holding the store is full: versions {} to {} ({} to {}) let go to make \
+                 room, {} kept{}{}",
+                first.id,
+                last.id,
+                history::rfc3339(first.time),
+                history::rfc3339(last.time),
+                self.store.versions().len(),
+                if r.is_err() { "; still no room" } else { "" },
+                if quiet > 0 {
+                    format!(" ({quiet} more times since this was last logged)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        r
     }
 
     fn cut_and_commit(&self, cause: &str) -> FsResult<()> {
@@ -1990,11 +2100,19 @@ impl Fs {
         // Phase timings, logged at debug level (the store logs its own).
         let t0 = std::time::Instant::now();
         let mut t = self.store.begin_write()?;
+        // A commit that creates nothing and adds no data (deletes, renames,
+        // attribute changes) may use the reserve: on a full disk, deleting
+        // must still work, and nothing can fill the reserve with it.
+        let first_new = self.committed_next_ino.load(Ordering::Relaxed);
+        if deltas.iter().all(|(_, d)| d.only_frees(first_new)) {
+            t.use_reserve();
+        }
         self.step("edit");
         let t1 = std::time::Instant::now();
         let mut big: Vec<BlockJob> = Vec::new();
         let mut meta = Vec::with_capacity(28);
-        meta.extend_from_slice(&self.next_ino.load(Ordering::Relaxed).to_le_bytes());
+        let next_ino = self.next_ino.load(Ordering::Relaxed);
+        meta.extend_from_slice(&next_ino.to_le_bytes());
         meta.extend_from_slice(&(self.block_size as u32).to_le_bytes());
         meta.extend_from_slice(&self.fs_id.to_le_bytes());
         t.put(META_KEY, &meta)?;
@@ -2092,6 +2210,7 @@ impl Fs {
         let t3 = std::time::Instant::now();
         self.step("store commit");
         t.commit(cause)?;
+        self.committed_next_ino.store(next_ino, Ordering::Relaxed);
         tracing::debug!(
             blocks,
             wait_writer = ?(t1 - t0),
@@ -2193,6 +2312,29 @@ impl Fs {
         self.commit("unmount")
     }
 }
+
+/// Lets a repeated log line through at most once a minute.
+#[derive(Default)]
+struct Throttle {
+    last: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    /// `Some(lines held back since the last one)` if this one may go out.
+    fn allow(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|t| now - t < Duration::from_secs(60)) {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+/// How the cause of a commit that let old versions go for space begins.
+const LET_GO: &str = "disk full: versions up to";
 
 /// Logs a background commit's failure once, then the same failure again
 /// at most once a minute with how often it happened meanwhile, so a full

@@ -289,6 +289,7 @@ fn a_failed_commit_loses_nothing() {
         Box::new(dev),
         StoreOptions {
             map_size: 4 << 20,
+            reserve: 1 << 20,
             ..StoreOptions::default()
         },
     )

@@ -67,7 +67,16 @@ pub struct StoreOptions {
     /// Told (pages walked, pages in the store) while opening walks the store
     /// (after a crash), for a progress display.
     pub progress: Option<fn(u64, u64)>,
+    /// Space kept allocated at the end of the store file that only commits
+    /// which free space may use ([`WriteTxn::use_reserve`]): on a full disk
+    /// deletes, a retention change and gc can still commit (ZFS's slop
+    /// space, btrfs's global reserve).
+    pub reserve: u64,
 }
+
+/// The reserve by default: room for the copied tree pages of a commit that
+/// deletes tens of thousands of files.
+pub const DEFAULT_RESERVE: u64 = 16 << 20;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -76,6 +85,7 @@ impl Default for StoreOptions {
             retention: Retention::default(),
             write_path: WritePath::default(),
             progress: None,
+            reserve: DEFAULT_RESERVE,
         }
     }
 }
@@ -146,6 +156,9 @@ pub struct Store {
     path: Option<PathBuf>,
     opened: OpenReport,
     retention: Mutex<Retention>,
+    /// The retention policy in force is kept in the store itself (see
+    /// [`WriteTxn::set_retention`]), not given by the opener.
+    policy_stored: std::sync::atomic::AtomicBool,
     /// A write outside the writer lock failed; the writer poisons itself
     /// when it next looks.
     poison_pending: std::sync::atomic::AtomicBool,
@@ -230,6 +243,7 @@ impl Store {
             },
             poison_pending: std::sync::atomic::AtomicBool::new(false),
             retention: Mutex::new(retention),
+            policy_stored: std::sync::atomic::AtomicBool::new(false),
         };
         store.load(slot)?;
         Ok(store)
@@ -258,6 +272,10 @@ impl Store {
             rebuild = true;
         }
         let versions = fsck::load_versions(self.pages(), slot.system_root)?;
+        if let Some(policy) = txn::load_policy(self.pages(), slot.system_root)? {
+            *self.retention.get_mut() = policy;
+            *self.policy_stored.get_mut() = true;
+        }
         let w = self.writer.get_mut();
         w.slot = slot;
         if !rebuild {
@@ -360,7 +378,22 @@ impl Store {
         cap > 0 && (st.hwm_pages - st.free_pages) * PAGE > cap
     }
 
-    /// Changes the retention policy; it applies from the next commit on.
+    /// Whether the retention policy in force was kept in the store (set by
+    /// a commit), rather than given when it was opened.
+    pub fn has_stored_policy(&self) -> bool {
+        self.policy_stored
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records that the policy in force is now the one kept in the store.
+    pub(crate) fn policy_kept(&self, policy: Retention) {
+        *self.retention.lock() = policy;
+        self.policy_stored
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Changes the retention policy for this process, from the next commit
+    /// on (a commit's [`WriteTxn::set_retention`] also keeps it in the store).
     pub fn set_retention(&self, policy: Retention) {
         *self.retention.lock() = policy;
     }
@@ -495,13 +528,16 @@ impl Store {
         alloc::encode_state(&w.alloc, &w.dead, &mut buf);
         format::seal(&mut buf, KIND_ALLOC, 0, start, txn);
         let hwm = w.alloc.hwm();
+        // The file keeps its reserve past the high-water mark, so a store
+        // opened on a full disk can still make room.
+        let keep = (hwm * PAGE).max(backend.len().min(hwm * PAGE + self.opts.reserve));
         let result = (|| {
             // SAFETY: the store is being closed (`&mut self`: no snapshot
             // is open); the tail past `hwm` and the run at `start` are free
             // pages that no kept version references.
             unsafe {
-                if backend.len() != hwm * PAGE {
-                    backend.set_len(hwm * PAGE)?;
+                if backend.len() != keep {
+                    backend.set_len(keep)?;
                 }
                 backend.write_all(&[(start * PAGE, &buf)])?;
             }

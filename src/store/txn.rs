@@ -157,6 +157,15 @@ pub struct WriteTxn<'s> {
     out_of_space_before_writing: bool,
     /// Nodes sealed per tree, for `WriterState::last_nodes` once durable.
     sealed_nodes: [u64; 2],
+    /// May allocate from the reserve (see `StoreOptions::reserve`).
+    use_reserve: bool,
+    /// Kept versions to let go at commit beyond what retention drops,
+    /// oldest first (never the newest).
+    let_go: usize,
+    /// Kept versions to let go at commit by id.
+    let_go_ids: Vec<u64>,
+    /// A retention policy to keep in the store from this commit on.
+    policy: Option<crate::store::Retention>,
 }
 
 impl<'s> WriteTxn<'s> {
@@ -196,7 +205,35 @@ impl<'s> WriteTxn<'s> {
             allocated: 0,
             out_of_space_before_writing: false,
             sealed_nodes: [0; 2],
+            use_reserve: false,
+            let_go: 0,
+            let_go_ids: Vec::new(),
+            policy: None,
         })
+    }
+
+    /// Lets this transaction allocate from the store's reserve: for
+    /// commits that make room (deletes, gc, retention changes, letting old
+    /// versions go), which must succeed on a full disk.
+    pub fn use_reserve(&mut self) {
+        self.use_reserve = true;
+    }
+
+    /// Lets the `n` oldest kept versions go at commit, beyond what the
+    /// retention policy drops; the newest is always kept.
+    pub fn let_oldest_go(&mut self, n: usize) {
+        self.let_go = n;
+    }
+
+    /// Lets these kept versions go at commit, whatever retention says.
+    pub fn let_go_of(&mut self, ids: Vec<u64>) {
+        self.let_go_ids = ids;
+    }
+
+    /// Keeps `policy` in the store: from this commit on it decides what is
+    /// kept, for this process and every later open.
+    pub fn set_retention(&mut self, policy: crate::store::Retention) {
+        self.policy = Some(policy);
     }
 
     /// The id the version made by this transaction's commit will have.
@@ -414,8 +451,27 @@ impl<'s> WriteTxn<'s> {
                 .collect()
         };
         times.push((txn, now));
-        let policy = self.store.retention();
+        if let Some(p) = &self.policy {
+            let text = p.to_text();
+            self.put_entry(Tree::System, POLICY_KEY, text.as_bytes(), None)?;
+        }
+        let policy = self
+            .policy
+            .clone()
+            .unwrap_or_else(|| self.store.retention());
         let mut keep = retention::select(&times, now, &policy);
+        // Versions let go to make room (on a full disk), oldest first.
+        for id in &self.let_go_ids {
+            if *id != txn {
+                keep.remove(id);
+            }
+        }
+        for _ in 0..self.let_go {
+            match keep.iter().next() {
+                Some(&oldest) if oldest != txn => keep.remove(&oldest),
+                _ => break,
+            };
+        }
         // Over the space cap, the oldest kept version goes too (one per
         // commit: what it frees is known only once it is gone).
         let used = (self.w.alloc.hwm() - self.w.alloc.free_pages()) * PAGE;
@@ -481,6 +537,9 @@ impl<'s> WriteTxn<'s> {
 
         // Durable. Publish the version and free what no kept version sees.
         self.done = true;
+        if let Some(p) = self.policy.take() {
+            self.store.policy_kept(p);
+        }
         self.w.slot = slot;
         // A tree this commit did not edit (an empty commit's data tree)
         // keeps the estimate it had.
@@ -537,9 +596,9 @@ impl<'s> WriteTxn<'s> {
         Ok(info)
     }
 
-    /// Gives a large free tail back to the filesystem.
+    /// Gives a large free tail back to the filesystem (keeping the reserve).
     fn shrink_if_worth_it(&mut self) {
-        let hwm = self.w.alloc.trim_tail() * PAGE;
+        let hwm = self.w.alloc.trim_tail() * PAGE + self.store.opts.reserve;
         let len = self.store.backend.len();
         if len > hwm + GROW_MAX.max(len / 4) {
             let target = hwm.div_ceil(GROW_MIN) * GROW_MIN;
@@ -688,9 +747,18 @@ impl<'s> WriteTxn<'s> {
         self.allocated += n;
         let need = (start + n) * PAGE;
         let len = self.store.backend.len();
-        if need > len {
+        // An ordinary commit leaves the last `reserve` bytes of the file
+        // alone: it grows the file to keep them free past what it uses,
+        // and fails for want of space if the disk cannot give them.
+        let reserve = if self.use_reserve {
+            0
+        } else {
+            self.store.opts.reserve
+        };
+        if need + reserve > len {
             let step = (len / 8).clamp(GROW_MIN, GROW_MAX);
-            let target = need.max(len + step).div_ceil(GROW_MIN) * GROW_MIN;
+            let target = (need + reserve).max(len + step).div_ceil(GROW_MIN) * GROW_MIN;
+            let need = need + reserve;
             let target = target.min(self.store.opts.map_size).max(need);
             // SAFETY: growing only (`need > len`, and `target >= need`):
             // no borrow reaches past the current length.
@@ -1095,6 +1163,28 @@ fn split_to_fit(node: Node) -> Vec<(Box<[u8]>, Node)> {
         out.insert(i + 1, (sep, right));
     }
     out
+}
+
+/// The system-tree key of the retention policy, whose value is its text
+/// form (`Retention::to_text`). Absent in stores whose policy was never set
+/// by a commit.
+const POLICY_KEY: &[u8] = b"p";
+
+/// The retention policy kept in the store, if one was set.
+pub(crate) fn load_policy(
+    pages: crate::store::read::Pages<'_>,
+    system_root: Ptr,
+) -> StoreResult<Option<crate::store::Retention>> {
+    let src = Src { pages, dirty: None };
+    let Some(e) = read::get_entry(&src, system_root, POLICY_KEY)? else {
+        return Ok(None);
+    };
+    let value = src.resolve(e)?.value;
+    let text = std::str::from_utf8(value)
+        .map_err(|_| StoreError::corrupt(system_root.page, "retention policy is not text"))?;
+    crate::store::Retention::parse(text)
+        .map(Some)
+        .map_err(|e| StoreError::corrupt(system_root.page, format!("retention policy: {e}")))
 }
 
 pub(crate) fn version_key(id: u64) -> [u8; 9] {
