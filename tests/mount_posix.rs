@@ -8,7 +8,7 @@ mod common;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn c(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
@@ -477,5 +477,50 @@ fn open_files_and_working_directories_outlive_their_names_as_on_ext4() {
         assert!(left.is_empty(), "{left:?}");
         assert!(m.unmount().success());
         common::fsck_clean(store.path());
+    }
+}
+
+#[test]
+fn timestamps_never_run_backwards_between_operations_made_in_order() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    for mode in common::modes() {
+        let store = tempfile::tempdir().expect("store");
+        let m = common::Mounted::start(store.path(), mode);
+        let root = m.path();
+        // Alternate what the daemon stamps (a create) with what the kernel
+        // stamps itself (a write through the writeback cache), and read
+        // every time back in the order the operations happened.
+        let mut last = (0i64, 0i64);
+        let mut prev: Option<PathBuf> = None;
+        for i in 0..300 {
+            let p = root.join(format!("t{i}"));
+            std::fs::File::create(&p).expect("create");
+            let created = std::fs::metadata(&p).expect("stat");
+            let t = (created.mtime(), created.mtime_nsec());
+            assert!(
+                t >= last,
+                "{mode:?}: t{i} created at {t:?}, before {last:?}"
+            );
+            last = t;
+            if let Some(q) = prev.take() {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&q)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+                    .expect("write");
+                let written = std::fs::metadata(&q).expect("stat");
+                let t = (written.mtime(), written.mtime_nsec());
+                assert!(
+                    t >= last,
+                    "{mode:?}: {} written at {t:?}, before {last:?}",
+                    q.display()
+                );
+                last = t;
+            }
+            prev = Some(p);
+        }
+        assert!(m.unmount().success());
     }
 }

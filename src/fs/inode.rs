@@ -111,13 +111,28 @@ pub struct Time {
 }
 
 impl Time {
+    /// The kernel's coarse wall clock, the one it stamps files with itself
+    /// (with the writeback cache it sets `mtime` and `ctime` of writes):
+    /// one clock for both, so a later operation never shows an earlier
+    /// time than an earlier one (the fine clock runs up to a tick ahead).
     pub fn now() -> Time {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid out-pointer; the clock id is a constant.
+        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
+            let d = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            return Time {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            };
+        }
         Time {
-            sec: d.as_secs() as i64,
-            nsec: d.subsec_nanos(),
+            sec: ts.tv_sec,
+            nsec: ts.tv_nsec as u32,
         }
     }
 }

@@ -595,15 +595,18 @@ impl Fs {
         if self.is_history_entry(parent, name) {
             return self.history_getattr(HISTORY_DIR);
         }
+        // `.` of any inode is the inode itself: the kernel asks for it to
+        // turn a file handle back into an inode (NFS export,
+        // `open_by_handle_at`) when it no longer has the inode cached.
+        if name == b"." {
+            return self.getattr(parent);
+        }
         let ino = {
             let sh = self.shard(parent);
             let snap = self.snap()?;
             let dir = self.inode_in(&sh, &snap, parent)?;
             if dir.kind != Kind::Dir {
                 return err(libc::ENOTDIR);
-            }
-            if name == b"." {
-                return Ok(dir);
             }
             if name == b".." {
                 dir.parent

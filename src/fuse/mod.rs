@@ -183,6 +183,11 @@ impl Filesystem for Negotiate {
                 "parallel directory operations",
                 InitFlags::FUSE_PARALLEL_DIROPS,
             ),
+            // File handles (`name_to_handle_at`, NFS export) stay valid
+            // while their inode lives, across remounts: a handle is the
+            // inode number, never reused; the kernel turns it back into an
+            // inode with a LOOKUP of `.` (and `..` for a directory's parent).
+            ("export support", InitFlags::FUSE_EXPORT_SUPPORT),
             // We drop set-user-ID, set-group-ID and file capabilities on
             // write, truncate and chown ourselves (`Fs::kill_privs`), so the
             // kernel stops asking for `security.capability` before every
