@@ -110,18 +110,16 @@ fn file_handles_open_while_their_inode_lives_across_remounts_as_on_ext4() {
             ));
             seen
         };
+        let first = m.path().to_path_buf();
         let mut mounted = Some(m);
-        let ours = steps(
-            &mounted.as_ref().expect("mount").path().to_path_buf(),
-            &mut || {
-                let old = mounted.take().expect("mount");
-                assert!(old.unmount().success());
-                let again = common::Mounted::start(store.path(), mode);
-                let p = again.path().to_path_buf();
-                mounted = Some(again);
-                p
-            },
-        );
+        let ours = steps(&first, &mut || {
+            let old = mounted.take().expect("mount");
+            assert!(old.unmount().success());
+            let again = common::Mounted::start(store.path(), mode);
+            let p = again.path().to_path_buf();
+            mounted = Some(again);
+            p
+        });
         let dir = ext4.path().join(format!("handles{n}"));
         std::fs::create_dir(&dir).expect("mkdir");
         let theirs = steps(&dir, &mut || dir.clone());
