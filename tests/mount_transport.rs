@@ -11,7 +11,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// (transport, requests through rings, requests through /dev/fuse).
 fn counters(root: &Path) -> (String, u64, u64) {
@@ -66,17 +66,22 @@ fn requests_go_through_the_transport_asked_for() {
     }
 }
 
-/// Unmount, SIGTERM and SIGINT commit and exit within 2 seconds, with every
-/// ring entry registered and waiting in the kernel.
+/// Unmount, SIGTERM and SIGINT commit and exit with every ring entry
+/// registered and waiting in the kernel, and no ring command left behind.
+/// Not a timing bound (a daemon that waited out the ring's give-up time
+/// would pass or fail one by the machine's noise): the daemon must not
+/// have given up on pending commands (its log says so when it does), and
+/// must exit at all (20 s: a hang, not a slow exit).
 #[test]
-fn unmount_and_signals_end_the_daemon_within_two_seconds() {
+fn unmount_and_signals_end_the_daemon_leaving_no_ring_command_pending() {
     if !common::fuse_or_skip() {
         return;
     }
     for mode in common::modes() {
         for sig in [None, Some(libc::SIGTERM), Some(libc::SIGINT)] {
             let store = tempfile::tempdir().expect("store");
-            let m = common::Mounted::start(store.path(), mode);
+            let log = store.path().join("daemon.log");
+            let m = common::Mounted::start_logged(store.path(), mode, &log);
             for i in 0..50 {
                 fs::write(m.path().join(format!("f{i}")), vec![i as u8; 5000]).expect("write");
             }
@@ -84,8 +89,13 @@ fn unmount_and_signals_end_the_daemon_within_two_seconds() {
             println!("{mode:?} {sig:?}: exited {status} after {took:?}");
             assert!(status.success(), "{mode:?} {sig:?}: {status}");
             assert!(
-                took < Duration::from_secs(2),
+                took < Duration::from_secs(20),
                 "{mode:?} {sig:?}: took {took:?} to exit"
+            );
+            let text = fs::read_to_string(&log).expect("log");
+            assert!(
+                !text.contains("still pending"),
+                "{mode:?} {sig:?}: the daemon gave up on pending ring commands:\n{text}"
             );
             let m = common::Mounted::start(store.path(), mode);
             for i in 0..50 {
@@ -111,36 +121,70 @@ fn unmount_under_load_exits_cleanly_and_leaves_a_clean_store() {
         let store = tempfile::tempdir().expect("store");
         let m = common::Mounted::start(store.path(), mode);
         let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let load: Vec<_> = (0..4)
             .map(|t| {
                 let root = m.path().to_path_buf();
-                let stop = stop.clone();
+                let (stop, done) = (stop.clone(), done.clone());
                 std::thread::spawn(move || {
+                    // (operation, errno) of every failure.
+                    let mut failed: Vec<(&str, i32)> = Vec::new();
+                    let mut note = |what: &'static str, r: std::io::Result<()>| match r {
+                        Ok(()) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failed.push((what, e.raw_os_error().unwrap_or(0))),
+                    };
                     let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
+                    while !stop.load(Ordering::Relaxed) && n < 1_000_000 {
                         let p = root.join(format!("t{t}-{}", n % 20));
-                        let _ = fs::write(&p, vec![n as u8; 70_000]);
+                        note("write", fs::write(&p, vec![n as u8; 70_000]));
                         if n.is_multiple_of(2) {
                             // Some fsyncs are waiting on the syncer when the signal comes.
-                            let _ = fs::File::open(&p).and_then(|f| f.sync_all());
+                            note("fsync", fs::File::open(&p).and_then(|f| f.sync_all()));
                         }
-                        let _ = fs::read(&p);
-                        let _ = fs::metadata(&p);
+                        note("read", fs::read(&p).map(|_| ()));
+                        note("stat", fs::metadata(&p).map(|_| ()));
                         if n.is_multiple_of(3) {
-                            let _ = fs::remove_file(&p);
+                            note("remove", fs::remove_file(&p));
                         }
                         n += 1;
                     }
-                    n
+                    failed
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(700));
+        // Load first, then the signal: wait until operations are running.
+        let started = Instant::now();
+        while done.load(Ordering::Relaxed) < 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{mode:?}: the load never ran"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let before = done.load(Ordering::Relaxed);
         let (status, took) = m.stop_timed(Some(libc::SIGTERM));
         stop.store(true, Ordering::Relaxed);
-        let ops: u64 = load.into_iter().map(|h| h.join().expect("load")).sum();
-        println!("{mode:?}: exited {status} after {took:?} under a load of {ops} rounds");
+        let failed: Vec<(&str, i32)> = load
+            .into_iter()
+            .flat_map(|h| h.join().expect("load"))
+            .collect();
+        println!(
+            "{mode:?}: exited {status} after {took:?}; {before} operations succeeded before the \
+             signal, {} failed around it",
+            failed.len()
+        );
         assert!(status.success(), "{mode:?}: {status}");
+        // What an unmount may do to an operation: its connection goes
+        // (ENOTCONN, ECONNABORTED), and the files behind the mountpoint
+        // are another directory's (ENOENT). Anything else is a bug.
+        let unexpected: Vec<_> = failed
+            .iter()
+            .filter(|(_, e)| ![libc::ENOTCONN, libc::ECONNABORTED, libc::ENOENT].contains(e))
+            .collect();
+        assert!(unexpected.is_empty(), "{mode:?}: {unexpected:?}");
         common::fsck_clean(store.path());
     }
 }

@@ -25,6 +25,8 @@ pub(crate) struct Flusher {
     wake: Condvar,
     /// One commit at a time.
     running: Mutex<()>,
+    /// Callers inside `sync` (for tests that wait until fsyncs are queued).
+    pub(crate) in_sync: std::sync::atomic::AtomicUsize,
 }
 
 impl Flusher {
@@ -44,6 +46,12 @@ impl Flusher {
         !st.stopped
     }
 
+    /// Commits started so far.
+    #[cfg(test)]
+    pub fn started(&self) -> u64 {
+        self.state.lock().started
+    }
+
     pub fn stop(&self) {
         self.state.lock().stopped = true;
         self.wake.notify_all();
@@ -52,6 +60,11 @@ impl Flusher {
     /// Runs one commit, alone.
     pub fn exclusive(&self, commit: impl FnOnce() -> FsResult<()>) -> FsResult<()> {
         let _one = self.running.lock();
+        self.run(commit)
+    }
+
+    /// Runs one commit; the caller holds `running`.
+    fn run(&self, commit: impl FnOnce() -> FsResult<()>) -> FsResult<()> {
         let n = {
             let mut st = self.state.lock();
             st.started += 1;
@@ -69,15 +82,22 @@ impl Flusher {
     /// a commit that started after the call has succeeded, running one if
     /// needed.
     pub fn sync(&self, commit: impl FnOnce() -> FsResult<()>) -> FsResult<()> {
+        use std::sync::atomic::Ordering::Relaxed;
         let ticket = self.state.lock().started;
+        self.in_sync.fetch_add(1, Relaxed);
+        let r = self.sync_after(ticket, commit);
+        self.in_sync.fetch_sub(1, Relaxed);
+        r
+    }
+
+    fn sync_after(&self, ticket: u64, commit: impl FnOnce() -> FsResult<()>) -> FsResult<()> {
         let _one = self.running.lock();
-        {
-            let st = self.state.lock();
-            if st.succeeded > ticket {
-                return Ok(());
-            }
+        if self.state.lock().succeeded > ticket {
+            return Ok(());
         }
-        drop(_one);
-        self.exclusive(commit)
+        // Still holding `running`: a waiter that lets go of it here would
+        // let the next waiter find no commit started since its own arrival
+        // either, and both would commit.
+        self.run(commit)
     }
 }

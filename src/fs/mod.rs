@@ -283,6 +283,10 @@ pub struct Fs {
     /// A commit step at which tests make the commit panic.
     #[cfg(test)]
     panic_at: Mutex<Option<&'static str>>,
+    /// Called at each commit step, for tests that hold a commit there.
+    #[cfg(test)]
+    #[allow(clippy::type_complexity)]
+    on_step: Mutex<Option<Arc<dyn Fn(&'static str) + Send + Sync>>>,
 }
 
 /// Requests the kernel side served, by transport, shown in `daemon.json`
@@ -384,6 +388,8 @@ impl Fs {
             space_log: Mutex::new(Throttle::default()),
             #[cfg(test)]
             panic_at: Mutex::new(None),
+            #[cfg(test)]
+            on_step: Mutex::new(None),
         };
         fs.load_meta()?;
         Ok(fs)
@@ -1963,9 +1969,21 @@ impl Fs {
     /// Where a test may make the commit panic.
     fn step(&self, _name: &'static str) {
         #[cfg(test)]
-        if *self.panic_at.lock() == Some(_name) {
-            panic!("injected panic at commit step {_name:?}");
+        {
+            if *self.panic_at.lock() == Some(_name) {
+                panic!("injected panic at commit step {_name:?}");
+            }
+            let hook = self.on_step.lock().clone();
+            if let Some(h) = hook {
+                h(_name);
+            }
         }
+    }
+
+    /// Runs `hook` at every commit step (tests).
+    #[cfg(test)]
+    pub(crate) fn on_step(&self, hook: Option<Arc<dyn Fn(&'static str) + Send + Sync>>) {
+        *self.on_step.lock() = hook;
     }
 
     /// Commits every change so far, or fails. A failure that leaves the

@@ -38,13 +38,23 @@ impl Mounted {
     /// Mounts the store in `store` (created if needed) with extra arguments
     /// such as `-s`; panics if the mount does not come up in 20 seconds.
     pub fn start(store: &Path, args: &[&str]) -> Mounted {
+        Self::start_to(store, args, Stdio::inherit())
+    }
+
+    /// [`Mounted::start`], with the daemon's log going to `log`.
+    pub fn start_logged(store: &Path, args: &[&str], log: &Path) -> Mounted {
+        let f = std::fs::File::create(log).expect("log file");
+        Self::start_to(store, args, Stdio::from(f))
+    }
+
+    fn start_to(store: &Path, args: &[&str], stderr: Stdio) -> Mounted {
         let mnt_dir = tempfile::tempdir().expect("mountpoint");
         let mnt = mnt_dir.path().to_path_buf();
         let mut cmd = Command::new(bin());
         cmd.arg("mount").arg("-f").args(args).arg(&mnt).arg(store);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         let child = cmd.spawn().expect("spawn zippyfs mount");
         let mut m = Mounted {
             mnt,
