@@ -13,6 +13,8 @@ Targets:
   zippy, zippy-s  zippyfs with the default transport (auto), and with -s
   zippy-o:OPTION  zippyfs with -o OPTION (e.g. zippy-o:block_size=4K)
   zippy-args:A,B  zippyfs with arguments A B (e.g. zippy-args:--cache-size=64M)
+  zippy-bin:PATH  another zippyfs binary (an earlier build) with the default
+                  arguments, to compare two builds in one run
   mergerfs, bindfs, passthrough_ll, passthrough_ll-wb
                   passthrough FUSE filesystems over an ext4 directory
 
@@ -73,7 +75,16 @@ def zippy_args(name):
         return ["-o", name.split(":", 1)[1]]
     if name.startswith("zippy-args:"):
         return name.split(":", 1)[1].split(",")
+    if name.startswith("zippy-bin:"):
+        return []
     return ZIPPY[name]
+
+
+def zippy_bin(name):
+    """The binary a zippyfs target mounts with."""
+    if name.startswith("zippy-bin:"):
+        return name.split(":", 1)[1]
+    return BIN
 
 
 PTLL = os.path.join(REPO, "target", "perf", "passthrough_ll")
@@ -133,7 +144,7 @@ class Target:
         self.store = os.path.join(base, "store")
         self.path = os.path.join(base, "mnt")
         os.mkdir(self.path)
-        sh(BIN, "mount", *zippy_args(self.name), self.path, self.store)
+        sh(zippy_bin(self.name), "mount", *zippy_args(self.name), self.path, self.store)
 
     def store_bytes(self):
         if not self.store:

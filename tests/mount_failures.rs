@@ -301,3 +301,44 @@ fn a_full_disk_is_left_by_deleting_alone_old_versions_giving_way_to_new_data() {
     assert!(m.unmount().success());
     common::fsck_clean(&store);
 }
+
+/// `fallocate` of `len` bytes at 0 of a new file in `dir`: the errno, or 0.
+fn fallocate_new(dir: &Path, name: &str, len: i64) -> i32 {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::create(dir.join(name)).expect("create");
+    // SAFETY: a plain system call on a descriptor we own.
+    if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len) } == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
+#[test]
+fn fallocate_past_what_the_disk_holds_fails_at_once_as_on_ext4() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let disk = LoopExt4::new("128M");
+    let store = disk.path().join("store");
+    let m = common::Mounted::start(&store, &[]);
+    let plain = disk.path().join("plain");
+    std::fs::create_dir(&plain).expect("mkdir");
+    // Far more than the disk: refused at once, on both.
+    for (dir, who) in [(m.path(), "zippyfs"), (plain.as_path(), "ext4")] {
+        assert_eq!(
+            fallocate_new(dir, "huge", 1 << 30),
+            libc::ENOSPC,
+            "{who}: 1 GiB on 128 MiB"
+        );
+        // ext4 keeps what it allocated before it ran out.
+        std::fs::remove_file(dir.join("huge")).expect("rm");
+    }
+    // What fits is granted, and its writes and fsync succeed.
+    assert_eq!(fallocate_new(m.path(), "fits", 8 << 20), 0);
+    let data = content(8 << 20, 9);
+    std::fs::write(m.path().join("fits"), &data).expect("write what was allocated");
+    common::fsync_root(m.path());
+    assert!(std::fs::read(m.path().join("fits")).expect("read") == data);
+    assert!(m.unmount().success());
+}

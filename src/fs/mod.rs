@@ -1539,6 +1539,21 @@ impl Fs {
         Ok(st)
     }
 
+    /// Bytes the store could still take now: the disk's free space, the
+    /// store's free pages and what old versions hold (they give way to new
+    /// data), less the reserve and the dirty data already waiting in
+    /// memory. `None` when the store's disk is unknown (no store directory).
+    fn space_left(&self) -> Option<u64> {
+        self.statfs_path.as_ref()?;
+        let st = self.statfs().ok()?;
+        let stats = self.store.stats();
+        let free = (st.bavail + stats.retained_pages).saturating_mul(4096);
+        Some(
+            free.saturating_sub(self.opts.store.reserve)
+                .saturating_sub(self.dirty_bytes.load(Ordering::Relaxed)),
+        )
+    }
+
     // ---- extended attributes ----
 
     pub fn setxattr(
@@ -1704,6 +1719,16 @@ impl Fs {
             } else {
                 libc::ENODEV
             });
+        }
+        // Allocating past the end: refused at once if the store could not
+        // hold it now (as a local filesystem refuses it), not left to fail
+        // at a later write or commit.
+        let grows = end.saturating_sub(offset.max(i.size));
+        if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) == 0
+            && grows > 0
+            && self.space_left().is_some_and(|left| grows > left)
+        {
+            return err(libc::ENOSPC);
         }
         if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
             // Zero the range: whole blocks become holes, partial ones are patched.
