@@ -278,3 +278,34 @@ fn a_slot_whose_checksum_holds_but_whose_fields_cannot_be_is_refused() {
     );
     assert!(s.latest_version().unwrap_or(0) <= older_txn);
 }
+
+#[test]
+fn a_truncated_store_is_named_truncated_and_left_as_found_by_every_open() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    let file = dir.path().join(STORE_FILE);
+    // Half of what is used (past it lies the reserve, which may go).
+    let hwm = Store::open(dir.path(), opts()).unwrap().stats().hwm_pages;
+    let cut = hwm / 2 * 4096 + 100;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    // Twice: a failed open must not change the file (it used to grow it
+    // while saving allocator state, so the second open saw other damage).
+    let errors: Vec<String> = (0..2)
+        .map(|_| match Store::open(dir.path(), opts()) {
+            Ok(_) => panic!("a store cut to half opened"),
+            Err(e) => e.to_string(),
+        })
+        .collect();
+    assert_eq!(errors[0], errors[1]);
+    assert!(errors[0].contains("truncated"), "{}", errors[0]);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().len(),
+        cut,
+        "the failed opens changed the file"
+    );
+}

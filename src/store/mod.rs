@@ -245,7 +245,12 @@ impl Store {
             retention: Mutex::new(retention),
             policy_stored: std::sync::atomic::AtomicBool::new(false),
         };
-        store.load(slot)?;
+        if let Err(e) = store.load(slot) {
+            // Nothing may be written to a store that failed to open (its
+            // drop would save allocator state, growing a truncated file).
+            store.writer.get_mut().poisoned = true;
+            return Err(e);
+        }
         Ok(store)
     }
 
@@ -257,7 +262,26 @@ impl Store {
     }
 
     /// Reads the version table and the allocator state of the newest commit.
-    fn load(&mut self, mut slot: Slot) -> StoreResult<()> {
+    fn load(&mut self, slot: Slot) -> StoreResult<()> {
+        let file_pages = self.backend.len() / PAGE;
+        let short = slot.hwm > file_pages;
+        self.load_slot(slot).map_err(|e| match e {
+            // Say what the damage most likely is, the same way for every
+            // command that opens the store.
+            StoreError::Corrupt { page, reason } if short => StoreError::Corrupt {
+                page,
+                reason: format!(
+                    "{reason} (the store file is {} bytes, shorter than the {} its last \
+                     commit uses: it was truncated)",
+                    self.backend.len(),
+                    slot.hwm * PAGE
+                ),
+            },
+            e => e,
+        })
+    }
+
+    fn load_slot(&mut self, mut slot: Slot) -> StoreResult<()> {
         let file_pages = self.backend.len() / PAGE;
         let mut rebuild = slot.alloc_page == 0;
         if slot.hwm > file_pages {
