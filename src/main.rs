@@ -180,7 +180,8 @@ struct MountArgs {
     #[arg(long, value_name = "SIZE", value_parser = zippyfs::store::retention::parse_size)]
     cache_size: Option<u64>,
     /// Options, comma-separated: block_size=SIZE (a new filesystem's block
-    /// size), flush_interval=SECS (commit at least this often),
+    /// size), reserve=SIZE (space kept for commits that free space; 16M),
+    /// flush_interval=SECS (commit at least this often),
     /// write_path=pwritev|uring (how the store file is written),
     /// transport=auto|uring|classic, queue_depth=N (as the flags above),
     /// kernel_dirty_ratio=PERCENT|default (how much of the system's dirty
