@@ -647,30 +647,32 @@ impl Fs {
                 i.size = size;
                 i.mtime = now;
             }
-            i.ctime = now;
+            i.changed(now);
         }
         if let Some(mode) = set.mode {
             i.perm = (mode & 0o7777) as u16;
-            i.ctime = now;
+            i.changed(now);
         }
         if let Some(uid) = set.uid {
             i.uid = uid;
-            i.ctime = now;
+            i.changed(now);
         }
         if let Some(gid) = set.gid {
             i.gid = gid;
-            i.ctime = now;
+            i.changed(now);
         }
         if let Some(t) = set.atime {
             i.atime = t;
-            i.ctime = now;
+            i.changed(now);
         }
         if let Some(t) = set.mtime {
             i.mtime = t;
-            i.ctime = now;
+            i.changed(now);
         }
         if let Some(t) = set.ctime {
-            i.ctime = t;
+            // The kernel's own stamp (writeback cache), kept apart from the
+            // last one as any change's is.
+            i.changed(t);
         }
         drop(snap);
         sh.delta.inodes.insert(ino, Some(i.clone()));
@@ -808,7 +810,7 @@ impl Fs {
         let mut inode = self.new_inode(ino, ctx, &dir, kind, perm, rdev);
         let now = inode.ctime;
         dir.mtime = now;
-        dir.ctime = now;
+        dir.changed(now);
         if kind == Kind::Dir {
             dir.nlink += 1;
         }
@@ -1074,7 +1076,7 @@ impl Fs {
             let now = Time::now();
             i.size = i.size.max(end);
             i.mtime = now;
-            i.ctime = now;
+            i.changed(now);
             drop(snap);
             sh.delta.inodes.insert(ino, Some(i));
         }
@@ -1156,14 +1158,14 @@ impl Fs {
             drop(snap);
             let now = Time::now();
             p.mtime = now;
-            p.ctime = now;
+            p.changed(now);
             if dir {
                 p.nlink -= 1;
                 c.nlink = 0;
             } else {
                 c.nlink = c.nlink.saturating_sub(1);
             }
-            c.ctime = now;
+            c.changed(now);
             l.get_mut(parent)
                 .delta
                 .dirents
@@ -1227,9 +1229,9 @@ impl Fs {
         drop(snap);
         let now = Time::now();
         i.nlink += 1;
-        i.ctime = now;
+        i.changed(now);
         p.mtime = now;
-        p.ctime = now;
+        p.changed(now);
         l.get_mut(parent)
             .delta
             .dirents
@@ -1383,19 +1385,19 @@ impl Fs {
             if s_dir {
                 s.parent = newparent;
             }
-            s.ctime = now;
+            s.changed(now);
             if parent == newparent {
                 sp.nlink = (sp.nlink as i64 + to_sp + to_dp).max(0) as u32;
                 sp.mtime = now;
-                sp.ctime = now;
+                sp.changed(now);
                 l.get_mut(parent).delta.inodes.insert(parent, Some(sp));
             } else {
                 sp.nlink = (sp.nlink as i64 + to_sp).max(0) as u32;
                 dp.nlink = (dp.nlink as i64 + to_dp).max(0) as u32;
                 sp.mtime = now;
-                sp.ctime = now;
+                sp.changed(now);
                 dp.mtime = now;
-                dp.ctime = now;
+                dp.changed(now);
                 l.get_mut(parent).delta.inodes.insert(parent, Some(sp));
                 l.get_mut(newparent)
                     .delta
@@ -1403,7 +1405,7 @@ impl Fs {
                     .insert(newparent, Some(dp));
             }
             if let Some(mut dd) = d.take() {
-                dd.ctime = now;
+                dd.changed(now);
                 if mode == RenameMode::Exchange {
                     if dd.kind == Kind::Dir {
                         dd.parent = parent;
@@ -1582,7 +1584,7 @@ impl Fs {
             return err(libc::ENODATA);
         }
         drop(snap);
-        i.ctime = Time::now();
+        i.changed(Time::now());
         sh.delta
             .xattrs
             .insert((ino, name.to_vec()), Some(value.to_vec()));
@@ -1656,7 +1658,7 @@ impl Fs {
             return err(libc::ENODATA);
         }
         drop(snap);
-        i.ctime = Time::now();
+        i.changed(Time::now());
         sh.delta.xattrs.insert((ino, name.to_vec()), None);
         sh.delta.inodes.insert(ino, Some(i));
         Ok(())
@@ -1684,7 +1686,7 @@ impl Fs {
         }
         drop(snap);
         i.perm = perm as u16;
-        i.ctime = Time::now();
+        i.changed(Time::now());
         if caps {
             sh.delta.xattrs.insert((ino, CAPS.to_vec()), None);
         }
@@ -1755,7 +1757,7 @@ impl Fs {
         if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > i.size {
             i.size = end;
         }
-        i.ctime = Time::now();
+        i.changed(Time::now());
         if mode != 0 {
             i.mtime = i.ctime;
         }
