@@ -39,7 +39,11 @@ fn fs_with(shards: usize) -> (tempfile::TempDir, Arc<Fs>) {
 }
 
 fn file(fs: &Fs, name: &str) -> u64 {
-    let ctx = Ctx { uid: 0, gid: 0 };
+    let ctx = Ctx {
+        uid: 0,
+        gid: 0,
+        umask: 0,
+    };
     let (i, fh) = fs
         .create(ctx, ROOT, name.as_bytes(), 0o644)
         .expect("create");

@@ -524,3 +524,82 @@ fn timestamps_never_run_backwards_between_operations_made_in_order() {
         assert!(m.unmount().success());
     }
 }
+
+/// What `getfacl`, `stat` and a read as nobody show through a round of ACL
+/// changes in `dir`: default ACLs inherited (and overriding the umask),
+/// chmod rewriting the ACL, an ACL rewriting the mode, the kernel enforcing
+/// a named user's entry.
+fn acl_story(dir: &Path) -> String {
+    common::need_tool("setfacl", "acl");
+    let script = r#"
+exec 2>&1
+umask 022
+mkdir d
+setfacl -d -m u::rwx,u:65534:rx,g::rx,m::rwx,o::- d
+touch d/f; mkdir d/sub
+stat -c '%n %a' d/f d/sub
+getfacl -n -p --omit-header d/f d/sub
+chmod 640 d/f
+stat -c '%n %a' d/f; getfacl -n --omit-header d/f
+echo secret > g; chmod 600 g
+setfacl -m u:65534:r g
+stat -c '%n %a' g; getfacl -n --omit-header g
+setpriv --reuid=65534 --regid=65534 --clear-groups cat g
+setfacl -m u:65534:- g
+setpriv --reuid=65534 --regid=65534 --clear-groups cat g
+setfacl -b g
+stat -c '%n %a' g; getfacl -n --omit-header g
+umask 077
+touch d/h k
+stat -c '%n %a' d/h k
+"#;
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("sh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn posix_acls_behave_as_on_ext4() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let ext4 = common::Ext4::new();
+    std::fs::set_permissions(ext4.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    for (n, mode) in common::modes().into_iter().enumerate() {
+        let store = tempfile::tempdir().expect("store");
+        let m = common::Mounted::start(store.path(), mode);
+        let here = m.path().join("acl");
+        std::fs::create_dir(&here).expect("mkdir");
+        std::fs::set_permissions(&here, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let theirs_dir = ext4.path().join(format!("acl{n}"));
+        std::fs::create_dir(&theirs_dir).expect("mkdir");
+        std::fs::set_permissions(&theirs_dir, std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let ours = acl_story(&here);
+        let theirs = acl_story(&theirs_dir);
+        assert_eq!(ours, theirs, "zippyfs {mode:?} vs ext4");
+        assert!(
+            theirs.contains("secret"),
+            "the ACL let nobody read on ext4: {theirs}"
+        );
+        // And all of it after a remount.
+        let acls = |root: &Path| {
+            let out = std::process::Command::new("getfacl")
+                .args(["-n", "-p", "d", "d/f", "d/sub", "d/h", "g", "k"])
+                .current_dir(root.join("acl"))
+                .output()
+                .expect("getfacl");
+            assert!(out.status.success());
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let before = acls(m.path());
+        assert!(m.unmount().success());
+        let m = common::Mounted::start(store.path(), mode);
+        assert_eq!(acls(m.path()), before, "{mode:?}: after a remount");
+        assert!(m.unmount().success());
+    }
+}

@@ -23,6 +23,7 @@
 //! (`flush.rs`). If a commit fails, its changes go back into the shards and
 //! the error is returned; nothing is lost while the daemon runs.
 
+mod acl;
 pub mod error;
 mod flush;
 mod history;
@@ -98,6 +99,9 @@ impl Default for FsOptions {
 pub struct Ctx {
     pub uid: u32,
     pub gid: u32,
+    /// The caller's umask, for the permission bits of what it creates:
+    /// applied unless the directory has a default ACL, which then decides.
+    pub umask: u32,
 }
 
 /// A directory entry as `readdir` returns it.
@@ -652,6 +656,16 @@ impl Fs {
         if let Some(mode) = set.mode {
             i.perm = (mode & 0o7777) as u16;
             i.changed(now);
+            // An access ACL follows the mode (the kernel leaves it to us).
+            if let Some(a) = self
+                .xattr_in(&sh, &snap, ino, acl::ACCESS)?
+                .and_then(|v| acl::Acl::parse(&v))
+            {
+                let value = a.chmod(i.perm & 0o777).encode();
+                sh.delta
+                    .xattrs
+                    .insert((ino, acl::ACCESS.to_vec()), Some(value));
+            }
         }
         if let Some(uid) = set.uid {
             i.uid = uid;
@@ -806,8 +820,32 @@ impl Fs {
         {
             return err(libc::EEXIST);
         }
+        let default_acl = match kind {
+            Kind::Symlink => None,
+            _ => self
+                .xattr_in(l.get(parent), &snap, parent, acl::DEFAULT)?
+                .and_then(|d| acl::Acl::parse(&d)),
+        };
         drop(snap);
         let mut inode = self.new_inode(ino, ctx, &dir, kind, perm, rdev);
+        let mut acls: Vec<(&[u8], Vec<u8>)> = Vec::new();
+        match &default_acl {
+            // The directory's default ACL decides, not the umask: the new
+            // inode's access ACL and permission bits narrow each other,
+            // and a directory inherits the default ACL itself.
+            Some(d) => {
+                let (access, mode) = d.create(inode.perm & 0o777);
+                inode.perm = (inode.perm & !0o777) | mode;
+                if !access.is_mode() {
+                    acls.push((acl::ACCESS, access.encode()));
+                }
+                if kind == Kind::Dir {
+                    acls.push((acl::DEFAULT, d.encode()));
+                }
+            }
+            None if kind != Kind::Symlink => inode.perm &= !(ctx.umask as u16 & 0o777),
+            None => {}
+        }
         let now = inode.ctime;
         dir.mtime = now;
         dir.changed(now);
@@ -825,6 +863,9 @@ impl Fs {
         if let Some(t) = target {
             inode.size = t.len() as u64;
             sh.delta.symlinks.insert(ino, t.to_vec());
+        }
+        for (name, value) in acls {
+            sh.delta.xattrs.insert((ino, name.to_vec()), Some(value));
         }
         sh.delta.inodes.insert(ino, Some(inode.clone()));
         Ok(inode)
@@ -1585,9 +1626,24 @@ impl Fs {
         }
         drop(snap);
         i.changed(Time::now());
-        sh.delta
-            .xattrs
-            .insert((ino, name.to_vec()), Some(value.to_vec()));
+        let mut value = Some(value.to_vec());
+        if name == acl::ACCESS || name == acl::DEFAULT {
+            let a = acl::Acl::parse(value.as_deref().unwrap_or_default())
+                .ok_or(FsError::Errno(libc::EINVAL))?;
+            if name == acl::DEFAULT && i.kind != Kind::Dir {
+                return err(libc::EACCES);
+            }
+            if name == acl::ACCESS {
+                // The ACL and the mode's permission bits are one thing: the
+                // mode takes the ACL's, and an ACL the mode says in full is
+                // not kept (as on ext4).
+                i.perm = (i.perm & !0o777) | a.mode();
+                if a.is_mode() {
+                    value = None;
+                }
+            }
+        }
+        sh.delta.xattrs.insert((ino, name.to_vec()), value);
         sh.delta.inodes.insert(ino, Some(i));
         Ok(())
     }

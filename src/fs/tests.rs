@@ -2,7 +2,11 @@
 
 use super::*;
 
-const ROOT_CTX: Ctx = Ctx { uid: 0, gid: 0 };
+const ROOT_CTX: Ctx = Ctx {
+    uid: 0,
+    gid: 0,
+    umask: 0,
+};
 
 fn opts() -> FsOptions {
     FsOptions {

@@ -188,6 +188,11 @@ impl Filesystem for Negotiate {
             // inode number, never reused; the kernel turns it back into an
             // inode with a LOOKUP of `.` (and `..` for a directory's parent).
             ("export support", InitFlags::FUSE_EXPORT_SUPPORT),
+            // POSIX ACLs: the kernel enforces them (and caches them); we
+            // keep mode and access ACL in step and apply default ACLs to
+            // new inodes (`fs/acl.rs`), which needs the umask unapplied.
+            ("POSIX ACLs", InitFlags::FUSE_POSIX_ACL),
+            ("unmasked modes", InitFlags::FUSE_DONT_MASK),
             // We drop set-user-ID, set-group-ID and file capabilities on
             // write, truncate and chown ourselves (`Fs::kill_privs`), so the
             // kernel stops asking for `security.capability` before every

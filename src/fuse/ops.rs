@@ -265,7 +265,14 @@ fn ctx(req: &Request) -> Ctx {
     Ctx {
         uid: req.hdr.uid,
         gid: req.hdr.gid,
+        umask: 0,
     }
+}
+
+/// The caller, with the umask its request carried (FUSE_DONT_MASK: the
+/// kernel leaves applying it to us, since a default ACL overrides it).
+fn ctx_masked(req: &Request, umask: u32) -> Ctx {
+    Ctx { umask, ..ctx(req) }
 }
 
 fn ok(_: &Ops, _: &Request, _: &mut Out) -> Res {
@@ -387,16 +394,21 @@ fn symlink(o: &Ops, req: &Request, out: &mut Out) -> Res {
     entry(o, out, &i)
 }
 
-// The kernel sends `mode` with the caller's umask already applied (we do
-// not ask for FUSE_DONT_MASK) and the umask beside it; applying it again
-// is harmless, and right if that ever changes.
+// The kernel sends `mode` without the caller's umask (we ask for
+// FUSE_DONT_MASK) and the umask beside it: the core applies it, unless the
+// directory's default ACL decides the new inode's permissions.
 
 /// `fuse_mknod_in`: mode, rdev, umask, padding (u32).
 fn mknod(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let mut a = Args::new(req.op);
     let (mode, rdev, umask) = (|| Some((a.u32()?, a.u32()?, a.u32()?)))().ok_or(EINVAL)?;
-    let i =
-        o.fs.mknod(ctx(req), req.hdr.nodeid, name(req)?, mode & !umask, rdev)?;
+    let i = o.fs.mknod(
+        ctx_masked(req, umask),
+        req.hdr.nodeid,
+        name(req)?,
+        mode,
+        rdev,
+    )?;
     entry(o, out, &i)
 }
 
@@ -405,7 +417,7 @@ fn mkdir(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let mut a = Args::new(req.op);
     let (mode, umask) = a.u32().zip(a.u32()).ok_or(EINVAL)?;
     let i =
-        o.fs.mkdir(ctx(req), req.hdr.nodeid, name(req)?, mode & !umask)?;
+        o.fs.mkdir(ctx_masked(req, umask), req.hdr.nodeid, name(req)?, mode)?;
     entry(o, out, &i)
 }
 
@@ -636,7 +648,7 @@ fn create(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let mut a = Args::new(req.op);
     let (_flags, mode, umask) = (|| Some((a.u32()?, a.u32()?, a.u32()?)))().ok_or(EINVAL)?;
     let (i, fh) =
-        o.fs.create(ctx(req), req.hdr.nodeid, name(req)?, mode & !umask)?;
+        o.fs.create(ctx_masked(req, umask), req.hdr.nodeid, name(req)?, mode)?;
     entry(o, out, &i)?;
     Ok(out.open_out(fh, FOPEN_KEEP_CACHE)?)
 }
