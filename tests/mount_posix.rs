@@ -603,3 +603,58 @@ fn posix_acls_behave_as_on_ext4() {
         assert!(m.unmount().success());
     }
 }
+
+/// Set-user-ID and set-group-ID through what a caller outside the file's
+/// group does (nobody, in a directory of group root): new inodes in a
+/// set-group-ID directory, chmod, setfacl, buffered and O_DIRECT writes,
+/// truncate and fallocate. `stat` of everything after.
+fn setid_story(dir: &Path) -> String {
+    common::need_tool("setfacl", "acl");
+    let script = r#"
+exec 2>&1
+mkdir sg; chown 65534:0 sg; chmod 2777 sg
+for f in w d t a c x; do echo data > $f; chown 65534:0 $f; chmod 6775 $f; done
+as() { setpriv --reuid=65534 --regid=65534 --clear-groups sh -c "$1"; }
+as 'umask 022; mkdir sg/sub; touch sg/f; chmod 2775 sg/f'
+as 'echo more >> w'
+as 'dd if=/dev/zero of=d bs=4096 count=1 oflag=direct conv=notrunc status=none'
+as 'truncate -s 1 t'
+as 'fallocate -l 8192 a'
+as 'chmod 6775 c'
+as 'setfacl -m u::rwx x'
+stat -c '%n %a %u:%g' sg sg/sub sg/f w d t a c x
+"#;
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("sh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn set_id_bits_follow_ext4_for_callers_outside_the_group() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let ext4 = common::Ext4::new();
+    std::fs::set_permissions(ext4.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    for (n, mode) in common::modes().into_iter().enumerate() {
+        let store = tempfile::tempdir().expect("store");
+        let m = common::Mounted::start(store.path(), mode);
+        let here = m.path().join("setid2");
+        std::fs::create_dir(&here).expect("mkdir");
+        std::fs::set_permissions(&here, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let theirs_dir = ext4.path().join(format!("setid{n}"));
+        std::fs::create_dir(&theirs_dir).expect("mkdir");
+        std::fs::set_permissions(&theirs_dir, std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        assert_eq!(
+            setid_story(&here),
+            setid_story(&theirs_dir),
+            "zippyfs {mode:?} vs ext4"
+        );
+        assert!(m.unmount().success());
+    }
+}

@@ -1726,7 +1726,9 @@ impl Fs {
     /// before every write): set-user-ID always, set-group-ID when the file
     /// is group-executable (otherwise the bit marks mandatory locking, as
     /// the kernel's own rule has it), and the file capability.
-    pub fn kill_privs(&self, ino: u64) -> FsResult<()> {
+    /// Returns whether anything changed (the kernel's cached mode is then
+    /// stale: the caller tells it).
+    pub fn kill_privs(&self, ino: u64) -> FsResult<bool> {
         const CAPS: &[u8] = b"security.capability";
         self.writable(ino)?;
         let mut sh = self.shard(ino);
@@ -1738,7 +1740,7 @@ impl Fs {
         }
         let caps = self.xattr_in(&sh, &snap, ino, CAPS)?.is_some();
         if perm == u32::from(i.perm) && !caps {
-            return Ok(());
+            return Ok(false);
         }
         drop(snap);
         i.perm = perm as u16;
@@ -1747,7 +1749,7 @@ impl Fs {
             sh.delta.xattrs.insert((ino, CAPS.to_vec()), None);
         }
         sh.delta.inodes.insert(ino, Some(i));
-        Ok(())
+        Ok(true)
     }
 
     // ---- space: fallocate and seek ----

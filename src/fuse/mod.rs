@@ -437,7 +437,11 @@ fn run_session(
     if let Some(ratio) = opts.kernel_dirty_ratio {
         tune_writeback(dev.as_deref(), ratio);
     }
-    let ops = Ops::new(Arc::clone(&fs), n.writeback, opts.ttl);
+    let mut ops = Ops::new(Arc::clone(&fs), n.writeback, opts.ttl);
+    match session.as_fd().try_clone_to_owned() {
+        Ok(fd) => ops.notify_through(fd),
+        Err(e) => tracing::warn!("no notifications to the kernel: {e}"),
+    }
     *fs.served().transport.lock() = if uring { "uring" } else { "classic" };
     live();
     let threads = opts.threads.max(1);

@@ -71,6 +71,8 @@ pub enum Outcome {
 /// The state handlers share: the core and what INIT settled.
 pub struct Ops {
     pub fs: Arc<Fs>,
+    /// Where notifications to the kernel go (the session's `/dev/fuse`).
+    notify: Option<std::os::fd::OwnedFd>,
     ttl: Ttl,
     /// The kernel caches writes (negotiated at INIT): the core does not see
     /// data until the kernel writes it back.
@@ -82,6 +84,7 @@ impl Ops {
         let blksize = u32::try_from(fs.block_size()).unwrap_or(u32::MAX);
         Ops {
             fs,
+            notify: None,
             ttl: Ttl {
                 secs: ttl.as_secs(),
                 nanos: ttl.subsec_nanos(),
@@ -89,6 +92,28 @@ impl Ops {
             },
             writeback,
         }
+    }
+
+    /// Sends notifications to the kernel through `fd` (the session's
+    /// `/dev/fuse`).
+    pub fn notify_through(&mut self, fd: std::os::fd::OwnedFd) {
+        self.notify = Some(fd);
+    }
+
+    /// Drops set-ID bits (and file capabilities) as a write by an
+    /// unprivileged caller must, and tells the kernel its cached mode is
+    /// stale (it keeps it for the attribute timeout otherwise, and a
+    /// `stat` right after the write would show the bits still set).
+    fn kill_privs(&self, ino: u64) -> Res {
+        if self.fs.kill_privs(ino)?
+            && let Some(fd) = &self.notify
+        {
+            use std::os::fd::AsFd;
+            if let Err(e) = wire::notify_inval_attrs(fd.as_fd(), ino) {
+                tracing::debug!(ino, "could not invalidate the kernel's attributes: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// Commits every change so far and waits until it is durable: the
@@ -471,7 +496,7 @@ fn open(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
     let fh = o.fs.open(req.hdr.nodeid, write)?;
     if flags & libc::O_TRUNC != 0 && open_flags & FUSE_OPEN_KILL_SUIDGID != 0 {
-        o.fs.kill_privs(req.hdr.nodeid)?;
+        o.kill_privs(req.hdr.nodeid)?;
     }
     // Generated files are read from us every time; the rest keeps the
     // page cache across opens.
@@ -503,7 +528,7 @@ fn write(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let (_fh, offset, size, write_flags) =
         (|| Some((a.u64()?, a.u64()?, a.u32()?, a.u32()?)))().ok_or(EINVAL)?;
     if write_flags & FUSE_WRITE_KILL_SUIDGID != 0 {
-        o.fs.kill_privs(req.hdr.nodeid)?;
+        o.kill_privs(req.hdr.nodeid)?;
     }
     let data = req
         .payload
@@ -658,7 +683,15 @@ fn fallocate(o: &Ops, req: &Request, _: &mut Out) -> Res {
     let mut a = Args::new(req.op);
     let (_fh, offset, len, mode) =
         (|| Some((a.u64()?, a.u64()?, a.u64()?, a.u32()?)))().ok_or(EINVAL)?;
-    Ok(o.fs.fallocate(req.hdr.nodeid, offset, len, mode as i32)?)
+    o.fs.fallocate(req.hdr.nodeid, offset, len, mode as i32)?;
+    // The kernel neither drops set-ID bits on fallocate nor asks us to (no
+    // flag in `fuse_fallocate_in`); a local filesystem drops them for a
+    // caller without CAP_FSETID, which the request does not carry: taken
+    // as "not root".
+    if req.hdr.uid != 0 {
+        o.kill_privs(req.hdr.nodeid)?;
+    }
+    Ok(())
 }
 
 /// `fuse_lseek_in`: fh, offset (u64), whence, padding (u32). Only
