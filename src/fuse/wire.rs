@@ -336,6 +336,34 @@ pub fn time(sec: u64, nsec: u32) -> Time {
     }
 }
 
+/// FUSE_NOTIFY_INVAL_INODE with offset -1: the kernel forgets its cached
+/// attributes of `ino` (not its pages). An out header with unique 0 and the
+/// notification's code in the error field, then `fuse_notify_inval_inode_out`:
+/// ino u64, off i64, len i64. Attributes only, so the kernel takes no lock
+/// a request in flight may hold: safe from a thread serving a request.
+pub fn notify_inval_attrs(fd: std::os::fd::BorrowedFd<'_>, ino: u64) -> std::io::Result<()> {
+    const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
+    let mut b = [0u8; OUT_HEADER_LEN + 24];
+    b[0..4].copy_from_slice(&((OUT_HEADER_LEN + 24) as u32).to_le_bytes());
+    b[4..8].copy_from_slice(&FUSE_NOTIFY_INVAL_INODE.to_le_bytes());
+    // unique (8..16) stays 0: a notification.
+    b[16..24].copy_from_slice(&ino.to_le_bytes());
+    b[24..32].copy_from_slice(&(-1i64).to_le_bytes());
+    b[32..40].copy_from_slice(&0i64.to_le_bytes());
+    // SAFETY: the buffer is valid for reads of its length; `fd` is open.
+    let n = unsafe {
+        libc::write(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            b.as_ptr().cast(),
+            b.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,32 +458,4 @@ mod tests {
         assert!(o.u64(1).is_err());
         assert!(out_header(&mut [0u8; 8], 1, 0, 0).is_none());
     }
-}
-
-/// FUSE_NOTIFY_INVAL_INODE with offset -1: the kernel forgets its cached
-/// attributes of `ino` (not its pages). An out header with unique 0 and the
-/// notification's code in the error field, then `fuse_notify_inval_inode_out`:
-/// ino u64, off i64, len i64. Attributes only, so the kernel takes no lock
-/// a request in flight may hold: safe from a thread serving a request.
-pub fn notify_inval_attrs(fd: std::os::fd::BorrowedFd<'_>, ino: u64) -> std::io::Result<()> {
-    const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
-    let mut b = [0u8; OUT_HEADER_LEN + 24];
-    b[0..4].copy_from_slice(&((OUT_HEADER_LEN + 24) as u32).to_le_bytes());
-    b[4..8].copy_from_slice(&FUSE_NOTIFY_INVAL_INODE.to_le_bytes());
-    // unique (8..16) stays 0: a notification.
-    b[16..24].copy_from_slice(&ino.to_le_bytes());
-    b[24..32].copy_from_slice(&(-1i64).to_le_bytes());
-    b[32..40].copy_from_slice(&0i64.to_le_bytes());
-    // SAFETY: the buffer is valid for reads of its length; `fd` is open.
-    let n = unsafe {
-        libc::write(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            b.as_ptr().cast(),
-            b.len(),
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
