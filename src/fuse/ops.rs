@@ -185,29 +185,20 @@ const fn h(
     })
 }
 
-const fn no_reply(name: &'static str, arg: usize) -> Option<Handler> {
-    Some(Handler {
-        name,
-        arg,
-        reply: false,
-        commit: false,
-        run: |_, _, _| Ok(()),
-    })
-}
-
 /// A request the kernel expects no reply to, with a handler.
-const fn forget_op(
+const fn silent(
     name: &'static str,
     arg: usize,
     run: fn(&Ops, &Request, &mut Out) -> Res,
 ) -> Option<Handler> {
-    Some(Handler {
-        name,
-        arg,
-        reply: false,
-        commit: false,
-        run,
-    })
+    match h(name, arg, run) {
+        Some(x) => Some(Handler { reply: false, ..x }),
+        None => None,
+    }
+}
+
+const fn no_reply(name: &'static str, arg: usize) -> Option<Handler> {
+    silent(name, arg, |_, _, _| Ok(()))
 }
 
 /// A request whose reply waits for a commit of every change so far.
@@ -231,8 +222,8 @@ static TABLE: [Option<Handler>; TABLE_LEN] = {
     t[op::LOOKUP as usize] = h("lookup", 0, lookup);
     // Lookup counts keep an inode without names alive while the kernel
     // holds it (`Fs::remember`, `Fs::forget`).
-    t[op::FORGET as usize] = forget_op("forget", 8, forget);
-    t[op::BATCH_FORGET as usize] = forget_op("batch_forget", 8, batch_forget);
+    t[op::FORGET as usize] = silent("forget", 8, forget);
+    t[op::BATCH_FORGET as usize] = silent("batch_forget", 8, batch_forget);
     // Requests are served without blocking on anything a signal could
     // cut short, so an interrupted request simply completes.
     t[op::INTERRUPT as usize] = no_reply("interrupt", 8);
