@@ -55,12 +55,18 @@ enum Command {
     /// The versions in which a file or directory appeared, changed or
     /// disappeared (read from the live mount the path is in).
     Log {
+        /// A path inside a live mount; with --store, a path from the root
+        /// of that store's filesystem.
         path: PathBuf,
         /// Print JSON: an array of {id, change}.
         #[arg(long)]
         json: bool,
         #[arg(long, default_value = ".zippy", value_name = "NAME")]
         history_name: String,
+        /// Read an unmounted store instead (mounted read-only, privately,
+        /// for the command).
+        #[arg(long, value_name = "STORE-DIR")]
+        store: Option<PathBuf>,
     },
     /// What changed between two versions, under PATH (default: the current
     /// directory, which must be inside a live mount): added, removed,
@@ -74,6 +80,10 @@ enum Command {
         json: bool,
         #[arg(long, default_value = ".zippy", value_name = "NAME")]
         history_name: String,
+        /// Read an unmounted store instead (mounted read-only, privately,
+        /// for the command); PATH is then from its root.
+        #[arg(long, value_name = "STORE-DIR")]
+        store: Option<PathBuf>,
     },
     /// Bring a file or a whole directory back as it was in a version, as a
     /// new version (the state it replaces stays in the history).
@@ -89,6 +99,10 @@ enum Command {
         to: Option<PathBuf>,
         #[arg(long, default_value = ".zippy", value_name = "NAME")]
         history_name: String,
+        /// Restore into an unmounted store instead (mounted privately for
+        /// the command); PATH and DEST are then from its root.
+        #[arg(long, value_name = "STORE-DIR")]
+        store: Option<PathBuf>,
     },
     /// Show or set a store's retention policy. It is kept in the store
     /// itself, set by a commit that may use the store's reserve (so it works
@@ -331,6 +345,54 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             path,
             json,
             history_name,
+            store: Some(store),
+        } => on_private_mount(&store, false, |mnt| {
+            run(Command::Log {
+                path: mnt.join(path.strip_prefix("/").unwrap_or(&path)),
+                json,
+                history_name,
+                store: None,
+            })
+        }),
+        Command::Diff {
+            v1,
+            v2,
+            path,
+            json,
+            history_name,
+            store: Some(store),
+        } => on_private_mount(&store, false, |mnt| {
+            let path = path.unwrap_or_default();
+            run(Command::Diff {
+                v1,
+                v2,
+                path: Some(mnt.join(path.strip_prefix("/").unwrap_or(&path))),
+                json,
+                history_name,
+                store: None,
+            })
+        }),
+        Command::Restore {
+            path,
+            at,
+            to,
+            history_name,
+            store: Some(store),
+        } => on_private_mount(&store, true, |mnt| {
+            let inside = |p: &Path| mnt.join(p.strip_prefix("/").unwrap_or(p));
+            run(Command::Restore {
+                path: inside(&path),
+                at,
+                to: to.as_deref().map(inside),
+                history_name,
+                store: None,
+            })
+        }),
+        Command::Log {
+            path,
+            json,
+            history_name,
+            store: None,
         } => {
             let (h, rel) = history(&path, &history_name)?;
             let log = h.log(&rel);
@@ -353,6 +415,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             path,
             json,
             history_name,
+            store: None,
         } => {
             let path = path.unwrap_or_else(|| PathBuf::from("."));
             let (h, rel) = history(&path, &history_name)?;
@@ -392,6 +455,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             at,
             to,
             history_name,
+            store: None,
         } => {
             let (h, rel) = history(&path, &history_name)?;
             let version = pick_version(&h, &at)?;
@@ -717,7 +781,8 @@ fn history(path: &Path, history_name: &str) -> anyhow::Result<(zippyfs::tools::H
     let file = match locate(existing, history_name)? {
         Located::Mount(file) => file,
         Located::Store(dir) => anyhow::bail!(
-            "{} is a store directory: log and diff read a live mount; mount it first",
+            "{} is a store directory: give a path inside a live mount, or --store {} and a path from its root",
+            dir.display(),
             dir.display()
         ),
     };
@@ -754,6 +819,58 @@ fn history(path: &Path, history_name: &str) -> anyhow::Result<(zippyfs::tools::H
         },
         rel,
     ))
+}
+
+/// Runs `f` on a mount of the unmounted store in `store`, made for it in a
+/// directory of its own (read-only unless `write`) and taken down after,
+/// its final commit waited for: how `log`, `diff` and `restore` reach a
+/// store that is not mounted.
+fn on_private_mount(
+    store: &Path,
+    write: bool,
+    f: impl FnOnce(&Path) -> anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
+    if !store.join(zippyfs::store::STORE_FILE).is_file() {
+        anyhow::bail!("{} holds no zippyfs store", store.display());
+    }
+    if let Some(a) = ask_daemon(store, "status", |_, _| {})? {
+        anyhow::bail!(
+            "the store in {} is mounted at {}: give a path inside that mount instead",
+            store.display(),
+            a["status"]["mountpoint"].as_str().unwrap_or("?")
+        );
+    }
+    let exe = std::env::current_exe().context("find the zippyfs binary")?;
+    let mnt = std::env::temp_dir().join(format!("zippyfs-{}-view", std::process::id()));
+    std::fs::create_dir(&mnt).with_context(|| format!("make {}", mnt.display()))?;
+    let mut mount = std::process::Command::new(&exe);
+    mount.arg("mount");
+    if !write {
+        mount.args(["-o", "ro"]);
+    }
+    let st = mount
+        .arg(&mnt)
+        .arg(store)
+        .status()
+        .context("run zippyfs mount")?;
+    if !st.success() {
+        let _ = std::fs::remove_dir(&mnt);
+        anyhow::bail!("could not mount the store in {}", store.display());
+    }
+    let r = f(&mnt);
+    let down = std::process::Command::new(&exe)
+        .arg("umount")
+        .arg(&mnt)
+        .status();
+    let _ = std::fs::remove_dir(&mnt);
+    match down {
+        Ok(st) if st.success() => r,
+        Ok(st) => r.and(Err(anyhow::anyhow!(
+            "unmounting the private mount of {} failed ({st})",
+            store.display()
+        ))),
+        Err(e) => r.and(Err(e).context("run zippyfs umount")),
+    }
 }
 
 /// `zippyfs umount`: asks the daemon to tell when it exits, unmounts, and

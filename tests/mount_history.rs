@@ -292,3 +292,51 @@ fn restore_brings_back_a_file_and_a_directory_as_a_new_version() {
     assert_eq!(files(&old), before_tree);
     assert!(m.unmount().success());
 }
+
+#[test]
+fn log_diff_and_restore_reach_an_unmounted_store_with_store() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    let store = tempfile::tempdir().expect("store");
+    let m = common::Mounted::start(store.path(), &[]);
+    let root = m.path().to_path_buf();
+    write(&root.join("f"), b"first");
+    let v1 = newest_version(&root);
+    write(&root.join("f"), b"second, longer");
+    write(&root.join("g"), b"another");
+    let v2 = newest_version(&root);
+    let live_log = common::run_json(&["log", "f"], &root);
+    let live_diff = common::run_json(&["diff", &v1.to_string(), &v2.to_string()], &root);
+    assert!(m.unmount().success());
+
+    // The same answers from the store alone, which stays unmounted.
+    let s = store.path().to_str().expect("utf-8");
+    let (a, b) = (v1.to_string(), v2.to_string());
+    let cwd = Path::new("/");
+    assert_eq!(common::run_json(&["log", "--store", s, "f"], cwd), live_log);
+    assert_eq!(
+        common::run_json(&["diff", "--store", s, a.as_str(), b.as_str()], cwd),
+        live_diff
+    );
+    let out = std::process::Command::new(common::bin())
+        .args(["restore", "--store", s, "f", "--at", a.as_str()])
+        .output()
+        .expect("restore");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = common::Mounted::start(store.path(), &[]);
+    assert_eq!(std::fs::read(m.path().join("f")).expect("f"), b"first");
+    assert_eq!(std::fs::read(m.path().join("g")).expect("g"), b"another");
+    // On a mounted store, --store says where the mount is.
+    let out = std::process::Command::new(common::bin())
+        .args(["log", "--store", s, "f"])
+        .output()
+        .expect("log");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is mounted at"));
+    assert!(m.unmount().success());
+}
