@@ -645,7 +645,7 @@ as 'dd if=/dev/zero of=d bs=4096 count=1 oflag=direct conv=notrunc status=none'
 as 'truncate -s 1 t'
 as 'fallocate -l 8192 a'
 as 'chmod 6775 c'
-as 'setfacl -m u::rwx x'
+as 'setfacl -m u:1000:r x'
 stat -c '%n %a %u:%g' sg sg/sub sg/f w d t a c x
 "#;
     let out = std::process::Command::new("sh")

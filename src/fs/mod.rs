@@ -1752,6 +1752,23 @@ impl Fs {
         Ok(true)
     }
 
+    /// Drops set-group-ID (setting an ACL by a caller outside the file's
+    /// group, as the kernel tells us); whether it was set.
+    pub fn drop_sgid(&self, ino: u64) -> FsResult<bool> {
+        self.writable(ino)?;
+        let mut sh = self.shard(ino);
+        let snap = self.snap()?;
+        let mut i = self.inode_in(&sh, &snap, ino)?;
+        drop(snap);
+        if u32::from(i.perm) & libc::S_ISGID == 0 {
+            return Ok(false);
+        }
+        i.perm &= !(libc::S_ISGID as u16);
+        i.changed(Time::now());
+        sh.delta.inodes.insert(ino, Some(i));
+        Ok(true)
+    }
+
     // ---- space: fallocate and seek ----
 
     /// `mode`: 0 (allocate, may extend the file), or with

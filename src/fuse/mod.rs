@@ -160,6 +160,9 @@ pub enum MountError {
 struct Negotiated {
     writeback: bool,
     uring: bool,
+    /// `fuse_setxattr_in` in its 16-byte form, which carries
+    /// FUSE_SETXATTR_ACL_KILL_SGID (the handler table expects it).
+    setxattr_ext: bool,
     max_write: u32,
     max_readahead: u32,
 }
@@ -193,6 +196,9 @@ impl Filesystem for Negotiate {
             // new inodes (`fs/acl.rs`), which needs the umask unapplied.
             ("POSIX ACLs", InitFlags::FUSE_POSIX_ACL),
             ("unmasked modes", InitFlags::FUSE_DONT_MASK),
+            // Tells us when setting an ACL must drop set-group-ID (a caller
+            // outside the file's group), as a local filesystem does.
+            ("extended setxattr", InitFlags::FUSE_SETXATTR_EXT),
             // We drop set-user-ID, set-group-ID and file capabilities on
             // write, truncate and chown ourselves (`Fs::kill_privs`), so the
             // kernel stops asking for `security.capability` before every
@@ -206,6 +212,8 @@ impl Filesystem for Negotiate {
                 tracing::debug!("the kernel does not offer {what}; carrying on without it");
             } else if flag == InitFlags::FUSE_WRITEBACK_CACHE {
                 n.writeback = true;
+            } else if flag == InitFlags::FUSE_SETXATTR_EXT {
+                n.setxattr_ext = true;
             }
         }
         if self.want_uring {
@@ -418,6 +426,11 @@ fn run_session(
             "the kernel's INIT was never answered",
         )));
     };
+    if !n.setxattr_ext {
+        return Err(MountError::Session(io::Error::other(
+            "the kernel does not offer FUSE_SETXATTR_EXT (Linux 5.16 or later is needed)",
+        )));
+    }
     let uring = match (want_uring, n.uring) {
         (true, false) if opts.transport == Transport::Uring => {
             return Err(MountError::Transport(

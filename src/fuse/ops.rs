@@ -105,15 +105,20 @@ impl Ops {
     /// stale (it keeps it for the attribute timeout otherwise, and a
     /// `stat` right after the write would show the bits still set).
     fn kill_privs(&self, ino: u64) -> Res {
-        if self.fs.kill_privs(ino)?
-            && let Some(fd) = &self.notify
-        {
+        if self.fs.kill_privs(ino)? {
+            self.tell_attrs_changed(ino);
+        }
+        Ok(())
+    }
+
+    /// Tells the kernel its cached attributes of `ino` are stale.
+    fn tell_attrs_changed(&self, ino: u64) {
+        if let Some(fd) = &self.notify {
             use std::os::fd::AsFd;
             if let Err(e) = wire::notify_inval_attrs(fd.as_fd(), ino) {
                 tracing::debug!(ino, "could not invalidate the kernel's attributes: {e}");
             }
         }
-        Ok(())
     }
 
     /// Commits every change so far and waits until it is durable: the
@@ -215,8 +220,8 @@ const fn commit_wait(name: &'static str, arg: usize) -> Option<Handler> {
 const TABLE_LEN: usize = 64;
 
 /// Opcode → handler. Sizes are those of protocol 7.40 (what we negotiate):
-/// `fuse_setxattr_in` is its 8-byte form because we do not ask for
-/// FUSE_SETXATTR_EXT.
+/// `fuse_setxattr_in` is its 16-byte form because we ask for
+/// FUSE_SETXATTR_EXT (a mount refuses a kernel without it).
 static TABLE: [Option<Handler>; TABLE_LEN] = {
     let mut t: [Option<Handler>; TABLE_LEN] = [None; TABLE_LEN];
     t[op::LOOKUP as usize] = h("lookup", 0, lookup);
@@ -245,7 +250,7 @@ static TABLE: [Option<Handler>; TABLE_LEN] = {
     t[op::STATFS as usize] = h("statfs", 0, statfs);
     t[op::RELEASE as usize] = h("release", 24, release);
     t[op::FSYNC as usize] = commit_wait("fsync", 16);
-    t[op::SETXATTR as usize] = h("setxattr", 8, setxattr);
+    t[op::SETXATTR as usize] = h("setxattr", 16, setxattr);
     t[op::GETXATTR as usize] = h("getxattr", 8, getxattr);
     t[op::LISTXATTR as usize] = h("listxattr", 8, listxattr);
     t[op::REMOVEXATTR as usize] = h("removexattr", 0, removexattr);
@@ -549,11 +554,17 @@ fn release(o: &Ops, req: &Request, _: &mut Out) -> Res {
     Ok(o.fs.release_handle(req.hdr.nodeid, fh)?)
 }
 
-/// `fuse_setxattr_in` (8 bytes): size, flags (u32); payload: name, NUL,
-/// value.
+/// `fuse_setxattr_in` (16 bytes with FUSE_SETXATTR_EXT): size, flags,
+/// setxattr_flags, padding (u32); payload: name, NUL, value.
 fn setxattr(o: &Ops, req: &Request, _: &mut Out) -> Res {
+    /// In `setxattr_flags`: setting this ACL must drop set-group-ID (the
+    /// caller is outside the file's group and lacks CAP_FSETID).
+    const FUSE_SETXATTR_ACL_KILL_SGID: u32 = 1 << 0;
     let mut a = Args::new(req.op);
     let (size, flags) = a.u32().zip(a.u32()).ok_or(EINVAL)?;
+    let kill_sgid = a
+        .u32()
+        .is_some_and(|f| f & FUSE_SETXATTR_ACL_KILL_SGID != 0);
     let flags = flags as i32;
     let mut p = Args::new(req.payload);
     let name = p.name().ok_or(EINVAL)?;
@@ -565,7 +576,11 @@ fn setxattr(o: &Ops, req: &Request, _: &mut Out) -> Res {
     if flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 || (create && replace) {
         return Err(EINVAL);
     }
-    Ok(o.fs.setxattr(req.hdr.nodeid, name, value, create, replace)?)
+    o.fs.setxattr(req.hdr.nodeid, name, value, create, replace)?;
+    if kill_sgid && o.fs.drop_sgid(req.hdr.nodeid)? {
+        o.tell_attrs_changed(req.hdr.nodeid);
+    }
+    Ok(())
 }
 
 /// `fuse_getxattr_in`: size, padding (u32). Size 0 asks for the length
