@@ -348,7 +348,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             store: Some(store),
         } => on_private_mount(&store, false, |mnt| {
             run(Command::Log {
-                path: mnt.join(path.strip_prefix("/").unwrap_or(&path)),
+                path: in_mount(mnt, &path),
                 json,
                 history_name,
                 store: None,
@@ -366,7 +366,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             run(Command::Diff {
                 v1,
                 v2,
-                path: Some(mnt.join(path.strip_prefix("/").unwrap_or(&path))),
+                path: Some(in_mount(mnt, &path)),
                 json,
                 history_name,
                 store: None,
@@ -379,11 +379,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             history_name,
             store: Some(store),
         } => on_private_mount(&store, true, |mnt| {
-            let inside = |p: &Path| mnt.join(p.strip_prefix("/").unwrap_or(p));
             run(Command::Restore {
-                path: inside(&path),
+                path: in_mount(mnt, &path),
                 at,
-                to: to.as_deref().map(inside),
+                to: to.as_deref().map(|p| in_mount(mnt, p)),
                 history_name,
                 store: None,
             })
@@ -819,6 +818,12 @@ fn history(path: &Path, history_name: &str) -> anyhow::Result<(zippyfs::tools::H
         },
         rel,
     ))
+}
+
+/// `path` (from the filesystem's root, with or without a leading `/`) in
+/// the mount at `mnt`.
+fn in_mount(mnt: &Path, path: &Path) -> PathBuf {
+    mnt.join(path.strip_prefix("/").unwrap_or(path))
 }
 
 /// Runs `f` on a mount of the unmounted store in `store`, made for it in a

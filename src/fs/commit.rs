@@ -1,0 +1,620 @@
+//! The commit pipeline: the cut across shards, the store transaction that
+//! writes it (its large blocks hashed and written on the shards' I/O
+//! threads), making room on a full disk, and what happens when a commit
+//! fails in a way that leaves the in-memory state unsure.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use parking_lot::MutexGuard;
+
+use super::*;
+use crate::store::{Reserved, Store, StoreError, StoreResult, VersionInfo, extent_checksum};
+
+impl Fs {
+    /// Stops claiming durability: after a failure that leaves the changes
+    /// held in memory unsure (a commit that panicked half way, a store
+    /// whose writes failed), committing them could make a wrong state
+    /// durable and answering fsync would be a lie. Every later change,
+    /// fsync and commit fails with EIO; reads go on; the store is poisoned
+    /// so nothing more is written to it, and the next mount opens it at
+    /// the last commit that completed.
+    fn fail(&self, why: String) {
+        self.store.poison();
+        if self.failed.set(why.clone()).is_ok() {
+            tracing::error!(
+                "{why}. From now on every write, fsync and commit fails with EIO (reads go on); \
+                 changes not committed by then are lost. Unmount and mount again: the store \
+                 opens at version {}, the last commit that completed",
+                self.store.latest_version().unwrap_or(0)
+            );
+        }
+    }
+
+    /// Why the filesystem stopped taking changes, if it did (see [`Fs::fail`]).
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+
+    /// Changes held in memory, not yet in any version: (inodes changed,
+    /// bytes of data, some names they were given).
+    pub fn unsaved(&self) -> (usize, u64, Vec<String>) {
+        let mut inodes = std::collections::HashSet::new();
+        let mut bytes = 0;
+        let mut names = Vec::new();
+        for sh in self.shards.iter() {
+            let sh = sh.lock();
+            for d in std::iter::once(&sh.delta).chain(sh.committing.as_deref()) {
+                inodes.extend(d.inodes.keys().copied());
+                inodes.extend(d.blocks.keys().map(|(i, _)| *i));
+                inodes.extend(d.xattrs.keys().map(|(i, _)| *i));
+                bytes += d.bytes;
+                for ents in d.dirents.values() {
+                    for (name, e) in ents {
+                        if e.is_some() && names.len() < 8 {
+                            names.push(String::from_utf8_lossy(name).into_owned());
+                        }
+                    }
+                }
+            }
+        }
+        (inodes.len(), bytes, names)
+    }
+
+    /// Makes the commit panic at `step` (tests of what a panic leaves).
+    #[cfg(test)]
+    pub(crate) fn panic_at(&self, step: Option<&'static str>) {
+        *self.panic_at.lock() = step;
+    }
+
+    /// Where a test may make the commit panic.
+    fn step(&self, _name: &'static str) {
+        #[cfg(test)]
+        {
+            if *self.panic_at.lock() == Some(_name) {
+                panic!("injected panic at commit step {_name:?}");
+            }
+            let hook = self.on_step.lock().clone();
+            if let Some(h) = hook {
+                h(_name);
+            }
+        }
+    }
+
+    /// Runs `hook` at every commit step (tests).
+    #[cfg(test)]
+    pub(crate) fn on_step(&self, hook: Option<Arc<dyn Fn(&'static str) + Send + Sync>>) {
+        *self.on_step.lock() = hook;
+    }
+
+    /// Commits every change so far, or fails. A failure that leaves the
+    /// in-memory state unsure (a panic anywhere in the commit, a poisoned
+    /// store) fails the filesystem (see [`Fs::fail`]); any other (a full
+    /// disk) puts the changes back for the next commit.
+    pub(super) fn commit_now(&self, cause: &str) -> FsResult<()> {
+        if let Some(why) = self.failed.get() {
+            tracing::debug!("commit refused: {why}");
+            return err(libc::EIO);
+        }
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.commit_making_room(cause)
+        }));
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                if matches!(e, FsError::Store(StoreError::Poisoned)) || self.store.is_poisoned() {
+                    self.fail(format!(
+                        "a commit failed and the store cannot be trusted: {e}"
+                    ));
+                }
+                Err(e)
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                self.fail(format!("a commit panicked ({what})"));
+                err(libc::EIO)
+            }
+        }
+    }
+
+    /// Commits; when the disk is full, lets the oldest kept versions go,
+    /// one at a time, and tries again, until the commit fits or only the
+    /// newest version is left (then the error stands: the data waits in
+    /// memory for space). History gives way to new data, never the other
+    /// way round; the log and the versions' causes say which went.
+    fn commit_making_room(&self, cause: &str) -> FsResult<()> {
+        // Counted only once the disk is full: the version list is not
+        // copied on every commit.
+        let mut rounds: Option<usize> = None;
+        let mut let_go: Option<(VersionInfo, VersionInfo)> = None;
+        let r = loop {
+            let e = match self.cut_and_commit(cause) {
+                Err(FsError::Store(e)) if e.is_no_space() => e,
+                r => break r,
+            };
+            // The oldest version that is not itself a record of letting go.
+            let versions = self.store.versions();
+            let rounds = rounds.get_or_insert(versions.len());
+            let Some(oldest) = versions
+                .iter()
+                .find(|v| !v.cause.starts_with(LET_GO))
+                .filter(|v| Some(v.id) != versions.last().map(|l| l.id) && *rounds > 0)
+            else {
+                break Err(e.into());
+            };
+            *rounds -= 1;
+            let mut t = self.store.begin_write()?;
+            t.use_reserve();
+            // Earlier records of letting go hold nothing of their own: the
+            // newest one says how far it went.
+            let records: Vec<u64> = versions
+                .iter()
+                .filter(|v| v.cause.starts_with(LET_GO))
+                .map(|v| v.id)
+                .collect();
+            t.let_go_of(records.iter().copied().chain([oldest.id]).collect());
+            t.commit(&format!("{LET_GO} {} let go", oldest.id))?;
+            let first = let_go.map_or_else(|| oldest.clone(), |(f, _)| f);
+            let_go = Some((first, oldest.clone()));
+        };
+        if let Some((first, last)) = let_go
+            && let Some(quiet) = self.space_log.lock().allow()
+        {
+            tracing::warn!(
+                "the disk holding the store is full: versions {} to {} ({} to {}) let go to make \
+                 room, {} kept{}{}",
+                first.id,
+                last.id,
+                history::rfc3339(first.time),
+                history::rfc3339(last.time),
+                self.store.versions().len(),
+                if r.is_err() { "; still no room" } else { "" },
+                if quiet > 0 {
+                    format!(" ({quiet} more times since this was last logged)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        r
+    }
+
+    fn cut_and_commit(&self, cause: &str) -> FsResult<()> {
+        // The cut: every shard at once.
+        let mut deltas: Vec<(usize, Arc<Delta>)> = Vec::new();
+        {
+            let mut guards: Vec<MutexGuard<'_, Shard>> =
+                self.shards.iter().map(|s| s.lock()).collect();
+            for (i, g) in guards.iter_mut().enumerate() {
+                if g.delta.is_empty() {
+                    continue;
+                }
+                let d = Arc::new(std::mem::take(&mut g.delta));
+                g.committing = Some(d.clone());
+                deltas.push((i, d));
+            }
+        }
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        self.step("cut");
+        let result = self.write_deltas(&deltas, cause);
+        self.step("after commit");
+        let bytes: u64 = deltas.iter().map(|(_, d)| d.bytes).sum();
+        for (i, d) in deltas {
+            let mut g = self.shards[i].lock();
+            g.committing = None;
+            if result.is_err() {
+                // Put the changes back under the newer ones.
+                let mut old = Arc::try_unwrap(d).unwrap_or_else(|a| (*a).clone());
+                old.absorb(std::mem::take(&mut g.delta));
+                g.delta = old;
+            }
+        }
+        if result.is_ok() {
+            self.sub_dirty(bytes);
+        }
+        result
+    }
+
+    fn write_deltas(&self, deltas: &[(usize, Arc<Delta>)], cause: &str) -> FsResult<()> {
+        // Phase timings, logged at debug level (the store logs its own).
+        let t0 = std::time::Instant::now();
+        let mut t = self.store.begin_write()?;
+        // A commit that creates nothing and adds no data (deletes, renames,
+        // attribute changes) may use the reserve: on a full disk, deleting
+        // must still work, and nothing can fill the reserve with it.
+        let first_new = self.committed_next_ino.load(Ordering::Relaxed);
+        if deltas.iter().all(|(_, d)| d.only_frees(first_new)) {
+            t.use_reserve();
+        }
+        self.step("edit");
+        let t1 = std::time::Instant::now();
+        let mut big: Vec<BlockJob> = Vec::new();
+        let mut meta = Vec::with_capacity(28);
+        let next_ino = self.next_ino.load(Ordering::Relaxed);
+        meta.extend_from_slice(&next_ino.to_le_bytes());
+        meta.extend_from_slice(&(self.block_size as u32).to_le_bytes());
+        meta.extend_from_slice(&self.fs_id.to_le_bytes());
+        t.put(META_KEY, &meta)?;
+        for (shard, d) in deltas {
+            // Inodes that are gone take all their keys with them.
+            for (&ino, i) in &d.inodes {
+                if i.is_none() {
+                    t.delete(&inode_key(ino))?;
+                    t.delete(&symlink_key(ino))?;
+                    t.delete(&orphan_key(ino))?;
+                    delete_prefix(&mut t, &block_prefix(ino))?;
+                    delete_prefix(&mut t, &xattr_prefix(ino))?;
+                }
+            }
+            for (&ino, &from) in &d.truncs {
+                let start = block_key(ino, from);
+                let end = prefix_end(&block_prefix(ino));
+                delete_range(&mut t, &start, &end)?;
+            }
+            for (&ino, i) in &d.inodes {
+                if let Some(i) = i {
+                    t.put(&inode_key(ino), &i.encode())?;
+                }
+            }
+            for (&dir, ents) in &d.dirents {
+                for (name, e) in ents {
+                    let k = dirent_key(dir, name);
+                    match e {
+                        Some((ino, kind)) => {
+                            let mut v = [0u8; 9];
+                            v[..8].copy_from_slice(&ino.to_le_bytes());
+                            v[8] = kind.code();
+                            t.put(&k, &v)?;
+                        }
+                        None => {
+                            t.delete(&k)?;
+                        }
+                    }
+                }
+            }
+            // Large blocks get an extent now and are hashed and written
+            // below, by their shard's I/O thread; small ones live in the entry.
+            let mut mine = Vec::new();
+            for (&(ino, idx), b) in &d.blocks {
+                let k = block_key(ino, idx);
+                match b {
+                    Some(data) if data.len() > INLINE_BLOCK => {
+                        mine.push((ino, idx, t.reserve_extent(data.len() as u64)?));
+                    }
+                    Some(data) if !data.is_empty() => {
+                        let mut v = Vec::with_capacity(32 + data.len());
+                        v.extend_from_slice(blake3::hash(data).as_bytes());
+                        v.extend_from_slice(data);
+                        t.put(&k, &v)?;
+                    }
+                    _ => {
+                        t.delete(&k)?;
+                    }
+                }
+            }
+            if !mine.is_empty() {
+                big.push(BlockJob {
+                    shard: *shard,
+                    delta: Arc::clone(d),
+                    blocks: mine,
+                });
+            }
+            for ((ino, name), v) in &d.xattrs {
+                let k = xattr_key(*ino, name);
+                match v {
+                    Some(v) => t.put(&k, v)?,
+                    None => {
+                        t.delete(&k)?;
+                    }
+                }
+            }
+            for (&ino, target) in &d.symlinks {
+                t.put(&symlink_key(ino), target)?;
+            }
+            for (&ino, &orphan) in &d.orphans {
+                if orphan {
+                    t.put(&orphan_key(ino), b"")?;
+                } else {
+                    t.delete(&orphan_key(ino))?;
+                }
+            }
+        }
+        let t2 = std::time::Instant::now();
+        let blocks: usize = big.iter().map(|j| j.blocks.len()).sum();
+        for written in self.write_blocks(big)? {
+            for w in written {
+                t.put_with_reserved(&block_key(w.ino, w.idx), &w.hash, w.extent, w.sum)?;
+            }
+        }
+        let t3 = std::time::Instant::now();
+        self.step("store commit");
+        t.commit(cause)?;
+        self.committed_next_ino.store(next_ino, Ordering::Relaxed);
+        tracing::debug!(
+            blocks,
+            wait_writer = ?(t1 - t0),
+            edit = ?(t2 - t1),
+            hash_write = ?(t3 - t2),
+            store_commit = ?t3.elapsed(),
+            "fs commit"
+        );
+        Ok(())
+    }
+
+    /// Hashes and writes large dirty blocks into their reserved extents:
+    /// each shard's on its I/O thread, all shards at once. Returns only when
+    /// every job has finished, whatever failed.
+    fn write_blocks(&self, jobs: Vec<BlockJob>) -> FsResult<Vec<Vec<Written>>> {
+        // A small commit (an fsync after a few writes) is done here: handing
+        // it to other threads costs a cross-CPU wake-up each, more than
+        // hashing and writing a few blocks.
+        let bytes: u64 = jobs.iter().flat_map(|j| &j.blocks).map(|b| b.2.len).sum();
+        let io = self.io.as_ref().filter(|_| bytes > INLINE_COMMIT_BYTES);
+        self.step("blocks");
+        let Some(io) = io else {
+            return jobs
+                .iter()
+                .map(|j| write_block_job(&self.store, j).map_err(FsError::from))
+                .collect();
+        };
+        #[cfg(test)]
+        let boom = *self.panic_at.lock() == Some("blocks on an I/O thread");
+        #[cfg(not(test))]
+        let boom = false;
+        // A large commit is usually one file's (one shard's) blocks: spread
+        // them over every I/O thread, in contiguous runs of their extents,
+        // so one big file is hashed and written on every core.
+        let jobs: Vec<BlockJob> = jobs
+            .into_iter()
+            .flat_map(|j| split_job(j, io.len()))
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let total = jobs.len();
+        let mut sent = 0;
+        for (i, job) in jobs.into_iter().enumerate() {
+            let store = Arc::clone(&self.store);
+            let tx = tx.clone();
+            let shard = job.shard;
+            if io.run(
+                shard,
+                Box::new(move || {
+                    if boom {
+                        panic!("injected panic at commit step \"blocks on an I/O thread\"");
+                    }
+                    let _ = tx.send((i, write_block_job(&store, &job)));
+                }),
+            ) {
+                sent += 1;
+            }
+        }
+        drop(tx);
+        // Every job that was handed out finishes before this returns.
+        let mut results: Vec<(usize, StoreResult<Vec<Written>>)> = rx.iter().take(sent).collect();
+        if sent < total || results.len() < sent {
+            // A job that never answered panicked (or its thread is gone):
+            // what it wrote is unknown.
+            self.fail(format!(
+                "{} of {total} block writers did not finish (a panic on an I/O thread)",
+                total - results.len()
+            ));
+            return err(libc::EIO);
+        }
+        results.sort_by_key(|r| r.0);
+        results
+            .into_iter()
+            .map(|(_, r)| r.map_err(FsError::from))
+            .collect()
+    }
+
+    /// Runs the background committer until `stop` is called.
+    pub fn spawn_flusher(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+        let fs = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("zippy-flush".into())
+            .spawn(move || {
+                let interval = fs.opts.flush_interval;
+                let mut log = RepeatedError::default();
+                while fs.flush.wait(interval) {
+                    match fs.commit("writeback") {
+                        Ok(()) => log.ok(),
+                        Err(e) => log.failed(&e.to_string()),
+                    }
+                }
+            })
+            .expect("spawn the committer thread")
+    }
+
+    /// Stops the committer and commits what is left.
+    pub fn shutdown(&self) -> FsResult<()> {
+        self.unmounting.store(true, Ordering::Release);
+        self.flush.stop();
+        self.commit("unmount")
+    }
+}
+
+/// Lets a repeated log line through at most once a minute.
+#[derive(Default)]
+pub(super) struct Throttle {
+    last: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    /// `Some(lines held back since the last one)` if this one may go out.
+    fn allow(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|t| now - t < Duration::from_secs(60)) {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+/// How the cause of a commit that let old versions go for space begins.
+const LET_GO: &str = "disk full: versions up to";
+
+/// Logs a background commit's failure once, then the same failure again
+/// at most once a minute with how often it happened meanwhile, so a full
+/// disk does not fill the log (each write that finds the cache full asks
+/// for a commit).
+#[derive(Default)]
+struct RepeatedError {
+    last: String,
+    since: Option<std::time::Instant>,
+    repeats: u64,
+}
+
+impl RepeatedError {
+    const QUIET: Duration = Duration::from_secs(60);
+
+    fn failed(&mut self, e: &str) {
+        let now = std::time::Instant::now();
+        let quiet = self.last == e && self.since.is_some_and(|t| now - t < Self::QUIET);
+        if quiet {
+            self.repeats += 1;
+            return;
+        }
+        if self.repeats > 0 {
+            tracing::error!(
+                "background commit failed: {e} (and {} more times since it was last logged)",
+                self.repeats
+            );
+        } else {
+            tracing::error!("background commit failed: {e}");
+        }
+        self.last = e.to_string();
+        self.since = Some(now);
+        self.repeats = 0;
+    }
+
+    fn ok(&mut self) {
+        if !self.last.is_empty() {
+            tracing::info!(
+                "background commits succeed again (after {} unlogged failures)",
+                self.repeats
+            );
+        }
+        *self = RepeatedError::default();
+    }
+}
+
+/// Commits with at most this much block data hash and write it on the
+/// committing thread (see `write_blocks`).
+const INLINE_COMMIT_BYTES: u64 = 1 << 20;
+
+/// Large dirty blocks of one shard (or a run of them), with the extents
+/// reserved for them, for the I/O thread `shard`.
+struct BlockJob {
+    shard: usize,
+    delta: Arc<Delta>,
+    blocks: Vec<(u64, u64, Reserved)>,
+}
+
+/// A block written into its extent.
+struct Written {
+    ino: u64,
+    idx: u64,
+    extent: Reserved,
+    hash: [u8; 32],
+    sum: u64,
+}
+
+/// `job` as up to `n` jobs of contiguous runs of its blocks, one per I/O
+/// thread, starting with the job's own shard.
+fn split_job(job: BlockJob, n: usize) -> Vec<BlockJob> {
+    if n <= 1 || job.blocks.len() < 2 {
+        return vec![job];
+    }
+    let per = job.blocks.len().div_ceil(n);
+    job.blocks
+        .chunks(per)
+        .enumerate()
+        .map(|(i, run)| BlockJob {
+            shard: (job.shard + i) % n,
+            delta: Arc::clone(&job.delta),
+            blocks: run.to_vec(),
+        })
+        .collect()
+}
+
+/// How much of a job's adjacent extents early writeback hands the disk at a
+/// time: one request per 64 KiB block cost a system call and a virtio
+/// notification each (tuning.md, early writeback).
+const WRITEBACK_RUN: u64 = 1 << 20;
+
+fn write_block_job(store: &Store, job: &BlockJob) -> StoreResult<Vec<Written>> {
+    let last = job.blocks.len().saturating_sub(1);
+    // Extents written and not yet handed to the disk: first, last, bytes.
+    let mut run: Option<(Reserved, Reserved, u64)> = None;
+    let mut out = Vec::with_capacity(job.blocks.len());
+    for (i, &(ino, idx, extent)) in job.blocks.iter().enumerate() {
+        let data = job
+            .delta
+            .blocks
+            .get(&(ino, idx))
+            .and_then(|b| b.as_deref())
+            .unwrap_or(&[]);
+        if i == last
+            && let Some((first, prev, _)) = run.take()
+        {
+            store.start_writeback(&first, &prev);
+        }
+        store.write_reserved(&extent, data)?;
+        // The disk starts on the blocks written so far, a run of adjacent
+        // extents at a time, while this thread hashes and copies the next
+        // ones (what is left of the run goes before the job's last block).
+        // Not the job's last: a commit of one block (an fsync) gains
+        // nothing, and its extent would go out apart from the nodes that
+        // follow it, one more write request (measured in tuning.md).
+        if i < last {
+            run = match run {
+                Some((first, prev, bytes)) if prev.adjoins(&extent) => {
+                    Some((first, extent, bytes + extent.len))
+                }
+                Some((first, prev, _)) => {
+                    store.start_writeback(&first, &prev);
+                    Some((extent, extent, extent.len))
+                }
+                None => Some((extent, extent, extent.len)),
+            };
+            if let Some((first, prev, bytes)) = run
+                && bytes >= WRITEBACK_RUN
+            {
+                store.start_writeback(&first, &prev);
+                run = None;
+            }
+        }
+        out.push(Written {
+            ino,
+            idx,
+            extent,
+            hash: *blake3::hash(data).as_bytes(),
+            sum: extent_checksum(data),
+        });
+    }
+    Ok(out)
+}
+
+fn delete_prefix(t: &mut crate::store::WriteTxn<'_>, prefix: &[u8]) -> FsResult<()> {
+    delete_range(t, prefix, &prefix_end(prefix))
+}
+
+fn delete_range(t: &mut crate::store::WriteTxn<'_>, start: &[u8], end: &[u8]) -> FsResult<()> {
+    let keys: Vec<Vec<u8>> = t
+        .range((Bound::Included(start), Bound::Excluded(end)))?
+        .map(|r| r.map(|(k, _)| k.to_vec()))
+        .collect::<Result<_, _>>()?;
+    for k in keys {
+        t.delete(&k)?;
+    }
+    Ok(())
+}
