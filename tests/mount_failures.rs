@@ -342,3 +342,79 @@ fn fallocate_past_what_the_disk_holds_fails_at_once_as_on_ext4() {
     assert!(std::fs::read(m.path().join("fits")).expect("read") == data);
     assert!(m.unmount().success());
 }
+
+/// Bytes free to an unprivileged writer on the filesystem holding `p`.
+fn avail(p: &Path) -> u64 {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: statvfs is plain old data, valid zeroed.
+    let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut v) }, 0, "statvfs");
+    v.f_bavail * v.f_frsize
+}
+
+#[test]
+fn a_fallocated_file_is_written_in_full_after_other_writers_filled_the_disk() {
+    if !common::fuse_or_skip() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let disk = LoopExt4::new("128M");
+    let store = disk.path().join("store");
+    let m = common::Mounted::start(&store, &[]);
+    const KEPT: usize = 32 << 20;
+    let before = avail(m.path());
+    assert_eq!(fallocate_new(m.path(), "kept", KEPT as i64), 0);
+    assert_eq!(common::daemon_json(m.path())["promised_bytes"], KEPT as u64);
+    let after = avail(m.path());
+    assert!(
+        before.saturating_sub(after) >= KEPT as u64,
+        "df does not count the allocation: {before} free before, {after} after"
+    );
+    // Another writer fills the disk: refused before it takes the promised space.
+    let filler = std::fs::File::create(m.path().join("filler")).expect("filler");
+    let chunk = content(1 << 20, 3);
+    let mut refused = None;
+    for i in 0..200u64 {
+        let r = filler
+            .write_all_at(&chunk, i << 20)
+            .and_then(|()| filler.sync_all());
+        if let Err(e) = r {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (at, e) = refused.expect("200 MiB never filled a 128 MiB disk");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    assert!(at >= 16, "the filler was refused after only {at} MiB");
+    drop(filler);
+    // The fallocated file takes all it was promised, and it is durable.
+    let data = content(KEPT, 11);
+    let kept = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.path().join("kept"))
+        .expect("open kept");
+    kept.write_all_at(&data, 0)
+        .expect("writing a fallocated range failed");
+    kept.sync_all().expect("fsync of a fallocated range failed");
+    assert_eq!(kept.metadata().expect("stat").len(), KEPT as u64);
+    drop(kept);
+    assert_eq!(common::daemon_json(m.path())["promised_bytes"], 0);
+    // A promise that is never written goes with its file.
+    std::fs::remove_file(m.path().join("filler")).expect("rm filler");
+    common::fsync_root(m.path());
+    let spare = std::fs::File::create(m.path().join("spare")).expect("spare");
+    // SAFETY: a plain system call on a descriptor we own.
+    let r = unsafe { libc::fallocate(spare.as_raw_fd(), 0, 0, 4 << 20) };
+    assert_eq!(r, 0);
+    assert_eq!(common::daemon_json(m.path())["promised_bytes"], 4 << 20);
+    drop(spare);
+    std::fs::remove_file(m.path().join("spare")).expect("rm spare");
+    assert_eq!(common::daemon_json(m.path())["promised_bytes"], 0);
+    assert!(m.unmount().success());
+    let m = common::Mounted::start(&store, &[]);
+    assert!(std::fs::read(m.path().join("kept")).expect("read") == data);
+    assert!(m.unmount().success());
+    common::fsck_clean(&store);
+}

@@ -218,6 +218,7 @@ impl Fs {
         }
         if result.is_ok() {
             self.sub_dirty(bytes);
+            self.refresh_room();
         }
         result
     }

@@ -205,11 +205,13 @@ impl Fs {
         let st = self.store.stats();
         let fsck = self.fsck_report();
         format!(
-            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"versions\": {}, \"gc_runs\": {}, \"fsck_runs\": {}, \"fsck_problems\": {}, \"fsck_report\": \"{}\", \"fsck_checked\": {}, \"fsck_total\": {}, \"transport\": \"{}\", \"requests_ring\": {}, \"requests_dev\": {}, \"requests_by_opcode\": {}, \"failed\": {}, \"state\": \"{}\", \"retention\": \"{}\"}}\n",
+            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"dirty_bytes\": {}, \"promised_bytes\": {}, \"versions\": {}, \"gc_runs\": {}, \"fsck_runs\": {}, \"fsck_problems\": {}, \"fsck_report\": \"{}\", \"fsck_checked\": {}, \"fsck_total\": {}, \"transport\": \"{}\", \"requests_ring\": {}, \"requests_dev\": {}, \"requests_by_opcode\": {}, \"failed\": {}, \"state\": \"{}\", \"retention\": \"{}\"}}\n",
             std::process::id(),
             st.file_bytes,
             st.free_pages,
             st.retained_pages,
+            self.dirty_bytes(),
+            self.promised_bytes(),
             st.versions,
             self.gc_runs(),
             fsck.0,

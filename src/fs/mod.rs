@@ -29,6 +29,7 @@ pub mod error;
 mod flush;
 mod history;
 pub mod inode;
+mod promise;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -235,6 +236,8 @@ struct Shard {
     /// only ones a FORGET or a last close may delete (so neither looks an
     /// inode up otherwise).
     nameless: std::collections::HashSet<u64>,
+    /// Blocks promised by `fallocate` and not yet filled, per file.
+    promises: HashMap<u64, promise::Blocks>,
 }
 
 impl Shard {
@@ -262,6 +265,14 @@ pub struct Fs {
     block_size: u64,
     opts: FsOptions,
     dirty_bytes: AtomicU64,
+    /// Bytes promised by `fallocate` (every shard's `promises`).
+    promised: AtomicU64,
+    /// What the store could take, as last measured (`u64::MAX`: unknown);
+    /// see [`Fs::refresh_room`].
+    room: AtomicU64,
+    /// A ceiling on the room measured, for tests of a disk that is full.
+    #[cfg(test)]
+    room_cap: AtomicU64,
     flush: flush::Flusher,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     /// Generated files' contents, taken once per open handle so that a
@@ -354,6 +365,7 @@ impl Fs {
         let store = Store::open(dir, opts.store.clone())?;
         let mut fs = Fs::with_store(store, opts)?;
         fs.statfs_path = Some(dir.to_path_buf());
+        fs.refresh_room();
         Ok(fs)
     }
 
@@ -381,6 +393,10 @@ impl Fs {
             block_size: bs as u64,
             opts,
             dirty_bytes: AtomicU64::new(0),
+            promised: AtomicU64::new(0),
+            room: AtomicU64::new(u64::MAX),
+            #[cfg(test)]
+            room_cap: AtomicU64::new(u64::MAX),
             flush: flush::Flusher::default(),
             dirs: Mutex::new(HashMap::new()),
             generated: Mutex::new(HashMap::new()),
@@ -722,8 +738,14 @@ impl Fs {
             self.sub_dirty(freed);
             let t = d.truncs.entry(ino).or_insert(keep);
             *t = (*t).min(keep);
+            self.drop_promise(sh, ino, keep, u64::MAX);
         }
         Ok(())
+    }
+
+    /// Bytes of data changed in memory and not yet committed.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty_bytes.load(Ordering::Relaxed)
     }
 
     fn sub_dirty(&self, n: u64) {
@@ -1029,6 +1051,7 @@ impl Fs {
             .map(|(_, v)| v.as_ref().map_or(0, |v| v.len() as u64))
             .sum();
         sh.delta.drop_inode_data(ino);
+        self.drop_promise(sh, ino, 0, u64::MAX);
         sh.delta.bytes = sh.delta.bytes.saturating_sub(freed);
         self.sub_dirty(freed);
         sh.delta.inodes.insert(ino, None);
@@ -1080,6 +1103,7 @@ impl Fs {
         if end > MAX_FILE_SIZE {
             return err(libc::EFBIG);
         }
+        self.admit_write(ino, offset, end)?;
         self.before_dirty(data.len() as u64)?;
         {
             let mut sh = self.shard(ino);
@@ -1118,6 +1142,9 @@ impl Fs {
                     self.put_block(&mut sh, ino, idx, Some(buf));
                 }
                 pos += n as u64;
+            }
+            if !sh.promises.is_empty() && end > offset {
+                self.fill_promise(&mut sh, ino, offset / bs, (end - 1) / bs);
             }
             let now = Time::now();
             i.size = i.size.max(end);
@@ -1570,37 +1597,27 @@ impl Fs {
             bsize: 4096,
             namelen: NAME_MAX as u32,
         };
-        if let Some(p) = &self.statfs_path {
-            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-                .map_err(|_| FsError::Errno(libc::EINVAL))?;
-            let mut v: libc::statvfs = unsafe_zeroed_statvfs();
-            // SAFETY: `c` is a valid NUL-terminated path and `v` a valid out-pointer.
-            if unsafe { libc::statvfs(c.as_ptr(), &mut v) } == 0 {
-                // The host filesystem's blocks, in 4 KiB units; the store's
-                // free pages are free space too.
-                let frsize = v.f_frsize.max(1);
-                let free_pages = self.store.stats().free_pages;
-                st.blocks = v.f_blocks * frsize / 4096;
-                st.bfree = v.f_bfree * frsize / 4096 + free_pages;
-                st.bavail = v.f_bavail * frsize / 4096 + free_pages;
-            }
+        if let Some(v) = self.host_statvfs() {
+            // The host filesystem's blocks, in 4 KiB units; the store's
+            // free pages are free space too, and what `fallocate` promised
+            // is not (it is in use, as on a local filesystem).
+            let frsize = v.f_frsize.max(1);
+            let free_pages = self.store.stats().free_pages;
+            let promised = self.promised_bytes() / 4096;
+            st.blocks = v.f_blocks * frsize / 4096;
+            st.bfree = (v.f_bfree * frsize / 4096 + free_pages).saturating_sub(promised);
+            st.bavail = (v.f_bavail * frsize / 4096 + free_pages).saturating_sub(promised);
         }
         Ok(st)
     }
 
-    /// Bytes the store could still take now: the disk's free space, the
-    /// store's free pages and what old versions hold (they give way to new
-    /// data), less the reserve and the dirty data already waiting in
-    /// memory. `None` when the store's disk is unknown (no store directory).
-    fn space_left(&self) -> Option<u64> {
-        self.statfs_path.as_ref()?;
-        let st = self.statfs().ok()?;
-        let stats = self.store.stats();
-        let free = (st.bavail + stats.retained_pages).saturating_mul(4096);
-        Some(
-            free.saturating_sub(self.opts.store.reserve)
-                .saturating_sub(self.dirty_bytes.load(Ordering::Relaxed)),
-        )
+    /// The host filesystem's `statvfs` for the store directory, if known.
+    fn host_statvfs(&self) -> Option<libc::statvfs> {
+        let p = self.statfs_path.as_ref()?;
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
+        let mut v: libc::statvfs = unsafe_zeroed_statvfs();
+        // SAFETY: `c` is a valid NUL-terminated path and `v` a valid out-pointer.
+        (unsafe { libc::statvfs(c.as_ptr(), &mut v) } == 0).then_some(v)
     }
 
     // ---- extended attributes ----
@@ -1793,6 +1810,10 @@ impl Fs {
         if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 && mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
             return err(libc::EINVAL);
         }
+        let allocate = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) == 0;
+        if allocate {
+            self.refresh_room();
+        }
         let mut sh = self.shard(ino);
         let snap = self.snap()?;
         let mut i = self.inode_in(&sh, &snap, ino)?;
@@ -1803,19 +1824,18 @@ impl Fs {
                 libc::ENODEV
             });
         }
-        // Allocating past the end: refused at once if the store could not
-        // hold it now (as a local filesystem refuses it), not left to fail
-        // at a later write or commit.
-        let grows = end.saturating_sub(offset.max(i.size));
-        if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) == 0
-            && grows > 0
-            && self.space_left().is_some_and(|left| grows > left)
-        {
-            return err(libc::ENOSPC);
+        let bs = self.block_size;
+        if allocate {
+            // The blocks not yet full are promised: refused at once if the
+            // store could not hold them now, and never refused later.
+            self.promise(&mut sh, &snap, &i, offset / bs, end.div_ceil(bs))?;
+        } else if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
+            // A punch lets go of the promise for the whole blocks it
+            // covers (as ext4 frees them); zeroing keeps it.
+            self.drop_promise(&mut sh, ino, offset.div_ceil(bs), end / bs);
         }
-        if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+        if !allocate {
             // Zero the range: whole blocks become holes, partial ones are patched.
-            let bs = self.block_size;
             let zend = end.min(i.size);
             let mut pos = offset;
             while pos < zend {
