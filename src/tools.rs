@@ -7,10 +7,6 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// Inode numbers in a version view carry the real inode in their low bits
-/// (see `fs/history.rs`).
-const REAL_INO_MASK: u64 = (1 << 36) - 1;
-
 /// What a path was in one version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
@@ -38,7 +34,7 @@ fn meta(path: &Path) -> Option<Meta> {
         mode: m.mode(),
         mtime: (m.mtime(), m.mtime_nsec()),
         ctime: (m.ctime(), m.ctime_nsec()),
-        ino: m.ino() & REAL_INO_MASK,
+        ino: crate::fs::live_ino(m.ino()),
     })
 }
 

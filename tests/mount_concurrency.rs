@@ -183,7 +183,7 @@ fn fsync_storm(mode: &[&str]) -> (u64, u64) {
     (WRITERS * EACH, commits)
 }
 
-/// Fsyncs wait for a commit off the transport threads (`fuse::syncer`), so
+/// Fsyncs wait for a commit off the transport threads (`fuse::fsyncs`), so
 /// those arriving while a commit runs share the next one, across every
 /// queue, even with one transport thread (`-s`). When each transport
 /// thread ran its fsync's commit itself, this load took 169-197 commits

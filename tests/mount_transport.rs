@@ -140,7 +140,7 @@ fn unmount_under_load_exits_cleanly_and_leaves_a_clean_store() {
                         let p = root.join(format!("t{t}-{}", n % 20));
                         note("write", fs::write(&p, vec![n as u8; 70_000]));
                         if n.is_multiple_of(2) {
-                            // Some fsyncs are waiting on the syncer when the signal comes.
+                            // Some fsyncs are waiting on the fsync queue when the signal comes.
                             note("fsync", fs::File::open(&p).and_then(|f| f.sync_all()));
                         }
                         note("read", fs::read(&p).map(|_| ()));

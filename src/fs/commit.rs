@@ -10,9 +10,25 @@ use std::time::Duration;
 use parking_lot::MutexGuard;
 
 use super::*;
-use crate::store::{Reserved, Store, StoreError, StoreResult, VersionInfo, extent_checksum};
+use crate::store::{
+    Reserved, Store, StoreError, StoreResult, VersionInfo, WriteTxn, extent_checksum,
+};
 
 impl Fs {
+    /// Commits every change so far and waits until it is durable; callers
+    /// arriving while a commit runs share the next one.
+    pub fn fsync(&self) -> FsResult<()> {
+        if self.failed.get().is_some() {
+            return err(libc::EIO);
+        }
+        self.flush.sync(|| self.commit_now("fsync"))
+    }
+
+    /// Takes every shard's changes and commits them as one version.
+    pub fn commit(&self, cause: &str) -> FsResult<()> {
+        self.flush.exclusive(|| self.commit_now(cause))
+    }
+
     /// Stops claiming durability: after a failure that leaves the changes
     /// held in memory unsure (a commit that panicked half way, a store
     /// whose writes failed), committing them could make a wrong state
@@ -236,100 +252,26 @@ impl Fs {
         }
         self.step("edit");
         let t1 = std::time::Instant::now();
-        let mut big: Vec<BlockJob> = Vec::new();
         let mut meta = Vec::with_capacity(28);
         let next_ino = self.next_ino.load(Ordering::Relaxed);
         meta.extend_from_slice(&next_ino.to_le_bytes());
         meta.extend_from_slice(&(self.block_size as u32).to_le_bytes());
         meta.extend_from_slice(&self.fs_id.to_le_bytes());
         t.put(META_KEY, &meta)?;
+        let mut extent_jobs: Vec<BlockJob> = Vec::new();
         for (shard, d) in deltas {
-            // Inodes that are gone take all their keys with them.
-            for (&ino, i) in &d.inodes {
-                if i.is_none() {
-                    t.delete(&inode_key(ino))?;
-                    t.delete(&symlink_key(ino))?;
-                    t.delete(&orphan_key(ino))?;
-                    delete_prefix(&mut t, &block_prefix(ino))?;
-                    delete_prefix(&mut t, &xattr_prefix(ino))?;
-                }
-            }
-            for (&ino, &from) in &d.truncs {
-                let start = block_key(ino, from);
-                let end = prefix_end(&block_prefix(ino));
-                delete_range(&mut t, &start, &end)?;
-            }
-            for (&ino, i) in &d.inodes {
-                if let Some(i) = i {
-                    t.put(&inode_key(ino), &i.encode())?;
-                }
-            }
-            for (&dir, ents) in &d.dirents {
-                for (name, e) in ents {
-                    let k = dirent_key(dir, name);
-                    match e {
-                        Some((ino, kind)) => {
-                            let mut v = [0u8; 9];
-                            v[..8].copy_from_slice(&ino.to_le_bytes());
-                            v[8] = kind.code();
-                            t.put(&k, &v)?;
-                        }
-                        None => {
-                            t.delete(&k)?;
-                        }
-                    }
-                }
-            }
-            // Large blocks get an extent now and are hashed and written
-            // below, by their shard's I/O thread; small ones live in the entry.
-            let mut mine = Vec::new();
-            for (&(ino, idx), b) in &d.blocks {
-                let k = block_key(ino, idx);
-                match b {
-                    Some(data) if data.len() > INLINE_BLOCK => {
-                        mine.push((ino, idx, t.reserve_extent(data.len() as u64)?));
-                    }
-                    Some(data) if !data.is_empty() => {
-                        let mut v = Vec::with_capacity(32 + data.len());
-                        v.extend_from_slice(blake3::hash(data).as_bytes());
-                        v.extend_from_slice(data);
-                        t.put(&k, &v)?;
-                    }
-                    _ => {
-                        t.delete(&k)?;
-                    }
-                }
-            }
-            if !mine.is_empty() {
-                big.push(BlockJob {
+            let extents = put_delta(&mut t, d)?;
+            if !extents.is_empty() {
+                extent_jobs.push(BlockJob {
                     shard: *shard,
                     delta: Arc::clone(d),
-                    blocks: mine,
+                    blocks: extents,
                 });
-            }
-            for ((ino, name), v) in &d.xattrs {
-                let k = xattr_key(*ino, name);
-                match v {
-                    Some(v) => t.put(&k, v)?,
-                    None => {
-                        t.delete(&k)?;
-                    }
-                }
-            }
-            for (&ino, target) in &d.symlinks {
-                t.put(&symlink_key(ino), target)?;
-            }
-            for (&ino, &orphan) in &d.orphans {
-                if orphan {
-                    t.put(&orphan_key(ino), b"")?;
-                } else {
-                    t.delete(&orphan_key(ino))?;
-                }
             }
         }
         let t2 = std::time::Instant::now();
-        let blocks: usize = big.iter().map(|j| j.blocks.len()).sum();
-        for written in self.write_blocks(big)? {
+        let blocks: usize = extent_jobs.iter().map(|j| j.blocks.len()).sum();
+        for written in self.write_blocks(extent_jobs)? {
             for w in written {
                 t.put_with_reserved(&block_key(w.ino, w.idx), &w.hash, w.extent, w.sum)?;
             }
@@ -511,6 +453,87 @@ impl RepeatedError {
 /// Commits with at most this much block data hash and write it on the
 /// committing thread (see `write_blocks`).
 const INLINE_COMMIT_BYTES: u64 = 1 << 20;
+
+/// Puts one shard's delta into the transaction; returns the large blocks,
+/// each given an extent, whose bytes are still to be hashed and written.
+fn put_delta(t: &mut WriteTxn<'_>, d: &Delta) -> FsResult<Vec<(u64, u64, Reserved)>> {
+    // Inodes that are gone take all their keys with them.
+    for (&ino, i) in &d.inodes {
+        if i.is_none() {
+            t.delete(&inode_key(ino))?;
+            t.delete(&symlink_key(ino))?;
+            t.delete(&orphan_key(ino))?;
+            delete_prefix(t, &block_prefix(ino))?;
+            delete_prefix(t, &xattr_prefix(ino))?;
+        }
+    }
+    for (&ino, &from) in &d.truncs {
+        let start = block_key(ino, from);
+        let end = prefix_end(&block_prefix(ino));
+        delete_range(t, &start, &end)?;
+    }
+    for (&ino, i) in &d.inodes {
+        if let Some(i) = i {
+            t.put(&inode_key(ino), &i.encode())?;
+        }
+    }
+    for (&dir, ents) in &d.dirents {
+        for (name, e) in ents {
+            let k = dirent_key(dir, name);
+            match e {
+                Some((ino, kind)) => {
+                    let mut v = [0u8; 9];
+                    v[..8].copy_from_slice(&ino.to_le_bytes());
+                    v[8] = kind.code();
+                    t.put(&k, &v)?;
+                }
+                None => {
+                    t.delete(&k)?;
+                }
+            }
+        }
+    }
+    // Large blocks get an extent now and are hashed and written
+    // below, by their shard's I/O thread; small ones live in the entry.
+    let mut extents = Vec::new();
+    for (&(ino, idx), b) in &d.blocks {
+        let k = block_key(ino, idx);
+        match b {
+            Some(data) if data.len() > INLINE_BLOCK => {
+                extents.push((ino, idx, t.reserve_extent(data.len() as u64)?));
+            }
+            Some(data) if !data.is_empty() => {
+                let mut v = Vec::with_capacity(32 + data.len());
+                v.extend_from_slice(blake3::hash(data).as_bytes());
+                v.extend_from_slice(data);
+                t.put(&k, &v)?;
+            }
+            _ => {
+                t.delete(&k)?;
+            }
+        }
+    }
+    for ((ino, name), v) in &d.xattrs {
+        let k = xattr_key(*ino, name);
+        match v {
+            Some(v) => t.put(&k, v)?,
+            None => {
+                t.delete(&k)?;
+            }
+        }
+    }
+    for (&ino, target) in &d.symlinks {
+        t.put(&symlink_key(ino), target)?;
+    }
+    for (&ino, &orphan) in &d.orphans {
+        if orphan {
+            t.put(&orphan_key(ino), b"")?;
+        } else {
+            t.delete(&orphan_key(ino))?;
+        }
+    }
+    Ok(extents)
+}
 
 /// Large dirty blocks of one shard (or a run of them), with the extents
 /// reserved for them, for the I/O thread `shard`.

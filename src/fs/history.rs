@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::atomic::Ordering;
 
 use crate::fs::error::{FsError, FsResult, err};
 use crate::fs::inode::*;
@@ -30,8 +29,8 @@ pub const VERSIONS_DIR: u64 = u64::MAX - 2;
 /// must not cache it: see [`Fs::is_generated`]).
 pub const VERSIONS_FILE: u64 = u64::MAX - 3;
 const VERSIONS_FILE_NAME: &[u8] = b"versions.json";
-/// `daemon.json`: the serving process's pid and store directory, for the
-/// commands that act on a live mount (`zippyfs gc` signals the daemon).
+/// `daemon.json`: the serving daemon's status ([`Fs::status`]), for humans
+/// and scripts (commands ask the daemon through its control socket).
 pub const DAEMON_FILE: u64 = u64::MAX - 4;
 const DAEMON_FILE_NAME: &[u8] = b"daemon.json";
 const VIEW_BIT: u64 = 1 << 63;
@@ -53,13 +52,20 @@ fn view_ino(version: u64, ino: u64) -> FsResult<u64> {
     Ok(VIEW_BIT | version << INO_BITS | ino)
 }
 
+/// The live inode number behind `ino`: itself for a live inode, the inode a
+/// version view's entry shows for one in `.zippy/versions` (so that tools
+/// can follow one file across versions by `stat`).
+pub fn live_ino(ino: u64) -> u64 {
+    ino & ((1 << INO_BITS) - 1)
+}
+
 /// (version, inode) of a view inode number.
 fn split(vino: u64) -> Option<(u64, u64)> {
     if !is_history(vino) || vino >= DAEMON_FILE {
         return None;
     }
     let rest = vino & !VIEW_BIT;
-    Some((rest >> INO_BITS, rest & ((1 << INO_BITS) - 1)))
+    Some((rest >> INO_BITS, live_ino(rest)))
 }
 
 // ---- reading a committed version (no uncommitted changes) ----
@@ -197,44 +203,11 @@ impl Fs {
         ino == VERSIONS_FILE || ino == DAEMON_FILE
     }
 
+    /// `daemon.json`: [`Fs::status`] on one line.
     pub(crate) fn daemon_json(&self) -> Vec<u8> {
-        let store = self
-            .store_dir()
-            .map(|p| json_escape(&p.display().to_string()))
-            .unwrap_or_default();
-        let st = self.store.stats();
-        let fsck = self.fsck_report();
-        format!(
-            "{{\"pid\": {}, \"store\": \"{store}\", \"file_bytes\": {}, \"free_pages\": {}, \"retained_pages\": {}, \"dirty_bytes\": {}, \"promised_bytes\": {}, \"versions\": {}, \"gc_runs\": {}, \"fsck_runs\": {}, \"fsck_problems\": {}, \"fsck_report\": \"{}\", \"fsck_checked\": {}, \"fsck_total\": {}, \"transport\": \"{}\", \"requests_ring\": {}, \"requests_dev\": {}, \"requests_by_opcode\": {}, \"failed\": {}, \"state\": \"{}\", \"retention\": \"{}\"}}\n",
-            std::process::id(),
-            st.file_bytes,
-            st.free_pages,
-            st.retained_pages,
-            self.dirty_bytes(),
-            self.promised_bytes(),
-            st.versions,
-            self.gc_runs(),
-            fsck.0,
-            fsck.1,
-            json_escape(&fsck.2),
-            self.fsck_progress().0,
-            self.fsck_progress().1,
-            self.served().transport.lock(),
-            self.served().ring.load(Ordering::Relaxed),
-            self.served().dev.load(Ordering::Relaxed),
-            self.served().by_op_json(),
-            self.failure()
-                .map_or("null".to_string(), |w| format!("\"{}\"", json_escape(w))),
-            if self.unmounting() {
-                "unmounting"
-            } else if self.failure().is_some() {
-                "failed"
-            } else {
-                "serving"
-            },
-            json_escape(&self.store.retention().to_text()),
-        )
-        .into_bytes()
+        let mut text = serde_json::to_vec(&self.status()).unwrap_or_default();
+        text.push(b'\n');
+        text
     }
 
     /// A generated file's text as of now.

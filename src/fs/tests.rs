@@ -1,6 +1,7 @@
 //! Unit tests of the filesystem core, without a mount.
 
 use super::*;
+use data::patch_block;
 
 const ROOT_CTX: Ctx = Ctx {
     uid: 0,

@@ -10,8 +10,8 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::fsyncs::{FsyncQueue, ReplyTo};
 use super::ops::{Ops, Outcome, handler};
-use super::syncer::{ReplyTo, Syncer};
 use super::wire::{IN_HEADER_LEN, InHeader, OUT_HEADER_LEN, Out, out_header};
 
 /// Room for the largest request (a `max_write` write with its headers)
@@ -49,7 +49,7 @@ pub enum Handled {
     /// damaged to answer.
     Nothing,
     /// The request (this `unique`) waits for a commit: hand it to the
-    /// syncer, or answer it with [`commit_reply`].
+    /// fsyncs, or answer it with [`commit_reply`].
     Commit(u64),
 }
 
@@ -87,13 +87,13 @@ pub fn commit_reply(ops: &Ops, unique: u64, reply: &mut [u8]) -> Option<usize> {
 }
 
 /// Serves `fd` until the connection ends (unmount: `ENODEV`); requests
-/// that wait for a commit go to `syncer`, which answers them on `fd`.
+/// that wait for a commit go to the fsync queue (`fsyncs`), which answers them on `fd`.
 pub fn serve<'a>(
     ops: &Ops,
     fd: BorrowedFd<'a>,
     max_write: u32,
     served: &AtomicU64,
-    syncer: &Syncer<'a>,
+    fsyncs: &FsyncQueue<'a>,
 ) -> io::Result<()> {
     let mut request = vec![0u8; buffer_len(max_write)];
     let mut reply = vec![0u8; buffer_len(max_write)];
@@ -116,7 +116,7 @@ pub fn serve<'a>(
         match handle(ops, &request[..n as usize], &mut reply) {
             Handled::Reply(len) => send(fd, &reply[..len])?,
             Handled::Nothing => {}
-            Handled::Commit(unique) => syncer.defer(ReplyTo::Dev { fd, unique }),
+            Handled::Commit(unique) => fsyncs.defer(ReplyTo::Dev { fd, unique }),
         }
     }
 }

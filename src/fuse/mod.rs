@@ -31,10 +31,11 @@
 //! attributes and entries valid for [`ops::TTL`].
 
 pub mod classic;
+mod counts;
+pub mod fsyncs;
 pub mod ops;
 pub mod ring;
 mod signals;
-pub mod syncer;
 pub mod wire;
 
 use std::io;
@@ -455,7 +456,8 @@ fn run_session(
         Ok(fd) => ops.notify_through(fd),
         Err(e) => tracing::warn!("no notifications to the kernel: {e}"),
     }
-    *fs.served().transport.lock() = if uring { "uring" } else { "classic" };
+    *ops.counts.transport.lock() = if uring { "uring" } else { "classic" };
+    fs.attach_kernel(ops.counts.clone());
     live();
     let threads = opts.threads.max(1);
     let fd = session.as_fd();
@@ -551,12 +553,12 @@ fn serve_classic(
     let clones = (1..threads)
         .map(|_| classic::clone_fd(fd))
         .collect::<io::Result<Vec<_>>>()?;
-    let served = &ops.fs.served().dev;
+    let served = &ops.counts.dev;
     let pin = threads > 1;
-    let syncer = syncer::Syncer::new(ops);
+    let fsyncs = fsyncs::FsyncQueue::new(ops);
     std::thread::scope(|s| {
-        let syncer = &syncer;
-        let sync_thread = syncer.spawn(s)?;
+        let fsyncs = &fsyncs;
+        let fsync_thread = fsyncs.spawn(s)?;
         let workers = clones
             .iter()
             .enumerate()
@@ -565,19 +567,19 @@ fn serve_classic(
                     .name(format!("zippy-fuse-{}", i + 1))
                     .spawn_scoped(s, move || {
                         pin_me(i + 1, pin);
-                        classic::serve(ops, c.as_fd(), max_write, served, syncer)
+                        classic::serve(ops, c.as_fd(), max_write, served, fsyncs)
                     })
             })
             .collect::<io::Result<Vec<_>>>();
         let r = match workers {
             Ok(workers) => {
                 pin_me(0, pin);
-                join_all(classic::serve(ops, fd, max_write, served, syncer), workers)
+                join_all(classic::serve(ops, fd, max_write, served, fsyncs), workers)
             }
             Err(e) => Err(e),
         };
-        syncer.stop();
-        let _ = sync_thread.join();
+        fsyncs.stop();
+        let _ = fsync_thread.join();
         r
     })
 }

@@ -63,7 +63,7 @@ pub enum Outcome {
     /// The opcode takes no reply (FORGET, INTERRUPT, ...).
     None,
     /// The reply waits for a commit of every change so far (`fsync`): the
-    /// transport hands it to the syncer (`super::syncer`), or answers
+    /// transport hands it to the fsync queue (`super::fsyncs`), or answers
     /// after [`Ops::commit_wait`] where it has none.
     Commit,
 }
@@ -71,6 +71,8 @@ pub enum Outcome {
 /// The state handlers share: the core and what INIT settled.
 pub struct Ops {
     pub fs: Arc<Fs>,
+    /// Requests served, for `daemon.json`.
+    pub counts: Arc<super::counts::RequestCounts>,
     /// Where notifications to the kernel go (the session's `/dev/fuse`).
     notify: Option<std::os::fd::OwnedFd>,
     ttl: Ttl,
@@ -84,6 +86,7 @@ impl Ops {
         let blksize = u32::try_from(fs.block_size()).unwrap_or(u32::MAX);
         Ops {
             fs,
+            counts: Arc::default(),
             notify: None,
             ttl: Ttl {
                 secs: ttl.as_secs(),
@@ -132,7 +135,7 @@ impl Ops {
 
     /// Runs the handler of `req`'s opcode, writing the reply body to `out`.
     pub fn dispatch(&self, req: &Request, out: &mut Out) -> Outcome {
-        self.fs.served().count_op(req.hdr.opcode);
+        self.counts.count_op(req.hdr.opcode);
         let Some(h) = handler(req.hdr.opcode) else {
             tracing::debug!(opcode = req.hdr.opcode, "unsupported opcode: ENOSYS");
             return Outcome::Reply(Some(Errno(libc::ENOSYS)));

@@ -59,8 +59,8 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::classic;
+use super::fsyncs::{FsyncQueue, Mailbox, ReplyTo};
 use super::ops::{Ops, Outcome, handler};
-use super::syncer::{Mailbox, ReplyTo, Syncer};
 use super::wire::{IN_HEADER_LEN, InHeader, OUT_HEADER_LEN, Out, out_header};
 use abi::{CMD_COMMIT_AND_FETCH, CMD_REGISTER, IN_OUT_HEADER_SZ, ReqHeader, UringCmdReq};
 
@@ -113,10 +113,10 @@ pub fn serve(
         }
         r
     };
-    let syncer = Syncer::new(ops);
+    let fsyncs = FsyncQueue::new(ops);
     std::thread::scope(|s| {
-        let syncer = &syncer;
-        let sync_thread = syncer.spawn(s)?;
+        let fsyncs = &fsyncs;
+        let fsync_thread = fsyncs.spawn(s)?;
         let mut workers = Vec::new();
         let mut spawned = Ok(());
         for t in 1..threads {
@@ -128,7 +128,7 @@ pub fn serve(
                     super::pin_me(t, pin);
                     let qids = (t..queues).step_by(threads).collect();
                     failed(
-                        Queues::new(ops, fd, qids, depth, payload_len, false, gone, syncer)
+                        Queues::new(ops, fd, qids, depth, payload_len, false, gone, fsyncs)
                             .and_then(|q| q.run()),
                     )
                 });
@@ -144,13 +144,13 @@ pub fn serve(
         let qids = (0..queues).step_by(threads).collect();
         let r = spawned.and_then(|()| {
             failed(
-                Queues::new(ops, fd, qids, depth, payload_len, true, &gone, syncer)
+                Queues::new(ops, fd, qids, depth, payload_len, true, &gone, fsyncs)
                     .and_then(|q| q.run()),
             )
         });
         let r = super::join_all(r, workers);
-        syncer.stop();
-        let _ = sync_thread.join();
+        fsyncs.stop();
+        let _ = fsync_thread.join();
         r
     })
 }
@@ -216,7 +216,7 @@ struct Entry {
     iov: Box<[libc::iovec; 2]>,
     last: Cmd,
     pending: bool,
-    /// The request in the entry waits for the syncer's answer; the commit
+    /// The request in the entry waits for the fsync queue's answer; the commit
     /// id to reply to.
     deferred: Option<u64>,
 }
@@ -327,8 +327,8 @@ struct Queues<'a> {
     small_input: Vec<u8>,
     reply_aside: Vec<u8>,
     /// Where requests waiting for a commit go, and where their answers
-    /// come back (see `super::syncer`).
-    syncer: &'a Syncer<'a>,
+    /// come back (see `super::fsyncs`).
+    fsyncs: &'a FsyncQueue<'a>,
     mailbox: Arc<Mailbox>,
 }
 
@@ -342,7 +342,7 @@ impl<'a> Queues<'a> {
         payload_len: usize,
         serve_dev: bool,
         gone: &'a AtomicBool,
-        syncer: &'a Syncer<'a>,
+        fsyncs: &'a FsyncQueue<'a>,
     ) -> io::Result<Queues<'a>> {
         let n = qids.len() as u32 * depth + 2;
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
@@ -370,7 +370,7 @@ impl<'a> Queues<'a> {
             gone_at: None,
             small_input: vec![0u8; SMALL_INPUT],
             reply_aside: vec![0u8; REPLY_ASIDE],
-            syncer,
+            fsyncs,
             mailbox: Arc::new(Mailbox::new()?),
         })
     }
@@ -420,7 +420,7 @@ impl<'a> Queues<'a> {
         self.push(&squeue::Entry128::from(sqe))
     }
 
-    /// The syncer answered deferred requests: commit their entries.
+    /// The fsync queue answered deferred requests: commit their entries.
     fn on_mailbox(&mut self) -> io::Result<()> {
         for (i, unique, error) in self.mailbox.take() {
             let Some(e) = self.entries.get_mut(i) else {
@@ -505,7 +505,7 @@ impl<'a> Queues<'a> {
         if res < 0 && res != -libc::EINTR && res != -libc::EAGAIN {
             return Err(io::Error::from_raw_os_error(-res));
         }
-        let served = &self.ops.fs.served().dev;
+        let served = &self.ops.counts.dev;
         loop {
             // SAFETY: the buffer is valid for writes of its length.
             let n = unsafe {
@@ -567,16 +567,16 @@ impl<'a> Queues<'a> {
                 return Err(err);
             }
         }
-        self.ops.fs.served().ring.fetch_add(1, Ordering::Relaxed);
+        self.ops.counts.ring.fetch_add(1, Ordering::Relaxed);
         match self.handle(i) {
             Some(commit_id) => self.submit_entry(i, Cmd::Commit(commit_id)),
-            None => Ok(()), // deferred: committed when the syncer answers
+            None => Ok(()), // deferred: committed when the fsync queue answers
         }
     }
 
     /// Runs the request in entry `i` and leaves the reply in it; returns
     /// the commit id to reply to, or `None` if the request went to the
-    /// syncer (the entry waits, uncommitted, for its answer).
+    /// fsync queue (the entry waits, uncommitted, for its answer).
     fn handle(&mut self, i: usize) -> Option<u64> {
         let e = &self.entries[i];
         // SAFETY: a CQE for this entry has arrived and nothing is pending
@@ -635,7 +635,7 @@ impl<'a> Queues<'a> {
             Outcome::Reply(Some(e)) => (-e.0, 0),
             Outcome::Commit => {
                 self.entries[i].deferred = Some(commit_id);
-                self.syncer.defer(ReplyTo::Ring {
+                self.fsyncs.defer(ReplyTo::Ring {
                     mailbox: Arc::clone(&self.mailbox),
                     entry: i,
                     unique: hdr.unique,

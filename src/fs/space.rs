@@ -1,4 +1,5 @@
-//! Space promised by `fallocate`: the blocks a file was given room for and
+//! Space: what `statfs` reports, the room the store has left, and the
+//! space promised by `fallocate`: the blocks a file was given room for and
 //! has not filled yet, so that writing them later cannot fail for want of
 //! space, as on a local filesystem.
 //!
@@ -17,9 +18,8 @@
 //! and its promise).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
-use super::{FsResult, Inode, Shard, err};
+use super::*;
 use crate::store::Snapshot;
 
 /// Block indexes of one file, as disjoint, non-adjacent ranges
@@ -124,13 +124,51 @@ impl Blocks {
     }
 }
 
+pub(super) fn zeroed_statvfs() -> libc::statvfs {
+    // SAFETY: statvfs is a plain C struct of integers, for which all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
 /// Bytes the store takes that old versions will not give back.
 #[cfg(test)]
 fn test_used(st: &crate::store::StoreStats) -> u64 {
     (st.hwm_pages - st.free_pages - st.retained_pages) * 4096
 }
 
-impl super::Fs {
+impl Fs {
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let mut st = StatFs {
+            blocks: 0,
+            bfree: 0,
+            bavail: 0,
+            files: 1 << 32,
+            ffree: (1 << 32) - self.next_ino.load(Ordering::Relaxed).min(1 << 31),
+            bsize: 4096,
+            namelen: NAME_MAX as u32,
+        };
+        if let Some(v) = self.host_statvfs() {
+            // The host filesystem's blocks, in 4 KiB units; the store's
+            // free pages are free space too, and what `fallocate` promised
+            // is not (it is in use, as on a local filesystem).
+            let frsize = v.f_frsize.max(1);
+            let free_pages = self.store.stats().free_pages;
+            let promised = self.promised_bytes() / 4096;
+            st.blocks = v.f_blocks * frsize / 4096;
+            st.bfree = (v.f_bfree * frsize / 4096 + free_pages).saturating_sub(promised);
+            st.bavail = (v.f_bavail * frsize / 4096 + free_pages).saturating_sub(promised);
+        }
+        Ok(st)
+    }
+
+    /// The host filesystem's `statvfs` for the store directory, if known.
+    pub(super) fn host_statvfs(&self) -> Option<libc::statvfs> {
+        let p = self.store_dir.as_ref()?;
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
+        let mut v: libc::statvfs = zeroed_statvfs();
+        // SAFETY: `c` is a valid NUL-terminated path and `v` a valid out-pointer.
+        (unsafe { libc::statvfs(c.as_ptr(), &mut v) } == 0).then_some(v)
+    }
+
     /// Bytes promised to files by `fallocate` and not yet filled.
     pub fn promised_bytes(&self) -> u64 {
         self.promised.load(Ordering::Relaxed)

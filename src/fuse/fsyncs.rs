@@ -4,8 +4,8 @@
 //! `fdatasync`, hundreds of microseconds). Run on the transport thread that
 //! received it, it would hold up every other request of that thread's queue
 //! meanwhile, and group commit could join at most one `fsync` per transport
-//! thread. Instead the transport hands the request to the syncer and goes on
-//! serving; the syncer thread takes every `fsync` waiting, runs one commit
+//! thread. Instead the transport hands the request to the fsync queue and goes on
+//! serving; the queue's thread takes every `fsync` waiting, runs one commit
 //! that started after all of them arrived, and answers them all: with many
 //! writers calling `fsync` at once, one `fdatasync` answers them together.
 //!
@@ -100,15 +100,15 @@ struct State<'a> {
     stopped: bool,
 }
 
-pub struct Syncer<'a> {
+pub struct FsyncQueue<'a> {
     ops: &'a Ops,
     state: Mutex<State<'a>>,
     wake: Condvar,
 }
 
-impl<'a> Syncer<'a> {
-    pub fn new(ops: &'a Ops) -> Syncer<'a> {
-        Syncer {
+impl<'a> FsyncQueue<'a> {
+    pub fn new(ops: &'a Ops) -> FsyncQueue<'a> {
+        FsyncQueue {
             ops,
             state: Mutex::new(State {
                 waiting: Vec::new(),
@@ -118,7 +118,7 @@ impl<'a> Syncer<'a> {
         }
     }
 
-    /// Queues a request that waits for a commit (once the syncer has
+    /// Queues a request that waits for a commit (once the queue's thread has
     /// stopped, which only an error path can meet, commits and answers at
     /// once instead).
     pub fn defer(&self, reply: ReplyTo<'a>) {
@@ -144,17 +144,17 @@ impl<'a> Syncer<'a> {
             })
     }
 
-    /// Starts the syncer thread in scope `s`; [`Syncer::stop`] ends it.
+    /// Starts the queue's thread in scope `s`; [`FsyncQueue::stop`] ends it.
     pub fn spawn<'scope>(
         &'scope self,
         s: &'scope std::thread::Scope<'scope, '_>,
     ) -> io::Result<std::thread::ScopedJoinHandle<'scope, ()>> {
         std::thread::Builder::new()
-            .name("zippy-sync".into())
+            .name("zippy-fsync".into())
             .spawn_scoped(s, || self.run())
     }
 
-    /// The syncer thread: until stopped, answers every waiting request
+    /// The queue's thread: until stopped, answers every waiting request
     /// after a commit that started once it was waiting.
     fn run(&self) {
         loop {
