@@ -33,6 +33,8 @@
 pub mod classic;
 mod counts;
 pub mod fsyncs;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ops;
 pub mod ring;
 mod signals;

@@ -19,6 +19,8 @@ pub mod backend;
 mod error;
 mod format;
 mod fsck;
+#[doc(hidden)]
+pub mod fuzzing;
 mod node;
 mod read;
 pub mod retention;
