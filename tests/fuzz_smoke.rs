@@ -6,6 +6,16 @@
 use zippyfs::store::SplitMix64;
 use zippyfs::store::fuzzing;
 
+/// With `ZIPPYFS_FUZZ_SEEDS=DIR`, the inputs worth starting from are
+/// written to `DIR/<target>/` (the fuzzers' seed corpus).
+fn keep_seed(target: &str, name: &str, input: &[u8]) {
+    if let Some(dir) = std::env::var_os("ZIPPYFS_FUZZ_SEEDS") {
+        let dir = std::path::Path::new(&dir).join(target);
+        std::fs::create_dir_all(&dir).expect("seed directory");
+        std::fs::write(dir.join(name), input).expect("seed");
+    }
+}
+
 fn bytes(rng: &mut SplitMix64, max: u64) -> Vec<u8> {
     let n = rng.below(max + 1) as usize;
     (0..n).map(|_| rng.next_u64() as u8).collect()
@@ -29,6 +39,12 @@ fn store_pages_and_slots_of_any_bytes_decode_without_a_panic() {
     let mut rng = SplitMix64(11);
     let image = fuzzing::seed_image();
     let pages: Vec<&[u8]> = image.chunks(4096).collect();
+    for (i, p) in pages.iter().enumerate() {
+        keep_seed("store_page", &format!("page{i}"), p);
+        if i < 2 {
+            keep_seed("store_slot", &format!("slot{i}"), &p[..128]);
+        }
+    }
     for i in 0..20_000u64 {
         let input = if i % 2 == 0 {
             bytes(&mut rng, 4200)
@@ -57,6 +73,7 @@ fn damaged_store_images_open_or_fail_without_a_panic() {
     let store = zippyfs::store::Store::open_backend(Box::new(sim), opts).expect("seed opens");
     assert_eq!(store.versions().len(), 3);
     drop(store);
+    keep_seed("store_image", "seed", &image);
     fuzzing::image(&image);
     for _ in 0..300 {
         fuzzing::image(&mutate(&mut rng, &image, 16));
@@ -100,7 +117,11 @@ fn fuse_requests_of_any_bytes_get_an_answer_without_a_panic() {
         if i % 16 == 2 {
             req.truncate(rng.below(req.len() as u64) as usize);
         }
-        *answers.entry(target.run(&req)).or_insert(0u32) += 1;
+        let answer = target.run(&req);
+        if answer == Some(0) && answers.get(&answer).is_none_or(|&n| n < 200) {
+            keep_seed("fuse_request", &format!("req{i}"), &req);
+        }
+        *answers.entry(answer).or_insert(0u32) += 1;
     }
     // Some requests did what they asked (the inputs reach the core).
     assert!(
