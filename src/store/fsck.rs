@@ -223,56 +223,9 @@ impl<'a> Walker<'a> {
                 ),
             );
         }
-        let first = if n.is_leaf() { 0 } else { 1 };
-        for i in first..n.len() {
-            let k = n.key(i);
-            if i > first && n.key(i - 1) >= k {
-                self.problem(Some(id), format!("keys {} and {i} out of order", i - 1));
-            }
-            let below = lo.is_some_and(|lo| if n.is_leaf() { k < lo } else { k <= lo });
-            if below || hi.is_some_and(|hi| k >= hi) {
-                self.problem(
-                    Some(id),
-                    format!("key {i} outside the range its parent gives"),
-                );
-            }
-        }
+        self.check_keys(id, n, lo, hi);
         if n.is_leaf() {
-            for i in 0..n.len() {
-                let e = n.entry(i);
-                if let ValRef::Overflow { run, len } = e.val {
-                    let (p, pages) = (run.page, overflow_pages(len));
-                    if self.in_bounds(p, pages, "overflow value") && self.claim(p, pages, strict) {
-                        match self.pages.overflow(run, len, self.force) {
-                            Ok(_) => {
-                                self.checked += 1;
-                                found(Found::Run {
-                                    page: p,
-                                    pages,
-                                    birth: run.birth,
-                                });
-                            }
-                            Err(e) => self.problems.push(problem_of(e, p)),
-                        }
-                    }
-                }
-                if let Some(x) = e.extent
-                    && self.in_bounds(x.page, x.pages(), "extent")
-                    && self.claim(x.page, x.pages(), strict)
-                {
-                    // Extent bytes are read by fsck, not by the rebuild.
-                    if self.force
-                        && let Err(e) = self.pages.extent(&x, true)
-                    {
-                        self.problems.push(problem_of(e, x.page));
-                    }
-                    found(Found::Run {
-                        page: x.page,
-                        pages: x.pages(),
-                        birth: x.birth,
-                    });
-                }
-            }
+            self.leaf_runs(n, strict, found);
             return Some(depth);
         }
         let mut leaf_depth = None;
@@ -291,6 +244,63 @@ impl<'a> Walker<'a> {
             }
         }
         leaf_depth
+    }
+
+    /// Keys in order, and inside the range the parent gives.
+    fn check_keys(&mut self, id: u64, n: NodeRef<'_>, lo: Option<&[u8]>, hi: Option<&[u8]>) {
+        let first = if n.is_leaf() { 0 } else { 1 };
+        for i in first..n.len() {
+            let k = n.key(i);
+            if i > first && n.key(i - 1) >= k {
+                self.problem(Some(id), format!("keys {} and {i} out of order", i - 1));
+            }
+            let below = lo.is_some_and(|lo| if n.is_leaf() { k < lo } else { k <= lo });
+            if below || hi.is_some_and(|hi| k >= hi) {
+                self.problem(
+                    Some(id),
+                    format!("key {i} outside the range its parent gives"),
+                );
+            }
+        }
+    }
+
+    /// A leaf's overflow runs and extents: in bounds, claimed once, checked.
+    fn leaf_runs(&mut self, n: NodeRef<'_>, strict: bool, found: &mut dyn FnMut(Found)) {
+        for i in 0..n.len() {
+            let e = n.entry(i);
+            if let ValRef::Overflow { run, len } = e.val {
+                let (p, pages) = (run.page, overflow_pages(len));
+                if self.in_bounds(p, pages, "overflow value") && self.claim(p, pages, strict) {
+                    match self.pages.overflow(run, len, self.force) {
+                        Ok(_) => {
+                            self.checked += 1;
+                            found(Found::Run {
+                                page: p,
+                                pages,
+                                birth: run.birth,
+                            });
+                        }
+                        Err(e) => self.problems.push(problem_of(e, p)),
+                    }
+                }
+            }
+            if let Some(x) = e.extent
+                && self.in_bounds(x.page, x.pages(), "extent")
+                && self.claim(x.page, x.pages(), strict)
+            {
+                // Extent bytes are read by fsck, not by the rebuild.
+                if self.force
+                    && let Err(e) = self.pages.extent(&x, true)
+                {
+                    self.problems.push(problem_of(e, x.page));
+                }
+                found(Found::Run {
+                    page: x.page,
+                    pages: x.pages(),
+                    birth: x.birth,
+                });
+            }
+        }
     }
 
     /// Marks a run; false if it was reached before (shared, or a problem).

@@ -329,9 +329,30 @@ fn pick(v: &[u64], i: usize) -> Option<u64> {
 /// Applies `op` to both; returns the two outcomes (None: not applicable,
 /// e.g. no file to write to).
 fn apply(real: &mut Real, m: &mut Model, op: &Op) -> Option<(Outcome, Outcome)> {
+    let r = match *op {
+        Op::Commit => (Ok(()), outcome(real.fs().commit("model"))),
+        Op::Remount => {
+            let fs = real.fs.take().expect("mounted");
+            let down = outcome(fs.shutdown());
+            drop(fs);
+            real.fs = Some(Fs::mount(real.dir.path(), model_opts()).expect("remount"));
+            (Ok(()), down)
+        }
+        Op::Create { .. }
+        | Op::Mkdir { .. }
+        | Op::Unlink { .. }
+        | Op::Rmdir { .. }
+        | Op::Rename { .. }
+        | Op::Link { .. } => return apply_to_names(real.fs(), m, op),
+        _ => return apply_to_files(real.fs(), m, op),
+    };
+    Some(r)
+}
+
+/// Operations on names: create, mkdir, unlink, rmdir, rename, link.
+fn apply_to_names(fs: &Fs, m: &mut Model, op: &Op) -> Option<(Outcome, Outcome)> {
     let dirs = m.dirs();
     let files = m.files();
-    let fs = real.fs();
     let r = match *op {
         Op::Create { dir, name: n } => {
             let d = pick(&dirs, dir)?;
@@ -364,6 +385,51 @@ fn apply(real: &mut Real, m: &mut Model, op: &Op) -> Option<(Outcome, Outcome)> 
             }
             (want, outcome(got))
         }
+        Op::Unlink { dir, name: n } => {
+            let d = pick(&dirs, dir)?;
+            (m.remove(d, name(n), false), outcome(fs.unlink(d, name(n))))
+        }
+        Op::Rmdir { dir, name: n } => {
+            let d = pick(&dirs, dir)?;
+            (m.remove(d, name(n), true), outcome(fs.rmdir(d, name(n))))
+        }
+        Op::Rename {
+            dir,
+            name: n,
+            to_dir,
+            to_name,
+            mode,
+        } => {
+            let (d, nd) = (pick(&dirs, dir)?, pick(&dirs, to_dir)?);
+            let mode = [
+                RenameMode::Replace,
+                RenameMode::NoReplace,
+                RenameMode::Exchange,
+            ][mode as usize % 3];
+            let want = m.rename(d, name(n), nd, name(to_name), mode);
+            let got = fs.rename(d, name(n), nd, name(to_name), mode);
+            (want, outcome(got))
+        }
+        Op::Link { file, dir, name: n } => {
+            let (f, d) = (pick(&files, file)?, pick(&dirs, dir)?);
+            let want = m.can_make(d, name(n));
+            if want.is_ok() {
+                m.entries_mut(d).insert(name(n).to_vec(), f);
+                if let Some(Node::File { nlink, .. }) = m.nodes.get_mut(&f) {
+                    *nlink += 1;
+                }
+            }
+            (want, outcome(fs.link(f, d, name(n))))
+        }
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// Operations on a file: data, size, mode, xattrs.
+fn apply_to_files(fs: &Fs, m: &mut Model, op: &Op) -> Option<(Outcome, Outcome)> {
+    let files = m.files();
+    let r = match *op {
         Op::Write {
             file,
             offset,
@@ -424,42 +490,6 @@ fn apply(real: &mut Real, m: &mut Model, op: &Op) -> Option<(Outcome, Outcome)> 
             let got = fs.fallocate(f, offset as u64, len as u64, mode);
             (Ok(()), outcome(got))
         }
-        Op::Unlink { dir, name: n } => {
-            let d = pick(&dirs, dir)?;
-            (m.remove(d, name(n), false), outcome(fs.unlink(d, name(n))))
-        }
-        Op::Rmdir { dir, name: n } => {
-            let d = pick(&dirs, dir)?;
-            (m.remove(d, name(n), true), outcome(fs.rmdir(d, name(n))))
-        }
-        Op::Rename {
-            dir,
-            name: n,
-            to_dir,
-            to_name,
-            mode,
-        } => {
-            let (d, nd) = (pick(&dirs, dir)?, pick(&dirs, to_dir)?);
-            let mode = [
-                RenameMode::Replace,
-                RenameMode::NoReplace,
-                RenameMode::Exchange,
-            ][mode as usize % 3];
-            let want = m.rename(d, name(n), nd, name(to_name), mode);
-            let got = fs.rename(d, name(n), nd, name(to_name), mode);
-            (want, outcome(got))
-        }
-        Op::Link { file, dir, name: n } => {
-            let (f, d) = (pick(&files, file)?, pick(&dirs, dir)?);
-            let want = m.can_make(d, name(n));
-            if want.is_ok() {
-                m.entries_mut(d).insert(name(n).to_vec(), f);
-                if let Some(Node::File { nlink, .. }) = m.nodes.get_mut(&f) {
-                    *nlink += 1;
-                }
-            }
-            (want, outcome(fs.link(f, d, name(n))))
-        }
         Op::Chmod { file, mode } => {
             let f = pick(&files, file)?;
             if let Some(Node::File { perm, .. }) = m.nodes.get_mut(&f) {
@@ -495,14 +525,7 @@ fn apply(real: &mut Real, m: &mut Model, op: &Op) -> Option<(Outcome, Outcome)> 
             };
             (want, outcome(fs.removexattr(f, &key)))
         }
-        Op::Commit => (Ok(()), outcome(fs.commit("model"))),
-        Op::Remount => {
-            let fs = real.fs.take().expect("mounted");
-            let down = outcome(fs.shutdown());
-            drop(fs);
-            real.fs = Some(Fs::mount(real.dir.path(), model_opts()).expect("remount"));
-            (Ok(()), down)
-        }
+        _ => return None,
     };
     Some(r)
 }
