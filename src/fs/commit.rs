@@ -412,38 +412,29 @@ const LET_GO: &str = "disk full: versions up to";
 #[derive(Default)]
 struct RepeatedError {
     last: String,
-    since: Option<std::time::Instant>,
-    repeats: u64,
+    throttle: Throttle,
 }
 
 impl RepeatedError {
-    const QUIET: Duration = Duration::from_secs(60);
-
     fn failed(&mut self, e: &str) {
-        let now = std::time::Instant::now();
-        let quiet = self.last == e && self.since.is_some_and(|t| now - t < Self::QUIET);
-        if quiet {
-            self.repeats += 1;
-            return;
+        if self.last != e {
+            self.last = e.to_string();
+            self.throttle = Throttle::default();
         }
-        if self.repeats > 0 {
-            tracing::error!(
-                "background commit failed: {e} (and {} more times since it was last logged)",
-                self.repeats
-            );
-        } else {
-            tracing::error!("background commit failed: {e}");
+        match self.throttle.allow() {
+            Some(0) => tracing::error!("background commit failed: {e}"),
+            Some(n) => tracing::error!(
+                "background commit failed: {e} (and {n} more times since it was last logged)"
+            ),
+            None => {}
         }
-        self.last = e.to_string();
-        self.since = Some(now);
-        self.repeats = 0;
     }
 
     fn ok(&mut self) {
         if !self.last.is_empty() {
             tracing::info!(
                 "background commits succeed again (after {} unlogged failures)",
-                self.repeats
+                self.throttle.held
             );
         }
         *self = RepeatedError::default();
