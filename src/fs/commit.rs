@@ -54,28 +54,85 @@ impl Fs {
     }
 
     /// Changes held in memory, not yet in any version: (inodes changed,
-    /// bytes of data, some names they were given).
+    /// bytes of data, some names they go by: first of the files whose data
+    /// is unsaved, then of the entries made).
     pub fn unsaved(&self) -> (usize, u64, Vec<String>) {
+        const NAMES: usize = 8;
         let mut inodes = std::collections::HashSet::new();
+        let mut with_data = std::collections::BTreeSet::new();
+        let mut named: std::collections::BTreeMap<u64, String> = Default::default();
         let mut bytes = 0;
-        let mut names = Vec::new();
         for sh in self.shards.iter() {
             let sh = sh.lock();
             for d in std::iter::once(&sh.delta).chain(sh.committing.as_deref()) {
                 inodes.extend(d.inodes.keys().copied());
-                inodes.extend(d.blocks.keys().map(|(i, _)| *i));
                 inodes.extend(d.xattrs.keys().map(|(i, _)| *i));
+                with_data.extend(d.blocks.keys().map(|(i, _)| *i));
                 bytes += d.bytes;
                 for ents in d.dirents.values() {
                     for (name, e) in ents {
-                        if e.is_some() && names.len() < 8 {
-                            names.push(String::from_utf8_lossy(name).into_owned());
+                        if let Some((ino, _)) = e {
+                            named.insert(*ino, String::from_utf8_lossy(name).into_owned());
                         }
                     }
                 }
             }
         }
+        inodes.extend(with_data.iter().copied());
+        let mut names: Vec<String> = with_data
+            .iter()
+            .filter_map(|i| named.get(i).cloned())
+            .take(NAMES)
+            .collect();
+        // Files made before the last commit have their names in it.
+        let unnamed: Vec<u64> = with_data
+            .iter()
+            .filter(|i| !named.contains_key(i))
+            .take(NAMES)
+            .copied()
+            .collect();
+        names.extend(self.committed_names(&unnamed, NAMES.saturating_sub(names.len())));
+        for (ino, n) in &named {
+            if names.len() >= NAMES {
+                break;
+            }
+            if !with_data.contains(ino) {
+                names.push(n.clone());
+            }
+        }
         (inodes.len(), bytes, names)
+    }
+
+    /// Up to `want` names the last commit gives `inos`, from a bounded scan
+    /// of the directory entries (for messages, on the way out).
+    fn committed_names(&self, inos: &[u64], want: usize) -> Vec<String> {
+        let mut names = Vec::new();
+        if inos.is_empty() || want == 0 {
+            return names;
+        }
+        let Ok(snap) = self.snap() else {
+            return names;
+        };
+        let Ok(entries) = snap.range(&b"D"[..]..&b"E"[..]) else {
+            return names;
+        };
+        for item in entries.take(1_000_000) {
+            let Ok((key, e)) = item else {
+                break;
+            };
+            let ino = e
+                .value
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes);
+            if ino.is_some_and(|i| inos.contains(&i)) {
+                names.push(String::from_utf8_lossy(key.get(9..).unwrap_or_default()).into_owned());
+                if names.len() >= want {
+                    break;
+                }
+            }
+        }
+        names
     }
 
     /// Makes the commit panic at `step` (tests of what a panic leaves).

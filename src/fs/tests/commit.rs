@@ -20,6 +20,8 @@ fn a_failed_commit_loses_nothing() {
     let fs = Fs::with_store(store, opts()).unwrap();
     let _ = dir;
     let (f, _) = fs.create(ROOT_CTX, ROOT, b"big", 0o644).unwrap();
+    // Its name is committed; its data will not be.
+    fs.commit("t").unwrap();
     // 8 MiB in 1 MiB writes (the cache limit): the commit a full cache
     // forces fails at some point, and that write fails without effect.
     let mut written = 0u64;
@@ -38,8 +40,12 @@ fn a_failed_commit_loses_nothing() {
         None => fs.commit("t"),
     };
     assert_eq!(errno(r), libc::ENOSPC);
-    // Every accepted write is still there, in memory.
+    // Every accepted write is still there, in memory, and what is not
+    // saved names the file by its committed name.
     assert_eq!(fs.getattr(f.ino).unwrap().size, written);
+    let (_, bytes, names) = fs.unsaved();
+    assert!(bytes > 0 && bytes <= written, "{bytes} of {written}");
+    assert_eq!(names, vec!["big".to_string()]);
     assert_eq!(fs.read(f.ino, 0, 16).unwrap(), vec![3u8; 16]);
     // Making room (a smaller file) lets the next commit through.
     fs.setattr(
