@@ -291,7 +291,11 @@ impl Fs {
         }
         if result.is_ok() {
             self.sub_dirty(bytes);
-            self.refresh_room();
+            // The room is only consulted while space is promised (and
+            // measuring it walks the store's free lists): not on every commit.
+            if self.promised_bytes() > 0 {
+                self.refresh_room();
+            }
         }
         result
     }
