@@ -15,7 +15,7 @@
 //!   two cores.
 //!
 //! Run with `cargo bench --bench cache`; results with the machine and date
-//! go to tuning.md.
+//! go to a note in perf/notes/ (tuning.md quotes the current ones).
 
 use std::hint::black_box;
 use std::sync::Arc;

@@ -21,7 +21,8 @@
 //! Run with `cargo bench --bench store` (a full run takes several minutes:
 //! `insert_1m` alone is 11 loads of 1M keys per engine, warm-up included);
 //! one group: `cargo bench --bench store -- lookup_random`. Record results,
-//! with the machine and the date, in tuning.md.
+//! with the machine and the date, in perf/notes/ (the last:
+//! 2026-11-26-store-vs-redb.md).
 
 use std::cell::OnceCell;
 use std::hint::black_box;

@@ -2,7 +2,7 @@
 """How the kernel holds a file in its page cache: in large folios (compound
 pages, as ext4 does) or one 4 KiB page at a time (order-0, as FUSE does under
 Linux 6.18). Warm reads are page-cache hits, and looking a page up costs more
-among many small folios (tuning.md, the suite's misses).
+among many small folios (perf/notes/2026-11-26-suite-against-targets.md).
 
 Maps each FILE read-only, touches its first MAX_PAGES pages (reading them into
 the cache if they were not there), then looks each page's frame up in

@@ -2,8 +2,8 @@
 //! `fsync` after one write makes) must reach the device as one stretch of
 //! pages plus the commit slot, not one write per edited node scattered over
 //! the file's free holes: a disk pays per request (a seek on a spinning disk).
-//! On this machine's virtio disk the gain is small; tuning.md ("Commit
-//! layout") has both measurements.
+//! On this machine's virtio disk the gain is small;
+//! `perf/notes/2026-11-26-fsync-commit-cost.md` has both measurements.
 
 use std::sync::Arc;
 

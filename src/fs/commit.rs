@@ -624,7 +624,7 @@ fn split_job(job: BlockJob, n: usize) -> Vec<BlockJob> {
 
 /// How much of a job's adjacent extents early writeback hands the disk at a
 /// time: one request per 64 KiB block cost a system call and a virtio
-/// notification each (tuning.md, early writeback).
+/// notification each (perf/notes/2026-11-26-early-writeback.md).
 const WRITEBACK_RUN: u64 = 1 << 20;
 
 fn write_block_job(store: &Store, job: &BlockJob) -> StoreResult<Vec<Written>> {
@@ -650,7 +650,8 @@ fn write_block_job(store: &Store, job: &BlockJob) -> StoreResult<Vec<Written>> {
         // ones (what is left of the run goes before the job's last block).
         // Not the job's last: a commit of one block (an fsync) gains
         // nothing, and its extent would go out apart from the nodes that
-        // follow it, one more write request (measured in tuning.md).
+        // follow it, one more write request (measured:
+        // perf/notes/2026-11-26-early-writeback.md).
         if i < last {
             run = match run {
                 Some((first, prev, bytes)) if prev.adjoins(&extent) => {

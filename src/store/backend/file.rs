@@ -6,7 +6,7 @@
 //!
 //! Writes go out by `pwritev` or through an io_uring ring ([`WritePath`]).
 //! For these buffered writes `pwritev` measured faster here (see
-//! `tuning.md`): ext4 cannot take a buffered write without blocking, so
+//! `perf/notes/2026-11-26-store-write-path.md`): ext4 cannot take a buffered write without blocking, so
 //! io_uring hands every one to a kernel worker thread.
 
 use std::fs::File;
