@@ -403,15 +403,37 @@ fn a_fallocated_file_is_written_in_full_after_other_writers_filled_the_disk() {
     assert_eq!(common::daemon_json(m.path())["promised_bytes"], 0);
     // A promise that is never written goes with its file.
     std::fs::remove_file(m.path().join("filler")).expect("rm filler");
-    common::fsync_root(m.path());
     let spare = std::fs::File::create(m.path().join("spare")).expect("spare");
-    // SAFETY: a plain system call on a descriptor we own.
-    let r = unsafe { libc::fallocate(spare.as_raw_fd(), 0, 0, 4 << 20) };
-    assert_eq!(r, 0);
+    // The filler's space comes back once the kernel forgets its inode (on
+    // its own time after the unlink) and a commit deletes it.
+    let freed = Instant::now();
+    loop {
+        common::fsync_root(m.path());
+        // SAFETY: a plain system call on a descriptor we own.
+        if unsafe { libc::fallocate(spare.as_raw_fd(), 0, 0, 4 << 20) } == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        assert!(
+            freed.elapsed() < Duration::from_secs(20),
+            "the deleted filler's space never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(common::daemon_json(m.path())["promised_bytes"], 4 << 20);
     drop(spare);
     std::fs::remove_file(m.path().join("spare")).expect("rm spare");
-    assert_eq!(common::daemon_json(m.path())["promised_bytes"], 0);
+    // The inode (and its promise) goes when the kernel forgets it, which
+    // it does on its own time after the last close.
+    let gone = Instant::now();
+    while common::daemon_json(m.path())["promised_bytes"] != 0 {
+        assert!(
+            gone.elapsed() < Duration::from_secs(20),
+            "the promise of a deleted file was never let go"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(m.unmount().success());
     let m = common::Mounted::start(&store, &[]);
     assert!(std::fs::read(m.path().join("kept")).expect("read") == data);
