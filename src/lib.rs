@@ -5,6 +5,7 @@
 //! thin adapter) -> `fs` (the filesystem core, FUSE-free) -> `store` (the
 //! versioned copy-on-write B+Tree file; it knows nothing of files).
 //! `control` (the daemon's socket for gc, fsck, status and umount) -> `fs`.
+//! `sync` (issue #16, being built: so far its wire format) -> `fs`, `store`.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -13,4 +14,5 @@ pub mod fs;
 pub mod fuse;
 pub mod shard;
 pub mod store;
+pub mod sync;
 pub mod tools;

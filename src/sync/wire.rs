@@ -1,0 +1,567 @@
+//! The sync protocol's frames: what a peer and the server say to each other
+//! over QUIC streams. Decoding checks every length against a limit before
+//! it allocates, and a body must be consumed exactly: a malformed frame is
+//! an error naming what is wrong, never a panic and never a large
+//! allocation.
+//!
+//! ## Frame
+//!
+//! ```text
+//! off size field
+//!   0    4 len: bytes that follow (kind and body), u32 LE, at least 1
+//!   4    1 kind
+//!   5  len-1 body
+//! ```
+//!
+//! Integers are little-endian. In bodies, a string is `u16 length` and
+//! UTF-8 bytes; a byte string is `u32 length` and bytes; a list is
+//! `u32 count` and its items. Counts and lengths are checked against the
+//! bytes left before anything is allocated.
+//!
+//! ## Messages (kind: body)
+//!
+//! ```text
+//! 1 Hello    magic "ZPSY", proto_min u16, proto_max u16, volume str,
+//!            credential str, store id [16], last applied sequence u64
+//!            (client, first frame on its first stream)
+//! 2 Welcome  proto u16, server id [16], volume head sequence u64
+//! 3 Refuse   code u16, reason str (then the server closes the connection)
+//! 4 Offer    local version u64, hashes list of [32] (the BLAKE3 hashes of
+//!            the blocks a change-set needs)
+//! 5 Want     local version u64, indexes list of u32 (into the Offer: the
+//!            blocks the server lacks)
+//! 6 Block    hash [32], data bytes (the receiver checks BLAKE3(data) = hash)
+//! 7 Ack      local version u64, sequence u64 (the server made the
+//!            change-set durable as the volume's sequence)
+//! ```
+//!
+//! Limits per kind (the body's bytes): Hello, Welcome, Refuse 4 KiB; Offer
+//! and Want 1 MiB (32,768 hashes: a change-set offers its blocks in
+//! several); Block the largest block (1 MiB) and its header; Ack 16 bytes.
+
+use thiserror::Error;
+
+/// The protocol versions this build speaks.
+pub const PROTO_MIN: u16 = 1;
+pub const PROTO_MAX: u16 = 1;
+const MAGIC: [u8; 4] = *b"ZPSY";
+/// Bytes before a frame's body: `len` and `kind`.
+pub const HEADER: usize = 5;
+const SMALL: usize = 4 << 10;
+/// The largest data block a filesystem has.
+pub const MAX_BLOCK: usize = crate::fs::MAX_BLOCK as usize;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("{what} frame of {len} bytes, over its limit of {limit}")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        limit: usize,
+    },
+    #[error("empty frame (no kind)")]
+    Empty,
+    #[error("{what} frame ends early, reading {field}")]
+    Short {
+        what: &'static str,
+        field: &'static str,
+    },
+    #[error("{what} frame has {0} bytes left over", what = .1)]
+    Trailing(usize, &'static str),
+    #[error("{what} frame: {why}")]
+    Bad { what: &'static str, why: String },
+}
+
+pub type WireResult<T> = Result<T, WireError>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    Hello {
+        proto_min: u16,
+        proto_max: u16,
+        volume: String,
+        credential: String,
+        store_id: [u8; 16],
+        last_applied: u64,
+    },
+    Welcome {
+        proto: u16,
+        server_id: [u8; 16],
+        head: u64,
+    },
+    Refuse {
+        code: u16,
+        reason: String,
+    },
+    Offer {
+        version: u64,
+        hashes: Vec<[u8; 32]>,
+    },
+    Want {
+        version: u64,
+        indexes: Vec<u32>,
+    },
+    Block {
+        hash: [u8; 32],
+        data: Vec<u8>,
+    },
+    Ack {
+        version: u64,
+        seq: u64,
+    },
+}
+
+/// (name, limit on the body's bytes) of each kind.
+fn kind_info(kind: u8) -> WireResult<(&'static str, usize)> {
+    Ok(match kind {
+        1 => ("Hello", SMALL),
+        2 => ("Welcome", SMALL),
+        3 => ("Refuse", SMALL),
+        4 => ("Offer", 8 + 4 + 32 * 32_768),
+        5 => ("Want", 8 + 4 + 4 * 32_768),
+        6 => ("Block", 32 + 4 + MAX_BLOCK),
+        7 => ("Ack", 16),
+        k => return Err(WireError::UnknownKind(k)),
+    })
+}
+
+/// Reads a frame header: (kind, body length), checked against the kind's
+/// limit, so the caller may allocate the body.
+pub fn header(h: &[u8; HEADER]) -> WireResult<(u8, usize)> {
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    let body = len.checked_sub(1).ok_or(WireError::Empty)?;
+    let kind = h[4];
+    let (what, limit) = kind_info(kind)?;
+    if body > limit {
+        return Err(WireError::TooLong {
+            what,
+            len: body,
+            limit,
+        });
+    }
+    Ok((kind, body))
+}
+
+impl Msg {
+    fn kind(&self) -> u8 {
+        match self {
+            Msg::Hello { .. } => 1,
+            Msg::Welcome { .. } => 2,
+            Msg::Refuse { .. } => 3,
+            Msg::Offer { .. } => 4,
+            Msg::Want { .. } => 5,
+            Msg::Block { .. } => 6,
+            Msg::Ack { .. } => 7,
+        }
+    }
+
+    /// Appends the whole frame to `out`; fails (writing nothing) if the
+    /// message is over its kind's limit.
+    pub fn encode(&self, out: &mut Vec<u8>) -> WireResult<()> {
+        let mut body = Vec::new();
+        let mut w = Writer(&mut body);
+        match self {
+            Msg::Hello {
+                proto_min,
+                proto_max,
+                volume,
+                credential,
+                store_id,
+                last_applied,
+            } => {
+                w.bytes(&MAGIC);
+                w.u16(*proto_min);
+                w.u16(*proto_max);
+                w.str(volume)?;
+                w.str(credential)?;
+                w.bytes(store_id);
+                w.u64(*last_applied);
+            }
+            Msg::Welcome {
+                proto,
+                server_id,
+                head,
+            } => {
+                w.u16(*proto);
+                w.bytes(server_id);
+                w.u64(*head);
+            }
+            Msg::Refuse { code, reason } => {
+                w.u16(*code);
+                w.str(reason)?;
+            }
+            Msg::Offer { version, hashes } => {
+                w.u64(*version);
+                w.u32(count(hashes.len())?);
+                for h in hashes {
+                    w.bytes(h);
+                }
+            }
+            Msg::Want { version, indexes } => {
+                w.u64(*version);
+                w.u32(count(indexes.len())?);
+                for i in indexes {
+                    w.u32(*i);
+                }
+            }
+            Msg::Block { hash, data } => {
+                w.bytes(hash);
+                w.u32(count(data.len())?);
+                w.bytes(data);
+            }
+            Msg::Ack { version, seq } => {
+                w.u64(*version);
+                w.u64(*seq);
+            }
+        }
+        let kind = self.kind();
+        let (what, limit) = kind_info(kind)?;
+        if body.len() > limit {
+            return Err(WireError::TooLong {
+                what,
+                len: body.len(),
+                limit,
+            });
+        }
+        out.extend_from_slice(&count(body.len() + 1)?.to_le_bytes());
+        out.push(kind);
+        out.extend_from_slice(&body);
+        Ok(())
+    }
+
+    /// Decodes the body of a frame of `kind` (as [`header`] read it).
+    pub fn decode(kind: u8, body: &[u8]) -> WireResult<Msg> {
+        let (what, limit) = kind_info(kind)?;
+        if body.len() > limit {
+            return Err(WireError::TooLong {
+                what,
+                len: body.len(),
+                limit,
+            });
+        }
+        let mut r = Reader { b: body, what };
+        let m = match kind {
+            1 => {
+                if r.array::<4>("magic")? != MAGIC {
+                    return Err(r.bad("not a zippyfs sync peer (bad magic)"));
+                }
+                let proto_min = r.u16("proto_min")?;
+                let proto_max = r.u16("proto_max")?;
+                if proto_min > proto_max {
+                    return Err(r.bad(format!("versions {proto_min} to {proto_max}")));
+                }
+                Msg::Hello {
+                    proto_min,
+                    proto_max,
+                    volume: r.str("volume")?,
+                    credential: r.str("credential")?,
+                    store_id: r.array("store id")?,
+                    last_applied: r.u64("last applied")?,
+                }
+            }
+            2 => Msg::Welcome {
+                proto: r.u16("proto")?,
+                server_id: r.array("server id")?,
+                head: r.u64("head")?,
+            },
+            3 => Msg::Refuse {
+                code: r.u16("code")?,
+                reason: r.str("reason")?,
+            },
+            4 => {
+                let version = r.u64("version")?;
+                let n = r.count("hashes", 32)?;
+                let mut hashes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    hashes.push(r.array("hash")?);
+                }
+                Msg::Offer { version, hashes }
+            }
+            5 => {
+                let version = r.u64("version")?;
+                let n = r.count("indexes", 4)?;
+                let mut indexes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    indexes.push(r.u32("index")?);
+                }
+                Msg::Want { version, indexes }
+            }
+            6 => {
+                let hash = r.array("hash")?;
+                let n = r.count("data", 1)?;
+                Msg::Block {
+                    hash,
+                    data: r.take(n, "data")?.to_vec(),
+                }
+            }
+            7 => Msg::Ack {
+                version: r.u64("version")?,
+                seq: r.u64("seq")?,
+            },
+            k => return Err(WireError::UnknownKind(k)),
+        };
+        if !r.b.is_empty() {
+            return Err(WireError::Trailing(r.b.len(), what));
+        }
+        Ok(m)
+    }
+
+    /// Decodes one whole frame from the start of `buf`; returns the
+    /// message and the bytes it took, or `None` if `buf` holds less than a
+    /// whole frame so far.
+    pub fn decode_frame(buf: &[u8]) -> WireResult<Option<(Msg, usize)>> {
+        let Some(h) = buf.first_chunk::<HEADER>() else {
+            return Ok(None);
+        };
+        let (kind, len) = header(h)?;
+        let Some(body) = buf.get(HEADER..HEADER + len) else {
+            return Ok(None);
+        };
+        Ok(Some((Msg::decode(kind, body)?, HEADER + len)))
+    }
+}
+
+fn count(n: usize) -> WireResult<u32> {
+    u32::try_from(n).map_err(|_| WireError::Bad {
+        what: "any",
+        why: format!("{n} items or bytes do not fit a frame"),
+    })
+}
+
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+    fn u16(&mut self, v: u16) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+    fn str(&mut self, s: &str) -> WireResult<()> {
+        let n = u16::try_from(s.len()).map_err(|_| WireError::Bad {
+            what: "string",
+            why: format!("{} bytes, over 65,535", s.len()),
+        })?;
+        self.u16(n);
+        self.bytes(s.as_bytes());
+        Ok(())
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn bad(&self, why: impl Into<String>) -> WireError {
+        WireError::Bad {
+            what: self.what,
+            why: why.into(),
+        }
+    }
+
+    fn take(&mut self, n: usize, field: &'static str) -> WireResult<&'a [u8]> {
+        if self.b.len() < n {
+            return Err(WireError::Short {
+                what: self.what,
+                field,
+            });
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> WireResult<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, field)?);
+        Ok(a)
+    }
+
+    fn u16(&mut self, field: &'static str) -> WireResult<u16> {
+        Ok(u16::from_le_bytes(self.array(field)?))
+    }
+
+    fn u32(&mut self, field: &'static str) -> WireResult<u32> {
+        Ok(u32::from_le_bytes(self.array(field)?))
+    }
+
+    fn u64(&mut self, field: &'static str) -> WireResult<u64> {
+        Ok(u64::from_le_bytes(self.array(field)?))
+    }
+
+    /// A list's count (or a byte string's length), checked against the
+    /// bytes left at `size` bytes an item.
+    fn count(&mut self, field: &'static str, size: usize) -> WireResult<usize> {
+        let n = self.u32(field)? as usize;
+        if n.saturating_mul(size) > self.b.len() {
+            return Err(WireError::Short {
+                what: self.what,
+                field,
+            });
+        }
+        Ok(n)
+    }
+
+    fn str(&mut self, field: &'static str) -> WireResult<String> {
+        let n = self.u16(field)? as usize;
+        let b = self.take(n, field)?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.bad(format!("{field} is not UTF-8")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn msg() -> impl Strategy<Value = Msg> {
+        let s = "[a-z0-9_-]{0,40}";
+        prop_oneof![
+            (
+                any::<u16>(),
+                any::<u16>(),
+                s,
+                s,
+                any::<[u8; 16]>(),
+                any::<u64>()
+            )
+                .prop_map(|(a, b, volume, credential, store_id, last_applied)| {
+                    Msg::Hello {
+                        proto_min: a.min(b),
+                        proto_max: a.max(b),
+                        volume,
+                        credential,
+                        store_id,
+                        last_applied,
+                    }
+                }),
+            (any::<u16>(), any::<[u8; 16]>(), any::<u64>()).prop_map(|(proto, server_id, head)| {
+                Msg::Welcome {
+                    proto,
+                    server_id,
+                    head,
+                }
+            }),
+            (any::<u16>(), ".{0,100}").prop_map(|(code, reason)| Msg::Refuse { code, reason }),
+            (
+                any::<u64>(),
+                prop::collection::vec(any::<[u8; 32]>(), 0..50)
+            )
+                .prop_map(|(version, hashes)| Msg::Offer { version, hashes }),
+            (any::<u64>(), prop::collection::vec(any::<u32>(), 0..50))
+                .prop_map(|(version, indexes)| Msg::Want { version, indexes }),
+            (
+                any::<[u8; 32]>(),
+                prop::collection::vec(any::<u8>(), 0..3000)
+            )
+                .prop_map(|(hash, data)| Msg::Block { hash, data }),
+            (any::<u64>(), any::<u64>()).prop_map(|(version, seq)| Msg::Ack { version, seq }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_message_round_trips_through_a_frame(m in msg()) {
+            let mut buf = Vec::new();
+            m.encode(&mut buf).unwrap();
+            let (back, used) = Msg::decode_frame(&buf).unwrap().unwrap();
+            prop_assert_eq!(used, buf.len());
+            prop_assert_eq!(back, m);
+            // Every proper prefix is "not yet a frame", never an error.
+            for cut in [0, 1, 4, 5, buf.len() / 2, buf.len() - 1] {
+                prop_assert_eq!(Msg::decode_frame(&buf[..cut]), Ok(None));
+            }
+        }
+
+        #[test]
+        fn any_bytes_decode_to_a_message_or_an_error(b in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Msg::decode_frame(&b);
+            if let Some(&kind) = b.first() {
+                let _ = Msg::decode(kind % 9, &b[1..]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_over_its_limit_is_refused_from_its_header() {
+        let mut h = [0u8; HEADER];
+        h[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        h[4] = 6;
+        assert!(matches!(
+            header(&h),
+            Err(WireError::TooLong { what: "Block", .. })
+        ));
+        h[4] = 99;
+        assert_eq!(header(&h), Err(WireError::UnknownKind(99)));
+        assert_eq!(header(&[0, 0, 0, 0, 1]), Err(WireError::Empty));
+    }
+
+    #[test]
+    fn a_count_past_the_bytes_left_is_short_not_an_allocation() {
+        // An Offer claiming 4 billion hashes in a 12-byte body.
+        let mut body = 7u64.to_le_bytes().to_vec();
+        body.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            Msg::decode(4, &body),
+            Err(WireError::Short {
+                what: "Offer",
+                field: "hashes"
+            })
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_bad_magic_and_bad_utf8_are_errors() {
+        let mut buf = Vec::new();
+        let refused = Msg::Refuse {
+            code: 1,
+            reason: "no".into(),
+        };
+        refused.encode(&mut buf).unwrap();
+        let mut body = buf[HEADER..].to_vec();
+        body.push(0);
+        assert_eq!(Msg::decode(3, &body), Err(WireError::Trailing(1, "Refuse")));
+        let mut hello = Vec::new();
+        Msg::Hello {
+            proto_min: 1,
+            proto_max: 1,
+            volume: "v".into(),
+            credential: "c".into(),
+            store_id: [0; 16],
+            last_applied: 0,
+        }
+        .encode(&mut hello)
+        .unwrap();
+        let mut bad = hello[HEADER..].to_vec();
+        bad[0] = b'X';
+        assert!(matches!(Msg::decode(1, &bad), Err(WireError::Bad { .. })));
+        let mut refuse = 9u16.to_le_bytes().to_vec();
+        refuse.extend_from_slice(&2u16.to_le_bytes());
+        refuse.extend_from_slice(&[0xff, 0xfe]);
+        assert!(matches!(
+            Msg::decode(3, &refuse),
+            Err(WireError::Bad { .. })
+        ));
+    }
+
+    #[test]
+    fn an_oversized_message_is_not_encoded() {
+        let m = Msg::Block {
+            hash: [0; 32],
+            data: vec![0; MAX_BLOCK + 1],
+        };
+        let mut buf = Vec::new();
+        assert!(matches!(m.encode(&mut buf), Err(WireError::TooLong { .. })));
+        assert!(buf.is_empty());
+    }
+}
