@@ -129,29 +129,89 @@ impl Time {
         }
     }
 
-    /// The kernel's coarse wall clock, the one it stamps files with itself
-    /// (with the writeback cache it sets `mtime` and `ctime` of writes):
-    /// one clock for both, so a later operation never shows an earlier
-    /// time than an earlier one (the fine clock runs up to a tick ahead).
+    /// The clock the kernel stamps files with itself (with the writeback
+    /// cache it sets `mtime` and `ctime` of writes): one clock for both,
+    /// so a later operation never shows an earlier time than an earlier
+    /// one. That clock is the coarse wall clock, raised since Linux 6.13 to
+    /// the "multigrain floor": the latest fine-grained stamp a filesystem
+    /// such as ext4 or tmpfs handed out, which user space cannot read. So
+    /// the daemon takes its time the same way: it sets the times of a
+    /// memfd (tmpfs) whose ctime it has just read, which the kernel answers
+    /// with a fine-grained stamp and raises the floor to it. Every stamp
+    /// the kernel gave before is at most that, every one it gives after at
+    /// least. (Before 6.13 the memfd is stamped with the coarse clock.)
+    /// Falls back to the coarse clock.
     pub fn now() -> Time {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
+        let coarse = coarse_now();
+        KERNEL_CLOCK.with(|p| {
+            p.as_ref()
+                .and_then(|p| p.stamp())
+                .map_or(coarse, |k| k.max(coarse))
+        })
+    }
+}
+
+/// The coarse wall clock (`CLOCK_REALTIME_COARSE`).
+fn coarse_now() -> Time {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; the clock id is a constant.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return Time {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
         };
-        // SAFETY: `ts` is a valid out-pointer; the clock id is a constant.
-        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
-            let d = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            return Time {
-                sec: d.as_secs() as i64,
-                nsec: d.subsec_nanos(),
-            };
+    }
+    Time {
+        sec: ts.tv_sec,
+        nsec: ts.tv_nsec as u32,
+    }
+}
+
+thread_local! {
+    static KERNEL_CLOCK: Option<MemfdClock> = MemfdClock::new();
+}
+
+/// A memfd whose times the daemon sets to take the kernel's time (see
+/// [`Time::now`]).
+struct MemfdClock(std::os::fd::OwnedFd);
+
+impl MemfdClock {
+    fn new() -> Option<MemfdClock> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a NUL-terminated name and flags; returns a new descriptor.
+        let fd = unsafe { libc::memfd_create(c"zippyfs-clock".as_ptr(), libc::MFD_CLOEXEC) };
+        // SAFETY: memfd_create returned a new descriptor nothing else owns.
+        (fd >= 0).then(|| MemfdClock(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn stat(&self) -> Option<libc::stat> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `stat` is a plain C struct of integers: all-zero is valid.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor and out-pointer.
+        (unsafe { libc::fstat(self.0.as_raw_fd(), &mut st) } == 0).then_some(st)
+    }
+
+    /// The kernel's time now: read the ctime (so the next change is
+    /// stamped fine-grained), set the times to now, read them back.
+    fn stamp(&self) -> Option<Time> {
+        use std::os::fd::AsRawFd;
+        self.stat()?;
+        // SAFETY: a valid descriptor; a null `times` means "now" for both.
+        if unsafe { libc::futimens(self.0.as_raw_fd(), std::ptr::null()) } != 0 {
+            return None;
         }
-        Time {
-            sec: ts.tv_sec,
-            nsec: ts.tv_nsec as u32,
-        }
+        let st = self.stat()?;
+        Some(Time {
+            sec: st.st_mtime,
+            nsec: st.st_mtime_nsec as u32,
+        })
     }
 }
 
