@@ -186,8 +186,15 @@ impl MemfdClock {
         use std::os::fd::FromRawFd;
         // SAFETY: a NUL-terminated name and flags; returns a new descriptor.
         let fd = unsafe { libc::memfd_create(c"zippyfs-clock".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
         // SAFETY: memfd_create returned a new descriptor nothing else owns.
-        (fd >= 0).then(|| MemfdClock(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+        let clock = MemfdClock(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        // Reading the ctime marks it queried, so the next change of the
+        // times is stamped fine-grained (each `stamp` ends with a read).
+        clock.stat()?;
+        Some(clock)
     }
 
     fn stat(&self) -> Option<libc::stat> {
@@ -198,11 +205,10 @@ impl MemfdClock {
         (unsafe { libc::fstat(self.0.as_raw_fd(), &mut st) } == 0).then_some(st)
     }
 
-    /// The kernel's time now: read the ctime (so the next change is
-    /// stamped fine-grained), set the times to now, read them back.
+    /// The kernel's time now: set the times to now (fine-grained, as the
+    /// last read marked the ctime queried), read them back.
     fn stamp(&self) -> Option<Time> {
         use std::os::fd::AsRawFd;
-        self.stat()?;
         // SAFETY: a valid descriptor; a null `times` means "now" for both.
         if unsafe { libc::futimens(self.0.as_raw_fd(), std::ptr::null()) } != 0 {
             return None;
