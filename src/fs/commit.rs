@@ -113,7 +113,8 @@ impl Fs {
         let Ok(snap) = self.snap() else {
             return names;
         };
-        let Ok(entries) = snap.range(&b"D"[..]..&b"E"[..]) else {
+        let (first, past) = ([DIRENT], [DIRENT + 1]);
+        let Ok(entries) = snap.range(&first[..]..&past[..]) else {
             return names;
         };
         for item in entries.take(1_000_000) {
@@ -126,7 +127,8 @@ impl Fs {
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_le_bytes);
             if ino.is_some_and(|i| inos.contains(&i)) {
-                names.push(String::from_utf8_lossy(key.get(9..).unwrap_or_default()).into_owned());
+                let name = key.get(dirent_prefix(0).len()..).unwrap_or_default();
+                names.push(String::from_utf8_lossy(name).into_owned());
                 if names.len() >= want {
                     break;
                 }

@@ -322,9 +322,12 @@ pub fn inode_key(ino: u64) -> [u8; 9] {
     k
 }
 
+/// The first byte of every directory entry's key.
+pub const DIRENT: u8 = b'D';
+
 pub fn dirent_prefix(parent: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
-    k[0] = b'D';
+    k[0] = DIRENT;
     k[1..].copy_from_slice(&parent.to_be_bytes());
     k
 }

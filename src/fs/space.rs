@@ -77,13 +77,7 @@ impl Blocks {
         if removed == 0 {
             return 0;
         }
-        let first = self
-            .0
-            .range(..=start)
-            .next_back()
-            .filter(|(_, e)| **e > start)
-            .map(|(&s, _)| s)
-            .unwrap_or(start);
+        let first = self.first_from(start);
         let hit: Vec<(u64, u64)> = self.0.range(first..end).map(|(&s, &e)| (s, e)).collect();
         for (s, e) in hit {
             self.0.remove(&s);
@@ -108,15 +102,19 @@ impl Blocks {
         self.0.iter().map(|(&s, &e)| (s, e))
     }
 
-    /// How many of `start..end` are in the set.
-    fn count_in(&self, start: u64, end: u64) -> u64 {
-        let first = self
-            .0
+    /// Where the ranges that may reach `start` or past it begin: the start
+    /// of the range holding `start`, or `start`.
+    fn first_from(&self, start: u64) -> u64 {
+        self.0
             .range(..=start)
             .next_back()
             .filter(|(_, e)| **e > start)
-            .map(|(&s, _)| s)
-            .unwrap_or(start);
+            .map_or(start, |(&s, _)| s)
+    }
+
+    /// How many of `start..end` are in the set.
+    fn count_in(&self, start: u64, end: u64) -> u64 {
+        let first = self.first_from(start);
         self.0
             .range(first..end)
             .map(|(&s, &e)| e.min(end).saturating_sub(s.max(start)))

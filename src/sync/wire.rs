@@ -270,24 +270,14 @@ impl Msg {
                 code: r.u16("code")?,
                 reason: r.str("reason")?,
             },
-            4 => {
-                let version = r.u64("version")?;
-                let n = r.count("hashes", 32)?;
-                let mut hashes = Vec::with_capacity(n);
-                for _ in 0..n {
-                    hashes.push(r.array("hash")?);
-                }
-                Msg::Offer { version, hashes }
-            }
-            5 => {
-                let version = r.u64("version")?;
-                let n = r.count("indexes", 4)?;
-                let mut indexes = Vec::with_capacity(n);
-                for _ in 0..n {
-                    indexes.push(r.u32("index")?);
-                }
-                Msg::Want { version, indexes }
-            }
+            4 => Msg::Offer {
+                version: r.u64("version")?,
+                hashes: r.list("hashes", 32, |r| r.array("hash"))?,
+            },
+            5 => Msg::Want {
+                version: r.u64("version")?,
+                indexes: r.list("indexes", 4, |r| r.u32("index"))?,
+            },
             6 => {
                 let hash = r.array("hash")?;
                 let n = r.count("data", 1)?;
@@ -410,6 +400,17 @@ impl<'a> Reader<'a> {
             });
         }
         Ok(n)
+    }
+
+    /// A list of items of `size` bytes each, read by `item`.
+    fn list<T>(
+        &mut self,
+        field: &'static str,
+        size: usize,
+        item: impl Fn(&mut Self) -> WireResult<T>,
+    ) -> WireResult<Vec<T>> {
+        let n = self.count(field, size)?;
+        (0..n).map(|_| item(self)).collect()
     }
 
     fn str(&mut self, field: &'static str) -> WireResult<String> {
