@@ -68,6 +68,7 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::shard::{IoThreads, shard_of};
 use crate::store::{Snapshot, Store, StoreOptions};
 pub use error::{FsError, FsResult, err};
+pub(crate) use history::rfc3339;
 pub use history::{
     HISTORY_DIR, VERSIONS_DIR, VERSIONS_FILE, is_history, live_ino, parse_time, versions_json,
 };

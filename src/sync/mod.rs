@@ -1,7 +1,18 @@
 //! Sync (issue #16, being built): peers push each commit's change-set to a
 //! server over QUIC, and the server streams it to every other peer of the
-//! volume. So far: the protocol's frames (`wire.rs`). The client, the
-//! server and the change-sets come next; this module uses `fs` and
-//! `store` through their public API and never `fuse`.
+//! volume. This module uses `fs` and `store` through their public API and
+//! never `fuse`.
+//!
+//! - `tree.rs`: the volume's tree by stable file id, and change-sets.
+//! - `apply.rs`: the one pure function the log is applied with, and the
+//!   conflict rules.
+//! - `peer.rs`: a peer's and the server's logic, without I/O.
+//! - `wire.rs`: the protocol's frames.
+//! - `sim.rs`: the deterministic simulation (tests).
 
+pub mod apply;
+pub mod peer;
+#[cfg(test)]
+mod sim;
+pub mod tree;
 pub mod wire;

@@ -1,0 +1,294 @@
+//! A peer's side of sync, without I/O: what it pushes, and what it does
+//! with what the server sends. The network client drives it; the
+//! simulation (`sim.rs`) drives many of them against a [`Relay`].
+//!
+//! ## What a peer keeps
+//!
+//! - `synced`: the log applied up to `applied`, by [`apply`];
+//! - `local`: what its mount shows, `synced` plus its own changes not yet
+//!   in the log;
+//! - `counter`: the number of its last push (durable, never reused);
+//! - the change-set in flight (one at a time), forgotten on disconnect:
+//!   its changes are still in `local`, and the next push carries them.
+//!
+//! ## Receiving
+//!
+//! Another peer's change-set is applied to `synced`, then *rebased* into
+//! `local`: the files it touched (and their directories, and whatever
+//! stands in their names locally) are reset to `synced` and this peer's
+//! own pending changes to them are applied again by the same [`apply`],
+//! as if ordered after it, which they will be. A pending change that is
+//! now concurrent is not applied; if it was a change of content, what this
+//! peer had becomes a conflict copy, a new file it pushes like any other.
+//! So the copy is made once, by the peer that lost, and reaches every
+//! peer by the log. The peer's own change-sets coming back (an ack, or the
+//! full change-set after a reconnect) are applied to `synced` only.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::apply::{Outcome, apply, conflict_name, free_name};
+use super::tree::{ChangeSet, FileId, Op, PeerId, ROOT_ID, Stamp, Tree, diff};
+use crate::fs::Kind;
+
+/// The server broke the protocol; the caller drops the connection.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Violation {
+    #[error("sequence {got} arrived after {applied}: the log has a gap")]
+    Gap { got: u64, applied: u64 },
+    #[error("an ack for push {got} when push {expected:?} is in flight")]
+    StrayAck { got: u64, expected: Option<u64> },
+}
+
+pub struct Peer {
+    pub id: PeerId,
+    pub name: String,
+    pub synced: Tree,
+    pub applied: u64,
+    pub local: Tree,
+    pub counter: u64,
+    in_flight: Option<ChangeSet>,
+}
+
+impl Peer {
+    pub fn new(id: PeerId, name: &str, tree: Tree) -> Peer {
+        Peer {
+            id,
+            name: name.to_string(),
+            synced: tree.clone(),
+            applied: 0,
+            local: tree,
+            counter: 0,
+            in_flight: None,
+        }
+    }
+
+    /// The connection went: what was in flight goes out again, in the
+    /// next push (the server ignores the old one if it arrives after it).
+    pub fn disconnected(&mut self) {
+        self.in_flight = None;
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// The next change-set to push, if none is in flight and there is
+    /// anything to push. `time` is left for the server to set.
+    pub fn push(&mut self) -> Option<ChangeSet> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let ops = diff(&self.synced, &self.local, None);
+        if ops.is_empty() {
+            return None;
+        }
+        self.counter += 1;
+        let cs = ChangeSet {
+            origin: self.id,
+            origin_name: self.name.clone(),
+            counter: self.counter,
+            base: self.applied,
+            time: 0,
+            ops,
+        };
+        self.in_flight = Some(cs.clone());
+        Some(cs)
+    }
+
+    /// The server took push `counter` as sequence `seq` at `time`.
+    pub fn on_ack(&mut self, seq: u64, counter: u64, time: i64) -> Result<(), Violation> {
+        self.next(seq)?;
+        match self.in_flight.take() {
+            Some(mut cs) if cs.counter == counter => {
+                cs.time = time;
+                apply(&mut self.synced, seq, &cs);
+                self.applied = seq;
+                Ok(())
+            }
+            other => Err(Violation::StrayAck {
+                got: counter,
+                expected: other.map(|c| c.counter),
+            }),
+        }
+    }
+
+    /// Sequence `seq` of the log. Returns the files whose local state
+    /// changed (for the kernel's caches), or nothing for one already seen.
+    pub fn on_deliver(
+        &mut self,
+        seq: u64,
+        cs: &ChangeSet,
+        now: i64,
+        new_fid: &mut dyn FnMut() -> FileId,
+    ) -> Result<BTreeSet<FileId>, Violation> {
+        if seq <= self.applied {
+            return Ok(BTreeSet::new());
+        }
+        self.next(seq)?;
+        if cs.origin == self.id {
+            // Our own, back after a reconnect: already in `local`.
+            if self
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.counter == cs.counter)
+            {
+                self.in_flight = None;
+            }
+            apply(&mut self.synced, seq, cs);
+            self.applied = seq;
+            return Ok(BTreeSet::new());
+        }
+        let before = self.synced.clone();
+        let out = apply(&mut self.synced, seq, cs);
+        self.applied = seq;
+        Ok(self.rebase(&before, seq, &out, now, new_fid))
+    }
+
+    fn next(&self, seq: u64) -> Result<(), Violation> {
+        if seq != self.applied + 1 {
+            return Err(Violation::Gap {
+                got: seq,
+                applied: self.applied,
+            });
+        }
+        Ok(())
+    }
+
+    /// Brings `local` onto the new `synced` around what sequence `seq`
+    /// touched, keeping this peer's pending changes (see the module doc).
+    fn rebase(
+        &mut self,
+        old: &Tree,
+        seq: u64,
+        out: &Outcome,
+        now: i64,
+        new_fid: &mut dyn FnMut() -> FileId,
+    ) -> BTreeSet<FileId> {
+        let near = self.neighbourhood(old, &out.touched);
+        let pending = diff(old, &self.local, Some(&near));
+        let mine: BTreeMap<FileId, (crate::sync::tree::Node, Option<crate::sync::tree::Key>)> =
+            near.iter()
+                .filter_map(|f| {
+                    let n = self.local.nodes.get(f)?.clone();
+                    Some((*f, (n, self.local.names_of(*f).next().cloned())))
+                })
+                .collect();
+        for &fid in &near {
+            self.local.remove_file(fid);
+        }
+        for &fid in &near {
+            if let Some(n) = self.synced.nodes.get(&fid) {
+                self.local.nodes.insert(fid, n.clone());
+            }
+        }
+        for &fid in &near {
+            for k in self.synced.names_of(fid) {
+                self.local.link(k.clone(), fid);
+            }
+        }
+        let again = ChangeSet {
+            origin: self.id,
+            origin_name: self.name.clone(),
+            counter: 0,
+            base: seq - 1,
+            time: now,
+            ops: pending,
+        };
+        let replayed = apply(&mut self.local, seq, &again);
+        let mut changed = near;
+        for &i in &replayed.skipped {
+            let Some(Op::Node { fid, .. }) = again.ops.get(i) else {
+                continue;
+            };
+            let Some((node, name)) = mine.get(fid) else {
+                continue;
+            };
+            // A directory's attributes: the first change wins, no copy.
+            if node.meta.kind == Kind::Dir {
+                continue;
+            }
+            let copy = new_fid();
+            let mut node = node.clone();
+            node.changed = Stamp::default();
+            node.renamed = Stamp::default();
+            self.local.nodes.insert(copy, node);
+            let (dir, base) = name
+                .clone()
+                .or_else(|| old.names_of(*fid).next().cloned())
+                .unwrap_or((ROOT_ID, b"file".to_vec()));
+            let dir = if self.local.is_dir(dir) { dir } else { ROOT_ID };
+            // Deleted there and changed here: the change keeps the name
+            // if it is free.
+            let name = if !self.local.nodes.contains_key(fid)
+                && !self.local.entries.contains_key(&(dir, base.clone()))
+            {
+                base
+            } else {
+                free_name(&self.local, dir, &conflict_name(&base, &self.name, now))
+            };
+            self.local.link((dir, name), copy);
+            changed.insert(copy);
+        }
+        changed
+    }
+
+    /// The files whose local state may depend on what changed: those
+    /// touched, the directories they are named in, whatever stands locally
+    /// in those names, and the local entries of directories that went.
+    fn neighbourhood(&self, old: &Tree, touched: &BTreeSet<FileId>) -> BTreeSet<FileId> {
+        let mut near: BTreeSet<FileId> = BTreeSet::new();
+        let mut todo: Vec<FileId> = touched.iter().copied().collect();
+        for &fid in touched {
+            todo.extend(old.names_of(fid).map(|k| k.0));
+        }
+        while let Some(fid) = todo.pop() {
+            if fid == ROOT_ID || !near.insert(fid) {
+                continue;
+            }
+            for k in self.synced.names_of(fid) {
+                todo.push(k.0);
+                if let Some(&occupant) = self.local.entries.get(k) {
+                    todo.push(occupant);
+                }
+            }
+            if !self.synced.nodes.contains_key(&fid) {
+                todo.extend(self.local.children(fid).map(|(_, c)| *c));
+            }
+        }
+        near
+    }
+}
+
+/// The server's side, without I/O: the volume's log and who pushed what.
+#[derive(Default)]
+pub struct Relay {
+    pub log: Vec<ChangeSet>,
+    /// Per peer, the counter of the last push taken.
+    pub last_counter: BTreeMap<PeerId, u64>,
+}
+
+impl Relay {
+    /// Takes a push from `origin` (as the connection's credential says):
+    /// the next sequence, or `None` for one at or below the last taken.
+    pub fn take(&mut self, origin: PeerId, name: &str, mut cs: ChangeSet, now: i64) -> Option<u64> {
+        let last = self.last_counter.entry(origin).or_default();
+        if cs.counter <= *last {
+            return None;
+        }
+        *last = cs.counter;
+        cs.origin = origin;
+        cs.origin_name = name.to_string();
+        cs.time = now;
+        self.log.push(cs);
+        Some(self.log.len() as u64)
+    }
+
+    /// The change-sets after `applied`, with their sequences.
+    pub fn since(&self, applied: u64) -> impl Iterator<Item = (u64, &ChangeSet)> {
+        let from = (applied as usize).min(self.log.len());
+        self.log[from..]
+            .iter()
+            .enumerate()
+            .map(move |(i, cs)| ((from + i + 1) as u64, cs))
+    }
+}

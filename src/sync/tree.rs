@@ -1,0 +1,326 @@
+//! A volume's tree as sync sees it: files named by stable file id, never
+//! by local inode number, and the changes between two trees as a
+//! change-set.
+//!
+//! A peer keeps two of these: the *synced* tree (the server's log applied
+//! up to the last sequence it received) and its *local* tree (what its
+//! mount shows: the synced tree plus its own changes not yet in the log).
+//! What a peer pushes is the difference of the two ([`diff`]); what it
+//! receives is applied to the synced tree by the one pure function in
+//! `apply.rs`, and rebased into the local tree.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::fs::{Kind, Time};
+
+/// A file's identity on every peer of a volume (the inode record's file id).
+pub type FileId = u128;
+/// The root directory's id on every peer.
+pub const ROOT_ID: FileId = 1;
+/// A block's BLAKE3 hash: blocks travel and are kept by it.
+pub type Hash = [u8; 32];
+/// A name: the directory it is in and the name in it.
+pub type Key = (FileId, Vec<u8>);
+/// A peer of a volume, as the server numbers it.
+pub type PeerId = u32;
+
+/// What a file is, apart from its data, names and xattrs. Ownership
+/// travels as numeric ids (as rsync does with `--numeric-ids`); the
+/// change time and the access time are each peer's own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: Kind,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub size: u64,
+    pub mtime: Time,
+}
+
+/// The last change to one aspect of a file: the log sequence and the peer
+/// it came from. What decides whether a change made elsewhere, on an
+/// older base, is concurrent with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub seq: u64,
+    pub origin: PeerId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub meta: Meta,
+    /// Block index → hash; a missing index is a hole.
+    pub blocks: BTreeMap<u64, Hash>,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// A symlink's target (empty for anything else).
+    pub target: Vec<u8>,
+    /// The last change to the content: meta, blocks, xattrs, target.
+    pub changed: Stamp,
+    /// The last change to the names.
+    pub renamed: Stamp,
+}
+
+impl Node {
+    /// The same file content: everything but the stamps.
+    pub fn same_content(&self, other: &Node) -> bool {
+        self.meta == other.meta
+            && self.blocks == other.blocks
+            && self.xattrs == other.xattrs
+            && self.target == other.target
+    }
+}
+
+/// Files, and the names they go by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tree {
+    pub nodes: BTreeMap<FileId, Node>,
+    pub entries: BTreeMap<Key, FileId>,
+    /// Every file's names (the inverse of `entries`); a directory has one.
+    pub names: BTreeMap<FileId, BTreeSet<Key>>,
+}
+
+impl Default for Tree {
+    fn default() -> Tree {
+        Tree::new(Meta {
+            kind: Kind::Dir,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: 0,
+            mtime: Time::default(),
+        })
+    }
+}
+
+impl Tree {
+    /// A tree holding only the root, with `root`'s attributes.
+    pub fn new(root: Meta) -> Tree {
+        let node = Node {
+            meta: root,
+            blocks: BTreeMap::new(),
+            xattrs: BTreeMap::new(),
+            target: Vec::new(),
+            changed: Stamp::default(),
+            renamed: Stamp::default(),
+        };
+        Tree {
+            nodes: BTreeMap::from([(ROOT_ID, node)]),
+            entries: BTreeMap::new(),
+            names: BTreeMap::new(),
+        }
+    }
+
+    pub fn is_dir(&self, fid: FileId) -> bool {
+        self.nodes
+            .get(&fid)
+            .is_some_and(|n| n.meta.kind == Kind::Dir)
+    }
+
+    pub fn names_of(&self, fid: FileId) -> impl Iterator<Item = &Key> {
+        self.names.get(&fid).into_iter().flatten()
+    }
+
+    /// The entries of directory `dir`.
+    pub fn children(&self, dir: FileId) -> impl Iterator<Item = (&Key, &FileId)> {
+        self.entries
+            .range((dir, Vec::new())..)
+            .take_while(move |((p, _), _)| *p == dir)
+    }
+
+    pub fn link(&mut self, key: Key, fid: FileId) {
+        self.names.entry(fid).or_default().insert(key.clone());
+        self.entries.insert(key, fid);
+    }
+
+    pub fn unlink(&mut self, key: &Key) -> Option<FileId> {
+        let fid = self.entries.remove(key)?;
+        if let Some(set) = self.names.get_mut(&fid) {
+            set.remove(key);
+            if set.is_empty() {
+                self.names.remove(&fid);
+            }
+        }
+        Some(fid)
+    }
+
+    /// Whether `ancestor` is `dir` or one of the directories above it.
+    /// Directories have one name, so this walks up one path.
+    pub fn is_within(&self, dir: FileId, ancestor: FileId) -> bool {
+        let mut at = dir;
+        // Bounded: a tree has no more levels than it has directories.
+        for _ in 0..=self.nodes.len() {
+            if at == ancestor {
+                return true;
+            }
+            match self.names_of(at).next() {
+                Some((parent, _)) => at = *parent,
+                None => return false,
+            }
+        }
+        false
+    }
+
+    /// Drops a file with all its names and content.
+    pub fn remove_file(&mut self, fid: FileId) -> Option<Node> {
+        let keys: Vec<Key> = self.names_of(fid).cloned().collect();
+        for k in &keys {
+            self.entries.remove(k);
+        }
+        self.names.remove(&fid);
+        self.nodes.remove(&fid)
+    }
+
+    /// The same files, names and contents as `other` (stamps aside).
+    pub fn same_as(&self, other: &Tree) -> bool {
+        self.entries == other.entries
+            && self.nodes.len() == other.nodes.len()
+            && self
+                .nodes
+                .iter()
+                .all(|(fid, n)| other.nodes.get(fid).is_some_and(|o| n.same_content(o)))
+    }
+}
+
+/// One change in a change-set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A file's content as changed. `whole`: the op carries all of it (a
+    /// file new to the volume), else it changes the file as the log has it.
+    Node {
+        fid: FileId,
+        whole: bool,
+        meta: Meta,
+        /// Blocks at or past this index are gone (the file shrank).
+        cut: Option<u64>,
+        /// Blocks set (`Some`) or made holes (`None`).
+        blocks: Vec<(u64, Option<Hash>)>,
+        xattrs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        target: Option<Vec<u8>>,
+    },
+    /// A file's names as changed: a rename removes one and adds one, a
+    /// link adds, an unlink removes, a delete removes the last.
+    Names {
+        fid: FileId,
+        removed: Vec<Key>,
+        added: Vec<Key>,
+    },
+}
+
+impl Op {
+    pub fn fid(&self) -> FileId {
+        match self {
+            Op::Node { fid, .. } | Op::Names { fid, .. } => *fid,
+        }
+    }
+}
+
+/// What one commit of one peer changed, as the server orders it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeSet {
+    /// The peer it came from (set by the server from the connection's
+    /// credential, never taken from the peer).
+    pub origin: PeerId,
+    /// That peer's name, for the names of conflict copies.
+    pub origin_name: String,
+    /// The peer's own count of its pushes: the server takes each once,
+    /// in order, and ignores one at or below the last it took.
+    pub counter: u64,
+    /// The last log sequence the peer had applied when it made this.
+    pub base: u64,
+    /// When the server took it (Unix seconds), for conflict names.
+    pub time: i64,
+    pub ops: Vec<Op>,
+}
+
+/// The change-set that turns `from` into `to`, for the files in `fids`
+/// (every file of both when `None`): content ops first, then names.
+pub fn diff(from: &Tree, to: &Tree, fids: Option<&BTreeSet<FileId>>) -> Vec<Op> {
+    let all: BTreeSet<FileId>;
+    let fids = match fids {
+        Some(f) => f,
+        None => {
+            all = from.nodes.keys().chain(to.nodes.keys()).copied().collect();
+            &all
+        }
+    };
+    let mut ops = Vec::new();
+    let mut names = Vec::new();
+    for &fid in fids {
+        if fid == ROOT_ID && from.nodes.get(&fid) == to.nodes.get(&fid) {
+            continue;
+        }
+        if let Some(new) = to.nodes.get(&fid) {
+            match from.nodes.get(&fid) {
+                None => ops.push(whole(fid, new)),
+                Some(old) if !old.same_content(new) => ops.push(delta(fid, old, new)),
+                Some(_) => {}
+            }
+        }
+        let old: BTreeSet<&Key> = from.names_of(fid).collect();
+        let new: BTreeSet<&Key> = to.names_of(fid).collect();
+        if old != new {
+            names.push(Op::Names {
+                fid,
+                removed: old.difference(&new).map(|k| (*k).clone()).collect(),
+                added: new.difference(&old).map(|k| (*k).clone()).collect(),
+            });
+        }
+    }
+    ops.extend(names);
+    ops
+}
+
+fn whole(fid: FileId, n: &Node) -> Op {
+    Op::Node {
+        fid,
+        whole: true,
+        meta: n.meta.clone(),
+        cut: None,
+        blocks: n.blocks.iter().map(|(i, h)| (*i, Some(*h))).collect(),
+        xattrs: n
+            .xattrs
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect(),
+        target: Some(n.target.clone()),
+    }
+}
+
+fn delta(fid: FileId, old: &Node, new: &Node) -> Op {
+    // Blocks past the new last one go with one cut, not one hole each.
+    let end = new.blocks.keys().next_back().map_or(0, |i| i + 1);
+    let cut = old.blocks.range(end..).next().map(|_| end);
+    let mut blocks = Vec::new();
+    for (i, h) in &new.blocks {
+        if old.blocks.get(i) != Some(h) {
+            blocks.push((*i, Some(*h)));
+        }
+    }
+    for i in old.blocks.range(..end).map(|(i, _)| *i) {
+        if !new.blocks.contains_key(&i) {
+            blocks.push((i, None));
+        }
+    }
+    let mut xattrs = Vec::new();
+    for (k, v) in &new.xattrs {
+        if old.xattrs.get(k) != Some(v) {
+            xattrs.push((k.clone(), Some(v.clone())));
+        }
+    }
+    for k in old.xattrs.keys() {
+        if !new.xattrs.contains_key(k) {
+            xattrs.push((k.clone(), None));
+        }
+    }
+    Op::Node {
+        fid,
+        whole: false,
+        meta: new.meta.clone(),
+        cut,
+        blocks,
+        xattrs,
+        target: (old.target != new.target).then(|| new.target.clone()),
+    }
+}
