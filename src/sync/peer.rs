@@ -203,8 +203,14 @@ impl Peer {
             let Some((node, name)) = mine.get(fid) else {
                 continue;
             };
-            // A directory's attributes: the first change wins, no copy.
-            if node.meta.kind == Kind::Dir {
+            // A directory's attributes: the first change wins, no copy;
+            // and none when both peers made the same change.
+            let same = self
+                .local
+                .nodes
+                .get(fid)
+                .is_some_and(|n| n.same_content(node));
+            if node.meta.kind == Kind::Dir || same {
                 continue;
             }
             let copy = new_fid();

@@ -23,23 +23,31 @@
 //! ```text
 //! 1 Hello    magic "ZPSY", proto_min u16, proto_max u16, volume str,
 //!            credential str, store id [16], last applied sequence u64
-//!            (client, first frame on its first stream)
-//! 2 Welcome  proto u16, server id [16], volume head sequence u64
+//!            (client, first frame on its stream)
+//! 2 Welcome  proto u16, server id [16], peer id u32, peer name str,
+//!            volume head sequence u64; then the change-sets after the
+//!            peer's last applied one follow as Deliver
 //! 3 Refuse   code u16, reason str (then the server closes the connection)
-//! 4 Offer    local version u64, hashes list of [32] (the BLAKE3 hashes of
-//!            the blocks a change-set needs)
-//! 5 Want     local version u64, indexes list of u32 (into the Offer: the
-//!            blocks the server lacks)
-//! 6 Block    hash [32], data bytes (the receiver checks BLAKE3(data) = hash)
-//! 7 Ack      local version u64, sequence u64 (the server made the
-//!            change-set durable as the volume's sequence)
+//! 4 Push     change-set (client: one local commit, or several folded)
+//! 5 Deliver  sequence u64, change-set (server: the log, in order)
+//! 6 Ack      counter u64, sequence u64, time i64 (server: push `counter`
+//!            is durable as `sequence`, taken at `time`)
+//! 7 Want     hashes list of [32] (either side: the blocks it lacks of a
+//!            Push or a Deliver; an empty list: none)
+//! 8 Block    hash [32], data bytes (the receiver checks BLAKE3(data) = hash)
 //! ```
 //!
-//! Limits per kind (the body's bytes): Hello, Welcome, Refuse 4 KiB; Offer
-//! and Want 1 MiB (32,768 hashes: a change-set offers its blocks in
-//! several); Block the largest block (1 MiB) and its header; Ack 16 bytes.
+//! A change-set's encoding is in `wire/changeset.rs`.
+//!
+//! Limits per kind (the body's bytes): Hello, Welcome, Refuse 4 KiB; Push
+//! and Deliver 64 MiB; Want 1 MiB (32,768 hashes: more are asked in
+//! several); Block the largest block (1 MiB) and its header; Ack 24 bytes.
+
+mod changeset;
 
 use thiserror::Error;
+
+use super::tree::ChangeSet;
 
 /// The protocol versions this build speaks.
 pub const PROTO_MIN: u16 = 1;
@@ -48,6 +56,10 @@ const MAGIC: [u8; 4] = *b"ZPSY";
 /// Bytes before a frame's body: `len` and `kind`.
 pub const HEADER: usize = 5;
 const SMALL: usize = 4 << 10;
+/// The largest change-set, encoded.
+pub const MAX_CHANGESET: usize = 64 << 20;
+/// The most hashes one Want asks for.
+pub const MAX_WANT: usize = 32_768;
 /// The largest data block a filesystem has.
 pub const MAX_BLOCK: usize = crate::fs::MAX_BLOCK as usize;
 
@@ -89,27 +101,30 @@ pub enum Msg {
     Welcome {
         proto: u16,
         server_id: [u8; 16],
+        peer: u32,
+        peer_name: String,
         head: u64,
     },
     Refuse {
         code: u16,
         reason: String,
     },
-    Offer {
-        version: u64,
-        hashes: Vec<[u8; 32]>,
+    Push(ChangeSet),
+    Deliver {
+        seq: u64,
+        cs: ChangeSet,
+    },
+    Ack {
+        counter: u64,
+        seq: u64,
+        time: i64,
     },
     Want {
-        version: u64,
-        indexes: Vec<u32>,
+        hashes: Vec<[u8; 32]>,
     },
     Block {
         hash: [u8; 32],
         data: Vec<u8>,
-    },
-    Ack {
-        version: u64,
-        seq: u64,
     },
 }
 
@@ -119,10 +134,11 @@ fn kind_info(kind: u8) -> WireResult<(&'static str, usize)> {
         1 => ("Hello", SMALL),
         2 => ("Welcome", SMALL),
         3 => ("Refuse", SMALL),
-        4 => ("Offer", 8 + 4 + 32 * 32_768),
-        5 => ("Want", 8 + 4 + 4 * 32_768),
-        6 => ("Block", 32 + 4 + MAX_BLOCK),
-        7 => ("Ack", 16),
+        4 => ("Push", MAX_CHANGESET),
+        5 => ("Deliver", 8 + MAX_CHANGESET),
+        6 => ("Ack", 24),
+        7 => ("Want", 4 + 32 * MAX_WANT),
+        8 => ("Block", 32 + 4 + MAX_BLOCK),
         k => return Err(WireError::UnknownKind(k)),
     })
 }
@@ -150,10 +166,11 @@ impl Msg {
             Msg::Hello { .. } => 1,
             Msg::Welcome { .. } => 2,
             Msg::Refuse { .. } => 3,
-            Msg::Offer { .. } => 4,
-            Msg::Want { .. } => 5,
-            Msg::Block { .. } => 6,
-            Msg::Ack { .. } => 7,
+            Msg::Push(_) => 4,
+            Msg::Deliver { .. } => 5,
+            Msg::Ack { .. } => 6,
+            Msg::Want { .. } => 7,
+            Msg::Block { .. } => 8,
         }
     }
 
@@ -182,38 +199,40 @@ impl Msg {
             Msg::Welcome {
                 proto,
                 server_id,
+                peer,
+                peer_name,
                 head,
             } => {
                 w.u16(*proto);
                 w.bytes(server_id);
+                w.u32(*peer);
+                w.str(peer_name)?;
                 w.u64(*head);
             }
             Msg::Refuse { code, reason } => {
                 w.u16(*code);
                 w.str(reason)?;
             }
-            Msg::Offer { version, hashes } => {
-                w.u64(*version);
+            Msg::Push(cs) => changeset::put(&mut w, cs)?,
+            Msg::Deliver { seq, cs } => {
+                w.u64(*seq);
+                changeset::put(&mut w, cs)?;
+            }
+            Msg::Ack { counter, seq, time } => {
+                w.u64(*counter);
+                w.u64(*seq);
+                w.u64(*time as u64);
+            }
+            Msg::Want { hashes } => {
                 w.u32(count(hashes.len())?);
                 for h in hashes {
                     w.bytes(h);
-                }
-            }
-            Msg::Want { version, indexes } => {
-                w.u64(*version);
-                w.u32(count(indexes.len())?);
-                for i in indexes {
-                    w.u32(*i);
                 }
             }
             Msg::Block { hash, data } => {
                 w.bytes(hash);
                 w.u32(count(data.len())?);
                 w.bytes(data);
-            }
-            Msg::Ack { version, seq } => {
-                w.u64(*version);
-                w.u64(*seq);
             }
         }
         let kind = self.kind();
@@ -264,21 +283,28 @@ impl Msg {
             2 => Msg::Welcome {
                 proto: r.u16("proto")?,
                 server_id: r.array("server id")?,
+                peer: r.u32("peer")?,
+                peer_name: r.str("peer name")?,
                 head: r.u64("head")?,
             },
             3 => Msg::Refuse {
                 code: r.u16("code")?,
                 reason: r.str("reason")?,
             },
-            4 => Msg::Offer {
-                version: r.u64("version")?,
+            4 => Msg::Push(changeset::get(&mut r)?),
+            5 => Msg::Deliver {
+                seq: r.u64("seq")?,
+                cs: changeset::get(&mut r)?,
+            },
+            6 => Msg::Ack {
+                counter: r.u64("counter")?,
+                seq: r.u64("seq")?,
+                time: r.u64("time")? as i64,
+            },
+            7 => Msg::Want {
                 hashes: r.list("hashes", 32, |r| r.array("hash"))?,
             },
-            5 => Msg::Want {
-                version: r.u64("version")?,
-                indexes: r.list("indexes", 4, |r| r.u32("index"))?,
-            },
-            6 => {
+            8 => {
                 let hash = r.array("hash")?;
                 let n = r.count("data", 1)?;
                 Msg::Block {
@@ -286,10 +312,6 @@ impl Msg {
                     data: r.take(n, "data")?.to_vec(),
                 }
             }
-            7 => Msg::Ack {
-                version: r.u64("version")?,
-                seq: r.u64("seq")?,
-            },
             k => return Err(WireError::UnknownKind(k)),
         };
         if !r.b.is_empty() {
@@ -423,6 +445,8 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::{Kind, Time};
+    use crate::sync::tree::{Meta, Op};
     use proptest::prelude::*;
 
     fn msg() -> impl Strategy<Value = Msg> {
@@ -446,28 +470,127 @@ mod tests {
                         last_applied,
                     }
                 }),
-            (any::<u16>(), any::<[u8; 16]>(), any::<u64>()).prop_map(|(proto, server_id, head)| {
-                Msg::Welcome {
+            (
+                any::<u16>(),
+                any::<[u8; 16]>(),
+                any::<u32>(),
+                s,
+                any::<u64>()
+            )
+                .prop_map(|(proto, server_id, peer, peer_name, head)| Msg::Welcome {
                     proto,
                     server_id,
+                    peer,
+                    peer_name,
                     head,
-                }
-            }),
+                }),
             (any::<u16>(), ".{0,100}").prop_map(|(code, reason)| Msg::Refuse { code, reason }),
-            (
-                any::<u64>(),
-                prop::collection::vec(any::<[u8; 32]>(), 0..50)
-            )
-                .prop_map(|(version, hashes)| Msg::Offer { version, hashes }),
-            (any::<u64>(), prop::collection::vec(any::<u32>(), 0..50))
-                .prop_map(|(version, indexes)| Msg::Want { version, indexes }),
+            changeset().prop_map(Msg::Push),
+            (any::<u64>(), changeset()).prop_map(|(seq, cs)| Msg::Deliver { seq, cs }),
+            (any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(counter, seq, time)| Msg::Ack {
+                counter,
+                seq,
+                time
+            }),
+            prop::collection::vec(any::<[u8; 32]>(), 0..50).prop_map(|hashes| Msg::Want { hashes }),
             (
                 any::<[u8; 32]>(),
                 prop::collection::vec(any::<u8>(), 0..3000)
             )
                 .prop_map(|(hash, data)| Msg::Block { hash, data }),
-            (any::<u64>(), any::<u64>()).prop_map(|(version, seq)| Msg::Ack { version, seq }),
         ]
+    }
+
+    fn name() -> impl Strategy<Value = Vec<u8>> {
+        "[a-z0-9.]{1,12}"
+            .prop_filter("a name", |n| n != "." && n != "..")
+            .prop_map(String::into_bytes)
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let key = || (any::<u128>(), name());
+        prop_oneof![
+            (
+                any::<u128>(),
+                any::<bool>(),
+                1u8..=7,
+                0u16..0o7777,
+                any::<u32>(),
+                0u64..1 << 40,
+                (any::<i64>(), 0u32..1_000_000_000),
+                proptest::option::of(any::<u64>()),
+                prop::collection::vec(
+                    (any::<u64>(), proptest::option::of(any::<[u8; 32]>())),
+                    0..5
+                ),
+                prop::collection::vec((name(), proptest::option::of(name())), 0..3),
+                proptest::option::of(name()),
+            )
+                .prop_map(
+                    |(
+                        fid,
+                        whole,
+                        kind,
+                        perm,
+                        id,
+                        size,
+                        (sec, nsec),
+                        cut,
+                        blocks,
+                        xattrs,
+                        target,
+                    )| {
+                        Op::Node {
+                            fid,
+                            whole,
+                            meta: Meta {
+                                kind: Kind::from_code(kind).unwrap(),
+                                perm,
+                                uid: id,
+                                gid: id / 2,
+                                rdev: id / 3,
+                                size,
+                                mtime: Time { sec, nsec },
+                            },
+                            cut,
+                            blocks,
+                            xattrs,
+                            target,
+                        }
+                    }
+                ),
+            (
+                any::<u128>(),
+                prop::collection::vec(key(), 0..3),
+                prop::collection::vec(key(), 0..3)
+            )
+                .prop_map(|(fid, removed, added)| Op::Names {
+                    fid,
+                    removed,
+                    added
+                }),
+        ]
+    }
+
+    fn changeset() -> impl Strategy<Value = ChangeSet> {
+        (
+            any::<u32>(),
+            "[a-z]{0,10}",
+            any::<u64>(),
+            any::<u64>(),
+            any::<i64>(),
+            prop::collection::vec(op(), 0..6),
+        )
+            .prop_map(
+                |(origin, origin_name, counter, base, time, ops)| ChangeSet {
+                    origin,
+                    origin_name,
+                    counter,
+                    base,
+                    time,
+                    ops,
+                },
+            )
     }
 
     proptest! {
@@ -488,7 +611,7 @@ mod tests {
         fn any_bytes_decode_to_a_message_or_an_error(b in prop::collection::vec(any::<u8>(), 0..300)) {
             let _ = Msg::decode_frame(&b);
             if let Some(&kind) = b.first() {
-                let _ = Msg::decode(kind % 9, &b[1..]);
+                let _ = Msg::decode(kind % 10, &b[1..]);
             }
         }
     }
@@ -497,7 +620,7 @@ mod tests {
     fn a_frame_over_its_limit_is_refused_from_its_header() {
         let mut h = [0u8; HEADER];
         h[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        h[4] = 6;
+        h[4] = 8;
         assert!(matches!(
             header(&h),
             Err(WireError::TooLong { what: "Block", .. })
@@ -509,14 +632,35 @@ mod tests {
 
     #[test]
     fn a_count_past_the_bytes_left_is_short_not_an_allocation() {
-        // An Offer claiming 4 billion hashes in a 12-byte body.
-        let mut body = 7u64.to_le_bytes().to_vec();
-        body.extend_from_slice(&u32::MAX.to_le_bytes());
+        // A Want claiming 4 billion hashes in a 4-byte body.
+        let body = u32::MAX.to_le_bytes();
+        assert_eq!(
+            Msg::decode(7, &body),
+            Err(WireError::Short {
+                what: "Want",
+                field: "hashes"
+            })
+        );
+        // A Push claiming 4 billion ops.
+        let mut push = Vec::new();
+        Msg::Push(ChangeSet {
+            origin: 1,
+            origin_name: "p".into(),
+            counter: 1,
+            base: 0,
+            time: 0,
+            ops: vec![],
+        })
+        .encode(&mut push)
+        .unwrap();
+        let mut body = push[HEADER..].to_vec();
+        let n = body.len();
+        body[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
             Msg::decode(4, &body),
             Err(WireError::Short {
-                what: "Offer",
-                field: "hashes"
+                what: "Push",
+                field: "ops"
             })
         );
     }
