@@ -579,6 +579,14 @@ fn put_delta(t: &mut WriteTxn<'_>, d: &Delta) -> FsResult<Vec<(u64, u64, Reserve
     for (&ino, target) in &d.symlinks {
         t.put(&symlink_key(ino), target)?;
     }
+    for (&fid, ino) in &d.file_ids {
+        match ino {
+            Some(ino) => t.put(&file_id_key(fid), &ino.to_le_bytes())?,
+            None => {
+                t.delete(&file_id_key(fid))?;
+            }
+        }
+    }
     for (&ino, &orphan) in &d.orphans {
         if orphan {
             t.put(&orphan_key(ino), b"")?;

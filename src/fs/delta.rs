@@ -19,6 +19,8 @@ pub(super) struct Delta {
     pub(super) symlinks: HashMap<u64, Vec<u8>>,
     /// true: unlinked while open (an orphan); false: no longer an orphan.
     pub(super) orphans: HashMap<u64, bool>,
+    /// File ids made elsewhere (sync) → the inode here, `None`: gone.
+    pub(super) file_ids: HashMap<u128, Option<u64>>,
     /// Dirty data bytes held.
     pub(super) bytes: u64,
 }
@@ -32,6 +34,7 @@ impl Delta {
             && self.xattrs.is_empty()
             && self.symlinks.is_empty()
             && self.orphans.is_empty()
+            && self.file_ids.is_empty()
     }
 
     /// Folds a newer delta into this older one.
@@ -54,6 +57,7 @@ impl Delta {
         self.xattrs.extend(newer.xattrs);
         self.symlinks.extend(newer.symlinks);
         self.orphans.extend(newer.orphans);
+        self.file_ids.extend(newer.file_ids);
         self.bytes += newer.bytes;
     }
 
@@ -64,6 +68,7 @@ impl Delta {
     pub(super) fn only_frees(&self, first_new: u64) -> bool {
         self.blocks.values().all(Option::is_none)
             && self.xattrs.values().all(Option::is_none)
+            && self.file_ids.values().all(Option::is_none)
             && self.symlinks.is_empty()
             && !self
                 .inodes

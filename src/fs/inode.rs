@@ -10,6 +10,8 @@
 //! X ino name            extended attribute value
 //! S ino                 symlink target
 //! O ino                 orphan: unlinked while open; deleted at the next mount
+//! F file-id             a file made by another peer (sync): its inode u64 LE
+//!                       (a file made here has the id `fs id << 64 | ino`)
 //! M                     filesystem record: next inode number u64, block size u32
 //! ```
 //!
@@ -378,6 +380,13 @@ pub fn orphan_key(ino: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = b'O';
     k[1..].copy_from_slice(&ino.to_be_bytes());
+    k
+}
+
+pub fn file_id_key(fid: u128) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = b'F';
+    k[1..].copy_from_slice(&fid.to_be_bytes());
     k
 }
 

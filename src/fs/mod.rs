@@ -49,6 +49,7 @@ mod handles;
 mod history;
 pub mod inode;
 mod namespace;
+pub mod remote;
 mod rename;
 mod space;
 
@@ -398,11 +399,11 @@ impl Fs {
         Ok(())
     }
 
+    /// The id of a file made here: the filesystem's id and the inode
+    /// number, so that sync finds the inode of an id without an index
+    /// (only files made by other peers are in the `F` index).
     fn file_id(&self, ino: u64) -> u128 {
-        let mut h = blake3::Hasher::new();
-        h.update(&self.fs_id.to_le_bytes());
-        h.update(&ino.to_le_bytes());
-        u128::from_le_bytes(h.finalize().as_bytes()[..16].try_into().unwrap_or_default())
+        ((self.fs_id as u64 as u128) << 64) | ino as u128
     }
 
     fn shard(&self, ino: u64) -> MutexGuard<'_, Shard> {

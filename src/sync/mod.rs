@@ -7,10 +7,13 @@
 //! - `apply.rs`: the one pure function the log is applied with, and the
 //!   conflict rules.
 //! - `peer.rs`: a peer's and the server's logic, without I/O.
+//! - `local.rs`: a peer's own filesystem as a tree, and changes written
+//!   back into it.
 //! - `wire.rs`: the protocol's frames.
 //! - `sim.rs`: the deterministic simulation (tests).
 
 pub mod apply;
+pub mod local;
 pub mod peer;
 #[cfg(test)]
 mod sim;

@@ -1,0 +1,257 @@
+//! A peer's own filesystem as sync sees it: its last commit read as a
+//! [`Tree`] (through `fs::remote`), and changes to that tree written back
+//! into it as a [`RemoteChange`].
+//!
+//! What does not travel: a directory's size and modification time (each
+//! peer's own, changed by the names made in it there), access and change
+//! times, inode numbers.
+
+use std::collections::BTreeMap;
+
+use super::tree::{FileId, Hash, Meta, Node, Op, ROOT_ID, Stamp, Tree};
+use crate::fs::remote::{Committed, ROOT_FILE_ID, RemoteChange, RemoteFile};
+use crate::fs::{Kind, Time};
+
+const _: () = assert!(ROOT_ID == ROOT_FILE_ID);
+
+/// The meta of a file as it travels.
+pub fn meta_of(i: &crate::fs::Inode) -> Meta {
+    let dir = i.kind == Kind::Dir;
+    Meta {
+        kind: i.kind,
+        perm: i.perm,
+        uid: i.uid,
+        gid: i.gid,
+        rdev: i.rdev,
+        size: if dir { 0 } else { i.size },
+        mtime: if dir { Time::default() } else { i.mtime },
+    }
+}
+
+/// A commit as a tree.
+pub fn tree_of(c: &Committed) -> Tree {
+    let mut t = Tree::default();
+    for f in &c.files {
+        t.nodes.insert(
+            f.id,
+            Node {
+                meta: meta_of(&f.inode),
+                blocks: f.blocks.iter().copied().collect(),
+                xattrs: f.xattrs.iter().cloned().collect(),
+                target: f.target.clone(),
+                changed: Stamp::default(),
+                renamed: Stamp::default(),
+            },
+        );
+    }
+    for (dir, name, fid) in &c.names {
+        t.link((*dir, name.clone()), *fid);
+    }
+    t
+}
+
+/// A block the change needs that is not at hand.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("block {} is not here", hex(.0))]
+pub struct MissingBlock(pub Hash);
+
+fn hex(h: &Hash) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `ops` (a change of this peer's tree, worked out against commit `base`)
+/// as a change of its filesystem; `block` gives a block's bytes by hash.
+pub fn to_remote(
+    ops: &[Op],
+    base: u64,
+    block: &mut dyn FnMut(&Hash) -> Option<Vec<u8>>,
+) -> Result<RemoteChange, MissingBlock> {
+    let mut out = RemoteChange {
+        base,
+        ..Default::default()
+    };
+    for op in ops {
+        match op {
+            Op::Node {
+                fid,
+                whole,
+                meta,
+                cut,
+                blocks,
+                xattrs,
+                target,
+            } => {
+                let mut data = Vec::with_capacity(blocks.len());
+                for (i, h) in blocks {
+                    data.push((
+                        *i,
+                        match h {
+                            Some(h) => Some(block(h).ok_or(MissingBlock(*h))?),
+                            None => None,
+                        },
+                    ));
+                }
+                out.files.push(RemoteFile {
+                    id: *fid,
+                    kind: meta.kind,
+                    perm: meta.perm,
+                    uid: meta.uid,
+                    gid: meta.gid,
+                    rdev: meta.rdev,
+                    size: meta.size,
+                    mtime: meta.mtime,
+                    whole: *whole,
+                    cut: *cut,
+                    blocks: data,
+                    xattrs: xattrs.clone(),
+                    target: target.clone(),
+                });
+            }
+            Op::Names {
+                fid,
+                removed,
+                added,
+            } => {
+                out.unlinked.extend(removed.iter().cloned());
+                out.linked
+                    .extend(added.iter().map(|(d, n)| (*d, n.clone(), *fid)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Where each block of a tree is: hash → (file, index), for reading the
+/// bytes of blocks to send.
+pub fn block_places(t: &Tree) -> BTreeMap<Hash, (FileId, u64)> {
+    let mut out = BTreeMap::new();
+    for (fid, n) in &t.nodes {
+        for (i, h) in &n.blocks {
+            out.entry(*h).or_insert((*fid, *i));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::remote::Applied;
+    use crate::fs::{Ctx, Fs, FsOptions, SetAttr};
+    use crate::sync::tree::diff;
+
+    fn fs(dir: &std::path::Path) -> Fs {
+        let opts = FsOptions {
+            shards: 2,
+            block_size: 4096,
+            io_threads: false,
+            ..Default::default()
+        };
+        Fs::mount(dir, opts).unwrap()
+    }
+
+    const CTX: Ctx = Ctx {
+        uid: 0,
+        gid: 0,
+        umask: 0o022,
+    };
+
+    /// Sends the difference of `a`'s commits from `from` to its latest to
+    /// `b`, as the sync client would; returns `a`'s tree now.
+    fn send(a: &Fs, from: &Tree, b: &Fs) -> Tree {
+        let now = tree_of(&a.committed().unwrap());
+        let places = block_places(&now);
+        let ops = diff(from, &now, None);
+        let base = b.store().latest_version().unwrap();
+        let change = to_remote(&ops, base, &mut |h| {
+            let (fid, i) = places.get(h)?;
+            a.committed_block(*fid, *i).ok()
+        })
+        .unwrap();
+        assert!(matches!(
+            b.apply_remote(&change, "sync test").unwrap(),
+            Applied::Done { .. }
+        ));
+        now
+    }
+
+    #[test]
+    fn a_filesystem_sent_as_changes_arrives_whole_and_follows_renames_and_deletes() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (fs(da.path()), fs(db.path()));
+        let d = a.mkdir(CTX, 1, b"dir", 0o750).unwrap();
+        let sub = a.mkdir(CTX, d.ino, b"sub", 0o755).unwrap();
+        let (f, _) = a.create(CTX, d.ino, b"f.txt", 0o640).unwrap();
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        a.write(f.ino, 0, &data).unwrap();
+        a.link(f.ino, sub.ino, b"hard").unwrap();
+        a.symlink(CTX, 1, b"ln", b"dir/f.txt").unwrap();
+        a.setxattr(f.ino, b"user.k", b"v", false, false).unwrap();
+        a.commit("test").unwrap();
+
+        let sent = send(&a, &Tree::default(), &b);
+        assert!(tree_of(&b.committed().unwrap()).same_as(&sent));
+        let bd = b.lookup(1, b"dir").unwrap();
+        let bf = b.lookup(bd.ino, b"f.txt").unwrap();
+        assert_eq!(b.read(bf.ino, 0, 30_000).unwrap(), data);
+        assert_eq!((bf.nlink, bf.perm, bd.nlink), (2, 0o640, 3));
+        assert_eq!(
+            b.readlink(b.lookup(1, b"ln").unwrap().ino).unwrap(),
+            b"dir/f.txt"
+        );
+        assert_eq!(b.getxattr(bf.ino, b"user.k").unwrap(), b"v");
+
+        // Renames, a write in the middle, a truncate, deletes.
+        a.rename(d.ino, b"f.txt", 1, b"moved.txt", RenameMode::Replace)
+            .unwrap();
+        a.write(f.ino, 5000, b"middle").unwrap();
+        a.setattr(
+            f.ino,
+            SetAttr {
+                size: Some(9000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        a.unlink(sub.ino, b"hard").unwrap();
+        a.rmdir(d.ino, b"sub").unwrap();
+        a.commit("test").unwrap();
+        let again = send(&a, &sent, &b);
+        assert!(tree_of(&b.committed().unwrap()).same_as(&again));
+        let moved = b.lookup(1, b"moved.txt").unwrap();
+        assert_eq!(moved.ino, bf.ino, "a rename keeps the inode");
+        let mut want = data[..9000].to_vec();
+        want[5000..5006].copy_from_slice(b"middle");
+        assert_eq!(b.read(moved.ino, 0, 30_000).unwrap(), want);
+        assert_eq!(moved.nlink, 1);
+        assert_eq!(b.lookup(bd.ino, b"sub").unwrap_err().errno(), libc::ENOENT);
+        assert_eq!(b.getattr(bd.ino).unwrap().nlink, 2);
+    }
+
+    #[test]
+    fn a_change_worked_out_before_a_local_write_is_refused() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (fs(da.path()), fs(db.path()));
+        a.mkdir(CTX, 1, b"x", 0o755).unwrap();
+        a.commit("test").unwrap();
+        let now = tree_of(&a.committed().unwrap());
+        let change = to_remote(
+            &diff(&Tree::default(), &now, None),
+            b.store().latest_version().unwrap(),
+            &mut |_| None,
+        )
+        .unwrap();
+        b.mkdir(CTX, 1, b"y", 0o755).unwrap();
+        assert!(matches!(
+            b.apply_remote(&change, "t").unwrap(),
+            Applied::Moved
+        ));
+        b.commit("test").unwrap();
+        assert!(matches!(
+            b.apply_remote(&change, "t").unwrap(),
+            Applied::Moved
+        ));
+    }
+
+    use crate::fs::RenameMode;
+}
