@@ -8,7 +8,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cli::{admin, history, mount};
+use cli::{admin, history, mount, sync};
 
 #[derive(Parser)]
 #[command(
@@ -70,6 +70,13 @@ enum Command {
     /// <mountpoint>` (or SIGTERM/SIGINT to the daemon): what is left is
     /// committed before the daemon exits.
     Mount(mount::MountArgs),
+    /// Run the sync server (QUIC), or manage its peers: `serve DIR` runs
+    /// it; `serve DIR add-peer NAME [--volume V]` makes a peer's
+    /// credential; `serve DIR remove-peer NAME` revokes it.
+    Serve(sync::ServeArgs),
+    /// Make a store sync with a server's volume: every mount of it from
+    /// then on pushes its commits and applies the other peers'.
+    Join(sync::JoinArgs),
 }
 
 fn main() -> ExitCode {
@@ -127,6 +134,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Gc(args) => admin::gc(args),
         Command::Status(args) => admin::status(args),
         Command::Umount(args) => admin::umount(args),
+        Command::Serve(args) => sync::serve(args),
+        Command::Join(args) => sync::join(args),
         Command::Mount(_) => unreachable!("mount is dispatched in main"),
     }
 }

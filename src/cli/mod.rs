@@ -6,11 +6,13 @@
 //! - `daemon`: running a mount in a daemon.
 //! - `history`: `versions`, `log`, `diff`, `restore`.
 //! - `admin`: `fsck`, `info`, `retention`, `gc`, `status`, `umount`.
+//! - `sync`: `serve` and `join`.
 
 pub mod admin;
 pub mod daemon;
 pub mod history;
 pub mod mount;
+pub mod sync;
 
 use std::path::{Path, PathBuf};
 

@@ -278,7 +278,21 @@ pub fn serve(plan: &Plan, live: &mut dyn FnMut()) -> anyhow::Result<()> {
         format!("cannot make the control socket in {}", plan.store.display())
     })?;
     let flusher = fs.spawn_flusher();
+    let sync = match zippyfs::sync::client::SyncConf::load(&plan.store)? {
+        Some(conf) => {
+            tracing::info!(server = %conf.url(), "syncing");
+            Some(zippyfs::sync::client::Client::start(
+                Arc::clone(&fs),
+                plan.store.clone(),
+                conf,
+            )?)
+        }
+        None => None,
+    };
     let r = zippyfs::fuse::mount_and_notify(Arc::clone(&fs), &plan.mountpoint, &plan.mount, live);
+    if let Some(s) = sync {
+        s.stop();
+    }
     // The mount has shut the filesystem down (the committer has stopped).
     if flusher.join().is_err() {
         tracing::error!("the committer thread panicked");

@@ -125,6 +125,9 @@ impl Fs {
             "state": state,
             "retention": self.store.retention().to_text(),
         });
+        if let (Some(s), Some(obj)) = (self.sync_status.get(), v.as_object_mut()) {
+            obj.insert("sync".into(), s());
+        }
         if let (Some(k), Some(obj)) = (self.kernel.get(), v.as_object_mut()) {
             obj.extend(k.status());
         }

@@ -48,6 +48,27 @@ impl Fs {
         }
     }
 
+    /// Calls `hook` after every commit that made a version (once per
+    /// filesystem; sync's client uses it to push without polling).
+    pub fn on_commit(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        if self.commit_hook.set(hook).is_err() {
+            tracing::warn!("a second commit hook was refused");
+        }
+    }
+
+    /// Shows sync's state in `daemon.json` under `sync`.
+    pub fn on_status(&self, status: Box<dyn Fn() -> serde_json::Value + Send + Sync>) {
+        let _ = self.sync_status.set(status);
+    }
+
+    /// Tells the kernel side that these inodes and entries changed from
+    /// elsewhere (see [`KernelSide::invalidate`]).
+    pub fn invalidate(&self, inodes: &[u64], entries: &[(u64, Vec<u8>)]) {
+        if let Some(k) = self.kernel.get() {
+            k.invalidate(inodes, entries);
+        }
+    }
+
     /// Why the filesystem stopped taking changes, if it did (see [`Fs::fail`]).
     pub fn failure(&self) -> Option<&str> {
         self.failed.get().map(String::as_str)
@@ -292,6 +313,9 @@ impl Fs {
             }
         }
         if result.is_ok() {
+            if let Some(hook) = self.commit_hook.get() {
+                hook();
+            }
             self.sub_dirty(bytes);
             // The room is only consulted while space is promised (and
             // measuring it walks the store's free lists): not on every commit.

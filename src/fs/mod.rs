@@ -233,6 +233,11 @@ pub struct Fs {
     store_dir: Option<std::path::PathBuf>,
     /// What serves this filesystem to the kernel, once the mount is live.
     kernel: std::sync::OnceLock<Arc<dyn KernelSide>>,
+    /// Told after every commit that made a version (sync's push).
+    commit_hook: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Sync's state, for `daemon.json` (when the store syncs).
+    #[allow(clippy::type_complexity)]
+    sync_status: std::sync::OnceLock<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
     /// Why the in-memory state can no longer be trusted to be what a
     /// commit would make durable (a commit panicked, the store is
     /// poisoned); set once, never cleared. From then on every change and
@@ -260,6 +265,10 @@ pub struct Fs {
 pub trait KernelSide: Send + Sync {
     /// Fields added to the status object.
     fn status(&self) -> serde_json::Map<String, serde_json::Value>;
+    /// Drops what the kernel caches of these inodes' data and attributes
+    /// and of these (directory, name) entries: they changed from
+    /// elsewhere (sync). Called from a thread that serves no requests.
+    fn invalidate(&self, _inodes: &[u64], _entries: &[(u64, Vec<u8>)]) {}
 }
 
 impl Fs {
@@ -313,6 +322,8 @@ impl Fs {
             fsck_progress: (AtomicU64::new(0), AtomicU64::new(0)),
             store_dir: None,
             kernel: std::sync::OnceLock::new(),
+            commit_hook: std::sync::OnceLock::new(),
+            sync_status: std::sync::OnceLock::new(),
             failed: std::sync::OnceLock::new(),
             unmounting: std::sync::atomic::AtomicBool::new(false),
             committed_next_ino: AtomicU64::new(ROOT + 1),

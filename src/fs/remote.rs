@@ -173,9 +173,9 @@ impl Fs {
         Ok(out)
     }
 
-    /// The bytes of a committed block of the file with id `fid`.
-    pub fn committed_block(&self, fid: u128, idx: u64) -> FsResult<Vec<u8>> {
-        let snap = self.snap()?;
+    /// The bytes of block `idx` of the file with id `fid` in `version`.
+    pub fn committed_block(&self, version: u64, fid: u128, idx: u64) -> FsResult<Vec<u8>> {
+        let snap = self.store.snapshot(version)?;
         let ino = self
             .ino_of(&snap, &[], fid)?
             .ok_or(FsError::Errno(libc::ENOENT))?;

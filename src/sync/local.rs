@@ -163,9 +163,10 @@ mod tests {
         let places = block_places(&now);
         let ops = diff(from, &now, None);
         let base = b.store().latest_version().unwrap();
+        let version = a.store().latest_version().unwrap();
         let change = to_remote(&ops, base, &mut |h| {
             let (fid, i) = places.get(h)?;
-            a.committed_block(*fid, *i).ok()
+            a.committed_block(version, *fid, *i).ok()
         })
         .unwrap();
         assert!(matches!(

@@ -9,13 +9,107 @@
 //! - `peer.rs`: a peer's and the server's logic, without I/O.
 //! - `local.rs`: a peer's own filesystem as a tree, and changes written
 //!   back into it.
-//! - `wire.rs`: the protocol's frames.
+//! - `wire.rs`: the protocol's frames; `tls.rs`: certificates and pinning.
+//! - `server.rs`: `zippyfs serve`; `client.rs`: the mount's sync thread.
 //! - `sim.rs`: the deterministic simulation (tests).
 
 pub mod apply;
+pub mod client;
 pub mod local;
 pub mod peer;
+pub mod server;
 #[cfg(test)]
 mod sim;
+mod stream;
+pub mod tls;
 pub mod tree;
 pub mod wire;
+
+use std::path::{Path, PathBuf};
+
+/// Sync's errors: what went wrong, said so a user can act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("network: {0}")]
+    Net(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("the server refused: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Fs(#[from] crate::fs::FsError),
+}
+
+impl SyncError {
+    pub fn io(path: &Path, source: std::io::Error) -> SyncError {
+        SyncError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl From<wire::WireError> for SyncError {
+    fn from(e: wire::WireError) -> SyncError {
+        SyncError::Protocol(e.to_string())
+    }
+}
+
+/// Writes a file whole or not at all: a temporary file, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SyncError> {
+    write_with_mode(path, bytes, 0o644)
+}
+
+/// As [`write_atomic`], readable by its owner only (keys, credentials).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SyncError> {
+    write_with_mode(path, bytes, 0o600)
+}
+
+fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SyncError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let io = |e| SyncError::io(path, e);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// 32 bytes from the kernel's random source.
+pub fn random32() -> Result<[u8; 32], SyncError> {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    let p = Path::new("/dev/urandom");
+    std::fs::File::open(p)
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| SyncError::io(p, e))?;
+    Ok(b)
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

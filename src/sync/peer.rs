@@ -39,6 +39,7 @@ pub enum Violation {
     StrayAck { got: u64, expected: Option<u64> },
 }
 
+#[derive(Clone)]
 pub struct Peer {
     pub id: PeerId,
     pub name: String,

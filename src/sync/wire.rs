@@ -44,6 +44,7 @@
 //! several); Block the largest block (1 MiB) and its header; Ack 24 bytes.
 
 mod changeset;
+pub mod state;
 
 use thiserror::Error;
 

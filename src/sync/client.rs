@@ -1,0 +1,581 @@
+//! The mount's sync thread: connects to the server named in
+//! `<store>/sync.conf`, pushes each local commit, applies what other peers
+//! pushed, and reconnects (1 to 10 s apart) when the connection goes. It
+//! runs on its own thread (`zippy-sync`), with a one-thread tokio runtime
+//! for quinn, off the FUSE and commit threads.
+//!
+//! ## `sync.conf` (written by `zippyfs join`, readable by its owner only)
+//!
+//! ```text
+//! server = quic://HOST:PORT/VOLUME
+//! fingerprint = <SHA-256 of the server's certificate, hex>
+//! credential = <the peer's credential>
+//! ```
+//!
+//! ## `sync.state`: see `wire/state.rs`.
+//!
+//! ## Applying a change-set
+//!
+//! The thread commits what the mount has pending, reads the last commit as
+//! a tree, lets [`Peer::on_deliver`] work out the new local tree, and
+//! writes the difference with [`Fs::apply_remote`], which refuses if
+//! anything changed in between (then it tries again). The kernel is told
+//! which inodes and names changed.
+//!
+//! Today the local tree is read whole from the last commit at each push
+//! and each change-set received (a scan, O(files)); reading only what a
+//! commit changed is the next step.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::local::{block_places, to_remote, tree_of};
+use super::peer::Peer;
+use super::stream::{Counted, reader, send_msg};
+use super::tree::{ChangeSet, FileId, Hash, Tree, diff};
+use super::wire::{MAX_WANT, Msg, PROTO_MAX, PROTO_MIN, state};
+use super::{SyncError, tls, write_atomic, write_private};
+use crate::fs::Fs;
+use crate::fs::remote::Applied;
+
+pub const CONF_FILE: &str = "sync.conf";
+pub const STATE_FILE: &str = "sync.state";
+
+/// Where a store syncs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncConf {
+    pub host: String,
+    pub port: u16,
+    pub volume: String,
+    pub fingerprint: String,
+    pub credential: String,
+}
+
+impl SyncConf {
+    /// Parses `quic://HOST:PORT/VOLUME`.
+    pub fn parse_url(url: &str) -> Result<(String, u16, String), SyncError> {
+        let bad = || SyncError::Config(format!("{url:?} is not quic://HOST:PORT/VOLUME"));
+        let rest = url.strip_prefix("quic://").ok_or_else(bad)?;
+        let (addr, volume) = rest.split_once('/').ok_or_else(bad)?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+        let port = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || volume.is_empty() || volume.contains('/') {
+            return Err(bad());
+        }
+        Ok((
+            host.trim_matches(['[', ']']).to_string(),
+            port,
+            volume.to_string(),
+        ))
+    }
+
+    pub fn url(&self) -> String {
+        format!("quic://{}:{}/{}", self.host, self.port, self.volume)
+    }
+
+    /// The store's sync configuration, if it has one.
+    pub fn load(store: &Path) -> Result<Option<SyncConf>, SyncError> {
+        let path = store.join(CONF_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(SyncError::io(&path, e)),
+        };
+        let mut fields: HashMap<&str, &str> = HashMap::new();
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                fields.insert(k.trim(), v.trim());
+            }
+        }
+        let get = |k: &str| {
+            fields.get(k).map(|v| v.to_string()).ok_or_else(|| {
+                SyncError::Config(format!("{}: no `{k} = ...` line", path.display()))
+            })
+        };
+        let (host, port, volume) = SyncConf::parse_url(&get("server")?)?;
+        Ok(Some(SyncConf {
+            host,
+            port,
+            volume,
+            fingerprint: get("fingerprint")?,
+            credential: get("credential")?,
+        }))
+    }
+
+    pub fn save(&self, store: &Path) -> Result<(), SyncError> {
+        let text = format!(
+            "server = {}\nfingerprint = {}\ncredential = {}\n",
+            self.url(),
+            self.fingerprint,
+            self.credential
+        );
+        write_private(&store.join(CONF_FILE), text.as_bytes())
+    }
+}
+
+/// What `status` and `daemon.json` show of sync.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub connected: bool,
+    pub why: String,
+    pub server: String,
+    pub peer: String,
+    pub applied: u64,
+    pub pushed: u64,
+    pub in_flight: bool,
+    pub conflicts: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Status {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "connected": self.connected,
+            "why": self.why,
+            "server": self.server,
+            "peer": self.peer,
+            "applied": self.applied,
+            "pushed": self.pushed,
+            "in_flight": self.in_flight,
+            "conflicts": self.conflicts,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        })
+    }
+}
+
+/// The running sync thread.
+pub struct Client {
+    stop: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub status: Arc<Mutex<Status>>,
+}
+
+impl Client {
+    /// Starts syncing `fs` (the store in `store`) as `conf` says.
+    pub fn start(fs: Arc<Fs>, store: PathBuf, conf: SyncConf) -> Result<Client, SyncError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(Notify::new());
+        let status = Arc::new(Mutex::new(Status {
+            server: conf.url(),
+            why: "connecting".into(),
+            ..Default::default()
+        }));
+        {
+            let wake = wake.clone();
+            fs.on_commit(Box::new(move || wake.notify_one()));
+            let status = status.clone();
+            fs.on_status(Box::new(move || status.lock().json()));
+        }
+        let (s, w, st) = (stop.clone(), wake.clone(), status.clone());
+        let thread = std::thread::Builder::new()
+            .name("zippy-sync".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("sync cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, run(fs, store, conf, s, w, st));
+            })
+            .map_err(|e| SyncError::Net(format!("cannot start the sync thread: {e}")))?;
+        Ok(Client {
+            stop,
+            wake,
+            thread: Some(thread),
+            status,
+        })
+    }
+
+    /// Stops the thread (what is not pushed goes at the next mount).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn load_peer(store: &Path) -> Result<Peer, SyncError> {
+    let path = store.join(STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => {
+            let s = state::decode(&b)
+                .map_err(|e| SyncError::Config(format!("{}: {e}", path.display())))?;
+            let mut p = Peer::new(s.id, "", s.synced);
+            p.applied = s.applied;
+            p.counter = s.counter;
+            Ok(p)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Peer::new(0, "", Tree::default())),
+        Err(e) => Err(SyncError::io(&path, e)),
+    }
+}
+
+fn save_peer(store: &Path, p: &Peer) -> Result<(), SyncError> {
+    let bytes = state::encode(&state::PeerState {
+        id: p.id,
+        applied: p.applied,
+        counter: p.counter,
+        synced: p.synced.clone(),
+    })?;
+    write_atomic(&store.join(STATE_FILE), &bytes)
+}
+
+async fn run(
+    fs: Arc<Fs>,
+    store: PathBuf,
+    conf: SyncConf,
+    stop: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    status: Arc<Mutex<Status>>,
+) {
+    let mut peer = match load_peer(&store) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("sync is off: {e}");
+            status.lock().why = format!("off: {e}");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_secs(1);
+    while !stop.load(Ordering::Relaxed) {
+        let mut s = Session {
+            fs: &fs,
+            store: &store,
+            peer: &mut peer,
+            status: &status,
+            bytes: Arc::new(Counted::default()),
+            places: Default::default(),
+            pushed_at: 0,
+            fetched: HashMap::new(),
+            asked: HashSet::new(),
+            queue: VecDeque::new(),
+            acked: false,
+        };
+        let r = s.run(&conf, &stop, &wake).await;
+        {
+            let mut st = status.lock();
+            st.connected = false;
+            st.in_flight = false;
+            st.why = match &r {
+                Ok(()) => "stopped".into(),
+                Err(e) => e.to_string(),
+            };
+        }
+        if let Err(e) = r {
+            tracing::warn!("sync: {e}; connecting again in {backoff:?}");
+            let _ = tokio::time::timeout(backoff, wake.notified()).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        } else {
+            break;
+        }
+        // A connection that lived resets the wait.
+        if status.lock().applied > 0 {
+            backoff = backoff.min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Something from the server that must be handled in log order.
+enum Event {
+    Deliver(u64, ChangeSet),
+    Ack(u64, u64, i64),
+}
+
+struct Session<'a> {
+    fs: &'a Arc<Fs>,
+    store: &'a Path,
+    peer: &'a mut Peer,
+    status: &'a Arc<Mutex<Status>>,
+    bytes: Arc<Counted>,
+    /// Where the blocks of the last tree read are: hash → (file, index).
+    places: std::collections::BTreeMap<Hash, (FileId, u64)>,
+    /// The commit the in-flight push was read from.
+    pushed_at: u64,
+    /// Blocks fetched for change-sets waiting to be applied.
+    fetched: HashMap<Hash, Vec<u8>>,
+    asked: HashSet<Hash>,
+    queue: VecDeque<Event>,
+    /// An ack freed the push slot: push what is waiting.
+    acked: bool,
+}
+
+impl Session<'_> {
+    async fn run(
+        &mut self,
+        conf: &SyncConf,
+        stop: &AtomicBool,
+        wake: &Notify,
+    ) -> Result<(), SyncError> {
+        let addr = tokio::net::lookup_host((conf.host.as_str(), conf.port))
+            .await
+            .map_err(|e| SyncError::Net(format!("cannot resolve {}: {e}", conf.host)))?
+            .next()
+            .ok_or_else(|| SyncError::Net(format!("{} has no address", conf.host)))?;
+        let bind: std::net::SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse()
+        } else {
+            "0.0.0.0:0".parse()
+        }
+        .map_err(|_| SyncError::Net("bad bind address".into()))?;
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| SyncError::Net(e.to_string()))?;
+        endpoint.set_default_client_config(tls::client_config(&conf.fingerprint)?);
+        let conn = endpoint
+            .connect(addr, tls::SERVER_NAME)
+            .map_err(|e| SyncError::Net(e.to_string()))?
+            .await
+            .map_err(|e| SyncError::Net(format!("cannot connect to {}: {e}", conf.url())))?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| SyncError::Net(e.to_string()))?;
+        let mut store_id = [0u8; 16];
+        store_id.copy_from_slice(
+            &blake3::hash(self.store.as_os_str().as_encoded_bytes()).as_bytes()[..16],
+        );
+        send_msg(
+            &mut send,
+            &Msg::Hello {
+                proto_min: PROTO_MIN,
+                proto_max: PROTO_MAX,
+                volume: conf.volume.clone(),
+                credential: conf.credential.clone(),
+                store_id,
+                last_applied: self.peer.applied,
+            },
+            &self.bytes,
+        )
+        .await?;
+        let mut rx = reader(recv, self.bytes.clone());
+        match rx.recv().await {
+            Some(Ok(Msg::Welcome {
+                peer, peer_name, ..
+            })) => {
+                if self.peer.id != 0 && self.peer.id != peer {
+                    return Err(SyncError::Config(format!(
+                        "this store synced as peer {} and the credential is peer {peer}",
+                        self.peer.id
+                    )));
+                }
+                self.peer.id = peer;
+                self.peer.name = peer_name.clone();
+                self.peer.disconnected();
+                let mut st = self.status.lock();
+                st.connected = true;
+                st.why = "connected".into();
+                st.peer = peer_name;
+            }
+            Some(Ok(Msg::Refuse { reason, .. })) => return Err(SyncError::Refused(reason)),
+            Some(Ok(_)) => {
+                return Err(SyncError::Protocol("the first reply is not Welcome".into()));
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Err(SyncError::Net("the server closed the stream".into())),
+        }
+        tracing::info!(server = %conf.url(), peer = %self.peer.name, applied = self.peer.applied, "sync connected");
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                let _ = send.finish();
+                conn.close(0u32.into(), b"unmount");
+                return Ok(());
+            }
+            self.drain(&mut send).await?;
+            tokio::select! {
+                m = rx.recv() => {
+                    let m = m.ok_or_else(|| SyncError::Net("connection lost".into()))??;
+                    self.on_msg(m, &mut send).await?;
+                }
+                _ = wake.notified() => self.push(&mut send).await?,
+                _ = tick.tick() => self.push(&mut send).await?,
+            }
+            let mut st = self.status.lock();
+            st.bytes_in = self.bytes.read.load(Ordering::Relaxed);
+            st.bytes_out = self.bytes.written.load(Ordering::Relaxed);
+            st.applied = self.peer.applied;
+            st.in_flight = self.peer.in_flight();
+        }
+    }
+
+    async fn on_msg(&mut self, m: Msg, send: &mut quinn::SendStream) -> Result<(), SyncError> {
+        match m {
+            Msg::Deliver { seq, cs } => {
+                // Ask for the blocks it needs that are not here.
+                let need: Vec<Hash> = super::server::hashes_of(&cs)
+                    .into_iter()
+                    .filter(|h| {
+                        !self.places.contains_key(h)
+                            && !self.fetched.contains_key(h)
+                            && !self.asked.contains(h)
+                    })
+                    .collect();
+                for chunk in need.chunks(MAX_WANT) {
+                    self.asked.extend(chunk.iter().copied());
+                    send_msg(
+                        send,
+                        &Msg::Want {
+                            hashes: chunk.to_vec(),
+                        },
+                        &self.bytes,
+                    )
+                    .await?;
+                }
+                self.queue.push_back(Event::Deliver(seq, cs));
+            }
+            Msg::Ack { counter, seq, time } => self.queue.push_back(Event::Ack(seq, counter, time)),
+            Msg::Block { hash, data } => {
+                if *blake3::hash(&data).as_bytes() != hash || !self.asked.remove(&hash) {
+                    return Err(SyncError::Protocol(
+                        "a block not asked for, or not matching its hash".into(),
+                    ));
+                }
+                self.fetched.insert(hash, data);
+            }
+            Msg::Want { hashes } => {
+                for h in hashes {
+                    let data = match self.places.get(&h) {
+                        Some((fid, idx)) => self.fs.committed_block(self.pushed_at, *fid, *idx)?,
+                        None => {
+                            return Err(SyncError::Protocol(
+                                "the server wants a block not pushed".into(),
+                            ));
+                        }
+                    };
+                    send_msg(send, &Msg::Block { hash: h, data }, &self.bytes).await?;
+                }
+            }
+            Msg::Refuse { reason, .. } => return Err(SyncError::Refused(reason)),
+            _ => return Err(SyncError::Protocol("an unexpected message".into())),
+        }
+        Ok(())
+    }
+
+    /// Handles, in order, what can be handled now: a change-set once its
+    /// blocks are here, an ack.
+    async fn drain(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
+        while let Some(ev) = self.queue.front() {
+            match ev {
+                Event::Ack(seq, counter, time) => {
+                    let (seq, counter, time) = (*seq, *counter, *time);
+                    self.peer
+                        .on_ack(seq, counter, time)
+                        .map_err(|v| SyncError::Protocol(v.to_string()))?;
+                    self.status.lock().pushed = seq;
+                    save_peer(self.store, self.peer)?;
+                    self.acked = true;
+                }
+                Event::Deliver(_, cs) => {
+                    if !self.asked.is_empty()
+                        && super::server::hashes_of(cs)
+                            .iter()
+                            .any(|h| self.asked.contains(h))
+                    {
+                        return Ok(());
+                    }
+                    let Some(Event::Deliver(seq, cs)) = self.queue.pop_front() else {
+                        continue;
+                    };
+                    self.apply(seq, &cs)?;
+                    if self.queue.is_empty() {
+                        self.fetched.clear();
+                    }
+                    // What came in may be pushed on.
+                    self.push(send).await?;
+                    continue;
+                }
+            }
+            self.queue.pop_front();
+        }
+        if std::mem::take(&mut self.acked) {
+            self.push(send).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the local tree from the last commit.
+    fn read_local(&mut self) -> Result<u64, SyncError> {
+        let c = self.fs.committed()?;
+        self.peer.local = tree_of(&c);
+        self.places = block_places(&self.peer.local);
+        Ok(c.version)
+    }
+
+    async fn push(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
+        if self.peer.in_flight() || !self.queue.is_empty() {
+            return Ok(());
+        }
+        let version = self.read_local()?;
+        if let Some(cs) = self.peer.push() {
+            self.pushed_at = version;
+            tracing::debug!(counter = cs.counter, ops = cs.ops.len(), "sync push");
+            send_msg(send, &Msg::Push(cs), &self.bytes).await?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, seq: u64, cs: &ChangeSet) -> Result<(), SyncError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for _ in 0..50 {
+            self.fs.commit("sync: before applying")?;
+            let version = self.read_local()?;
+            let before = self.peer.local.clone();
+            let mut trial = self.peer.clone();
+            let mut copies = 0u64;
+            let changed = trial
+                .on_deliver(seq, cs, now, &mut || {
+                    copies += 1;
+                    let r = super::random32().unwrap_or_default();
+                    u128::from_le_bytes(r[..16].try_into().unwrap_or_default())
+                })
+                .map_err(|v| SyncError::Protocol(v.to_string()))?;
+            let ops = diff(&before, &trial.local, None);
+            if ops.is_empty() {
+                *self.peer = trial;
+                save_peer(self.store, self.peer)?;
+                return Ok(());
+            }
+            let (fetched, places, fs) = (&self.fetched, &self.places, self.fs);
+            let change = to_remote(&ops, version, &mut |h| {
+                fetched.get(h).cloned().or_else(|| {
+                    let (fid, idx) = places.get(h)?;
+                    fs.committed_block(version, *fid, *idx).ok()
+                })
+            })
+            .map_err(|e| SyncError::Protocol(e.to_string()))?;
+            let cause = format!("sync: {} sequence {seq}", cs.origin_name);
+            match self.fs.apply_remote(&change, &cause)? {
+                Applied::Done { inodes, entries } => {
+                    self.fs.invalidate(&inodes, &entries);
+                    *self.peer = trial;
+                    save_peer(self.store, self.peer)?;
+                    self.status.lock().conflicts += copies;
+                    tracing::debug!(seq, files = changed.len(), "sync applied");
+                    return Ok(());
+                }
+                Applied::Moved => continue,
+            }
+        }
+        Err(SyncError::Net(format!(
+            "sequence {seq} could not be applied: the mount kept changing; trying again later"
+        )))
+    }
+}

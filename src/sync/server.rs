@@ -1,0 +1,570 @@
+//! `zippyfs serve`: the server that orders each volume's change-sets,
+//! keeps them and their blocks, and streams them to every peer.
+//!
+//! ## The server directory
+//!
+//! ```text
+//! server.crt, server.key   its certificate and key (made on first start)
+//! peers                    one line per peer: id, name, volume, and the
+//!                          BLAKE3 (derive_key) hash of its credential, tab-
+//!                          separated; the credential itself is never kept
+//! store/                   the store engine: logs and blocks
+//! status.json              bytes and blocks moved, connections (for tests
+//!                          and operators)
+//! ```
+//!
+//! ## Keys in the store
+//!
+//! ```text
+//! L volume 0x00 seq u64 BE      a change-set (wire encoding), origin and
+//!                                time set by the server
+//! H hash                         a block's bytes (deduplicated by hash)
+//! C volume 0x00 peer u32 BE      the counter of the last push taken, u64 LE
+//! ```
+//!
+//! A push is durable (one store commit: its blocks, the change-set, the
+//! counter) before it is acknowledged or streamed: nothing acknowledged is
+//! lost if the server is killed at any moment. One thread serves every
+//! connection; a malformed frame or a protocol violation closes that one
+//! connection.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::watch;
+
+use super::stream::{Counted, read_msg, reader, send_msg};
+use super::tree::{ChangeSet, Hash, Op};
+use super::wire::{MAX_WANT, Msg, PROTO_MAX, PROTO_MIN};
+use super::{SyncError, hex, random32, tls, write_atomic, write_private};
+use crate::store::{Store, StoreOptions};
+
+const PEERS: &str = "peers";
+const CREDENTIAL_CONTEXT: &str = "zippyfs sync credential 2026-12-04";
+
+/// A peer the server knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerEntry {
+    pub id: u32,
+    pub name: String,
+    pub volume: String,
+    /// Hex of the credential's hash.
+    pub hash: String,
+}
+
+fn credential_hash(credential: &str) -> String {
+    hex(&blake3::derive_key(
+        CREDENTIAL_CONTEXT,
+        credential.trim().as_bytes(),
+    ))
+}
+
+pub fn load_peers(dir: &Path) -> Result<Vec<PeerEntry>, SyncError> {
+    let path = dir.join(PEERS);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(SyncError::io(&path, e)),
+    };
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let f: Vec<&str> = line.split('\t').collect();
+        let (Some(id), Some(name), Some(volume), Some(hash)) = (
+            f.first().and_then(|s| s.parse().ok()),
+            f.get(1),
+            f.get(2),
+            f.get(3),
+        ) else {
+            return Err(SyncError::Config(format!(
+                "{}: line {} is not `id<TAB>name<TAB>volume<TAB>hash`",
+                path.display(),
+                n + 1
+            )));
+        };
+        out.push(PeerEntry {
+            id,
+            name: name.to_string(),
+            volume: volume.to_string(),
+            hash: hash.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+fn save_peers(dir: &Path, peers: &[PeerEntry]) -> Result<(), SyncError> {
+    let mut text = String::from("# id\tname\tvolume\tcredential hash (zippyfs serve add-peer)\n");
+    for p in peers {
+        text.push_str(&format!("{}\t{}\t{}\t{}\n", p.id, p.name, p.volume, p.hash));
+    }
+    write_private(&dir.join(PEERS), text.as_bytes())
+}
+
+fn good_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Makes peer `name`'s credential for `volume`; returns it (shown once).
+pub fn add_peer(dir: &Path, name: &str, volume: &str) -> Result<String, SyncError> {
+    if !good_label(name) || !good_label(volume) {
+        return Err(SyncError::Config(
+            "peer and volume names are 1 to 64 letters, digits, '-', '_' or '.'".into(),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| SyncError::io(dir, e))?;
+    let mut peers = load_peers(dir)?;
+    if peers.iter().any(|p| p.name == name) {
+        return Err(SyncError::Config(format!(
+            "peer {name} exists: remove-peer it first to make a new credential"
+        )));
+    }
+    let credential = format!("zpc1-{}", hex(&random32()?));
+    let id = peers.iter().map(|p| p.id).max().unwrap_or(0) + 1;
+    peers.push(PeerEntry {
+        id,
+        name: name.to_string(),
+        volume: volume.to_string(),
+        hash: credential_hash(&credential),
+    });
+    save_peers(dir, &peers)?;
+    Ok(credential)
+}
+
+/// Revokes peer `name`: its credential no longer connects.
+pub fn remove_peer(dir: &Path, name: &str) -> Result<(), SyncError> {
+    let mut peers = load_peers(dir)?;
+    let before = peers.len();
+    peers.retain(|p| p.name != name);
+    if peers.len() == before {
+        return Err(SyncError::Config(format!("no peer named {name}")));
+    }
+    save_peers(dir, &peers)
+}
+
+fn log_key(volume: &str, seq: u64) -> Vec<u8> {
+    let mut k = vec![b'L'];
+    k.extend_from_slice(volume.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn block_key(h: &Hash) -> Vec<u8> {
+    let mut k = vec![b'H'];
+    k.extend_from_slice(h);
+    k
+}
+
+fn counter_key(volume: &str, peer: u32) -> Vec<u8> {
+    let mut k = vec![b'C'];
+    k.extend_from_slice(volume.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&peer.to_be_bytes());
+    k
+}
+
+/// Every block hash a change-set names.
+pub fn hashes_of(cs: &ChangeSet) -> Vec<Hash> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for op in &cs.ops {
+        if let Op::Node { blocks, .. } = op {
+            for h in blocks.iter().filter_map(|(_, h)| *h) {
+                if seen.insert(h) {
+                    out.push(h);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What the server has moved, for `status.json`.
+#[derive(Default)]
+struct Totals {
+    bytes_in: u64,
+    bytes_out: u64,
+    blocks_in: u64,
+    blocks_out: u64,
+    pushes: u64,
+    connections: u64,
+}
+
+struct State {
+    dir: PathBuf,
+    store: Store,
+    server_id: [u8; 16],
+    heads: RefCell<HashMap<String, watch::Sender<u64>>>,
+    totals: RefCell<Totals>,
+}
+
+impl State {
+    fn head(&self, volume: &str) -> Result<watch::Receiver<u64>, SyncError> {
+        if let Some(tx) = self.heads.borrow().get(volume) {
+            return Ok(tx.subscribe());
+        }
+        let snap = self.store.latest()?;
+        let (from, to) = (log_key(volume, 0), log_key(volume, u64::MAX));
+        let mut head = 0;
+        for item in snap.range(&from[..]..&to[..])? {
+            let (k, _) = item?;
+            head = k
+                .get(k.len() - 8..)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_be_bytes);
+        }
+        drop(snap);
+        let (tx, rx) = watch::channel(head);
+        self.heads.borrow_mut().insert(volume.to_string(), tx);
+        Ok(rx)
+    }
+
+    fn change_set(&self, volume: &str, seq: u64) -> Result<ChangeSet, SyncError> {
+        let snap = self.store.latest()?;
+        let bytes = snap
+            .get(&log_key(volume, seq))?
+            .ok_or_else(|| SyncError::Protocol(format!("sequence {seq} of {volume} is missing")))?;
+        match Msg::decode(4, bytes)? {
+            Msg::Push(cs) => Ok(cs),
+            _ => Err(SyncError::Protocol("a stored change-set is not one".into())),
+        }
+    }
+
+    fn has_block(&self, h: &Hash) -> Result<bool, SyncError> {
+        Ok(self.store.latest()?.get(&block_key(h))?.is_some())
+    }
+
+    fn block(&self, h: &Hash) -> Result<Option<Vec<u8>>, SyncError> {
+        Ok(self.store.latest()?.get(&block_key(h))?.map(<[u8]>::to_vec))
+    }
+
+    fn write_status(&self) {
+        let t = self.totals.borrow();
+        let heads: BTreeMap<String, u64> = self
+            .heads
+            .borrow()
+            .iter()
+            .map(|(v, tx)| (v.clone(), *tx.borrow()))
+            .collect();
+        let json = serde_json::json!({
+            "bytes_in": t.bytes_in,
+            "bytes_out": t.bytes_out,
+            "blocks_in": t.blocks_in,
+            "blocks_out": t.blocks_out,
+            "pushes": t.pushes,
+            "connections": t.connections,
+            "heads": heads,
+        });
+        let _ = write_atomic(&self.dir.join("status.json"), json.to_string().as_bytes());
+    }
+}
+
+/// Runs the server in `dir` on `listen` until the process is stopped;
+/// `ready` is told the address bound and the certificate's fingerprint.
+pub fn serve(
+    dir: &Path,
+    listen: SocketAddr,
+    ready: impl FnOnce(SocketAddr, &str),
+) -> Result<(), SyncError> {
+    serve_until(dir, listen, ready, Arc::new(tokio::sync::Notify::new()))
+}
+
+/// [`serve`] until `stop` is notified (tests).
+pub fn serve_until(
+    dir: &Path,
+    listen: SocketAddr,
+    ready: impl FnOnce(SocketAddr, &str),
+    stop: Arc<tokio::sync::Notify>,
+) -> Result<(), SyncError> {
+    std::fs::create_dir_all(dir).map_err(|e| SyncError::io(dir, e))?;
+    let (cert, key) = tls::server_identity(dir)?;
+    let fingerprint = tls::fingerprint(&cert);
+    let store_dir = dir.join("store");
+    std::fs::create_dir_all(&store_dir).map_err(|e| SyncError::io(&store_dir, e))?;
+    let store = Store::open(&store_dir, StoreOptions::default())?;
+    let mut server_id = [0u8; 16];
+    server_id.copy_from_slice(&blake3::hash(&cert).as_bytes()[..16]);
+    let state = Rc::new(State {
+        dir: dir.to_path_buf(),
+        store,
+        server_id,
+        heads: RefCell::new(HashMap::new()),
+        totals: RefCell::new(Totals::default()),
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SyncError::Net(e.to_string()))?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let endpoint = quinn::Endpoint::server(tls::server_config(cert, key)?, listen)
+            .map_err(|e| SyncError::Net(format!("cannot listen on {listen}: {e}")))?;
+        let bound = endpoint
+            .local_addr()
+            .map_err(|e| SyncError::Net(e.to_string()))?;
+        ready(bound, &fingerprint);
+        loop {
+            let incoming = tokio::select! {
+                i = endpoint.accept() => i,
+                _ = stop.notified() => None,
+            };
+            let Some(incoming) = incoming else {
+                endpoint.close(0u32.into(), b"server stopping");
+                break;
+            };
+            let st = state.clone();
+            tokio::task::spawn_local(async move {
+                let remote = incoming.remote_address();
+                let bytes = Arc::new(Counted::default());
+                let r = connection(&st, incoming, &bytes).await;
+                {
+                    let mut t = st.totals.borrow_mut();
+                    t.bytes_in += bytes.read.load(Ordering::Relaxed);
+                    t.bytes_out += bytes.written.load(Ordering::Relaxed);
+                }
+                st.write_status();
+                match r {
+                    Ok(()) => tracing::info!(%remote, "connection closed"),
+                    Err(e) => tracing::warn!(%remote, "connection closed: {e}"),
+                }
+            });
+        }
+        Ok(())
+    })
+}
+
+/// A push waiting for its blocks.
+struct Pending {
+    cs: ChangeSet,
+    missing: HashSet<Hash>,
+    got: Vec<(Hash, Vec<u8>)>,
+}
+
+async fn connection(
+    st: &Rc<State>,
+    incoming: quinn::Incoming,
+    bytes: &Arc<Counted>,
+) -> Result<(), SyncError> {
+    let conn = incoming.await.map_err(|e| SyncError::Net(e.to_string()))?;
+    st.totals.borrow_mut().connections += 1;
+    let (mut send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| SyncError::Net(e.to_string()))?;
+    let Some(Msg::Hello {
+        proto_min,
+        proto_max,
+        volume,
+        credential,
+        last_applied,
+        ..
+    }) = read_msg(&mut recv, bytes).await?
+    else {
+        return Err(SyncError::Protocol("the first frame is not Hello".into()));
+    };
+    let refuse = |code: u16, reason: String| Msg::Refuse { code, reason };
+    let hash = credential_hash(&credential);
+    let peers = load_peers(&st.dir)?;
+    let verdict = if proto_max < PROTO_MIN || proto_min > PROTO_MAX {
+        Err(refuse(
+            1,
+            format!(
+                "protocol {proto_min}..{proto_max}; this server speaks {PROTO_MIN}..{PROTO_MAX}"
+            ),
+        ))
+    } else {
+        match peers.iter().find(|p| p.hash == hash) {
+            None => Err(refuse(2, "unknown or revoked credential".into())),
+            Some(p) if p.volume != volume => Err(refuse(
+                3,
+                format!("peer {} may not use volume {volume:?}", p.name),
+            )),
+            Some(p) => Ok(p.clone()),
+        }
+    };
+    let peer = match verdict {
+        Ok(p) => p,
+        Err(m) => {
+            send_msg(&mut send, &m, bytes).await?;
+            let _ = send.finish();
+            // Give the refusal time to arrive before the connection goes.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            return Err(SyncError::Refused(format!("{m:?}")));
+        }
+    };
+    let mut heads = st.head(&volume)?;
+    let head = *heads.borrow_and_update();
+    if last_applied > head {
+        let m = refuse(
+            4,
+            format!(
+                "the peer has applied sequence {last_applied} of {volume:?}, which ends at {head}: \
+                 another server or volume?"
+            ),
+        );
+        send_msg(&mut send, &m, bytes).await?;
+        let _ = send.finish();
+        return Err(SyncError::Refused(format!("{m:?}")));
+    }
+    tracing::info!(peer = %peer.name, volume = %volume, last_applied, head, "peer connected");
+    send_msg(
+        &mut send,
+        &Msg::Welcome {
+            proto: PROTO_MAX.min(proto_max),
+            server_id: st.server_id,
+            peer: peer.id,
+            peer_name: peer.name.clone(),
+            head,
+        },
+        bytes,
+    )
+    .await?;
+    let mut sent = last_applied;
+    let mut rx = reader(recv, bytes.clone());
+    let mut pending: Option<Pending> = None;
+    loop {
+        // The log, in order, up to the head.
+        let head = *heads.borrow_and_update();
+        while sent < head {
+            sent += 1;
+            let cs = st.change_set(&volume, sent)?;
+            send_msg(&mut send, &Msg::Deliver { seq: sent, cs }, bytes).await?;
+        }
+        tokio::select! {
+            m = rx.recv() => {
+                let m = m.ok_or_else(|| SyncError::Net("reader ended".into()))??;
+                match m {
+                    Msg::Push(cs) => {
+                        if pending.is_some() {
+                            return Err(SyncError::Protocol("a push before the last one was taken".into()));
+                        }
+                        let mut missing = HashSet::new();
+                        for h in hashes_of(&cs) {
+                            if !st.has_block(&h)? {
+                                missing.insert(h);
+                            }
+                        }
+                        let want: Vec<Hash> = missing.iter().copied().collect();
+                        for chunk in want.chunks(MAX_WANT) {
+                            send_msg(&mut send, &Msg::Want { hashes: chunk.to_vec() }, bytes).await?;
+                        }
+                        pending = Some(Pending { cs, missing, got: Vec::new() });
+                    }
+                    Msg::Block { hash, data } => {
+                        let Some(p) = pending.as_mut().filter(|p| p.missing.contains(&hash)) else {
+                            return Err(SyncError::Protocol("a block nobody asked for".into()));
+                        };
+                        if *blake3::hash(&data).as_bytes() != hash {
+                            return Err(SyncError::Protocol("a block whose bytes do not match its hash".into()));
+                        }
+                        p.missing.remove(&hash);
+                        p.got.push((hash, data));
+                        st.totals.borrow_mut().blocks_in += 1;
+                    }
+                    Msg::Want { hashes } => {
+                        for h in hashes {
+                            let Some(data) = st.block(&h)? else {
+                                return Err(SyncError::Protocol(format!("a block the server does not have: {}", hex(&h))));
+                            };
+                            send_msg(&mut send, &Msg::Block { hash: h, data }, bytes).await?;
+                            st.totals.borrow_mut().blocks_out += 1;
+                        }
+                    }
+                    other => {
+                        return Err(SyncError::Protocol(format!("unexpected {}", kind_name(&other))));
+                    }
+                }
+                if pending.as_ref().is_some_and(|p| p.missing.is_empty())
+                    && let Some(p) = pending.take()
+                {
+                    // Everything before it first, then its ack.
+                    let head = *heads.borrow_and_update();
+                    while sent < head {
+                        sent += 1;
+                        let cs = st.change_set(&volume, sent)?;
+                        send_msg(&mut send, &Msg::Deliver { seq: sent, cs }, bytes).await?;
+                    }
+                    if let Some((seq, counter, time)) = take_push(st, &volume, &peer, p)? {
+                        sent = seq;
+                        send_msg(&mut send, &Msg::Ack { counter, seq, time }, bytes).await?;
+                    }
+                }
+            }
+            r = heads.changed() => {
+                if r.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn kind_name(m: &Msg) -> &'static str {
+    match m {
+        Msg::Hello { .. } => "Hello",
+        Msg::Welcome { .. } => "Welcome",
+        Msg::Refuse { .. } => "Refuse",
+        Msg::Push(_) => "Push",
+        Msg::Deliver { .. } => "Deliver",
+        Msg::Ack { .. } => "Ack",
+        Msg::Want { .. } => "Want",
+        Msg::Block { .. } => "Block",
+    }
+}
+
+/// Makes a push durable as the volume's next sequence and tells every
+/// connection of the volume; `None` for a push at or below the last taken
+/// from that peer (a stale one from a dead connection).
+fn take_push(
+    st: &State,
+    volume: &str,
+    peer: &PeerEntry,
+    p: Pending,
+) -> Result<Option<(u64, u64, i64)>, SyncError> {
+    let snap = st.store.latest()?;
+    let last = snap
+        .get(&counter_key(volume, peer.id))?
+        .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+        .map_or(0, u64::from_le_bytes);
+    drop(snap);
+    let mut cs = p.cs;
+    if cs.counter <= last {
+        tracing::info!(peer = %peer.name, counter = cs.counter, last, "a stale push ignored");
+        return Ok(None);
+    }
+    let heads = st.heads.borrow();
+    let Some(tx) = heads.get(volume) else {
+        return Err(SyncError::Protocol("no head for the volume".into()));
+    };
+    let seq = *tx.borrow() + 1;
+    cs.origin = peer.id;
+    cs.origin_name = peer.name.clone();
+    cs.time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut encoded = Vec::new();
+    Msg::Push(cs.clone()).encode(&mut encoded)?;
+    let mut t = st.store.begin_write()?;
+    for (h, data) in &p.got {
+        t.put(&block_key(h), data)?;
+    }
+    t.put(&log_key(volume, seq), &encoded[super::wire::HEADER..])?;
+    t.put(&counter_key(volume, peer.id), &cs.counter.to_le_bytes())?;
+    t.commit(&format!("{volume} {seq} from {}", peer.name))?;
+    tx.send_replace(seq);
+    drop(heads);
+    st.totals.borrow_mut().pushes += 1;
+    st.write_status();
+    tracing::debug!(peer = %peer.name, seq, ops = cs.ops.len(), blocks = p.got.len(), "push taken");
+    Ok(Some((seq, cs.counter, cs.time)))
+}

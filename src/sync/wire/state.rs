@@ -1,0 +1,152 @@
+//! A peer's sync state on disk (`<store>/sync.state`): what it has applied
+//! of the log and the synced tree, so that a restart asks the server only
+//! for what came after.
+//!
+//! ```text
+//! magic "ZPSS", version u8 (1), peer id u32, applied u64, counter u64,
+//! nodes list, each: fid [16], kind u8, perm u16, uid u32, gid u32,
+//!   rdev u32, size u64, mtime sec i64, nsec u32, changed (seq u64,
+//!   origin u32), renamed (seq u64, origin u32), blocks list of
+//!   (index u64, hash [32]), xattrs list of (name bytes, value bytes),
+//!   target bytes
+//! names list of (directory fid [16], name bytes, fid [16])
+//! ```
+
+use super::{Reader, WireError, WireResult, Writer, count};
+use crate::fs::{Kind, Time};
+use crate::sync::tree::{Meta, Node, Stamp, Tree};
+
+const MAGIC: &[u8; 4] = b"ZPSS";
+
+pub struct PeerState {
+    pub id: u32,
+    pub applied: u64,
+    pub counter: u64,
+    pub synced: Tree,
+}
+
+pub fn encode(s: &PeerState) -> WireResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut w = Writer(&mut out);
+    w.bytes(MAGIC);
+    w.bytes(&[1]);
+    w.u32(s.id);
+    w.u64(s.applied);
+    w.u64(s.counter);
+    w.u32(count(s.synced.nodes.len())?);
+    for (fid, n) in &s.synced.nodes {
+        w.bytes(&fid.to_le_bytes());
+        w.bytes(&[n.meta.kind.code()]);
+        w.u16(n.meta.perm);
+        w.u32(n.meta.uid);
+        w.u32(n.meta.gid);
+        w.u32(n.meta.rdev);
+        w.u64(n.meta.size);
+        w.u64(n.meta.mtime.sec as u64);
+        w.u32(n.meta.mtime.nsec);
+        for st in [n.changed, n.renamed] {
+            w.u64(st.seq);
+            w.u32(st.origin);
+        }
+        w.u32(count(n.blocks.len())?);
+        for (i, h) in &n.blocks {
+            w.u64(*i);
+            w.bytes(h);
+        }
+        w.u32(count(n.xattrs.len())?);
+        for (k, v) in &n.xattrs {
+            w.u32(count(k.len())?);
+            w.bytes(k);
+            w.u32(count(v.len())?);
+            w.bytes(v);
+        }
+        w.u32(count(n.target.len())?);
+        w.bytes(&n.target);
+    }
+    w.u32(count(s.synced.entries.len())?);
+    for ((dir, name), fid) in &s.synced.entries {
+        w.bytes(&dir.to_le_bytes());
+        w.u32(count(name.len())?);
+        w.bytes(name);
+        w.bytes(&fid.to_le_bytes());
+    }
+    Ok(out)
+}
+
+pub fn decode(b: &[u8]) -> WireResult<PeerState> {
+    let mut r = Reader {
+        b,
+        what: "sync state",
+    };
+    if r.array::<4>("magic")? != *MAGIC || r.array::<1>("version")?[0] != 1 {
+        return Err(r.bad("not a sync state file of this version"));
+    }
+    let id = r.u32("peer")?;
+    let applied = r.u64("applied")?;
+    let counter = r.u64("counter")?;
+    let mut synced = Tree::default();
+    let n = r.count("nodes", 16 + 1 + 2 + 12 + 8 + 12 + 24 + 12)?;
+    for _ in 0..n {
+        let fid = u128::from_le_bytes(r.array("fid")?);
+        let code = r.array::<1>("kind")?[0];
+        let kind = Kind::from_code(code).ok_or_else(|| r.bad(format!("kind {code}")))?;
+        let meta = Meta {
+            kind,
+            perm: r.u16("perm")?,
+            uid: r.u32("uid")?,
+            gid: r.u32("gid")?,
+            rdev: r.u32("rdev")?,
+            size: r.u64("size")?,
+            mtime: Time {
+                sec: r.u64("mtime")? as i64,
+                nsec: r.u32("mtime")?,
+            },
+        };
+        let mut stamp = || -> WireResult<Stamp> {
+            Ok(Stamp {
+                seq: r.u64("stamp")?,
+                origin: r.u32("stamp")?,
+            })
+        };
+        let (changed, renamed) = (stamp()?, stamp()?);
+        let mut node = Node {
+            meta,
+            blocks: Default::default(),
+            xattrs: Default::default(),
+            target: Vec::new(),
+            changed,
+            renamed,
+        };
+        for _ in 0..r.count("blocks", 40)? {
+            let i = r.u64("block")?;
+            node.blocks.insert(i, r.array("hash")?);
+        }
+        for _ in 0..r.count("xattrs", 8)? {
+            let k = bytes(&mut r, "xattr name")?;
+            let v = bytes(&mut r, "xattr value")?;
+            node.xattrs.insert(k, v);
+        }
+        node.target = bytes(&mut r, "target")?;
+        synced.nodes.insert(fid, node);
+    }
+    for _ in 0..r.count("names", 36)? {
+        let dir = u128::from_le_bytes(r.array("directory")?);
+        let name = bytes(&mut r, "name")?;
+        let fid = u128::from_le_bytes(r.array("fid")?);
+        synced.link((dir, name), fid);
+    }
+    if !r.b.is_empty() {
+        return Err(WireError::Trailing(r.b.len(), "sync state"));
+    }
+    Ok(PeerState {
+        id,
+        applied,
+        counter,
+        synced,
+    })
+}
+
+fn bytes(r: &mut Reader<'_>, field: &'static str) -> WireResult<Vec<u8>> {
+    let n = r.count(field, 1)?;
+    Ok(r.take(n, field)?.to_vec())
+}
