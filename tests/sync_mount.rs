@@ -13,53 +13,70 @@ use common::{Mounted, bin, fuse_or_skip};
 /// A running `zippyfs serve`, killed (by its PID) when dropped.
 struct Server {
     dir: tempfile::TempDir,
-    child: Child,
+    child: Option<Child>,
     port: u16,
     fingerprint: String,
+}
+
+/// Starts `zippyfs serve` in `dir` on `port` (0: any); returns it, the
+/// port it bound and the fingerprint it printed.
+fn spawn_server(dir: &Path, port: u16) -> (Child, u16, String) {
+    let mut child = Command::new(bin())
+        .arg("serve")
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn zippyfs serve");
+    let out = child.stdout.take().expect("server stdout");
+    let (mut port, mut fingerprint) = (0, String::new());
+    for line in BufReader::new(out).lines().take(2) {
+        let line = line.expect("server output");
+        if let Some(a) = line.strip_prefix("listening on ") {
+            port = a
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+        }
+        if let Some(f) = line.strip_prefix("fingerprint ") {
+            fingerprint = f.to_string();
+        }
+    }
+    assert!(
+        port > 0 && fingerprint.len() == 64,
+        "the server did not start"
+    );
+    (child, port, fingerprint)
 }
 
 impl Server {
     fn start() -> Server {
         let dir = tempfile::tempdir().expect("server dir");
-        Server::start_in(dir)
-    }
-
-    fn start_in(dir: tempfile::TempDir) -> Server {
-        let mut child = Command::new(bin())
-            .arg("serve")
-            .arg(dir.path())
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn zippyfs serve");
-        let out = child.stdout.take().expect("server stdout");
-        let mut lines = BufReader::new(out).lines();
-        let mut port = 0;
-        let mut fingerprint = String::new();
-        for line in lines.by_ref().take(2) {
-            let line = line.expect("server output");
-            if let Some(a) = line.strip_prefix("listening on ") {
-                port = a
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(0);
-            }
-            if let Some(f) = line.strip_prefix("fingerprint ") {
-                fingerprint = f.to_string();
-            }
-        }
-        assert!(
-            port > 0 && fingerprint.len() == 64,
-            "the server did not start"
-        );
+        let (child, port, fingerprint) = spawn_server(dir.path(), 0);
         Server {
             dir,
-            child,
+            child: Some(child),
             port,
             fingerprint,
         }
+    }
+
+    /// Kills the server with SIGKILL.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again, on the same port and directory.
+    fn restart(&mut self) {
+        self.kill();
+        let (child, port, fingerprint) = spawn_server(self.dir.path(), self.port);
+        assert_eq!((port, &fingerprint), (self.port, &self.fingerprint));
+        self.child = Some(child);
     }
 
     /// A new peer of `volume`: its credential in a file.
@@ -93,8 +110,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -218,4 +234,141 @@ fn a_wrong_fingerprint_or_a_revoked_credential_is_refused() {
             .is_some_and(|w| w.contains("unknown or revoked credential"))
     });
     r.unmount();
+}
+
+/// Every file under `root` (not the history directory): relative path →
+/// contents (a symlink's target, `<dir>` for a directory).
+fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == ".zippy" {
+                continue;
+            }
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                out.insert(rel, b"<dir>".to_vec());
+                todo.push(p);
+            } else if ft.is_symlink() {
+                out.insert(
+                    rel,
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                );
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_change_to_a_file_the_other_peer_has_open_and_cached_is_read_there() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let a = peer(&server, "a", "v", work.path());
+    let b = peer(&server, "b", "v", work.path());
+    std::fs::write(a.path().join("f"), vec![b'1'; 10_000]).unwrap();
+    eventually("v1 on b", Duration::from_secs(20), || {
+        std::fs::read(b.path().join("f")).is_ok_and(|d| d == vec![b'1'; 10_000])
+    });
+    // b holds the file open with its pages cached; a rewrites the middle.
+    use std::os::unix::fs::FileExt;
+    let open = std::fs::File::open(b.path().join("f")).unwrap();
+    let mut buf = vec![0u8; 10_000];
+    open.read_exact_at(&mut buf, 0).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(a.path().join("f"))
+        .unwrap();
+    f.write_all_at(b"22222", 4096).unwrap();
+    drop(f);
+    let mut want = vec![b'1'; 10_000];
+    want[4096..4101].copy_from_slice(b"22222");
+    let took = eventually(
+        "the change through b's open file",
+        Duration::from_secs(20),
+        || open.read_exact_at(&mut buf, 0).is_ok() && buf == want,
+    );
+    eprintln!("a -> b (open, cached): {took:?}");
+    assert_eq!(std::fs::metadata(b.path().join("f")).unwrap().len(), 10_000);
+    a.unmount();
+    b.unmount();
+}
+
+#[test]
+fn concurrent_edits_offline_keep_both_and_every_peer_converges() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let a = peer(&server, "a", "v", work.path());
+    let b = peer(&server, "b", "v", work.path());
+    std::fs::write(a.path().join("doc.txt"), b"base").unwrap();
+    std::fs::write(a.path().join("gone.txt"), b"to delete").unwrap();
+    eventually("the base on b", Duration::from_secs(20), || {
+        std::fs::read(b.path().join("doc.txt")).is_ok_and(|d| d == b"base")
+            && b.path().join("gone.txt").exists()
+    });
+    // The server goes; both peers work offline.
+    let mut server = server;
+    server.kill();
+    std::fs::write(a.path().join("doc.txt"), b"edit from a").unwrap();
+    std::fs::write(b.path().join("doc.txt"), b"edit from b").unwrap();
+    std::fs::remove_file(a.path().join("gone.txt")).unwrap();
+    std::fs::write(b.path().join("gone.txt"), b"modified on b").unwrap();
+    for i in 0..20 {
+        std::fs::write(a.path().join(format!("a{i}")), format!("{i}")).unwrap();
+    }
+    common::fsync_root(a.path());
+    common::fsync_root(b.path());
+    server.restart();
+    let took = eventually("the same tree on both", Duration::from_secs(30), || {
+        let (ta, tb) = (tree(a.path()), tree(b.path()));
+        ta == tb && ta.keys().any(|k| k.contains(".conflict-"))
+    });
+    eprintln!("converged {took:?} after the server came back");
+    let t = tree(a.path());
+    let copies: Vec<&String> = t.keys().filter(|k| k.contains(".conflict-")).collect();
+    assert_eq!(
+        copies.len(),
+        1,
+        "one conflict copy: {:?}",
+        t.keys().collect::<Vec<_>>()
+    );
+    let copy = copies[0];
+    assert!(
+        copy.starts_with("doc.conflict-a-") || copy.starts_with("doc.conflict-b-"),
+        "{copy}"
+    );
+    assert!(copy.ends_with(".txt"), "{copy}");
+    // Both edits are there, one under the name, one in the copy.
+    let mut both = vec![t["doc.txt"].clone(), t[copy].clone()];
+    both.sort();
+    assert_eq!(both, vec![b"edit from a".to_vec(), b"edit from b".to_vec()]);
+    // Modified on b, deleted on a: the modification survives.
+    assert_eq!(
+        t.get("gone.txt").map(Vec::as_slice),
+        Some(&b"modified on b"[..])
+    );
+    assert_eq!(
+        (0..20).filter(|i| t.contains_key(&format!("a{i}"))).count(),
+        20
+    );
+    drop(server);
+    a.unmount();
+    b.unmount();
 }

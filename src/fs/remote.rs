@@ -182,6 +182,12 @@ impl Fs {
         Ok(history::block_at(&snap, ino, idx)?.to_vec())
     }
 
+    /// The inode of file id `fid` in the last commit, if it has one.
+    pub fn ino_of_file_id(&self, fid: u128) -> FsResult<Option<u64>> {
+        let snap = self.snap()?;
+        self.ino_of(&snap, &[], fid)
+    }
+
     /// The inode of file id `fid` here, if it has one: looked up in the
     /// pending index changes, then the index, then by the id's own form.
     fn ino_of(

@@ -35,6 +35,7 @@ mod counts;
 pub mod fsyncs;
 #[doc(hidden)]
 pub mod fuzzing;
+mod notify;
 pub mod ops;
 pub mod ring;
 mod signals;
@@ -459,7 +460,10 @@ fn run_session(
         Err(e) => tracing::warn!("no notifications to the kernel: {e}"),
     }
     *ops.counts.transport.lock() = if uring { "uring" } else { "classic" };
-    fs.attach_kernel(ops.counts.clone());
+    fs.attach_kernel(Arc::new(notify::Kernel {
+        counts: ops.counts.clone(),
+        notify: session.as_fd().try_clone_to_owned().ok(),
+    }));
     live();
     let threads = opts.threads.max(1);
     let fd = session.as_fd();

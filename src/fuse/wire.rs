@@ -337,19 +337,59 @@ pub fn time(sec: u64, nsec: u32) -> Time {
 }
 
 /// FUSE_NOTIFY_INVAL_INODE with offset -1: the kernel forgets its cached
-/// attributes of `ino` (not its pages). An out header with unique 0 and the
-/// notification's code in the error field, then `fuse_notify_inval_inode_out`:
-/// ino u64, off i64, len i64. Attributes only, so the kernel takes no lock
-/// a request in flight may hold: safe from a thread serving a request.
+/// attributes of `ino` (not its pages). Attributes only, so the kernel takes
+/// no lock a request in flight may hold: safe from a thread serving a
+/// request.
 pub fn notify_inval_attrs(fd: std::os::fd::BorrowedFd<'_>, ino: u64) -> std::io::Result<()> {
+    notify_inval_inode(fd, ino, -1)
+}
+
+/// FUSE_NOTIFY_INVAL_INODE: an out header with unique 0 and the
+/// notification's code in the error field, then `fuse_notify_inval_inode_out`:
+/// ino u64, off i64, len i64. With `off` 0 and `len` 0 the kernel writes
+/// back the inode's dirty pages, then drops its pages and attributes: only
+/// from a thread that serves no requests (those writes must be served).
+pub fn notify_inval_inode(
+    fd: std::os::fd::BorrowedFd<'_>,
+    ino: u64,
+    off: i64,
+) -> std::io::Result<()> {
     const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
-    let mut b = [0u8; OUT_HEADER_LEN + 24];
-    b[0..4].copy_from_slice(&((OUT_HEADER_LEN + 24) as u32).to_le_bytes());
-    b[4..8].copy_from_slice(&FUSE_NOTIFY_INVAL_INODE.to_le_bytes());
-    // unique (8..16) stays 0: a notification.
-    b[16..24].copy_from_slice(&ino.to_le_bytes());
-    b[24..32].copy_from_slice(&(-1i64).to_le_bytes());
-    b[32..40].copy_from_slice(&0i64.to_le_bytes());
+    let mut b = Vec::with_capacity(OUT_HEADER_LEN + 24);
+    b.extend_from_slice(&((OUT_HEADER_LEN + 24) as u32).to_le_bytes());
+    b.extend_from_slice(&FUSE_NOTIFY_INVAL_INODE.to_le_bytes());
+    // unique: 0, a notification.
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&ino.to_le_bytes());
+    b.extend_from_slice(&off.to_le_bytes());
+    b.extend_from_slice(&0i64.to_le_bytes());
+    write_notification(fd, &b)
+}
+
+/// FUSE_NOTIFY_INVAL_ENTRY: the kernel forgets the entry `name` in
+/// directory `parent` (a positive or a negative one). The out header, then
+/// `fuse_notify_inval_entry_out`: parent u64, namelen u32, flags u32; then
+/// the name and a NUL.
+pub fn notify_inval_entry(
+    fd: std::os::fd::BorrowedFd<'_>,
+    parent: u64,
+    name: &[u8],
+) -> std::io::Result<()> {
+    const FUSE_NOTIFY_INVAL_ENTRY: i32 = 3;
+    let len = OUT_HEADER_LEN + 16 + name.len() + 1;
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&(len as u32).to_le_bytes());
+    b.extend_from_slice(&FUSE_NOTIFY_INVAL_ENTRY.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&parent.to_le_bytes());
+    b.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(name);
+    b.push(0);
+    write_notification(fd, &b)
+}
+
+fn write_notification(fd: std::os::fd::BorrowedFd<'_>, b: &[u8]) -> std::io::Result<()> {
     // SAFETY: the buffer is valid for reads of its length; `fd` is open.
     let n = unsafe {
         libc::write(

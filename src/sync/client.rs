@@ -1,6 +1,6 @@
 //! The mount's sync thread: connects to the server named in
 //! `<store>/sync.conf`, pushes each local commit, applies what other peers
-//! pushed, and reconnects (1 to 10 s apart) when the connection goes. It
+//! pushed, and reconnects (1 to 5 s apart) when the connection goes. It
 //! runs on its own thread (`zippy-sync`), with a one-thread tokio runtime
 //! for quinn, off the FUSE and commit threads.
 //!
@@ -281,7 +281,7 @@ async fn run(
         if let Err(e) = r {
             tracing::warn!("sync: {e}; connecting again in {backoff:?}");
             let _ = tokio::time::timeout(backoff, wake.notified()).await;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         } else {
             break;
         }
@@ -534,6 +534,17 @@ impl Session<'_> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
+        // The kernel writes back its dirty pages of the files this touches
+        // first: changes made here come in as writes, are committed below,
+        // and meet the remote change as a conflict instead of overwriting
+        // it afterwards (decision 10).
+        let mut here = Vec::new();
+        for op in &cs.ops {
+            if let Some(ino) = self.fs.ino_of_file_id(op.fid())? {
+                here.push(ino);
+            }
+        }
+        self.fs.invalidate(&here, &[]);
         for _ in 0..50 {
             self.fs.commit("sync: before applying")?;
             let version = self.read_local()?;
@@ -563,7 +574,13 @@ impl Session<'_> {
             .map_err(|e| SyncError::Protocol(e.to_string()))?;
             let cause = format!("sync: {} sequence {seq}", cs.origin_name);
             match self.fs.apply_remote(&change, &cause)? {
-                Applied::Done { inodes, entries } => {
+                Applied::Done {
+                    mut inodes,
+                    entries,
+                } => {
+                    inodes.extend(entries.iter().map(|(dir, _)| *dir));
+                    inodes.sort_unstable();
+                    inodes.dedup();
                     self.fs.invalidate(&inodes, &entries);
                     *self.peer = trial;
                     save_peer(self.store, self.peer)?;

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! server.crt, server.key   its certificate and key (made on first start)
+//! reset.key                its QUIC stateless-reset key (made on first start)
 //! peers                    one line per peer: id, name, volume, and the
 //!                          BLAKE3 (derive_key) hash of its credential, tab-
 //!                          separated; the credential itself is never kept
@@ -307,8 +308,29 @@ pub fn serve_until(
         .map_err(|e| SyncError::Net(e.to_string()))?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let endpoint = quinn::Endpoint::server(tls::server_config(cert, key)?, listen)
+        // The stateless-reset key outlives the process: after a restart, a
+        // peer's packet on its old connection is answered with a reset it
+        // can verify, and it reconnects at once instead of waiting out the
+        // idle timeout.
+        // So does the key connection ids are made with, or the new process
+        // drops those packets as carrying ids it never made.
+        let keys = reset_key(&state.dir)?;
+        let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &keys);
+        let cid_key = u64::from_le_bytes(keys[..8].try_into().unwrap_or_default())
+            ^ u64::from_le_bytes(keys[24..].try_into().unwrap_or_default());
+        let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+        config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let socket = std::net::UdpSocket::bind(listen)
             .map_err(|e| SyncError::Net(format!("cannot listen on {listen}: {e}")))?;
+        let endpoint = quinn::Endpoint::new(
+            config,
+            Some(tls::server_config(cert, key)?),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| SyncError::Net(format!("cannot listen on {listen}: {e}")))?;
         let bound = endpoint
             .local_addr()
             .map_err(|e| SyncError::Net(e.to_string()))?;
@@ -341,6 +363,28 @@ pub fn serve_until(
         }
         Ok(())
     })
+}
+
+/// The server's stateless-reset key (`reset.key`), made on first start.
+fn reset_key(dir: &Path) -> Result<[u8; 32], SyncError> {
+    let path = dir.join("reset.key");
+    match std::fs::read(&path) {
+        Ok(b) if b.len() == 32 => {
+            let mut k = [0u8; 32];
+            k.copy_from_slice(&b);
+            Ok(k)
+        }
+        Ok(_) => Err(SyncError::Config(format!(
+            "{} is not 32 bytes",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let k = random32()?;
+            write_private(&path, &k)?;
+            Ok(k)
+        }
+        Err(e) => Err(SyncError::io(&path, e)),
+    }
 }
 
 /// A push waiting for its blocks.
