@@ -239,22 +239,16 @@ pub fn good_name(name: &[u8]) -> bool {
 fn rescue(tree: &mut Tree, fid: FileId, k: &Key, cs: &ChangeSet) {
     let dir_ok = tree.is_dir(k.0) && !(tree.is_dir(fid) && tree.is_within(k.0, fid));
     let parent = if dir_ok { k.0 } else { ROOT_ID };
-    let name = free_name(tree, parent, &conflict_name(&k.1, &cs.origin_name, cs.time));
+    let name = free_conflict_name(tree, parent, &k.1, &cs.origin_name, cs.time);
     tree.link((parent, name), fid);
 }
 
-/// `name`, or `name-2`, `name-3`, ... : the first not taken in `dir`.
-pub fn free_name(tree: &Tree, dir: FileId, name: &[u8]) -> Vec<u8> {
+/// The first conflict name for `name` not taken in `dir`: the time, then
+/// `-2`, `-3`, ... after it when two conflicts of one name meet in one second.
+pub fn free_conflict_name(tree: &Tree, dir: FileId, name: &[u8], peer: &str, time: i64) -> Vec<u8> {
     let mut n = 1u64;
     loop {
-        let candidate = if n == 1 {
-            name.to_vec()
-        } else {
-            let suffix = format!("-{n}");
-            let mut c = name[..name.len().min(NAME_MAX - suffix.len())].to_vec();
-            c.extend_from_slice(suffix.as_bytes());
-            c
-        };
+        let candidate = conflict_name_n(name, peer, time, n);
         if !tree.entries.contains_key(&(dir, candidate.clone())) {
             return candidate;
         }
@@ -264,6 +258,11 @@ pub fn free_name(tree: &Tree, dir: FileId, name: &[u8]) -> Vec<u8> {
 
 /// `<stem>.conflict-<peer>-<YYYYMMDD-HHMMSS><.ext>` (UTC), within NAME_MAX.
 pub fn conflict_name(name: &[u8], peer: &str, time: i64) -> Vec<u8> {
+    conflict_name_n(name, peer, time, 1)
+}
+
+/// [`conflict_name`], the `n`th of that second (`-n` after the time, from 2).
+fn conflict_name_n(name: &[u8], peer: &str, time: i64, n: u64) -> Vec<u8> {
     let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
         Some(at) if at > 0 => name.split_at(at),
         _ => (name, &b""[..]),
@@ -276,7 +275,12 @@ pub fn conflict_name(name: &[u8], peer: &str, time: i64) -> Vec<u8> {
         .chars()
         .map(|c| if c == '/' || c == '\0' { '_' } else { c })
         .collect();
-    let mark = format!(".conflict-{peer}-{date}-{clock}");
+    let nth = if n > 1 {
+        format!("-{n}")
+    } else {
+        String::new()
+    };
+    let mark = format!(".conflict-{peer}-{date}-{clock}{nth}");
     let ext = &ext[..ext.len().min(NAME_MAX / 4)];
     let room = NAME_MAX.saturating_sub(mark.len() + ext.len()).max(1);
     let mut out = stem[..stem.len().min(room)].to_vec();
@@ -431,5 +435,9 @@ mod tests {
         );
         let long = conflict_name(&[b'x'; 255], "peer", 0);
         assert!(long.len() <= NAME_MAX && good_name(&long));
+        assert_eq!(
+            String::from_utf8_lossy(&conflict_name_n(b"a.txt", "p", 0, 3)),
+            "a.conflict-p-19700101-000000-3.txt"
+        );
     }
 }

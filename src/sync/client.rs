@@ -481,18 +481,30 @@ impl Session<'_> {
                     save_peer(self.store, self.peer)?;
                     self.acked = true;
                 }
-                Event::Deliver(_, cs) => {
-                    if !self.asked.is_empty()
-                        && super::server::hashes_of(cs)
-                            .iter()
-                            .any(|h| self.asked.contains(h))
-                    {
+                Event::Deliver(seq, cs) => {
+                    // Every block asked for first (they come in order).
+                    if !self.asked.is_empty() {
                         return Ok(());
                     }
-                    let Some(Event::Deliver(seq, cs)) = self.queue.pop_front() else {
-                        continue;
-                    };
-                    self.apply(seq, &cs)?;
+                    let (seq, cs) = (*seq, cs.clone());
+                    let need = self.apply(seq, &cs)?;
+                    if !need.is_empty() {
+                        // The result needs blocks this peer no longer has
+                        // (a file deleted here comes back): ask, then again.
+                        for chunk in need.chunks(MAX_WANT) {
+                            self.asked.extend(chunk.iter().copied());
+                            send_msg(
+                                send,
+                                &Msg::Want {
+                                    hashes: chunk.to_vec(),
+                                },
+                                &self.bytes,
+                            )
+                            .await?;
+                        }
+                        return Ok(());
+                    }
+                    self.queue.pop_front();
                     if self.queue.is_empty() {
                         self.fetched.clear();
                     }
@@ -530,7 +542,9 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn apply(&mut self, seq: u64, cs: &ChangeSet) -> Result<(), SyncError> {
+    /// Applies sequence `seq`; returns the blocks it still needs (then
+    /// nothing changed), or none once applied.
+    fn apply(&mut self, seq: u64, cs: &ChangeSet) -> Result<Vec<Hash>, SyncError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -562,16 +576,18 @@ impl Session<'_> {
             if ops.is_empty() {
                 *self.peer = trial;
                 save_peer(self.store, self.peer)?;
-                return Ok(());
+                return Ok(Vec::new());
             }
             let (fetched, places, fs) = (&self.fetched, &self.places, self.fs);
-            let change = to_remote(&ops, version, &mut |h| {
+            let change = match to_remote(&ops, version, &mut |h| {
                 fetched.get(h).cloned().or_else(|| {
                     let (fid, idx) = places.get(h)?;
                     fs.committed_block(version, *fid, *idx).ok()
                 })
-            })
-            .map_err(|e| SyncError::Protocol(e.to_string()))?;
+            }) {
+                Ok(c) => c,
+                Err(missing) => return Ok(missing.0),
+            };
             let cause = format!("sync: {} sequence {seq}", cs.origin_name);
             match self.fs.apply_remote(&change, &cause)? {
                 Applied::Done {
@@ -586,7 +602,7 @@ impl Session<'_> {
                     save_peer(self.store, self.peer)?;
                     self.status.lock().conflicts += copies;
                     tracing::debug!(seq, files = changed.len(), "sync applied");
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
                 Applied::Moved => continue,
             }

@@ -50,10 +50,10 @@ pub fn tree_of(c: &Committed) -> Tree {
     t
 }
 
-/// A block the change needs that is not at hand.
+/// Blocks the change needs that are not at hand.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("block {} is not here", hex(.0))]
-pub struct MissingBlock(pub Hash);
+#[error("{} blocks are not here, the first {}", .0.len(), hex(&.0[0]))]
+pub struct MissingBlocks(pub Vec<Hash>);
 
 fn hex(h: &Hash) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
@@ -61,11 +61,13 @@ fn hex(h: &Hash) -> String {
 
 /// `ops` (a change of this peer's tree, worked out against commit `base`)
 /// as a change of its filesystem; `block` gives a block's bytes by hash.
+/// Fails naming every block `block` did not have.
 pub fn to_remote(
     ops: &[Op],
     base: u64,
     block: &mut dyn FnMut(&Hash) -> Option<Vec<u8>>,
-) -> Result<RemoteChange, MissingBlock> {
+) -> Result<RemoteChange, MissingBlocks> {
+    let mut missing = Vec::new();
     let mut out = RemoteChange {
         base,
         ..Default::default()
@@ -86,7 +88,13 @@ pub fn to_remote(
                     data.push((
                         *i,
                         match h {
-                            Some(h) => Some(block(h).ok_or(MissingBlock(*h))?),
+                            Some(h) => match block(h) {
+                                Some(b) => Some(b),
+                                None => {
+                                    missing.push(*h);
+                                    None
+                                }
+                            },
                             None => None,
                         },
                     ));
@@ -118,7 +126,13 @@ pub fn to_remote(
             }
         }
     }
-    Ok(out)
+    if missing.is_empty() {
+        Ok(out)
+    } else {
+        missing.sort_unstable();
+        missing.dedup();
+        Err(MissingBlocks(missing))
+    }
 }
 
 /// Where each block of a tree is: hash → (file, index), for reading the

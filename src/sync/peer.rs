@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::apply::{Outcome, apply, conflict_name, free_name};
+use super::apply::{Outcome, apply, free_conflict_name};
 use super::tree::{ChangeSet, FileId, Op, PeerId, ROOT_ID, Stamp, Tree, diff};
 use crate::fs::Kind;
 
@@ -231,7 +231,7 @@ impl Peer {
             {
                 base
             } else {
-                free_name(&self.local, dir, &conflict_name(&base, &self.name, now))
+                free_conflict_name(&self.local, dir, &base, &self.name, now)
             };
             self.local.link((dir, name), copy);
             changed.insert(copy);

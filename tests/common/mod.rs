@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod sync;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -1,0 +1,176 @@
+//! Sync for integration tests: a real `zippyfs serve` process, peers that
+//! joined it (each a real mount of its own store), and what tests compare.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Mounted, bin};
+
+/// A running `zippyfs serve`, killed (by its PID) when dropped.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub port: u16,
+    pub fingerprint: String,
+}
+
+/// Starts `zippyfs serve` in `dir` on `port` (0: any); returns it, the
+/// port it bound and the fingerprint it printed.
+fn spawn_server(dir: &Path, port: u16) -> (Child, u16, String) {
+    let mut child = Command::new(bin())
+        .arg("serve")
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn zippyfs serve");
+    let out = child.stdout.take().expect("server stdout");
+    let (mut port, mut fingerprint) = (0, String::new());
+    for line in BufReader::new(out).lines().take(2) {
+        let line = line.expect("server output");
+        if let Some(a) = line.strip_prefix("listening on ") {
+            port = a
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+        }
+        if let Some(f) = line.strip_prefix("fingerprint ") {
+            fingerprint = f.to_string();
+        }
+    }
+    assert!(
+        port > 0 && fingerprint.len() == 64,
+        "the server did not start"
+    );
+    (child, port, fingerprint)
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().expect("server dir");
+        let (child, port, fingerprint) = spawn_server(dir.path(), 0);
+        Server {
+            dir,
+            child: Some(child),
+            port,
+            fingerprint,
+        }
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again, on the same port and directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, port, fingerprint) = spawn_server(self.dir.path(), self.port);
+        assert_eq!((port, &fingerprint), (self.port, &self.fingerprint));
+        self.child = Some(child);
+    }
+
+    /// A new peer of `volume`: its credential in a file.
+    pub fn add_peer(&self, name: &str, volume: &str, into: &Path) -> PathBuf {
+        let out = Command::new(bin())
+            .arg("serve")
+            .arg(self.dir.path())
+            .args(["add-peer", name, "--volume", volume])
+            .output()
+            .expect("add-peer");
+        assert!(out.status.success(), "add-peer: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let credential = text
+            .lines()
+            .find(|l| l.starts_with("zpc1-"))
+            .expect("a credential line");
+        let file = into.join(format!("{name}.credential"));
+        std::fs::write(&file, credential).expect("credential file");
+        file
+    }
+
+    pub fn url(&self, volume: &str) -> String {
+        format!("quic://127.0.0.1:{}/{volume}", self.port)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let b = std::fs::read(self.dir.path().join("status.json")).unwrap_or_default();
+        serde_json::from_slice(&b).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A store joined to `volume` of `server` as peer `name`, and mounted.
+pub fn peer(server: &Server, name: &str, volume: &str, work: &Path) -> Mounted {
+    let store = work.join(format!("{name}-store"));
+    let cred = server.add_peer(name, volume, work);
+    let st = Command::new(bin())
+        .arg("join")
+        .arg(&store)
+        .arg(server.url(volume))
+        .args(["--fingerprint", &server.fingerprint])
+        .arg("--credential")
+        .arg(&cred)
+        .stdout(Stdio::null())
+        .status()
+        .expect("join");
+    assert!(st.success(), "join failed");
+    Mounted::start_logged(&store, &[], &work.join(format!("{name}.log")))
+}
+
+/// Waits (bounded) until `check` holds; returns how long it took.
+pub fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    started.elapsed()
+}
+
+/// Every file under `root` (not the history directory): relative path →
+/// contents (a symlink's target, `<dir>` for a directory).
+pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == ".zippy" {
+                continue;
+            }
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                out.insert(rel, b"<dir>".to_vec());
+                todo.push(p);
+            } else if ft.is_symlink() {
+                out.insert(
+                    rel,
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                );
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
