@@ -190,11 +190,10 @@ pub fn hashes_of(cs: &ChangeSet) -> Vec<Hash> {
     out
 }
 
-/// What the server has moved, for `status.json`.
+/// What the server has moved, for `status.json` (bytes are counted by
+/// every connection into `State::bytes`).
 #[derive(Default)]
 struct Totals {
-    bytes_in: u64,
-    bytes_out: u64,
     blocks_in: u64,
     blocks_out: u64,
     pushes: u64,
@@ -207,6 +206,8 @@ struct State {
     server_id: [u8; 16],
     heads: RefCell<HashMap<String, watch::Sender<u64>>>,
     totals: RefCell<Totals>,
+    /// Frame bytes read and written, all connections.
+    bytes: Arc<Counted>,
 }
 
 impl State {
@@ -258,8 +259,8 @@ impl State {
             .map(|(v, tx)| (v.clone(), *tx.borrow()))
             .collect();
         let json = serde_json::json!({
-            "bytes_in": t.bytes_in,
-            "bytes_out": t.bytes_out,
+            "bytes_in": self.bytes.read.load(Ordering::Relaxed),
+            "bytes_out": self.bytes.written.load(Ordering::Relaxed),
             "blocks_in": t.blocks_in,
             "blocks_out": t.blocks_out,
             "pushes": t.pushes,
@@ -301,6 +302,7 @@ pub fn serve_until(
         server_id,
         heads: RefCell::new(HashMap::new()),
         totals: RefCell::new(Totals::default()),
+        bytes: Arc::new(Counted::default()),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -335,6 +337,22 @@ pub fn serve_until(
             .local_addr()
             .map_err(|e| SyncError::Net(e.to_string()))?;
         ready(bound, &fingerprint);
+        // status.json, twice a second while anything moves.
+        let st = state.clone();
+        tokio::task::spawn_local(async move {
+            let mut last = (u64::MAX, u64::MAX);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let now = (
+                    st.bytes.read.load(Ordering::Relaxed),
+                    st.bytes.written.load(Ordering::Relaxed),
+                );
+                if now != last {
+                    st.write_status();
+                    last = now;
+                }
+            }
+        });
         loop {
             let incoming = tokio::select! {
                 i = endpoint.accept() => i,
@@ -347,13 +365,8 @@ pub fn serve_until(
             let st = state.clone();
             tokio::task::spawn_local(async move {
                 let remote = incoming.remote_address();
-                let bytes = Arc::new(Counted::default());
+                let bytes = st.bytes.clone();
                 let r = connection(&st, incoming, &bytes).await;
-                {
-                    let mut t = st.totals.borrow_mut();
-                    t.bytes_in += bytes.read.load(Ordering::Relaxed);
-                    t.bytes_out += bytes.written.load(Ordering::Relaxed);
-                }
                 st.write_status();
                 match r {
                     Ok(()) => tracing::info!(%remote, "connection closed"),

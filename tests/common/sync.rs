@@ -24,7 +24,13 @@ fn spawn_server(dir: &Path, port: u16) -> (Child, u16, String) {
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("serve.log"))
+                .expect("server log"),
+        ))
         .spawn()
         .expect("spawn zippyfs serve");
     let out = child.stdout.take().expect("server stdout");
@@ -98,6 +104,11 @@ impl Server {
 
     pub fn url(&self, volume: &str) -> String {
         format!("quic://127.0.0.1:{}/{volume}", self.port)
+    }
+
+    /// What the server logged (standard error).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
 
     pub fn status(&self) -> serde_json::Value {

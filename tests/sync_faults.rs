@@ -1,0 +1,306 @@
+//! Sync under faults, on real mounts and a real server: a peer offline for
+//! 100 versions, the server and a peer killed with SIGKILL mid-transfer,
+//! the network cut and lossy (a UDP proxy of the test's own between a peer
+//! and the server). After each: convergence, nothing lost, and for the
+//! catch-up only the blocks the peer lacked on the wire.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::sync::{Server, eventually, peer, tree};
+use common::{Mounted, bin, fuse_or_skip};
+
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn num(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or(0)
+}
+
+/// The server's figures once they stop moving (it writes them twice a
+/// second).
+fn settled(server: &Server) -> serde_json::Value {
+    let mut last = server.status();
+    loop {
+        std::thread::sleep(Duration::from_millis(700));
+        let now = server.status();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[test]
+fn a_peer_offline_for_100_versions_catches_up_moving_only_the_blocks_it_lacked() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let a = peer(&server, "a", "v", work.path());
+    let b = peer(&server, "b", "v", work.path());
+    let mut want = content(1, 8 << 20);
+    std::fs::write(a.path().join("big"), &want).unwrap();
+    eventually("big on b", Duration::from_secs(30), || {
+        std::fs::read(b.path().join("big")).is_ok_and(|d| d == want)
+    });
+    let b_store = b.store.clone();
+    b.unmount();
+    // 100 versions on a, each 4 KiB in a different 64 KiB block.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(a.path().join("big"))
+        .unwrap();
+    for i in 0..100u64 {
+        let patch = content(1000 + i, 4096);
+        let at = i * 65536 + 1000;
+        f.write_all_at(&patch, at).unwrap();
+        want[at as usize..at as usize + 4096].copy_from_slice(&patch);
+        f.sync_all().unwrap();
+    }
+    drop(f);
+    let before = settled(&server);
+    let b = Mounted::start_logged(&b_store, &[], &work.path().join("b2.log"));
+    let took = eventually("b caught up", Duration::from_secs(30), || {
+        std::fs::read(b.path().join("big")).is_ok_and(|d| d == want)
+    });
+    let after = settled(&server);
+    let (blocks, bytes) = (
+        num(&after, "blocks_out") - num(&before, "blocks_out"),
+        num(&after, "bytes_out") - num(&before, "bytes_out"),
+    );
+    let changed = 100 * 4096u64;
+    eprintln!(
+        "catch-up of 100 versions in {took:?}: {blocks} blocks, {bytes} bytes on the wire for \
+         {changed} bytes changed ({:.1}x; the block is 64 KiB)",
+        bytes as f64 / changed as f64
+    );
+    // Only the 100 changed blocks, each once, and their metadata.
+    assert!(
+        blocks <= 100,
+        "{blocks} blocks went to the peer, 100 changed"
+    );
+    assert!(
+        bytes <= 100 * (65536 + 4096),
+        "{bytes} bytes for 100 changed 64 KiB blocks"
+    );
+    a.unmount();
+    b.unmount();
+}
+
+#[test]
+fn the_server_killed_mid_transfer_and_a_peer_killed_mid_push_lose_nothing() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let mut server = Server::start();
+    let a = peer(&server, "a", "v", work.path());
+    let b = peer(&server, "b", "v", work.path());
+    // The server goes while a 64 MiB file is on its way.
+    let big = content(7, 64 << 20);
+    let base = num(&server.status(), "bytes_in");
+    std::fs::write(a.path().join("big"), &big).unwrap();
+    let started = Instant::now();
+    while num(&server.status(), "bytes_in") < base + (1 << 20)
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let at_kill = server.status();
+    server.kill();
+    eprintln!(
+        "server killed {:?} after the write, {} bytes in, head {}",
+        started.elapsed(),
+        num(&at_kill, "bytes_in") - base,
+        at_kill["heads"]["v"]
+    );
+    server.restart();
+    eventually(
+        "big on b after the server's restart",
+        Duration::from_secs(60),
+        || std::fs::read(b.path().join("big")).is_ok_and(|d| d == big),
+    );
+    // A peer goes (SIGKILL) right after committing a new file, mid-push;
+    // its next mount pushes it.
+    let a_store = a.store.clone();
+    let other = content(8, 16 << 20);
+    std::fs::write(a.path().join("other"), &other).unwrap();
+    common::fsync_root(a.path());
+    std::thread::sleep(Duration::from_millis(30));
+    a.kill9();
+    let a = Mounted::start_logged(&a_store, &[], &work.path().join("a2.log"));
+    eventually(
+        "other on b after a's restart",
+        Duration::from_secs(60),
+        || std::fs::read(b.path().join("other")).is_ok_and(|d| d == other),
+    );
+    assert_eq!(tree(a.path()), tree(b.path()));
+    a.unmount();
+    b.unmount();
+}
+
+/// A UDP proxy between one peer and the server that can cut the path or
+/// drop every Nth datagram.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    drop_every: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(server_port: u16) -> Proxy {
+        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+        back.connect(("127.0.0.1", server_port)).unwrap();
+        front.set_nonblocking(true).unwrap();
+        back.set_nonblocking(true).unwrap();
+        let port = front.local_addr().unwrap().port();
+        let (cut, drop_every, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU32::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (c, d, s) = (cut.clone(), drop_every.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let mut client: Option<SocketAddr> = None;
+            let mut n = 0u32;
+            // Bounded by the stop flag (set on drop).
+            while !s.load(Ordering::Relaxed) {
+                let mut moved = false;
+                let pass = |n: &mut u32| {
+                    *n = n.wrapping_add(1);
+                    let every = d.load(Ordering::Relaxed);
+                    let dropped = every > 0 && (*n).is_multiple_of(every);
+                    !(c.load(Ordering::Relaxed) || dropped)
+                };
+                if let Ok((len, from)) = front.recv_from(&mut buf) {
+                    client = Some(from);
+                    moved = true;
+                    if pass(&mut n) {
+                        let _ = back.send(&buf[..len]);
+                    }
+                }
+                if let Ok(len) = back.recv(&mut buf) {
+                    moved = true;
+                    if let Some(to) = client
+                        && pass(&mut n)
+                    {
+                        let _ = front.send_to(&buf[..len], to);
+                    }
+                }
+                if !moved {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            drop_every,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A peer that reaches the server through `proxy`.
+fn peer_through(server: &Server, proxy: &Proxy, name: &str, work: &Path) -> Mounted {
+    let store = work.join(format!("{name}-store"));
+    let cred = server.add_peer(name, "v", work);
+    let st = Command::new(bin())
+        .arg("join")
+        .arg(&store)
+        .arg(format!("quic://127.0.0.1:{}/v", proxy.port))
+        .args(["--fingerprint", &server.fingerprint])
+        .arg("--credential")
+        .arg(&cred)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    Mounted::start_logged(&store, &[], &work.join(format!("{name}.log")))
+}
+
+#[test]
+fn a_network_cut_and_a_lossy_path_end_in_one_tree() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let proxy = Proxy::start(server.port);
+    let a = peer_through(&server, &proxy, "a", work.path());
+    let b = peer(&server, "b", "v", work.path());
+    std::fs::write(a.path().join("before"), b"x").unwrap();
+    eventually(
+        "a connected through the proxy",
+        Duration::from_secs(30),
+        || b.path().join("before").exists(),
+    );
+    // Cut for longer than the idle timeout: the connection dies; both
+    // peers work on.
+    proxy.cut.store(true, Ordering::Relaxed);
+    for i in 0..10 {
+        std::fs::write(a.path().join(format!("a{i}")), content(i, 100_000)).unwrap();
+        std::fs::write(b.path().join(format!("b{i}")), content(100 + i, 100_000)).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(
+        !b.path().join("a0").exists(),
+        "a's change crossed a cut path"
+    );
+    proxy.cut.store(false, Ordering::Relaxed);
+    let took = eventually("one tree after the cut", Duration::from_secs(60), || {
+        let t = tree(a.path());
+        t.len() == 21 && t == tree(b.path())
+    });
+    eprintln!("converged {took:?} after the path came back");
+    // One datagram in five lost, both ways, while 4 MiB goes each way.
+    proxy.drop_every.store(5, Ordering::Relaxed);
+    let (x, y) = (content(500, 4 << 20), content(501, 4 << 20));
+    std::fs::write(a.path().join("lossy-a"), &x).unwrap();
+    std::fs::write(b.path().join("lossy-b"), &y).unwrap();
+    let took = eventually(
+        "one tree over a lossy path",
+        Duration::from_secs(90),
+        || {
+            std::fs::read(b.path().join("lossy-a")).is_ok_and(|d| d == x)
+                && std::fs::read(a.path().join("lossy-b")).is_ok_and(|d| d == y)
+        },
+    );
+    eprintln!("8 MiB across with 20% loss in {took:?}");
+    proxy.drop_every.store(0, Ordering::Relaxed);
+    assert_eq!(tree(a.path()), tree(b.path()));
+    a.unmount();
+    b.unmount();
+}
