@@ -279,6 +279,33 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         "requests:   {} by io_uring, {} by /dev/fuse",
         st["requests_ring"], st["requests_dev"]
     );
+    let sync = &st["sync"];
+    if sync.is_object() {
+        let state = if sync["connected"] == true {
+            "connected".to_string()
+        } else {
+            format!("not connected: {}", sync["why"].as_str().unwrap_or(""))
+        };
+        println!(
+            "sync:       {state}; server {}, as peer {}",
+            sync["server"].as_str().unwrap_or(""),
+            sync["peer"].as_str().unwrap_or("")
+        );
+        println!(
+            "            applied up to sequence {}, last push acknowledged as {}{}; \
+             {} conflict copies made; {} bytes in, {} out",
+            sync["applied"],
+            sync["pushed"],
+            if sync["in_flight"] == true {
+                format!(", a push of {} changes in flight", sync["in_flight_ops"])
+            } else {
+                String::new()
+            },
+            sync["conflicts"],
+            sync["bytes_in"],
+            sync["bytes_out"]
+        );
+    }
     Ok(if st["failed"].is_null() {
         ExitCode::SUCCESS
     } else {

@@ -48,9 +48,10 @@ impl Fs {
         }
     }
 
-    /// Calls `hook` after every commit that made a version (once per
-    /// filesystem; sync's client uses it to push without polling).
-    pub fn on_commit(&self, hook: Box<dyn Fn() + Send + Sync>) {
+    /// Calls `hook` after every commit that made a version, with what it
+    /// changed (once per filesystem; sync's client uses it to push without
+    /// polling and to read only what changed).
+    pub fn on_commit(&self, hook: Box<dyn Fn(&Changed) + Send + Sync>) {
         if self.commit_hook.set(hook).is_err() {
             tracing::warn!("a second commit hook was refused");
         }
@@ -299,6 +300,7 @@ impl Fs {
             return Ok(());
         }
         self.step("cut");
+        let changed = self.commit_hook.get().map(|_| Changed::of(&deltas));
         let result = self.write_deltas(&deltas, cause);
         self.step("after commit");
         let bytes: u64 = deltas.iter().map(|(_, d)| d.bytes).sum();
@@ -313,8 +315,8 @@ impl Fs {
             }
         }
         if result.is_ok() {
-            if let Some(hook) = self.commit_hook.get() {
-                hook();
+            if let (Some(hook), Some(c)) = (self.commit_hook.get(), &changed) {
+                hook(c);
             }
             self.sub_dirty(bytes);
             // The room is only consulted while space is promised (and
@@ -619,6 +621,36 @@ fn put_delta(t: &mut WriteTxn<'_>, d: &Delta) -> FsResult<Vec<(u64, u64, Reserve
         }
     }
     Ok(extents)
+}
+
+/// What one commit changed, for the commit hook: the inodes whose record,
+/// data, xattrs or symlink target changed (or that went), and the
+/// directory entries made or removed (directory inode, name).
+#[derive(Debug, Default)]
+pub struct Changed {
+    pub inodes: Vec<u64>,
+    pub entries: Vec<(u64, Vec<u8>)>,
+}
+
+impl Changed {
+    fn of(deltas: &[(usize, Arc<Delta>)]) -> Changed {
+        let mut inodes = std::collections::HashSet::new();
+        let mut entries = Vec::new();
+        for (_, d) in deltas {
+            inodes.extend(d.inodes.keys().copied());
+            inodes.extend(d.blocks.keys().map(|(i, _)| *i));
+            inodes.extend(d.truncs.keys().copied());
+            inodes.extend(d.xattrs.keys().map(|(i, _)| *i));
+            inodes.extend(d.symlinks.keys().copied());
+            for (dir, ents) in &d.dirents {
+                entries.extend(ents.keys().map(|n| (*dir, n.clone())));
+            }
+        }
+        Changed {
+            inodes: inodes.into_iter().collect(),
+            entries,
+        }
+    }
 }
 
 /// Large dirty blocks of one shard (or a run of them), with the extents

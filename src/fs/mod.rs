@@ -68,6 +68,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::shard::{IoThreads, shard_of};
 use crate::store::{Snapshot, Store, StoreOptions};
+pub use commit::Changed;
 pub use error::{FsError, FsResult, err};
 pub(crate) use history::rfc3339;
 pub use history::{
@@ -233,8 +234,10 @@ pub struct Fs {
     store_dir: Option<std::path::PathBuf>,
     /// What serves this filesystem to the kernel, once the mount is live.
     kernel: std::sync::OnceLock<Arc<dyn KernelSide>>,
-    /// Told after every commit that made a version (sync's push).
-    commit_hook: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Told after every commit that made a version, with what it changed
+    /// (sync's push).
+    #[allow(clippy::type_complexity)]
+    commit_hook: std::sync::OnceLock<Box<dyn Fn(&Changed) + Send + Sync>>,
     /// Sync's state, for `daemon.json` (when the store syncs).
     #[allow(clippy::type_complexity)]
     sync_status: std::sync::OnceLock<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,

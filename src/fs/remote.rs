@@ -36,6 +36,48 @@ pub struct Committed {
     pub names: Vec<(u128, Vec<u8>, u128)>,
 }
 
+/// Part of a commit (see [`Fs::committed_part`]).
+#[derive(Debug, Default)]
+pub struct Part {
+    pub version: u64,
+    /// (inode, its state, or `None` if it is gone).
+    pub files: Vec<(u64, Option<FileState>)>,
+    /// (directory id, name, file id or `None`: no such entry).
+    pub entries: Vec<(u128, Vec<u8>, Option<u128>)>,
+}
+
+/// One file's state in `snap`: its blocks, xattrs and symlink target.
+fn file_state(snap: &Snapshot<'_>, id: u128, inode: Inode) -> FsResult<FileState> {
+    let ino = inode.ino;
+    let mut f = FileState {
+        id,
+        inode,
+        blocks: Vec::new(),
+        xattrs: Vec::new(),
+        target: Vec::new(),
+    };
+    let (b, x) = (block_prefix(ino), xattr_prefix(ino));
+    for item in snap.range(&b[..]..&prefix_end(&b)[..])? {
+        let (k, v) = item?;
+        let idx = k
+            .get(9..17)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes);
+        let hash = v.value.get(..32).and_then(|b| <[u8; 32]>::try_from(b).ok());
+        if let (Some(idx), Some(hash)) = (idx, hash) {
+            f.blocks.push((idx, hash));
+        }
+    }
+    for item in snap.range(&x[..]..&prefix_end(&x)[..])? {
+        let (k, v) = item?;
+        f.xattrs.push((k[9..].to_vec(), v.value.to_vec()));
+    }
+    if let Some(t) = snap.get(&symlink_key(ino))? {
+        f.target = t.to_vec();
+    }
+    Ok(f)
+}
+
 /// A file's new content from elsewhere.
 #[derive(Clone, Debug)]
 pub struct RemoteFile {
@@ -170,6 +212,37 @@ impl Fs {
             .into_values()
             .filter(|f| f.id == ROOT_FILE_ID || named.contains(&f.id))
             .collect();
+        Ok(out)
+    }
+
+    /// Part of the last commit: the state of `inodes` (`None`: gone or
+    /// without a record) and of the entries `(directory inode, name)`, as
+    /// (directory id, name, file id or `None`); entries of a directory
+    /// that is gone are left out. O(what is asked), not O(files).
+    pub fn committed_part(&self, inodes: &[u64], entries: &[(u64, Vec<u8>)]) -> FsResult<Part> {
+        let snap = self.snap()?;
+        let mut out = Part {
+            version: snap.version(),
+            ..Default::default()
+        };
+        let id_of = |ino: u64, i: &Inode| if ino == ROOT { ROOT_FILE_ID } else { i.file_id };
+        for &ino in inodes {
+            let state = match history::inode_at(&snap, ino)? {
+                Some(inode) => Some(file_state(&snap, id_of(ino, &inode), inode)?),
+                None => None,
+            };
+            out.files.push((ino, state));
+        }
+        for (dir, name) in entries {
+            let Some(d) = history::inode_at(&snap, *dir)? else {
+                continue;
+            };
+            let child = match history::dirent_at(&snap, *dir, name)? {
+                Some((c, _)) => history::inode_at(&snap, c)?.map(|i| id_of(c, &i)),
+                None => None,
+            };
+            out.entries.push((id_of(*dir, &d), name.clone(), child));
+        }
         Ok(out)
     }
 

@@ -129,6 +129,8 @@ pub struct Status {
     pub applied: u64,
     pub pushed: u64,
     pub in_flight: bool,
+    /// The changes in the push in flight.
+    pub in_flight_ops: u64,
     pub conflicts: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -144,6 +146,7 @@ impl Status {
             "applied": self.applied,
             "pushed": self.pushed,
             "in_flight": self.in_flight,
+            "in_flight_ops": self.in_flight_ops,
             "conflicts": self.conflicts,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
@@ -169,9 +172,13 @@ impl Client {
             why: "connecting".into(),
             ..Default::default()
         }));
+        let touched = Arc::new(Mutex::new(Touched::default()));
         {
-            let wake = wake.clone();
-            fs.on_commit(Box::new(move || wake.notify_one()));
+            let (wake, touched) = (wake.clone(), touched.clone());
+            fs.on_commit(Box::new(move |c| {
+                touched.lock().add(c);
+                wake.notify_one();
+            }));
             let status = status.clone();
             fs.on_status(Box::new(move || status.lock().json()));
         }
@@ -190,7 +197,7 @@ impl Client {
                     }
                 };
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, run(fs, store, conf, s, w, st));
+                local.block_on(&rt, run(fs, store, conf, s, w, st, touched));
             })
             .map_err(|e| SyncError::Net(format!("cannot start the sync thread: {e}")))?;
         Ok(Client {
@@ -244,7 +251,12 @@ async fn run(
     stop: Arc<AtomicBool>,
     wake: Arc<Notify>,
     status: Arc<Mutex<Status>>,
+    touched: Arc<Mutex<Touched>>,
 ) {
+    let mut view = LocalView {
+        touched,
+        ..Default::default()
+    };
     let mut peer = match load_peer(&store) {
         Ok(p) => p,
         Err(e) => {
@@ -261,8 +273,10 @@ async fn run(
             peer: &mut peer,
             status: &status,
             bytes: Arc::new(Counted::default()),
-            places: Default::default(),
+            view: &mut view,
+            push_places: HashMap::new(),
             pushed_at: 0,
+            read_at: 0,
             fetched: HashMap::new(),
             asked: HashSet::new(),
             queue: VecDeque::new(),
@@ -292,6 +306,121 @@ async fn run(
     }
 }
 
+/// What the commits since the last read changed (fed by the commit hook),
+/// bounded: past `TOUCHED_MAX` the next read is whole.
+#[derive(Default)]
+pub struct Touched {
+    inodes: HashSet<u64>,
+    entries: HashSet<(u64, Vec<u8>)>,
+    overflow: bool,
+}
+
+const TOUCHED_MAX: usize = 1 << 20;
+
+impl Touched {
+    fn add(&mut self, c: &crate::fs::Changed) {
+        if self.overflow {
+            return;
+        }
+        self.inodes.extend(c.inodes.iter().copied());
+        self.entries.extend(c.entries.iter().cloned());
+        if self.inodes.len() + self.entries.len() > TOUCHED_MAX {
+            self.inodes = HashSet::new();
+            self.entries = HashSet::new();
+            self.overflow = true;
+        }
+    }
+}
+
+/// The local tree's bookkeeping across connections: which inode is which
+/// file, where blocks are, what changed since the last read.
+#[derive(Default)]
+struct LocalView {
+    ready: bool,
+    ino_fid: HashMap<u64, FileId>,
+    /// hash → (file, index) of a block here (possibly stale: checked when read).
+    places: HashMap<Hash, (FileId, u64)>,
+    touched: Arc<Mutex<Touched>>,
+}
+
+/// What a refresh of the local tree did.
+struct Refreshed {
+    /// Files whose state or names may have changed.
+    changed: HashSet<FileId>,
+    /// false: an entry named a file the tree lacks.
+    whole: bool,
+}
+
+impl LocalView {
+    fn forget_places(&mut self, fid: FileId, node: &super::tree::Node) {
+        for (i, h) in &node.blocks {
+            if self.places.get(h) == Some(&(fid, *i)) {
+                self.places.remove(h);
+            }
+        }
+    }
+
+    fn refresh(
+        &mut self,
+        local: &mut Tree,
+        files: Vec<(u64, Option<crate::fs::remote::FileState>)>,
+        entries: Vec<(FileId, Vec<u8>, Option<FileId>)>,
+    ) -> Refreshed {
+        let mut changed = HashSet::new();
+        for (ino, state) in files {
+            match state {
+                Some(f) => {
+                    self.ino_fid.insert(ino, f.id);
+                    if let Some(old) = local.nodes.get(&f.id).cloned() {
+                        self.forget_places(f.id, &old);
+                    }
+                    let node = super::local::node_of(&f);
+                    for (i, h) in &node.blocks {
+                        self.places.entry(*h).or_insert((f.id, *i));
+                    }
+                    local.nodes.insert(f.id, node);
+                    changed.insert(f.id);
+                }
+                None => {
+                    if let Some(fid) = self.ino_fid.remove(&ino) {
+                        if let Some(old) = local.nodes.get(&fid).cloned() {
+                            self.forget_places(fid, &old);
+                        }
+                        let inside: Vec<super::tree::Key> =
+                            local.children(fid).map(|(k, _)| k.clone()).collect();
+                        for k in inside {
+                            changed.extend(local.unlink(&k));
+                        }
+                        local.remove_file(fid);
+                        changed.insert(fid);
+                    }
+                }
+            }
+        }
+        let mut whole = true;
+        for (dir, name, child) in entries {
+            let key = (dir, name);
+            changed.extend(local.unlink(&key));
+            if let Some(c) = child {
+                whole &= local.nodes.contains_key(&c);
+                local.link(key, c);
+                changed.insert(c);
+            }
+        }
+        // A file left without a name here is not in the tree (a file
+        // unlinked while open lives on without one).
+        for fid in &changed {
+            if *fid != super::tree::ROOT_ID
+                && local.names_of(*fid).next().is_none()
+                && let Some(old) = local.nodes.remove(fid)
+            {
+                self.forget_places(*fid, &old);
+            }
+        }
+        Refreshed { changed, whole }
+    }
+}
+
 /// Something from the server that must be handled in log order.
 enum Event {
     Deliver(u64, ChangeSet),
@@ -304,10 +433,14 @@ struct Session<'a> {
     peer: &'a mut Peer,
     status: &'a Arc<Mutex<Status>>,
     bytes: Arc<Counted>,
-    /// Where the blocks of the last tree read are: hash → (file, index).
-    places: std::collections::BTreeMap<Hash, (FileId, u64)>,
+    view: &'a mut LocalView,
+    /// The blocks of the push in flight: hash → (file, index).
+    push_places: HashMap<Hash, (FileId, u64)>,
     /// The commit the in-flight push was read from.
     pushed_at: u64,
+    /// The commit the local tree was last read from, when nothing was
+    /// pending after it (0: read it at the next push).
+    read_at: u64,
     /// Blocks fetched for change-sets waiting to be applied.
     fetched: HashMap<Hash, Vec<u8>>,
     asked: HashSet<Hash>,
@@ -421,7 +554,7 @@ impl Session<'_> {
                 let need: Vec<Hash> = super::server::hashes_of(&cs)
                     .into_iter()
                     .filter(|h| {
-                        !self.places.contains_key(h)
+                        !self.view.places.contains_key(h)
                             && !self.fetched.contains_key(h)
                             && !self.asked.contains(h)
                     })
@@ -450,7 +583,7 @@ impl Session<'_> {
             }
             Msg::Want { hashes } => {
                 for h in hashes {
-                    let data = match self.places.get(&h) {
+                    let data = match self.push_places.get(&h) {
                         Some((fid, idx)) => self.fs.committed_block(self.pushed_at, *fid, *idx)?,
                         None => {
                             return Err(SyncError::Protocol(
@@ -480,6 +613,7 @@ impl Session<'_> {
                     self.status.lock().pushed = seq;
                     save_peer(self.store, self.peer)?;
                     self.acked = true;
+                    self.read_at = 0;
                 }
                 Event::Deliver(seq, cs) => {
                     // Every block asked for first (they come in order).
@@ -505,6 +639,7 @@ impl Session<'_> {
                         return Ok(());
                     }
                     self.queue.pop_front();
+                    self.read_at = 0;
                     if self.queue.is_empty() {
                         self.fetched.clear();
                     }
@@ -521,21 +656,61 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Reads the local tree from the last commit.
+    /// Brings the local tree up to the last commit: whole the first time
+    /// (and after a flood of changes), else only what the commits since
+    /// changed.
     fn read_local(&mut self) -> Result<u64, SyncError> {
-        let c = self.fs.committed()?;
-        self.peer.local = tree_of(&c);
-        self.places = block_places(&self.peer.local);
-        Ok(c.version)
+        let (inodes, entries, overflow) = {
+            let mut t = self.view.touched.lock();
+            let inodes: Vec<u64> = t.inodes.drain().collect();
+            let entries: Vec<(u64, Vec<u8>)> = t.entries.drain().collect();
+            (inodes, entries, std::mem::take(&mut t.overflow))
+        };
+        if !self.view.ready || overflow {
+            let c = self.fs.committed()?;
+            self.peer.local = tree_of(&c);
+            self.peer.mark_all();
+            self.view.ino_fid = c.files.iter().map(|f| (f.inode.ino, f.id)).collect();
+            self.view.places = block_places(&self.peer.local).into_iter().collect();
+            self.view.ready = true;
+            return Ok(c.version);
+        }
+        let part = self.fs.committed_part(&inodes, &entries)?;
+        let complete = self
+            .view
+            .refresh(&mut self.peer.local, part.files, part.entries);
+        self.peer.mark(complete.changed.iter().copied());
+        if !complete.whole {
+            // An entry names a file this tree does not have: read it whole.
+            self.view.ready = false;
+            return self.read_local();
+        }
+        Ok(part.version)
     }
 
     async fn push(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
         if self.peer.in_flight() || !self.queue.is_empty() {
             return Ok(());
         }
+        // Nothing committed since the tree was last read and pushed.
+        if self.read_at != 0 && self.fs.store().latest_version() == Some(self.read_at) {
+            return Ok(());
+        }
         let version = self.read_local()?;
+        self.read_at = version;
         if let Some(cs) = self.peer.push() {
             self.pushed_at = version;
+            self.push_places.clear();
+            for op in &cs.ops {
+                if let super::tree::Op::Node { fid, blocks, .. } = op {
+                    for (i, h) in blocks {
+                        if let Some(h) = h {
+                            self.push_places.insert(*h, (*fid, *i));
+                        }
+                    }
+                }
+            }
+            self.status.lock().in_flight_ops = cs.ops.len() as u64;
             tracing::debug!(counter = cs.counter, ops = cs.ops.len(), "sync push");
             send_msg(send, &Msg::Push(cs), &self.bytes).await?;
         }
@@ -562,7 +737,6 @@ impl Session<'_> {
         for _ in 0..50 {
             self.fs.commit("sync: before applying")?;
             let version = self.read_local()?;
-            let before = self.peer.local.clone();
             let mut trial = self.peer.clone();
             let mut copies = 0u64;
             let changed = trial
@@ -572,17 +746,20 @@ impl Session<'_> {
                     u128::from_le_bytes(r[..16].try_into().unwrap_or_default())
                 })
                 .map_err(|v| SyncError::Protocol(v.to_string()))?;
-            let ops = diff(&before, &trial.local, None);
+            let ops = diff(&self.peer.local, &trial.local, Some(&changed));
             if ops.is_empty() {
                 *self.peer = trial;
                 save_peer(self.store, self.peer)?;
                 return Ok(Vec::new());
             }
-            let (fetched, places, fs) = (&self.fetched, &self.places, self.fs);
+            let (fetched, places, fs) = (&self.fetched, &self.view.places, self.fs);
             let change = match to_remote(&ops, version, &mut |h| {
                 fetched.get(h).cloned().or_else(|| {
+                    // A place may be stale (the file changed since): the
+                    // bytes must still hash to `h`.
                     let (fid, idx) = places.get(h)?;
-                    fs.committed_block(version, *fid, *idx).ok()
+                    let b = fs.committed_block(version, *fid, *idx).ok()?;
+                    (blake3::hash(&b).as_bytes() == h).then_some(b)
                 })
             }) {
                 Ok(c) => c,

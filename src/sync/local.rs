@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use super::tree::{FileId, Hash, Meta, Node, Op, ROOT_ID, Stamp, Tree};
-use crate::fs::remote::{Committed, ROOT_FILE_ID, RemoteChange, RemoteFile};
+use crate::fs::remote::{Committed, FileState, ROOT_FILE_ID, RemoteChange, RemoteFile};
 use crate::fs::{Kind, Time};
 
 const _: () = assert!(ROOT_ID == ROOT_FILE_ID);
@@ -28,21 +28,23 @@ pub fn meta_of(i: &crate::fs::Inode) -> Meta {
     }
 }
 
+/// A file as a tree node.
+pub fn node_of(f: &FileState) -> Node {
+    Node {
+        meta: meta_of(&f.inode),
+        blocks: f.blocks.iter().copied().collect(),
+        xattrs: f.xattrs.iter().cloned().collect(),
+        target: f.target.clone(),
+        changed: Stamp::default(),
+        renamed: Stamp::default(),
+    }
+}
+
 /// A commit as a tree.
 pub fn tree_of(c: &Committed) -> Tree {
     let mut t = Tree::default();
     for f in &c.files {
-        t.nodes.insert(
-            f.id,
-            Node {
-                meta: meta_of(&f.inode),
-                blocks: f.blocks.iter().copied().collect(),
-                xattrs: f.xattrs.iter().cloned().collect(),
-                target: f.target.clone(),
-                changed: Stamp::default(),
-                renamed: Stamp::default(),
-            },
-        );
+        t.nodes.insert(f.id, node_of(f));
     }
     for (dir, name, fid) in &c.names {
         t.link((*dir, name.clone()), *fid);

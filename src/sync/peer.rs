@@ -48,6 +48,9 @@ pub struct Peer {
     pub local: Tree,
     pub counter: u64,
     in_flight: Option<ChangeSet>,
+    /// The files whose local state may differ from the synced one: only
+    /// these are compared at a push (`None`: all of them).
+    candidates: Option<BTreeSet<FileId>>,
 }
 
 impl Peer {
@@ -60,13 +63,30 @@ impl Peer {
             local: tree,
             counter: 0,
             in_flight: None,
+            candidates: None,
         }
+    }
+
+    /// These files changed locally (or may have): the next push compares them.
+    pub fn mark(&mut self, fids: impl IntoIterator<Item = FileId>) {
+        if let Some(c) = &mut self.candidates {
+            c.extend(fids);
+        }
+    }
+
+    /// Compare every file at the next push (after reading the local tree
+    /// whole).
+    pub fn mark_all(&mut self) {
+        self.candidates = None;
     }
 
     /// The connection went: what was in flight goes out again, in the
     /// next push (the server ignores the old one if it arrives after it).
     pub fn disconnected(&mut self) {
-        self.in_flight = None;
+        if let Some(cs) = self.in_flight.take() {
+            let fids: Vec<FileId> = cs.ops.iter().map(Op::fid).collect();
+            self.mark(fids);
+        }
     }
 
     pub fn in_flight(&self) -> bool {
@@ -79,7 +99,8 @@ impl Peer {
         if self.in_flight.is_some() {
             return None;
         }
-        let ops = diff(&self.synced, &self.local, None);
+        let ops = diff(&self.synced, &self.local, self.candidates.as_ref());
+        self.candidates = Some(BTreeSet::new());
         if ops.is_empty() {
             return None;
         }
@@ -102,8 +123,16 @@ impl Peer {
         match self.in_flight.take() {
             Some(mut cs) if cs.counter == counter => {
                 cs.time = time;
-                apply(&mut self.synced, seq, &cs);
+                let out = apply(&mut self.synced, seq, &cs);
                 self.applied = seq;
+                // What the log made of it may differ from what was pushed
+                // (a skipped op, a conflict name): compare those again.
+                self.mark(out.touched);
+                self.mark(
+                    out.skipped
+                        .iter()
+                        .filter_map(|&i| cs.ops.get(i).map(Op::fid)),
+                );
                 Ok(())
             }
             other => Err(Violation::StrayAck {
@@ -135,14 +164,22 @@ impl Peer {
             {
                 self.in_flight = None;
             }
-            apply(&mut self.synced, seq, cs);
+            let out = apply(&mut self.synced, seq, cs);
             self.applied = seq;
+            self.mark(out.touched);
+            self.mark(cs.ops.iter().map(Op::fid));
             return Ok(BTreeSet::new());
         }
-        let before = self.synced.clone();
+        // The synced state before, of the files the change-set names (the
+        // only ones it can change): O(change), not a copy of the tree.
+        let named: BTreeSet<FileId> = cs.ops.iter().map(Op::fid).collect();
+        let mut before = Tree::empty();
+        before.copy_from(&self.synced, named.iter().copied());
         let out = apply(&mut self.synced, seq, cs);
         self.applied = seq;
-        Ok(self.rebase(&before, seq, &out, now, new_fid))
+        let changed = self.rebase(&mut before, &named, seq, &out, now, new_fid);
+        self.mark(changed.iter().copied());
+        Ok(changed)
     }
 
     fn next(&self, seq: u64) -> Result<(), Violation> {
@@ -159,13 +196,19 @@ impl Peer {
     /// touched, keeping this peer's pending changes (see the module doc).
     fn rebase(
         &mut self,
-        old: &Tree,
+        old: &mut Tree,
+        named: &BTreeSet<FileId>,
         seq: u64,
         out: &Outcome,
         now: i64,
         new_fid: &mut dyn FnMut() -> FileId,
     ) -> BTreeSet<FileId> {
         let near = self.neighbourhood(old, &out.touched);
+        // Files the change-set did not name are as they were.
+        old.copy_from(
+            &self.synced,
+            near.iter().copied().filter(|f| !named.contains(f)),
+        );
         let pending = diff(old, &self.local, Some(&near));
         let mine: BTreeMap<FileId, (crate::sync::tree::Node, Option<crate::sync::tree::Key>)> =
             near.iter()

@@ -406,6 +406,7 @@ impl Sim {
             fid = ((sp.peer.id as u128) << 64) | sp.fids as u128;
         }
         let mut rng = Rng(self.rng.next());
+        let before = self.peers[p].peer.local.clone();
         let t = &mut self.peers[p].peer.local;
         let mut gone = Vec::new();
         let done = match what {
@@ -428,6 +429,19 @@ impl Sim {
             }),
             _ => xattr(t, &mut rng, token),
         };
+        // What a mount's commit hook reports: the files changed.
+        let after = &self.peers[p].peer.local;
+        let touched: Vec<FileId> = before
+            .nodes
+            .keys()
+            .chain(after.nodes.keys())
+            .filter(|f| {
+                before.nodes.get(f) != after.nodes.get(f)
+                    || before.names.get(f) != after.names.get(f)
+            })
+            .copied()
+            .collect();
+        self.peers[p].peer.mark(touched);
         if let Some(d) = done {
             if matches!(what, 0 | 2 | 3) {
                 self.written.insert(token);

@@ -112,6 +112,28 @@ impl Tree {
         }
     }
 
+    /// A tree with nothing in it, not even the root (for parts of trees).
+    pub fn empty() -> Tree {
+        Tree {
+            nodes: BTreeMap::new(),
+            entries: BTreeMap::new(),
+            names: BTreeMap::new(),
+        }
+    }
+
+    /// Copies these files of `from` (their nodes and names) into this tree.
+    pub fn copy_from(&mut self, from: &Tree, fids: impl IntoIterator<Item = FileId>) {
+        for fid in fids {
+            if let Some(n) = from.nodes.get(&fid) {
+                self.nodes.insert(fid, n.clone());
+            }
+            let keys: Vec<Key> = from.names_of(fid).cloned().collect();
+            for k in keys {
+                self.link(k, fid);
+            }
+        }
+    }
+
     pub fn is_dir(&self, fid: FileId) -> bool {
         self.nodes
             .get(&fid)
