@@ -11,6 +11,8 @@ Targets:
   zippy-uring     zippyfs, --transport uring (one queue per CPU)
   zippy-classic-s, zippy-uring-s   the same with -s
   zippy, zippy-s  zippyfs with the default transport (auto), and with -s
+  zippy-sync      zippyfs joined to a volume of a `zippyfs serve` of its own
+                  on 127.0.0.1 (every commit pushed), to compare with zippy
   zippy-o:OPTION  zippyfs with -o OPTION (e.g. zippy-o:block_size=4K)
   zippy-args:A,B  zippyfs with arguments A B (e.g. zippy-args:--cache-size=64M)
   zippy-bin:PATH  another zippyfs binary (an earlier build) with the default
@@ -61,6 +63,7 @@ ZIPPY = {
     "zippy-uring": ["--transport", "uring"],
     "zippy-classic-s": ["--transport", "classic", "-s"],
     "zippy-uring-s": ["--transport", "uring", "-s"],
+    "zippy-sync": [],
 }
 
 
@@ -123,6 +126,7 @@ class Target:
         self.store = None
         self.path = None
         self.base = None
+        self.server = None
 
     def up(self):
         # fio splits --directory at ':'.
@@ -144,7 +148,32 @@ class Target:
         self.store = os.path.join(base, "store")
         self.path = os.path.join(base, "mnt")
         os.mkdir(self.path)
+        if self.name == "zippy-sync":
+            self.join_a_server(base)
         sh(zippy_bin(self.name), "mount", *zippy_args(self.name), self.path, self.store)
+
+    def join_a_server(self, base):
+        """Starts a sync server of this target's own and joins the store to it."""
+        srv = os.path.join(base, "server")
+        self.server = subprocess.Popen(
+            [BIN, "serve", srv, "--listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        port = fingerprint = None
+        for _ in range(2):
+            line = self.server.stdout.readline().strip()
+            if line.startswith("listening on "):
+                port = line.rsplit(":", 1)[1]
+            if line.startswith("fingerprint "):
+                fingerprint = line.split(" ", 1)[1]
+        out = sh(BIN, "serve", srv, "add-peer", "bench", "--volume", "v").stdout
+        cred = os.path.join(base, "credential")
+        with open(cred, "w") as f:
+            f.write(next(l for l in out.splitlines() if l.startswith("zpc1-")))
+        sh(BIN, "join", self.store, f"quic://127.0.0.1:{port}/v",
+           "--fingerprint", fingerprint, "--credential", cred)
 
     def store_bytes(self):
         if not self.store:
@@ -174,6 +203,10 @@ class Target:
                 except FileNotFoundError:
                     break
                 time.sleep(0.05)
+        if self.server:
+            self.server.kill()
+            self.server.wait()
+            self.server = None
         shutil.rmtree(self.base)
 
 

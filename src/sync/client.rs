@@ -226,7 +226,10 @@ fn load_peer(store: &Path) -> Result<Peer, SyncError> {
                 .map_err(|e| SyncError::Config(format!("{}: {e}", path.display())))?;
             let mut p = Peer::new(s.id, "", s.synced);
             p.applied = s.applied;
-            p.counter = s.counter;
+            // The state is saved at most once a second, so pushes made
+            // after the last save may have been taken; the server ignores
+            // a counter it has seen, so start well past any of them.
+            p.counter = s.counter.saturating_add(COUNTER_LEAP);
             Ok(p)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Peer::new(0, "", Tree::default())),
@@ -234,13 +237,13 @@ fn load_peer(store: &Path) -> Result<Peer, SyncError> {
     }
 }
 
+/// More pushes than a peer makes between two saves of its state.
+const COUNTER_LEAP: u64 = 1 << 20;
+/// How often a peer saves its state at most (it is rewritten whole).
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
 fn save_peer(store: &Path, p: &Peer) -> Result<(), SyncError> {
-    let bytes = state::encode(&state::PeerState {
-        id: p.id,
-        applied: p.applied,
-        counter: p.counter,
-        synced: p.synced.clone(),
-    })?;
+    let bytes = state::encode(p.id, p.applied, p.counter, &p.synced)?;
     write_atomic(&store.join(STATE_FILE), &bytes)
 }
 
@@ -283,6 +286,9 @@ async fn run(
             acked: false,
         };
         let r = s.run(&conf, &stop, &wake).await;
+        if let Err(e) = s.save_now() {
+            tracing::error!("sync: cannot save its state: {e}");
+        }
         {
             let mut st = status.lock();
             st.connected = false;
@@ -341,6 +347,9 @@ struct LocalView {
     /// hash → (file, index) of a block here (possibly stale: checked when read).
     places: HashMap<Hash, (FileId, u64)>,
     touched: Arc<Mutex<Touched>>,
+    /// The peer's state changed since it was last saved, and when that was.
+    unsaved: bool,
+    saved_at: Option<std::time::Instant>,
 }
 
 /// What a refresh of the local tree did.
@@ -537,7 +546,10 @@ impl Session<'_> {
                     self.on_msg(m, &mut send).await?;
                 }
                 _ = wake.notified() => self.push(&mut send).await?,
-                _ = tick.tick() => self.push(&mut send).await?,
+                _ = tick.tick() => {
+                    self.save_now()?;
+                    self.push(&mut send).await?;
+                }
             }
             let mut st = self.status.lock();
             st.bytes_in = self.bytes.read.load(Ordering::Relaxed);
@@ -611,7 +623,7 @@ impl Session<'_> {
                         .on_ack(seq, counter, time)
                         .map_err(|v| SyncError::Protocol(v.to_string()))?;
                     self.status.lock().pushed = seq;
-                    save_peer(self.store, self.peer)?;
+                    self.state_changed()?;
                     self.acked = true;
                     self.read_at = 0;
                 }
@@ -652,6 +664,25 @@ impl Session<'_> {
         }
         if std::mem::take(&mut self.acked) {
             self.push(send).await?;
+        }
+        Ok(())
+    }
+
+    /// Saves the peer's state, at most once per [`SAVE_EVERY`] (the tick
+    /// and the end of the session save what is left).
+    fn state_changed(&mut self) -> Result<(), SyncError> {
+        self.view.unsaved = true;
+        if self.view.saved_at.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
+            self.save_now()?;
+        }
+        Ok(())
+    }
+
+    fn save_now(&mut self) -> Result<(), SyncError> {
+        if self.view.unsaved {
+            save_peer(self.store, self.peer)?;
+            self.view.unsaved = false;
+            self.view.saved_at = Some(std::time::Instant::now());
         }
         Ok(())
     }
@@ -749,7 +780,7 @@ impl Session<'_> {
             let ops = diff(&self.peer.local, &trial.local, Some(&changed));
             if ops.is_empty() {
                 *self.peer = trial;
-                save_peer(self.store, self.peer)?;
+                self.state_changed()?;
                 return Ok(Vec::new());
             }
             let (fetched, places, fs) = (&self.fetched, &self.view.places, self.fs);
@@ -776,7 +807,7 @@ impl Session<'_> {
                     inodes.dedup();
                     self.fs.invalidate(&inodes, &entries);
                     *self.peer = trial;
-                    save_peer(self.store, self.peer)?;
+                    self.state_changed()?;
                     self.status.lock().conflicts += copies;
                     tracing::debug!(seq, files = changed.len(), "sync applied");
                     return Ok(Vec::new());

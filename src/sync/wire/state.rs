@@ -25,16 +25,16 @@ pub struct PeerState {
     pub synced: Tree,
 }
 
-pub fn encode(s: &PeerState) -> WireResult<Vec<u8>> {
+pub fn encode(id: u32, applied: u64, counter: u64, synced: &Tree) -> WireResult<Vec<u8>> {
     let mut out = Vec::new();
     let mut w = Writer(&mut out);
     w.bytes(MAGIC);
     w.bytes(&[1]);
-    w.u32(s.id);
-    w.u64(s.applied);
-    w.u64(s.counter);
-    w.u32(count(s.synced.nodes.len())?);
-    for (fid, n) in &s.synced.nodes {
+    w.u32(id);
+    w.u64(applied);
+    w.u64(counter);
+    w.u32(count(synced.nodes.len())?);
+    for (fid, n) in &synced.nodes {
         w.bytes(&fid.to_le_bytes());
         w.bytes(&[n.meta.kind.code()]);
         w.u16(n.meta.perm);
@@ -63,8 +63,8 @@ pub fn encode(s: &PeerState) -> WireResult<Vec<u8>> {
         w.u32(count(n.target.len())?);
         w.bytes(&n.target);
     }
-    w.u32(count(s.synced.entries.len())?);
-    for ((dir, name), fid) in &s.synced.entries {
+    w.u32(count(synced.entries.len())?);
+    for ((dir, name), fid) in &synced.entries {
         w.bytes(&dir.to_le_bytes());
         w.u32(count(name.len())?);
         w.bytes(name);
@@ -149,4 +149,45 @@ pub fn decode(b: &[u8]) -> WireResult<PeerState> {
 fn bytes(r: &mut Reader<'_>, field: &'static str) -> WireResult<Vec<u8>> {
     let n = r.count(field, 1)?;
     Ok(r.take(n, field)?.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_state_round_trips_and_damage_is_an_error() {
+        let mut t = Tree::default();
+        t.nodes.insert(
+            9,
+            Node {
+                meta: Meta {
+                    kind: Kind::File,
+                    perm: 0o4755,
+                    uid: 1,
+                    gid: 2,
+                    rdev: 0,
+                    size: 70_000,
+                    mtime: Time { sec: -3, nsec: 5 },
+                },
+                blocks: [(0, [1; 32]), (7, [2; 32])].into(),
+                xattrs: [(b"user.a".to_vec(), b"v".to_vec())].into(),
+                target: vec![],
+                changed: Stamp { seq: 4, origin: 2 },
+                renamed: Stamp { seq: 3, origin: 1 },
+            },
+        );
+        t.link((1, b"f".to_vec()), 9);
+        t.link((1, b"hard".to_vec()), 9);
+        let b = encode(7, 12, 40, &t).unwrap();
+        let s = decode(&b).unwrap();
+        assert_eq!((s.id, s.applied, s.counter), (7, 12, 40));
+        assert_eq!(s.synced, t);
+        for cut in [0, 5, b.len() / 2, b.len() - 1] {
+            assert!(decode(&b[..cut]).is_err(), "a state cut at {cut} decoded");
+        }
+        let mut more = b.clone();
+        more.push(0);
+        assert!(decode(&more).is_err());
+    }
 }
