@@ -12,7 +12,9 @@ Targets:
   zippy-classic-s, zippy-uring-s   the same with -s
   zippy, zippy-s  zippyfs with the default transport (auto), and with -s
   zippy-sync      zippyfs joined to a volume of a `zippyfs serve` of its own
-                  on 127.0.0.1 (every commit pushed), to compare with zippy
+                  on 127.0.0.1 (every commit pushed), to compare with zippy;
+                  the server's directory is on /dev/shm, as a server's disk
+                  is not the peer's (its CPU is still this machine's)
   zippy-o:OPTION  zippyfs with -o OPTION (e.g. zippy-o:block_size=4K)
   zippy-args:A,B  zippyfs with arguments A B (e.g. zippy-args:--cache-size=64M)
   zippy-bin:PATH  another zippyfs binary (an earlier build) with the default
@@ -154,7 +156,8 @@ class Target:
 
     def join_a_server(self, base):
         """Starts a sync server of this target's own and joins the store to it."""
-        srv = os.path.join(base, "server")
+        srv = tempfile.mkdtemp(prefix="zippy-server.", dir="/dev/shm")
+        self.server_dir = srv
         self.server = subprocess.Popen(
             [BIN, "serve", srv, "--listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE,
@@ -207,6 +210,7 @@ class Target:
             self.server.kill()
             self.server.wait()
             self.server = None
+            shutil.rmtree(self.server_dir, ignore_errors=True)
         shutil.rmtree(self.base)
 
 

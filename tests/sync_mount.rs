@@ -205,3 +205,44 @@ fn concurrent_edits_offline_keep_both_and_every_peer_converges() {
     a.unmount();
     b.unmount();
 }
+
+#[test]
+fn a_push_whose_version_retention_lets_go_still_sends_its_blocks() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let a = peer(&server, "a", "v", work.path());
+    // Keep only the newest version: every commit lets the one before go,
+    // while a push read from it may still be sending its blocks.
+    let st = Command::new(common::bin())
+        .arg("retention")
+        .arg(&a.store)
+        .args(["--keep-last", "1"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let b = peer(&server, "b", "v", work.path());
+    let mut want = Vec::new();
+    for i in 0..300u32 {
+        let data: Vec<u8> = (0..200_000u32)
+            .map(|j| (j.wrapping_mul(i + 7) >> 3) as u8)
+            .collect();
+        std::fs::write(a.path().join(format!("f{i}")), &data).unwrap();
+        want.push(data);
+    }
+    eventually("every file on b", Duration::from_secs(60), || {
+        want.iter()
+            .enumerate()
+            .all(|(i, d)| std::fs::read(b.path().join(format!("f{i}"))).is_ok_and(|r| &r == d))
+    });
+    let log = std::fs::read_to_string(work.path().join("a.log")).unwrap_or_default();
+    assert!(
+        !log.contains("is not kept"),
+        "a push lost its version:\n{log}"
+    );
+    a.unmount();
+    b.unmount();
+}

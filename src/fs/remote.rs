@@ -248,11 +248,17 @@ impl Fs {
 
     /// The bytes of block `idx` of the file with id `fid` in `version`.
     pub fn committed_block(&self, version: u64, fid: u128, idx: u64) -> FsResult<Vec<u8>> {
-        let snap = self.store.snapshot(version)?;
+        self.file_block_in(&self.store.snapshot(version)?, fid, idx)
+    }
+
+    /// The bytes of block `idx` of the file with id `fid` in `snap` (a
+    /// snapshot held open keeps its version readable whatever retention
+    /// decides meanwhile).
+    pub fn file_block_in(&self, snap: &Snapshot<'_>, fid: u128, idx: u64) -> FsResult<Vec<u8>> {
         let ino = self
-            .ino_of(&snap, &[], fid)?
+            .ino_of(snap, &[], fid)?
             .ok_or(FsError::Errno(libc::ENOENT))?;
-        Ok(history::block_at(&snap, ino, idx)?.to_vec())
+        Ok(history::block_at(snap, ino, idx)?.to_vec())
     }
 
     /// The inode of file id `fid` in the last commit, if it has one.

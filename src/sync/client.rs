@@ -278,6 +278,7 @@ async fn run(
             bytes: Arc::new(Counted::default()),
             view: &mut view,
             push_places: HashMap::new(),
+            push_snap: None,
             pushed_at: 0,
             read_at: 0,
             fetched: HashMap::new(),
@@ -445,6 +446,10 @@ struct Session<'a> {
     view: &'a mut LocalView,
     /// The blocks of the push in flight: hash → (file, index).
     push_places: HashMap<Hash, (FileId, u64)>,
+    /// The commit the push in flight was read from, held open so that its
+    /// blocks stay readable until the server has them (retention may let
+    /// the version go otherwise, under many commits).
+    push_snap: Option<crate::store::Snapshot<'a>>,
     /// The commit the in-flight push was read from.
     pushed_at: u64,
     /// The commit the local tree was last read from, when nothing was
@@ -595,9 +600,11 @@ impl Session<'_> {
             }
             Msg::Want { hashes } => {
                 for h in hashes {
-                    let data = match self.push_places.get(&h) {
-                        Some((fid, idx)) => self.fs.committed_block(self.pushed_at, *fid, *idx)?,
-                        None => {
+                    let data = match (self.push_places.get(&h), &self.push_snap) {
+                        (Some((fid, idx)), Some(snap)) => {
+                            self.fs.file_block_in(snap, *fid, *idx)?
+                        }
+                        _ => {
                             return Err(SyncError::Protocol(
                                 "the server wants a block not pushed".into(),
                             ));
@@ -626,6 +633,7 @@ impl Session<'_> {
                     self.state_changed()?;
                     self.acked = true;
                     self.read_at = 0;
+                    self.push_snap = None;
                 }
                 Event::Deliver(seq, cs) => {
                     // Every block asked for first (they come in order).
@@ -728,9 +736,16 @@ impl Session<'_> {
             return Ok(());
         }
         let version = self.read_local()?;
+        // Held until the push is acknowledged (see `push_snap`); if that
+        // version is already gone, a newer commit came: read again later.
+        let Ok(snap) = self.fs.store().snapshot(version) else {
+            self.read_at = 0;
+            return Ok(());
+        };
         self.read_at = version;
         if let Some(cs) = self.peer.push() {
             self.pushed_at = version;
+            self.push_snap = Some(snap);
             self.push_places.clear();
             for op in &cs.ops {
                 if let super::tree::Op::Node { fid, blocks, .. } = op {
