@@ -264,6 +264,10 @@ def main():
                 except Exception:
                     subprocess.run(["umount", "-l", p.mnt])
         server.stop()
+        for p in (pa, pb):
+            log = os.path.join(p.store, "zippyfs.log")
+            if os.path.exists(log):
+                shutil.copy(log, os.path.join(a.work, f"zippy-sync-{os.path.basename(p.store)}.log"))
         shutil.rmtree(work, ignore_errors=True)
     commit = sh("git", "rev-parse", "--short", "HEAD", cwd=REPO).stdout.strip()
     if sh("git", "status", "--porcelain", "--untracked-files=no", cwd=REPO).stdout.strip():

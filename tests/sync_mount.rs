@@ -246,3 +246,45 @@ fn a_push_whose_version_retention_lets_go_still_sends_its_blocks() {
     a.unmount();
     b.unmount();
 }
+
+#[test]
+fn a_file_grown_and_cut_on_one_peer_has_its_new_size_on_the_other() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let a = peer(&server, "a", "v", work.path());
+    let b = peer(&server, "b", "v", work.path());
+    std::fs::write(a.path().join("f"), vec![7u8; 100_000]).unwrap();
+    let on_b = b.path().join("f");
+    eventually("f on b", Duration::from_secs(20), || {
+        std::fs::read(&on_b).is_ok_and(|d| d == vec![7u8; 100_000])
+    });
+    // b holds the file open and cached; a grows it, then cuts it.
+    let held = std::fs::File::open(&on_b).unwrap();
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(a.path().join("f"))
+        .unwrap();
+    f.write_all(&[8u8; 50_000]).unwrap();
+    drop(f);
+    eventually("the grown size on b", Duration::from_secs(20), || {
+        std::fs::metadata(&on_b).is_ok_and(|m| m.len() == 150_000)
+            && std::fs::read(&on_b).is_ok_and(|d| d[100_000..] == [8u8; 50_000])
+    });
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(a.path().join("f"))
+        .unwrap();
+    f.set_len(1000).unwrap();
+    drop(f);
+    eventually("the cut size on b", Duration::from_secs(20), || {
+        std::fs::metadata(&on_b).is_ok_and(|m| m.len() == 1000)
+            && held.metadata().is_ok_and(|m| m.len() == 1000)
+    });
+    drop(held);
+    a.unmount();
+    b.unmount();
+}
