@@ -9,13 +9,12 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::sync::{Server, eventually, peer, tree};
-use common::{Mounted, bin, fuse_or_skip};
+use common::sync::{Server, eventually, peer, peer_at, tree};
+use common::{Mounted, fuse_or_skip};
 
 fn content(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
@@ -235,20 +234,8 @@ impl Drop for Proxy {
 
 /// A peer that reaches the server through `proxy`.
 fn peer_through(server: &Server, proxy: &Proxy, name: &str, work: &Path) -> Mounted {
-    let store = work.join(format!("{name}-store"));
-    let cred = server.add_peer(name, "v", work);
-    let st = Command::new(bin())
-        .arg("join")
-        .arg(&store)
-        .arg(format!("quic://127.0.0.1:{}/v", proxy.port))
-        .args(["--fingerprint", &server.fingerprint])
-        .arg("--credential")
-        .arg(&cred)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    Mounted::start_logged(&store, &[], &work.join(format!("{name}.log")))
+    let url = format!("quic://127.0.0.1:{}/v", proxy.port);
+    peer_at(server, &url, name, "v", work)
 }
 
 #[test]

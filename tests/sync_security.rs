@@ -9,23 +9,13 @@ mod common;
 use std::time::Duration;
 
 use common::fuse_or_skip;
-use common::sync::{Server, eventually, peer};
+use common::sync::{Rng, Server, eventually, peer};
 use zippyfs::sync::tree::{ChangeSet, Meta, Op};
 use zippyfs::sync::wire::{Msg, PROTO_MAX, PROTO_MIN};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
+/// A number below `n`, as an index.
+fn below(rng: &mut Rng, n: usize) -> usize {
+    rng.below(n as u64) as usize
 }
 
 fn frame(m: &Msg) -> Vec<u8> {
@@ -89,20 +79,20 @@ fn seeds(credential: &str) -> Vec<Vec<u8>> {
 }
 
 fn mutate(rng: &mut Rng, mut b: Vec<u8>) -> Vec<u8> {
-    match rng.below(5) {
+    match below(rng, 5) {
         0 => {
-            for _ in 0..1 + rng.below(8) {
-                let i = rng.below(b.len());
-                b[i] ^= 1 << rng.below(8);
+            for _ in 0..1 + below(rng, 8) {
+                let i = below(rng, b.len());
+                b[i] ^= 1 << below(rng, 8);
             }
         }
-        1 => b.truncate(rng.below(b.len())),
+        1 => b.truncate(below(rng, b.len())),
         2 => b[..4].copy_from_slice(&(rng.next() as u32).to_le_bytes()),
         3 => {
-            let i = rng.below(b.len());
-            b.splice(i..i, (0..rng.below(64)).map(|_| rng.next() as u8));
+            let i = below(rng, b.len());
+            b.splice(i..i, (0..below(rng, 64)).map(|_| rng.next() as u8));
         }
-        _ => b = (0..rng.below(200)).map(|_| rng.next() as u8).collect(),
+        _ => b = (0..below(rng, 200)).map(|_| rng.next() as u8).collect(),
     }
     b
 }
@@ -146,9 +136,9 @@ fn random_and_mutated_frames_never_stop_the_server_nor_change_its_volume() {
             if c % 2 == 0 {
                 let _ = send.write_all(&seeds[0]).await;
             }
-            for _ in 0..1 + rng.below(6) {
-                let seed = seeds[rng.below(seeds.len())].clone();
-                let bytes = if rng.below(4) == 0 {
+            for _ in 0..1 + below(&mut rng, 6) {
+                let seed = seeds[below(&mut rng, seeds.len())].clone();
+                let bytes = if below(&mut rng, 4) == 0 {
                     seed
                 } else {
                     mutate(&mut rng, seed)

@@ -125,12 +125,17 @@ impl Drop for Server {
 
 /// A store joined to `volume` of `server` as peer `name`, and mounted.
 pub fn peer(server: &Server, name: &str, volume: &str, work: &Path) -> Mounted {
+    peer_at(server, &server.url(volume), name, volume, work)
+}
+
+/// [`peer`], reaching the server at `url` (through a proxy, say).
+pub fn peer_at(server: &Server, url: &str, name: &str, volume: &str, work: &Path) -> Mounted {
     let store = work.join(format!("{name}-store"));
     let cred = server.add_peer(name, volume, work);
     let st = Command::new(bin())
         .arg("join")
         .arg(&store)
-        .arg(server.url(volume))
+        .arg(url)
         .args(["--fingerprint", &server.fingerprint])
         .arg("--credential")
         .arg(&cred)
@@ -184,4 +189,22 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         }
     }
     out
+}
+
+/// A small deterministic generator (splitmix64) for the tests' histories.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number below `n` (0 for `n` 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
 }
