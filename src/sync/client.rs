@@ -39,6 +39,7 @@ use super::local::{block_places, to_remote, tree_of};
 use super::peer::Peer;
 use super::stream::{Counted, reader, send_msg};
 use super::tree::{ChangeSet, FileId, Hash, Tree, diff};
+use super::view::{LocalView, Touched};
 use super::wire::{MAX_WANT, Msg, PROTO_MAX, PROTO_MIN, state};
 use super::{SyncError, tls, write_atomic, write_private};
 use crate::fs::Fs;
@@ -313,124 +314,6 @@ async fn run(
     }
 }
 
-/// What the commits since the last read changed (fed by the commit hook),
-/// bounded: past `TOUCHED_MAX` the next read is whole.
-#[derive(Default)]
-pub struct Touched {
-    inodes: HashSet<u64>,
-    entries: HashSet<(u64, Vec<u8>)>,
-    overflow: bool,
-}
-
-const TOUCHED_MAX: usize = 1 << 20;
-
-impl Touched {
-    fn add(&mut self, c: &crate::fs::Changed) {
-        if self.overflow {
-            return;
-        }
-        self.inodes.extend(c.inodes.iter().copied());
-        self.entries.extend(c.entries.iter().cloned());
-        if self.inodes.len() + self.entries.len() > TOUCHED_MAX {
-            self.inodes = HashSet::new();
-            self.entries = HashSet::new();
-            self.overflow = true;
-        }
-    }
-}
-
-/// The local tree's bookkeeping across connections: which inode is which
-/// file, where blocks are, what changed since the last read.
-#[derive(Default)]
-struct LocalView {
-    ready: bool,
-    ino_fid: HashMap<u64, FileId>,
-    /// hash → (file, index) of a block here (possibly stale: checked when read).
-    places: HashMap<Hash, (FileId, u64)>,
-    touched: Arc<Mutex<Touched>>,
-    /// The peer's state changed since it was last saved, and when that was.
-    unsaved: bool,
-    saved_at: Option<std::time::Instant>,
-}
-
-/// What a refresh of the local tree did.
-struct Refreshed {
-    /// Files whose state or names may have changed.
-    changed: HashSet<FileId>,
-    /// false: an entry named a file the tree lacks.
-    whole: bool,
-}
-
-impl LocalView {
-    fn forget_places(&mut self, fid: FileId, node: &super::tree::Node) {
-        for (i, h) in &node.blocks {
-            if self.places.get(h) == Some(&(fid, *i)) {
-                self.places.remove(h);
-            }
-        }
-    }
-
-    fn refresh(
-        &mut self,
-        local: &mut Tree,
-        files: Vec<(u64, Option<crate::fs::remote::FileState>)>,
-        entries: Vec<(FileId, Vec<u8>, Option<FileId>)>,
-    ) -> Refreshed {
-        let mut changed = HashSet::new();
-        for (ino, state) in files {
-            match state {
-                Some(f) => {
-                    self.ino_fid.insert(ino, f.id);
-                    if let Some(old) = local.nodes.get(&f.id).cloned() {
-                        self.forget_places(f.id, &old);
-                    }
-                    let node = super::local::node_of(&f);
-                    for (i, h) in &node.blocks {
-                        self.places.entry(*h).or_insert((f.id, *i));
-                    }
-                    local.nodes.insert(f.id, node);
-                    changed.insert(f.id);
-                }
-                None => {
-                    if let Some(fid) = self.ino_fid.remove(&ino) {
-                        if let Some(old) = local.nodes.get(&fid).cloned() {
-                            self.forget_places(fid, &old);
-                        }
-                        let inside: Vec<super::tree::Key> =
-                            local.children(fid).map(|(k, _)| k.clone()).collect();
-                        for k in inside {
-                            changed.extend(local.unlink(&k));
-                        }
-                        local.remove_file(fid);
-                        changed.insert(fid);
-                    }
-                }
-            }
-        }
-        let mut whole = true;
-        for (dir, name, child) in entries {
-            let key = (dir, name);
-            changed.extend(local.unlink(&key));
-            if let Some(c) = child {
-                whole &= local.nodes.contains_key(&c);
-                local.link(key, c);
-                changed.insert(c);
-            }
-        }
-        // A file left without a name here is not in the tree (a file
-        // unlinked while open lives on without one).
-        for fid in &changed {
-            if *fid != super::tree::ROOT_ID
-                && local.names_of(*fid).next().is_none()
-                && let Some(old) = local.nodes.remove(fid)
-            {
-                self.forget_places(*fid, &old);
-            }
-        }
-        Refreshed { changed, whole }
-    }
-}
-
 /// Something from the server that must be handled in log order.
 enum Event {
     Deliver(u64, ChangeSet),
@@ -576,17 +459,7 @@ impl Session<'_> {
                             && !self.asked.contains(h)
                     })
                     .collect();
-                for chunk in need.chunks(MAX_WANT) {
-                    self.asked.extend(chunk.iter().copied());
-                    send_msg(
-                        send,
-                        &Msg::Want {
-                            hashes: chunk.to_vec(),
-                        },
-                        &self.bytes,
-                    )
-                    .await?;
-                }
+                self.ask(send, &need).await?;
                 self.queue.push_back(Event::Deliver(seq, cs));
             }
             Msg::Ack { counter, seq, time } => self.queue.push_back(Event::Ack(seq, counter, time)),
@@ -619,6 +492,18 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Asks the server for these blocks (a Want per 32,768).
+    async fn ask(&mut self, send: &mut quinn::SendStream, need: &[Hash]) -> Result<(), SyncError> {
+        for chunk in need.chunks(MAX_WANT) {
+            self.asked.extend(chunk.iter().copied());
+            let want = Msg::Want {
+                hashes: chunk.to_vec(),
+            };
+            send_msg(send, &want, &self.bytes).await?;
+        }
+        Ok(())
+    }
+
     /// Handles, in order, what can be handled now: a change-set once its
     /// blocks are here, an ack.
     async fn drain(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
@@ -645,17 +530,7 @@ impl Session<'_> {
                     if !need.is_empty() {
                         // The result needs blocks this peer no longer has
                         // (a file deleted here comes back): ask, then again.
-                        for chunk in need.chunks(MAX_WANT) {
-                            self.asked.extend(chunk.iter().copied());
-                            send_msg(
-                                send,
-                                &Msg::Want {
-                                    hashes: chunk.to_vec(),
-                                },
-                                &self.bytes,
-                            )
-                            .await?;
-                        }
+                        self.ask(send, &need).await?;
                         return Ok(());
                     }
                     self.queue.pop_front();

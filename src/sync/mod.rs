@@ -10,7 +10,8 @@
 //! - `local.rs`: a peer's own filesystem as a tree, and changes written
 //!   back into it.
 //! - `wire.rs`: the protocol's frames; `tls.rs`: certificates and pinning.
-//! - `server.rs`: `zippyfs serve`; `client.rs`: the mount's sync thread.
+//! - `server.rs`: `zippyfs serve`; `client.rs`: the mount's sync thread;
+//!   `view.rs`: its local tree, kept up to the last commit.
 //! - `sim.rs`: the deterministic simulation (tests).
 
 pub mod apply;
@@ -23,6 +24,7 @@ mod sim;
 mod stream;
 pub mod tls;
 pub mod tree;
+mod view;
 pub mod wire;
 
 use std::path::{Path, PathBuf};
