@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::sync::{Server, eventually, peer, tree};
+use common::sync::{Server, eventually, peer, peer_with, tree};
 use common::{Mounted, bin, fuse_or_skip};
 
 #[test]
@@ -247,21 +247,35 @@ fn a_push_whose_version_retention_lets_go_still_sends_its_blocks() {
     b.unmount();
 }
 
-#[test]
-fn a_file_grown_and_cut_on_one_peer_has_its_new_size_on_the_other() {
-    if !fuse_or_skip() {
-        return;
-    }
+/// Peer b, with the kernel's writeback cache on (the default) or off,
+/// holds a file open while peer a grows it and then cuts it; b's kernel
+/// must show the grown size at once, and the cut at once with the cache
+/// off, and after the last close with it on (SEMANTICS.md, "Sync").
+fn grow_and_cut_while_held(writeback: bool) {
     let work = tempfile::tempdir().unwrap();
     let server = Server::start();
     let a = peer(&server, "a", "v", work.path());
-    let b = peer(&server, "b", "v", work.path());
+    let opt = if writeback {
+        "writeback_cache=on"
+    } else {
+        "writeback_cache=off"
+    };
+    let b = peer_with(
+        &server,
+        &server.url("v"),
+        "b",
+        "v",
+        work.path(),
+        &["-o", opt],
+    );
     std::fs::write(a.path().join("f"), vec![7u8; 100_000]).unwrap();
+    std::fs::write(a.path().join("g"), vec![7u8; 100_000]).unwrap();
     let on_b = b.path().join("f");
-    eventually("f on b", Duration::from_secs(20), || {
+    eventually("f and g on b", Duration::from_secs(20), || {
         std::fs::read(&on_b).is_ok_and(|d| d == vec![7u8; 100_000])
+            && std::fs::read(b.path().join("g")).is_ok_and(|d| d == vec![7u8; 100_000])
     });
-    // b holds the file open and cached; a grows it, then cuts it.
+    // b holds f open and cached (g only cached); a grows f, then cuts both.
     let held = std::fs::File::open(&on_b).unwrap();
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
@@ -271,20 +285,69 @@ fn a_file_grown_and_cut_on_one_peer_has_its_new_size_on_the_other() {
     f.write_all(&[8u8; 50_000]).unwrap();
     drop(f);
     eventually("the grown size on b", Duration::from_secs(20), || {
-        std::fs::metadata(&on_b).is_ok_and(|m| m.len() == 150_000)
+        held.metadata().is_ok_and(|m| m.len() == 150_000)
             && std::fs::read(&on_b).is_ok_and(|d| d[100_000..] == [8u8; 50_000])
     });
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(a.path().join("f"))
-        .unwrap();
-    f.set_len(1000).unwrap();
-    drop(f);
-    eventually("the cut size on b", Duration::from_secs(20), || {
-        std::fs::metadata(&on_b).is_ok_and(|m| m.len() == 1000)
-            && held.metadata().is_ok_and(|m| m.len() == 1000)
-    });
-    drop(held);
+    for name in ["f", "g"] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(a.path().join(name))
+            .unwrap();
+        f.set_len(1000).unwrap();
+    }
+    let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let want = mtime(&a.path().join("g"));
+    eventually(
+        "the cut size and time of g on b",
+        Duration::from_secs(20),
+        || {
+            std::fs::metadata(b.path().join("g")).is_ok_and(|m| m.len() == 1000)
+                && mtime(&b.path().join("g")) == want
+        },
+    );
+    if writeback {
+        // Held open, f keeps the kernel's size; read past the cut, it is
+        // zeros, never the old bytes.
+        let mut rest = Vec::new();
+        use std::io::Read;
+        (&held).read_to_end(&mut rest).unwrap();
+        assert!(
+            rest[1000..].iter().all(|&b| b == 0),
+            "old bytes past the cut"
+        );
+        drop(held);
+        eventually(
+            "the cut size of f on b after its close",
+            Duration::from_secs(20),
+            || std::fs::metadata(&on_b).is_ok_and(|m| m.len() == 1000),
+        );
+    } else {
+        eventually(
+            "the cut size through the file b holds",
+            Duration::from_secs(20),
+            || {
+                std::fs::metadata(&on_b).is_ok_and(|m| m.len() == 1000)
+                    && held.metadata().is_ok_and(|m| m.len() == 1000)
+            },
+        );
+    }
+    assert_eq!(std::fs::read(&on_b).unwrap(), vec![7u8; 1000]);
     a.unmount();
     b.unmount();
+}
+
+#[test]
+fn with_the_writeback_cache_a_grown_file_shows_at_once_and_a_cut_one_at_its_last_close() {
+    if !fuse_or_skip() {
+        return;
+    }
+    grow_and_cut_while_held(true);
+}
+
+#[test]
+fn without_the_writeback_cache_a_cut_shows_through_a_file_held_open() {
+    if !fuse_or_skip() {
+        return;
+    }
+    grow_and_cut_while_held(false);
 }

@@ -47,8 +47,7 @@ pub struct MountArgs {
     /// kernel_dirty_ratio=PERCENT|default (how much of the system's dirty
     /// page cache the kernel may hold for this mount; 20 by default),
     /// ttl=SECS (how long the kernel caches attributes and names; 1),
-    /// writeback_cache=on|off (the kernel's writeback cache; on, off for a
-    /// store that syncs),
+    /// writeback_cache=on|off (the kernel's writeback cache; on),
     /// history_name=NAME (the directory of old versions, .zippy by default); others go to
     /// the kernel mount (ro, noatime, allow_other, ...).
     #[arg(short = 'o', value_name = "OPTION,...", value_delimiter = ',')]
@@ -92,11 +91,10 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
             .unwrap_or(zippyfs::fuse::DEFAULT_QUEUE_DEPTH),
         kernel_dirty_ratio: Some(zippyfs::fuse::DEFAULT_KERNEL_DIRTY_RATIO),
         ttl: zippyfs::fuse::ops::TTL,
-        // With its writeback cache the kernel keeps its own size of a file
-        // it has cached and takes none from the daemon, so a file another
-        // peer grew or cut would keep its old size here: off for a store
-        // that syncs (-o writeback_cache=on still turns it on).
-        writeback_cache: !store.join(zippyfs::sync::client::CONF_FILE).exists(),
+        // On for a store that syncs too: the core tells the kernel the
+        // sizes and times of files changed elsewhere (fs/coherence.rs);
+        // off makes a remote cut of a file held open show at once.
+        writeback_cache: true,
         options: Vec::new(),
     };
     for o in args

@@ -8,7 +8,8 @@ impl Fs {
         if is_history(ino) {
             return self.history_getattr(ino);
         }
-        let sh = self.shard(ino);
+        let mut sh = self.shard(ino);
+        Self::trip(&mut sh, ino, false);
         let snap = self.snap()?;
         self.inode_in(&sh, &snap, ino)
     }

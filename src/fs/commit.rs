@@ -458,6 +458,8 @@ impl Fs {
                         Ok(()) => log.ok(),
                         Err(e) => log.failed(&e.to_string()),
                     }
+                    // Closes ask for a commit: this runs after most.
+                    fs.prune_released();
                 }
             })
             .expect("spawn the committer thread")

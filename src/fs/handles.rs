@@ -21,8 +21,15 @@ impl Fs {
         let snap = self.snap()?;
         self.inode_in(&sh, &snap, ino)?;
         drop(snap);
+        if write {
+            Self::trip(&mut sh, ino, true);
+        }
         *sh.open.entry(ino).or_default() += 1;
-        Ok(self.next_fh.fetch_add(1, Ordering::Relaxed))
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if write {
+            sh.writers.insert(fh, ino);
+        }
+        Ok(fh)
     }
 
     /// The last handle of a file is closed: an orphan goes, and the change
@@ -41,6 +48,7 @@ impl Fs {
         };
         if left == 0 {
             sh.open.remove(&ino);
+            self.closed_stale(&mut sh, ino);
             self.drop_if_unheld(&mut sh, ino)?;
         }
         drop(sh);
@@ -124,6 +132,9 @@ impl Fs {
     pub fn release_handle(&self, ino: u64, fh: u64) -> FsResult<()> {
         if self.is_generated(ino) {
             self.generated.lock().remove(&fh);
+        }
+        if !is_history(ino) {
+            self.shard(ino).writers.remove(&fh);
         }
         self.release(ino)
     }

@@ -40,6 +40,7 @@
 mod acl;
 mod admin;
 mod attr;
+mod coherence;
 mod commit;
 mod data;
 mod delta;
@@ -180,6 +181,9 @@ struct Shard {
     committing: Option<Arc<Delta>>,
     /// Open handles per inode.
     open: HashMap<u64, u32>,
+    /// Handles open for writing → their inode (released through
+    /// `release_handle`).
+    writers: HashMap<u64, u64>,
     /// The kernel's references per inode (FUSE lookup counts: one per
     /// entry it was sent, dropped by FORGET). An inode without a name
     /// lives on while the kernel still holds it (an open file, a process's
@@ -191,6 +195,12 @@ struct Shard {
     nameless: std::collections::HashSet<u64>,
     /// Blocks promised by `fallocate` and not yet filled, per file.
     promises: HashMap<u64, space::Blocks>,
+    /// Files a change from elsewhere is about to touch → whether the
+    /// kernel may have read them again since (see `coherence.rs`).
+    fence: HashMap<u64, bool>,
+    /// Open files the kernel may hold an old size or times of, after a
+    /// change from elsewhere: let go of at their last close.
+    stale: std::collections::HashSet<u64>,
 }
 
 impl Shard {
@@ -234,6 +244,9 @@ pub struct Fs {
     store_dir: Option<std::path::PathBuf>,
     /// What serves this filesystem to the kernel, once the mount is live.
     kernel: std::sync::OnceLock<Arc<dyn KernelSide>>,
+    /// Files closed since they changed from elsewhere, for the kernel to
+    /// let go of; true once asked (see [`Fs::prune_released`]).
+    prune_due: Mutex<Vec<(u64, bool)>>,
     /// Told after every commit that made a version, with what it changed
     /// (sync's push).
     #[allow(clippy::type_complexity)]
@@ -272,6 +285,13 @@ pub trait KernelSide: Send + Sync {
     /// and of these (directory, name) entries: they changed from
     /// elsewhere (sync). Called from a thread that serves no requests.
     fn invalidate(&self, _inodes: &[u64], _entries: &[(u64, Vec<u8>)]) {}
+    /// The regular file `ino` is now `size` bytes long, the last of them
+    /// `last`: a kernel that keeps its own size of a cached file
+    /// (writeback cache) grows it to that.
+    fn grow(&self, _ino: u64, _size: u64, _last: u8) {}
+    /// The kernel lets go of these inodes if nothing holds them, so that
+    /// their next lookup takes size and times afresh.
+    fn prune(&self, _inodes: &[u64]) {}
 }
 
 impl Fs {
@@ -325,6 +345,7 @@ impl Fs {
             fsck_progress: (AtomicU64::new(0), AtomicU64::new(0)),
             store_dir: None,
             kernel: std::sync::OnceLock::new(),
+            prune_due: Mutex::new(Vec::new()),
             commit_hook: std::sync::OnceLock::new(),
             sync_status: std::sync::OnceLock::new(),
             failed: std::sync::OnceLock::new(),

@@ -302,7 +302,8 @@ impl Fs {
 
     /// Applies a change worked out elsewhere against commit `change.base`,
     /// and commits it with `cause`. Refused ([`Applied::Moved`]) if
-    /// anything changed here since: the caller works it out again.
+    /// anything changed here since, or a fenced file's fence tripped
+    /// ([`Fs::fence`]): the caller works it out again. Clears the fences.
     pub fn apply_remote(&self, change: &RemoteChange, cause: &str) -> FsResult<Applied> {
         self.writable(ROOT)?;
         let done = {
@@ -311,7 +312,8 @@ impl Fs {
             let quiet = all
                 .iter()
                 .all(|s| s.delta.is_empty() && s.committing.is_none());
-            if !quiet || self.store.latest_version() != Some(change.base) {
+            let tripped = Self::fences_tripped(&mut all);
+            if !quiet || tripped || self.store.latest_version() != Some(change.base) {
                 return Ok(Applied::Moved);
             }
             let snap = self.snap()?;

@@ -463,6 +463,7 @@ fn run_session(
     fs.attach_kernel(Arc::new(notify::Kernel {
         counts: ops.counts.clone(),
         notify: session.as_fd().try_clone_to_owned().ok(),
+        no_prune: Default::default(),
     }));
     live();
     let threads = opts.threads.max(1);

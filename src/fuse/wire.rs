@@ -389,6 +389,53 @@ pub fn notify_inval_entry(
     write_notification(fd, &b)
 }
 
+/// FUSE_NOTIFY_STORE of a file's last byte, `last`, at `size - 1`: the out
+/// header, then `fuse_notify_store_out`: nodeid u64, offset u64, size u32,
+/// padding u32; then the bytes. The kernel raises its size of `ino` to
+/// `size` if it was smaller (never lowers it; a store of no bytes changes
+/// nothing), and puts the byte in its page.
+pub fn notify_grow(
+    fd: std::os::fd::BorrowedFd<'_>,
+    ino: u64,
+    size: u64,
+    last: u8,
+) -> std::io::Result<()> {
+    const FUSE_NOTIFY_STORE: i32 = 4;
+    let Some(at) = size.checked_sub(1) else {
+        return Ok(());
+    };
+    let mut b = Vec::with_capacity(OUT_HEADER_LEN + 25);
+    b.extend_from_slice(&((OUT_HEADER_LEN + 25) as u32).to_le_bytes());
+    b.extend_from_slice(&FUSE_NOTIFY_STORE.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&ino.to_le_bytes());
+    b.extend_from_slice(&at.to_le_bytes());
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.push(last);
+    write_notification(fd, &b)
+}
+
+/// FUSE_NOTIFY_PRUNE (protocol 7.45, Linux 6.18): the out header, then
+/// `fuse_notify_prune_out`: count u32, padding u32, spare u64; then `count`
+/// node ids. The kernel drops its unused dentries of each and lets the
+/// inode go if nothing else holds it. EINVAL from an older kernel.
+pub fn notify_prune(fd: std::os::fd::BorrowedFd<'_>, inodes: &[u64]) -> std::io::Result<()> {
+    const FUSE_NOTIFY_PRUNE: i32 = 9;
+    let len = OUT_HEADER_LEN + 16 + 8 * inodes.len();
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&(len as u32).to_le_bytes());
+    b.extend_from_slice(&FUSE_NOTIFY_PRUNE.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&(inodes.len() as u32).to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    for ino in inodes {
+        b.extend_from_slice(&ino.to_le_bytes());
+    }
+    write_notification(fd, &b)
+}
+
 fn write_notification(fd: std::os::fd::BorrowedFd<'_>, b: &[u8]) -> std::io::Result<()> {
     // SAFETY: the buffer is valid for reads of its length; `fd` is open.
     let n = unsafe {

@@ -647,15 +647,17 @@ impl Session<'_> {
         // The kernel writes back its dirty pages of the files this touches
         // first: changes made here come in as writes, are committed below,
         // and meet the remote change as a conflict instead of overwriting
-        // it afterwards (decision 10).
+        // it afterwards (decision 10). The fence catches a page the kernel
+        // reads again before the change is in (fs/coherence.rs).
         let mut here = Vec::new();
         for op in &cs.ops {
             if let Some(ino) = self.fs.ino_of_file_id(op.fid())? {
                 here.push(ino);
             }
         }
-        self.fs.invalidate(&here, &[]);
         for _ in 0..50 {
+            self.fs.fence(&here);
+            self.fs.invalidate(&here, &[]);
             self.fs.commit("sync: before applying")?;
             let version = self.read_local()?;
             let mut trial = self.peer.clone();
@@ -695,7 +697,7 @@ impl Session<'_> {
                     inodes.extend(entries.iter().map(|(dir, _)| *dir));
                     inodes.sort_unstable();
                     inodes.dedup();
-                    self.fs.invalidate(&inodes, &entries);
+                    self.fs.changed_elsewhere(&inodes, &entries);
                     *self.peer = trial;
                     self.state_changed()?;
                     self.status.lock().conflicts += copies;

@@ -130,6 +130,18 @@ pub fn peer(server: &Server, name: &str, volume: &str, work: &Path) -> Mounted {
 
 /// [`peer`], reaching the server at `url` (through a proxy, say).
 pub fn peer_at(server: &Server, url: &str, name: &str, volume: &str, work: &Path) -> Mounted {
+    peer_with(server, url, name, volume, work, &[])
+}
+
+/// [`peer_at`], mounted with these extra arguments.
+pub fn peer_with(
+    server: &Server,
+    url: &str,
+    name: &str,
+    volume: &str,
+    work: &Path,
+    args: &[&str],
+) -> Mounted {
     let store = work.join(format!("{name}-store"));
     let cred = server.add_peer(name, volume, work);
     let st = Command::new(bin())
@@ -143,7 +155,7 @@ pub fn peer_at(server: &Server, url: &str, name: &str, volume: &str, work: &Path
         .status()
         .expect("join");
     assert!(st.success(), "join failed");
-    Mounted::start_logged(&store, &[], &work.join(format!("{name}.log")))
+    Mounted::start_logged(&store, args, &work.join(format!("{name}.log")))
 }
 
 /// Waits (bounded) until `check` holds; returns how long it took.
