@@ -243,6 +243,9 @@ const COUNTER_LEAP: u64 = 1 << 20;
 /// How often a peer saves its state at most (it is rewritten whole).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
+/// The most operations applied as one version when change-sets queue up.
+const BATCH_OPS: usize = 4096;
+
 fn save_peer(store: &Path, p: &Peer) -> Result<(), SyncError> {
     let bytes = state::encode(p.id, p.applied, p.counter, &p.synced)?;
     write_atomic(&store.join(STATE_FILE), &bytes)
@@ -520,20 +523,20 @@ impl Session<'_> {
                     self.read_at = 0;
                     self.push_snap = None;
                 }
-                Event::Deliver(seq, cs) => {
+                Event::Deliver(..) => {
                     // Every block asked for first (they come in order).
                     if !self.asked.is_empty() {
                         return Ok(());
                     }
-                    let (seq, cs) = (*seq, cs.clone());
-                    let need = self.apply(seq, &cs)?;
+                    let batch = self.next_batch();
+                    let need = self.apply(&batch)?;
                     if !need.is_empty() {
                         // The result needs blocks this peer no longer has
                         // (a file deleted here comes back): ask, then again.
                         self.ask(send, &need).await?;
                         return Ok(());
                     }
-                    self.queue.pop_front();
+                    self.queue.drain(..batch.len());
                     self.read_at = 0;
                     if self.queue.is_empty() {
                         self.fetched.clear();
@@ -638,9 +641,30 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Applies sequence `seq`; returns the blocks it still needs (then
-    /// nothing changed), or none once applied.
-    fn apply(&mut self, seq: u64, cs: &ChangeSet) -> Result<Vec<Hash>, SyncError> {
+    /// The change-sets delivered at the front of the queue, in order, up to
+    /// [`BATCH_OPS`] operations (at least one): applied as one version.
+    /// A peer catching up on a long log pays the fixed costs of an apply
+    /// (a commit, the kernel told, a copy of its trees) once per batch
+    /// instead of once per change-set.
+    fn next_batch(&self) -> Vec<(u64, ChangeSet)> {
+        let mut batch = Vec::new();
+        let mut ops = 0;
+        for ev in &self.queue {
+            match ev {
+                Event::Deliver(seq, cs) if batch.is_empty() || ops + cs.ops.len() <= BATCH_OPS => {
+                    ops += cs.ops.len();
+                    batch.push((*seq, cs.clone()));
+                }
+                _ => break,
+            }
+        }
+        batch
+    }
+
+    /// Applies the change-sets of `batch`, in order, as one version;
+    /// returns the blocks it still needs (then nothing changed), or none
+    /// once applied.
+    fn apply(&mut self, batch: &[(u64, ChangeSet)]) -> Result<Vec<Hash>, SyncError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -650,11 +674,24 @@ impl Session<'_> {
         // it afterwards (decision 10). The fence catches a page the kernel
         // reads again before the change is in (fs/coherence.rs).
         let mut here = Vec::new();
-        for op in &cs.ops {
+        for op in batch.iter().flat_map(|(_, cs)| &cs.ops) {
             if let Some(ino) = self.fs.ino_of_file_id(op.fid())? {
                 here.push(ino);
             }
         }
+        here.sort_unstable();
+        here.dedup();
+        let (Some((first, first_cs)), Some((last, _))) = (batch.first(), batch.last()) else {
+            return Ok(Vec::new());
+        };
+        let cause = if batch.len() == 1 {
+            format!("sync: {} sequence {first}", first_cs.origin_name)
+        } else {
+            let mut from: Vec<&str> = batch.iter().map(|(_, c)| c.origin_name.as_str()).collect();
+            from.sort_unstable();
+            from.dedup();
+            format!("sync: {} sequences {first}-{last}", from.join(","))
+        };
         for _ in 0..50 {
             self.fs.fence(&here);
             self.fs.invalidate(&here, &[]);
@@ -662,13 +699,18 @@ impl Session<'_> {
             let version = self.read_local()?;
             let mut trial = self.peer.clone();
             let mut copies = 0u64;
-            let changed = trial
-                .on_deliver(seq, cs, now, &mut || {
-                    copies += 1;
-                    let r = super::random32().unwrap_or_default();
-                    u128::from_le_bytes(r[..16].try_into().unwrap_or_default())
-                })
-                .map_err(|v| SyncError::Protocol(v.to_string()))?;
+            let mut changed = std::collections::BTreeSet::new();
+            for (seq, cs) in batch {
+                changed.extend(
+                    trial
+                        .on_deliver(*seq, cs, now, &mut || {
+                            copies += 1;
+                            let r = super::random32().unwrap_or_default();
+                            u128::from_le_bytes(r[..16].try_into().unwrap_or_default())
+                        })
+                        .map_err(|v| SyncError::Protocol(v.to_string()))?,
+                );
+            }
             let ops = diff(&self.peer.local, &trial.local, Some(&changed));
             if ops.is_empty() {
                 *self.peer = trial;
@@ -688,7 +730,6 @@ impl Session<'_> {
                 Ok(c) => c,
                 Err(missing) => return Ok(missing.0),
             };
-            let cause = format!("sync: {} sequence {seq}", cs.origin_name);
             match self.fs.apply_remote(&change, &cause)? {
                 Applied::Done {
                     mut inodes,
@@ -701,14 +742,14 @@ impl Session<'_> {
                     *self.peer = trial;
                     self.state_changed()?;
                     self.status.lock().conflicts += copies;
-                    tracing::debug!(seq, files = changed.len(), "sync applied");
+                    tracing::debug!(first, last, files = changed.len(), "sync applied");
                     return Ok(Vec::new());
                 }
                 Applied::Moved => continue,
             }
         }
         Err(SyncError::Net(format!(
-            "sequence {seq} could not be applied: the mount kept changing; trying again later"
+            "sequences {first}-{last} could not be applied: the mount kept changing; trying again later"
         )))
     }
 }
