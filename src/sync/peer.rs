@@ -39,6 +39,14 @@ pub enum Violation {
     StrayAck { got: u64, expected: Option<u64> },
 }
 
+/// The most operations in one push, where a change can be cut (see
+/// [`Peer::push_at_most`]): a peer applies a change-set whole, holding its
+/// blocks, so smaller ones bound its memory and let it apply one while the
+/// next one's blocks come.
+pub const PUSH_OPS: usize = 1024;
+/// The most blocks in one push (64 MiB of 64 KiB blocks), likewise.
+pub const PUSH_BLOCKS: usize = 1024;
+
 #[derive(Clone)]
 pub struct Peer {
     pub id: PeerId,
@@ -94,13 +102,40 @@ impl Peer {
     }
 
     /// The next change-set to push, if none is in flight and there is
-    /// anything to push. `time` is left for the server to set.
+    /// anything to push, of at most [`PUSH_OPS`] operations and
+    /// [`PUSH_BLOCKS`] blocks where the change allows. `time` is left for
+    /// the server to set.
     pub fn push(&mut self) -> Option<ChangeSet> {
+        self.push_at_most(PUSH_OPS, PUSH_BLOCKS)
+    }
+
+    /// [`Peer::push`] with these limits. A change bigger than them goes in
+    /// several change-sets, one after the other; each is whole in itself
+    /// (see [`Peer::part`]), so peers and the server apply each alone.
+    pub fn push_at_most(&mut self, max_ops: usize, max_blocks: usize) -> Option<ChangeSet> {
         if self.in_flight.is_some() {
             return None;
         }
-        let ops = diff(&self.synced, &self.local, self.candidates.as_ref());
+        let mut ops = diff(&self.synced, &self.local, self.candidates.as_ref());
         self.candidates = Some(BTreeSet::new());
+        let blocks = |ops: &[Op]| {
+            ops.iter()
+                .map(|o| match o {
+                    Op::Node { blocks, .. } => blocks.len(),
+                    Op::Names { .. } => 0,
+                })
+                .sum::<usize>()
+        };
+        if ops.len() > max_ops || blocks(&ops) > max_blocks {
+            let part = self.part(&ops, max_ops, max_blocks);
+            let rest: BTreeSet<FileId> = ops
+                .iter()
+                .map(Op::fid)
+                .filter(|f| !part.contains(f))
+                .collect();
+            ops.retain(|o| part.contains(&o.fid()));
+            self.candidates = Some(rest);
+        }
         if ops.is_empty() {
             return None;
         }
@@ -115,6 +150,60 @@ impl Peer {
         };
         self.in_flight = Some(cs.clone());
         Some(cs)
+    }
+
+    /// The files of the first part of `ops` (a change bigger than the
+    /// limits), taken in order until the next would pass them. A file is
+    /// taken with what its change needs to mean the same alone: the
+    /// directories its new names are in if they changed too, whatever
+    /// stood in those names before, and the former children of a
+    /// directory it removes. Without them a peer would see a name taken
+    /// twice, or a file put in a directory that does not exist yet, and
+    /// make a conflict of what is one change.
+    fn part(&self, ops: &[Op], max_ops: usize, max_blocks: usize) -> BTreeSet<FileId> {
+        let mut cost: BTreeMap<FileId, (usize, usize)> = BTreeMap::new();
+        for op in ops {
+            let c = cost.entry(op.fid()).or_default();
+            c.0 += 1;
+            if let Op::Node { blocks, .. } = op {
+                c.1 += blocks.len();
+            }
+        }
+        let mut part = BTreeSet::new();
+        let (mut n, mut b) = (0, 0);
+        for op in ops {
+            let fid = op.fid();
+            if part.contains(&fid) {
+                continue;
+            }
+            let mut with = BTreeSet::new();
+            let mut todo = vec![fid];
+            while let Some(f) = todo.pop() {
+                if part.contains(&f) || !cost.contains_key(&f) || !with.insert(f) {
+                    continue;
+                }
+                for k in self.local.names_of(f) {
+                    if !self.synced.names_of(f).any(|o| o == k) {
+                        todo.push(k.0);
+                        todo.extend(self.synced.entries.get(k).copied());
+                    }
+                }
+                if !self.local.nodes.contains_key(&f) || self.local.names_of(f).next().is_none() {
+                    todo.extend(self.synced.children(f).map(|(_, c)| *c));
+                }
+            }
+            let (dn, db) = with.iter().fold((0, 0), |(n, b), f| {
+                let c = cost.get(f).copied().unwrap_or_default();
+                (n + c.0, b + c.1)
+            });
+            if !part.is_empty() && (n + dn > max_ops || b + db > max_blocks) {
+                break;
+            }
+            n += dn;
+            b += db;
+            part.extend(with);
+        }
+        part
     }
 
     /// The server took push `counter` as sequence `seq` at `time`.

@@ -178,7 +178,14 @@ impl Sim {
         let Some(c) = self.peers[p].conn else {
             return;
         };
-        if let Some(cs) = self.peers[p].peer.push() {
+        // Now and then small push limits, so that changes go in parts.
+        let cs = if self.rng.below(4) == 0 {
+            let (ops, blocks) = (1 + self.rng.below(3), 1 + self.rng.below(3));
+            self.peers[p].peer.push_at_most(ops, blocks)
+        } else {
+            self.peers[p].peer.push()
+        };
+        if let Some(cs) = cs {
             self.log(|| format!("p{} pushes #{} on base {}", p + 1, cs.counter, cs.base));
             // Now and then the same push twice: the server takes it once.
             if self.rng.below(20) == 0 {
@@ -698,4 +705,80 @@ fn the_simulation_catches_a_peer_that_drops_its_pending_changes() {
         }
     }
     assert!(caught > 20, "only {caught} of 200 histories caught it");
+}
+
+/// A change bigger than the push limits goes in parts, and each part alone
+/// must mean what it meant: the server skips none of its operations, the
+/// other peer makes no conflict copy, and both end with one tree.
+#[test]
+fn a_change_pushed_in_parts_arrives_whole_without_conflicts() {
+    use super::tree::diff;
+    let mut parts = 0u64;
+    for seed in 0..1000u64 {
+        let mut sim = Sim::new(seed, false);
+        // Two rounds: the second renames and deletes what the first made.
+        for round in 0..2u64 {
+            for _ in 0..60 {
+                sim.local_change(0);
+            }
+            let mut rng = Rng(seed ^ (round << 32) ^ 0x5eed);
+            while let Some(cs) = sim.peers[0]
+                .peer
+                .push_at_most(1 + rng.below(3), 1 + rng.below(3))
+            {
+                parts += 1;
+                let counter = cs.counter;
+                let seq = sim.relay.take(1, "p1", cs, sim.time).expect("taken");
+                let cs = sim.relay.log[seq as usize - 1].clone();
+                let out = apply(&mut sim.server_tree, seq, &cs);
+                assert!(
+                    out.skipped.is_empty(),
+                    "seed {seed}: the server skipped ops {:?} of {:?}",
+                    out.skipped,
+                    cs.ops
+                );
+                // Every name given is the name taken (not a conflict name).
+                for op in &cs.ops {
+                    if let super::tree::Op::Names { fid, added, .. } = op {
+                        for k in added {
+                            assert_eq!(
+                                sim.server_tree.entries.get(k),
+                                Some(fid),
+                                "seed {seed}: a name not taken as given in {:?}",
+                                cs.ops
+                            );
+                        }
+                    }
+                }
+                sim.peers[0]
+                    .peer
+                    .on_ack(seq, counter, sim.time)
+                    .expect("ack");
+                sim.peers[1]
+                    .peer
+                    .on_deliver(seq, &cs, sim.time, &mut || {
+                        panic!("seed {seed}: a conflict copy of a change made alone")
+                    })
+                    .expect("deliver");
+            }
+        }
+        let (a, b) = (&sim.peers[0].peer, &sim.peers[1].peer);
+        assert!(
+            diff(&a.synced, &a.local, None).is_empty(),
+            "seed {seed}: p1 has changes left unpushed"
+        );
+        assert_eq!(
+            a.local.entries, b.local.entries,
+            "seed {seed}: names differ"
+        );
+        assert_eq!(a.local.nodes.len(), b.local.nodes.len(), "seed {seed}");
+        for (f, n) in &a.local.nodes {
+            assert!(
+                b.local.nodes.get(f).is_some_and(|m| m.same_content(n)),
+                "seed {seed}: file {f:x} differs"
+            );
+        }
+    }
+    // Most changes were cut into many parts.
+    assert!(parts > 1000 * 8, "{parts} parts");
 }
