@@ -76,7 +76,13 @@ fn a_peer_offline_for_100_versions_catches_up_moving_only_the_blocks_it_lacked()
     }
     drop(f);
     let before = settled(&server);
-    let b = Mounted::start_logged(&b_store, &[], &work.path().join("b2.log"));
+    // A window of 16 blocks: most of the 100 change-sets wait to be asked
+    // for until those before them are applied.
+    let b = Mounted::start_logged(
+        &b_store,
+        &["-o", "sync_window=1M"],
+        &work.path().join("b2.log"),
+    );
     let took = eventually("b caught up", Duration::from_secs(30), || {
         std::fs::read(b.path().join("big")).is_ok_and(|d| d == want)
     });

@@ -48,6 +48,8 @@ pub struct MountArgs {
     /// page cache the kernel may hold for this mount; 20 by default),
     /// ttl=SECS (how long the kernel caches attributes and names; 1),
     /// writeback_cache=on|off (the kernel's writeback cache; on),
+    /// sync_window=SIZE (a syncing mount's blocks held or asked for ahead
+    /// of applying them; 128M),
     /// history_name=NAME (the directory of old versions, .zippy by default); others go to
     /// the kernel mount (ro, noatime, allow_other, ...).
     #[arg(short = 'o', value_name = "OPTION,...", value_delimiter = ',')]
@@ -64,6 +66,9 @@ pub struct Plan {
     pub store: PathBuf,
     fs: FsOptions,
     mount: MountOpts,
+    /// `-o sync_window`: bytes of blocks a syncing mount holds or asks for
+    /// ahead of applying them.
+    sync_window: u64,
 }
 
 /// The checks before anything else, and the options sorted out.
@@ -97,13 +102,19 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
         writeback_cache: true,
         options: Vec::new(),
     };
+    let mut sync_window = zippyfs::sync::client::DEFAULT_WINDOW;
     for o in args
         .options
         .iter()
         .map(|o| o.trim())
         .filter(|o| !o.is_empty())
     {
-        if !fs_option(o, &mut fs)? && !mount_option(o, &mut mount)? {
+        if let Some(v) = o.strip_prefix("sync_window=") {
+            sync_window = zippyfs::store::retention::parse_size(v)
+                .ok()
+                .filter(|&w| w >= 1 << 20)
+                .with_context(|| format!("-o sync_window={v}: a size of 1M or more is needed"))?;
+        } else if !fs_option(o, &mut fs)? && !mount_option(o, &mut mount)? {
             mount.options.push(o.to_string());
         }
     }
@@ -112,6 +123,7 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
         store,
         fs,
         mount,
+        sync_window,
     })
 }
 
@@ -282,8 +294,9 @@ pub fn serve(plan: &Plan, live: &mut dyn FnMut()) -> anyhow::Result<()> {
     })?;
     let flusher = fs.spawn_flusher();
     let sync = match zippyfs::sync::client::SyncConf::load(&plan.store)? {
-        Some(conf) => {
+        Some(mut conf) => {
             tracing::info!(server = %conf.url(), "syncing");
+            conf.window = plan.sync_window;
             Some(zippyfs::sync::client::Client::start(
                 Arc::clone(&fs),
                 plan.store.clone(),

@@ -93,6 +93,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<ExitCode> {
         volume,
         fingerprint,
         credential,
+        window: zippyfs::sync::client::DEFAULT_WINDOW,
     }
     .save(&args.store)?;
     println!(

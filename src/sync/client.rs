@@ -56,6 +56,9 @@ pub struct SyncConf {
     pub volume: String,
     pub fingerprint: String,
     pub credential: String,
+    /// Bytes of blocks held or asked for, at most, for change-sets not
+    /// yet applied (`-o sync_window`; [`DEFAULT_WINDOW`]).
+    pub window: u64,
 }
 
 impl SyncConf {
@@ -106,6 +109,7 @@ impl SyncConf {
             volume,
             fingerprint: get("fingerprint")?,
             credential: get("credential")?,
+            window: DEFAULT_WINDOW,
         }))
     }
 
@@ -187,7 +191,12 @@ impl Client {
         let thread = std::thread::Builder::new()
             .name("zippy-sync".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
+                // The session runs on this thread and blocks in applying a
+                // change-set; the connection and the reading of messages
+                // run on one worker thread of their own meanwhile.
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("zippy-sync-net")
                     .enable_all()
                     .build()
                 {
@@ -197,8 +206,7 @@ impl Client {
                         return;
                     }
                 };
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, run(fs, store, conf, s, w, st, touched));
+                rt.block_on(run(fs, store, conf, s, w, st, touched));
             })
             .map_err(|e| SyncError::Net(format!("cannot start the sync thread: {e}")))?;
         Ok(Client {
@@ -246,6 +254,10 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// The most operations applied as one version when change-sets queue up.
 const BATCH_OPS: usize = 4096;
 
+/// Bytes of blocks held or asked for, at most, for change-sets not yet
+/// applied; past it, change-sets wait to be asked for.
+pub const DEFAULT_WINDOW: u64 = 128 << 20;
+
 fn save_peer(store: &Path, p: &Peer) -> Result<(), SyncError> {
     let bytes = state::encode(p.id, p.applied, p.counter, &p.synced)?;
     write_atomic(&store.join(STATE_FILE), &bytes)
@@ -286,7 +298,8 @@ async fn run(
             pushed_at: 0,
             read_at: 0,
             fetched: HashMap::new(),
-            asked: HashSet::new(),
+            window: conf.window,
+            asked: HashMap::new(),
             queue: VecDeque::new(),
             acked: false,
         };
@@ -319,8 +332,18 @@ async fn run(
 
 /// Something from the server that must be handled in log order.
 enum Event {
-    Deliver(u64, ChangeSet),
+    Deliver(Delivered),
     Ack(u64, u64, i64),
+}
+
+/// A change-set of the log, waiting to be applied.
+struct Delivered {
+    seq: u64,
+    cs: ChangeSet,
+    /// Its blocks were asked for (those not here): it is in the window.
+    requested: bool,
+    /// Blocks it asked for that have not come yet.
+    waiting: usize,
 }
 
 struct Session<'a> {
@@ -343,7 +366,10 @@ struct Session<'a> {
     read_at: u64,
     /// Blocks fetched for change-sets waiting to be applied.
     fetched: HashMap<Hash, Vec<u8>>,
-    asked: HashSet<Hash>,
+    /// `SyncConf::window`.
+    window: u64,
+    /// Blocks asked for and not come yet → the sequence that asked.
+    asked: HashMap<Hash, u64>,
     queue: VecDeque<Event>,
     /// An ack freed the push slot: push what is waiting.
     acked: bool,
@@ -396,7 +422,10 @@ impl Session<'_> {
             &self.bytes,
         )
         .await?;
-        let mut rx = reader(recv, self.bytes.clone());
+        // Room for a window of blocks: they keep coming while a change-set
+        // is applied (the window bounds what was asked for).
+        let depth = (self.window / self.fs.block_size().max(1)) as usize + 64;
+        let mut rx = reader(recv, self.bytes.clone(), depth);
         match rx.recv().await {
             Some(Ok(Msg::Welcome {
                 peer, peer_name, ..
@@ -453,24 +482,24 @@ impl Session<'_> {
     async fn on_msg(&mut self, m: Msg, send: &mut quinn::SendStream) -> Result<(), SyncError> {
         match m {
             Msg::Deliver { seq, cs } => {
-                // Ask for the blocks it needs that are not here.
-                let need: Vec<Hash> = super::server::hashes_of(&cs)
-                    .into_iter()
-                    .filter(|h| {
-                        !self.view.places.contains_key(h)
-                            && !self.fetched.contains_key(h)
-                            && !self.asked.contains(h)
-                    })
-                    .collect();
-                self.ask(send, &need).await?;
-                self.queue.push_back(Event::Deliver(seq, cs));
+                self.queue.push_back(Event::Deliver(Delivered {
+                    seq,
+                    cs,
+                    requested: false,
+                    waiting: 0,
+                }));
+                self.request(send).await?;
             }
             Msg::Ack { counter, seq, time } => self.queue.push_back(Event::Ack(seq, counter, time)),
             Msg::Block { hash, data } => {
-                if *blake3::hash(&data).as_bytes() != hash || !self.asked.remove(&hash) {
+                let by = self.asked.remove(&hash);
+                if *blake3::hash(&data).as_bytes() != hash || by.is_none() {
                     return Err(SyncError::Protocol(
                         "a block not asked for, or not matching its hash".into(),
                     ));
+                }
+                if let Some(by) = by {
+                    self.waits(by, -1);
                 }
                 self.fetched.insert(hash, data);
             }
@@ -495,10 +524,71 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Asks the server for these blocks (a Want per 32,768).
-    async fn ask(&mut self, send: &mut quinn::SendStream, need: &[Hash]) -> Result<(), SyncError> {
+    /// Sequence `seq` waits for one block more (1) or less (-1).
+    fn waits(&mut self, seq: u64, by: isize) {
+        for ev in &mut self.queue {
+            if let Event::Deliver(d) = ev
+                && d.seq == seq
+            {
+                d.waiting = d.waiting.saturating_add_signed(by);
+                return;
+            }
+        }
+    }
+
+    /// Asks for the blocks of the change-sets next in the queue that are
+    /// not here, as long as fewer than a window's worth (`SyncConf::window`)
+    /// are held or on their way (the first change-set waiting is always asked for): the
+    /// blocks of a long log stream in as it is applied, and memory holds a
+    /// window of them, not all.
+    async fn request(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
+        let mut first = true;
+        let mut asks: Vec<(u64, Vec<Hash>)> = Vec::new();
+        let mut asking: HashSet<Hash> = HashSet::new();
+        let window = (self.window / self.fs.block_size().max(1)).max(1) as usize;
+        let mut held = self.asked.len() + self.fetched.len();
+        for ev in &mut self.queue {
+            let Event::Deliver(d) = ev else {
+                continue;
+            };
+            if d.requested {
+                first = false;
+                continue;
+            }
+            if !first && held >= window {
+                break;
+            }
+            first = false;
+            d.requested = true;
+            let need: Vec<Hash> = super::server::hashes_of(&d.cs)
+                .into_iter()
+                .filter(|h| {
+                    !self.view.places.contains_key(h)
+                        && !self.fetched.contains_key(h)
+                        && !self.asked.contains_key(h)
+                        && asking.insert(*h)
+                })
+                .collect();
+            held += need.len();
+            d.waiting += need.len();
+            asks.push((d.seq, need));
+        }
+        for (seq, need) in asks {
+            self.ask(send, seq, &need).await?;
+        }
+        Ok(())
+    }
+
+    /// Asks the server for these blocks for sequence `seq` (a Want per
+    /// 32,768).
+    async fn ask(
+        &mut self,
+        send: &mut quinn::SendStream,
+        seq: u64,
+        need: &[Hash],
+    ) -> Result<(), SyncError> {
         for chunk in need.chunks(MAX_WANT) {
-            self.asked.extend(chunk.iter().copied());
+            self.asked.extend(chunk.iter().map(|h| (*h, seq)));
             let want = Msg::Want {
                 hashes: chunk.to_vec(),
             };
@@ -523,24 +613,47 @@ impl Session<'_> {
                     self.read_at = 0;
                     self.push_snap = None;
                 }
-                Event::Deliver(..) => {
-                    // Every block asked for first (they come in order).
-                    if !self.asked.is_empty() {
+                Event::Deliver(d) => {
+                    // Its blocks first.
+                    if !d.requested || d.waiting > 0 {
                         return Ok(());
                     }
+                    let seq = d.seq;
                     let batch = self.next_batch();
                     let need = self.apply(&batch)?;
                     if !need.is_empty() {
                         // The result needs blocks this peer no longer has
                         // (a file deleted here comes back): ask, then again.
-                        self.ask(send, &need).await?;
+                        // A block already asked for by a later change-set
+                        // is now waited for by this one.
+                        let mut fresh = Vec::new();
+                        for h in need {
+                            match self.asked.get_mut(&h) {
+                                Some(by) => {
+                                    let was = std::mem::replace(by, seq);
+                                    self.waits(was, -1);
+                                }
+                                None => fresh.push(h),
+                            }
+                            self.waits(seq, 1);
+                        }
+                        self.ask(send, seq, &fresh).await?;
                         return Ok(());
                     }
                     self.queue.drain(..batch.len());
                     self.read_at = 0;
-                    if self.queue.is_empty() {
-                        self.fetched.clear();
-                    }
+                    // Keep only the blocks still to be used.
+                    let keep: HashSet<Hash> = self
+                        .queue
+                        .iter()
+                        .filter_map(|ev| match ev {
+                            Event::Deliver(d) if d.requested => Some(&d.cs),
+                            _ => None,
+                        })
+                        .flat_map(super::server::hashes_of)
+                        .collect();
+                    self.fetched.retain(|h, _| keep.contains(h));
+                    self.request(send).await?;
                     // What came in may be pushed on.
                     self.push(send).await?;
                     continue;
@@ -651,9 +764,13 @@ impl Session<'_> {
         let mut ops = 0;
         for ev in &self.queue {
             match ev {
-                Event::Deliver(seq, cs) if batch.is_empty() || ops + cs.ops.len() <= BATCH_OPS => {
-                    ops += cs.ops.len();
-                    batch.push((*seq, cs.clone()));
+                Event::Deliver(d)
+                    if d.requested
+                        && d.waiting == 0
+                        && (batch.is_empty() || ops + d.cs.ops.len() <= BATCH_OPS) =>
+                {
+                    ops += d.cs.ops.len();
+                    batch.push((d.seq, d.cs.clone()));
                 }
                 _ => break,
             }

@@ -487,7 +487,7 @@ async fn connection(
     )
     .await?;
     let mut sent = last_applied;
-    let mut rx = reader(recv, bytes.clone());
+    let mut rx = reader(recv, bytes.clone(), 64);
     let mut pending: Option<Pending> = None;
     loop {
         // The log, in order, up to the head.

@@ -50,14 +50,17 @@ pub async fn send_msg(
     Ok(())
 }
 
-/// Reads messages into a channel, so that a `select!` never cancels a read
-/// half way through a frame.
+/// Reads messages into a channel of `depth` messages, so that a `select!`
+/// never cancels a read half way through a frame, and so that reading goes
+/// on (on another of the runtime's threads) while the reader of the
+/// channel is busy.
 pub fn reader(
     mut recv: quinn::RecvStream,
     bytes: Arc<Counted>,
+    depth: usize,
 ) -> tokio::sync::mpsc::Receiver<Result<Msg, SyncError>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::task::spawn_local(async move {
+    let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
+    tokio::spawn(async move {
         loop {
             let m = read_msg(&mut recv, &bytes).await;
             let end = !matches!(m, Ok(Some(_)));
