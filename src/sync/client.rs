@@ -251,6 +251,13 @@ const COUNTER_LEAP: u64 = 1 << 20;
 /// How often a peer saves its state at most (it is rewritten whole).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
+/// The least time between two pushes. A change made after a quiet moment
+/// goes at once; under a stream of commits (an fsync loop makes thousands
+/// a second) the pushes, and the server's and every peer's commits for
+/// them, are at most 1 / PUSH_GAP a second, each carrying all that
+/// changed since the last.
+const PUSH_GAP: Duration = Duration::from_millis(20);
+
 /// The most operations applied as one version when change-sets queue up.
 const BATCH_OPS: usize = 4096;
 
@@ -302,6 +309,8 @@ async fn run(
             asked: HashMap::new(),
             queue: VecDeque::new(),
             acked: false,
+            last_push: None,
+            push_later: false,
         };
         let r = s.run(&conf, &stop, &wake).await;
         if let Err(e) = s.save_now() {
@@ -373,6 +382,10 @@ struct Session<'a> {
     queue: VecDeque<Event>,
     /// An ack freed the push slot: push what is waiting.
     acked: bool,
+    /// When the last push went, and whether one waits for [`PUSH_GAP`]
+    /// to pass since.
+    last_push: Option<tokio::time::Instant>,
+    push_later: bool,
 }
 
 impl Session<'_> {
@@ -466,6 +479,12 @@ impl Session<'_> {
                     self.on_msg(m, &mut send).await?;
                 }
                 _ = wake.notified() => self.push(&mut send).await?,
+                _ = tokio::time::sleep_until(
+                    self.last_push.map_or_else(tokio::time::Instant::now, |t| t + PUSH_GAP)
+                ), if self.push_later => {
+                    self.push_later = false;
+                    self.push(&mut send).await?;
+                }
                 _ = tick.tick() => {
                     self.save_now()?;
                     self.push(&mut send).await?;
@@ -722,6 +741,10 @@ impl Session<'_> {
         if self.peer.in_flight() || !self.queue.is_empty() {
             return Ok(());
         }
+        if self.last_push.is_some_and(|t| t.elapsed() < PUSH_GAP) {
+            self.push_later = true;
+            return Ok(());
+        }
         // Nothing committed since the tree was last read and pushed.
         if self.read_at != 0 && self.fs.store().latest_version() == Some(self.read_at) {
             return Ok(());
@@ -750,6 +773,7 @@ impl Session<'_> {
             self.status.lock().in_flight_ops = cs.ops.len() as u64;
             tracing::debug!(counter = cs.counter, ops = cs.ops.len(), "sync push");
             send_msg(send, &Msg::Push(cs), &self.bytes).await?;
+            self.last_push = Some(tokio::time::Instant::now());
         }
         Ok(())
     }

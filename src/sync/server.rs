@@ -221,7 +221,7 @@ impl State {
         for item in snap.range(&from[..]..&to[..])? {
             let (k, _) = item?;
             head = k
-                .get(k.len() - 8..)
+                .get(k.len().saturating_sub(8)..)
                 .and_then(|b| b.try_into().ok())
                 .map_or(0, u64::from_be_bytes);
         }
