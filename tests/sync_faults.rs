@@ -297,3 +297,39 @@ fn a_network_cut_and_a_lossy_path_end_in_one_tree() {
     a.unmount();
     b.unmount();
 }
+
+/// The last changes before an unmount reach the server before the daemon
+/// exits: here the path is down when the unmount starts and comes back a
+/// second later, within the time an unmount waits for the server.
+#[test]
+fn changes_made_just_before_an_unmount_reach_the_other_peer() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let proxy = Proxy::start(server.port);
+    let a = peer_through(&server, &proxy, "a", work.path());
+    let b = peer(&server, "b", "v", work.path());
+    std::fs::write(a.path().join("before"), b"x").unwrap();
+    eventually(
+        "a connected through the proxy",
+        Duration::from_secs(30),
+        || b.path().join("before").exists(),
+    );
+    proxy.cut.store(true, Ordering::Relaxed);
+    let last = content(7, 300_000);
+    std::fs::write(a.path().join("last"), &last).unwrap();
+    let cut = &proxy.cut;
+    let status = std::thread::scope(|s| {
+        let down = s.spawn(|| a.unmount());
+        std::thread::sleep(Duration::from_secs(1));
+        cut.store(false, Ordering::Relaxed);
+        down.join().expect("unmount")
+    });
+    assert!(status.success(), "a's daemon: {status}");
+    eventually("a's last file on b", Duration::from_secs(30), || {
+        std::fs::read(b.path().join("last")).is_ok_and(|d| d == last)
+    });
+    b.unmount();
+}

@@ -251,6 +251,9 @@ const COUNTER_LEAP: u64 = 1 << 20;
 /// How often a peer saves its state at most (it is rewritten whole).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
+/// The longest an unmount waits for the server to take the last changes.
+const FINAL_PUSH_WAIT: Duration = Duration::from_secs(10);
+
 /// The least time between two pushes. A change made after a quiet moment
 /// goes at once; under a stream of commits (an fsync loop makes thousands
 /// a second) the pushes, and the server's and every peer's commits for
@@ -468,6 +471,7 @@ impl Session<'_> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             if stop.load(Ordering::Relaxed) {
+                self.push_the_rest(&mut send, &mut rx).await?;
                 let _ = send.finish();
                 conn.close(0u32.into(), b"unmount");
                 return Ok(());
@@ -495,6 +499,36 @@ impl Session<'_> {
             st.bytes_out = self.bytes.written.load(Ordering::Relaxed);
             st.applied = self.peer.applied;
             st.in_flight = self.peer.in_flight();
+        }
+    }
+
+    /// At unmount (the final commit made): pushes what is not yet pushed
+    /// and waits until the server has all of it, for at most
+    /// [`FINAL_PUSH_WAIT`]; what does not make it goes at the next mount.
+    async fn push_the_rest(
+        &mut self,
+        send: &mut quinn::SendStream,
+        rx: &mut tokio::sync::mpsc::Receiver<Result<Msg, SyncError>>,
+    ) -> Result<(), SyncError> {
+        let deadline = tokio::time::Instant::now() + FINAL_PUSH_WAIT;
+        loop {
+            self.drain(send).await?;
+            self.last_push = None;
+            self.push(send).await?;
+            if !self.peer.in_flight() && self.queue.is_empty() {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(m)) => self.on_msg(m?, send).await?,
+                Ok(None) => return Err(SyncError::Net("connection lost".into())),
+                Err(_) => {
+                    tracing::warn!(
+                        "sync: the server did not take the last changes within {FINAL_PUSH_WAIT:?}; \
+                         they go at the next mount"
+                    );
+                    return Ok(());
+                }
+            }
         }
     }
 
