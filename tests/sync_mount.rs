@@ -39,7 +39,23 @@ fn a_file_written_and_closed_on_one_peer_is_read_on_the_other() {
     let st = server.status();
     assert!(st["pushes"].as_u64().unwrap_or(0) >= 2, "{st}");
     a.unmount();
+    // Unmounted, the store still tells what it synced.
+    let b_store = b.store.clone();
     b.unmount();
+    let out = Command::new(bin())
+        .args(["status", "--json"])
+        .arg(&b_store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["state"], "not mounted", "{st}");
+    assert_eq!(st["sync"]["server"], server.url("v"), "{st}");
+    assert!(st["sync"]["applied"].as_u64().unwrap_or(0) >= 2, "{st}");
 }
 
 #[test]

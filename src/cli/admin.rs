@@ -255,8 +255,10 @@ fn gc_unmounted(store: &Path) -> anyhow::Result<ExitCode> {
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let answer = match locate(&args.path, &args.history_name)? {
         Located::Mount(file) => ask_live(&file, "status", |_, _| {})?,
-        Located::Store(dir) => ask_daemon(&dir, "status", |_, _| {})?
-            .with_context(|| format!("no daemon serves the store in {}", dir.display()))?,
+        Located::Store(dir) => match ask_daemon(&dir, "status", |_, _| {})? {
+            Some(a) => a,
+            None => return status_unmounted(&dir, args.json),
+        },
     };
     let st = &answer["status"];
     if args.json {
@@ -311,6 +313,29 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `zippyfs status` of a store no daemon serves: what its files say.
+fn status_unmounted(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let sync = zippyfs::sync::client::offline_status(dir)?;
+    let st = serde_json::json!({
+        "store": dir.display().to_string(),
+        "state": "not mounted",
+        "sync": sync.as_ref().map(|s| s.json()),
+    });
+    if json {
+        println!("{st}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("store:      {}", dir.display());
+    println!("state:      not mounted");
+    if let Some(s) = sync {
+        println!(
+            "sync:       not connected: not mounted; server {}; applied up to sequence {}",
+            s.server, s.applied
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `zippyfs umount`: asks the daemon to tell when it exits, unmounts, and

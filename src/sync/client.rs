@@ -159,6 +159,21 @@ impl Status {
     }
 }
 
+/// What a store that is not mounted says of its sync: the server it joined
+/// and the last sequence it applied, as saved (`None`: it does not sync).
+pub fn offline_status(store: &Path) -> Result<Option<Status>, SyncError> {
+    let Some(conf) = SyncConf::load(store)? else {
+        return Ok(None);
+    };
+    let peer = load_peer(store)?;
+    Ok(Some(Status {
+        server: conf.url(),
+        why: "not mounted".into(),
+        applied: peer.applied,
+        ..Default::default()
+    }))
+}
+
 /// The running sync thread.
 pub struct Client {
     stop: Arc<AtomicBool>,
