@@ -91,6 +91,7 @@ fn apply_content(tree: &mut Tree, stamp: Stamp, cs: &ChangeSet, op: &Op) -> bool
     else {
         return false;
     };
+    tree.touch(*fid);
     let node = match tree.nodes.get_mut(fid) {
         Some(n) => {
             if concurrent(n.changed, cs) || n.meta.kind != meta.kind {
@@ -189,7 +190,7 @@ fn apply_names(tree: &mut Tree, stamp: Stamp, cs: &ChangeSet, out: &mut Outcome)
         {
             rescue(tree, *fid, k, cs);
         }
-        if let Some(n) = tree.nodes.get_mut(fid) {
+        if let Some(n) = tree.node_mut(*fid) {
             n.renamed = stamp;
         }
     }

@@ -363,6 +363,16 @@ enum Event {
     Ack(u64, u64, i64),
 }
 
+/// How one try at applying a batch went.
+enum Attempt {
+    /// Applied (or nothing to write), with this many conflict copies made.
+    Done(u64),
+    /// These blocks are needed first; nothing changed.
+    Need(Vec<Hash>),
+    /// Something changed here meanwhile; nothing changed.
+    Moved,
+}
+
 /// A change-set of the log, waiting to be applied.
 struct Delivered {
     seq: u64,
@@ -827,6 +837,61 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Delivers `batch` to the peer (recording) and writes what that
+    /// changed in the local tree into the filesystem, onto commit `version`.
+    fn try_apply(
+        &mut self,
+        batch: &[(u64, ChangeSet)],
+        now: i64,
+        version: u64,
+        cause: &str,
+    ) -> Result<Attempt, SyncError> {
+        let mut copies = 0u64;
+        let mut changed = std::collections::BTreeSet::new();
+        for (seq, cs) in batch {
+            changed.extend(
+                self.peer
+                    .on_deliver(*seq, cs, now, &mut || {
+                        copies += 1;
+                        let r = super::random32().unwrap_or_default();
+                        u128::from_le_bytes(r[..16].try_into().unwrap_or_default())
+                    })
+                    .map_err(|v| SyncError::Protocol(v.to_string()))?,
+            );
+        }
+        let before = self.peer.local.before(&changed);
+        let ops = diff(&before, &self.peer.local, Some(&changed));
+        if ops.is_empty() {
+            return Ok(Attempt::Done(copies));
+        }
+        let (fetched, places, fs) = (&self.fetched, &self.view.places, self.fs);
+        let change = match to_remote(&ops, version, &mut |h| {
+            fetched.get(h).cloned().or_else(|| {
+                // A place may be stale (the file changed since): the
+                // bytes must still hash to `h`.
+                let (fid, idx) = places.get(h)?;
+                let b = fs.committed_block(version, *fid, *idx).ok()?;
+                (blake3::hash(&b).as_bytes() == h).then_some(b)
+            })
+        }) {
+            Ok(c) => c,
+            Err(missing) => return Ok(Attempt::Need(missing.0)),
+        };
+        Ok(match self.fs.apply_remote(&change, cause)? {
+            Applied::Done {
+                mut inodes,
+                entries,
+            } => {
+                inodes.extend(entries.iter().map(|(dir, _)| *dir));
+                inodes.sort_unstable();
+                inodes.dedup();
+                self.fs.changed_elsewhere(&inodes, &entries);
+                Attempt::Done(copies)
+            }
+            Applied::Moved => Attempt::Moved,
+        })
+    }
+
     /// The change-sets delivered at the front of the queue, in order, up to
     /// [`BATCH_OPS`] operations (at least one): applied as one version.
     /// A peer catching up on a long log pays the fixed costs of an apply
@@ -887,55 +952,26 @@ impl Session<'_> {
             self.fs.invalidate(&here, &[]);
             self.fs.commit("sync: before applying")?;
             let version = self.read_local()?;
-            let mut trial = self.peer.clone();
-            let mut copies = 0u64;
-            let mut changed = std::collections::BTreeSet::new();
-            for (seq, cs) in batch {
-                changed.extend(
-                    trial
-                        .on_deliver(*seq, cs, now, &mut || {
-                            copies += 1;
-                            let r = super::random32().unwrap_or_default();
-                            u128::from_le_bytes(r[..16].try_into().unwrap_or_default())
-                        })
-                        .map_err(|v| SyncError::Protocol(v.to_string()))?,
-                );
-            }
-            let ops = diff(&self.peer.local, &trial.local, Some(&changed));
-            if ops.is_empty() {
-                *self.peer = trial;
-                self.state_changed()?;
-                return Ok(Vec::new());
-            }
-            let (fetched, places, fs) = (&self.fetched, &self.view.places, self.fs);
-            let change = match to_remote(&ops, version, &mut |h| {
-                fetched.get(h).cloned().or_else(|| {
-                    // A place may be stale (the file changed since): the
-                    // bytes must still hash to `h`.
-                    let (fid, idx) = places.get(h)?;
-                    let b = fs.committed_block(version, *fid, *idx).ok()?;
-                    (blake3::hash(&b).as_bytes() == h).then_some(b)
-                })
-            }) {
-                Ok(c) => c,
-                Err(missing) => return Ok(missing.0),
-            };
-            match self.fs.apply_remote(&change, &cause)? {
-                Applied::Done {
-                    mut inodes,
-                    entries,
-                } => {
-                    inodes.extend(entries.iter().map(|(dir, _)| *dir));
-                    inodes.sort_unstable();
-                    inodes.dedup();
-                    self.fs.changed_elsewhere(&inodes, &entries);
-                    *self.peer = trial;
+            // Worked out on the peer itself, recorded: a refusal takes it
+            // back (a copy of the trees would cost O(files) every time).
+            let saved = self.peer.record();
+            match self.try_apply(batch, now, version, &cause) {
+                Ok(Attempt::Done(copies)) => {
+                    self.peer.keep();
                     self.state_changed()?;
                     self.status.lock().conflicts += copies;
-                    tracing::debug!(first, last, files = changed.len(), "sync applied");
+                    tracing::debug!(first, last, "sync applied");
                     return Ok(Vec::new());
                 }
-                Applied::Moved => continue,
+                Ok(Attempt::Need(missing)) => {
+                    self.peer.undo(saved);
+                    return Ok(missing);
+                }
+                Ok(Attempt::Moved) => self.peer.undo(saved),
+                Err(e) => {
+                    self.peer.undo(saved);
+                    return Err(e);
+                }
             }
         }
         Err(SyncError::Net(format!(

@@ -47,6 +47,14 @@ pub const PUSH_OPS: usize = 1024;
 /// The most blocks in one push (64 MiB of 64 KiB blocks), likewise.
 pub const PUSH_BLOCKS: usize = 1024;
 
+/// What [`Peer::record`] keeps besides the trees' journals.
+pub struct Saved {
+    applied: u64,
+    counter: u64,
+    in_flight: Option<ChangeSet>,
+    candidates: Option<BTreeSet<FileId>>,
+}
+
 #[derive(Clone)]
 pub struct Peer {
     pub id: PeerId,
@@ -73,6 +81,35 @@ impl Peer {
             in_flight: None,
             candidates: None,
         }
+    }
+
+    /// Starts recording what follows (deliveries), so that [`Peer::undo`]
+    /// can take it back without a copy of the trees (see [`Tree::record`]).
+    pub fn record(&mut self) -> Saved {
+        self.synced.record();
+        self.local.record();
+        Saved {
+            applied: self.applied,
+            counter: self.counter,
+            in_flight: self.in_flight.clone(),
+            candidates: self.candidates.clone(),
+        }
+    }
+
+    /// Takes back everything since [`Peer::record`] returned `saved`.
+    pub fn undo(&mut self, saved: Saved) {
+        self.synced.undo();
+        self.local.undo();
+        self.applied = saved.applied;
+        self.counter = saved.counter;
+        self.in_flight = saved.in_flight;
+        self.candidates = saved.candidates;
+    }
+
+    /// Keeps everything since [`Peer::record`], and stops recording.
+    pub fn keep(&mut self) {
+        self.synced.keep();
+        self.local.keep();
     }
 
     /// These files changed locally (or may have): the next push compares them.
@@ -311,7 +348,7 @@ impl Peer {
         }
         for &fid in &near {
             if let Some(n) = self.synced.nodes.get(&fid) {
-                self.local.nodes.insert(fid, n.clone());
+                self.local.put_node(fid, n.clone());
             }
         }
         for &fid in &near {
@@ -350,7 +387,7 @@ impl Peer {
             let mut node = node.clone();
             node.changed = Stamp::default();
             node.renamed = Stamp::default();
-            self.local.nodes.insert(copy, node);
+            self.local.put_node(copy, node);
             let (dir, base) = name
                 .clone()
                 .or_else(|| old.names_of(*fid).next().cloned())

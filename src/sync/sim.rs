@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use super::apply::apply;
 use super::peer::{Peer, Relay};
-use super::tree::{ChangeSet, FileId, Hash, Key, Meta, Node, ROOT_ID, Stamp, Tree};
+use super::tree::{ChangeSet, FileId, Hash, Key, Meta, Node, ROOT_ID, Stamp, Tree, diff};
 use crate::fs::{Kind, Time};
 
 struct Rng(u64);
@@ -254,7 +254,57 @@ impl Sim {
         let mut fids = sp.fids;
         let first = fids;
         let pid = sp.peer.id;
+        // Half the deliveries are recorded first (as the client does), and
+        // of those half are undone and done again: the undo must give back
+        // the peer exactly, and the recorded state before must diff as a
+        // copy would.
+        let recorded = self.rng.below(2) == 0;
+        let undone = self.rng.below(2) == 0;
+        let sp = &mut self.peers[p];
         let r = match &m {
+            Down::Deliver(seq, cs) if recorded => {
+                let copy = sp.peer.clone();
+                let saved = sp.peer.record();
+                let mut scratch = fids;
+                let got = sp.peer.on_deliver(*seq, cs, now, &mut || {
+                    scratch += 1;
+                    ((pid as u128) << 64) | (1 << 63) | scratch as u128
+                });
+                if let Ok(changed) = &got {
+                    let by_copy = diff(&copy.local, &sp.peer.local, Some(changed));
+                    let by_record = diff(
+                        &sp.peer.local.before(changed),
+                        &sp.peer.local,
+                        Some(changed),
+                    );
+                    if by_copy != by_record {
+                        return Err(format!(
+                            "p{}: the recorded diff differs from the copy's",
+                            p + 1
+                        ));
+                    }
+                }
+                if undone || got.is_err() {
+                    sp.peer.undo(saved);
+                    let same = sp.peer.synced == copy.synced
+                        && sp.peer.local == copy.local
+                        && sp.peer.applied == copy.applied
+                        && sp.peer.counter == copy.counter;
+                    if !same {
+                        return Err(format!("p{}: undo did not give the peer back", p + 1));
+                    }
+                    sp.peer
+                        .on_deliver(*seq, cs, now, &mut || {
+                            fids += 1;
+                            ((pid as u128) << 64) | (1 << 63) | fids as u128
+                        })
+                        .map(|_| ())
+                } else {
+                    sp.peer.keep();
+                    fids = scratch;
+                    got.map(|_| ())
+                }
+            }
             Down::Deliver(seq, cs) => sp
                 .peer
                 .on_deliver(*seq, cs, now, &mut || {

@@ -78,6 +78,33 @@ pub struct Tree {
     pub entries: BTreeMap<Key, FileId>,
     /// Every file's names (the inverse of `entries`); a directory has one.
     pub names: BTreeMap<FileId, BTreeSet<Key>>,
+    /// While recording ([`Tree::record`]): each file as it was before it
+    /// was first changed. Not part of what the tree is (equality ignores it).
+    pub journal: Journal,
+}
+
+/// A file's node (if it had one) and names, before a change.
+type Before = (Option<Node>, BTreeSet<Key>);
+
+/// See [`Tree::journal`].
+#[derive(Clone, Default)]
+pub struct Journal(Option<BTreeMap<FileId, Before>>);
+
+impl PartialEq for Journal {
+    fn eq(&self, _: &Journal) -> bool {
+        true
+    }
+}
+
+impl Eq for Journal {}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(j) => write!(f, "Journal({} files)", j.len()),
+            None => f.write_str("Journal(off)"),
+        }
+    }
 }
 
 impl Default for Tree {
@@ -109,6 +136,7 @@ impl Tree {
             nodes: BTreeMap::from([(ROOT_ID, node)]),
             entries: BTreeMap::new(),
             names: BTreeMap::new(),
+            journal: Journal::default(),
         }
     }
 
@@ -118,7 +146,91 @@ impl Tree {
             nodes: BTreeMap::new(),
             entries: BTreeMap::new(),
             names: BTreeMap::new(),
+            journal: Journal::default(),
         }
+    }
+
+    /// Starts recording each file as it was before it changes, so that the
+    /// changes can be undone ([`Tree::undo`]) without a copy of the whole
+    /// tree; a change touches the files it names, a copy touches them all.
+    pub fn record(&mut self) {
+        self.journal.0 = Some(BTreeMap::new());
+    }
+
+    /// Stops recording and keeps the changes.
+    pub fn keep(&mut self) {
+        self.journal.0 = None;
+    }
+
+    /// `fid` is about to change: while recording, keep it as it is now
+    /// unless it changed before. Every change of a node or of a name goes
+    /// through here (the methods below call it; direct changes of `nodes`
+    /// call it first).
+    pub fn touch(&mut self, fid: FileId) {
+        if let Some(j) = &mut self.journal.0
+            && !j.contains_key(&fid)
+        {
+            let was = (
+                self.nodes.get(&fid).cloned(),
+                self.names.get(&fid).cloned().unwrap_or_default(),
+            );
+            j.insert(fid, was);
+        }
+    }
+
+    /// The node of `fid` to change (recorded first).
+    pub fn node_mut(&mut self, fid: FileId) -> Option<&mut Node> {
+        self.touch(fid);
+        self.nodes.get_mut(&fid)
+    }
+
+    /// Puts `node` as `fid`'s node (recorded first).
+    pub fn put_node(&mut self, fid: FileId, node: Node) {
+        self.touch(fid);
+        self.nodes.insert(fid, node);
+    }
+
+    /// Undoes every change since [`Tree::record`], and stops recording.
+    pub fn undo(&mut self) {
+        let Some(j) = self.journal.0.take() else {
+            return;
+        };
+        for fid in j.keys() {
+            for k in self.names.remove(fid).unwrap_or_default() {
+                if self.entries.get(&k) == Some(fid) {
+                    self.entries.remove(&k);
+                }
+            }
+            self.nodes.remove(fid);
+        }
+        for (fid, (node, keys)) in j {
+            if let Some(n) = node {
+                self.nodes.insert(fid, n);
+            }
+            for k in keys {
+                self.link(k, fid);
+            }
+        }
+    }
+
+    /// These files as they were when recording began (as they are, for
+    /// those not changed since): the `from` of a [`diff`] over them.
+    pub fn before(&self, fids: &BTreeSet<FileId>) -> Tree {
+        let mut t = Tree::empty();
+        for &fid in fids {
+            match self.journal.0.as_ref().and_then(|j| j.get(&fid)) {
+                Some((node, keys)) => {
+                    if let Some(n) = node {
+                        t.nodes.insert(fid, n.clone());
+                    }
+                    for k in keys {
+                        t.link(k.clone(), fid);
+                    }
+                }
+                None => t.copy_from(self, [fid]),
+            }
+        }
+        t
     }
 
     /// Copies these files of `from` (their nodes and names) into this tree.
@@ -152,12 +264,18 @@ impl Tree {
     }
 
     pub fn link(&mut self, key: Key, fid: FileId) {
+        self.touch(fid);
+        if let Some(&was) = self.entries.get(&key) {
+            self.touch(was);
+        }
         self.names.entry(fid).or_default().insert(key.clone());
         self.entries.insert(key, fid);
     }
 
     pub fn unlink(&mut self, key: &Key) -> Option<FileId> {
-        let fid = self.entries.remove(key)?;
+        let fid = *self.entries.get(key)?;
+        self.touch(fid);
+        self.entries.remove(key);
         if let Some(set) = self.names.get_mut(&fid) {
             set.remove(key);
             if set.is_empty() {
@@ -186,6 +304,7 @@ impl Tree {
 
     /// Drops a file with all its names and content.
     pub fn remove_file(&mut self, fid: FileId) -> Option<Node> {
+        self.touch(fid);
         let keys: Vec<Key> = self.names_of(fid).cloned().collect();
         for k in &keys {
             self.entries.remove(k);
