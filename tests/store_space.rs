@@ -279,3 +279,38 @@ fn a_policy_set_by_a_commit_is_kept_in_the_store_and_wins_over_the_one_given_at_
     assert!(store.has_stored_policy());
     assert_eq!(store.retention(), Retention::last(2));
 }
+
+/// A reader asking for the newest version while commits come, each letting
+/// the one before go (`keep-last 1`), always gets one: it is found and
+/// pinned at once, never let go in between.
+#[test]
+fn the_newest_version_is_always_there_to_read_while_commits_let_the_last_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            map_size: 1 << 30,
+            retention: Retention::last(1),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..3_000u32 {
+                let mut t = store.begin_write().unwrap();
+                t.put(b"k", &i.to_le_bytes()).unwrap();
+                t.commit("test").unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let mut reads = 0u64;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let snap = store.latest().expect("the newest version, pinned");
+            assert!(snap.get(b"k").is_ok());
+            reads += 1;
+        }
+        assert!(reads > 100, "only {reads} reads overlapped the commits");
+    });
+}

@@ -218,8 +218,24 @@ impl Store {
 
     /// A snapshot of the newest version (an empty view of an empty store).
     pub fn latest(&self) -> StoreResult<Snapshot<'_>> {
-        match self.latest_version() {
-            Some(v) => self.snapshot(v),
+        // Found and pinned under one lock: between a look at the newest
+        // version and its pin, a commit could make a newer one and the
+        // retention policy let this one go (`keep-last 1`: every time).
+        let mut sh = self.shared.lock();
+        let newest = sh
+            .versions
+            .iter()
+            .next_back()
+            .map(|(&v, m)| (v, m.data_root));
+        match newest {
+            Some((version, root)) => {
+                *sh.pins.entry(version).or_default() += 1;
+                Ok(Snapshot {
+                    store: self,
+                    version,
+                    root,
+                })
+            }
             None => Ok(Snapshot {
                 store: self,
                 version: 0,
