@@ -244,22 +244,29 @@ fn peer_through(server: &Server, proxy: &Proxy, name: &str, work: &Path) -> Moun
     peer_at(server, &url, name, "v", work)
 }
 
-#[test]
-fn a_network_cut_and_a_lossy_path_end_in_one_tree() {
-    if !fuse_or_skip() {
-        return;
-    }
-    let work = tempfile::tempdir().unwrap();
+/// A server, peer a reaching it through a proxy of the test's own (seen
+/// connected: a file it wrote is on b), and peer b reaching it directly.
+fn a_through_a_proxy_and_b(work: &Path) -> (Server, Proxy, Mounted, Mounted) {
     let server = Server::start();
     let proxy = Proxy::start(server.port);
-    let a = peer_through(&server, &proxy, "a", work.path());
-    let b = peer(&server, "b", "v", work.path());
+    let a = peer_through(&server, &proxy, "a", work);
+    let b = peer(&server, "b", "v", work);
     std::fs::write(a.path().join("before"), b"x").unwrap();
     eventually(
         "a connected through the proxy",
         Duration::from_secs(30),
         || b.path().join("before").exists(),
     );
+    (server, proxy, a, b)
+}
+
+#[test]
+fn a_network_cut_and_a_lossy_path_end_in_one_tree() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (_server, proxy, a, b) = a_through_a_proxy_and_b(work.path());
     // Cut for longer than the idle timeout: the connection dies; both
     // peers work on.
     proxy.cut.store(true, Ordering::Relaxed);
@@ -307,16 +314,7 @@ fn changes_made_just_before_an_unmount_reach_the_other_peer() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let server = Server::start();
-    let proxy = Proxy::start(server.port);
-    let a = peer_through(&server, &proxy, "a", work.path());
-    let b = peer(&server, "b", "v", work.path());
-    std::fs::write(a.path().join("before"), b"x").unwrap();
-    eventually(
-        "a connected through the proxy",
-        Duration::from_secs(30),
-        || b.path().join("before").exists(),
-    );
+    let (_server, proxy, a, b) = a_through_a_proxy_and_b(work.path());
     proxy.cut.store(true, Ordering::Relaxed);
     let last = content(7, 300_000);
     std::fs::write(a.path().join("last"), &last).unwrap();

@@ -317,7 +317,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 
 /// `zippyfs status` of a store no daemon serves: what its files say.
 fn status_unmounted(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let sync = zippyfs::sync::client::offline_status(dir)?;
+    let sync = zippyfs::sync::conf::offline_status(dir)?;
     let st = serde_json::json!({
         "store": dir.display().to_string(),
         "state": "not mounted",

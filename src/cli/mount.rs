@@ -102,7 +102,7 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
         writeback_cache: true,
         options: Vec::new(),
     };
-    let mut sync_window = zippyfs::sync::client::DEFAULT_WINDOW;
+    let mut sync_window = zippyfs::sync::conf::DEFAULT_WINDOW;
     for o in args
         .options
         .iter()
@@ -293,7 +293,7 @@ pub fn serve(plan: &Plan, live: &mut dyn FnMut()) -> anyhow::Result<()> {
         format!("cannot make the control socket in {}", plan.store.display())
     })?;
     let flusher = fs.spawn_flusher();
-    let sync = match zippyfs::sync::client::SyncConf::load(&plan.store)? {
+    let sync = match zippyfs::sync::conf::SyncConf::load(&plan.store)? {
         Some(mut conf) => {
             tracing::info!(server = %conf.url(), "syncing");
             conf.window = plan.sync_window;

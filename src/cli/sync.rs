@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use zippyfs::sync::client::SyncConf;
+use zippyfs::sync::conf::SyncConf;
 use zippyfs::sync::server;
 
 #[derive(clap::Args)]
@@ -93,7 +93,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<ExitCode> {
         volume,
         fingerprint,
         credential,
-        window: zippyfs::sync::client::DEFAULT_WINDOW,
+        window: zippyfs::sync::conf::DEFAULT_WINDOW,
     }
     .save(&args.store)?;
     println!(

@@ -10,12 +10,14 @@
 //! - `local.rs`: a peer's own filesystem as a tree, and changes written
 //!   back into it.
 //! - `wire.rs`: the protocol's frames; `tls.rs`: certificates and pinning.
-//! - `server.rs`: `zippyfs serve`; `client.rs`: the mount's sync thread;
-//!   `view.rs`: its local tree, kept up to the last commit.
-//! - `sim.rs`: the deterministic simulation (tests).
+//! - `server.rs`: `zippyfs serve`; `client/`: the mount's sync thread
+//!   (`client/incoming.rs`: what it receives); `view.rs`: its local tree,
+//!   kept up to the last commit; `conf.rs`: `sync.conf`, `sync.state`, status.
+//! - `sim/`: the deterministic simulation (tests).
 
 pub mod apply;
 pub mod client;
+pub mod conf;
 pub mod local;
 pub mod peer;
 pub mod server;

@@ -1,6 +1,6 @@
 //! A peer's side of sync, without I/O: what it pushes, and what it does
 //! with what the server sends. The network client drives it; the
-//! simulation (`sim.rs`) drives many of them against a [`Relay`].
+//! simulation (`sim/`) drives many of them against a [`Relay`].
 //!
 //! ## What a peer keeps
 //!

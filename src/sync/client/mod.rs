@@ -1,30 +1,16 @@
 //! The mount's sync thread: connects to the server named in
-//! `<store>/sync.conf`, pushes each local commit, applies what other peers
-//! pushed, and reconnects (1 to 5 s apart) when the connection goes. It
-//! runs on its own thread (`zippy-sync`), with a one-thread tokio runtime
-//! for quinn, off the FUSE and commit threads.
+//! `<store>/sync.conf` (`conf.rs`), pushes each local commit, applies what
+//! other peers pushed, and reconnects (1 to 5 s apart) when the connection
+//! goes. It runs on its own thread (`zippy-sync`), off the FUSE and commit
+//! threads; the connection and the reading of messages run on a tokio
+//! worker thread of their own (`zippy-sync-net`).
 //!
-//! ## `sync.conf` (written by `zippyfs join`, readable by its owner only)
-//!
-//! ```text
-//! server = quic://HOST:PORT/VOLUME
-//! fingerprint = <SHA-256 of the server's certificate, hex>
-//! credential = <the peer's credential>
-//! ```
-//!
-//! ## `sync.state`: see `wire/state.rs`.
-//!
-//! ## Applying a change-set
-//!
-//! The thread commits what the mount has pending, reads the last commit as
-//! a tree, lets [`Peer::on_deliver`] work out the new local tree, and
-//! writes the difference with [`Fs::apply_remote`], which refuses if
-//! anything changed in between (then it tries again). The kernel is told
-//! which inodes and names changed.
-//!
-//! Today the local tree is read whole from the last commit at each push
-//! and each change-set received (a scan, O(files)); reading only what a
-//! commit changed is the next step.
+//! A session pushes what commits changed (read through `view.rs`, only
+//! what each commit touched), and receives change-sets: `incoming.rs` asks
+//! for their blocks and applies them, then the kernel is told which inodes
+//! and names changed (`Fs::changed_elsewhere`).
+
+mod incoming;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -35,144 +21,17 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::conf::{Status, SyncConf, load_peer, save_peer};
 use super::local::{block_places, to_remote, tree_of};
 use super::peer::Peer;
 use super::stream::{Counted, reader, send_msg};
-use super::tree::{ChangeSet, FileId, Hash, Tree, diff};
+use super::tree::{ChangeSet, FileId, Hash};
 use super::view::{LocalView, Touched};
-use super::wire::{MAX_WANT, Msg, PROTO_MAX, PROTO_MIN, state};
-use super::{SyncError, tls, write_atomic, write_private};
+use super::wire::{MAX_WANT, Msg, PROTO_MAX, PROTO_MIN};
+use super::{SyncError, tls};
 use crate::fs::Fs;
 use crate::fs::remote::Applied;
-
-pub const CONF_FILE: &str = "sync.conf";
-pub const STATE_FILE: &str = "sync.state";
-
-/// Where a store syncs to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SyncConf {
-    pub host: String,
-    pub port: u16,
-    pub volume: String,
-    pub fingerprint: String,
-    pub credential: String,
-    /// Bytes of blocks held or asked for, at most, for change-sets not
-    /// yet applied (`-o sync_window`; [`DEFAULT_WINDOW`]).
-    pub window: u64,
-}
-
-impl SyncConf {
-    /// Parses `quic://HOST:PORT/VOLUME`.
-    pub fn parse_url(url: &str) -> Result<(String, u16, String), SyncError> {
-        let bad = || SyncError::Config(format!("{url:?} is not quic://HOST:PORT/VOLUME"));
-        let rest = url.strip_prefix("quic://").ok_or_else(bad)?;
-        let (addr, volume) = rest.split_once('/').ok_or_else(bad)?;
-        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
-        let port = port.parse().map_err(|_| bad())?;
-        if host.is_empty() || volume.is_empty() || volume.contains('/') {
-            return Err(bad());
-        }
-        Ok((
-            host.trim_matches(['[', ']']).to_string(),
-            port,
-            volume.to_string(),
-        ))
-    }
-
-    pub fn url(&self) -> String {
-        format!("quic://{}:{}/{}", self.host, self.port, self.volume)
-    }
-
-    /// The store's sync configuration, if it has one.
-    pub fn load(store: &Path) -> Result<Option<SyncConf>, SyncError> {
-        let path = store.join(CONF_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(SyncError::io(&path, e)),
-        };
-        let mut fields: HashMap<&str, &str> = HashMap::new();
-        for line in text.lines() {
-            if let Some((k, v)) = line.split_once('=') {
-                fields.insert(k.trim(), v.trim());
-            }
-        }
-        let get = |k: &str| {
-            fields.get(k).map(|v| v.to_string()).ok_or_else(|| {
-                SyncError::Config(format!("{}: no `{k} = ...` line", path.display()))
-            })
-        };
-        let (host, port, volume) = SyncConf::parse_url(&get("server")?)?;
-        Ok(Some(SyncConf {
-            host,
-            port,
-            volume,
-            fingerprint: get("fingerprint")?,
-            credential: get("credential")?,
-            window: DEFAULT_WINDOW,
-        }))
-    }
-
-    pub fn save(&self, store: &Path) -> Result<(), SyncError> {
-        let text = format!(
-            "server = {}\nfingerprint = {}\ncredential = {}\n",
-            self.url(),
-            self.fingerprint,
-            self.credential
-        );
-        write_private(&store.join(CONF_FILE), text.as_bytes())
-    }
-}
-
-/// What `status` and `daemon.json` show of sync.
-#[derive(Clone, Debug, Default)]
-pub struct Status {
-    pub connected: bool,
-    pub why: String,
-    pub server: String,
-    pub peer: String,
-    pub applied: u64,
-    pub pushed: u64,
-    pub in_flight: bool,
-    /// The changes in the push in flight.
-    pub in_flight_ops: u64,
-    pub conflicts: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-}
-
-impl Status {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "connected": self.connected,
-            "why": self.why,
-            "server": self.server,
-            "peer": self.peer,
-            "applied": self.applied,
-            "pushed": self.pushed,
-            "in_flight": self.in_flight,
-            "in_flight_ops": self.in_flight_ops,
-            "conflicts": self.conflicts,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-        })
-    }
-}
-
-/// What a store that is not mounted says of its sync: the server it joined
-/// and the last sequence it applied, as saved (`None`: it does not sync).
-pub fn offline_status(store: &Path) -> Result<Option<Status>, SyncError> {
-    let Some(conf) = SyncConf::load(store)? else {
-        return Ok(None);
-    };
-    let peer = load_peer(store)?;
-    Ok(Some(Status {
-        server: conf.url(),
-        why: "not mounted".into(),
-        applied: peer.applied,
-        ..Default::default()
-    }))
-}
+use incoming::Delivered;
 
 /// The running sync thread.
 pub struct Client {
@@ -242,27 +101,6 @@ impl Client {
     }
 }
 
-fn load_peer(store: &Path) -> Result<Peer, SyncError> {
-    let path = store.join(STATE_FILE);
-    match std::fs::read(&path) {
-        Ok(b) => {
-            let s = state::decode(&b)
-                .map_err(|e| SyncError::Config(format!("{}: {e}", path.display())))?;
-            let mut p = Peer::new(s.id, "", s.synced);
-            p.applied = s.applied;
-            // The state is saved at most once a second, so pushes made
-            // after the last save may have been taken; the server ignores
-            // a counter it has seen, so start well past any of them.
-            p.counter = s.counter.saturating_add(COUNTER_LEAP);
-            Ok(p)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Peer::new(0, "", Tree::default())),
-        Err(e) => Err(SyncError::io(&path, e)),
-    }
-}
-
-/// More pushes than a peer makes between two saves of its state.
-const COUNTER_LEAP: u64 = 1 << 20;
 /// How often a peer saves its state at most (it is rewritten whole).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -275,18 +113,6 @@ const FINAL_PUSH_WAIT: Duration = Duration::from_secs(10);
 /// them, are at most 1 / PUSH_GAP a second, each carrying all that
 /// changed since the last.
 const PUSH_GAP: Duration = Duration::from_millis(20);
-
-/// The most operations applied as one version when change-sets queue up.
-const BATCH_OPS: usize = 4096;
-
-/// Bytes of blocks held or asked for, at most, for change-sets not yet
-/// applied; past it, change-sets wait to be asked for.
-pub const DEFAULT_WINDOW: u64 = 128 << 20;
-
-fn save_peer(store: &Path, p: &Peer) -> Result<(), SyncError> {
-    let bytes = state::encode(p.id, p.applied, p.counter, &p.synced)?;
-    write_atomic(&store.join(STATE_FILE), &bytes)
-}
 
 async fn run(
     fs: Arc<Fs>,
@@ -361,26 +187,6 @@ async fn run(
 enum Event {
     Deliver(Delivered),
     Ack(u64, u64, i64),
-}
-
-/// How one try at applying a batch went.
-enum Attempt {
-    /// Applied (or nothing to write), with this many conflict copies made.
-    Done(u64),
-    /// These blocks are needed first; nothing changed.
-    Need(Vec<Hash>),
-    /// Something changed here meanwhile; nothing changed.
-    Moved,
-}
-
-/// A change-set of the log, waiting to be applied.
-struct Delivered {
-    seq: u64,
-    cs: ChangeSet,
-    /// Its blocks were asked for (those not here): it is in the window.
-    requested: bool,
-    /// Blocks it asked for that have not come yet.
-    waiting: usize,
 }
 
 struct Session<'a> {
@@ -560,12 +366,8 @@ impl Session<'_> {
     async fn on_msg(&mut self, m: Msg, send: &mut quinn::SendStream) -> Result<(), SyncError> {
         match m {
             Msg::Deliver { seq, cs } => {
-                self.queue.push_back(Event::Deliver(Delivered {
-                    seq,
-                    cs,
-                    requested: false,
-                    waiting: 0,
-                }));
+                self.queue
+                    .push_back(Event::Deliver(Delivered::new(seq, cs)));
                 self.request(send).await?;
             }
             Msg::Ack { counter, seq, time } => self.queue.push_back(Event::Ack(seq, counter, time)),
@@ -602,79 +404,6 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Sequence `seq` waits for one block more (1) or less (-1).
-    fn waits(&mut self, seq: u64, by: isize) {
-        for ev in &mut self.queue {
-            if let Event::Deliver(d) = ev
-                && d.seq == seq
-            {
-                d.waiting = d.waiting.saturating_add_signed(by);
-                return;
-            }
-        }
-    }
-
-    /// Asks for the blocks of the change-sets next in the queue that are
-    /// not here, as long as fewer than a window's worth (`SyncConf::window`)
-    /// are held or on their way (the first change-set waiting is always asked for): the
-    /// blocks of a long log stream in as it is applied, and memory holds a
-    /// window of them, not all.
-    async fn request(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
-        let mut first = true;
-        let mut asks: Vec<(u64, Vec<Hash>)> = Vec::new();
-        let mut asking: HashSet<Hash> = HashSet::new();
-        let window = (self.window / self.fs.block_size().max(1)).max(1) as usize;
-        let mut held = self.asked.len() + self.fetched.len();
-        for ev in &mut self.queue {
-            let Event::Deliver(d) = ev else {
-                continue;
-            };
-            if d.requested {
-                first = false;
-                continue;
-            }
-            if !first && held >= window {
-                break;
-            }
-            first = false;
-            d.requested = true;
-            let need: Vec<Hash> = super::server::hashes_of(&d.cs)
-                .into_iter()
-                .filter(|h| {
-                    !self.view.places.contains_key(h)
-                        && !self.fetched.contains_key(h)
-                        && !self.asked.contains_key(h)
-                        && asking.insert(*h)
-                })
-                .collect();
-            held += need.len();
-            d.waiting += need.len();
-            asks.push((d.seq, need));
-        }
-        for (seq, need) in asks {
-            self.ask(send, seq, &need).await?;
-        }
-        Ok(())
-    }
-
-    /// Asks the server for these blocks for sequence `seq` (a Want per
-    /// 32,768).
-    async fn ask(
-        &mut self,
-        send: &mut quinn::SendStream,
-        seq: u64,
-        need: &[Hash],
-    ) -> Result<(), SyncError> {
-        for chunk in need.chunks(MAX_WANT) {
-            self.asked.extend(chunk.iter().map(|h| (*h, seq)));
-            let want = Msg::Want {
-                hashes: chunk.to_vec(),
-            };
-            send_msg(send, &want, &self.bytes).await?;
-        }
-        Ok(())
-    }
-
     /// Handles, in order, what can be handled now: a change-set once its
     /// blocks are here, an ack.
     async fn drain(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
@@ -691,47 +420,10 @@ impl Session<'_> {
                     self.read_at = 0;
                     self.push_snap = None;
                 }
-                Event::Deliver(d) => {
-                    // Its blocks first.
-                    if !d.requested || d.waiting > 0 {
+                Event::Deliver(_) => {
+                    if !self.apply_front(send).await? {
                         return Ok(());
                     }
-                    let seq = d.seq;
-                    let batch = self.next_batch();
-                    let need = self.apply(&batch)?;
-                    if !need.is_empty() {
-                        // The result needs blocks this peer no longer has
-                        // (a file deleted here comes back): ask, then again.
-                        // A block already asked for by a later change-set
-                        // is now waited for by this one.
-                        let mut fresh = Vec::new();
-                        for h in need {
-                            match self.asked.get_mut(&h) {
-                                Some(by) => {
-                                    let was = std::mem::replace(by, seq);
-                                    self.waits(was, -1);
-                                }
-                                None => fresh.push(h),
-                            }
-                            self.waits(seq, 1);
-                        }
-                        self.ask(send, seq, &fresh).await?;
-                        return Ok(());
-                    }
-                    self.queue.drain(..batch.len());
-                    self.read_at = 0;
-                    // Keep only the blocks still to be used.
-                    let keep: HashSet<Hash> = self
-                        .queue
-                        .iter()
-                        .filter_map(|ev| match ev {
-                            Event::Deliver(d) if d.requested => Some(&d.cs),
-                            _ => None,
-                        })
-                        .flat_map(super::server::hashes_of)
-                        .collect();
-                    self.fetched.retain(|h, _| keep.contains(h));
-                    self.request(send).await?;
                     // What came in may be pushed on.
                     self.push(send).await?;
                     continue;
@@ -835,147 +527,5 @@ impl Session<'_> {
             self.last_push = Some(tokio::time::Instant::now());
         }
         Ok(())
-    }
-
-    /// Delivers `batch` to the peer (recording) and writes what that
-    /// changed in the local tree into the filesystem, onto commit `version`.
-    fn try_apply(
-        &mut self,
-        batch: &[(u64, ChangeSet)],
-        now: i64,
-        version: u64,
-        cause: &str,
-    ) -> Result<Attempt, SyncError> {
-        let mut copies = 0u64;
-        let mut changed = std::collections::BTreeSet::new();
-        for (seq, cs) in batch {
-            changed.extend(
-                self.peer
-                    .on_deliver(*seq, cs, now, &mut || {
-                        copies += 1;
-                        let r = super::random32().unwrap_or_default();
-                        u128::from_le_bytes(r[..16].try_into().unwrap_or_default())
-                    })
-                    .map_err(|v| SyncError::Protocol(v.to_string()))?,
-            );
-        }
-        let before = self.peer.local.before(&changed);
-        let ops = diff(&before, &self.peer.local, Some(&changed));
-        if ops.is_empty() {
-            return Ok(Attempt::Done(copies));
-        }
-        let (fetched, places, fs) = (&self.fetched, &self.view.places, self.fs);
-        let change = match to_remote(&ops, version, &mut |h| {
-            fetched.get(h).cloned().or_else(|| {
-                // A place may be stale (the file changed since): the
-                // bytes must still hash to `h`.
-                let (fid, idx) = places.get(h)?;
-                let b = fs.committed_block(version, *fid, *idx).ok()?;
-                (blake3::hash(&b).as_bytes() == h).then_some(b)
-            })
-        }) {
-            Ok(c) => c,
-            Err(missing) => return Ok(Attempt::Need(missing.0)),
-        };
-        Ok(match self.fs.apply_remote(&change, cause)? {
-            Applied::Done {
-                mut inodes,
-                entries,
-            } => {
-                inodes.extend(entries.iter().map(|(dir, _)| *dir));
-                inodes.sort_unstable();
-                inodes.dedup();
-                self.fs.changed_elsewhere(&inodes, &entries);
-                Attempt::Done(copies)
-            }
-            Applied::Moved => Attempt::Moved,
-        })
-    }
-
-    /// The change-sets delivered at the front of the queue, in order, up to
-    /// [`BATCH_OPS`] operations (at least one): applied as one version.
-    /// A peer catching up on a long log pays the fixed costs of an apply
-    /// (a commit, the kernel told, a copy of its trees) once per batch
-    /// instead of once per change-set.
-    fn next_batch(&self) -> Vec<(u64, ChangeSet)> {
-        let mut batch = Vec::new();
-        let mut ops = 0;
-        for ev in &self.queue {
-            match ev {
-                Event::Deliver(d)
-                    if d.requested
-                        && d.waiting == 0
-                        && (batch.is_empty() || ops + d.cs.ops.len() <= BATCH_OPS) =>
-                {
-                    ops += d.cs.ops.len();
-                    batch.push((d.seq, d.cs.clone()));
-                }
-                _ => break,
-            }
-        }
-        batch
-    }
-
-    /// Applies the change-sets of `batch`, in order, as one version;
-    /// returns the blocks it still needs (then nothing changed), or none
-    /// once applied.
-    fn apply(&mut self, batch: &[(u64, ChangeSet)]) -> Result<Vec<Hash>, SyncError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        // The kernel writes back its dirty pages of the files this touches
-        // first: changes made here come in as writes, are committed below,
-        // and meet the remote change as a conflict instead of overwriting
-        // it afterwards (decision 10). The fence catches a page the kernel
-        // reads again before the change is in (fs/coherence.rs).
-        let mut here = Vec::new();
-        for op in batch.iter().flat_map(|(_, cs)| &cs.ops) {
-            if let Some(ino) = self.fs.ino_of_file_id(op.fid())? {
-                here.push(ino);
-            }
-        }
-        here.sort_unstable();
-        here.dedup();
-        let (Some((first, first_cs)), Some((last, _))) = (batch.first(), batch.last()) else {
-            return Ok(Vec::new());
-        };
-        let cause = if batch.len() == 1 {
-            format!("sync: {} sequence {first}", first_cs.origin_name)
-        } else {
-            let mut from: Vec<&str> = batch.iter().map(|(_, c)| c.origin_name.as_str()).collect();
-            from.sort_unstable();
-            from.dedup();
-            format!("sync: {} sequences {first}-{last}", from.join(","))
-        };
-        for _ in 0..50 {
-            self.fs.fence(&here);
-            self.fs.invalidate(&here, &[]);
-            self.fs.commit("sync: before applying")?;
-            let version = self.read_local()?;
-            // Worked out on the peer itself, recorded: a refusal takes it
-            // back (a copy of the trees would cost O(files) every time).
-            let saved = self.peer.record();
-            match self.try_apply(batch, now, version, &cause) {
-                Ok(Attempt::Done(copies)) => {
-                    self.peer.keep();
-                    self.state_changed()?;
-                    self.status.lock().conflicts += copies;
-                    tracing::debug!(first, last, "sync applied");
-                    return Ok(Vec::new());
-                }
-                Ok(Attempt::Need(missing)) => {
-                    self.peer.undo(saved);
-                    return Ok(missing);
-                }
-                Ok(Attempt::Moved) => self.peer.undo(saved),
-                Err(e) => {
-                    self.peer.undo(saved);
-                    return Err(e);
-                }
-            }
-        }
-        Err(SyncError::Net(format!(
-            "sequences {first}-{last} could not be applied: the mount kept changing; trying again later"
-        )))
     }
 }

@@ -1,0 +1,180 @@
+//! What a store keeps of its sync, and what it shows: `sync.conf` (the
+//! server and the credential, written by `zippyfs join`), `sync.state`
+//! (the peer's synced tree and counters, format in `wire/state.rs`), and
+//! the status `daemon.json` and `zippyfs status` print.
+//!
+//! ## `sync.conf` (readable by its owner only)
+//!
+//! ```text
+//! server = quic://HOST:PORT/VOLUME
+//! fingerprint = <SHA-256 of the server's certificate, hex>
+//! credential = <the peer's credential>
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::peer::Peer;
+use super::tree::Tree;
+use super::wire::state;
+use super::{SyncError, write_atomic, write_private};
+
+pub const CONF_FILE: &str = "sync.conf";
+pub const STATE_FILE: &str = "sync.state";
+
+/// Where a store syncs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncConf {
+    pub host: String,
+    pub port: u16,
+    pub volume: String,
+    pub fingerprint: String,
+    pub credential: String,
+    /// Bytes of blocks held or asked for, at most, for change-sets not
+    /// yet applied (`-o sync_window`; [`DEFAULT_WINDOW`]).
+    pub window: u64,
+}
+
+impl SyncConf {
+    /// Parses `quic://HOST:PORT/VOLUME`.
+    pub fn parse_url(url: &str) -> Result<(String, u16, String), SyncError> {
+        let bad = || SyncError::Config(format!("{url:?} is not quic://HOST:PORT/VOLUME"));
+        let rest = url.strip_prefix("quic://").ok_or_else(bad)?;
+        let (addr, volume) = rest.split_once('/').ok_or_else(bad)?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+        let port = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || volume.is_empty() || volume.contains('/') {
+            return Err(bad());
+        }
+        Ok((
+            host.trim_matches(['[', ']']).to_string(),
+            port,
+            volume.to_string(),
+        ))
+    }
+
+    pub fn url(&self) -> String {
+        format!("quic://{}:{}/{}", self.host, self.port, self.volume)
+    }
+
+    /// The store's sync configuration, if it has one.
+    pub fn load(store: &Path) -> Result<Option<SyncConf>, SyncError> {
+        let path = store.join(CONF_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(SyncError::io(&path, e)),
+        };
+        let mut fields: HashMap<&str, &str> = HashMap::new();
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                fields.insert(k.trim(), v.trim());
+            }
+        }
+        let get = |k: &str| {
+            fields.get(k).map(|v| v.to_string()).ok_or_else(|| {
+                SyncError::Config(format!("{}: no `{k} = ...` line", path.display()))
+            })
+        };
+        let (host, port, volume) = SyncConf::parse_url(&get("server")?)?;
+        Ok(Some(SyncConf {
+            host,
+            port,
+            volume,
+            fingerprint: get("fingerprint")?,
+            credential: get("credential")?,
+            window: DEFAULT_WINDOW,
+        }))
+    }
+
+    pub fn save(&self, store: &Path) -> Result<(), SyncError> {
+        let text = format!(
+            "server = {}\nfingerprint = {}\ncredential = {}\n",
+            self.url(),
+            self.fingerprint,
+            self.credential
+        );
+        write_private(&store.join(CONF_FILE), text.as_bytes())
+    }
+}
+
+/// What `status` and `daemon.json` show of sync.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub connected: bool,
+    pub why: String,
+    pub server: String,
+    pub peer: String,
+    pub applied: u64,
+    pub pushed: u64,
+    pub in_flight: bool,
+    /// The changes in the push in flight.
+    pub in_flight_ops: u64,
+    pub conflicts: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Status {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "connected": self.connected,
+            "why": self.why,
+            "server": self.server,
+            "peer": self.peer,
+            "applied": self.applied,
+            "pushed": self.pushed,
+            "in_flight": self.in_flight,
+            "in_flight_ops": self.in_flight_ops,
+            "conflicts": self.conflicts,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        })
+    }
+}
+
+/// What a store that is not mounted says of its sync: the server it joined
+/// and the last sequence it applied, as saved (`None`: it does not sync).
+pub fn offline_status(store: &Path) -> Result<Option<Status>, SyncError> {
+    let Some(conf) = SyncConf::load(store)? else {
+        return Ok(None);
+    };
+    let peer = load_peer(store)?;
+    Ok(Some(Status {
+        server: conf.url(),
+        why: "not mounted".into(),
+        applied: peer.applied,
+        ..Default::default()
+    }))
+}
+
+/// Bytes of blocks held or asked for, at most, for change-sets not yet
+/// applied; past it, change-sets wait to be asked for.
+pub const DEFAULT_WINDOW: u64 = 128 << 20;
+
+pub(super) fn save_peer(store: &Path, p: &Peer) -> Result<(), SyncError> {
+    let bytes = state::encode(p.id, p.applied, p.counter, &p.synced)?;
+    write_atomic(&store.join(STATE_FILE), &bytes)
+}
+
+pub(super) fn load_peer(store: &Path) -> Result<Peer, SyncError> {
+    let path = store.join(STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => {
+            let s = state::decode(&b)
+                .map_err(|e| SyncError::Config(format!("{}: {e}", path.display())))?;
+            let mut p = Peer::new(s.id, "", s.synced);
+            p.applied = s.applied;
+            // The state is saved at most once a second, so pushes made
+            // after the last save may have been taken; the server ignores
+            // a counter it has seen, so start well past any of them.
+            p.counter = s.counter.saturating_add(COUNTER_LEAP);
+            Ok(p)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Peer::new(0, "", Tree::default())),
+        Err(e) => Err(SyncError::io(&path, e)),
+    }
+}
+
+/// More pushes than a peer makes between two saves of its state.
+const COUNTER_LEAP: u64 = 1 << 20;
