@@ -5,11 +5,11 @@
 //! it takes neither from the daemon's attributes (`fuse_get_cache_mask` in
 //! the kernel). So after a remote change the kernel is told three things:
 //! drop the pages and attributes (INVAL_INODE), grow the size if the file
-//! grew (a STORE of no bytes at the new end), and let go of the inode when
-//! nothing holds it (PRUNE), so the next lookup takes the new size and times.
-//! A file some program holds open cannot be let go of: it keeps the kernel's
-//! size and times until its last close, and is let go of then (SEMANTICS.md,
-//! "Sync").
+//! grew (a STORE of the file's last byte at its end: a store of no bytes
+//! grows nothing), and let go of the inode when nothing holds it (PRUNE),
+//! so the next lookup takes the new size and times. A file some program
+//! holds open cannot be let go of: it keeps the kernel's size and times
+//! until its last close, and is let go of then (SEMANTICS.md, "Sync").
 //!
 //! Dirty pages are the other danger. A page the kernel read before a remote
 //! change and a program then partly wrote carries old bytes around the new
@@ -19,7 +19,8 @@
 //! conflict), and any page the kernel could have read again and a program
 //! could write before the change is applied trips the fence: a read or an
 //! attribute request while the file is open for writing (every write after
-//! INVAL_INODE asks for attributes first), or an open for writing. [`Fs::apply_remote`] refuses a change over a tripped fence, and the
+//! INVAL_INODE asks for attributes first), or an open for writing.
+//! [`Fs::apply_remote`] refuses a change over a tripped fence, and the
 //! caller starts again.
 
 use super::*;
@@ -42,7 +43,7 @@ impl Fs {
     /// writing or is open for writing (see the module comment). Programs
     /// that only read never hold a change back.
     pub(super) fn trip(sh: &mut Shard, ino: u64, opening_to_write: bool) {
-        if sh.fence.is_empty() || !sh.fence.contains_key(&ino) {
+        if !sh.fence.contains_key(&ino) {
             return;
         }
         if opening_to_write || sh.writers.values().any(|&w| w == ino) {
