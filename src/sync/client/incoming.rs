@@ -2,12 +2,25 @@
 //! the change-sets waiting, and the change-sets applied in batches, each
 //! worked out on the peer while its trees record (undone if the
 //! filesystem refuses it, see `Tree::record`).
+//!
+//! Every step costs what the message carries, not what the queue holds:
+//! a peer catching up on a log of a hundred thousand change-sets finds a
+//! sequence by binary search (sequences ascend in the queue), starts
+//! asking where it stopped, and lets go of a fetched block when the last
+//! change-set that uses it is applied.
 
 use super::*;
 use crate::sync::tree::diff;
 
 /// The most operations applied as one version when change-sets queue up.
 const BATCH_OPS: usize = 4096;
+
+/// Tries at once before a batch the mount refused waits: the refusal is a
+/// race with one write, usually over by the next try.
+const TRIES_AT_ONCE: u32 = 3;
+
+/// The longest wait between two tries of a refused batch.
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// How one try at applying a batch went.
 enum Attempt {
@@ -17,6 +30,31 @@ enum Attempt {
     Need(Vec<Hash>),
     /// Something changed here meanwhile; nothing changed.
     Moved,
+}
+
+/// How applying a batch went.
+enum Outcome {
+    Applied,
+    /// These blocks are needed first; nothing changed.
+    Need(Vec<Hash>),
+    /// The mount kept changing the files it touches; try again later.
+    Busy,
+}
+
+/// Something from the server that must be handled in log order.
+pub(super) enum Event {
+    Deliver(Delivered),
+    /// An acknowledgement: sequence, counter, time.
+    Ack(u64, u64, i64),
+}
+
+impl Event {
+    fn seq(&self) -> u64 {
+        match self {
+            Event::Deliver(d) => d.seq,
+            Event::Ack(seq, ..) => *seq,
+        }
+    }
 }
 
 /// A change-set of the log, waiting to be applied.
@@ -29,113 +67,254 @@ pub(super) struct Delivered {
     waiting: usize,
 }
 
-impl Delivered {
-    pub(super) fn new(seq: u64, cs: ChangeSet) -> Delivered {
-        Delivered {
-            seq,
-            cs,
-            requested: false,
-            waiting: 0,
+/// What a session received and has not applied yet.
+pub(super) struct Incoming {
+    /// In log order: sequences ascend.
+    queue: VecDeque<Event>,
+    /// Blocks fetched for change-sets waiting to be applied.
+    fetched: HashMap<Hash, Vec<u8>>,
+    /// Blocks asked for and not come yet → the sequence that asked.
+    asked: HashMap<Hash, u64>,
+    /// How many change-sets in the window use each block: a fetched block
+    /// is let go of when none is left.
+    uses: HashMap<Hash, u32>,
+    /// The change-sets asked for are the first ones delivered, up to this
+    /// sequence (0: none yet)...
+    asked_to: u64,
+    /// ... and this many of them are still in the queue.
+    in_window: usize,
+    /// `SyncConf::window`, in blocks.
+    window: usize,
+    /// A refused batch waits until then; tries so far.
+    retry: Option<tokio::time::Instant>,
+    tries: u32,
+}
+
+impl Incoming {
+    pub(super) fn new(window_bytes: u64, block_size: u64) -> Incoming {
+        Incoming {
+            queue: VecDeque::new(),
+            fetched: HashMap::new(),
+            asked: HashMap::new(),
+            uses: HashMap::new(),
+            asked_to: 0,
+            in_window: 0,
+            window: (window_bytes / block_size.max(1)).max(1) as usize,
+            retry: None,
+            tries: 0,
+        }
+    }
+
+    pub(super) fn window_blocks(&self) -> usize {
+        self.window
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub(super) fn ack(&mut self, seq: u64, counter: u64, time: i64) {
+        self.queue.push_back(Event::Ack(seq, counter, time));
+    }
+
+    /// When a refused batch is to be tried again.
+    pub(super) fn retry_at(&self) -> Option<tokio::time::Instant> {
+        self.retry
+    }
+
+    pub(super) fn retry_now(&mut self) {
+        self.retry = None;
+    }
+
+    /// A block asked for came; an error if it was not asked for or its
+    /// bytes do not match its hash.
+    pub(super) fn on_block(&mut self, hash: Hash, data: Vec<u8>) -> Result<(), SyncError> {
+        if *blake3::hash(&data).as_bytes() != hash {
+            return Err(SyncError::Protocol("a block not matching its hash".into()));
+        }
+        let Some(by) = self.asked.remove(&hash) else {
+            return Err(SyncError::Protocol("a block not asked for".into()));
+        };
+        self.waits(by, -1);
+        self.fetched.insert(hash, data);
+        Ok(())
+    }
+
+    /// The queue's event of sequence `seq`.
+    fn find(&mut self, seq: u64) -> Option<&mut Event> {
+        let i = self.queue.binary_search_by_key(&seq, Event::seq).ok()?;
+        self.queue.get_mut(i)
+    }
+
+    /// Sequence `seq` waits for one block more (1) or less (-1).
+    fn waits(&mut self, seq: u64, by: isize) {
+        if let Some(Event::Deliver(d)) = self.find(seq) {
+            d.waiting = d.waiting.saturating_add_signed(by);
         }
     }
 }
 
 impl Session<'_> {
-    /// Applies the change-set at the front of the queue, with those ready
-    /// behind it, once its blocks are here; false while it waits for them.
-    pub(super) async fn apply_front(
+    /// A change-set of the log came: queued, and its blocks asked for if
+    /// the window has room.
+    pub(super) async fn on_deliver(
         &mut self,
+        seq: u64,
+        cs: ChangeSet,
         send: &mut quinn::SendStream,
-    ) -> Result<bool, SyncError> {
-        let Some(Event::Deliver(d)) = self.queue.front() else {
+    ) -> Result<(), SyncError> {
+        if self.inc.queue.back().is_some_and(|e| e.seq() >= seq) {
+            return Err(SyncError::Protocol(format!(
+                "sequence {seq} delivered out of order"
+            )));
+        }
+        self.inc.queue.push_back(Event::Deliver(Delivered {
+            seq,
+            cs,
+            requested: false,
+            waiting: 0,
+        }));
+        self.request(send).await
+    }
+
+    /// Handles, in order, what can be handled now: a change-set once its
+    /// blocks are here, an ack.
+    pub(super) async fn drain(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
+        while let Some(ev) = self.inc.queue.front() {
+            match ev {
+                Event::Ack(seq, counter, time) => {
+                    let (seq, counter, time) = (*seq, *counter, *time);
+                    self.peer
+                        .on_ack(seq, counter, time)
+                        .map_err(|v| SyncError::Protocol(v.to_string()))?;
+                    self.status.lock().pushed = seq;
+                    self.state_changed()?;
+                    self.acked = true;
+                    self.read_at = 0;
+                    self.push_snap = None;
+                }
+                Event::Deliver(_) => {
+                    if !self.apply_front(send).await? {
+                        return Ok(());
+                    }
+                    // What came in may be pushed on.
+                    self.push(send).await?;
+                    continue;
+                }
+            }
+            self.inc.queue.pop_front();
+        }
+        if std::mem::take(&mut self.acked) {
+            self.push(send).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the change-set at the front of the queue, with those ready
+    /// behind it, once its blocks are here; false while it waits for them
+    /// (or for the mount to stop changing the files it touches).
+    async fn apply_front(&mut self, send: &mut quinn::SendStream) -> Result<bool, SyncError> {
+        let Some(Event::Deliver(d)) = self.inc.queue.front() else {
             return Ok(false);
         };
-        if !d.requested || d.waiting > 0 {
+        if !d.requested || d.waiting > 0 || self.inc.retry.is_some() {
             return Ok(false);
         }
         let seq = d.seq;
         let batch = self.next_batch();
-        let need = self.apply(&batch)?;
-        if !need.is_empty() {
-            // The result needs blocks this peer no longer has (a file
-            // deleted here comes back): ask, then again. A block already
-            // asked for by a later change-set is now waited for by this one.
-            let mut fresh = Vec::new();
-            for h in need {
-                match self.asked.get_mut(&h) {
-                    Some(by) => {
-                        let was = std::mem::replace(by, seq);
-                        self.waits(was, -1);
-                    }
-                    None => fresh.push(h),
+        match self.apply(&batch)? {
+            Outcome::Applied => self.inc.tries = 0,
+            Outcome::Busy => {
+                // A writer here keeps touching these files: wait a little
+                // longer each time (the connection stays; blocks keep
+                // coming), so that it can finish.
+                self.inc.tries += 1;
+                let wait = Duration::from_millis(1 << self.inc.tries.min(10)).min(RETRY_MAX);
+                if self.inc.tries == 10 {
+                    tracing::warn!(
+                        seq,
+                        "sync: the files sequence {seq} changes are being written here; \
+                         it waits until they are quiet"
+                    );
                 }
-                self.waits(seq, 1);
+                self.inc.retry = Some(tokio::time::Instant::now() + wait);
+                return Ok(false);
             }
-            self.ask(send, seq, &fresh).await?;
-            return Ok(false);
+            Outcome::Need(need) => {
+                // The result needs blocks this peer no longer has (a file
+                // deleted here comes back): ask, then again. A block
+                // already asked for by a later change-set is now waited
+                // for by this one.
+                let mut fresh = Vec::new();
+                for h in need {
+                    match self.inc.asked.get_mut(&h) {
+                        Some(by) => {
+                            let was = std::mem::replace(by, seq);
+                            self.inc.waits(was, -1);
+                        }
+                        None => fresh.push(h),
+                    }
+                    self.inc.waits(seq, 1);
+                }
+                self.ask(send, seq, &fresh).await?;
+                return Ok(false);
+            }
         }
-        self.queue.drain(..batch.len());
+        let inc = &mut self.inc;
+        for ev in inc.queue.drain(..batch.len()) {
+            if let Event::Deliver(d) = ev {
+                for h in crate::sync::server::hashes_of(&d.cs) {
+                    if let Some(n) = inc.uses.get_mut(&h) {
+                        *n -= 1;
+                        if *n == 0 {
+                            inc.uses.remove(&h);
+                        }
+                    }
+                }
+            }
+        }
+        inc.in_window -= batch.len();
+        // Keep only the blocks a change-set left still uses (those asked
+        // for a refused result included none): the window bounds them.
+        let uses = &inc.uses;
+        inc.fetched.retain(|h, _| uses.contains_key(h));
         self.read_at = 0;
-        // Keep only the blocks still to be used.
-        let keep: HashSet<Hash> = self
-            .queue
-            .iter()
-            .filter_map(|ev| match ev {
-                Event::Deliver(d) if d.requested => Some(&d.cs),
-                _ => None,
-            })
-            .flat_map(crate::sync::server::hashes_of)
-            .collect();
-        self.fetched.retain(|h, _| keep.contains(h));
         self.request(send).await?;
         Ok(true)
     }
 
-    /// Sequence `seq` waits for one block more (1) or less (-1).
-    pub(super) fn waits(&mut self, seq: u64, by: isize) {
-        for ev in &mut self.queue {
-            if let Event::Deliver(d) = ev
-                && d.seq == seq
-            {
-                d.waiting = d.waiting.saturating_add_signed(by);
-                return;
-            }
-        }
-    }
-
     /// Asks for the blocks of the change-sets next in the queue that are
     /// not here, as long as fewer than a window's worth (`SyncConf::window`)
-    /// are held or on their way (the first change-set waiting is always asked for): the
-    /// blocks of a long log stream in as it is applied, and memory holds a
-    /// window of them, not all.
-    pub(super) async fn request(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
-        let mut first = true;
+    /// are held or on their way (the first change-set waiting is always
+    /// asked for): the blocks of a long log stream in as it is applied,
+    /// and memory holds a window of them, not all.
+    async fn request(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
+        let inc = &mut self.inc;
         let mut asks: Vec<(u64, Vec<Hash>)> = Vec::new();
         let mut asking: HashSet<Hash> = HashSet::new();
-        let window = (self.window / self.fs.block_size().max(1)).max(1) as usize;
-        let mut held = self.asked.len() + self.fetched.len();
-        for ev in &mut self.queue {
-            let Event::Deliver(d) = ev else {
+        let mut held = inc.asked.len() + inc.fetched.len();
+        let start = inc.queue.partition_point(|e| e.seq() <= inc.asked_to);
+        for i in start..inc.queue.len() {
+            let Some(Event::Deliver(d)) = inc.queue.get_mut(i) else {
                 continue;
             };
-            if d.requested {
-                first = false;
-                continue;
-            }
-            if !first && held >= window {
+            if inc.in_window > 0 && held >= inc.window {
                 break;
             }
-            first = false;
             d.requested = true;
-            let need: Vec<Hash> = crate::sync::server::hashes_of(&d.cs)
-                .into_iter()
-                .filter(|h| {
-                    !self.view.places.contains_key(h)
-                        && !self.fetched.contains_key(h)
-                        && !self.asked.contains_key(h)
-                        && asking.insert(*h)
-                })
-                .collect();
+            inc.asked_to = d.seq;
+            inc.in_window += 1;
+            let mut need = Vec::new();
+            for h in crate::sync::server::hashes_of(&d.cs) {
+                *inc.uses.entry(h).or_default() += 1;
+                if !self.view.places.contains_key(&h)
+                    && !inc.fetched.contains_key(&h)
+                    && !inc.asked.contains_key(&h)
+                    && asking.insert(h)
+                {
+                    need.push(h);
+                }
+            }
             held += need.len();
             d.waiting += need.len();
             asks.push((d.seq, need));
@@ -155,7 +334,7 @@ impl Session<'_> {
         need: &[Hash],
     ) -> Result<(), SyncError> {
         for chunk in need.chunks(MAX_WANT) {
-            self.asked.extend(chunk.iter().map(|h| (*h, seq)));
+            self.inc.asked.extend(chunk.iter().map(|h| (*h, seq)));
             let want = Msg::Want {
                 hashes: chunk.to_vec(),
             };
@@ -191,7 +370,7 @@ impl Session<'_> {
         if ops.is_empty() {
             return Ok(Attempt::Done(copies));
         }
-        let (fetched, places, fs) = (&self.fetched, &self.view.places, self.fs);
+        let (fetched, places, fs) = (&self.inc.fetched, &self.view.places, self.fs);
         let change = match to_remote(&ops, version, &mut |h| {
             fetched.get(h).cloned().or_else(|| {
                 // A place may be stale (the file changed since): the
@@ -227,7 +406,7 @@ impl Session<'_> {
     fn next_batch(&self) -> Vec<(u64, ChangeSet)> {
         let mut batch = Vec::new();
         let mut ops = 0;
-        for ev in &self.queue {
+        for ev in &self.inc.queue {
             match ev {
                 Event::Deliver(d)
                     if d.requested
@@ -243,10 +422,8 @@ impl Session<'_> {
         batch
     }
 
-    /// Applies the change-sets of `batch`, in order, as one version;
-    /// returns the blocks it still needs (then nothing changed), or none
-    /// once applied.
-    fn apply(&mut self, batch: &[(u64, ChangeSet)]) -> Result<Vec<Hash>, SyncError> {
+    /// Applies the change-sets of `batch`, in order, as one version.
+    fn apply(&mut self, batch: &[(u64, ChangeSet)]) -> Result<Outcome, SyncError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -264,7 +441,7 @@ impl Session<'_> {
         here.sort_unstable();
         here.dedup();
         let (Some((first, first_cs)), Some((last, _))) = (batch.first(), batch.last()) else {
-            return Ok(Vec::new());
+            return Ok(Outcome::Applied);
         };
         let cause = if batch.len() == 1 {
             format!("sync: {} sequence {first}", first_cs.origin_name)
@@ -274,7 +451,7 @@ impl Session<'_> {
             from.dedup();
             format!("sync: {} sequences {first}-{last}", from.join(","))
         };
-        for _ in 0..50 {
+        for _ in 0..TRIES_AT_ONCE {
             self.fs.fence(&here);
             self.fs.invalidate(&here, &[]);
             self.fs.commit("sync: before applying")?;
@@ -288,11 +465,11 @@ impl Session<'_> {
                     self.state_changed()?;
                     self.status.lock().conflicts += copies;
                     tracing::debug!(first, last, "sync applied");
-                    return Ok(Vec::new());
+                    return Ok(Outcome::Applied);
                 }
                 Ok(Attempt::Need(missing)) => {
                     self.peer.undo(saved);
-                    return Ok(missing);
+                    return Ok(Outcome::Need(missing));
                 }
                 Ok(Attempt::Moved) => self.peer.undo(saved),
                 Err(e) => {
@@ -301,8 +478,57 @@ impl Session<'_> {
                 }
             }
         }
-        Err(SyncError::Net(format!(
-            "sequences {first}-{last} could not be applied: the mount kept changing; trying again later"
-        )))
+        Ok(Outcome::Busy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivered(seq: u64) -> Event {
+        Event::Deliver(Delivered {
+            seq,
+            cs: ChangeSet {
+                origin: 1,
+                origin_name: "a".into(),
+                counter: seq,
+                base: 0,
+                time: 0,
+                ops: Vec::new(),
+            },
+            requested: true,
+            waiting: 0,
+        })
+    }
+
+    fn waiting(inc: &Incoming, seq: u64) -> Option<usize> {
+        inc.queue.iter().find_map(|e| match e {
+            Event::Deliver(d) if d.seq == seq => Some(d.waiting),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_block_counts_down_the_change_set_that_asked_for_it_among_acks() {
+        let mut inc = Incoming::new(1 << 20, 1 << 16);
+        inc.queue.push_back(delivered(3));
+        inc.ack(4, 1, 0);
+        inc.queue.push_back(delivered(5));
+        inc.queue.push_back(delivered(9));
+        let data = vec![7u8; 100];
+        let h = *blake3::hash(&data).as_bytes();
+        inc.asked.insert(h, 5);
+        inc.waits(5, 1);
+        inc.waits(4, 1); // an ack waits for nothing
+        inc.waits(6, 1); // not in the queue
+        assert_eq!(waiting(&inc, 5), Some(1));
+        inc.on_block(h, data.clone()).unwrap();
+        assert_eq!(waiting(&inc, 5), Some(0));
+        assert!(inc.fetched.contains_key(&h));
+        // Not asked for (any more), or not its hash: refused.
+        assert!(inc.on_block(h, data).is_err());
+        inc.asked.insert(h, 9);
+        assert!(inc.on_block(h, vec![1u8; 100]).is_err());
     }
 }

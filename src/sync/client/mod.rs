@@ -31,7 +31,7 @@ use super::wire::{MAX_WANT, Msg, PROTO_MAX, PROTO_MIN};
 use super::{SyncError, tls};
 use crate::fs::Fs;
 use crate::fs::remote::Applied;
-use incoming::Delivered;
+use incoming::Incoming;
 
 /// The running sync thread.
 pub struct Client {
@@ -148,10 +148,7 @@ async fn run(
             push_snap: None,
             pushed_at: 0,
             read_at: 0,
-            fetched: HashMap::new(),
-            window: conf.window,
-            asked: HashMap::new(),
-            queue: VecDeque::new(),
+            inc: Incoming::new(conf.window, fs.block_size()),
             acked: false,
             last_push: None,
             push_later: false,
@@ -183,12 +180,6 @@ async fn run(
     }
 }
 
-/// Something from the server that must be handled in log order.
-enum Event {
-    Deliver(Delivered),
-    Ack(u64, u64, i64),
-}
-
 struct Session<'a> {
     fs: &'a Arc<Fs>,
     store: &'a Path,
@@ -207,13 +198,8 @@ struct Session<'a> {
     /// The commit the local tree was last read from, when nothing was
     /// pending after it (0: read it at the next push).
     read_at: u64,
-    /// Blocks fetched for change-sets waiting to be applied.
-    fetched: HashMap<Hash, Vec<u8>>,
-    /// `SyncConf::window`.
-    window: u64,
-    /// Blocks asked for and not come yet → the sequence that asked.
-    asked: HashMap<Hash, u64>,
-    queue: VecDeque<Event>,
+    /// What came from the server and is not applied yet.
+    inc: Incoming,
     /// An ack freed the push slot: push what is waiting.
     acked: bool,
     /// When the last push went, and whether one waits for [`PUSH_GAP`]
@@ -271,7 +257,7 @@ impl Session<'_> {
         .await?;
         // Room for a window of blocks: they keep coming while a change-set
         // is applied (the window bounds what was asked for).
-        let depth = (self.window / self.fs.block_size().max(1)) as usize + 64;
+        let depth = (self.inc.window_blocks()) + 64;
         let mut rx = reader(recv, self.bytes.clone(), depth);
         match rx.recv().await {
             Some(Ok(Msg::Welcome {
@@ -320,6 +306,9 @@ impl Session<'_> {
                     self.push_later = false;
                     self.push(&mut send).await?;
                 }
+                _ = tokio::time::sleep_until(
+                    self.inc.retry_at().unwrap_or_else(tokio::time::Instant::now)
+                ), if self.inc.retry_at().is_some() => self.inc.retry_now(),
                 _ = tick.tick() => {
                     self.save_now()?;
                     self.push(&mut send).await?;
@@ -346,7 +335,7 @@ impl Session<'_> {
             self.drain(send).await?;
             self.last_push = None;
             self.push(send).await?;
-            if !self.peer.in_flight() && self.queue.is_empty() {
+            if !self.peer.in_flight() && self.inc.is_empty() {
                 return Ok(());
             }
             match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -365,24 +354,9 @@ impl Session<'_> {
 
     async fn on_msg(&mut self, m: Msg, send: &mut quinn::SendStream) -> Result<(), SyncError> {
         match m {
-            Msg::Deliver { seq, cs } => {
-                self.queue
-                    .push_back(Event::Deliver(Delivered::new(seq, cs)));
-                self.request(send).await?;
-            }
-            Msg::Ack { counter, seq, time } => self.queue.push_back(Event::Ack(seq, counter, time)),
-            Msg::Block { hash, data } => {
-                let by = self.asked.remove(&hash);
-                if *blake3::hash(&data).as_bytes() != hash || by.is_none() {
-                    return Err(SyncError::Protocol(
-                        "a block not asked for, or not matching its hash".into(),
-                    ));
-                }
-                if let Some(by) = by {
-                    self.waits(by, -1);
-                }
-                self.fetched.insert(hash, data);
-            }
+            Msg::Deliver { seq, cs } => self.on_deliver(seq, cs, send).await?,
+            Msg::Ack { counter, seq, time } => self.inc.ack(seq, counter, time),
+            Msg::Block { hash, data } => self.inc.on_block(hash, data)?,
             Msg::Want { hashes } => {
                 for h in hashes {
                     let data = match (self.push_places.get(&h), &self.push_snap) {
@@ -400,39 +374,6 @@ impl Session<'_> {
             }
             Msg::Refuse { reason, .. } => return Err(SyncError::Refused(reason)),
             _ => return Err(SyncError::Protocol("an unexpected message".into())),
-        }
-        Ok(())
-    }
-
-    /// Handles, in order, what can be handled now: a change-set once its
-    /// blocks are here, an ack.
-    async fn drain(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
-        while let Some(ev) = self.queue.front() {
-            match ev {
-                Event::Ack(seq, counter, time) => {
-                    let (seq, counter, time) = (*seq, *counter, *time);
-                    self.peer
-                        .on_ack(seq, counter, time)
-                        .map_err(|v| SyncError::Protocol(v.to_string()))?;
-                    self.status.lock().pushed = seq;
-                    self.state_changed()?;
-                    self.acked = true;
-                    self.read_at = 0;
-                    self.push_snap = None;
-                }
-                Event::Deliver(_) => {
-                    if !self.apply_front(send).await? {
-                        return Ok(());
-                    }
-                    // What came in may be pushed on.
-                    self.push(send).await?;
-                    continue;
-                }
-            }
-            self.queue.pop_front();
-        }
-        if std::mem::take(&mut self.acked) {
-            self.push(send).await?;
         }
         Ok(())
     }
@@ -489,7 +430,7 @@ impl Session<'_> {
     }
 
     async fn push(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
-        if self.peer.in_flight() || !self.queue.is_empty() {
+        if self.peer.in_flight() || !self.inc.is_empty() {
             return Ok(());
         }
         if self.last_push.is_some_and(|t| t.elapsed() < PUSH_GAP) {
