@@ -62,6 +62,7 @@ fn a_peer_offline_for_100_versions_catches_up_moving_only_the_blocks_it_lacked()
     });
     let b_store = b.store.clone();
     b.unmount();
+    let start = settled(&server);
     // 100 versions on a, each 4 KiB in a different 64 KiB block.
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -76,6 +77,18 @@ fn a_peer_offline_for_100_versions_catches_up_moving_only_the_blocks_it_lacked()
     }
     drop(f);
     let before = settled(&server);
+    // Pushed as patches against the blocks the server had: the pages
+    // written, not the blocks.
+    let (patches_in, bytes_in) = (
+        num(&before, "patches_in") - num(&start, "patches_in"),
+        num(&before, "bytes_in") - num(&start, "bytes_in"),
+    );
+    eprintln!("a pushed 100 versions: {patches_in} patches, {bytes_in} bytes on the wire");
+    assert_eq!(patches_in, 100, "every changed block pushed as a patch");
+    assert!(
+        bytes_in <= 100 * (4096 + 2048),
+        "{bytes_in} bytes pushed for 100 writes of 4 KiB"
+    );
     // A window of 16 blocks: most of the 100 change-sets wait to be asked
     // for until those before them are applied.
     let b = Mounted::start_logged(
@@ -87,14 +100,15 @@ fn a_peer_offline_for_100_versions_catches_up_moving_only_the_blocks_it_lacked()
         std::fs::read(b.path().join("big")).is_ok_and(|d| d == want)
     });
     let after = settled(&server);
-    let (blocks, bytes) = (
+    let (blocks, patches, bytes) = (
         num(&after, "blocks_out") - num(&before, "blocks_out"),
+        num(&after, "patches_out") - num(&before, "patches_out"),
         num(&after, "bytes_out") - num(&before, "bytes_out"),
     );
     let changed = 100 * 4096u64;
     eprintln!(
-        "catch-up of 100 versions in {took:?}: {blocks} blocks, {bytes} bytes on the wire for \
-         {changed} bytes changed ({:.1}x; the block is 64 KiB)",
+        "catch-up of 100 versions in {took:?}: {blocks} blocks ({patches} as patches), {bytes} \
+         bytes on the wire for {changed} bytes changed ({:.2}x)",
         bytes as f64 / changed as f64
     );
     // Only the 100 changed blocks, each once, and their metadata.
@@ -102,9 +116,12 @@ fn a_peer_offline_for_100_versions_catches_up_moving_only_the_blocks_it_lacked()
         blocks <= 100,
         "{blocks} blocks went to the peer, 100 changed"
     );
+    // Each as a patch against the block b had in its place: the pages
+    // changed, not the 64 KiB blocks.
+    assert_eq!(patches, blocks, "every block b lacked came as a patch");
     assert!(
-        bytes <= 100 * (65536 + 4096),
-        "{bytes} bytes for 100 changed 64 KiB blocks"
+        bytes <= 100 * (4096 + 2048),
+        "{bytes} bytes for 100 changes of 4 KiB"
     );
     a.unmount();
     b.unmount();

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use common::fuse_or_skip;
 use common::sync::{Rng, Server, eventually, peer};
+use zippyfs::sync::patch::Patch;
 use zippyfs::sync::tree::{ChangeSet, Meta, Op};
-use zippyfs::sync::wire::{Msg, PROTO_MAX, PROTO_MIN};
+use zippyfs::sync::wire::{Msg, PROTO_MAX, PROTO_MIN, Wanted};
 
 /// A number below `n`, as an index.
 fn below(rng: &mut Rng, n: usize) -> usize {
@@ -69,7 +70,18 @@ fn seeds(credential: &str) -> Vec<Vec<u8>> {
         frame(&hello),
         frame(&push),
         frame(&Msg::Want {
-            hashes: vec![[1; 32]],
+            wants: vec![Wanted {
+                hash: [1; 32],
+                base: Some([2; 32]),
+            }],
+        }),
+        frame(&Msg::Patch {
+            hash: [3; 32],
+            base: [2; 32],
+            patch: Patch {
+                len: 100,
+                runs: vec![(0, b"abc".to_vec()), (50, b"def".to_vec())],
+            },
         }),
         frame(&Msg::Block {
             hash: [9; 32],
@@ -183,5 +195,150 @@ fn random_and_mutated_frames_never_stop_the_server_nor_change_its_volume() {
     );
     assert!(!b.path().join("evil").exists());
     a.unmount();
+    b.unmount();
+}
+
+/// One frame from the server.
+async fn next_msg(recv: &mut quinn::RecvStream) -> Msg {
+    let mut h = [0u8; zippyfs::sync::wire::HEADER];
+    recv.read_exact(&mut h).await.expect("a frame header");
+    let (kind, len) = zippyfs::sync::wire::header(&h).expect("a valid header");
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.expect("a frame body");
+    Msg::decode(kind, &body).expect("a valid frame")
+}
+
+/// A push of one file `name` (id `fid`) whose only block is `data`.
+fn push_of(counter: u64, fid: u128, name: &str, data: &[u8]) -> Msg {
+    Msg::Push(ChangeSet {
+        origin: 0,
+        origin_name: String::new(),
+        counter,
+        base: 0,
+        time: 0,
+        ops: vec![
+            Op::Node {
+                fid,
+                whole: true,
+                meta: Meta {
+                    kind: zippyfs::fs::Kind::File,
+                    perm: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    size: data.len() as u64,
+                    mtime: zippyfs::fs::Time::default(),
+                },
+                cut: None,
+                blocks: vec![(0, Some(*blake3::hash(data).as_bytes()))],
+                xattrs: vec![],
+                target: Some(Vec::new()),
+            },
+            Op::Names {
+                fid,
+                removed: vec![],
+                added: vec![(1, name.as_bytes().to_vec())],
+            },
+        ],
+    })
+}
+
+#[test]
+fn a_patch_that_does_not_rebuild_its_block_is_asked_for_whole_and_never_taken() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let cred_file = server.add_peer("raw", "v", work.path());
+    let credential = std::fs::read_to_string(cred_file).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let client = zippyfs::sync::tls::client_config(&server.fingerprint).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let old: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let mut new = old.clone();
+    new[5000..6000].fill(7);
+    let (old_h, new_h) = (
+        *blake3::hash(&old).as_bytes(),
+        *blake3::hash(&new).as_bytes(),
+    );
+    let good = zippyfs::sync::patch::diff(&old, &new).unwrap();
+    let mut wrong = good.clone();
+    wrong.runs[0].1[0] ^= 1;
+    let wants = |m: Msg| match m {
+        Msg::Want { wants } => wants,
+        other => panic!("expected a Want, got {other:?}"),
+    };
+    rt.block_on(async {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(client);
+        let conn = endpoint
+            .connect(addr, zippyfs::sync::tls::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let hello = Msg::Hello {
+            proto_min: PROTO_MIN,
+            proto_max: PROTO_MAX,
+            volume: "v".into(),
+            credential: credential.trim().into(),
+            store_id: [3; 16],
+            last_applied: 0,
+        };
+        send.write_all(&frame(&hello)).await.unwrap();
+        assert!(matches!(next_msg(&mut recv).await, Msg::Welcome { .. }));
+        // The first version of the file, whole.
+        send.write_all(&frame(&push_of(1, 77, "f", &old)))
+            .await
+            .unwrap();
+        assert_eq!(wants(next_msg(&mut recv).await), vec![Wanted::whole(old_h)]);
+        let block = Msg::Block {
+            hash: old_h,
+            data: old.clone(),
+        };
+        send.write_all(&frame(&block)).await.unwrap();
+        assert!(matches!(next_msg(&mut recv).await, Msg::Ack { .. }));
+        // The second: a patch against a block the server lacks, then one
+        // that rebuilds other bytes, are each answered by asking whole.
+        send.write_all(&frame(&push_of(2, 77, "f", &new)))
+            .await
+            .unwrap();
+        assert_eq!(wants(next_msg(&mut recv).await), vec![Wanted::whole(new_h)]);
+        for (base, patch) in [([5u8; 32], good.clone()), (old_h, wrong)] {
+            let m = Msg::Patch {
+                hash: new_h,
+                base,
+                patch,
+            };
+            send.write_all(&frame(&m)).await.unwrap();
+            assert_eq!(
+                wants(next_msg(&mut recv).await),
+                vec![Wanted::whole(new_h)],
+                "a patch the server cannot rebuild {new_h:?} from"
+            );
+        }
+        // The right one is taken.
+        let m = Msg::Patch {
+            hash: new_h,
+            base: old_h,
+            patch: good,
+        };
+        send.write_all(&frame(&m)).await.unwrap();
+        assert!(matches!(next_msg(&mut recv).await, Msg::Ack { .. }));
+        conn.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+    });
+    let st = server.status();
+    assert_eq!(st["heads"]["v"], 2, "{st}");
+    assert_eq!(st["patches_in"], 1, "{st}");
+    // A real peer gets the file as the patch made it.
+    let b = peer(&server, "b", "v", work.path());
+    eventually("b has the patched file", Duration::from_secs(20), || {
+        std::fs::read(b.path().join("f")).is_ok_and(|d| d == new)
+    });
     b.unmount();
 }

@@ -19,6 +19,7 @@ pub mod apply;
 pub mod client;
 pub mod conf;
 pub mod local;
+pub mod patch;
 pub mod peer;
 pub mod server;
 #[cfg(test)]

@@ -41,7 +41,7 @@ use tokio::sync::watch;
 
 use super::stream::{Counted, read_msg, reader, send_msg};
 use super::tree::{ChangeSet, Hash, Op};
-use super::wire::{MAX_WANT, Msg, PROTO_MAX, PROTO_MIN};
+use super::wire::{MAX_BLOCK, MAX_WANT, Msg, PROTO_MAX, PROTO_MIN, Wanted};
 use super::{SyncError, hex, random32, tls, write_atomic, write_private};
 use crate::store::{Store, StoreOptions};
 
@@ -196,6 +196,9 @@ pub fn hashes_of(cs: &ChangeSet) -> Vec<Hash> {
 struct Totals {
     blocks_in: u64,
     blocks_out: u64,
+    /// Of those, how many came or went as a patch.
+    patches_in: u64,
+    patches_out: u64,
     pushes: u64,
     connections: u64,
 }
@@ -263,6 +266,8 @@ impl State {
             "bytes_out": self.bytes.written.load(Ordering::Relaxed),
             "blocks_in": t.blocks_in,
             "blocks_out": t.blocks_out,
+            "patches_in": t.patches_in,
+            "patches_out": t.patches_out,
             "pushes": t.pushes,
             "connections": t.connections,
             "heads": heads,
@@ -511,9 +516,9 @@ async fn connection(
                                 missing.insert(h);
                             }
                         }
-                        let want: Vec<Hash> = missing.iter().copied().collect();
+                        let want: Vec<Wanted> = missing.iter().map(|h| Wanted::whole(*h)).collect();
                         for chunk in want.chunks(MAX_WANT) {
-                            send_msg(&mut send, &Msg::Want { hashes: chunk.to_vec() }, bytes).await?;
+                            send_msg(&mut send, &Msg::Want { wants: chunk.to_vec() }, bytes).await?;
                         }
                         pending = Some(Pending { cs, missing, got: Vec::new() });
                     }
@@ -528,12 +533,45 @@ async fn connection(
                         p.got.push((hash, data));
                         st.totals.borrow_mut().blocks_in += 1;
                     }
-                    Msg::Want { hashes } => {
-                        for h in hashes {
-                            let Some(data) = st.block(&h)? else {
-                                return Err(SyncError::Protocol(format!("a block the server does not have: {}", hex(&h))));
+                    Msg::Patch { hash, base, patch } => {
+                        let Some(p) = pending.as_mut().filter(|p| p.missing.contains(&hash)) else {
+                            return Err(SyncError::Protocol("a block nobody asked for".into()));
+                        };
+                        let rebuilt = match st.block(&base)? {
+                            Some(b) => super::patch::apply(&b, &patch, MAX_BLOCK)
+                                .map_err(|e| SyncError::Protocol(e.to_string()))?,
+                            None => Vec::new(),
+                        };
+                        if *blake3::hash(&rebuilt).as_bytes() == hash {
+                            p.missing.remove(&hash);
+                            p.got.push((hash, rebuilt));
+                            let mut t = st.totals.borrow_mut();
+                            t.blocks_in += 1;
+                            t.patches_in += 1;
+                        } else {
+                            // Not a base this server has (or not the one
+                            // the peer thought): the block, whole.
+                            tracing::debug!(peer = %peer.name, "a patch that does not rebuild its block; asked whole");
+                            send_msg(&mut send, &Msg::Want { wants: vec![Wanted::whole(hash)] }, bytes).await?;
+                        }
+                    }
+                    Msg::Want { wants } => {
+                        for w in wants {
+                            let Some(data) = st.block(&w.hash)? else {
+                                return Err(SyncError::Protocol(format!("a block the server does not have: {}", hex(&w.hash))));
                             };
-                            send_msg(&mut send, &Msg::Block { hash: h, data }, bytes).await?;
+                            let patch = match w.base {
+                                Some(b) if b != w.hash => st.block(&b)?.and_then(|b| super::patch::diff(&b, &data)),
+                                _ => None,
+                            };
+                            let m = match patch {
+                                Some(patch) => {
+                                    st.totals.borrow_mut().patches_out += 1;
+                                    Msg::Patch { hash: w.hash, base: w.base.unwrap_or_default(), patch }
+                                }
+                                None => Msg::Block { hash: w.hash, data },
+                            };
+                            send_msg(&mut send, &m, bytes).await?;
                             st.totals.borrow_mut().blocks_out += 1;
                         }
                     }
@@ -576,6 +614,7 @@ fn kind_name(m: &Msg) -> &'static str {
         Msg::Ack { .. } => "Ack",
         Msg::Want { .. } => "Want",
         Msg::Block { .. } => "Block",
+        Msg::Patch { .. } => "Patch",
     }
 }
 

@@ -32,27 +32,35 @@
 //! 5 Deliver  sequence u64, change-set (server: the log, in order)
 //! 6 Ack      counter u64, sequence u64, time i64 (server: push `counter`
 //!            is durable as `sequence`, taken at `time`)
-//! 7 Want     hashes list of [32] (either side: the blocks it lacks of a
-//!            Push or a Deliver; an empty list: none)
+//! 7 Want     list of (hash [32], base [32]) (either side: the blocks it
+//!            lacks of a Push or a Deliver; a base not all zeros names a
+//!            block the asker has at the same place, which the answer may
+//!            be a Patch against)
 //! 8 Block    hash [32], data bytes (the receiver checks BLAKE3(data) = hash)
+//! 9 Patch    a block as the runs that differ from a base (`patch.rs`);
+//!            the receiver rebuilds it and checks its hash, and asks for
+//!            it whole (a Want without base) if it cannot
 //! ```
 //!
 //! A change-set's encoding is in `wire/changeset.rs`.
 //!
 //! Limits per kind (the body's bytes): Hello, Welcome, Refuse 4 KiB; Push
-//! and Deliver 64 MiB; Want 1 MiB (32,768 hashes: more are asked in
-//! several); Block the largest block (1 MiB) and its header; Ack 24 bytes.
+//! and Deliver 64 MiB; Want 2 MiB (32,768 hashes: more are asked in
+//! several); Block the largest block (1 MiB) and its header; Patch that,
+//! and 8 bytes a run of at least 512 bytes; Ack 24 bytes.
 
 mod changeset;
 pub mod state;
 
 use thiserror::Error;
 
+use super::patch::Patch;
 use super::tree::ChangeSet;
 
 /// The protocol versions this build speaks.
-pub const PROTO_MIN: u16 = 1;
-pub const PROTO_MAX: u16 = 1;
+/// 2: Want names a base, and a block may come as a Patch.
+pub const PROTO_MIN: u16 = 2;
+pub const PROTO_MAX: u16 = 2;
 const MAGIC: [u8; 4] = *b"ZPSY";
 /// Bytes before a frame's body: `len` and `kind`.
 pub const HEADER: usize = 5;
@@ -121,12 +129,30 @@ pub enum Msg {
         time: i64,
     },
     Want {
-        hashes: Vec<[u8; 32]>,
+        wants: Vec<Wanted>,
     },
     Block {
         hash: [u8; 32],
         data: Vec<u8>,
     },
+    Patch {
+        hash: [u8; 32],
+        base: [u8; 32],
+        patch: Patch,
+    },
+}
+
+/// A block asked for, and the one the asker has in its place, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    pub hash: [u8; 32],
+    pub base: Option<[u8; 32]>,
+}
+
+impl Wanted {
+    pub fn whole(hash: [u8; 32]) -> Wanted {
+        Wanted { hash, base: None }
+    }
 }
 
 /// (name, limit on the body's bytes) of each kind.
@@ -138,8 +164,9 @@ fn kind_info(kind: u8) -> WireResult<(&'static str, usize)> {
         4 => ("Push", MAX_CHANGESET),
         5 => ("Deliver", 8 + MAX_CHANGESET),
         6 => ("Ack", 24),
-        7 => ("Want", 4 + 32 * MAX_WANT),
+        7 => ("Want", 4 + 64 * MAX_WANT),
         8 => ("Block", 32 + 4 + MAX_BLOCK),
+        9 => ("Patch", 64 + 8 + MAX_BLOCK + MAX_BLOCK / 64),
         k => return Err(WireError::UnknownKind(k)),
     })
 }
@@ -172,6 +199,7 @@ impl Msg {
             Msg::Ack { .. } => 6,
             Msg::Want { .. } => 7,
             Msg::Block { .. } => 8,
+            Msg::Patch { .. } => 9,
         }
     }
 
@@ -224,16 +252,28 @@ impl Msg {
                 w.u64(*seq);
                 w.u64(*time as u64);
             }
-            Msg::Want { hashes } => {
-                w.u32(count(hashes.len())?);
-                for h in hashes {
-                    w.bytes(h);
+            Msg::Want { wants } => {
+                w.u32(count(wants.len())?);
+                for x in wants {
+                    w.bytes(&x.hash);
+                    w.bytes(&x.base.unwrap_or([0; 32]));
                 }
             }
             Msg::Block { hash, data } => {
                 w.bytes(hash);
                 w.u32(count(data.len())?);
                 w.bytes(data);
+            }
+            Msg::Patch { hash, base, patch } => {
+                w.bytes(hash);
+                w.bytes(base);
+                w.u32(patch.len);
+                w.u32(count(patch.runs.len())?);
+                for (off, data) in &patch.runs {
+                    w.u32(*off);
+                    w.u32(count(data.len())?);
+                    w.bytes(data);
+                }
             }
         }
         let kind = self.kind();
@@ -303,7 +343,14 @@ impl Msg {
                 time: r.u64("time")? as i64,
             },
             7 => Msg::Want {
-                hashes: r.list("hashes", 32, |r| r.array("hash"))?,
+                wants: r.list("wants", 64, |r| {
+                    let hash = r.array("hash")?;
+                    let base: [u8; 32] = r.array("base")?;
+                    Ok(Wanted {
+                        hash,
+                        base: (base != [0; 32]).then_some(base),
+                    })
+                })?,
             },
             8 => {
                 let hash = r.array("hash")?;
@@ -313,6 +360,18 @@ impl Msg {
                     data: r.take(n, "data")?.to_vec(),
                 }
             }
+            9 => Msg::Patch {
+                hash: r.array("hash")?,
+                base: r.array("base")?,
+                patch: Patch {
+                    len: r.u32("len")?,
+                    runs: r.list("runs", 8, |r| {
+                        let off = r.u32("offset")?;
+                        let n = r.count("run", 1)?;
+                        Ok((off, r.take(n, "run")?.to_vec()))
+                    })?,
+                },
+            },
             k => return Err(WireError::UnknownKind(k)),
         };
         if !r.b.is_empty() {
@@ -493,7 +552,31 @@ mod tests {
                 seq,
                 time
             }),
-            prop::collection::vec(any::<[u8; 32]>(), 0..50).prop_map(|hashes| Msg::Want { hashes }),
+            prop::collection::vec(
+                (any::<[u8; 32]>(), proptest::option::of(any::<[u8; 32]>()))
+                    .prop_filter("zeros mean no base", |(_, b)| *b != Some([0; 32])),
+                0..50
+            )
+            .prop_map(|w| Msg::Want {
+                wants: w
+                    .into_iter()
+                    .map(|(hash, base)| Wanted { hash, base })
+                    .collect()
+            }),
+            (
+                any::<[u8; 32]>(),
+                any::<[u8; 32]>(),
+                any::<u32>(),
+                prop::collection::vec(
+                    (any::<u32>(), prop::collection::vec(any::<u8>(), 0..300)),
+                    0..5
+                )
+            )
+                .prop_map(|(hash, base, len, runs)| Msg::Patch {
+                    hash,
+                    base,
+                    patch: Patch { len, runs }
+                }),
             (
                 any::<[u8; 32]>(),
                 prop::collection::vec(any::<u8>(), 0..3000)
@@ -639,7 +722,7 @@ mod tests {
             Msg::decode(7, &body),
             Err(WireError::Short {
                 what: "Want",
-                field: "hashes"
+                field: "wants"
             })
         );
         // A Push claiming 4 billion ops.

@@ -10,7 +10,19 @@
 //! change-set that uses it is applied.
 
 use super::*;
-use crate::sync::tree::diff;
+use crate::sync::tree::{Op, diff};
+use crate::sync::wire::Wanted;
+
+/// Each block a change-set names: (file, index, hash).
+fn blocks_of(cs: &ChangeSet) -> impl Iterator<Item = (FileId, u64, Hash)> + '_ {
+    cs.ops.iter().flat_map(|op| match op {
+        Op::Node { fid, blocks, .. } => blocks
+            .iter()
+            .filter_map(|(i, h)| h.map(|h| (*fid, *i, h)))
+            .collect::<Vec<_>>(),
+        _ => Vec::new(),
+    })
+}
 
 /// The most operations applied as one version when change-sets queue up.
 const BATCH_OPS: usize = 4096;
@@ -191,7 +203,7 @@ impl Session<'_> {
                     self.state_changed()?;
                     self.acked = true;
                     self.read_at = 0;
-                    self.push_snap = None;
+                    self.base_snap = self.push_snap.take();
                 }
                 Event::Deliver(_) => {
                     if !self.apply_front(send).await? {
@@ -256,6 +268,7 @@ impl Session<'_> {
                     }
                     self.inc.waits(seq, 1);
                 }
+                let fresh: Vec<Wanted> = fresh.into_iter().map(Wanted::whole).collect();
                 self.ask(send, seq, &fresh).await?;
                 return Ok(false);
             }
@@ -263,7 +276,8 @@ impl Session<'_> {
         let inc = &mut self.inc;
         for ev in inc.queue.drain(..batch.len()) {
             if let Event::Deliver(d) = ev {
-                for h in crate::sync::server::hashes_of(&d.cs) {
+                // Counted as `request` counted them: each place.
+                for (_, _, h) in blocks_of(&d.cs) {
                     if let Some(n) = inc.uses.get_mut(&h) {
                         *n -= 1;
                         if *n == 0 {
@@ -289,8 +303,13 @@ impl Session<'_> {
     /// asked for): the blocks of a long log stream in as it is applied,
     /// and memory holds a window of them, not all.
     async fn request(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
+        if !self.view.ready {
+            // The blocks here are named from the local tree: read it now
+            // (the first time in a session), not at the first apply.
+            self.read_local()?;
+        }
         let inc = &mut self.inc;
-        let mut asks: Vec<(u64, Vec<Hash>)> = Vec::new();
+        let mut asks: Vec<(u64, Vec<Wanted>)> = Vec::new();
         let mut asking: HashSet<Hash> = HashSet::new();
         let mut held = inc.asked.len() + inc.fetched.len();
         let start = inc.queue.partition_point(|e| e.seq() <= inc.asked_to);
@@ -305,14 +324,24 @@ impl Session<'_> {
             inc.asked_to = d.seq;
             inc.in_window += 1;
             let mut need = Vec::new();
-            for h in crate::sync::server::hashes_of(&d.cs) {
+            for (fid, idx, h) in blocks_of(&d.cs) {
                 *inc.uses.entry(h).or_default() += 1;
                 if !self.view.places.contains_key(&h)
                     && !inc.fetched.contains_key(&h)
                     && !inc.asked.contains_key(&h)
                     && asking.insert(h)
                 {
-                    need.push(h);
+                    // The block this peer has in its place, which the
+                    // server may send it as a patch against.
+                    let base = self
+                        .peer
+                        .local
+                        .nodes
+                        .get(&fid)
+                        .and_then(|n| n.blocks.get(&idx))
+                        .filter(|b| self.view.places.contains_key(*b))
+                        .copied();
+                    need.push(Wanted { hash: h, base });
                 }
             }
             held += need.len();
@@ -331,16 +360,48 @@ impl Session<'_> {
         &mut self,
         send: &mut quinn::SendStream,
         seq: u64,
-        need: &[Hash],
+        need: &[Wanted],
     ) -> Result<(), SyncError> {
         for chunk in need.chunks(MAX_WANT) {
-            self.inc.asked.extend(chunk.iter().map(|h| (*h, seq)));
+            self.inc.asked.extend(chunk.iter().map(|w| (w.hash, seq)));
             let want = Msg::Want {
-                hashes: chunk.to_vec(),
+                wants: chunk.to_vec(),
             };
             send_msg(send, &want, &self.bytes).await?;
         }
         Ok(())
+    }
+
+    /// A block asked for came as a patch: rebuilt on the block this peer
+    /// has in its place, or asked for again whole if that cannot be done
+    /// (the base changed here since it was named).
+    pub(super) async fn on_patch(
+        &mut self,
+        hash: Hash,
+        base: Hash,
+        patch: crate::sync::patch::Patch,
+        send: &mut quinn::SendStream,
+    ) -> Result<(), SyncError> {
+        let Some(&by) = self.inc.asked.get(&hash) else {
+            return Err(SyncError::Protocol("a block not asked for".into()));
+        };
+        let old = self.inc.fetched.get(&base).cloned().or_else(|| {
+            let (fid, idx) = self.view.places.get(&base)?;
+            let version = self.fs.store().latest_version()?;
+            let b = self.fs.committed_block(version, *fid, *idx).ok()?;
+            (*blake3::hash(&b).as_bytes() == base).then_some(b)
+        });
+        let rebuilt = old.and_then(|old| {
+            crate::sync::patch::apply(&old, &patch, crate::sync::wire::MAX_BLOCK).ok()
+        });
+        match rebuilt {
+            Some(data) if *blake3::hash(&data).as_bytes() == hash => self.inc.on_block(hash, data),
+            _ => {
+                tracing::debug!("sync: a patch this peer cannot rebuild; asked whole");
+                self.inc.asked.remove(&hash);
+                self.ask(send, by, &[Wanted::whole(hash)]).await
+            }
+        }
     }
 
     /// Delivers `batch` to the peer (recording) and writes what that

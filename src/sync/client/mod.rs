@@ -146,6 +146,8 @@ async fn run(
             view: &mut view,
             push_places: HashMap::new(),
             push_snap: None,
+            base_snap: None,
+            patched: HashSet::new(),
             pushed_at: 0,
             read_at: 0,
             inc: Incoming::new(conf.window, fs.block_size()),
@@ -193,6 +195,13 @@ struct Session<'a> {
     /// blocks stay readable until the server has them (retention may let
     /// the version go otherwise, under many commits).
     push_snap: Option<crate::store::Snapshot<'a>>,
+    /// The commit the last acknowledged push was read from, held open:
+    /// its blocks are what the server has, so a block of the next push
+    /// can go as a patch against them.
+    base_snap: Option<crate::store::Snapshot<'a>>,
+    /// Blocks of the push in flight already offered as a patch: asked
+    /// again, they go whole.
+    patched: HashSet<Hash>,
     /// The commit the in-flight push was read from.
     pushed_at: u64,
     /// The commit the local tree was last read from, when nothing was
@@ -357,25 +366,51 @@ impl Session<'_> {
             Msg::Deliver { seq, cs } => self.on_deliver(seq, cs, send).await?,
             Msg::Ack { counter, seq, time } => self.inc.ack(seq, counter, time),
             Msg::Block { hash, data } => self.inc.on_block(hash, data)?,
-            Msg::Want { hashes } => {
-                for h in hashes {
-                    let data = match (self.push_places.get(&h), &self.push_snap) {
-                        (Some((fid, idx)), Some(snap)) => {
-                            self.fs.file_block_in(snap, *fid, *idx)?
-                        }
-                        _ => {
-                            return Err(SyncError::Protocol(
-                                "the server wants a block not pushed".into(),
-                            ));
-                        }
-                    };
-                    send_msg(send, &Msg::Block { hash: h, data }, &self.bytes).await?;
+            Msg::Patch { hash, base, patch } => self.on_patch(hash, base, patch, send).await?,
+            Msg::Want { wants } => {
+                for w in wants {
+                    let m = self.block_for_server(w.hash)?;
+                    send_msg(send, &m, &self.bytes).await?;
                 }
             }
             Msg::Refuse { reason, .. } => return Err(SyncError::Refused(reason)),
             _ => return Err(SyncError::Protocol("an unexpected message".into())),
         }
         Ok(())
+    }
+
+    /// A block of the push in flight, for the server: as a patch against
+    /// the block the server has in its place, when the version the last
+    /// acknowledged push was read from still holds that block here and
+    /// the patch is small; whole otherwise, or if the server asks again.
+    fn block_for_server(&mut self, h: Hash) -> Result<Msg, SyncError> {
+        let (Some(&(fid, idx)), Some(snap)) = (self.push_places.get(&h), &self.push_snap) else {
+            return Err(SyncError::Protocol(
+                "the server wants a block not pushed".into(),
+            ));
+        };
+        let data = self.fs.file_block_in(snap, fid, idx)?;
+        let base = self
+            .peer
+            .synced
+            .nodes
+            .get(&fid)
+            .and_then(|n| n.blocks.get(&idx))
+            .copied()
+            .filter(|b| *b != h);
+        if let (Some(base), Some(base_snap)) = (base, &self.base_snap)
+            && self.patched.insert(h)
+            && let Ok(old) = self.fs.file_block_in(base_snap, fid, idx)
+            && *blake3::hash(&old).as_bytes() == base
+            && let Some(patch) = super::patch::diff(&old, &data)
+        {
+            return Ok(Msg::Patch {
+                hash: h,
+                base,
+                patch,
+            });
+        }
+        Ok(Msg::Block { hash: h, data })
     }
 
     /// Saves the peer's state, at most once per [`SAVE_EVERY`] (the tick
@@ -453,6 +488,7 @@ impl Session<'_> {
             self.pushed_at = version;
             self.push_snap = Some(snap);
             self.push_places.clear();
+            self.patched.clear();
             for op in &cs.ops {
                 if let super::tree::Op::Node { fid, blocks, .. } = op {
                     for (i, h) in blocks {
