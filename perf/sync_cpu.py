@@ -7,6 +7,8 @@ then the CPU seconds of the server and of each of the mount's threads
 Run as root from the repository, with the release binary built:
   perf/sync_cpu.py sync|nosync fsync|seq
 """
+import json, os, subprocess, sys, tempfile, time
+
 BIN=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target", "release", "zippyfs")
 def sh(*a, **k): return subprocess.run(a, check=True, text=True, capture_output=True, **k)
 base=tempfile.mkdtemp(prefix="zf.", dir="/var/tmp")
