@@ -158,8 +158,9 @@ class Target:
         """Starts a sync server of this target's own and joins the store to it."""
         srv = tempfile.mkdtemp(prefix="zippy-server.", dir="/dev/shm")
         self.server_dir = srv
+        nice = ["nice", "-n", str(SERVER_NICE)] if SERVER_NICE else []
         self.server = subprocess.Popen(
-            [BIN, "serve", srv, "--listen", "127.0.0.1:0"],
+            nice + [BIN, "serve", srv, "--listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -303,6 +304,7 @@ def w_onedir(t):
 
 
 TREE = None
+SERVER_NICE = 0
 
 
 def source_tree(work):
@@ -396,7 +398,12 @@ def main():
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--name", default="transport")
     ap.add_argument("--work", default="/var/tmp", help="a directory on ext4")
+    ap.add_argument("--server-nice", type=int, default=0,
+                    help="run zippy-sync's server at this nice value: it stands in for a server "
+                         "on another machine, whose CPU the peer does not share (said in the results)")
     a = ap.parse_args()
+    global SERVER_NICE
+    SERVER_NICE = a.server_nice
     targets = a.targets.split(",")
     if a.meta_ttl is not None:
         META_ARGS.append(f"--ttl={a.meta_ttl}")
@@ -479,7 +486,9 @@ def write(name, m, targets, results, sizes):
         "",
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, Linux {m['kernel']}; "
         f"commit {m['commit']}; {m['fio']}. Median of {rounds} rounds, targets interleaved "
-        "in each round. Seconds: lower is better; MB/s and IOPS: higher is better.",
+        "in each round. Seconds: lower is better; MB/s and IOPS: higher is better."
+        + (f" zippy-sync's server ran at nice {SERVER_NICE}, standing in for a server on "
+           "another machine (it still shares these CPUs)." if SERVER_NICE and "zippy-sync" in targets else ""),
         "",
         "| workload | " + " | ".join(targets) + " |",
         "|---|" + "---|" * len(targets),

@@ -5,7 +5,9 @@ then the CPU seconds of the server and of each of the mount's threads
 (from /proc), the pushes and bytes the server took.
 
 Run as root from the repository, with the release binary built:
-  perf/sync_cpu.py sync|nosync fsync|seq
+  perf/sync_cpu.py sync|nosync fsync|seq|onedir
+(onedir: the suite's shell loop making 10,000 files in one directory;
+its "iops" is files a second)
 """
 import json, os, subprocess, sys, tempfile, time
 
@@ -40,11 +42,15 @@ try:
     c0=cpu(server.pid); t0=threads(pid)
     w=sys.argv[2]
     args={"fsync":["--rw=randwrite","--bs=4k","--size=64M","--fsync=1","--time_based","--runtime=6"],
-          "seq":["--rw=write","--bs=1M","--size=1G","--end_fsync=1"]}[w]
+          "seq":["--rw=write","--bs=1M","--size=1G","--end_fsync=1"],"onedir":[]}[w]
     st=time.time()
-    o=sh("fio","--output-format=json",f"--directory={mnt}","--name=x","--ioengine=psync","--group_reporting",*args).stdout
+    if w=="onedir":
+        sh("bash","-c",'mkdir "$1/one" && cd "$1/one" && for i in $(seq 10000); do echo x > f$i; done',"-",mnt)
+        j={"iops":10000/(time.time()-st),"bw_bytes":0}
+    else:
+        o=sh("fio","--output-format=json",f"--directory={mnt}","--name=x","--ioengine=psync","--group_reporting",*args).stdout
+        j=json.loads(o[o.index("{"):])["jobs"][0]["write"]
     el=time.time()-st
-    j=json.loads(o[o.index("{"):])["jobs"][0]["write"]
     time.sleep(1)
     t1=threads(pid)
     st_=json.load(open(os.path.join(srv,"status.json"))) if os.path.exists(os.path.join(srv,"status.json")) else {}

@@ -69,6 +69,28 @@ fn option_the_kernel_refuses_is_named_in_the_error() {
     );
 }
 
+#[test]
+fn sync_options_out_of_range_are_refused_by_name() {
+    let store = tempfile::tempdir().expect("store");
+    let mnt = tempfile::tempdir().expect("mountpoint");
+    for (opt, says) in [
+        (
+            "sync_nice=20",
+            "-o sync_nice=20: a number from 0 to 19 is needed",
+        ),
+        (
+            "sync_nice=-1",
+            "-o sync_nice=-1: a number from 0 to 19 is needed",
+        ),
+        (
+            "sync_window=4K",
+            "-o sync_window=4K: a size of 1M or more is needed",
+        ),
+    ] {
+        mount_fails_with(&["-o", opt], mnt.path(), store.path(), says);
+    }
+}
+
 fn signal_commits_and_exits(sig: i32) {
     let store = tempfile::tempdir().expect("store");
     let m = common::Mounted::start(store.path(), &[]);

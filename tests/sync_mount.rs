@@ -38,6 +38,31 @@ fn a_file_written_and_closed_on_one_peer_is_read_on_the_other() {
     });
     let st = server.status();
     assert!(st["pushes"].as_u64().unwrap_or(0) >= 2, "{st}");
+    // The sync threads run at the default nice value (`-o sync_nice`).
+    let mut sync_threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", a.pid())).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim().starts_with("zippy-sync") {
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            // Field 19 (nice), counting from the one after the name's ')'.
+            let nice: i32 = stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .nth(16)
+                .unwrap()
+                .parse()
+                .unwrap();
+            sync_threads.push((comm.trim().to_string(), nice));
+        }
+    }
+    assert!(sync_threads.len() >= 2, "{sync_threads:?}");
+    assert!(
+        sync_threads.iter().all(|(_, n)| *n == 10),
+        "{sync_threads:?}"
+    );
     a.unmount();
     // Unmounted, the store still tells what it synced.
     let b_store = b.store.clone();

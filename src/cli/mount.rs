@@ -49,7 +49,8 @@ pub struct MountArgs {
     /// ttl=SECS (how long the kernel caches attributes and names; 1),
     /// writeback_cache=on|off (the kernel's writeback cache; on),
     /// sync_window=SIZE (a syncing mount's blocks held or asked for ahead
-    /// of applying them; 128M),
+    /// of applying them; 128M), sync_nice=N (the nice value, 0 to 19, of
+    /// its sync threads; 10),
     /// history_name=NAME (the directory of old versions, .zippy by default); others go to
     /// the kernel mount (ro, noatime, allow_other, ...).
     #[arg(short = 'o', value_name = "OPTION,...", value_delimiter = ',')]
@@ -69,6 +70,8 @@ pub struct Plan {
     /// `-o sync_window`: bytes of blocks a syncing mount holds or asks for
     /// ahead of applying them.
     sync_window: u64,
+    /// `-o sync_nice`: the sync threads' nice value.
+    sync_nice: i32,
 }
 
 /// The checks before anything else, and the options sorted out.
@@ -103,6 +106,7 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
         options: Vec::new(),
     };
     let mut sync_window = zippyfs::sync::conf::DEFAULT_WINDOW;
+    let mut sync_nice = zippyfs::sync::conf::DEFAULT_NICE;
     for o in args
         .options
         .iter()
@@ -114,6 +118,12 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
                 .ok()
                 .filter(|&w| w >= 1 << 20)
                 .with_context(|| format!("-o sync_window={v}: a size of 1M or more is needed"))?;
+        } else if let Some(v) = o.strip_prefix("sync_nice=") {
+            sync_nice = v
+                .parse()
+                .ok()
+                .filter(|n| (0..=19).contains(n))
+                .with_context(|| format!("-o sync_nice={v}: a number from 0 to 19 is needed"))?;
         } else if !fs_option(o, &mut fs)? && !mount_option(o, &mut mount)? {
             mount.options.push(o.to_string());
         }
@@ -124,6 +134,7 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
         fs,
         mount,
         sync_window,
+        sync_nice,
     })
 }
 
@@ -297,6 +308,7 @@ pub fn serve(plan: &Plan, live: &mut dyn FnMut()) -> anyhow::Result<()> {
         Some(mut conf) => {
             tracing::info!(server = %conf.url(), "syncing");
             conf.window = plan.sync_window;
+            conf.nice = plan.sync_nice;
             Some(zippyfs::sync::client::Client::start(
                 Arc::clone(&fs),
                 plan.store.clone(),

@@ -94,6 +94,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<ExitCode> {
         fingerprint,
         credential,
         window: zippyfs::sync::conf::DEFAULT_WINDOW,
+        nice: zippyfs::sync::conf::DEFAULT_NICE,
     }
     .save(&args.store)?;
     println!(

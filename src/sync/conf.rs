@@ -19,6 +19,12 @@ use super::tree::Tree;
 use super::wire::state;
 use super::{SyncError, write_atomic, write_private};
 
+/// The sync threads' nice value unless `-o sync_nice` says otherwise:
+/// sync is background work, and on a machine whose CPUs are busy with the
+/// mount's own writes it takes what they leave and catches up after
+/// (`tuning.md` has the measured effect).
+pub const DEFAULT_NICE: i32 = 10;
+
 pub const CONF_FILE: &str = "sync.conf";
 pub const STATE_FILE: &str = "sync.state";
 
@@ -33,6 +39,8 @@ pub struct SyncConf {
     /// Bytes of blocks held or asked for, at most, for change-sets not
     /// yet applied (`-o sync_window`; [`DEFAULT_WINDOW`]).
     pub window: u64,
+    /// The nice value of the sync threads (`-o sync_nice`; [`DEFAULT_NICE`]).
+    pub nice: i32,
 }
 
 impl SyncConf {
@@ -84,6 +92,7 @@ impl SyncConf {
             fingerprint: get("fingerprint")?,
             credential: get("credential")?,
             window: DEFAULT_WINDOW,
+            nice: DEFAULT_NICE,
         }))
     }
 

@@ -62,15 +62,18 @@ impl Client {
             fs.on_status(Box::new(move || status.lock().json()));
         }
         let (s, w, st) = (stop.clone(), wake.clone(), status.clone());
+        let nice = conf.nice;
         let thread = std::thread::Builder::new()
             .name("zippy-sync".into())
             .spawn(move || {
+                lower_priority(nice);
                 // The session runs on this thread and blocks in applying a
                 // change-set; the connection and the reading of messages
                 // run on one worker thread of their own meanwhile.
                 let rt = match tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(1)
                     .thread_name("zippy-sync-net")
+                    .on_thread_start(move || lower_priority(nice))
                     .enable_all()
                     .build()
                 {
@@ -98,6 +101,23 @@ impl Client {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Gives the calling thread the nice value `nice` (Linux sets it per
+/// thread), so that sync takes the CPU the mount's own work leaves; a
+/// failure only costs that, so it is logged, not returned.
+fn lower_priority(nice: i32) {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority reads only its integer arguments; a thread id is
+    // a valid `who` for PRIO_PROCESS on Linux.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if r != 0 {
+        tracing::warn!(
+            "sync: cannot set its threads' nice value to {nice}: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
