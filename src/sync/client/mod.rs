@@ -36,7 +36,7 @@ use incoming::Incoming;
 /// The running sync thread.
 pub struct Client {
     stop: Arc<AtomicBool>,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     thread: Option<std::thread::JoinHandle<()>>,
     pub status: Arc<Mutex<Status>>,
 }
@@ -45,7 +45,7 @@ impl Client {
     /// Starts syncing `fs` (the store in `store`) as `conf` says.
     pub fn start(fs: Arc<Fs>, store: PathBuf, conf: SyncConf) -> Result<Client, SyncError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Wake::default());
         let status = Arc::new(Mutex::new(Status {
             server: conf.url(),
             why: "connecting".into(),
@@ -56,7 +56,7 @@ impl Client {
             let (wake, touched) = (wake.clone(), touched.clone());
             fs.on_commit(Box::new(move |c| {
                 touched.lock().add(c);
-                wake.notify_one();
+                wake.committed();
             }));
             let status = status.clone();
             fs.on_status(Box::new(move || status.lock().json()));
@@ -97,7 +97,7 @@ impl Client {
     /// Stops the thread (what is not pushed goes at the next mount).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.wake.notify_one();
+        self.wake.now();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -121,6 +121,32 @@ fn lower_priority(nice: i32) {
     }
 }
 
+/// How commits wake the sync thread: only while it waits for one. With a
+/// push in flight or a gap to wait out it has its next step already, and
+/// an fsync loop commits thousands of times a second: a wake per commit
+/// cost two context switches each, on the CPUs the writer needs.
+#[derive(Default)]
+struct Wake {
+    notify: Notify,
+    /// The thread waits for a commit. Set by it before it waits, taken by
+    /// the first commit after (which then wakes it).
+    idle: AtomicBool,
+}
+
+impl Wake {
+    /// From the commit hook, after the version is published.
+    fn committed(&self) {
+        if self.idle.swap(false, Ordering::SeqCst) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Whatever the thread is doing (stop).
+    fn now(&self) {
+        self.notify.notify_one();
+    }
+}
+
 /// How often a peer saves its state at most (it is rewritten whole).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -139,7 +165,7 @@ async fn run(
     store: PathBuf,
     conf: SyncConf,
     stop: Arc<AtomicBool>,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     status: Arc<Mutex<Status>>,
     touched: Arc<Mutex<Touched>>,
 ) {
@@ -190,7 +216,8 @@ async fn run(
         }
         if let Err(e) = r {
             tracing::warn!("sync: {e}; connecting again in {backoff:?}");
-            let _ = tokio::time::timeout(backoff, wake.notified()).await;
+            wake.idle.store(true, Ordering::SeqCst);
+            let _ = tokio::time::timeout(backoff, wake.notify.notified()).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         } else {
             break;
@@ -242,7 +269,7 @@ impl Session<'_> {
         &mut self,
         conf: &SyncConf,
         stop: &AtomicBool,
-        wake: &Notify,
+        wake: &Wake,
     ) -> Result<(), SyncError> {
         let addr = tokio::net::lookup_host((conf.host.as_str(), conf.port))
             .await
@@ -323,12 +350,26 @@ impl Session<'_> {
                 return Ok(());
             }
             self.drain(&mut send).await?;
+            // Commits wake this thread only while it waits for one; a
+            // commit made before the flag went up is found here.
+            let idle = !self.peer.in_flight() && !self.push_later && self.inc.is_empty();
+            wake.idle.store(idle, Ordering::SeqCst);
+            if idle
+                && self
+                    .fs
+                    .store()
+                    .latest_version()
+                    .is_some_and(|v| v != self.read_at)
+            {
+                self.push(&mut send).await?;
+                continue;
+            }
             tokio::select! {
                 m = rx.recv() => {
                     let m = m.ok_or_else(|| SyncError::Net("connection lost".into()))??;
                     self.on_msg(m, &mut send).await?;
                 }
-                _ = wake.notified() => self.push(&mut send).await?,
+                _ = wake.notify.notified() => self.push(&mut send).await?,
                 _ = tokio::time::sleep_until(
                     self.last_push.map_or_else(tokio::time::Instant::now, |t| t + PUSH_GAP)
                 ), if self.push_later => {
@@ -524,5 +565,36 @@ impl Session<'_> {
             self.last_push = Some(tokio::time::Instant::now());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit wakes the thread only while it waits for one, and once.
+    #[test]
+    fn commits_wake_the_sync_thread_only_while_it_is_idle() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let woken = |w: &Wake| {
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_millis(20), w.notify.notified())
+                    .await
+                    .is_ok()
+            })
+        };
+        let w = Wake::default();
+        w.committed();
+        assert!(!woken(&w), "woken while busy");
+        w.idle.store(true, Ordering::SeqCst);
+        w.committed();
+        w.committed();
+        assert!(woken(&w), "not woken while idle");
+        assert!(!woken(&w), "woken twice for one wait");
+        w.now();
+        assert!(woken(&w), "stop must always wake");
     }
 }
