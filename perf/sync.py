@@ -552,6 +552,9 @@ def main():
         res["big-edit until readable (ms)"] = (time.perf_counter() - t0) * 1000
         after = server.settled()
         res["big-edit bytes sent"] = after.get("bytes_out", 0) - before.get("bytes_out", 0)
+        res["big-edit blocks sent (as patches)"] = (
+            f'{after.get("blocks_out", 0) - before.get("blocks_out", 0)} '
+            f'({after.get("patches_out", 0) - before.get("patches_out", 0)})')
         res["big-edit file (bytes)"] = big
         # catch-up of 100 versions.
         pb.umount()
@@ -578,6 +581,9 @@ def main():
         res["catch-up 100 versions (s)"] = time.perf_counter() - t0
         after = server.settled()
         res["catch-up bytes sent"] = after.get("bytes_out", 0) - before.get("bytes_out", 0)
+        res["catch-up blocks sent (as patches)"] = (
+            f'{after.get("blocks_out", 0) - before.get("blocks_out", 0)} '
+            f'({after.get("patches_out", 0) - before.get("patches_out", 0)})')
         res["catch-up bytes changed"] = 100 * 4096
     finally:
         for p in (pa, pb):

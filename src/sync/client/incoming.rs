@@ -87,6 +87,10 @@ pub(super) struct Incoming {
     fetched: HashMap<Hash, Vec<u8>>,
     /// Blocks asked for and not come yet → the sequence that asked.
     asked: HashMap<Hash, u64>,
+    /// Blocks asked for against a base → where this peer had that base
+    /// (`view.places` names one place per hash, and a block that stands
+    /// in several places may have changed in the one it names).
+    asked_at: HashMap<Hash, (FileId, u64)>,
     /// How many change-sets in the window use each block: a fetched block
     /// is let go of when none is left.
     uses: HashMap<Hash, u32>,
@@ -108,6 +112,7 @@ impl Incoming {
             queue: VecDeque::new(),
             fetched: HashMap::new(),
             asked: HashMap::new(),
+            asked_at: HashMap::new(),
             uses: HashMap::new(),
             asked_to: 0,
             in_window: 0,
@@ -147,6 +152,7 @@ impl Incoming {
         let Some(by) = self.asked.remove(&hash) else {
             return Err(SyncError::Protocol("a block not asked for".into()));
         };
+        self.asked_at.remove(&hash);
         self.waits(by, -1);
         self.fetched.insert(hash, data);
         Ok(())
@@ -341,6 +347,9 @@ impl Session<'_> {
                         .and_then(|n| n.blocks.get(&idx))
                         .filter(|b| self.view.places.contains_key(*b))
                         .copied();
+                    if base.is_some() {
+                        inc.asked_at.insert(h, (fid, idx));
+                    }
                     need.push(Wanted { hash: h, base });
                 }
             }
@@ -385,11 +394,18 @@ impl Session<'_> {
         let Some(&by) = self.inc.asked.get(&hash) else {
             return Err(SyncError::Protocol("a block not asked for".into()));
         };
+        // Where the base may be: fetched, the place `view.places` names,
+        // the place it stood when asked for; each checked by its hash.
+        let version = self.fs.store().latest_version();
+        let places = [
+            self.view.places.get(&base).copied(),
+            self.inc.asked_at.get(&hash).copied(),
+        ];
         let old = self.inc.fetched.get(&base).cloned().or_else(|| {
-            let (fid, idx) = self.view.places.get(&base)?;
-            let version = self.fs.store().latest_version()?;
-            let b = self.fs.committed_block(version, *fid, *idx).ok()?;
-            (*blake3::hash(&b).as_bytes() == base).then_some(b)
+            places.into_iter().flatten().find_map(|(fid, idx)| {
+                let b = self.fs.committed_block(version?, fid, idx).ok()?;
+                (*blake3::hash(&b).as_bytes() == base).then_some(b)
+            })
         });
         let rebuilt = old.and_then(|old| {
             crate::sync::patch::apply(&old, &patch, crate::sync::wire::MAX_BLOCK).ok()
@@ -399,6 +415,7 @@ impl Session<'_> {
             _ => {
                 tracing::debug!("sync: a patch this peer cannot rebuild; asked whole");
                 self.inc.asked.remove(&hash);
+                self.inc.asked_at.remove(&hash);
                 self.ask(send, by, &[Wanted::whole(hash)]).await
             }
         }
