@@ -180,6 +180,20 @@ fn the_server_killed_mid_transfer_and_a_peer_killed_mid_push_lose_nothing() {
     assert_eq!(tree(a.path()), tree(b.path()));
     a.unmount();
     b.unmount();
+    // The server's store (the same engine as a peer's), killed once more
+    // (SIGKILL), checks clean: every page of every kept version.
+    server.kill();
+    let out = std::process::Command::new(common::bin())
+        .arg("fsck")
+        .arg(server.dir.path().join("store"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains(" 0 problems"),
+        "fsck of the server's store: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A UDP proxy between one peer and the server that can cut the path or
