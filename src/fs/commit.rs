@@ -300,7 +300,7 @@ impl Fs {
             return Ok(());
         }
         self.step("cut");
-        let changed = self.commit_hook.get().map(|_| Changed::of(&deltas));
+        let mut changed = self.commit_hook.get().map(|_| Changed::of(&deltas));
         let result = self.write_deltas(&deltas, cause);
         self.step("after commit");
         let bytes: u64 = deltas.iter().map(|(_, d)| d.bytes).sum();
@@ -314,8 +314,9 @@ impl Fs {
                 g.delta = old;
             }
         }
-        if result.is_ok() {
-            if let (Some(hook), Some(c)) = (self.commit_hook.get(), &changed) {
+        if let Ok(version) = result {
+            if let (Some(hook), Some(c)) = (self.commit_hook.get(), &mut changed) {
+                c.version = version;
                 hook(c);
             }
             self.sub_dirty(bytes);
@@ -325,10 +326,10 @@ impl Fs {
                 self.refresh_room();
             }
         }
-        result
+        result.map(|_| ())
     }
 
-    fn write_deltas(&self, deltas: &[(usize, Arc<Delta>)], cause: &str) -> FsResult<()> {
+    fn write_deltas(&self, deltas: &[(usize, Arc<Delta>)], cause: &str) -> FsResult<u64> {
         // Phase timings, logged at debug level (the store logs its own).
         let t0 = std::time::Instant::now();
         let mut t = self.store.begin_write()?;
@@ -367,7 +368,7 @@ impl Fs {
         }
         let t3 = std::time::Instant::now();
         self.step("store commit");
-        t.commit(cause)?;
+        let version = t.commit(cause)?.id;
         self.committed_next_ino.store(next_ino, Ordering::Relaxed);
         tracing::debug!(
             blocks,
@@ -377,7 +378,7 @@ impl Fs {
             store_commit = ?t3.elapsed(),
             "fs commit"
         );
-        Ok(())
+        Ok(version)
     }
 
     /// Hashes and writes large dirty blocks into their reserved extents:
@@ -630,6 +631,8 @@ fn put_delta(t: &mut WriteTxn<'_>, d: &Delta) -> FsResult<Vec<(u64, u64, Reserve
 /// directory entries made or removed (directory inode, name).
 #[derive(Debug, Default)]
 pub struct Changed {
+    /// The version the commit made (already visible when the hook runs).
+    pub version: u64,
     pub inodes: Vec<u64>,
     pub entries: Vec<(u64, Vec<u8>)>,
 }
@@ -649,6 +652,7 @@ impl Changed {
             }
         }
         Changed {
+            version: 0,
             inodes: inodes.into_iter().collect(),
             entries,
         }

@@ -18,12 +18,17 @@ pub struct Touched {
     pub(super) inodes: HashSet<u64>,
     pub(super) entries: HashSet<(u64, Vec<u8>)>,
     pub(super) overflow: bool,
+    /// The last commit added: its changes, and every earlier one's, are
+    /// here or were read (its version may be visible before the hook
+    /// adds it, so "nothing new" is judged by this, not by the store).
+    pub(super) through: u64,
 }
 
 const TOUCHED_MAX: usize = 1 << 20;
 
 impl Touched {
     pub(super) fn add(&mut self, c: &crate::fs::Changed) {
+        self.through = self.through.max(c.version);
         if self.overflow {
             return;
         }
@@ -42,6 +47,8 @@ impl Touched {
 #[derive(Default)]
 pub(super) struct LocalView {
     pub(super) ready: bool,
+    /// `Touched::through` when it was last read.
+    pub(super) read_through: u64,
     pub(super) ino_fid: HashMap<u64, FileId>,
     /// hash → (file, index) of a block here (possibly stale: checked when read).
     pub(super) places: HashMap<Hash, (FileId, u64)>,

@@ -139,6 +139,28 @@ fn a_commit_hands_every_block_but_each_jobs_last_to_the_disk_early() {
     assert_eq!(fs.read(f.ino, 0, 3 * BS as u32).unwrap()[..100], [8u8; 100]);
 }
 
+/// The hook is told which version a commit made (sync judges "nothing
+/// new" by it: the version is visible before the hook runs).
+#[test]
+fn the_commit_hook_is_told_the_version_and_what_changed() {
+    let (_d, fs) = fresh();
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    fs.on_commit(Box::new(move |c| {
+        s.lock().push((c.version, c.inodes.clone()))
+    }));
+    let (f, _) = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap();
+    fs.write(f.ino, 0, b"x").unwrap();
+    fs.commit("t").unwrap();
+    let v1 = fs.store().latest_version().unwrap();
+    fs.write(f.ino, 0, b"y").unwrap();
+    fs.commit("t").unwrap();
+    let v2 = fs.store().latest_version().unwrap();
+    let seen = seen.lock();
+    assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![v1, v2]);
+    assert!(seen[1].1.contains(&f.ino), "{seen:?}");
+}
+
 #[test]
 fn fsync_commits_and_a_second_fsync_has_nothing_to_wait_for() {
     let (_d, fs) = fresh();

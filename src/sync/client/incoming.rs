@@ -247,7 +247,7 @@ impl Session<'_> {
                 // longer each time (the connection stays; blocks keep
                 // coming), so that it can finish.
                 self.inc.tries += 1;
-                let wait = Duration::from_millis(1 << self.inc.tries.min(10)).min(RETRY_MAX);
+                let wait = Duration::from_millis(1 << (self.inc.tries - 1).min(10)).min(RETRY_MAX);
                 if self.inc.tries == 10 {
                     tracing::warn!(
                         seq,

@@ -251,8 +251,9 @@ struct Session<'a> {
     patched: HashSet<Hash>,
     /// The commit the in-flight push was read from.
     pushed_at: u64,
-    /// The commit the local tree was last read from, when nothing was
-    /// pending after it (0: read it at the next push).
+    /// The last commit (`Touched::through`) whose changes the local tree
+    /// was read with and pushed, when nothing was pending after it (0:
+    /// read it at the next push).
     read_at: u64,
     /// What came from the server and is not applied yet.
     inc: Incoming,
@@ -351,18 +352,14 @@ impl Session<'_> {
             }
             self.drain(&mut send).await?;
             // Commits wake this thread only while it waits for one; a
-            // commit made before the flag went up is found here.
+            // commit whose hook ran before the flag went up is found here
+            // (one after it wakes the thread). Then it waits as always, so
+            // that a stream of commits sync has nothing to push for does
+            // not keep it from the messages and the tick.
             let idle = !self.peer.in_flight() && !self.push_later && self.inc.is_empty();
             wake.idle.store(idle, Ordering::SeqCst);
-            if idle
-                && self
-                    .fs
-                    .store()
-                    .latest_version()
-                    .is_some_and(|v| v != self.read_at)
-            {
+            if idle && self.view.touched.lock().through > self.read_at {
                 self.push(&mut send).await?;
-                continue;
             }
             tokio::select! {
                 m = rx.recv() => {
@@ -501,6 +498,7 @@ impl Session<'_> {
             let mut t = self.view.touched.lock();
             let inodes: Vec<u64> = t.inodes.drain().collect();
             let entries: Vec<(u64, Vec<u8>)> = t.entries.drain().collect();
+            self.view.read_through = t.through;
             (inodes, entries, std::mem::take(&mut t.overflow))
         };
         if !self.view.ready || overflow {
@@ -534,7 +532,7 @@ impl Session<'_> {
             return Ok(());
         }
         // Nothing committed since the tree was last read and pushed.
-        if self.read_at != 0 && self.fs.store().latest_version() == Some(self.read_at) {
+        if self.read_at != 0 && self.view.touched.lock().through == self.read_at {
             return Ok(());
         }
         let version = self.read_local()?;
@@ -544,7 +542,7 @@ impl Session<'_> {
             self.read_at = 0;
             return Ok(());
         };
-        self.read_at = version;
+        self.read_at = self.view.read_through;
         if let Some(cs) = self.peer.push() {
             self.pushed_at = version;
             self.push_snap = Some(snap);
