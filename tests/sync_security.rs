@@ -25,47 +25,28 @@ fn frame(m: &Msg) -> Vec<u8> {
     b
 }
 
-/// Valid frames a client could send, as raw bytes.
-fn seeds(credential: &str) -> Vec<Vec<u8>> {
-    let hello = Msg::Hello {
+/// A Hello for volume "v" with `credential`.
+fn hello(credential: &str) -> Msg {
+    Msg::Hello {
         proto_min: PROTO_MIN,
         proto_max: PROTO_MAX,
         volume: "v".into(),
         credential: credential.into(),
         store_id: [3; 16],
         last_applied: 0,
-    };
-    let push = Msg::Push(ChangeSet {
-        origin: 0,
-        origin_name: String::new(),
-        counter: 1,
-        base: 0,
-        time: 0,
-        ops: vec![
-            Op::Node {
-                fid: 77,
-                whole: true,
-                meta: Meta {
-                    kind: zippyfs::fs::Kind::File,
-                    perm: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    size: 5,
-                    mtime: zippyfs::fs::Time::default(),
-                },
-                cut: None,
-                blocks: vec![(0, Some([9; 32]))],
-                xattrs: vec![(b"user.x".to_vec(), Some(b"y".to_vec()))],
-                target: Some(Vec::new()),
-            },
-            Op::Names {
-                fid: 77,
-                removed: vec![],
-                added: vec![(1, b"evil".to_vec())],
-            },
-        ],
-    });
+    }
+}
+
+/// Valid frames a client could send, as raw bytes.
+fn seeds(credential: &str) -> Vec<Vec<u8>> {
+    let hello = hello(credential);
+    // A file with an xattr, whose block the server never got.
+    let mut push = push_of(1, 77, "evil", b"hello");
+    if let Msg::Push(cs) = &mut push
+        && let Some(Op::Node { xattrs, .. }) = cs.ops.first_mut()
+    {
+        xattrs.push((b"user.x".to_vec(), Some(b"y".to_vec())));
+    }
     vec![
         frame(&hello),
         frame(&push),
@@ -281,15 +262,9 @@ fn a_patch_that_does_not_rebuild_its_block_is_asked_for_whole_and_never_taken() 
             .await
             .unwrap();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        let hello = Msg::Hello {
-            proto_min: PROTO_MIN,
-            proto_max: PROTO_MAX,
-            volume: "v".into(),
-            credential: credential.trim().into(),
-            store_id: [3; 16],
-            last_applied: 0,
-        };
-        send.write_all(&frame(&hello)).await.unwrap();
+        send.write_all(&frame(&hello(credential.trim())))
+            .await
+            .unwrap();
         assert!(matches!(next_msg(&mut recv).await, Msg::Welcome { .. }));
         // The first version of the file, whole.
         send.write_all(&frame(&push_of(1, 77, "f", &old)))

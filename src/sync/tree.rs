@@ -252,6 +252,11 @@ impl Tree {
             .is_some_and(|n| n.meta.kind == Kind::Dir)
     }
 
+    /// The hash of block `idx` of file `fid`, if the file has that block.
+    pub fn block(&self, fid: FileId, idx: u64) -> Option<Hash> {
+        self.nodes.get(&fid)?.blocks.get(&idx).copied()
+    }
+
     pub fn names_of(&self, fid: FileId) -> impl Iterator<Item = &Key> {
         self.names.get(&fid).into_iter().flatten()
     }

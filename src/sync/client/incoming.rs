@@ -15,13 +15,17 @@ use crate::sync::wire::Wanted;
 
 /// Each block a change-set names: (file, index, hash).
 fn blocks_of(cs: &ChangeSet) -> impl Iterator<Item = (FileId, u64, Hash)> + '_ {
-    cs.ops.iter().flat_map(|op| match op {
-        Op::Node { fid, blocks, .. } => blocks
-            .iter()
-            .filter_map(|(i, h)| h.map(|h| (*fid, *i, h)))
-            .collect::<Vec<_>>(),
-        _ => Vec::new(),
-    })
+    cs.ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Node { fid, blocks, .. } => Some((*fid, blocks)),
+            _ => None,
+        })
+        .flat_map(|(fid, blocks)| {
+            blocks
+                .iter()
+                .filter_map(move |(i, h)| h.map(|h| (fid, *i, h)))
+        })
 }
 
 /// The most operations applied as one version when change-sets queue up.
@@ -339,14 +343,8 @@ impl Session<'_> {
                 {
                     // The block this peer has in its place, which the
                     // server may send it as a patch against.
-                    let base = self
-                        .peer
-                        .local
-                        .nodes
-                        .get(&fid)
-                        .and_then(|n| n.blocks.get(&idx))
-                        .filter(|b| self.view.places.contains_key(*b))
-                        .copied();
+                    let base = (self.peer.local.block(fid, idx))
+                        .filter(|b| self.view.places.contains_key(b));
                     if base.is_some() {
                         inc.asked_at.insert(h, (fid, idx));
                     }

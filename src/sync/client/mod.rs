@@ -448,14 +448,7 @@ impl Session<'_> {
             ));
         };
         let data = self.fs.file_block_in(snap, fid, idx)?;
-        let base = self
-            .peer
-            .synced
-            .nodes
-            .get(&fid)
-            .and_then(|n| n.blocks.get(&idx))
-            .copied()
-            .filter(|b| *b != h);
+        let base = self.peer.synced.block(fid, idx).filter(|b| *b != h);
         if let (Some(base), Some(base_snap)) = (base, &self.base_snap)
             && self.patched.insert(h)
             && let Ok(old) = self.fs.file_block_in(base_snap, fid, idx)
