@@ -462,6 +462,14 @@ impl Fs {
         }
     }
 
+    /// Locks every shard, in shard order.
+    fn lock_all(&self) -> Locked<'_> {
+        Locked {
+            n: self.shards.len(),
+            guards: self.shards.iter().map(|s| s.lock()).enumerate().collect(),
+        }
+    }
+
     /// Whether `ino` may be changed: not in the read-only history, and not
     /// after a failure (see [`Fs::fail`]).
     pub(super) fn writable(&self, ino: u64) -> FsResult<()> {

@@ -49,11 +49,25 @@ impl Fs {
                 let dst = self.dirent_in(l.get(newparent), &snap, newparent, newname)?;
                 (src, dst)
             };
-            let mut inos = vec![parent, newparent, src.0];
-            if let Some(d) = dst {
-                inos.push(d.0);
-            }
-            let mut l = self.lock_many(&inos);
+            // A directory moving to another parent needs the ancestry of
+            // the new parent, which may live in any shard: such a rename
+            // locks them all, in order (Linux's per-filesystem rename mutex
+            // plays this part). Locking an ancestor's shard later, out of
+            // order, deadlocked against the flusher; and with only some
+            // shards held, two such renames at once could each pass the
+            // check and make a loop.
+            let dir_moves = parent != newparent
+                && (src.1 == Kind::Dir
+                    || (mode == RenameMode::Exchange && dst.is_some_and(|d| d.1 == Kind::Dir)));
+            let mut l = if dir_moves {
+                self.lock_all()
+            } else {
+                let mut inos = vec![parent, newparent, src.0];
+                if let Some(d) = dst {
+                    inos.push(d.0);
+                }
+                self.lock_many(&inos)
+            };
             let snap = self.snap()?;
             if self.dirent_in(l.get(parent), &snap, parent, name)? != Some(src)
                 || self.dirent_in(l.get(newparent), &snap, newparent, newname)? != dst
@@ -228,14 +242,14 @@ impl Fs {
             if cur == ROOT {
                 return Ok(false);
             }
-            let i = match l.try_get(cur) {
-                Some(sh) => self.inode_in(sh, snap, cur)?,
-                None => {
-                    let sh = self.shard(cur);
-                    self.inode_in(&sh, snap, cur)?
-                }
+            // Every shard is held here (see `rename`); taking one now would
+            // be out of order.
+            let Some(sh) = l.try_get(cur) else {
+                return Err(FsError::Corrupt(format!(
+                    "rename: the shard of ancestor {cur} is not locked"
+                )));
             };
-            cur = i.parent;
+            cur = self.inode_in(sh, snap, cur)?.parent;
         }
         err(libc::ELOOP)
     }

@@ -8,6 +8,7 @@ pub mod sync;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -25,6 +26,7 @@ pub struct Mounted {
     pub mnt: PathBuf,
     pub store: PathBuf,
     child: Option<Child>,
+    watchdog: Watchdog,
     _mnt_dir: tempfile::TempDir,
 }
 
@@ -59,6 +61,7 @@ impl Mounted {
             .stderr(stderr);
         let child = cmd.spawn().expect("spawn zippyfs mount");
         let mut m = Mounted {
+            watchdog: Watchdog::start(child.id(), &mnt),
             mnt,
             store: store.to_path_buf(),
             child: Some(child),
@@ -98,6 +101,7 @@ impl Mounted {
         let st = match sig {
             None => self.take_down(false),
             Some(sig) => {
+                self.watchdog.disarm();
                 let mut child = self.child.take().expect("daemon");
                 // SAFETY: kill(2) with our own child's pid.
                 unsafe { libc::kill(child.id() as i32, sig) };
@@ -119,6 +123,7 @@ impl Mounted {
 
     /// Kills the daemon with SIGKILL and clears the dead mount.
     pub fn kill9(mut self) {
+        self.watchdog.disarm();
         if let Some(c) = self.child.as_mut() {
             let _ = c.kill();
             let _ = c.wait();
@@ -128,6 +133,7 @@ impl Mounted {
     }
 
     fn take_down(&mut self, lazy: bool) -> Option<ExitStatus> {
+        self.watchdog.disarm();
         let mut child = self.child.take()?;
         let mut umount = Command::new("umount");
         if lazy {
@@ -156,6 +162,116 @@ impl Drop for Mounted {
             let _ = self.take_down(true);
         }
     }
+}
+
+/// How long a test may keep one mount before it counts as hung (seconds,
+/// `ZIPPY_TEST_HANG_SECS`, default 600). A deadlocked daemon once held CI
+/// until its 90 minutes ran out with nothing to show for it.
+fn hang_limit() -> Duration {
+    let secs = std::env::var("ZIPPY_TEST_HANG_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    Duration::from_secs(secs)
+}
+
+/// Watches one daemon: if its mount outlives [`hang_limit`], prints where
+/// each of its threads stands (the kernel's stacks, and gdb's backtraces
+/// where gdb is installed) and kills it, which aborts the FUSE connection
+/// so that the test's stuck calls fail (ENOTCONN) and the test with them.
+struct Watchdog {
+    /// Set when the test takes the daemon down. Held while killing, so the
+    /// pid is never killed after the test has reaped it.
+    done: Arc<Mutex<bool>>,
+}
+
+impl Watchdog {
+    fn start(pid: u32, mnt: &Path) -> Watchdog {
+        let done = Arc::new(Mutex::new(false));
+        let (flag, mnt) = (Arc::clone(&done), mnt.to_path_buf());
+        let limit = hang_limit();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while started.elapsed() < limit {
+                std::thread::sleep(Duration::from_millis(250));
+                if *flag.lock().unwrap_or_else(|e| e.into_inner()) {
+                    return;
+                }
+            }
+            let done = flag.lock().unwrap_or_else(|e| e.into_inner());
+            if *done {
+                return;
+            }
+            eprintln!(
+                "HUNG: the zippyfs daemon {pid} has served {} for {} s; where its threads stand:\n{}",
+                mnt.display(),
+                limit.as_secs(),
+                thread_report(pid)
+            );
+            // SAFETY: kill(2) on our child, which is not reaped while `done`
+            // is false and held.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        });
+        Watchdog { done }
+    }
+
+    fn disarm(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+}
+
+/// Each thread's name, wait channel and kernel stack, then gdb's
+/// backtraces cut to this crate's frames.
+fn thread_report(pid: u32) -> String {
+    let mut out = String::new();
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let p = t.path();
+            out += &format!(
+                "thread {} {} waiting in {}\n{}",
+                t.file_name().to_string_lossy(),
+                read(p.join("comm")).trim(),
+                read(p.join("wchan")).trim(),
+                read(p.join("stack"))
+            );
+        }
+    }
+    match Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt",
+        ])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) => {
+            for l in String::from_utf8_lossy(&o.stdout).lines() {
+                if l.starts_with("Thread ") {
+                    out += l;
+                    out.push('\n');
+                    continue;
+                }
+                // "#9  0x… in zippyfs::a::b (args…) at src/x.rs:12", or
+                // without the address when inlined.
+                let Some(frame) = l.strip_prefix('#') else {
+                    continue;
+                };
+                let f = frame.split_once(" in ").map_or(frame, |(_, f)| f);
+                let f = f.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ');
+                if f.starts_with("zippyfs::") {
+                    let name = f.split(" (").next().unwrap_or(f);
+                    let at = f.rsplit_once(" at ").map_or("", |(_, a)| a);
+                    out += &format!("    {name} at {at}\n");
+                }
+            }
+        }
+        Err(e) => out += &format!("(no backtraces: gdb: {e})\n"),
+    }
+    out
 }
 
 /// The ways to run the daemon: each transport, with one shard per core

@@ -6,6 +6,7 @@ use data::patch_block;
 mod coherence;
 mod commit;
 mod model;
+mod rename;
 mod space;
 
 const ROOT_CTX: Ctx = Ctx {
