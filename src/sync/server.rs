@@ -582,14 +582,17 @@ async fn connection(
                 if pending.as_ref().is_some_and(|p| p.missing.is_empty())
                     && let Some(p) = pending.take()
                 {
-                    // Everything before it first, then its ack.
-                    let head = *heads.borrow_and_update();
-                    while sent < head {
-                        sent += 1;
-                        let cs = st.change_set(&volume, sent)?;
-                        send_msg(&mut send, &Msg::Deliver { seq: sent, cs }, bytes).await?;
-                    }
+                    // Everything ordered before it first, then its ack,
+                    // which stands for its delivery. The sequence is fixed
+                    // when it is taken, not before: while this connection
+                    // awaited a send, another may have taken a push, and
+                    // that one must reach this peer before the ack.
                     if let Some((seq, counter, time)) = take_push(st, &volume, &peer, p)? {
+                        while sent + 1 < seq {
+                            sent += 1;
+                            let cs = st.change_set(&volume, sent)?;
+                            send_msg(&mut send, &Msg::Deliver { seq: sent, cs }, bytes).await?;
+                        }
                         sent = seq;
                         send_msg(&mut send, &Msg::Ack { counter, seq, time }, bytes).await?;
                     }
