@@ -165,6 +165,8 @@ class Target:
             stderr=subprocess.DEVNULL,
             text=True,
         )
+        if SERVER_CPU:
+            cap_cpu(self.server.pid, SERVER_CPU)
         port = fingerprint = None
         for _ in range(2):
             line = self.server.stdout.readline().strip()
@@ -213,6 +215,36 @@ class Target:
             self.server = None
             shutil.rmtree(self.server_dir, ignore_errors=True)
         shutil.rmtree(self.base)
+
+
+CGROUP = "zippy-bench-server"
+
+
+def cap_cpu(pid, pct):
+    """Moves process `pid` (with every thread it has and makes) into a
+    cgroup of its own allowed `pct` percent of one CPU: cgroup v2's cpu.max
+    where /sys/fs/cgroup is v2, v1's CFS quota otherwise."""
+    def put(path, value):
+        with open(path, "w") as f:
+            f.write(str(value))
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        put("/sys/fs/cgroup/cgroup.subtree_control", "+cpu")
+        d = os.path.join("/sys/fs/cgroup", CGROUP)
+        os.makedirs(d, exist_ok=True)
+        put(os.path.join(d, "cpu.max"), f"{pct * 1000} 100000")
+    else:
+        d = os.path.join("/sys/fs/cgroup/cpu", CGROUP)
+        os.makedirs(d, exist_ok=True)
+        put(os.path.join(d, "cpu.cfs_period_us"), 100000)
+        put(os.path.join(d, "cpu.cfs_quota_us"), pct * 1000)
+    put(os.path.join(d, "cgroup.procs"), pid)
+
+
+def process_cpu(pid):
+    """CPU seconds process `pid` has used (user and system)."""
+    with open(f"/proc/{pid}/stat") as f:
+        st = f.read().rsplit(")", 1)[1].split()
+    return (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def drop_caches():
@@ -305,6 +337,9 @@ def w_onedir(t):
 
 TREE = None
 SERVER_NICE = 0
+SERVER_CPU = None
+# (round, workload, CPU seconds) of zippy-sync's server during each workload.
+SERVER_CPU_USED = []
 
 
 def source_tree(work):
@@ -401,9 +436,14 @@ def main():
     ap.add_argument("--server-nice", type=int, default=0,
                     help="run zippy-sync's server at this nice value: it stands in for a server "
                          "on another machine, whose CPU the peer does not share (said in the results)")
+    ap.add_argument("--server-cpu", type=int, default=None, metavar="PCT",
+                    help="cap zippy-sync's server at PCT percent of one CPU (a cgroup of its own): "
+                         "with --server-nice, a stand-in for a server on another machine that "
+                         "still costs this one at most PCT%% (said in the results)")
     a = ap.parse_args()
-    global SERVER_NICE
+    global SERVER_NICE, SERVER_CPU
     SERVER_NICE = a.server_nice
+    SERVER_CPU = a.server_cpu
     targets = a.targets.split(",")
     if a.meta_ttl is not None:
         META_ARGS.append(f"--ttl={a.meta_ttl}")
@@ -434,7 +474,10 @@ def main():
                     drop_caches()
                     t.up()
                     try:
+                        cpu0 = process_cpu(t.server.pid) if t.server else None
                         got = WORKLOADS[w](t)
+                        if t.server:
+                            SERVER_CPU_USED.append((r + 1, w, process_cpu(t.server.pid) - cpu0))
                         size = t.store_bytes()
                     finally:
                         t.down()
@@ -475,6 +518,7 @@ def write(name, m, targets, results, sizes):
     with open(base + ".json", "w") as f:
         json.dump(
             {"machine": m, "rounds": results, "median": med, "store_bytes": sizes,
+             "server_cpu_seconds": SERVER_CPU_USED,
              "store_bytes_median": store},
             f,
             indent=1,
@@ -488,7 +532,9 @@ def write(name, m, targets, results, sizes):
         f"commit {m['commit']}; {m['fio']}. Median of {rounds} rounds, targets interleaved "
         "in each round. Seconds: lower is better; MB/s and IOPS: higher is better."
         + (f" zippy-sync's server ran at nice {SERVER_NICE}, standing in for a server on "
-           "another machine (it still shares these CPUs)." if SERVER_NICE and "zippy-sync" in targets else ""),
+           "another machine (it still shares these CPUs)." if SERVER_NICE and "zippy-sync" in targets else "")
+        + (f" Its CPU was capped at {SERVER_CPU}% of one CPU (a cgroup of its own)."
+           if SERVER_CPU and "zippy-sync" in targets else ""),
         "",
         "| workload | " + " | ".join(targets) + " |",
         "|---|" + "---|" * len(targets),
@@ -539,6 +585,14 @@ def write(name, m, targets, results, sizes):
             lines.append(
                 f"| {t} | " + " | ".join(f"{store[t].get(w, 0) / 2**20:.1f}" for w in ws) + " |"
             )
+    if SERVER_CPU_USED:
+        ws = list(dict.fromkeys(w for _, w, _ in SERVER_CPU_USED))
+        lines += ["", "zippy-sync's server: CPU seconds during each workload (median of rounds):", ""]
+        lines.append("| " + " | ".join(ws) + " |")
+        lines.append("|" + "---|" * len(ws))
+        lines.append("| " + " | ".join(
+            f"{statistics.median([c for _, w2, c in SERVER_CPU_USED if w2 == w]):.2f}" for w in ws
+        ) + " |")
     with open(base + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -261,6 +261,22 @@ impl Fs {
         Ok(history::block_at(snap, ino, idx)?.to_vec())
     }
 
+    /// The BLAKE3 hash of block `idx` of file `fid` in `snap`, as the
+    /// commit recorded it (no block is read or hashed); `None` for a hole.
+    pub fn file_block_hash_in(
+        &self,
+        snap: &Snapshot<'_>,
+        fid: u128,
+        idx: u64,
+    ) -> FsResult<Option<[u8; 32]>> {
+        let ino = self
+            .ino_of(snap, &[], fid)?
+            .ok_or(FsError::Errno(libc::ENOENT))?;
+        Ok(snap
+            .get_entry(&block_key(ino, idx))?
+            .and_then(|e| e.value.get(..32).and_then(|h| h.try_into().ok())))
+    }
+
     /// The inode of file id `fid` in the last commit, if it has one.
     pub fn ino_of_file_id(&self, fid: u128) -> FsResult<Option<u64>> {
         let snap = self.snap()?;

@@ -451,8 +451,8 @@ impl Session<'_> {
         let base = self.peer.synced.block(fid, idx).filter(|b| *b != h);
         if let (Some(base), Some(base_snap)) = (base, &self.base_snap)
             && self.patched.insert(h)
+            && self.fs.file_block_hash_in(base_snap, fid, idx).ok() == Some(Some(base))
             && let Ok(old) = self.fs.file_block_in(base_snap, fid, idx)
-            && *blake3::hash(&old).as_bytes() == base
             && let Some(patch) = super::patch::diff(&old, &data)
         {
             return Ok(Msg::Patch {
