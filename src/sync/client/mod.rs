@@ -487,13 +487,20 @@ impl Session<'_> {
     /// (and after a flood of changes), else only what the commits since
     /// changed.
     fn read_local(&mut self) -> Result<u64, SyncError> {
+        // The sets are swapped out, not drained, under the lock: the
+        // commit hook takes it too, and this thread runs at a lower
+        // priority, so it must not be preempted while holding it.
         let (inodes, entries, overflow) = {
             let mut t = self.view.touched.lock();
-            let inodes: Vec<u64> = t.inodes.drain().collect();
-            let entries: Vec<(u64, Vec<u8>)> = t.entries.drain().collect();
             self.view.read_through = t.through;
-            (inodes, entries, std::mem::take(&mut t.overflow))
+            (
+                std::mem::take(&mut t.inodes),
+                std::mem::take(&mut t.entries),
+                std::mem::take(&mut t.overflow),
+            )
         };
+        let inodes: Vec<u64> = inodes.into_iter().collect();
+        let entries: Vec<(u64, Vec<u8>)> = entries.into_iter().collect();
         if !self.view.ready || overflow {
             let c = self.fs.committed()?;
             self.peer.local = tree_of(&c);
