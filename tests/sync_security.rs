@@ -1,4 +1,4 @@
-//! A live `zippyfs serve` under hostile connections: random bytes, and
+//! A live `zippyfs serve` under hostile and awkward connections: random bytes, and
 //! valid frames mutated (bits flipped, cut short, lengths made huge), with
 //! and without a valid credential. The server must neither panic nor stop,
 //! its volume must not change, and a real peer must still sync afterwards.
@@ -316,4 +316,129 @@ fn a_patch_that_does_not_rebuild_its_block_is_asked_for_whole_and_never_taken() 
         std::fs::read(b.path().join("f")).is_ok_and(|d| d == new)
     });
     b.unmount();
+}
+
+/// A peer that reads slowly makes the server wait to send it the log; other
+/// peers' pushes keep coming meanwhile. When the slow peer's own push is
+/// taken, everything ordered before it must still reach it, in order,
+/// before its ack (a push taken while the connection awaited a send was
+/// once skipped: the peer saw a gap and had to reconnect).
+#[test]
+fn a_slow_reader_gets_every_sequence_before_the_ack_of_its_own_push() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let slow_cred = std::fs::read_to_string(server.add_peer("slow", "v", work.path())).unwrap();
+    let fast_cred = std::fs::read_to_string(server.add_peer("fast", "v", work.path())).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    // The slow peer's receive window holds about one delivery, so the
+    // server blocks on it as soon as it has two to send.
+    let mut slow_cfg = zippyfs::sync::tls::client_config(&server.fingerprint).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(700));
+    transport.receive_window(quinn::VarInt::from_u32(700));
+    slow_cfg.transport_config(std::sync::Arc::new(transport));
+    let fast_cfg = zippyfs::sync::tls::client_config(&server.fingerprint).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (seen, ack) = rt.block_on(async {
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let open = |cfg: quinn::ClientConfig, cred: String| {
+            let endpoint = endpoint.clone();
+            async move {
+                let conn = endpoint
+                    .connect_with(cfg, addr, zippyfs::sync::tls::SERVER_NAME)
+                    .unwrap()
+                    .await
+                    .unwrap();
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                send.write_all(&frame(&hello(cred.trim()))).await.unwrap();
+                assert!(matches!(next_msg(&mut recv).await, Msg::Welcome { .. }));
+                (conn, send, recv)
+            }
+        };
+        let (slow_conn, mut slow_send, mut slow_recv) = open(slow_cfg, slow_cred).await;
+        let (fast_conn, mut fast_send, mut fast_recv) = open(fast_cfg, fast_cred).await;
+        // The slow peer's push waits for its block.
+        let mine = b"slow peer's block".to_vec();
+        slow_send
+            .write_all(&frame(&push_of(1, 500, "slow", &mine)))
+            .await
+            .unwrap();
+        assert!(matches!(next_msg(&mut slow_recv).await, Msg::Want { .. }));
+        // One push of the fast peer, taken: a file with a long name, so
+        // that each delivery is most of the slow peer's window.
+        let mut counter = 0u64;
+        let mut fast_push = async move |send: &mut quinn::SendStream,
+                                        recv: &mut quinn::RecvStream| {
+            counter += 1;
+            let name = format!("{counter:0>200}");
+            let data = counter.to_le_bytes();
+            send.write_all(&frame(&push_of(
+                counter,
+                1000 + counter as u128,
+                &name,
+                &data,
+            )))
+            .await
+            .unwrap();
+            // Deliveries of the slow peer's push may come in between.
+            let mut next = async || loop {
+                match next_msg(recv).await {
+                    Msg::Deliver { .. } => continue,
+                    m => break m,
+                }
+            };
+            assert!(matches!(next().await, Msg::Want { .. }));
+            let block = Msg::Block {
+                hash: *blake3::hash(&data).as_bytes(),
+                data: data.to_vec(),
+            };
+            send.write_all(&frame(&block)).await.unwrap();
+            assert!(matches!(next().await, Msg::Ack { .. }));
+        };
+        for _ in 0..3 {
+            fast_push(&mut fast_send, &mut fast_recv).await;
+        }
+        // Now the block: the slow peer's push can be taken as soon as the
+        // server gets to it, while it is still sending the backlog.
+        slow_send
+            .write_all(&frame(&Msg::Block {
+                hash: *blake3::hash(&mine).as_bytes(),
+                data: mine.clone(),
+            }))
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut ack = None;
+        let take = |m: Msg, seen: &mut Vec<u64>, ack: &mut Option<u64>| match m {
+            Msg::Deliver { seq, .. } => seen.push(seq),
+            Msg::Ack { seq, .. } => *ack = Some(seq),
+            other => panic!("the slow peer got {other:?}"),
+        };
+        // A push elsewhere, one frame read here, and again.
+        for _ in 0..16 {
+            fast_push(&mut fast_send, &mut fast_recv).await;
+            let m = next_msg(&mut slow_recv).await;
+            take(m, &mut seen, &mut ack);
+        }
+        while ack.is_none() {
+            let m = tokio::time::timeout(Duration::from_secs(20), next_msg(&mut slow_recv))
+                .await
+                .expect("the slow peer's ack within 20 s");
+            take(m, &mut seen, &mut ack);
+        }
+        slow_conn.close(0u32.into(), b"done");
+        fast_conn.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+        (seen, ack.unwrap())
+    });
+    let before: Vec<u64> = seen.iter().copied().filter(|&s| s < ack).collect();
+    assert_eq!(
+        before,
+        (1..ack).collect::<Vec<u64>>(),
+        "the slow peer's deliveries before the ack of its push (sequence {ack})"
+    );
+    assert_eq!(server.status()["heads"]["v"], 20);
 }
