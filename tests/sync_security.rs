@@ -1,8 +1,10 @@
-//! A live `zippyfs serve` under hostile and awkward connections: random bytes, and
-//! valid frames mutated (bits flipped, cut short, lengths made huge), with
-//! and without a valid credential. The server must neither panic nor stop,
-//! its volume must not change, and a real peer must still sync afterwards.
-//! (Decoding alone gets millions of cases from `cargo fuzz run sync_frame`.)
+//! A live `zippyfs serve` under hostile and awkward connections: random
+//! bytes, and valid frames mutated (bits flipped, cut short, lengths made
+//! huge), with and without a valid credential. The server must neither
+//! panic nor stop, its volume must not change, and a real peer must still
+//! sync afterwards. (Decoding alone gets millions of cases from `cargo fuzz
+//! run sync_frame`.) And a peer that reads slowly still gets the log whole
+//! and in order.
 
 mod common;
 
