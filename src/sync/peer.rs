@@ -303,7 +303,53 @@ impl Peer {
         before.copy_from(&self.synced, named.iter().copied());
         let out = apply(&mut self.synced, seq, cs);
         self.applied = seq;
-        let changed = self.rebase(&mut before, &named, seq, &out, now, new_fid);
+        let changed = self.rebase(&mut before, &named, seq, seq - 1, &out, now, new_fid);
+        self.mark(changed.iter().copied());
+        Ok(changed)
+    }
+
+    /// The volume as the server had it at sequence `seq`, in place of the
+    /// log up to there (the server cut its log: [`Relay::compact`]). The
+    /// synced tree becomes `tree`, stamps and all, and this peer's pending
+    /// changes are brought onto it as onto a delivery: a pending change is
+    /// concurrent with whatever changed after the last sequence this peer
+    /// applied, as it would have been with the log one change-set at a
+    /// time. Returns the files whose local state changed.
+    pub fn on_snapshot(
+        &mut self,
+        seq: u64,
+        tree: &Tree,
+        now: i64,
+        new_fid: &mut dyn FnMut() -> FileId,
+    ) -> Result<BTreeSet<FileId>, Violation> {
+        if seq <= self.applied {
+            return Ok(BTreeSet::new());
+        }
+        let named = differing(&self.synced, tree);
+        let mut before = Tree::empty();
+        before.copy_from(&self.synced, named.iter().copied());
+        // Every file whose names change is in `named`, so removing them all
+        // first leaves no name taken when they are linked again.
+        for &fid in &named {
+            self.synced.remove_file(fid);
+        }
+        for &fid in &named {
+            if let Some(n) = tree.nodes.get(&fid) {
+                self.synced.put_node(fid, n.clone());
+            }
+        }
+        for &fid in &named {
+            for k in tree.names_of(fid) {
+                self.synced.link(k.clone(), fid);
+            }
+        }
+        let base = self.applied;
+        self.applied = seq;
+        let out = Outcome {
+            touched: named.clone(),
+            skipped: Vec::new(),
+        };
+        let changed = self.rebase(&mut before, &named, seq, base, &out, now, new_fid);
         self.mark(changed.iter().copied());
         Ok(changed)
     }
@@ -319,12 +365,15 @@ impl Peer {
     }
 
     /// Brings `local` onto the new `synced` around what sequence `seq`
-    /// touched, keeping this peer's pending changes (see the module doc).
+    /// touched, keeping this peer's pending changes (see the module doc),
+    /// which were made on sequence `base`.
+    #[allow(clippy::too_many_arguments)]
     fn rebase(
         &mut self,
         old: &mut Tree,
         named: &BTreeSet<FileId>,
         seq: u64,
+        base: u64,
         out: &Outcome,
         now: i64,
         new_fid: &mut dyn FnMut() -> FileId,
@@ -360,7 +409,7 @@ impl Peer {
             origin: self.id,
             origin_name: self.name.clone(),
             counter: 0,
-            base: seq - 1,
+            base,
             time: now,
             ops: pending,
         };
@@ -435,15 +484,53 @@ impl Peer {
     }
 }
 
+/// The files whose node (stamps included) or names differ between `a`
+/// and `b`.
+fn differing(a: &Tree, b: &Tree) -> BTreeSet<FileId> {
+    let mut out = BTreeSet::new();
+    for (fid, n) in &a.nodes {
+        if b.nodes.get(fid) != Some(n) {
+            out.insert(*fid);
+        }
+    }
+    for (fid, n) in &b.nodes {
+        if a.nodes.get(fid) != Some(n) {
+            out.insert(*fid);
+        }
+    }
+    for (fid, k) in &a.names {
+        if b.names.get(fid) != Some(k) {
+            out.insert(*fid);
+        }
+    }
+    for (fid, k) in &b.names {
+        if a.names.get(fid) != Some(k) {
+            out.insert(*fid);
+        }
+    }
+    out
+}
+
 /// The server's side, without I/O: the volume's log and who pushed what.
+/// The log may be cut: the change-sets up to `cut` are then folded into
+/// `snapshot` (the volume as of `cut`), and a peer that has applied less
+/// gets the snapshot in their place ([`Peer::on_snapshot`]).
 #[derive(Default)]
 pub struct Relay {
+    /// The change-sets after `cut`, in order.
     pub log: Vec<ChangeSet>,
+    pub cut: u64,
+    pub snapshot: Tree,
     /// Per peer, the counter of the last push taken.
     pub last_counter: BTreeMap<PeerId, u64>,
 }
 
 impl Relay {
+    /// The last sequence taken.
+    pub fn head(&self) -> u64 {
+        self.cut + self.log.len() as u64
+    }
+
     /// Takes a push from `origin` (as the connection's credential says):
     /// the next sequence, or `None` for one at or below the last taken.
     pub fn take(&mut self, origin: PeerId, name: &str, mut cs: ChangeSet, now: i64) -> Option<u64> {
@@ -456,15 +543,142 @@ impl Relay {
         cs.origin_name = name.to_string();
         cs.time = now;
         self.log.push(cs);
-        Some(self.log.len() as u64)
+        Some(self.head())
     }
 
-    /// The change-sets after `applied`, with their sequences.
+    /// Whether a peer that has applied `applied` needs the snapshot first.
+    pub fn needs_snapshot(&self, applied: u64) -> bool {
+        applied < self.cut
+    }
+
+    /// The change-sets after `applied` that the log still holds (after
+    /// the cut), with their sequences.
     pub fn since(&self, applied: u64) -> impl Iterator<Item = (u64, &ChangeSet)> {
-        let from = (applied as usize).min(self.log.len());
+        let from = (applied.max(self.cut) - self.cut) as usize;
+        let from = from.min(self.log.len());
+        let cut = self.cut;
         self.log[from..]
             .iter()
             .enumerate()
-            .map(move |(i, cs)| ((from + i + 1) as u64, cs))
+            .map(move |(i, cs)| (cut + (from + i + 1) as u64, cs))
+    }
+
+    /// Cuts the log at sequence `upto` (at most the head): the change-sets
+    /// up to it are applied to the snapshot, with the function every peer
+    /// applies them with, and dropped.
+    pub fn compact(&mut self, upto: u64) {
+        let upto = upto.min(self.head());
+        if upto <= self.cut {
+            return;
+        }
+        let n = (upto - self.cut) as usize;
+        for (i, cs) in self.log.drain(..n).enumerate() {
+            apply(&mut self.snapshot, self.cut + i as u64 + 1, &cs);
+        }
+        self.cut = upto;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::Time;
+    use crate::sync::tree::{Meta, Node};
+
+    fn file(blocks: &[(u64, u8)]) -> Node {
+        Node {
+            meta: Meta {
+                kind: Kind::File,
+                perm: 0o644,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                size: 4096 * blocks.len() as u64,
+                mtime: Time::default(),
+            },
+            blocks: blocks.iter().map(|&(i, b)| (i, [b; 32])).collect(),
+            xattrs: Default::default(),
+            target: vec![],
+            changed: Stamp::default(),
+            renamed: Stamp::default(),
+        }
+    }
+
+    /// A push of `to` over `from` by `origin`, made on `base`.
+    fn push(from: &Tree, to: &Tree, origin: PeerId, base: u64) -> ChangeSet {
+        ChangeSet {
+            origin,
+            origin_name: format!("p{origin}"),
+            counter: base + 1,
+            base,
+            time: 1_796_385_781,
+            ops: diff(from, to, None),
+        }
+    }
+
+    /// A peer that missed sequences 2 and 3 and gets the snapshot at 3 in
+    /// their place must judge its own pending write concurrent with the
+    /// write another peer made at 2, as it would have with the log: the
+    /// other write keeps the name, its own goes to a conflict copy. (Judged
+    /// against the snapshot's sequence alone, its write would silently
+    /// replace the other.)
+    #[test]
+    fn a_snapshot_counts_every_change_after_what_the_peer_had_as_concurrent() {
+        let mut relay = Relay::default();
+        let empty = Tree::default();
+        let mut one = empty.clone();
+        one.put_node(10, file(&[(0, 1)]));
+        one.link((ROOT_ID, b"a".to_vec()), 10);
+        relay.take(1, "p1", push(&empty, &one, 1, 0), 0);
+        let mut server = empty.clone();
+        apply(&mut server, 1, &relay.log[0]);
+        // Peer 3 writes the file (2), then makes another (3).
+        let mut theirs = server.clone();
+        theirs.node_mut(10).unwrap().blocks.insert(0, [7; 32]);
+        relay.take(3, "p3", push(&server, &theirs, 3, 1), 0);
+        let mut more = theirs.clone();
+        more.put_node(11, file(&[(0, 3)]));
+        more.link((ROOT_ID, b"b".to_vec()), 11);
+        relay.take(3, "p3", push(&theirs, &more, 3, 2), 0);
+        relay.compact(3);
+        assert_eq!((relay.cut, relay.log.len()), (3, 0));
+
+        // Peer 2 had applied 1 and wrote the file meanwhile.
+        let mut p = Peer::new(2, "p2", empty);
+        let first = relay.snapshot.clone();
+        let mut copies = 100u128;
+        let mut new_fid = || {
+            copies += 1;
+            copies
+        };
+        let cs1 = push(&Tree::default(), &one, 1, 0);
+        p.on_deliver(1, &cs1, 0, &mut new_fid).unwrap();
+        p.local.node_mut(10).unwrap().blocks.insert(0, [8; 32]);
+        p.mark([10]);
+
+        p.on_snapshot(3, &first, 1_796_385_800, &mut new_fid)
+            .unwrap();
+        assert_eq!(p.applied, 3);
+        assert_eq!(p.synced.nodes, relay.snapshot.nodes, "stamps and all");
+        assert_eq!(p.synced.entries, relay.snapshot.entries);
+        assert_eq!(
+            p.local.nodes[&10].blocks[&0], [7; 32],
+            "the other write keeps the name"
+        );
+        let copy = p
+            .local
+            .nodes
+            .iter()
+            .find(|(_, n)| n.blocks.get(&0) == Some(&[8; 32]));
+        let copy = *copy.expect("its own write, kept as a conflict copy").0;
+        let name = &p.local.names_of(copy).next().expect("the copy's name").1;
+        assert!(
+            String::from_utf8_lossy(name).starts_with("a.conflict-p2-"),
+            "{}",
+            String::from_utf8_lossy(name)
+        );
+        // And it goes out at the next push, as a new file.
+        let cs = p.push().expect("the copy to push");
+        assert!(cs.ops.iter().any(|op| op.fid() == copy));
     }
 }

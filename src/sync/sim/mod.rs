@@ -2,7 +2,9 @@
 //! process, a simulated network and clock, and random histories: local
 //! changes on every peer at once, connections cut at any point, pushes
 //! that arrive late from a dead connection (after newer ones) or twice,
-//! peers and the server crashing (each keeps only what it made durable).
+//! peers and the server crashing (each keeps only what it made durable),
+//! and the server cutting its log (a peer behind the cut gets the volume
+//! as of the cut, stamps and all, in place of the change-sets before it).
 //! After every history the network heals, and the checks are:
 //!
 //! - every peer's tree is the server's, and nothing is left to push;
@@ -51,6 +53,8 @@ enum Up {
 
 enum Down {
     Deliver(u64, ChangeSet),
+    /// The volume at a sequence, in place of the log the server cut.
+    Snapshot(u64, Tree),
     Ack(u64, u64, i64),
 }
 
@@ -94,6 +98,9 @@ struct Stats {
     conflict_copies: u64,
     ignored_pushes: u64,
     late_taken: u64,
+    snapshots: u64,
+    /// Conflict copies made while taking a snapshot.
+    snapshot_copies: u64,
 }
 
 const NAMES: [&str; 5] = ["a", "b", "c.txt", "d", "e.log"];
@@ -207,7 +214,9 @@ impl Sim {
             self.stats.ignored_pushes += 1;
             return;
         };
-        let cs = self.relay.log[seq as usize - 1].clone();
+        let Some(cs) = self.relay.log.last().cloned() else {
+            return;
+        };
         let out = apply(&mut self.server_tree, seq, &cs);
         self.stats.ordered += 1;
         self.stats.skipped_ops += out.skipped.len() as u64;
@@ -234,6 +243,11 @@ impl Sim {
         let p = self.conns[c].peer;
         match m {
             Up::Hello(applied) => {
+                if self.relay.needs_snapshot(applied) {
+                    let snap = Down::Snapshot(self.relay.cut, self.relay.snapshot.clone());
+                    self.conns[c].down.push_back(snap);
+                    self.stats.snapshots += 1;
+                }
                 let back: Vec<Down> = self
                     .relay
                     .since(applied)
@@ -263,12 +277,18 @@ impl Sim {
         let recorded = self.rng.below(2) == 0;
         let undone = self.rng.below(2) == 0;
         let sp = &mut self.peers[p];
+        // A delivery or a snapshot, given to the peer.
+        let take = |peer: &mut Peer, f: &mut dyn FnMut() -> FileId| match &m {
+            Down::Deliver(seq, cs) => peer.on_deliver(*seq, cs, now, f),
+            Down::Snapshot(seq, tree) => peer.on_snapshot(*seq, tree, now, f),
+            Down::Ack(..) => Ok(BTreeSet::new()),
+        };
         let r = match &m {
-            Down::Deliver(seq, cs) if recorded => {
+            Down::Deliver(..) | Down::Snapshot(..) if recorded => {
                 let copy = sp.peer.clone();
                 let saved = sp.peer.record();
                 let mut scratch = fids;
-                let got = sp.peer.on_deliver(*seq, cs, now, &mut || {
+                let got = take(&mut sp.peer, &mut || {
                     scratch += 1;
                     ((pid as u128) << 64) | (1 << 63) | scratch as u128
                 });
@@ -295,33 +315,36 @@ impl Sim {
                     if !same {
                         return Err(format!("p{}: undo did not give the peer back", p + 1));
                     }
-                    sp.peer
-                        .on_deliver(*seq, cs, now, &mut || {
-                            fids += 1;
-                            ((pid as u128) << 64) | (1 << 63) | fids as u128
-                        })
-                        .map(|_| ())
+                    take(&mut sp.peer, &mut || {
+                        fids += 1;
+                        ((pid as u128) << 64) | (1 << 63) | fids as u128
+                    })
+                    .map(|_| ())
                 } else {
                     sp.peer.keep();
                     fids = scratch;
                     got.map(|_| ())
                 }
             }
-            Down::Deliver(seq, cs) => sp
-                .peer
-                .on_deliver(*seq, cs, now, &mut || {
-                    fids += 1;
-                    ((pid as u128) << 64) | (1 << 63) | fids as u128
-                })
-                .map(|_| ()),
+            Down::Deliver(..) | Down::Snapshot(..) => take(&mut sp.peer, &mut || {
+                fids += 1;
+                ((pid as u128) << 64) | (1 << 63) | fids as u128
+            })
+            .map(|_| ()),
             Down::Ack(seq, counter, time) => sp.peer.on_ack(*seq, *counter, *time),
         };
         sp.fids = fids;
         self.stats.conflict_copies += fids - first;
+        if let Down::Snapshot(..) = m {
+            self.stats.snapshot_copies += fids - first;
+        }
         r.map_err(|v| format!("p{}: {v}", p + 1))?;
         match &m {
             Down::Deliver(seq, cs) => {
                 self.log(|| format!("p{} applies {seq} from p{}", p + 1, cs.origin))
+            }
+            Down::Snapshot(seq, _) => {
+                self.log(|| format!("p{} takes the snapshot at {seq}", p + 1))
             }
             Down::Ack(seq, counter, _) => {
                 self.log(|| format!("p{} has its push #{counter} acked as {seq}", p + 1))
@@ -382,6 +405,13 @@ impl Sim {
                 self.log(|| "server crashes".into());
             }
             92..96 => self.connect(p),
+            96..98 => {
+                // The server cuts its log somewhere up to its head.
+                let (cut, head) = (self.relay.cut, self.relay.head());
+                let upto = cut + self.rng.below((head - cut) as usize + 1) as u64;
+                self.relay.compact(upto);
+                self.log(|| format!("server cuts its log at {upto}"));
+            }
             _ => {
                 if !self.late.is_empty() {
                     let at = self.rng.below(self.late.len());
@@ -493,6 +523,8 @@ fn run(seed: u64, replay: bool, total: &mut Stats) -> Result<(), String> {
     total.conflict_copies += sim.stats.conflict_copies;
     total.ignored_pushes += sim.stats.ignored_pushes;
     total.late_taken += sim.stats.late_taken;
+    total.snapshots += sim.stats.snapshots;
+    total.snapshot_copies += sim.stats.snapshot_copies;
     r
 }
 
@@ -537,6 +569,8 @@ fn every_peer_converges_and_nothing_written_is_lost() {
     assert!(per(stats.conflict_copies) > 100, "{stats:?}");
     assert!(per(stats.ignored_pushes) > 10, "{stats:?}");
     assert!(per(stats.late_taken) > 10, "{stats:?}");
+    assert!(per(stats.snapshots) > 100, "{stats:?}");
+    assert!(per(stats.snapshot_copies) > 5, "{stats:?}");
 }
 
 #[test]
@@ -586,7 +620,7 @@ fn a_change_pushed_in_parts_arrives_whole_without_conflicts() {
                 parts += 1;
                 let counter = cs.counter;
                 let seq = sim.relay.take(1, "p1", cs, sim.time).expect("taken");
-                let cs = sim.relay.log[seq as usize - 1].clone();
+                let cs = sim.relay.log.last().cloned().expect("taken");
                 let out = apply(&mut sim.server_tree, seq, &cs);
                 assert!(
                     out.skipped.is_empty(),
