@@ -13,6 +13,8 @@
 //! - `server.rs`: `zippyfs serve`; `client/`: the mount's sync thread
 //!   (`client/incoming.rs`: what it receives); `view.rs`: its local tree,
 //!   kept up to the last commit; `conf.rs`: `sync.conf`, `sync.state`, status.
+//! - `snapshot.rs`: the volume as of a sequence, in parts (what the
+//!   server keeps and sends in place of the log it cut).
 //! - `sim/`: the deterministic simulation (tests).
 
 pub mod apply;
@@ -24,6 +26,7 @@ pub mod peer;
 pub mod server;
 #[cfg(test)]
 mod sim;
+pub mod snapshot;
 mod stream;
 pub mod tls;
 pub mod tree;

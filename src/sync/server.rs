@@ -618,6 +618,7 @@ fn kind_name(m: &Msg) -> &'static str {
         Msg::Want { .. } => "Want",
         Msg::Block { .. } => "Block",
         Msg::Patch { .. } => "Patch",
+        Msg::Snapshot { .. } => "Snapshot",
     }
 }
 

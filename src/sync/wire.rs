@@ -40,6 +40,13 @@
 //! 9 Patch    a block as the runs that differ from a base (`patch.rs`);
 //!            the receiver rebuilds it and checks its hash, and asks for
 //!            it whole (a Want without base) if it cannot
+//! 10 Snapshot sequence u64, last u8 (0/1), change-set, stamps list of
+//!            (fid [16], changed seq u64, changed origin u32, renamed seq
+//!            u64, renamed origin u32) (server: one part of the volume as of
+//!            `sequence`, sent in place of the log up to there when the
+//!            server has cut it and the peer is behind the cut; the parts
+//!            follow Welcome, the log after `sequence` follows the last
+//!            part; `snapshot.rs` says what the change-set holds)
 //! ```
 //!
 //! A change-set's encoding is in `wire/changeset.rs`.
@@ -47,7 +54,8 @@
 //! Limits per kind (the body's bytes): Hello, Welcome, Refuse 4 KiB; Push
 //! and Deliver 64 MiB; Want 2 MiB (32,768 hashes: more are asked in
 //! several); Block the largest block (1 MiB) and its header; Patch that,
-//! and 8 bytes a run of at least 512 bytes; Ack 24 bytes.
+//! and 8 bytes a run of at least 512 bytes; Ack 24 bytes; Snapshot a
+//! change-set and [`MAX_STAMPS`] stamps.
 
 mod changeset;
 pub mod state;
@@ -55,12 +63,13 @@ pub mod state;
 use thiserror::Error;
 
 use super::patch::Patch;
-use super::tree::ChangeSet;
+use super::tree::{ChangeSet, Stamp};
 
 /// The protocol versions this build speaks.
 /// 2: Want names a base, and a block may come as a Patch.
-pub const PROTO_MIN: u16 = 2;
-pub const PROTO_MAX: u16 = 2;
+/// 3: the server may cut its log and send a Snapshot in its place.
+pub const PROTO_MIN: u16 = 3;
+pub const PROTO_MAX: u16 = 3;
 const MAGIC: [u8; 4] = *b"ZPSY";
 /// Bytes before a frame's body: `len` and `kind`.
 pub const HEADER: usize = 5;
@@ -71,6 +80,9 @@ pub const MAX_CHANGESET: usize = 64 << 20;
 pub const MAX_WANT: usize = 32_768;
 /// The largest data block a filesystem has.
 pub const MAX_BLOCK: usize = crate::fs::MAX_BLOCK as usize;
+/// The most files one Snapshot part carries stamps of.
+pub const MAX_STAMPS: usize = 1 << 16;
+const STAMP: usize = 16 + 12 + 12;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum WireError {
@@ -140,6 +152,13 @@ pub enum Msg {
         base: [u8; 32],
         patch: Patch,
     },
+    Snapshot {
+        seq: u64,
+        last: bool,
+        cs: ChangeSet,
+        /// Each file's stamps: (fid, changed, renamed).
+        stamps: Vec<(u128, Stamp, Stamp)>,
+    },
 }
 
 /// A block asked for, and the one the asker has in its place, if any.
@@ -167,6 +186,7 @@ fn kind_info(kind: u8) -> WireResult<(&'static str, usize)> {
         7 => ("Want", 4 + 64 * MAX_WANT),
         8 => ("Block", 32 + 4 + MAX_BLOCK),
         9 => ("Patch", 64 + 8 + MAX_BLOCK + MAX_BLOCK / 64),
+        10 => ("Snapshot", 9 + MAX_CHANGESET + 4 + STAMP * MAX_STAMPS),
         k => return Err(WireError::UnknownKind(k)),
     })
 }
@@ -200,6 +220,7 @@ impl Msg {
             Msg::Want { .. } => 7,
             Msg::Block { .. } => 8,
             Msg::Patch { .. } => 9,
+            Msg::Snapshot { .. } => 10,
         }
     }
 
@@ -273,6 +294,30 @@ impl Msg {
                     w.u32(*off);
                     w.u32(count(data.len())?);
                     w.bytes(data);
+                }
+            }
+            Msg::Snapshot {
+                seq,
+                last,
+                cs,
+                stamps,
+            } => {
+                w.u64(*seq);
+                w.bytes(&[*last as u8]);
+                changeset::put(&mut w, cs)?;
+                if stamps.len() > MAX_STAMPS {
+                    return Err(WireError::Bad {
+                        what: "Snapshot",
+                        why: format!("{} stamps in one part", stamps.len()),
+                    });
+                }
+                w.u32(count(stamps.len())?);
+                for (fid, c, r) in stamps {
+                    w.bytes(&fid.to_le_bytes());
+                    for st in [c, r] {
+                        w.u64(st.seq);
+                        w.u32(st.origin);
+                    }
                 }
             }
         }
@@ -372,6 +417,33 @@ impl Msg {
                     })?,
                 },
             },
+            10 => {
+                let seq = r.u64("seq")?;
+                let last = match r.array::<1>("last")?[0] {
+                    0 => false,
+                    1 => true,
+                    b => return Err(r.bad(format!("last is {b}"))),
+                };
+                let cs = changeset::get(&mut r)?;
+                let stamps = r.list("stamps", STAMP, |r| {
+                    let fid = u128::from_le_bytes(r.array("fid")?);
+                    let mut st = [Stamp::default(); 2];
+                    for s in &mut st {
+                        s.seq = r.u64("stamp seq")?;
+                        s.origin = r.u32("stamp origin")?;
+                    }
+                    Ok((fid, st[0], st[1]))
+                })?;
+                if stamps.len() > MAX_STAMPS {
+                    return Err(r.bad(format!("{} stamps in one part", stamps.len())));
+                }
+                Msg::Snapshot {
+                    seq,
+                    last,
+                    cs,
+                    stamps,
+                }
+            }
             k => return Err(WireError::UnknownKind(k)),
         };
         if !r.b.is_empty() {
@@ -582,6 +654,28 @@ mod tests {
                 prop::collection::vec(any::<u8>(), 0..3000)
             )
                 .prop_map(|(hash, data)| Msg::Block { hash, data }),
+            (
+                any::<u64>(),
+                any::<bool>(),
+                changeset(),
+                prop::collection::vec(
+                    (any::<u128>(), any::<(u64, u32)>(), any::<(u64, u32)>()),
+                    0..5
+                )
+            )
+                .prop_map(|(seq, last, cs, stamps)| Msg::Snapshot {
+                    seq,
+                    last,
+                    cs,
+                    stamps: stamps
+                        .into_iter()
+                        .map(|(f, (a, b), (c, d))| (
+                            f,
+                            Stamp { seq: a, origin: b },
+                            Stamp { seq: c, origin: d }
+                        ))
+                        .collect()
+                }),
         ]
     }
 
@@ -695,7 +789,7 @@ mod tests {
         fn any_bytes_decode_to_a_message_or_an_error(b in prop::collection::vec(any::<u8>(), 0..300)) {
             let _ = Msg::decode_frame(&b);
             if let Some(&kind) = b.first() {
-                let _ = Msg::decode(kind % 10, &b[1..]);
+                let _ = Msg::decode(kind % 11, &b[1..]);
             }
         }
     }
