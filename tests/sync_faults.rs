@@ -365,3 +365,102 @@ fn changes_made_just_before_an_unmount_reach_the_other_peer() {
     });
     b.unmount();
 }
+
+/// A server that keeps a short log (`--keep-log 4`) cuts it as pushes
+/// come: a peer that was away for longer gets the volume as of the cut in place of the change-
+/// sets it missed, keeps what it changed meanwhile (a file both changed
+/// gets a conflict copy, as with the log), and ends with the same tree;
+/// the blocks of a file deleted before the cut are deleted on the server.
+#[test]
+fn a_peer_behind_a_cut_log_gets_the_snapshot_and_keeps_its_own_changes() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_with(&["--keep-log", "4"]);
+    let a = peer(&server, "a", "v", work.path());
+    let b = peer(&server, "b", "v", work.path());
+    std::fs::write(a.path().join("shared.txt"), b"base").unwrap();
+    std::fs::write(a.path().join("doomed"), content(7, 200_000)).unwrap();
+    eventually("the base on b", Duration::from_secs(20), || {
+        std::fs::read(b.path().join("shared.txt")).is_ok_and(|d| d == b"base")
+            && std::fs::read(b.path().join("doomed")).is_ok_and(|d| d.len() == 200_000)
+    });
+    // B goes away (unmounted while the server is down, so that what it
+    // changes is not pushed) with changes of its own.
+    let mut server = server;
+    server.kill();
+    std::fs::write(b.path().join("shared.txt"), b"edit from b").unwrap();
+    std::fs::write(b.path().join("only-b"), b"made on b offline").unwrap();
+    let b_store = b.store.clone();
+    assert!(b.unmount().success());
+    server.restart();
+    // A changes the same file, deletes one, and goes on: many pushes.
+    std::fs::write(a.path().join("shared.txt"), b"edit from a").unwrap();
+    std::fs::remove_file(a.path().join("doomed")).unwrap();
+    for i in 0..30 {
+        std::fs::write(a.path().join(format!("n{i}")), format!("{i}")).unwrap();
+        if i % 3 == 0 {
+            std::fs::rename(
+                a.path().join(format!("n{i}")),
+                a.path().join(format!("m{i}")),
+            )
+            .unwrap();
+        }
+        common::fsync_root(a.path());
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    eventually("a cut of the log", Duration::from_secs(30), || {
+        num(&server.status(), "cuts") >= 1
+    });
+    // B comes back behind the cut.
+    let b = Mounted::start_logged(&b_store, &[], &work.path().join("b2.log"));
+    let start = Instant::now();
+    loop {
+        let (ta, tb) = (tree(a.path()), tree(b.path()));
+        if ta == tb && ta.contains_key("only-b") && ta.contains_key("m27") {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let log = |n: &str| std::fs::read_to_string(work.path().join(n)).unwrap_or_default();
+            panic!(
+                "not one tree within 30 s:\na: {:?}\nb: {:?}\nb's log:\n{}\nserver's log:\n{}",
+                ta.keys().collect::<Vec<_>>(),
+                tb.keys().collect::<Vec<_>>(),
+                log("b2.log"),
+                server.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = start.elapsed();
+    eprintln!("b converged {took:?} after it came back");
+    let st = server.status();
+    assert!(num(&st, "snapshots_out") >= 1, "{st}");
+    assert!(
+        num(&st, "blocks_deleted") >= 1,
+        "the deleted file's blocks: {st}"
+    );
+    let t = tree(a.path());
+    let copies: Vec<&String> = t.keys().filter(|k| k.contains(".conflict-")).collect();
+    assert_eq!(copies.len(), 1, "{:?}", t.keys().collect::<Vec<_>>());
+    let mut both = vec![t["shared.txt"].clone(), t[copies[0]].clone()];
+    both.sort();
+    assert_eq!(both, vec![b"edit from a".to_vec(), b"edit from b".to_vec()]);
+    assert!(!t.contains_key("doomed"));
+    for i in 0..30 {
+        let name = if i % 3 == 0 {
+            format!("m{i}")
+        } else {
+            format!("n{i}")
+        };
+        assert_eq!(
+            t.get(&name).map(Vec::as_slice),
+            Some(format!("{i}").as_bytes()),
+            "{name}"
+        );
+    }
+    a.unmount();
+    b.unmount();
+    drop(server);
+}

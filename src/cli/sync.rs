@@ -24,6 +24,13 @@ pub struct ServeArgs {
     /// Where the server listens (UDP).
     #[arg(long, default_value = "0.0.0.0:4433")]
     listen: std::net::SocketAddr,
+    /// The change-sets each volume's log keeps (0: all, the default):
+    /// when it holds twice as many, the older half is folded into a
+    /// snapshot of the volume and the blocks nothing names any more are
+    /// deleted. A peer further behind gets the snapshot in place of the
+    /// log. Not yet safe for peers that may be killed (see SEMANTICS.md).
+    #[arg(long, default_value_t = server::DEFAULT_KEEP_LOG)]
+    keep_log: u64,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -52,10 +59,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
         _ => {
-            server::serve(&args.dir, args.listen, |addr, fingerprint| {
-                println!("listening on {addr}");
-                println!("fingerprint {fingerprint}");
-            })?;
+            server::serve(
+                &args.dir,
+                args.listen,
+                args.keep_log,
+                |addr, fingerprint| {
+                    println!("listening on {addr}");
+                    println!("fingerprint {fingerprint}");
+                },
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -21,6 +21,11 @@
 //!                                time set by the server
 //! H hash                         a block's bytes (deduplicated by hash)
 //! C volume 0x00 peer u32 BE      the counter of the last push taken, u64 LE
+//! K volume                       the cut: the log's sequences up to it are
+//!                                gone, folded into the snapshot, u64 LE
+//! S volume 0x00 part u32 BE      the snapshot, the volume as of the cut: a
+//!                                Snapshot frame's body per part
+//!                                (`snapshot.rs`)
 //! ```
 //!
 //! A push is durable (one store commit: its blocks, the change-set, the
@@ -28,6 +33,27 @@
 //! lost if the server is killed at any moment. One thread serves every
 //! connection; a malformed frame or a protocol violation closes that one
 //! connection.
+//!
+//! ## Cutting the log
+//!
+//! A volume keeps its last `keep_log` change-sets (`serve --keep-log`).
+//! When it holds twice that, the older half is folded into the snapshot
+//! with the function every peer applies the log with (`apply.rs`), and
+//! dropped, and every block neither the snapshot nor a change-set left of
+//! any volume names is deleted: one store commit, so a crash leaves either
+//! the old log or the new cut. A peer whose last applied sequence is below
+//! the cut gets the snapshot's parts in place of the log up to it
+//! (`Peer::on_snapshot`). Cutting scans every volume's snapshot and log,
+//! once per `keep_log` pushes.
+//!
+//! It is off unless asked for (`keep_log` 0), for two reasons. A peer
+//! saves its synced tree at most once a second (`sync.state`), apart from
+//! its store: killed just after applying a change-set, it comes back with
+//! the change in its store and not in its state. With the log, applying
+//! that change-set again sets this right; behind a cut, a file that
+//! change-set made and a later one deleted looks like the peer's own new
+//! file, and comes back. And a snapshot is applied as one change-set: its
+//! blocks are held in memory together, not a window at a time.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -166,6 +192,27 @@ fn block_key(h: &Hash) -> Vec<u8> {
     k
 }
 
+fn cut_key(volume: &str) -> Vec<u8> {
+    let mut k = vec![b'K'];
+    k.extend_from_slice(volume.as_bytes());
+    k
+}
+
+fn snapshot_key(volume: &str, part: u32) -> Vec<u8> {
+    let mut k = vec![b'S'];
+    k.extend_from_slice(volume.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
+/// The volume a key of the form `X volume 0x00 ...` is about.
+fn volume_of(key: &[u8]) -> Option<&[u8]> {
+    let rest = key.get(1..)?;
+    let end = rest.iter().position(|&b| b == 0)?;
+    Some(&rest[..end])
+}
+
 fn counter_key(volume: &str, peer: u32) -> Vec<u8> {
     let mut k = vec![b'C'];
     k.extend_from_slice(volume.as_bytes());
@@ -201,6 +248,10 @@ struct Totals {
     patches_out: u64,
     pushes: u64,
     connections: u64,
+    /// Snapshots sent in place of a cut log, and logs cut.
+    snapshots_out: u64,
+    cuts: u64,
+    blocks_deleted: u64,
 }
 
 struct State {
@@ -211,6 +262,8 @@ struct State {
     totals: RefCell<Totals>,
     /// Frame bytes read and written, all connections.
     bytes: Arc<Counted>,
+    /// The change-sets each volume keeps (see "Cutting the log"); 0: all.
+    keep_log: u64,
 }
 
 impl State {
@@ -245,6 +298,28 @@ impl State {
         }
     }
 
+    /// The cut of `volume`: its log starts after it.
+    fn cut(&self, volume: &str) -> Result<u64, SyncError> {
+        Ok(self
+            .store
+            .latest()?
+            .get(&cut_key(volume))?
+            .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+            .map_or(0, u64::from_le_bytes))
+    }
+
+    /// The parts of `volume`'s snapshot, in order.
+    fn snapshot_parts(&self, volume: &str) -> Result<Vec<Msg>, SyncError> {
+        let snap = self.store.latest()?;
+        let (from, to) = (snapshot_key(volume, 0), snapshot_key(volume, u32::MAX));
+        let mut out = Vec::new();
+        for item in snap.range(&from[..]..=&to[..])? {
+            let (_, v) = item?;
+            out.push(Msg::decode(10, v.value)?);
+        }
+        Ok(out)
+    }
+
     fn has_block(&self, h: &Hash) -> Result<bool, SyncError> {
         Ok(self.store.latest()?.get(&block_key(h))?.is_some())
     }
@@ -270,6 +345,9 @@ impl State {
             "patches_out": t.patches_out,
             "pushes": t.pushes,
             "connections": t.connections,
+            "snapshots_out": t.snapshots_out,
+            "cuts": t.cuts,
+            "blocks_deleted": t.blocks_deleted,
             "heads": heads,
         });
         let _ = write_atomic(&self.dir.join("status.json"), json.to_string().as_bytes());
@@ -278,18 +356,30 @@ impl State {
 
 /// Runs the server in `dir` on `listen` until the process is stopped;
 /// `ready` is told the address bound and the certificate's fingerprint.
+/// The change-sets a volume keeps unless `serve --keep-log` says: 0, all
+/// of them (the log is never cut; see "Cutting the log" for why not yet).
+pub const DEFAULT_KEEP_LOG: u64 = 0;
+
 pub fn serve(
     dir: &Path,
     listen: SocketAddr,
+    keep_log: u64,
     ready: impl FnOnce(SocketAddr, &str),
 ) -> Result<(), SyncError> {
-    serve_until(dir, listen, ready, Arc::new(tokio::sync::Notify::new()))
+    serve_until(
+        dir,
+        listen,
+        keep_log,
+        ready,
+        Arc::new(tokio::sync::Notify::new()),
+    )
 }
 
 /// [`serve`] until `stop` is notified (tests).
 pub fn serve_until(
     dir: &Path,
     listen: SocketAddr,
+    keep_log: u64,
     ready: impl FnOnce(SocketAddr, &str),
     stop: Arc<tokio::sync::Notify>,
 ) -> Result<(), SyncError> {
@@ -308,6 +398,7 @@ pub fn serve_until(
         heads: RefCell::new(HashMap::new()),
         totals: RefCell::new(Totals::default()),
         bytes: Arc::new(Counted::default()),
+        keep_log,
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -497,11 +588,7 @@ async fn connection(
     loop {
         // The log, in order, up to the head.
         let head = *heads.borrow_and_update();
-        while sent < head {
-            sent += 1;
-            let cs = st.change_set(&volume, sent)?;
-            send_msg(&mut send, &Msg::Deliver { seq: sent, cs }, bytes).await?;
-        }
+        deliver(st, &volume, &mut send, bytes, &mut sent, head).await?;
         tokio::select! {
             m = rx.recv() => {
                 let m = m.ok_or_else(|| SyncError::Net("reader ended".into()))??;
@@ -580,21 +667,36 @@ async fn connection(
                     }
                 }
                 if pending.as_ref().is_some_and(|p| p.missing.is_empty())
-                    && let Some(p) = pending.take()
+                    && let Some(mut p) = pending.take()
                 {
+                    // A block the server had when the push came may have
+                    // been deleted since, by a cut of the log: asked again.
+                    let got: HashSet<Hash> = p.got.iter().map(|(h, _)| *h).collect();
+                    for h in hashes_of(&p.cs) {
+                        if !got.contains(&h) && !st.has_block(&h)? {
+                            p.missing.insert(h);
+                        }
+                    }
+                    if !p.missing.is_empty() {
+                        let want: Vec<Wanted> = p.missing.iter().map(|h| Wanted::whole(*h)).collect();
+                        for chunk in want.chunks(MAX_WANT) {
+                            send_msg(&mut send, &Msg::Want { wants: chunk.to_vec() }, bytes).await?;
+                        }
+                        pending = Some(p);
+                        continue;
+                    }
                     // Everything ordered before it first, then its ack,
                     // which stands for its delivery. The sequence is fixed
                     // when it is taken, not before: while this connection
                     // awaited a send, another may have taken a push, and
                     // that one must reach this peer before the ack.
                     if let Some((seq, counter, time)) = take_push(st, &volume, &peer, p)? {
-                        while sent + 1 < seq {
-                            sent += 1;
-                            let cs = st.change_set(&volume, sent)?;
-                            send_msg(&mut send, &Msg::Deliver { seq: sent, cs }, bytes).await?;
-                        }
+                        deliver(st, &volume, &mut send, bytes, &mut sent, seq - 1).await?;
                         sent = seq;
                         send_msg(&mut send, &Msg::Ack { counter, seq, time }, bytes).await?;
+                        if let Err(e) = cut_if_due(st, &volume, seq) {
+                            tracing::warn!(volume = %volume, "cutting the log failed: {e}");
+                        }
                     }
                 }
             }
@@ -605,6 +707,149 @@ async fn connection(
             }
         }
     }
+}
+
+/// Sends the log after `sent` up to `upto`, advancing `sent`: the
+/// snapshot first wherever the log was cut past what was sent (when the
+/// peer connects behind the cut, or a cut happens while this connection
+/// waits to send).
+async fn deliver(
+    st: &State,
+    volume: &str,
+    send: &mut quinn::SendStream,
+    bytes: &Arc<Counted>,
+    sent: &mut u64,
+    upto: u64,
+) -> Result<(), SyncError> {
+    while *sent < upto {
+        let cut = st.cut(volume)?;
+        if *sent < cut {
+            for part in st.snapshot_parts(volume)? {
+                send_msg(send, &part, bytes).await?;
+            }
+            st.totals.borrow_mut().snapshots_out += 1;
+            *sent = cut;
+            continue;
+        }
+        *sent += 1;
+        let cs = st.change_set(volume, *sent)?;
+        send_msg(send, &Msg::Deliver { seq: *sent, cs }, bytes).await?;
+    }
+    Ok(())
+}
+
+/// Cuts `volume`'s log if it holds twice what it keeps (see "Cutting the
+/// log"); `head` is its last sequence.
+fn cut_if_due(st: &State, volume: &str, head: u64) -> Result<(), SyncError> {
+    if st.keep_log == 0 {
+        return Ok(());
+    }
+    let cut = st.cut(volume)?;
+    if head.saturating_sub(cut) < 2 * st.keep_log {
+        return Ok(());
+    }
+    cut_log(st, volume, head - st.keep_log)
+}
+
+/// Folds `volume`'s log up to `upto` into its snapshot, drops it, and
+/// deletes the blocks nothing names any more. One store commit.
+fn cut_log(st: &State, volume: &str, upto: u64) -> Result<(), SyncError> {
+    let cut = st.cut(volume)?;
+    if upto <= cut {
+        return Ok(());
+    }
+    let mut tree = if cut == 0 {
+        super::tree::Tree::default()
+    } else {
+        let mut a = super::snapshot::Assembler::default();
+        let mut got = None;
+        for part in st.snapshot_parts(volume)? {
+            if let Msg::Snapshot {
+                seq,
+                last,
+                cs,
+                stamps,
+            } = part
+            {
+                got = a
+                    .add(seq, last, &cs, &stamps)
+                    .map_err(SyncError::Protocol)?;
+            }
+        }
+        got.map(|(_, t)| t)
+            .ok_or_else(|| SyncError::Protocol(format!("the snapshot of {volume} is incomplete")))?
+    };
+    for seq in cut + 1..=upto {
+        super::apply::apply(&mut tree, seq, &st.change_set(volume, seq)?);
+    }
+    let parts = super::snapshot::parts(&tree, upto, super::snapshot::PART_BLOCKS);
+    // Blocks are shared by hash across volumes: what stays named is every
+    // volume's snapshot and log but what this cut drops.
+    let mut named: HashSet<Hash> = tree
+        .nodes
+        .values()
+        .flat_map(|n| n.blocks.values().copied())
+        .collect();
+    let snap = st.store.latest()?;
+    let (mut old_log, mut old_parts, mut dead) = (Vec::new(), Vec::new(), Vec::new());
+    for item in snap.range(&b"L"[..]..&b"M"[..])? {
+        let (k, v) = item?;
+        let seq = k
+            .get(k.len().saturating_sub(8)..)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes);
+        if volume_of(k) == Some(volume.as_bytes()) && seq <= upto {
+            old_log.push(k.to_vec());
+            continue;
+        }
+        if let Msg::Push(cs) = Msg::decode(4, v.value)? {
+            named.extend(hashes_of(&cs));
+        }
+    }
+    for item in snap.range(&b"S"[..]..&b"T"[..])? {
+        let (k, v) = item?;
+        if volume_of(k) == Some(volume.as_bytes()) {
+            old_parts.push(k.to_vec());
+            continue;
+        }
+        if let Msg::Snapshot { cs, .. } = Msg::decode(10, v.value)? {
+            named.extend(hashes_of(&cs));
+        }
+    }
+    for item in snap.range(&b"H"[..]..&b"I"[..])? {
+        let (k, _) = item?;
+        let h: Option<Hash> = k.get(1..).and_then(|b| b.try_into().ok());
+        if h.is_some_and(|h| !named.contains(&h)) {
+            dead.push(k.to_vec());
+        }
+    }
+    drop(snap);
+    let mut t = st.store.begin_write()?;
+    for k in old_log.iter().chain(&old_parts).chain(&dead) {
+        t.delete(k)?;
+    }
+    for (i, part) in parts.iter().enumerate() {
+        let mut frame = Vec::new();
+        part.encode(&mut frame)?;
+        t.put(
+            &snapshot_key(volume, i as u32),
+            &frame[super::wire::HEADER..],
+        )?;
+    }
+    t.put(&cut_key(volume), &upto.to_le_bytes())?;
+    t.commit(&format!("{volume}: log cut at {upto}"))?;
+    let mut totals = st.totals.borrow_mut();
+    totals.cuts += 1;
+    totals.blocks_deleted += dead.len() as u64;
+    tracing::info!(
+        volume,
+        cut = upto,
+        change_sets = old_log.len(),
+        parts = parts.len(),
+        blocks_deleted = dead.len(),
+        "log cut"
+    );
+    Ok(())
 }
 
 fn kind_name(m: &Msg) -> &'static str {

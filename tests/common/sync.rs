@@ -14,15 +14,17 @@ pub struct Server {
     child: Option<Child>,
     pub port: u16,
     pub fingerprint: String,
+    args: Vec<String>,
 }
 
 /// Starts `zippyfs serve` in `dir` on `port` (0: any); returns it, the
 /// port it bound and the fingerprint it printed.
-fn spawn_server(dir: &Path, port: u16) -> (Child, u16, String) {
+fn spawn_server(dir: &Path, port: u16, args: &[String]) -> (Child, u16, String) {
     let mut child = Command::new(bin())
         .arg("serve")
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(
             std::fs::OpenOptions::new()
@@ -57,13 +59,21 @@ fn spawn_server(dir: &Path, port: u16) -> (Child, u16, String) {
 
 impl Server {
     pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// [`Server::start`] with extra arguments (`--keep-log 5`, say), kept
+    /// for restarts.
+    pub fn start_with(args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("server dir");
-        let (child, port, fingerprint) = spawn_server(dir.path(), 0);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (child, port, fingerprint) = spawn_server(dir.path(), 0, &args);
         Server {
             dir,
             child: Some(child),
             port,
             fingerprint,
+            args,
         }
     }
 
@@ -78,7 +88,7 @@ impl Server {
     /// Starts the server again, on the same port and directory.
     pub fn restart(&mut self) {
         self.kill();
-        let (child, port, fingerprint) = spawn_server(self.dir.path(), self.port);
+        let (child, port, fingerprint) = spawn_server(self.dir.path(), self.port, &self.args);
         assert_eq!((port, &fingerprint), (self.port, &self.fingerprint));
         self.child = Some(child);
     }

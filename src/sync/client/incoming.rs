@@ -10,7 +10,7 @@
 //! change-set that uses it is applied.
 
 use super::*;
-use crate::sync::tree::{Op, diff};
+use crate::sync::tree::{Op, Tree, diff};
 use crate::sync::wire::Wanted;
 
 /// Each block a change-set names: (file, index, hash).
@@ -73,10 +73,16 @@ impl Event {
     }
 }
 
+/// A change-set to apply, and the snapshot it stands for, if one.
+type Batched = (u64, ChangeSet, Option<Arc<Tree>>);
+
 /// A change-set of the log, waiting to be applied.
 pub(super) struct Delivered {
     seq: u64,
     cs: ChangeSet,
+    /// The volume as of `seq` when the server sent it in place of the log
+    /// (`cs` is then what differs from what this peer had when it came).
+    snapshot: Option<Arc<Tree>>,
     /// Its blocks were asked for (those not here): it is in the window.
     requested: bool,
     /// Blocks it asked for that have not come yet.
@@ -183,6 +189,7 @@ impl Session<'_> {
         &mut self,
         seq: u64,
         cs: ChangeSet,
+        snapshot: Option<Arc<Tree>>,
         send: &mut quinn::SendStream,
     ) -> Result<(), SyncError> {
         if self.inc.queue.back().is_some_and(|e| e.seq() >= seq) {
@@ -193,6 +200,7 @@ impl Session<'_> {
         self.inc.queue.push_back(Event::Deliver(Delivered {
             seq,
             cs,
+            snapshot,
             requested: false,
             waiting: 0,
         }));
@@ -423,23 +431,24 @@ impl Session<'_> {
     /// changed in the local tree into the filesystem, onto commit `version`.
     fn try_apply(
         &mut self,
-        batch: &[(u64, ChangeSet)],
+        batch: &[Batched],
         now: i64,
         version: u64,
         cause: &str,
     ) -> Result<Attempt, SyncError> {
         let mut copies = 0u64;
         let mut changed = std::collections::BTreeSet::new();
-        for (seq, cs) in batch {
-            changed.extend(
-                self.peer
-                    .on_deliver(*seq, cs, now, &mut || {
-                        copies += 1;
-                        let r = crate::sync::random32().unwrap_or_default();
-                        u128::from_le_bytes(r[..16].try_into().unwrap_or_default())
-                    })
-                    .map_err(|v| SyncError::Protocol(v.to_string()))?,
-            );
+        for (seq, cs, snapshot) in batch {
+            let mut new_fid = || {
+                copies += 1;
+                let r = crate::sync::random32().unwrap_or_default();
+                u128::from_le_bytes(r[..16].try_into().unwrap_or_default())
+            };
+            let got = match snapshot {
+                Some(tree) => self.peer.on_snapshot(*seq, tree, now, &mut new_fid),
+                None => self.peer.on_deliver(*seq, cs, now, &mut new_fid),
+            };
+            changed.extend(got.map_err(|v| SyncError::Protocol(v.to_string()))?);
         }
         let before = self.peer.local.before(&changed);
         let ops = diff(&before, &self.peer.local, Some(&changed));
@@ -479,18 +488,25 @@ impl Session<'_> {
     /// A peer catching up on a long log pays the fixed costs of an apply
     /// (a commit, the kernel told, a copy of its trees) once per batch
     /// instead of once per change-set.
-    fn next_batch(&self) -> Vec<(u64, ChangeSet)> {
+    /// A snapshot is a batch of its own.
+    fn next_batch(&self) -> Vec<Batched> {
         let mut batch = Vec::new();
         let mut ops = 0;
         for ev in &self.inc.queue {
             match ev {
+                Event::Deliver(d) if d.snapshot.is_some() => {
+                    if batch.is_empty() && d.requested && d.waiting == 0 {
+                        batch.push((d.seq, d.cs.clone(), d.snapshot.clone()));
+                    }
+                    break;
+                }
                 Event::Deliver(d)
                     if d.requested
                         && d.waiting == 0
                         && (batch.is_empty() || ops + d.cs.ops.len() <= BATCH_OPS) =>
                 {
                     ops += d.cs.ops.len();
-                    batch.push((d.seq, d.cs.clone()));
+                    batch.push((d.seq, d.cs.clone(), None));
                 }
                 _ => break,
             }
@@ -499,7 +515,7 @@ impl Session<'_> {
     }
 
     /// Applies the change-sets of `batch`, in order, as one version.
-    fn apply(&mut self, batch: &[(u64, ChangeSet)]) -> Result<Outcome, SyncError> {
+    fn apply(&mut self, batch: &[Batched]) -> Result<Outcome, SyncError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -509,20 +525,23 @@ impl Session<'_> {
         // it afterwards (decision 10). The fence catches a page the kernel
         // reads again before the change is in (fs/coherence.rs).
         let mut here = Vec::new();
-        for op in batch.iter().flat_map(|(_, cs)| &cs.ops) {
+        for op in batch.iter().flat_map(|(_, cs, _)| &cs.ops) {
             if let Some(ino) = self.fs.ino_of_file_id(op.fid())? {
                 here.push(ino);
             }
         }
         here.sort_unstable();
         here.dedup();
-        let (Some((first, first_cs)), Some((last, _))) = (batch.first(), batch.last()) else {
+        let (Some((first, first_cs, _)), Some((last, _, _))) = (batch.first(), batch.last()) else {
             return Ok(Outcome::Applied);
         };
         let cause = if batch.len() == 1 {
             format!("sync: {} sequence {first}", first_cs.origin_name)
         } else {
-            let mut from: Vec<&str> = batch.iter().map(|(_, c)| c.origin_name.as_str()).collect();
+            let mut from: Vec<&str> = batch
+                .iter()
+                .map(|(_, c, _)| c.origin_name.as_str())
+                .collect();
             from.sort_unstable();
             from.dedup();
             format!("sync: {} sequences {first}-{last}", from.join(","))
@@ -573,6 +592,7 @@ mod tests {
                 time: 0,
                 ops: Vec::new(),
             },
+            snapshot: None,
             requested: true,
             waiting: 0,
         })

@@ -197,6 +197,7 @@ async fn run(
             pushed_at: 0,
             read_at: 0,
             inc: Incoming::new(conf.window, fs.block_size()),
+            snapshot: Default::default(),
             acked: false,
             last_push: None,
             push_later: false,
@@ -257,6 +258,8 @@ struct Session<'a> {
     read_at: u64,
     /// What came from the server and is not applied yet.
     inc: Incoming,
+    /// The parts of a snapshot come so far.
+    snapshot: crate::sync::snapshot::Assembler,
     /// An ack freed the push slot: push what is waiting.
     acked: bool,
     /// When the last push went, and whether one waits for [`PUSH_GAP`]
@@ -421,7 +424,37 @@ impl Session<'_> {
 
     async fn on_msg(&mut self, m: Msg, send: &mut quinn::SendStream) -> Result<(), SyncError> {
         match m {
-            Msg::Deliver { seq, cs } => self.on_deliver(seq, cs, send).await?,
+            Msg::Deliver { seq, cs } => self.on_deliver(seq, cs, None, send).await?,
+            Msg::Snapshot {
+                seq,
+                last,
+                cs,
+                stamps,
+            } => {
+                let done = self
+                    .snapshot
+                    .add(seq, last, &cs, &stamps)
+                    .map_err(|e| SyncError::Protocol(format!("snapshot: {e}")))?;
+                if let Some((seq, tree)) = done {
+                    // Queued as a change-set of what differs from what this
+                    // peer has, so that its blocks are asked for as any
+                    // change-set's; applied as the snapshot it is.
+                    let cs = ChangeSet {
+                        origin: 0,
+                        origin_name: "server snapshot".into(),
+                        counter: 0,
+                        base: self.peer.applied,
+                        time: 0,
+                        ops: crate::sync::tree::diff(&self.peer.synced, &tree, None),
+                    };
+                    tracing::info!(
+                        seq,
+                        files = tree.nodes.len(),
+                        "sync: a snapshot in place of the log"
+                    );
+                    self.on_deliver(seq, cs, Some(Arc::new(tree)), send).await?;
+                }
+            }
             Msg::Ack { counter, seq, time } => self.inc.ack(seq, counter, time),
             Msg::Block { hash, data } => self.inc.on_block(hash, data)?,
             Msg::Patch { hash, base, patch } => self.on_patch(hash, base, patch, send).await?,
