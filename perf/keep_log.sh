@@ -10,6 +10,8 @@ W=$(mktemp -d /var/tmp/keeplog.XXXX)
 mkdir -p $W/srv $W/mnt
 $BIN serve $W/srv --listen 127.0.0.1:0 --keep-log $KEEP > $W/srv.out 2>$W/srv.log &
 SP=$!
+# Whatever happens: the mount down, the server stopped, the directory gone.
+trap 'umount $W/mnt 2>/dev/null; kill $SP 2>/dev/null; rm -rf $W' EXIT
 for i in $(seq 50); do grep -q fingerprint $W/srv.out 2>/dev/null && break; sleep 0.1; done
 PORT=$(grep "listening on" $W/srv.out | sed 's/.*://')
 FP=$(grep fingerprint $W/srv.out | cut -d' ' -f2)
@@ -29,5 +31,4 @@ $BIN umount $W/mnt
 kill $SP; wait $SP 2>/dev/null || true
 python3 -c "import json;d=json.load(open('$W/srv/status.json'));print('pushes',d['pushes'],'cuts',d.get('cuts'),'blocks_deleted',d.get('blocks_deleted'),'heads',d['heads'])"
 echo "keep-log $KEEP: server store $(du -sm $W/srv/store | cut -f1) MiB on disk"
-$BIN info $W/srv/store 2>&1 | head -8
-rm -rf $W
+$BIN info $W/srv/store 2>&1 | grep -v INFO | head -3
