@@ -11,7 +11,8 @@ mkdir -p $W/srv $W/mnt
 $BIN serve $W/srv --listen 127.0.0.1:0 --keep-log $KEEP > $W/srv.out 2>$W/srv.log &
 SP=$!
 # Whatever happens: the mount down, the server stopped, the directory gone.
-trap 'umount $W/mnt 2>/dev/null; kill $SP 2>/dev/null; rm -rf $W' EXIT
+# (The daemon may still write its sync state for a moment after umount.)
+trap 'umount $W/mnt 2>/dev/null; kill $SP 2>/dev/null; for i in 1 2 3 4 5; do rm -rf $W 2>/dev/null && break; sleep 0.5; done' EXIT
 for i in $(seq 50); do grep -q fingerprint $W/srv.out 2>/dev/null && break; sleep 0.1; done
 PORT=$(grep "listening on" $W/srv.out | sed 's/.*://')
 FP=$(grep fingerprint $W/srv.out | cut -d' ' -f2)
