@@ -12,7 +12,7 @@ $BIN serve $W/srv --listen 127.0.0.1:0 --keep-log $KEEP > $W/srv.out 2>$W/srv.lo
 SP=$!
 # Whatever happens: the mount down, the server stopped, the directory gone.
 # (The daemon may still write its sync state for a moment after umount.)
-trap 'umount $W/mnt 2>/dev/null; kill $SP 2>/dev/null; for i in 1 2 3 4 5; do rm -rf $W 2>/dev/null && break; sleep 0.5; done' EXIT
+trap 'set +e; umount $W/mnt 2>/dev/null; kill $SP 2>/dev/null; for i in 1 2 3 4 5; do rm -rf $W 2>/dev/null && break; sleep 0.5; done' EXIT
 for i in $(seq 50); do grep -q fingerprint $W/srv.out 2>/dev/null && break; sleep 0.1; done
 PORT=$(grep "listening on" $W/srv.out | sed 's/.*://')
 FP=$(grep fingerprint $W/srv.out | cut -d' ' -f2)
