@@ -28,7 +28,7 @@ pub struct ServeArgs {
     /// when it holds twice as many, the older half is folded into a
     /// snapshot of the volume and the blocks nothing names any more are
     /// deleted. A peer further behind gets the snapshot in place of the
-    /// log. Not yet safe for peers that may be killed (see SEMANTICS.md).
+    /// log. Experimental, with known faults (SEMANTICS.md, "A cut log").
     #[arg(long, default_value_t = server::DEFAULT_KEEP_LOG)]
     keep_log: u64,
 }

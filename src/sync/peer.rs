@@ -268,6 +268,23 @@ impl Peer {
         }
     }
 
+    /// The push in flight was acknowledged, and a snapshot already queued
+    /// holds it (the server cut its log past it before the ack went): no
+    /// sequence of its own to apply, the snapshot brings it. What it named
+    /// is compared again at the next push.
+    pub fn on_ack_within_snapshot(&mut self, counter: u64) -> Result<(), Violation> {
+        match self.in_flight.take() {
+            Some(cs) if cs.counter == counter => {
+                self.mark(cs.ops.iter().map(Op::fid).collect::<Vec<_>>());
+                Ok(())
+            }
+            other => Err(Violation::StrayAck {
+                got: counter,
+                expected: other.map(|c| c.counter),
+            }),
+        }
+    }
+
     /// Sequence `seq` of the log. Returns the files whose local state
     /// changed (for the kernel's caches), or nothing for one already seen.
     pub fn on_deliver(

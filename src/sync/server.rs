@@ -52,8 +52,12 @@
 //! the change in its store and not in its state. With the log, applying
 //! that change-set again sets this right; behind a cut, a file that
 //! change-set made and a later one deleted looks like the peer's own new
-//! file, and comes back. And a snapshot is applied as one change-set: its
-//! blocks are held in memory together, not a window at a time.
+//! file, and comes back; a push of its own taken but not acknowledged
+//! before a disconnect comes back the same way. A peer still fetching the
+//! blocks of change-sets a cut folded away is refused them (the sweep
+//! deleted them) and starts again from the snapshot. And a snapshot is
+//! applied as one change-set: its blocks are held in memory together, not
+//! a window at a time.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -692,7 +696,9 @@ async fn connection(
                     // that one must reach this peer before the ack.
                     if let Some((seq, counter, time)) = take_push(st, &volume, &peer, p)? {
                         deliver(st, &volume, &mut send, bytes, &mut sent, seq - 1).await?;
-                        sent = seq;
+                        // A cut made while this waited to send may have
+                        // sent the snapshot past `seq`: never back.
+                        sent = sent.max(seq);
                         send_msg(&mut send, &Msg::Ack { counter, seq, time }, bytes).await?;
                         if let Err(e) = cut_if_due(st, &volume, seq) {
                             tracing::warn!(volume = %volume, "cutting the log failed: {e}");
@@ -782,6 +788,10 @@ fn cut_log(st: &State, volume: &str, upto: u64) -> Result<(), SyncError> {
     for seq in cut + 1..=upto {
         super::apply::apply(&mut tree, seq, &st.change_set(volume, seq)?);
     }
+    // Every peer behind the cut will be given this tree: one that is not
+    // a tree would keep them all reconnecting.
+    super::snapshot::check(&tree)
+        .map_err(|e| SyncError::Protocol(format!("the log of {volume} folds to no tree: {e}")))?;
     let parts = super::snapshot::parts(&tree, upto, super::snapshot::PART_BLOCKS);
     // Blocks are shared by hash across volumes: what stays named is every
     // volume's snapshot and log but what this cut drops.

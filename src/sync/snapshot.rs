@@ -19,6 +19,21 @@ use crate::fs::Kind;
 /// a change-set's limit).
 pub const PART_BLOCKS: usize = 1 << 18;
 
+/// The most bytes of names, xattrs and targets one part carries (with
+/// [`PART_BLOCKS`] blocks, still well within a change-set's limit).
+const PART_BYTES: usize = 16 << 20;
+
+/// About what a file's node and names take encoded, blocks aside.
+fn other_bytes(tree: &Tree, fid: FileId, node: &Node) -> usize {
+    64 + node.target.len()
+        + node
+            .xattrs
+            .iter()
+            .map(|(k, v)| 16 + k.len() + v.len())
+            .sum::<usize>()
+        + tree.names_of(fid).map(|(_, n)| 24 + n.len()).sum::<usize>()
+}
+
 /// `tree` as of sequence `seq`, in parts of at most `max_blocks` blocks
 /// and [`MAX_STAMPS`] files each.
 pub fn parts(tree: &Tree, seq: u64, max_blocks: usize) -> Vec<Msg> {
@@ -26,11 +41,15 @@ pub fn parts(tree: &Tree, seq: u64, max_blocks: usize) -> Vec<Msg> {
     let mut out = Vec::new();
     let mut part = Part::default();
     for (&fid, node) in &tree.nodes {
+        let other = other_bytes(tree, fid, node);
         if part.stamps.len() >= MAX_STAMPS
-            || (!part.ops.is_empty() && part.blocks + node.blocks.len() > max_blocks)
+            || (!part.ops.is_empty()
+                && (part.blocks + node.blocks.len() > max_blocks
+                    || part.bytes + other > PART_BYTES))
         {
             out.push(part.take(seq));
         }
+        part.bytes += other;
         let blocks: Vec<(u64, Option<[u8; 32]>)> =
             node.blocks.iter().map(|(i, h)| (*i, Some(*h))).collect();
         let mut chunks = blocks.chunks(max_blocks);
@@ -82,6 +101,7 @@ struct Part {
     ops: Vec<Op>,
     stamps: Vec<(FileId, Stamp, Stamp)>,
     blocks: usize,
+    bytes: usize,
 }
 
 impl Part {
@@ -209,7 +229,7 @@ impl Assembler {
 
 /// What every tree is: a root directory; every name in a directory that
 /// is there; every file but the root named, every directory once.
-fn check(t: &Tree) -> Result<(), String> {
+pub fn check(t: &Tree) -> Result<(), String> {
     if !t.is_dir(ROOT_ID) {
         return Err("no root directory".into());
     }
@@ -312,6 +332,23 @@ mod tests {
         // The ten blocks of the big file in parts of three: four parts for
         // it alone.
         assert!(parts(&t, 42, 3).len() >= 4);
+    }
+
+    /// Files with no blocks but large xattrs fill parts by bytes: every
+    /// part stays within its frame's limit.
+    #[test]
+    fn parts_are_cut_by_bytes_as_well_as_by_blocks() {
+        let mut t = Tree::default();
+        for i in 0..1200u128 {
+            let mut n = node(Kind::File, 0, 1);
+            n.xattrs = [(b"user.big".to_vec(), vec![i as u8; 60_000])].into();
+            t.put_node(100 + i, n);
+            t.link((ROOT_ID, format!("f{i}").into_bytes()), 100 + i);
+        }
+        let msgs = parts(&t, 9, PART_BLOCKS);
+        assert!(msgs.len() >= 4, "{} parts for 72 MB of xattrs", msgs.len());
+        let (_, back) = rebuild(&msgs).expect("every part encodes and the tree comes back");
+        assert_eq!(back.nodes, t.nodes);
     }
 
     #[test]

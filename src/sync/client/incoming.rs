@@ -144,6 +144,12 @@ impl Incoming {
         self.queue.push_back(Event::Ack(seq, counter, time));
     }
 
+    /// The last sequence queued (0: none): the queue ascends, and an ack
+    /// at or below it is one a queued snapshot holds.
+    pub(super) fn back_seq(&self) -> u64 {
+        self.queue.back().map_or(0, Event::seq)
+    }
+
     /// When a refused batch is to be tried again.
     pub(super) fn retry_at(&self) -> Option<tokio::time::Instant> {
         self.retry

@@ -455,7 +455,21 @@ impl Session<'_> {
                     self.on_deliver(seq, cs, Some(Arc::new(tree)), send).await?;
                 }
             }
-            Msg::Ack { counter, seq, time } => self.inc.ack(seq, counter, time),
+            Msg::Ack { counter, seq, time } => {
+                if seq <= self.inc.back_seq().max(self.peer.applied) {
+                    // Within a snapshot queued or applied before it (the
+                    // server cut its log past this push while it waited
+                    // to send): the push's commit is no base for patches.
+                    self.peer
+                        .on_ack_within_snapshot(counter)
+                        .map_err(|v| SyncError::Protocol(v.to_string()))?;
+                    self.push_snap = None;
+                    self.read_at = 0;
+                    self.acked = true;
+                } else {
+                    self.inc.ack(seq, counter, time);
+                }
+            }
             Msg::Block { hash, data } => self.inc.on_block(hash, data)?,
             Msg::Patch { hash, base, patch } => self.on_patch(hash, base, patch, send).await?,
             Msg::Want { wants } => {
