@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use super::tree::{ChangeSet, FileId, Node, Op, ROOT_ID, Stamp, Tree};
+use super::tree::{ChangeSet, FileId, Node, Op, ROOT_ID, Stamp, Tree, whole};
 use super::wire::{MAX_STAMPS, Msg};
 use crate::fs::Kind;
 
@@ -50,31 +50,21 @@ pub fn parts(tree: &Tree, seq: u64, max_blocks: usize) -> Vec<Msg> {
             out.push(part.take(seq));
         }
         part.bytes += other;
-        let blocks: Vec<(u64, Option<[u8; 32]>)> =
-            node.blocks.iter().map(|(i, h)| (*i, Some(*h))).collect();
-        let mut chunks = blocks.chunks(max_blocks);
-        let first = chunks.next().unwrap_or(&[]);
-        part.blocks += first.len();
-        part.ops.push(Op::Node {
-            fid,
-            whole: true,
-            meta: node.meta.clone(),
-            cut: None,
-            blocks: first.to_vec(),
-            xattrs: node
-                .xattrs
-                .iter()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect(),
-            target: Some(node.target.clone()),
-        });
+        let mut op = whole(fid, node);
+        // The blocks past the first part's worth go in parts of their own.
+        let rest = match &mut op {
+            Op::Node { blocks, .. } if blocks.len() > max_blocks => blocks.split_off(max_blocks),
+            _ => Vec::new(),
+        };
+        part.blocks += node.blocks.len() - rest.len();
+        part.ops.push(op);
         part.ops.push(Op::Names {
             fid,
             removed: Vec::new(),
             added: tree.names_of(fid).cloned().collect(),
         });
         part.stamps.push((fid, node.changed, node.renamed));
-        for more in chunks {
+        for more in rest.chunks(max_blocks) {
             out.push(part.take(seq));
             part.blocks = more.len();
             part.ops.push(Op::Node {

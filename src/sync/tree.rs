@@ -418,7 +418,8 @@ pub fn diff(from: &Tree, to: &Tree, fids: Option<&BTreeSet<FileId>>) -> Vec<Op> 
     ops
 }
 
-fn whole(fid: FileId, n: &Node) -> Op {
+/// The op that makes file `fid` as `n` is, whole.
+pub(super) fn whole(fid: FileId, n: &Node) -> Op {
     Op::Node {
         fid,
         whole: true,
