@@ -286,6 +286,8 @@ impl State {
                 .map_or(0, u64::from_be_bytes);
         }
         drop(snap);
+        // A log cut to nothing still ends at its cut.
+        let head = head.max(self.cut(volume)?);
         let (tx, rx) = watch::channel(head);
         self.heads.borrow_mut().insert(volume.to_string(), tx);
         Ok(rx)
