@@ -94,13 +94,30 @@ impl Client {
         })
     }
 
-    /// Stops the thread (what is not pushed goes at the next mount).
+    /// Stops the thread (what is not pushed goes at the next mount). It
+    /// pushes what is left for up to [`FINAL_PUSH_WAIT`]; a thread still
+    /// running [`STOP_MARGIN`] after that is stuck (on the network: see the
+    /// note at [`STOP_MARGIN`]) and is left to end with the process, so
+    /// that it cannot hold the unmount.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.wake.now();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let Some(t) = self.thread.take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + FINAL_PUSH_WAIT + STOP_MARGIN;
+        while !t.is_finished() {
+            if std::time::Instant::now() > deadline {
+                tracing::error!(
+                    "sync: its thread did not stop within {:?}; unmounting without it \
+                     (what it did not push goes at the next mount)",
+                    FINAL_PUSH_WAIT + STOP_MARGIN
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
+        let _ = t.join();
     }
 }
 
@@ -152,6 +169,13 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// The longest an unmount waits for the server to take the last changes.
 const FINAL_PUSH_WAIT: Duration = Duration::from_secs(10);
+
+/// How much longer than [`FINAL_PUSH_WAIT`] an unmount waits for the sync
+/// thread before it goes without it. The thread checks for the stop only
+/// between messages; a send that never completes (this peer and the server
+/// each sending blocks while neither reads, a known fault of the protocol's
+/// loop) would otherwise hold the unmount for ever.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 /// The least time between two pushes. A change made after a quiet moment
 /// goes at once; under a stream of commits (an fsync loop makes thousands
