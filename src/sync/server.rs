@@ -75,112 +75,12 @@ use super::wire::{MAX_BLOCK, MAX_WANT, Msg, PROTO_MAX, PROTO_MIN, Wanted};
 use super::{SyncError, hex, random32, tls, write_atomic, write_private};
 use crate::store::{Store, StoreOptions};
 
-const PEERS: &str = "peers";
-const CREDENTIAL_CONTEXT: &str = "zippyfs sync credential 2026-12-04";
+mod cut;
+mod peers;
 
-/// A peer the server knows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerEntry {
-    pub id: u32,
-    pub name: String,
-    pub volume: String,
-    /// Hex of the credential's hash.
-    pub hash: String,
-}
-
-fn credential_hash(credential: &str) -> String {
-    hex(&blake3::derive_key(
-        CREDENTIAL_CONTEXT,
-        credential.trim().as_bytes(),
-    ))
-}
-
-pub fn load_peers(dir: &Path) -> Result<Vec<PeerEntry>, SyncError> {
-    let path = dir.join(PEERS);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(SyncError::io(&path, e)),
-    };
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let f: Vec<&str> = line.split('\t').collect();
-        let (Some(id), Some(name), Some(volume), Some(hash)) = (
-            f.first().and_then(|s| s.parse().ok()),
-            f.get(1),
-            f.get(2),
-            f.get(3),
-        ) else {
-            return Err(SyncError::Config(format!(
-                "{}: line {} is not `id<TAB>name<TAB>volume<TAB>hash`",
-                path.display(),
-                n + 1
-            )));
-        };
-        out.push(PeerEntry {
-            id,
-            name: name.to_string(),
-            volume: volume.to_string(),
-            hash: hash.to_string(),
-        });
-    }
-    Ok(out)
-}
-
-fn save_peers(dir: &Path, peers: &[PeerEntry]) -> Result<(), SyncError> {
-    let mut text = String::from("# id\tname\tvolume\tcredential hash (zippyfs serve add-peer)\n");
-    for p in peers {
-        text.push_str(&format!("{}\t{}\t{}\t{}\n", p.id, p.name, p.volume, p.hash));
-    }
-    write_private(&dir.join(PEERS), text.as_bytes())
-}
-
-fn good_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
-
-/// Makes peer `name`'s credential for `volume`; returns it (shown once).
-pub fn add_peer(dir: &Path, name: &str, volume: &str) -> Result<String, SyncError> {
-    if !good_label(name) || !good_label(volume) {
-        return Err(SyncError::Config(
-            "peer and volume names are 1 to 64 letters, digits, '-', '_' or '.'".into(),
-        ));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| SyncError::io(dir, e))?;
-    let mut peers = load_peers(dir)?;
-    if peers.iter().any(|p| p.name == name) {
-        return Err(SyncError::Config(format!(
-            "peer {name} exists: remove-peer it first to make a new credential"
-        )));
-    }
-    let credential = format!("zpc1-{}", hex(&random32()?));
-    let id = peers.iter().map(|p| p.id).max().unwrap_or(0) + 1;
-    peers.push(PeerEntry {
-        id,
-        name: name.to_string(),
-        volume: volume.to_string(),
-        hash: credential_hash(&credential),
-    });
-    save_peers(dir, &peers)?;
-    Ok(credential)
-}
-
-/// Revokes peer `name`: its credential no longer connects.
-pub fn remove_peer(dir: &Path, name: &str) -> Result<(), SyncError> {
-    let mut peers = load_peers(dir)?;
-    let before = peers.len();
-    peers.retain(|p| p.name != name);
-    if peers.len() == before {
-        return Err(SyncError::Config(format!("no peer named {name}")));
-    }
-    save_peers(dir, &peers)
-}
+use cut::cut_if_due;
+use peers::credential_hash;
+pub use peers::{PeerEntry, add_peer, load_peers, remove_peer};
 
 fn log_key(volume: &str, seq: u64) -> Vec<u8> {
     let mut k = vec![b'L'];
@@ -194,27 +94,6 @@ fn block_key(h: &Hash) -> Vec<u8> {
     let mut k = vec![b'H'];
     k.extend_from_slice(h);
     k
-}
-
-fn cut_key(volume: &str) -> Vec<u8> {
-    let mut k = vec![b'K'];
-    k.extend_from_slice(volume.as_bytes());
-    k
-}
-
-fn snapshot_key(volume: &str, part: u32) -> Vec<u8> {
-    let mut k = vec![b'S'];
-    k.extend_from_slice(volume.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&part.to_be_bytes());
-    k
-}
-
-/// The volume a key of the form `X volume 0x00 ...` is about.
-fn volume_of(key: &[u8]) -> Option<&[u8]> {
-    let rest = key.get(1..)?;
-    let end = rest.iter().position(|&b| b == 0)?;
-    Some(&rest[..end])
 }
 
 fn counter_key(volume: &str, peer: u32) -> Vec<u8> {
@@ -302,28 +181,6 @@ impl State {
             Msg::Push(cs) => Ok(cs),
             _ => Err(SyncError::Protocol("a stored change-set is not one".into())),
         }
-    }
-
-    /// The cut of `volume`: its log starts after it.
-    fn cut(&self, volume: &str) -> Result<u64, SyncError> {
-        Ok(self
-            .store
-            .latest()?
-            .get(&cut_key(volume))?
-            .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-            .map_or(0, u64::from_le_bytes))
-    }
-
-    /// The parts of `volume`'s snapshot, in order.
-    fn snapshot_parts(&self, volume: &str) -> Result<Vec<Msg>, SyncError> {
-        let snap = self.store.latest()?;
-        let (from, to) = (snapshot_key(volume, 0), snapshot_key(volume, u32::MAX));
-        let mut out = Vec::new();
-        for item in snap.range(&from[..]..=&to[..])? {
-            let (_, v) = item?;
-            out.push(Msg::decode(10, v.value)?);
-        }
-        Ok(out)
     }
 
     fn has_block(&self, h: &Hash) -> Result<bool, SyncError> {
@@ -743,124 +600,6 @@ async fn deliver(
         let cs = st.change_set(volume, *sent)?;
         send_msg(send, &Msg::Deliver { seq: *sent, cs }, bytes).await?;
     }
-    Ok(())
-}
-
-/// Cuts `volume`'s log if it holds twice what it keeps (see "Cutting the
-/// log"); `head` is its last sequence.
-fn cut_if_due(st: &State, volume: &str, head: u64) -> Result<(), SyncError> {
-    if st.keep_log == 0 {
-        return Ok(());
-    }
-    let cut = st.cut(volume)?;
-    if head.saturating_sub(cut) < 2 * st.keep_log {
-        return Ok(());
-    }
-    cut_log(st, volume, head - st.keep_log)
-}
-
-/// Folds `volume`'s log up to `upto` into its snapshot, drops it, and
-/// deletes the blocks nothing names any more. One store commit.
-fn cut_log(st: &State, volume: &str, upto: u64) -> Result<(), SyncError> {
-    let cut = st.cut(volume)?;
-    if upto <= cut {
-        return Ok(());
-    }
-    let mut tree = if cut == 0 {
-        super::tree::Tree::default()
-    } else {
-        let mut a = super::snapshot::Assembler::default();
-        let mut got = None;
-        for part in st.snapshot_parts(volume)? {
-            if let Msg::Snapshot {
-                seq,
-                last,
-                cs,
-                stamps,
-            } = part
-            {
-                got = a
-                    .add(seq, last, &cs, &stamps)
-                    .map_err(SyncError::Protocol)?;
-            }
-        }
-        got.map(|(_, t)| t)
-            .ok_or_else(|| SyncError::Protocol(format!("the snapshot of {volume} is incomplete")))?
-    };
-    for seq in cut + 1..=upto {
-        super::apply::apply(&mut tree, seq, &st.change_set(volume, seq)?);
-    }
-    // Every peer behind the cut will be given this tree: one that is not
-    // a tree would keep them all reconnecting.
-    super::snapshot::check(&tree)
-        .map_err(|e| SyncError::Protocol(format!("the log of {volume} folds to no tree: {e}")))?;
-    let parts = super::snapshot::parts(&tree, upto, super::snapshot::PART_BLOCKS);
-    // Blocks are shared by hash across volumes: what stays named is every
-    // volume's snapshot and log but what this cut drops.
-    let mut named: HashSet<Hash> = tree
-        .nodes
-        .values()
-        .flat_map(|n| n.blocks.values().copied())
-        .collect();
-    let snap = st.store.latest()?;
-    let (mut old_log, mut old_parts, mut dead) = (Vec::new(), Vec::new(), Vec::new());
-    for item in snap.range(&b"L"[..]..&b"M"[..])? {
-        let (k, v) = item?;
-        let seq = k
-            .get(k.len().saturating_sub(8)..)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_be_bytes);
-        if volume_of(k) == Some(volume.as_bytes()) && seq <= upto {
-            old_log.push(k.to_vec());
-            continue;
-        }
-        if let Msg::Push(cs) = Msg::decode(4, v.value)? {
-            named.extend(hashes_of(&cs));
-        }
-    }
-    for item in snap.range(&b"S"[..]..&b"T"[..])? {
-        let (k, v) = item?;
-        if volume_of(k) == Some(volume.as_bytes()) {
-            old_parts.push(k.to_vec());
-            continue;
-        }
-        if let Msg::Snapshot { cs, .. } = Msg::decode(10, v.value)? {
-            named.extend(hashes_of(&cs));
-        }
-    }
-    for item in snap.range(&b"H"[..]..&b"I"[..])? {
-        let (k, _) = item?;
-        let h: Option<Hash> = k.get(1..).and_then(|b| b.try_into().ok());
-        if h.is_some_and(|h| !named.contains(&h)) {
-            dead.push(k.to_vec());
-        }
-    }
-    drop(snap);
-    let mut t = st.store.begin_write()?;
-    for k in old_log.iter().chain(&old_parts).chain(&dead) {
-        t.delete(k)?;
-    }
-    for (i, part) in parts.iter().enumerate() {
-        let mut frame = Vec::new();
-        part.encode(&mut frame)?;
-        t.put(
-            &snapshot_key(volume, i as u32),
-            &frame[super::wire::HEADER..],
-        )?;
-    }
-    t.put(&cut_key(volume), &upto.to_le_bytes())?;
-    t.commit(&format!("{volume}: log cut at {upto}"))?;
-    let mut totals = st.totals.borrow_mut();
-    totals.cuts += 1;
-    totals.blocks_deleted += dead.len() as u64;
-    tracing::info!(
-        volume,
-        cut = upto,
-        change_sets = old_log.len(),
-        parts = parts.len(),
-        blocks_deleted = dead.len(),
-        "log cut"
-    );
     Ok(())
 }
 
