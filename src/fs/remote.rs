@@ -261,20 +261,29 @@ impl Fs {
         Ok(history::block_at(snap, ino, idx)?.to_vec())
     }
 
-    /// The BLAKE3 hash of block `idx` of file `fid` in `snap`, as the
-    /// commit recorded it (no block is read or hashed); `None` for a hole.
-    pub fn file_block_hash_in(
+    /// The bytes of block `idx` of file `fid` in `snap` if the commit
+    /// recorded `hash` for it (checked from the record, without hashing the
+    /// block); `None` otherwise.
+    pub fn file_block_if(
         &self,
         snap: &Snapshot<'_>,
         fid: u128,
         idx: u64,
-    ) -> FsResult<Option<[u8; 32]>> {
-        let ino = self
-            .ino_of(snap, &[], fid)?
-            .ok_or(FsError::Errno(libc::ENOENT))?;
-        Ok(snap
-            .get_entry(&block_key(ino, idx))?
-            .and_then(|e| e.value.get(..32).and_then(|h| h.try_into().ok())))
+        hash: &[u8; 32],
+    ) -> FsResult<Option<Vec<u8>>> {
+        let Some(ino) = self.ino_of(snap, &[], fid)? else {
+            return Ok(None);
+        };
+        let Some(e) = snap.get_entry(&block_key(ino, idx))? else {
+            return Ok(None);
+        };
+        if e.value.get(..32) != Some(&hash[..]) {
+            return Ok(None);
+        }
+        Ok(Some(match e.extent {
+            Some(x) => snap.read_extent(&x)?.to_vec(),
+            None => e.value.get(32..).unwrap_or(&[]).to_vec(),
+        }))
     }
 
     /// The inode of file id `fid` in the last commit, if it has one.

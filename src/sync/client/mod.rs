@@ -522,8 +522,7 @@ impl Session<'_> {
         let base = self.peer.synced.block(fid, idx).filter(|b| *b != h);
         if let (Some(base), Some(base_snap)) = (base, &self.base_snap)
             && self.patched.insert(h)
-            && self.fs.file_block_hash_in(base_snap, fid, idx).ok() == Some(Some(base))
-            && let Ok(old) = self.fs.file_block_in(base_snap, fid, idx)
+            && let Ok(Some(old)) = self.fs.file_block_if(base_snap, fid, idx, &base)
             && let Some(patch) = super::patch::diff(&old, &data)
         {
             return Ok(Msg::Patch {
