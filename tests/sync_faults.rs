@@ -464,3 +464,200 @@ fn a_peer_behind_a_cut_log_gets_the_snapshot_and_keeps_its_own_changes() {
     b.unmount();
     drop(server);
 }
+
+/// One frame from a QUIC stream (for a server of the test's own).
+async fn next_frame(recv: &mut quinn::RecvStream) -> Option<zippyfs::sync::wire::Msg> {
+    let mut h = [0u8; zippyfs::sync::wire::HEADER];
+    recv.read_exact(&mut h).await.ok()?;
+    let (kind, len) = zippyfs::sync::wire::header(&h).expect("a valid header");
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.ok()?;
+    Some(zippyfs::sync::wire::Msg::decode(kind, &body).expect("a valid frame"))
+}
+
+fn frame_of(m: &zippyfs::sync::wire::Msg) -> Vec<u8> {
+    let mut b = Vec::new();
+    m.encode(&mut b).unwrap();
+    b
+}
+
+/// A change-set of another peer that makes directory `name` (id `fid`) in
+/// the root.
+fn mkdir_from_elsewhere(fid: u128, name: &str) -> zippyfs::sync::tree::ChangeSet {
+    use zippyfs::sync::tree::{ChangeSet, Meta, Op};
+    ChangeSet {
+        origin: 2,
+        origin_name: "elsewhere".into(),
+        counter: fid as u64,
+        base: 0,
+        time: 0,
+        ops: vec![
+            Op::Node {
+                fid,
+                whole: true,
+                meta: Meta {
+                    kind: zippyfs::fs::Kind::Dir,
+                    perm: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    size: 0,
+                    mtime: zippyfs::fs::Time::default(),
+                },
+                cut: None,
+                blocks: vec![],
+                xattrs: vec![],
+                target: None,
+            },
+            Op::Names {
+                fid,
+                removed: vec![],
+                added: vec![(1, name.as_bytes().to_vec())],
+            },
+        ],
+    }
+}
+
+/// A peer sends its push's blocks as the server asks for them. A server
+/// (here one of the test's own, on loopback) sends it the log meanwhile and
+/// reads nothing until that is sent. The peer must keep reading while its
+/// blocks wait: it once sent the blocks a Want asked for before it read
+/// again, so each side waited for the other for ever.
+#[test]
+fn a_peer_sending_its_push_keeps_reading_a_server_that_does_not_read() {
+    use zippyfs::sync::wire::{Msg, PROTO_MAX, Wanted};
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("a-store");
+    // A 10 MiB file in the store before it syncs: the first push holds all
+    // of it, 160 blocks, more than QUIC's stream window.
+    let big = content(11, 10 << 20);
+    {
+        let a = Mounted::start_logged(&store, &[], &work.path().join("a-first.log"));
+        std::fs::write(a.path().join("big"), &big).unwrap();
+        assert!(a.unmount().success());
+    }
+    let sdir = work.path().join("server");
+    std::fs::create_dir(&sdir).unwrap();
+    let (cert, key) = zippyfs::sync::tls::server_identity(&sdir).unwrap();
+    let fingerprint = zippyfs::sync::tls::fingerprint(&cert);
+    let cfg = zippyfs::sync::tls::server_config(cert, key).unwrap();
+    // More frames than the peer's reading task holds with `sync_window=1M`
+    // (16 blocks and 64) and QUIC's stream window (1.25 MB) together.
+    const LOG: u64 = 8000;
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let endpoint = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+            port_tx.send(endpoint.local_addr().unwrap().port()).unwrap();
+            let conn = tokio::time::timeout(Duration::from_secs(30), endpoint.accept())
+                .await
+                .expect("the peer connects within 30 s")
+                .unwrap()
+                .await
+                .unwrap();
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            assert!(matches!(
+                next_frame(&mut recv).await,
+                Some(Msg::Hello { .. })
+            ));
+            let welcome = Msg::Welcome {
+                proto: PROTO_MAX,
+                server_id: [9; 16],
+                peer: 1,
+                peer_name: "a".into(),
+                head: 0,
+            };
+            send.write_all(&frame_of(&welcome)).await.unwrap();
+            let Some(Msg::Push(cs)) = next_frame(&mut recv).await else {
+                panic!("the peer's first message after Welcome is not its push");
+            };
+            let hashes: std::collections::HashSet<[u8; 32]> =
+                zippyfs::sync::server::hashes_of(&cs).into_iter().collect();
+            let wants: Vec<Wanted> = hashes.iter().map(|h| Wanted::whole(*h)).collect();
+            send.write_all(&frame_of(&Msg::Want { wants }))
+                .await
+                .unwrap();
+            // The log, reading nothing.
+            let flood = async {
+                for seq in 1..=LOG {
+                    let name = format!("{seq:0>250}");
+                    let m = Msg::Deliver {
+                        seq,
+                        cs: mkdir_from_elsewhere(1_000_000 + seq as u128, &name),
+                    };
+                    send.write_all(&frame_of(&m)).await.unwrap();
+                }
+            };
+            let flooded = tokio::time::timeout(Duration::from_secs(30), flood)
+                .await
+                .is_ok();
+            let mut got = std::collections::HashSet::new();
+            while flooded && got.len() < hashes.len() {
+                match tokio::time::timeout(Duration::from_secs(20), next_frame(&mut recv)).await {
+                    Ok(Some(Msg::Block { hash, data })) => {
+                        assert_eq!(*blake3::hash(&data).as_bytes(), hash);
+                        got.insert(hash);
+                    }
+                    other => panic!("expected the push's blocks, got {other:?}"),
+                }
+            }
+            if flooded {
+                let ack = Msg::Ack {
+                    counter: cs.counter,
+                    seq: LOG + 1,
+                    time: 0,
+                };
+                send.write_all(&frame_of(&ack)).await.unwrap();
+                // Until the peer goes.
+                while next_frame(&mut recv).await.is_some() {}
+            }
+            conn.close(0u32.into(), b"done");
+            (flooded, got.len(), hashes.len())
+        })
+    });
+    let port = port_rx.recv().unwrap();
+    let cred = work.path().join("credential");
+    std::fs::write(&cred, "any credential: this server takes every peer\n").unwrap();
+    let st = std::process::Command::new(common::bin())
+        .arg("join")
+        .arg(&store)
+        .arg(format!("quic://127.0.0.1:{port}/v"))
+        .args(["--fingerprint", &fingerprint])
+        .arg("--credential")
+        .arg(&cred)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "join failed");
+    let a = Mounted::start_logged(
+        &store,
+        &["-o", "sync_window=1M"],
+        &work.path().join("a.log"),
+    );
+    let log_len = |a: &Mounted| {
+        std::fs::read_dir(a.path())
+            .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+            .unwrap_or(0)
+    };
+    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually("the peer applies the log", Duration::from_secs(60), || {
+            log_len(&a) as u64 >= LOG
+        })
+    }));
+    let status = a.unmount();
+    let (flooded, got, wanted) = server.join().expect("the test's server");
+    assert!(
+        flooded,
+        "the server's 8000 deliveries were not read within 30 s while the peer sent its blocks"
+    );
+    assert_eq!(got, wanted, "the push's blocks");
+    assert!(applied.is_ok(), "the peer did not apply the log");
+    assert!(status.success(), "a's daemon: {status}");
+}

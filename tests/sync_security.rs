@@ -4,7 +4,7 @@
 //! panic nor stop, its volume must not change, and a real peer must still
 //! sync afterwards. (Decoding alone gets millions of cases from `cargo fuzz
 //! run sync_frame`.) And a peer that reads slowly still gets the log whole
-//! and in order.
+//! and in order, and is read while it does not read.
 
 mod common;
 
@@ -193,6 +193,12 @@ async fn next_msg(recv: &mut quinn::RecvStream) -> Msg {
 
 /// A push of one file `name` (id `fid`) whose only block is `data`.
 fn push_of(counter: u64, fid: u128, name: &str, data: &[u8]) -> Msg {
+    push_of_blocks(counter, fid, name, &[data.to_vec()])
+}
+
+/// A push of one file `name` (id `fid`) made of `blocks` of equal size.
+fn push_of_blocks(counter: u64, fid: u128, name: &str, blocks: &[Vec<u8>]) -> Msg {
+    let size = blocks.iter().map(|b| b.len() as u64).sum();
     Msg::Push(ChangeSet {
         origin: 0,
         origin_name: String::new(),
@@ -209,11 +215,13 @@ fn push_of(counter: u64, fid: u128, name: &str, data: &[u8]) -> Msg {
                     uid: 0,
                     gid: 0,
                     rdev: 0,
-                    size: data.len() as u64,
+                    size,
                     mtime: zippyfs::fs::Time::default(),
                 },
                 cut: None,
-                blocks: vec![(0, Some(*blake3::hash(data).as_bytes()))],
+                blocks: (blocks.iter().enumerate())
+                    .map(|(i, b)| (i as u64, Some(*blake3::hash(b).as_bytes())))
+                    .collect(),
                 xattrs: vec![],
                 target: Some(Vec::new()),
             },
@@ -443,4 +451,115 @@ fn a_slow_reader_gets_every_sequence_before_the_ack_of_its_own_push() {
         "the slow peer's deliveries before the ack of its push (sequence {ack})"
     );
     assert_eq!(server.status()["heads"]["v"], 20);
+}
+
+/// A peer sending a run of blocks does not read meanwhile (a peer answering
+/// the server's Want for its push did exactly this). The server, with the
+/// log to send that peer, must keep reading it all the same: the server
+/// once awaited its send of the log before reading again, so each side
+/// waited for the other for ever.
+#[test]
+fn the_server_reads_a_peer_that_sends_blocks_without_reading() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let slow_cred = std::fs::read_to_string(server.add_peer("slow", "v", work.path())).unwrap();
+    let fast_cred = std::fs::read_to_string(server.add_peer("fast", "v", work.path())).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    // The sender's receive window holds about one delivery: the server's
+    // sends to it block as soon as it has two to send.
+    let mut slow_cfg = zippyfs::sync::tls::client_config(&server.fingerprint).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(700));
+    transport.receive_window(quinn::VarInt::from_u32(700));
+    slow_cfg.transport_config(std::sync::Arc::new(transport));
+    let fast_cfg = zippyfs::sync::tls::client_config(&server.fingerprint).unwrap();
+    // 10 MiB of blocks: more than the server's reading task holds (64
+    // frames) and QUIC's stream window together, so that this send
+    // completes only if the server's session reads.
+    let blocks: Vec<Vec<u8>> = (0..160u32)
+        .map(|i| {
+            let mut b = vec![0u8; 64 << 10];
+            b[..4].copy_from_slice(&i.to_le_bytes());
+            b
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (seen, ack) = rt.block_on(async {
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let open = |cfg: quinn::ClientConfig, cred: String| {
+            let endpoint = endpoint.clone();
+            async move {
+                let conn = endpoint
+                    .connect_with(cfg, addr, zippyfs::sync::tls::SERVER_NAME)
+                    .unwrap()
+                    .await
+                    .unwrap();
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                send.write_all(&frame(&hello(cred.trim()))).await.unwrap();
+                assert!(matches!(next_msg(&mut recv).await, Msg::Welcome { .. }));
+                (conn, send, recv)
+            }
+        };
+        let (slow_conn, mut slow_send, mut slow_recv) = open(slow_cfg, slow_cred).await;
+        let (fast_conn, mut fast_send, mut fast_recv) = open(fast_cfg, fast_cred).await;
+        // Three pushes of the other peer, each a delivery of most of the
+        // sender's window.
+        for counter in 1..=3u64 {
+            let data = counter.to_le_bytes();
+            let name = format!("{counter:0>200}");
+            fast_send
+                .write_all(&frame(&push_of(counter, 1000 + counter as u128, &name, &data)))
+                .await
+                .unwrap();
+            assert!(matches!(next_msg(&mut fast_recv).await, Msg::Want { .. }));
+            let block = Msg::Block {
+                hash: *blake3::hash(&data).as_bytes(),
+                data: data.to_vec(),
+            };
+            fast_send.write_all(&frame(&block)).await.unwrap();
+            assert!(matches!(next_msg(&mut fast_recv).await, Msg::Ack { .. }));
+        }
+        // The push and every block of it, reading nothing meanwhile (the
+        // server takes a pushed block before its Want is read).
+        let run = async {
+            slow_send
+                .write_all(&frame(&push_of_blocks(1, 500, "big", &blocks)))
+                .await
+                .unwrap();
+            for b in &blocks {
+                let m = Msg::Block {
+                    hash: *blake3::hash(b).as_bytes(),
+                    data: b.clone(),
+                };
+                slow_send.write_all(&frame(&m)).await.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the server read a peer's 10 MiB of blocks within 30 s while it could not send to it");
+        let mut seen = Vec::new();
+        let ack = loop {
+            let m = tokio::time::timeout(Duration::from_secs(20), next_msg(&mut slow_recv))
+                .await
+                .expect("the sender's next message within 20 s");
+            match m {
+                Msg::Deliver { seq, .. } => seen.push(seq),
+                Msg::Want { .. } => {}
+                Msg::Ack { seq, .. } => break seq,
+                other => panic!("the sender got {other:?}"),
+            }
+        };
+        slow_conn.close(0u32.into(), b"done");
+        fast_conn.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+        (seen, ack)
+    });
+    assert_eq!(seen, vec![1, 2, 3], "the log before the sender's ack");
+    assert_eq!(ack, 4, "the sender's push is the fourth");
+    let st = server.status();
+    assert_eq!(st["heads"]["v"], 4, "{st}");
+    assert_eq!(st["blocks_in"], 163, "{st}");
 }

@@ -60,7 +60,7 @@
 //! a window at a time.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -69,7 +69,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::watch;
 
-use super::stream::{Counted, read_msg, reader, send_msg};
+use super::stream::{Counted, Outbox, read_msg, reader, send_msg};
 use super::tree::{ChangeSet, Hash, Op};
 use super::wire::{MAX_BLOCK, MAX_WANT, Msg, PROTO_MAX, PROTO_MIN, Wanted};
 use super::{SyncError, hex, random32, tls, write_atomic, write_private};
@@ -445,162 +445,244 @@ async fn connection(
         bytes,
     )
     .await?;
-    let mut sent = last_applied;
-    let mut rx = reader(recv, bytes.clone(), 64);
-    let mut pending: Option<Pending> = None;
-    loop {
-        // The log, in order, up to the head.
-        let head = *heads.borrow_and_update();
-        deliver(st, &volume, &mut send, bytes, &mut sent, head).await?;
-        tokio::select! {
-            m = rx.recv() => {
-                let m = m.ok_or_else(|| SyncError::Net("reader ended".into()))??;
-                match m {
-                    Msg::Push(cs) => {
-                        if pending.is_some() {
-                            return Err(SyncError::Protocol("a push before the last one was taken".into()));
-                        }
-                        let mut missing = HashSet::new();
-                        for h in hashes_of(&cs) {
-                            if !st.has_block(&h)? {
-                                missing.insert(h);
-                            }
-                        }
-                        let want: Vec<Wanted> = missing.iter().map(|h| Wanted::whole(*h)).collect();
-                        for chunk in want.chunks(MAX_WANT) {
-                            send_msg(&mut send, &Msg::Want { wants: chunk.to_vec() }, bytes).await?;
-                        }
-                        pending = Some(Pending { cs, missing, got: Vec::new() });
-                    }
-                    Msg::Block { hash, data } => {
-                        let Some(p) = pending.as_mut().filter(|p| p.missing.contains(&hash)) else {
-                            return Err(SyncError::Protocol("a block nobody asked for".into()));
-                        };
-                        if *blake3::hash(&data).as_bytes() != hash {
-                            return Err(SyncError::Protocol("a block whose bytes do not match its hash".into()));
-                        }
-                        p.missing.remove(&hash);
-                        p.got.push((hash, data));
-                        st.totals.borrow_mut().blocks_in += 1;
-                    }
-                    Msg::Patch { hash, base, patch } => {
-                        let Some(p) = pending.as_mut().filter(|p| p.missing.contains(&hash)) else {
-                            return Err(SyncError::Protocol("a block nobody asked for".into()));
-                        };
-                        let rebuilt = match st.block(&base)? {
-                            Some(b) => super::patch::apply(&b, &patch, MAX_BLOCK)
-                                .map_err(|e| SyncError::Protocol(e.to_string()))?,
-                            None => Vec::new(),
-                        };
-                        if *blake3::hash(&rebuilt).as_bytes() == hash {
-                            p.missing.remove(&hash);
-                            p.got.push((hash, rebuilt));
-                            let mut t = st.totals.borrow_mut();
-                            t.blocks_in += 1;
-                            t.patches_in += 1;
-                        } else {
-                            // Not a base this server has (or not the one
-                            // the peer thought): the block, whole.
-                            tracing::debug!(peer = %peer.name, "a patch that does not rebuild its block; asked whole");
-                            send_msg(&mut send, &Msg::Want { wants: vec![Wanted::whole(hash)] }, bytes).await?;
-                        }
-                    }
-                    Msg::Want { wants } => {
-                        for w in wants {
-                            let Some(data) = st.block(&w.hash)? else {
-                                return Err(SyncError::Protocol(format!("a block the server does not have: {}", hex(&w.hash))));
-                            };
-                            let patch = match w.base {
-                                Some(b) if b != w.hash => st.block(&b)?.and_then(|b| super::patch::diff(&b, &data)),
-                                _ => None,
-                            };
-                            let m = match patch {
-                                Some(patch) => {
-                                    st.totals.borrow_mut().patches_out += 1;
-                                    Msg::Patch { hash: w.hash, base: w.base.unwrap_or_default(), patch }
-                                }
-                                None => Msg::Block { hash: w.hash, data },
-                            };
-                            send_msg(&mut send, &m, bytes).await?;
-                            st.totals.borrow_mut().blocks_out += 1;
-                        }
-                    }
-                    other => {
-                        return Err(SyncError::Protocol(format!("unexpected {}", kind_name(&other))));
-                    }
-                }
-                if pending.as_ref().is_some_and(|p| p.missing.is_empty())
-                    && let Some(mut p) = pending.take()
-                {
-                    // A block the server had when the push came may have
-                    // been deleted since, by a cut of the log: asked again.
-                    let got: HashSet<Hash> = p.got.iter().map(|(h, _)| *h).collect();
-                    for h in hashes_of(&p.cs) {
-                        if !got.contains(&h) && !st.has_block(&h)? {
-                            p.missing.insert(h);
-                        }
-                    }
-                    if !p.missing.is_empty() {
-                        let want: Vec<Wanted> = p.missing.iter().map(|h| Wanted::whole(*h)).collect();
-                        for chunk in want.chunks(MAX_WANT) {
-                            send_msg(&mut send, &Msg::Want { wants: chunk.to_vec() }, bytes).await?;
-                        }
-                        pending = Some(p);
-                        continue;
-                    }
-                    // Everything ordered before it first, then its ack,
-                    // which stands for its delivery. The sequence is fixed
-                    // when it is taken, not before: while this connection
-                    // awaited a send, another may have taken a push, and
-                    // that one must reach this peer before the ack.
-                    if let Some((seq, counter, time)) = take_push(st, &volume, &peer, p)? {
-                        deliver(st, &volume, &mut send, bytes, &mut sent, seq - 1).await?;
-                        // A cut made while this waited to send may have
-                        // sent the snapshot past `seq`: never back.
-                        sent = sent.max(seq);
-                        send_msg(&mut send, &Msg::Ack { counter, seq, time }, bytes).await?;
-                        if let Err(e) = cut_if_due(st, &volume, seq) {
-                            tracing::warn!(volume = %volume, "cutting the log failed: {e}");
-                        }
-                    }
-                }
-            }
-            r = heads.changed() => {
-                if r.is_err() {
-                    return Ok(());
-                }
-            }
-        }
-    }
+    let out = Outbox::new(send, bytes.clone());
+    let rx = reader(recv, bytes.clone(), 64);
+    let mut c = Conn {
+        st,
+        volume: &volume,
+        peer: &peer,
+        out: &out,
+        sent: last_applied,
+        pending: None,
+        owed: VecDeque::new(),
+        ack: None,
+    };
+    let r = c.run(rx, heads).await;
+    // The writer task holds the stream, and with it the connection: close
+    // it, or a peer that stopped reading would keep it.
+    conn.close(0u32.into(), b"closed");
+    r
 }
 
-/// Sends the log after `sent` up to `upto`, advancing `sent`: the
-/// snapshot first wherever the log was cut past what was sent (when the
-/// peer connects behind the cut, or a cut happens while this connection
-/// waits to send).
-async fn deliver(
-    st: &State,
-    volume: &str,
-    send: &mut quinn::SendStream,
-    bytes: &Arc<Counted>,
-    sent: &mut u64,
-    upto: u64,
-) -> Result<(), SyncError> {
-    while *sent < upto {
-        let cut = st.cut(volume)?;
-        if *sent < cut {
-            for part in st.snapshot_parts(volume)? {
-                send_msg(send, &part, bytes).await?;
+/// The most blocks a peer may have asked for and not yet been sent: past
+/// it the server stops reading that peer until it has sent some (the peer
+/// keeps reading meanwhile, so this cannot stall both).
+const OWED_MAX: usize = 2 * MAX_WANT;
+
+/// One peer's connection, after its Welcome.
+struct Conn<'a> {
+    st: &'a Rc<State>,
+    volume: &'a str,
+    peer: &'a PeerEntry,
+    out: &'a Outbox,
+    /// The last sequence sent (or known to the peer).
+    sent: u64,
+    /// Its push, waiting for blocks.
+    pending: Option<Pending>,
+    /// Blocks it asked for, not yet sent.
+    owed: VecDeque<Wanted>,
+    /// Its push taken last: sequence, counter, time. Acknowledged once
+    /// everything ordered before it has been sent.
+    ack: Option<(u64, u64, i64)>,
+}
+
+impl Conn<'_> {
+    async fn run(
+        &mut self,
+        mut rx: tokio::sync::mpsc::Receiver<Result<Msg, SyncError>>,
+        mut heads: watch::Receiver<u64>,
+    ) -> Result<(), SyncError> {
+        loop {
+            let head = *heads.borrow_and_update();
+            self.fill(head)?;
+            let owes = self.sent < head || self.ack.is_some() || !self.owed.is_empty();
+            tokio::select! {
+                m = rx.recv(), if self.owed.len() < OWED_MAX => {
+                    let m = m.ok_or_else(|| SyncError::Net("reader ended".into()))??;
+                    self.on_msg(m)?;
+                }
+                r = heads.changed() => {
+                    if r.is_err() {
+                        return Ok(());
+                    }
+                }
+                r = self.out.room(), if owes => r?,
             }
-            st.totals.borrow_mut().snapshots_out += 1;
-            *sent = cut;
-            continue;
         }
-        *sent += 1;
-        let cs = st.change_set(volume, *sent)?;
-        send_msg(send, &Msg::Deliver { seq: *sent, cs }, bytes).await?;
     }
-    Ok(())
+
+    /// Queues what this peer is owed while the outbox has room: the log
+    /// in order up to `head` (the snapshot first wherever the log was cut
+    /// past what was sent), the ack of its push once everything before
+    /// the push is sent, the blocks it asked for.
+    fn fill(&mut self, head: u64) -> Result<(), SyncError> {
+        while self.out.has_room() {
+            if let Some((seq, counter, time)) = self.ack
+                && self.sent + 1 >= seq
+            {
+                // A cut made while this waited may have sent the snapshot
+                // past `seq`: never back.
+                self.sent = self.sent.max(seq);
+                self.out.send(&Msg::Ack { counter, seq, time })?;
+                self.ack = None;
+                if let Err(e) = cut_if_due(self.st, self.volume, seq) {
+                    tracing::warn!(volume = %self.volume, "cutting the log failed: {e}");
+                }
+                continue;
+            }
+            if let Some(w) = self.owed.pop_front() {
+                self.send_block(w)?;
+                continue;
+            }
+            let upto = self.ack.map_or(head, |(seq, ..)| seq - 1);
+            if self.sent >= upto {
+                return Ok(());
+            }
+            let cut = self.st.cut(self.volume)?;
+            if self.sent < cut {
+                for part in self.st.snapshot_parts(self.volume)? {
+                    self.out.send(&part)?;
+                }
+                self.st.totals.borrow_mut().snapshots_out += 1;
+                self.sent = cut;
+                continue;
+            }
+            self.sent += 1;
+            let cs = self.st.change_set(self.volume, self.sent)?;
+            self.out.send(&Msg::Deliver { seq: self.sent, cs })?;
+        }
+        Ok(())
+    }
+
+    /// A block the peer asked for: as a patch against the base it named
+    /// when the server has that and the patch is small, whole otherwise.
+    fn send_block(&mut self, w: Wanted) -> Result<(), SyncError> {
+        let st = self.st;
+        let Some(data) = st.block(&w.hash)? else {
+            return Err(SyncError::Protocol(format!(
+                "a block the server does not have: {}",
+                hex(&w.hash)
+            )));
+        };
+        let patch = match w.base {
+            Some(b) if b != w.hash => st.block(&b)?.and_then(|b| super::patch::diff(&b, &data)),
+            _ => None,
+        };
+        let m = match patch {
+            Some(patch) => {
+                st.totals.borrow_mut().patches_out += 1;
+                Msg::Patch {
+                    hash: w.hash,
+                    base: w.base.unwrap_or_default(),
+                    patch,
+                }
+            }
+            None => Msg::Block { hash: w.hash, data },
+        };
+        self.out.send(&m)?;
+        st.totals.borrow_mut().blocks_out += 1;
+        Ok(())
+    }
+
+    fn want(&self, hashes: impl IntoIterator<Item = Hash>) -> Result<(), SyncError> {
+        let want: Vec<Wanted> = hashes.into_iter().map(Wanted::whole).collect();
+        for chunk in want.chunks(MAX_WANT) {
+            self.out.send(&Msg::Want {
+                wants: chunk.to_vec(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn on_msg(&mut self, m: Msg) -> Result<(), SyncError> {
+        let st = self.st;
+        match m {
+            Msg::Push(cs) => {
+                if self.pending.is_some() || self.ack.is_some() {
+                    return Err(SyncError::Protocol(
+                        "a push before the last one was acknowledged".into(),
+                    ));
+                }
+                let mut missing = HashSet::new();
+                for h in hashes_of(&cs) {
+                    if !st.has_block(&h)? {
+                        missing.insert(h);
+                    }
+                }
+                self.want(missing.iter().copied())?;
+                self.pending = Some(Pending {
+                    cs,
+                    missing,
+                    got: Vec::new(),
+                });
+            }
+            Msg::Block { hash, data } => {
+                let Some(p) = self.pending.as_mut().filter(|p| p.missing.contains(&hash)) else {
+                    return Err(SyncError::Protocol("a block nobody asked for".into()));
+                };
+                if *blake3::hash(&data).as_bytes() != hash {
+                    return Err(SyncError::Protocol(
+                        "a block whose bytes do not match its hash".into(),
+                    ));
+                }
+                p.missing.remove(&hash);
+                p.got.push((hash, data));
+                st.totals.borrow_mut().blocks_in += 1;
+            }
+            Msg::Patch { hash, base, patch } => {
+                let Some(p) = self.pending.as_mut().filter(|p| p.missing.contains(&hash)) else {
+                    return Err(SyncError::Protocol("a block nobody asked for".into()));
+                };
+                let rebuilt = match st.block(&base)? {
+                    Some(b) => super::patch::apply(&b, &patch, MAX_BLOCK)
+                        .map_err(|e| SyncError::Protocol(e.to_string()))?,
+                    None => Vec::new(),
+                };
+                if *blake3::hash(&rebuilt).as_bytes() == hash {
+                    p.missing.remove(&hash);
+                    p.got.push((hash, rebuilt));
+                    let mut t = st.totals.borrow_mut();
+                    t.blocks_in += 1;
+                    t.patches_in += 1;
+                } else {
+                    // Not a base this server has (or not the one the peer
+                    // thought): the block, whole.
+                    tracing::debug!(peer = %self.peer.name, "a patch that does not rebuild its block; asked whole");
+                    self.want([hash])?;
+                }
+            }
+            Msg::Want { wants } => self.owed.extend(wants),
+            other => {
+                return Err(SyncError::Protocol(format!(
+                    "unexpected {}",
+                    kind_name(&other)
+                )));
+            }
+        }
+        if self.pending.as_ref().is_some_and(|p| p.missing.is_empty())
+            && let Some(mut p) = self.pending.take()
+        {
+            // A block the server had when the push came may have been
+            // deleted since, by a cut of the log: asked again.
+            let got: HashSet<Hash> = p.got.iter().map(|(h, _)| *h).collect();
+            for h in hashes_of(&p.cs) {
+                if !got.contains(&h) && !st.has_block(&h)? {
+                    p.missing.insert(h);
+                }
+            }
+            if !p.missing.is_empty() {
+                self.want(p.missing.iter().copied())?;
+                self.pending = Some(p);
+                return Ok(());
+            }
+            // Everything ordered before it first, then its ack, which
+            // stands for its delivery (`fill`). The sequence is fixed when
+            // it is taken: a push another connection took before it must
+            // reach this peer before the ack.
+            self.ack = take_push(st, self.volume, self.peer, p)?;
+        }
+        Ok(())
+    }
 }
 
 fn kind_name(m: &Msg) -> &'static str {

@@ -191,12 +191,11 @@ impl Incoming {
 impl Session<'_> {
     /// A change-set of the log came: queued, and its blocks asked for if
     /// the window has room.
-    pub(super) async fn on_deliver(
+    pub(super) fn on_deliver(
         &mut self,
         seq: u64,
         cs: ChangeSet,
         snapshot: Option<Arc<Tree>>,
-        send: &mut quinn::SendStream,
     ) -> Result<(), SyncError> {
         if self.inc.queue.back().is_some_and(|e| e.seq() >= seq) {
             return Err(SyncError::Protocol(format!(
@@ -210,12 +209,12 @@ impl Session<'_> {
             requested: false,
             waiting: 0,
         }));
-        self.request(send).await
+        self.request()
     }
 
     /// Handles, in order, what can be handled now: a change-set once its
     /// blocks are here, an ack.
-    pub(super) async fn drain(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
+    pub(super) fn drain(&mut self) -> Result<(), SyncError> {
         while let Some(ev) = self.inc.queue.front() {
             match ev {
                 Event::Ack(seq, counter, time) => {
@@ -230,18 +229,18 @@ impl Session<'_> {
                     self.base_snap = self.push_snap.take();
                 }
                 Event::Deliver(_) => {
-                    if !self.apply_front(send).await? {
+                    if !self.apply_front()? {
                         return Ok(());
                     }
                     // What came in may be pushed on.
-                    self.push(send).await?;
+                    self.push()?;
                     continue;
                 }
             }
             self.inc.queue.pop_front();
         }
         if std::mem::take(&mut self.acked) {
-            self.push(send).await?;
+            self.push()?;
         }
         Ok(())
     }
@@ -249,7 +248,7 @@ impl Session<'_> {
     /// Applies the change-set at the front of the queue, with those ready
     /// behind it, once its blocks are here; false while it waits for them
     /// (or for the mount to stop changing the files it touches).
-    async fn apply_front(&mut self, send: &mut quinn::SendStream) -> Result<bool, SyncError> {
+    fn apply_front(&mut self) -> Result<bool, SyncError> {
         let Some(Event::Deliver(d)) = self.inc.queue.front() else {
             return Ok(false);
         };
@@ -293,7 +292,7 @@ impl Session<'_> {
                     self.inc.waits(seq, 1);
                 }
                 let fresh: Vec<Wanted> = fresh.into_iter().map(Wanted::whole).collect();
-                self.ask(send, seq, &fresh).await?;
+                self.ask(seq, &fresh)?;
                 return Ok(false);
             }
         }
@@ -317,7 +316,7 @@ impl Session<'_> {
         let uses = &inc.uses;
         inc.fetched.retain(|h, _| uses.contains_key(h));
         self.read_at = 0;
-        self.request(send).await?;
+        self.request()?;
         Ok(true)
     }
 
@@ -326,7 +325,7 @@ impl Session<'_> {
     /// are held or on their way (the first change-set waiting is always
     /// asked for): the blocks of a long log stream in as it is applied,
     /// and memory holds a window of them, not all.
-    async fn request(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
+    fn request(&mut self) -> Result<(), SyncError> {
         if !self.view.ready {
             // The blocks here are named from the local tree: read it now
             // (the first time in a session), not at the first apply.
@@ -370,25 +369,20 @@ impl Session<'_> {
             asks.push((d.seq, need));
         }
         for (seq, need) in asks {
-            self.ask(send, seq, &need).await?;
+            self.ask(seq, &need)?;
         }
         Ok(())
     }
 
     /// Asks the server for these blocks for sequence `seq` (a Want per
     /// 32,768).
-    async fn ask(
-        &mut self,
-        send: &mut quinn::SendStream,
-        seq: u64,
-        need: &[Wanted],
-    ) -> Result<(), SyncError> {
+    fn ask(&mut self, seq: u64, need: &[Wanted]) -> Result<(), SyncError> {
         for chunk in need.chunks(MAX_WANT) {
             self.inc.asked.extend(chunk.iter().map(|w| (w.hash, seq)));
             let want = Msg::Want {
                 wants: chunk.to_vec(),
             };
-            send_msg(send, &want, &self.bytes).await?;
+            self.send(&want)?;
         }
         Ok(())
     }
@@ -396,12 +390,11 @@ impl Session<'_> {
     /// A block asked for came as a patch: rebuilt on the block this peer
     /// has in its place, or asked for again whole if that cannot be done
     /// (the base changed here since it was named).
-    pub(super) async fn on_patch(
+    pub(super) fn on_patch(
         &mut self,
         hash: Hash,
         base: Hash,
         patch: crate::sync::patch::Patch,
-        send: &mut quinn::SendStream,
     ) -> Result<(), SyncError> {
         let Some(&by) = self.inc.asked.get(&hash) else {
             return Err(SyncError::Protocol("a block not asked for".into()));
@@ -428,7 +421,7 @@ impl Session<'_> {
                 tracing::debug!("sync: a patch this peer cannot rebuild; asked whole");
                 self.inc.asked.remove(&hash);
                 self.inc.asked_at.remove(&hash);
-                self.ask(send, by, &[Wanted::whole(hash)]).await
+                self.ask(by, &[Wanted::whole(hash)])
             }
         }
     }

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use super::conf::{Status, SyncConf, load_peer, save_peer};
 use super::local::{block_places, to_remote, tree_of};
 use super::peer::Peer;
-use super::stream::{Counted, reader, send_msg};
+use super::stream::{Counted, Outbox, reader, send_msg};
 use super::tree::{ChangeSet, FileId, Hash};
 use super::view::{LocalView, Touched};
 use super::wire::{MAX_WANT, Msg, PROTO_MAX, PROTO_MIN};
@@ -96,9 +96,8 @@ impl Client {
 
     /// Stops the thread (what is not pushed goes at the next mount). It
     /// pushes what is left for up to [`FINAL_PUSH_WAIT`]; a thread still
-    /// running [`STOP_MARGIN`] after that is stuck (on the network: see the
-    /// note at [`STOP_MARGIN`]) and is left to end with the process, so
-    /// that it cannot hold the unmount.
+    /// running [`STOP_MARGIN`] after that is left to end with the process,
+    /// so that it cannot hold the unmount.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.wake.now();
@@ -171,10 +170,10 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 const FINAL_PUSH_WAIT: Duration = Duration::from_secs(10);
 
 /// How much longer than [`FINAL_PUSH_WAIT`] an unmount waits for the sync
-/// thread before it goes without it. The thread checks for the stop only
-/// between messages; a send that never completes (this peer and the server
-/// each sending blocks while neither reads, a known fault of the protocol's
-/// loop) would otherwise hold the unmount for ever.
+/// thread before it goes without it. The session never awaits a network
+/// write (`stream::Outbox`), but it runs a change-set's apply to its end
+/// and the stop is seen between messages: a margin for that, and a bound
+/// on an unmount whatever the thread meets.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 /// The least time between two pushes. A change made after a quiet moment
@@ -225,6 +224,8 @@ async fn run(
             acked: false,
             last_push: None,
             push_later: false,
+            out: None,
+            owed: VecDeque::new(),
         };
         let r = s.run(&conf, &stop, &wake).await;
         if let Err(e) = s.save_now() {
@@ -290,6 +291,12 @@ struct Session<'a> {
     /// to pass since.
     last_push: Option<tokio::time::Instant>,
     push_later: bool,
+    /// Where messages to the server queue (`stream::Outbox`), once
+    /// connected.
+    out: Option<Outbox>,
+    /// Blocks of the push in flight the server asked for, not yet queued:
+    /// made one at a time while the outbox has room.
+    owed: VecDeque<Hash>,
 }
 
 impl Session<'_> {
@@ -343,7 +350,9 @@ impl Session<'_> {
         // is applied (the window bounds what was asked for).
         let depth = (self.inc.window_blocks()) + 64;
         let mut rx = reader(recv, self.bytes.clone(), depth);
-        match rx.recv().await {
+        let first = rx.recv().await;
+        self.out = Some(Outbox::new(send, self.bytes.clone()));
+        match first {
             Some(Ok(Msg::Welcome {
                 peer, peer_name, ..
             })) => {
@@ -369,15 +378,34 @@ impl Session<'_> {
             None => return Err(SyncError::Net("the server closed the stream".into())),
         }
         tracing::info!(server = %conf.url(), peer = %self.peer.name, applied = self.peer.applied, "sync connected");
+        let r = self.connected(&mut rx, stop, wake).await;
+        if r.is_ok()
+            && let Some(out) = self.out.take()
+        {
+            out.finish(Duration::from_secs(1)).await;
+        }
+        // The outbox's writer holds the stream, and with it the
+        // connection: closed here, or a server that stopped reading would
+        // keep it.
+        conn.close(0u32.into(), b"unmount");
+        r
+    }
+
+    /// The session's loop, from the Welcome until the mount stops (`Ok`)
+    /// or the connection fails.
+    async fn connected(
+        &mut self,
+        rx: &mut tokio::sync::mpsc::Receiver<Result<Msg, SyncError>>,
+        stop: &AtomicBool,
+        wake: &Wake,
+    ) -> Result<(), SyncError> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             if stop.load(Ordering::Relaxed) {
-                self.push_the_rest(&mut send, &mut rx).await?;
-                let _ = send.finish();
-                conn.close(0u32.into(), b"unmount");
-                return Ok(());
+                return self.push_the_rest(rx).await;
             }
-            self.drain(&mut send).await?;
+            self.drain()?;
+            self.fill()?;
             // Commits wake this thread only while it waits for one; a
             // commit whose hook ran before the flag went up is found here
             // (one after it wakes the thread). Then it waits as always, so
@@ -386,26 +414,28 @@ impl Session<'_> {
             let idle = !self.peer.in_flight() && !self.push_later && self.inc.is_empty();
             wake.idle.store(idle, Ordering::SeqCst);
             if idle && self.view.touched.lock().through > self.read_at {
-                self.push(&mut send).await?;
+                self.push()?;
             }
+            let out = self.outbox()?;
             tokio::select! {
                 m = rx.recv() => {
                     let m = m.ok_or_else(|| SyncError::Net("connection lost".into()))??;
-                    self.on_msg(m, &mut send).await?;
+                    self.on_msg(m)?;
                 }
-                _ = wake.notify.notified() => self.push(&mut send).await?,
+                r = out.room(), if !self.owed.is_empty() => r?,
+                _ = wake.notify.notified() => self.push()?,
                 _ = tokio::time::sleep_until(
                     self.last_push.map_or_else(tokio::time::Instant::now, |t| t + PUSH_GAP)
                 ), if self.push_later => {
                     self.push_later = false;
-                    self.push(&mut send).await?;
+                    self.push()?;
                 }
                 _ = tokio::time::sleep_until(
                     self.inc.retry_at().unwrap_or_else(tokio::time::Instant::now)
                 ), if self.inc.retry_at().is_some() => self.inc.retry_now(),
                 _ = tick.tick() => {
                     self.save_now()?;
-                    self.push(&mut send).await?;
+                    self.push()?;
                 }
             }
             let mut st = self.status.lock();
@@ -421,20 +451,28 @@ impl Session<'_> {
     /// [`FINAL_PUSH_WAIT`]; what does not make it goes at the next mount.
     async fn push_the_rest(
         &mut self,
-        send: &mut quinn::SendStream,
         rx: &mut tokio::sync::mpsc::Receiver<Result<Msg, SyncError>>,
     ) -> Result<(), SyncError> {
         let deadline = tokio::time::Instant::now() + FINAL_PUSH_WAIT;
         loop {
-            self.drain(send).await?;
+            self.drain()?;
             self.last_push = None;
-            self.push(send).await?;
+            self.push()?;
+            self.fill()?;
             if !self.peer.in_flight() && self.inc.is_empty() {
                 return Ok(());
             }
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(m)) => self.on_msg(m?, send).await?,
-                Ok(None) => return Err(SyncError::Net("connection lost".into())),
+            let out = self.outbox()?;
+            let next = async {
+                tokio::select! {
+                    m = rx.recv() => Some(m),
+                    r = out.room(), if !self.owed.is_empty() => r.err().map(|e| Some(Err(e))),
+                }
+            };
+            match tokio::time::timeout_at(deadline, next).await {
+                Ok(None) => {}
+                Ok(Some(Some(m))) => self.on_msg(m?)?,
+                Ok(Some(None)) => return Err(SyncError::Net("connection lost".into())),
                 Err(_) => {
                     tracing::warn!(
                         "sync: the server did not take the last changes within {FINAL_PUSH_WAIT:?}; \
@@ -446,9 +484,9 @@ impl Session<'_> {
         }
     }
 
-    async fn on_msg(&mut self, m: Msg, send: &mut quinn::SendStream) -> Result<(), SyncError> {
+    fn on_msg(&mut self, m: Msg) -> Result<(), SyncError> {
         match m {
-            Msg::Deliver { seq, cs } => self.on_deliver(seq, cs, None, send).await?,
+            Msg::Deliver { seq, cs } => self.on_deliver(seq, cs, None)?,
             Msg::Snapshot {
                 seq,
                 last,
@@ -476,7 +514,7 @@ impl Session<'_> {
                         files = tree.nodes.len(),
                         "sync: a snapshot in place of the log"
                     );
-                    self.on_deliver(seq, cs, Some(Arc::new(tree)), send).await?;
+                    self.on_deliver(seq, cs, Some(Arc::new(tree)))?;
                 }
             }
             Msg::Ack { counter, seq, time } => {
@@ -495,15 +533,33 @@ impl Session<'_> {
                 }
             }
             Msg::Block { hash, data } => self.inc.on_block(hash, data)?,
-            Msg::Patch { hash, base, patch } => self.on_patch(hash, base, patch, send).await?,
-            Msg::Want { wants } => {
-                for w in wants {
-                    let m = self.block_for_server(w.hash)?;
-                    send_msg(send, &m, &self.bytes).await?;
-                }
-            }
+            Msg::Patch { hash, base, patch } => self.on_patch(hash, base, patch)?,
+            Msg::Want { wants } => self.owed.extend(wants.iter().map(|w| w.hash)),
             Msg::Refuse { reason, .. } => return Err(SyncError::Refused(reason)),
             _ => return Err(SyncError::Protocol("an unexpected message".into())),
+        }
+        Ok(())
+    }
+
+    fn outbox(&self) -> Result<&Outbox, SyncError> {
+        self.out
+            .as_ref()
+            .ok_or_else(|| SyncError::Net("not connected".into()))
+    }
+
+    /// Queues `m` for the server (never waits for the network).
+    fn send(&self, m: &Msg) -> Result<(), SyncError> {
+        self.outbox()?.send(m)
+    }
+
+    /// Queues the blocks the server asked for while the outbox has room.
+    fn fill(&mut self) -> Result<(), SyncError> {
+        while self.outbox()?.has_room() {
+            let Some(h) = self.owed.pop_front() else {
+                break;
+            };
+            let m = self.block_for_server(h)?;
+            self.send(&m)?;
         }
         Ok(())
     }
@@ -593,7 +649,7 @@ impl Session<'_> {
         Ok(part.version)
     }
 
-    async fn push(&mut self, send: &mut quinn::SendStream) -> Result<(), SyncError> {
+    fn push(&mut self) -> Result<(), SyncError> {
         if self.peer.in_flight() || !self.inc.is_empty() {
             return Ok(());
         }
@@ -629,7 +685,8 @@ impl Session<'_> {
             }
             self.status.lock().in_flight_ops = cs.ops.len() as u64;
             tracing::debug!(counter = cs.counter, ops = cs.ops.len(), "sync push");
-            send_msg(send, &Msg::Push(cs), &self.bytes).await?;
+            self.owed.clear();
+            self.send(&Msg::Push(cs))?;
             self.last_push = Some(tokio::time::Instant::now());
         }
         Ok(())
