@@ -25,6 +25,21 @@ fn a_file_written_and_closed_on_one_peer_is_read_on_the_other() {
         std::fs::read(b.path().join("hello.bin")).is_ok_and(|d| d == data)
     });
     eprintln!("a -> b: {took:?}");
+    // The version that brought it records its origin: a's peer id (peers
+    // are numbered from 1 as added) and the sequence it applied.
+    let versions: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(b.path().join(".zippy/versions.json")).unwrap())
+            .unwrap();
+    let applied = versions
+        .iter()
+        .find(|v| {
+            v["cause"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("sync: a "))
+        })
+        .unwrap_or_else(|| panic!("no version applied from a: {versions:?}"));
+    assert_eq!(applied["origin"], 1, "{applied}");
+    assert!(applied["synced"].as_u64().unwrap_or(0) >= 1, "{applied}");
     // And back, with a directory, a rename and a symlink.
     std::fs::create_dir(b.path().join("d")).unwrap();
     std::fs::write(b.path().join("d/x.txt"), b"from b").unwrap();

@@ -13,7 +13,7 @@ use super::{Located, ask_daemon, ensure_store, locate, open};
 #[derive(clap::Args)]
 pub struct VersionsArgs {
     path: PathBuf,
-    /// Print JSON: an array of {id, time, time_ns, cause, changes, bytes}.
+    /// Print JSON: an array of {id, time, time_ns, cause, changes, bytes, origin, synced}.
     #[arg(long)]
     json: bool,
     /// The mount's history directory name (its -o history_name).
@@ -92,16 +92,23 @@ pub fn versions(args: VersionsArgs) -> anyhow::Result<ExitCode> {
         let list: Vec<serde_json::Value> =
             serde_json::from_slice(&text).context("the versions list is not valid JSON")?;
         println!(
-            "{:>10}  {:<30}  {:>9}  {:>14}  cause",
-            "id", "time (UTC)", "changes", "bytes"
+            "{:>10}  {:<30}  {:>9}  {:>14}  {:>7}  {:>10}  cause",
+            "id", "time (UTC)", "changes", "bytes", "from", "synced"
         );
         for v in list {
+            let from = match v["origin"].as_u64().unwrap_or(0) {
+                0 => "here".to_string(),
+                p if p == u64::from(zippyfs::fs::Origin::SEVERAL) => "several".to_string(),
+                p => format!("peer {p}"),
+            };
             println!(
-                "{:>10}  {:<30}  {:>9}  {:>14}  {}",
+                "{:>10}  {:<30}  {:>9}  {:>14}  {:>7}  {:>10}  {}",
                 v["id"].as_u64().unwrap_or(0),
                 v["time"].as_str().unwrap_or(""),
                 v["changes"].as_u64().unwrap_or(0),
                 v["bytes"].as_u64().unwrap_or(0),
+                from,
+                v["synced"].as_u64().unwrap_or(0),
                 v["cause"].as_str().unwrap_or("")
             );
         }

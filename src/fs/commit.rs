@@ -368,6 +368,7 @@ impl Fs {
         }
         let t3 = std::time::Instant::now();
         self.step("store commit");
+        t.tag(&self.origin.lock().tag());
         let version = t.commit(cause)?.id;
         self.committed_next_ino.store(next_ino, Ordering::Relaxed);
         tracing::debug!(

@@ -23,6 +23,53 @@ use crate::fs::inode::*;
 use crate::fs::{DirEntry, Fs, dot_entries, read_blocks, slice_of};
 use crate::store::{Snapshot, StoreError};
 
+/// Where a version's changes came from, kept with the version (its tag
+/// in the store). `peer` is 0 for this mount's own writes, else the sync
+/// peer whose change-set the version applied; `seq` is the last server
+/// sequence the store had applied when the version was made: the base of
+/// this mount's own changes in it, or the sequence it applied.
+///
+/// ```text
+/// off size field
+///   0    1 format (1)
+///   1    4 peer, u32 LE
+///   5    8 seq, u64 LE
+/// ```
+/// A store that never synced writes no tag (a version without one is
+/// `Origin::default()`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub peer: u32,
+    pub seq: u64,
+}
+
+impl Origin {
+    /// The `peer` of a version that applied change-sets of several peers
+    /// (or the server's snapshot of the volume).
+    pub const SEVERAL: u32 = u32::MAX;
+
+    pub fn tag(&self) -> Vec<u8> {
+        if *self == Origin::default() {
+            return Vec::new();
+        }
+        let mut t = vec![1u8];
+        t.extend_from_slice(&self.peer.to_le_bytes());
+        t.extend_from_slice(&self.seq.to_le_bytes());
+        t
+    }
+
+    /// The origin a tag records; a tag of another format reads as none.
+    pub fn of_tag(t: &[u8]) -> Origin {
+        match (t.first(), t.get(1..5), t.get(5..13)) {
+            (Some(1), Some(p), Some(s)) => Origin {
+                peer: p.try_into().map_or(0, u32::from_le_bytes),
+                seq: s.try_into().map_or(0, u64::from_le_bytes),
+            },
+            _ => Origin::default(),
+        }
+    }
+}
+
 pub const HISTORY_DIR: u64 = u64::MAX - 1;
 pub const VERSIONS_DIR: u64 = u64::MAX - 2;
 /// `versions.json`: the kept versions, generated when read (so the kernel
@@ -221,7 +268,9 @@ impl Fs {
 
     /// The kept versions as JSON: an array of objects with `id`, `time`
     /// (UTC, RFC 3339), `time_ns` (unix nanoseconds), `cause`, `changes`
-    /// (keys put or deleted) and `bytes` (data written).
+    /// (keys put or deleted), `bytes` (data written), and where its changes
+    /// came from ([`Origin`]): `origin` (0: made here, else the sync
+    /// peer's id) and `synced` (the server sequence it was based on).
     pub fn versions_json(&self) -> Vec<u8> {
         versions_json(&self.store)
     }
@@ -389,14 +438,17 @@ pub fn versions_json(store: &crate::store::Store) -> Vec<u8> {
     let mut out = String::from("[\n");
     let versions = store.versions();
     for (i, v) in versions.iter().enumerate() {
+        let o = Origin::of_tag(&v.tag);
         out.push_str(&format!(
-            "  {{\"id\": {}, \"time\": \"{}\", \"time_ns\": {}, \"cause\": \"{}\", \"changes\": {}, \"bytes\": {}}}{}\n",
+            "  {{\"id\": {}, \"time\": \"{}\", \"time_ns\": {}, \"cause\": \"{}\", \"changes\": {}, \"bytes\": {}, \"origin\": {}, \"synced\": {}}}{}\n",
             v.id,
             rfc3339(v.time),
             v.time,
             json_escape(&v.cause),
             v.changes,
             v.bytes,
+            o.peer,
+            o.seq,
             if i + 1 < versions.len() { "," } else { "" }
         ));
     }

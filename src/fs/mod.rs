@@ -56,6 +56,7 @@ mod space;
 
 use data::{read_blocks, slice_of};
 use delta::{Delta, Found, layered};
+pub use history::Origin;
 use namespace::{check_name, dot_entries};
 
 use std::collections::{BTreeMap, HashMap};
@@ -264,6 +265,10 @@ pub struct Fs {
     /// The next inode number as of the last commit: inodes numbered from
     /// here on were made since.
     committed_next_ino: AtomicU64,
+    /// Where the changes of the next commit come from (sync sets it while
+    /// it applies a change-set, then back to this mount with the sequence
+    /// applied); kept with each version.
+    origin: Mutex<history::Origin>,
     /// The final commit has begun: the daemon is on its way out.
     unmounting: std::sync::atomic::AtomicBool,
     /// A commit step at which tests make the commit panic.
@@ -351,6 +356,7 @@ impl Fs {
             failed: std::sync::OnceLock::new(),
             unmounting: std::sync::atomic::AtomicBool::new(false),
             committed_next_ino: AtomicU64::new(ROOT + 1),
+            origin: Mutex::new(history::Origin::default()),
             space_log: Mutex::new(commit::Throttle::default()),
             #[cfg(test)]
             panic_at: Mutex::new(None),
@@ -378,6 +384,11 @@ impl Fs {
             self.fs_id = fs_id;
             self.next_ino.store(next, Ordering::Relaxed);
             self.committed_next_ino.store(next, Ordering::Relaxed);
+            // This mount's own changes build on what the store last applied.
+            let last = snap.version();
+            let seq =
+                (self.store.version_info(last)).map_or(0, |v| history::Origin::of_tag(&v.tag).seq);
+            *self.origin.lock() = history::Origin { peer: 0, seq };
             if bs as u64 != self.block_size {
                 tracing::info!(
                     block_size = bs,

@@ -325,11 +325,24 @@ impl Fs {
         })
     }
 
+    /// Sync applied up to server sequence `seq` with nothing to write
+    /// here: this mount's next changes build on it.
+    pub fn synced_through(&self, seq: u64) {
+        self.origin.lock().seq = seq;
+    }
+
     /// Applies a change worked out elsewhere against commit `change.base`,
-    /// and commits it with `cause`. Refused ([`Applied::Moved`]) if
-    /// anything changed here since, or a fenced file's fence tripped
-    /// ([`Fs::fence`]): the caller works it out again. Clears the fences.
-    pub fn apply_remote(&self, change: &RemoteChange, cause: &str) -> FsResult<Applied> {
+    /// and commits it with `cause` as a version from `origin` (from then
+    /// on this mount's own changes build on `origin.seq`). Refused
+    /// ([`Applied::Moved`]) if anything changed here since, or a fenced
+    /// file's fence tripped ([`Fs::fence`]): the caller works it out
+    /// again. Clears the fences.
+    pub fn apply_remote(
+        &self,
+        change: &RemoteChange,
+        cause: &str,
+        origin: history::Origin,
+    ) -> FsResult<Applied> {
         self.writable(ROOT)?;
         let done = {
             let mut all: Vec<MutexGuard<'_, Shard>> =
@@ -353,9 +366,18 @@ impl Fs {
                 entries: Vec::new(),
                 now: Time::now(),
             };
-            w.apply(change)?
+            let done = w.apply(change)?;
+            // Set with every shard held: a commit that takes these changes
+            // records them as from `origin`.
+            *self.origin.lock() = origin;
+            done
         };
-        self.commit(cause)?;
+        let r = self.commit(cause);
+        *self.origin.lock() = history::Origin {
+            peer: 0,
+            seq: origin.seq,
+        };
+        r?;
         Ok(done)
     }
 }

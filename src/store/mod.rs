@@ -106,6 +106,9 @@ pub struct VersionInfo {
     pub changes: u64,
     /// Value and extent bytes written by this version's commit.
     pub bytes: u64,
+    /// Bytes the layer above kept with the version ([`WriteTxn::tag`]);
+    /// empty unless it set them.
+    pub tag: Vec<u8>,
 }
 
 #[derive(Clone, Debug)]
@@ -242,6 +245,11 @@ impl Store {
                 root: Ptr::NONE,
             }),
         }
+    }
+
+    /// Kept version `id`, if it is kept.
+    pub fn version_info(&self, id: u64) -> Option<VersionInfo> {
+        self.shared.lock().versions.get(&id).map(|m| m.info.clone())
     }
 
     /// Every kept version, oldest first.

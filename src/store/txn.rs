@@ -64,6 +64,9 @@ mod cow;
 
 /// Queued extent and overflow writes are sent to the disk once they hold this much.
 const QUEUE_BYTES: usize = 16 << 20;
+/// The most bytes of a version's tag.
+pub const MAX_TAG: usize = 255;
+
 /// The longest cause string kept with a version.
 pub const MAX_CAUSE: usize = 512;
 /// Edited nodes have ids from here up until they are sealed: far above any
@@ -145,6 +148,8 @@ pub struct WriteTxn<'s> {
     reserved: HashMap<u64, u64>,
     changes: u64,
     bytes: u64,
+    /// Kept with the version ([`WriteTxn::tag`]).
+    tag: Vec<u8>,
     /// An edit failed half-way; the tree may be inconsistent, so only abort is allowed.
     broken: bool,
     done: bool,
@@ -201,6 +206,7 @@ impl<'s> WriteTxn<'s> {
             reserved: HashMap::new(),
             changes: 0,
             bytes: 0,
+            tag: Vec::new(),
             broken: false,
             done: false,
             next_temp: TEMP_BASE,
@@ -373,6 +379,12 @@ impl<'s> WriteTxn<'s> {
     /// Drops every change of this transaction.
     pub fn abort(self) {}
 
+    /// Bytes the version this transaction makes keeps beside its cause,
+    /// for the layer above (at most [`MAX_TAG`]; longer is cut).
+    pub fn tag(&mut self, tag: &[u8]) {
+        self.tag = tag[..tag.len().min(MAX_TAG)].to_vec();
+    }
+
     /// Makes the changes a new version and returns it.
     pub fn commit(mut self, cause: &str) -> StoreResult<VersionInfo> {
         if self.broken {
@@ -468,9 +480,12 @@ pub(crate) fn version_key(id: u64) -> [u8; 9] {
 ///  40    8 value and extent bytes written
 ///  48    2 cause length
 ///  50    c cause, UTF-8
+/// 50+c   1 tag length (absent in records written before tags: none)
+/// 51+c   t tag
 /// ```
 pub(crate) fn encode_version(m: &VersionMeta) -> Vec<u8> {
-    let mut b = vec![0u8; 50 + m.info.cause.len()];
+    let c = m.info.cause.len();
+    let mut b = vec![0u8; 50 + c];
     put_u64(&mut b, 0, m.info.time);
     put_u64(&mut b, 8, m.data_root.page);
     put_u64(&mut b, 16, m.data_root.birth);
@@ -479,6 +494,11 @@ pub(crate) fn encode_version(m: &VersionMeta) -> Vec<u8> {
     put_u64(&mut b, 40, m.info.bytes);
     format::put_u16(&mut b, 48, m.info.cause.len() as u16);
     b[50..].copy_from_slice(m.info.cause.as_bytes());
+    if !m.info.tag.is_empty() {
+        let t = &m.info.tag[..m.info.tag.len().min(MAX_TAG)];
+        b.push(t.len() as u8);
+        b.extend_from_slice(t);
+    }
     b
 }
 
@@ -489,6 +509,10 @@ pub(crate) fn decode_version(id: u64, b: &[u8], page: u64) -> StoreResult<Versio
     }
     let clen = format::get_u16(b, 48) as usize;
     let cause = b.get(50..50 + clen).ok_or_else(bad)?;
+    let tag = match b.get(50 + clen) {
+        None => &[][..],
+        Some(&t) => b.get(51 + clen..51 + clen + t as usize).ok_or_else(bad)?,
+    };
     Ok(VersionMeta {
         info: VersionInfo {
             id,
@@ -496,6 +520,7 @@ pub(crate) fn decode_version(id: u64, b: &[u8], page: u64) -> StoreResult<Versio
             cause: String::from_utf8_lossy(cause).into_owned(),
             changes: format::get_u64(b, 32),
             bytes: format::get_u64(b, 40),
+            tag: tag.to_vec(),
         },
         data_root: Ptr {
             page: format::get_u64(b, 8),
@@ -508,6 +533,36 @@ pub(crate) fn decode_version(id: u64, b: &[u8], page: u64) -> StoreResult<Versio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_record_keeps_its_tag_and_one_written_before_tags_reads_as_none() {
+        let meta = |tag: &[u8]| VersionMeta {
+            info: VersionInfo {
+                id: 7,
+                time: 1,
+                cause: "flush".into(),
+                changes: 2,
+                bytes: 3,
+                tag: tag.to_vec(),
+            },
+            data_root: Ptr {
+                page: 4,
+                birth: 5,
+                sum: 6,
+            },
+        };
+        let tagged = encode_version(&meta(b"origin"));
+        assert_eq!(decode_version(7, &tagged, 0).unwrap().info.tag, b"origin");
+        let untagged = encode_version(&meta(b""));
+        assert_eq!(untagged.len(), 50 + 5, "no tag: the record as before tags");
+        let old = decode_version(7, &untagged, 0).unwrap();
+        assert_eq!(old.info.tag, b"");
+        assert_eq!(old.info.cause, "flush");
+        // A tag length past the record's end is corrupt, not a panic.
+        let mut short = tagged.clone();
+        short.truncate(tagged.len() - 1);
+        assert!(decode_version(7, &short, 0).is_err());
+    }
 
     #[test]
     fn an_extent_adjoins_the_page_after_its_last_partial_page() {

@@ -153,7 +153,7 @@ pub fn block_places(t: &Tree) -> BTreeMap<Hash, (FileId, u64)> {
 mod tests {
     use super::*;
     use crate::fs::remote::Applied;
-    use crate::fs::{Ctx, Fs, FsOptions, SetAttr};
+    use crate::fs::{Ctx, Fs, FsOptions, Origin, SetAttr};
     use crate::sync::tree::diff;
 
     fn fs(dir: &std::path::Path) -> Fs {
@@ -173,8 +173,9 @@ mod tests {
     };
 
     /// Sends the difference of `a`'s commits from `from` to its latest to
-    /// `b`, as the sync client would; returns `a`'s tree now.
-    fn send(a: &Fs, from: &Tree, b: &Fs) -> Tree {
+    /// `b`, as the sync client would, as sequence `seq` of peer 9; returns
+    /// `a`'s tree now.
+    fn send(a: &Fs, from: &Tree, b: &Fs, seq: u64) -> Tree {
         let now = tree_of(&a.committed().unwrap());
         let places = block_places(&now);
         let ops = diff(from, &now, None);
@@ -186,7 +187,8 @@ mod tests {
         })
         .unwrap();
         assert!(matches!(
-            b.apply_remote(&change, "sync test").unwrap(),
+            b.apply_remote(&change, "sync test", Origin { peer: 9, seq })
+                .unwrap(),
             Applied::Done { .. }
         ));
         now
@@ -206,7 +208,7 @@ mod tests {
         a.setxattr(f.ino, b"user.k", b"v", false, false).unwrap();
         a.commit("test").unwrap();
 
-        let sent = send(&a, &Tree::default(), &b);
+        let sent = send(&a, &Tree::default(), &b, 1);
         assert!(tree_of(&b.committed().unwrap()).same_as(&sent));
         let bd = b.lookup(1, b"dir").unwrap();
         let bf = b.lookup(bd.ino, b"f.txt").unwrap();
@@ -233,7 +235,7 @@ mod tests {
         a.unlink(sub.ino, b"hard").unwrap();
         a.rmdir(d.ino, b"sub").unwrap();
         a.commit("test").unwrap();
-        let again = send(&a, &sent, &b);
+        let again = send(&a, &sent, &b, 2);
         assert!(tree_of(&b.committed().unwrap()).same_as(&again));
         let moved = b.lookup(1, b"moved.txt").unwrap();
         assert_eq!(moved.ino, bf.ino, "a rename keeps the inode");
@@ -260,14 +262,46 @@ mod tests {
         .unwrap();
         b.mkdir(CTX, 1, b"y", 0o755).unwrap();
         assert!(matches!(
-            b.apply_remote(&change, "t").unwrap(),
+            b.apply_remote(&change, "t", Origin::default()).unwrap(),
             Applied::Moved
         ));
         b.commit("test").unwrap();
         assert!(matches!(
-            b.apply_remote(&change, "t").unwrap(),
+            b.apply_remote(&change, "t", Origin::default()).unwrap(),
             Applied::Moved
         ));
+    }
+
+    /// Each version records where its changes came from: an applied
+    /// change-set its peer and sequence, this mount's own changes the
+    /// sequence they build on, after a remount too.
+    #[test]
+    fn every_version_records_its_origin_peer_and_the_sequence_it_built_on() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = fs(da.path());
+        let b = fs(db.path());
+        let last = |b: &Fs| Origin::of_tag(&b.store().versions().last().unwrap().tag);
+        b.mkdir(CTX, 1, b"mine", 0o755).unwrap();
+        b.commit("test").unwrap();
+        assert_eq!(last(&b), Origin::default(), "never synced");
+        a.mkdir(CTX, 1, b"theirs", 0o755).unwrap();
+        a.commit("test").unwrap();
+        send(&a, &Tree::default(), &b, 5);
+        assert_eq!(last(&b), Origin { peer: 9, seq: 5 });
+        b.mkdir(CTX, 1, b"after", 0o755).unwrap();
+        b.commit("test").unwrap();
+        assert_eq!(last(&b), Origin { peer: 0, seq: 5 });
+        b.synced_through(6);
+        b.mkdir(CTX, 1, b"later", 0o755).unwrap();
+        b.commit("test").unwrap();
+        assert_eq!(last(&b), Origin { peer: 0, seq: 6 });
+        let json = String::from_utf8(b.versions_json()).unwrap();
+        assert!(json.contains("\"origin\": 9, \"synced\": 5"), "{json}");
+        drop(b);
+        let b = fs(db.path());
+        b.mkdir(CTX, 1, b"remounted", 0o755).unwrap();
+        b.commit("test").unwrap();
+        assert_eq!(last(&b), Origin { peer: 0, seq: 6 }, "after a remount");
     }
 
     use crate::fs::RenameMode;

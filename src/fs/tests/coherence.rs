@@ -11,7 +11,10 @@ fn apply_nothing(fs: &Fs) -> bool {
         base,
         ..Default::default()
     };
-    match fs.apply_remote(&change, "test").unwrap() {
+    match fs
+        .apply_remote(&change, "test", crate::fs::Origin::default())
+        .unwrap()
+    {
         Applied::Done { .. } => true,
         Applied::Moved => false,
     }

@@ -98,6 +98,7 @@ impl WriteTxn<'_> {
             cause: cause.to_string(),
             changes: self.changes,
             bytes: self.bytes,
+            tag: std::mem::take(&mut self.tag),
         };
         let meta = VersionMeta { info, data_root };
         self.put_entry(

@@ -10,6 +10,7 @@
 //! change-set that uses it is applied.
 
 use super::*;
+use crate::fs::Origin;
 use crate::sync::tree::{Op, Tree, diff};
 use crate::sync::wire::Wanted;
 
@@ -434,6 +435,7 @@ impl Session<'_> {
         now: i64,
         version: u64,
         cause: &str,
+        origin: Origin,
     ) -> Result<Attempt, SyncError> {
         let mut copies = 0u64;
         let mut changed = std::collections::BTreeSet::new();
@@ -452,6 +454,9 @@ impl Session<'_> {
         let before = self.peer.local.before(&changed);
         let ops = diff(&before, &self.peer.local, Some(&changed));
         if ops.is_empty() {
+            // Nothing to write here; what this mount commits next still
+            // builds on it.
+            self.fs.synced_through(origin.seq);
             return Ok(Attempt::Done(copies));
         }
         let (fetched, places, fs) = (&self.inc.fetched, &self.view.places, self.fs);
@@ -467,7 +472,7 @@ impl Session<'_> {
             Ok(c) => c,
             Err(missing) => return Ok(Attempt::Need(missing.0)),
         };
-        Ok(match self.fs.apply_remote(&change, cause)? {
+        Ok(match self.fs.apply_remote(&change, cause, origin)? {
             Applied::Done {
                 mut inodes,
                 entries,
@@ -545,6 +550,21 @@ impl Session<'_> {
             from.dedup();
             format!("sync: {} sequences {first}-{last}", from.join(","))
         };
+        // The version records its origin: the one peer its change-sets
+        // came from, or several (a snapshot is the work of several).
+        let mut peers = batch.iter().map(|(_, c, snap)| match snap {
+            Some(_) => Origin::SEVERAL,
+            None => c.origin,
+        });
+        let first_peer = peers.next().unwrap_or(Origin::SEVERAL);
+        let origin = Origin {
+            peer: if peers.all(|p| p == first_peer) {
+                first_peer
+            } else {
+                Origin::SEVERAL
+            },
+            seq: *last,
+        };
         for _ in 0..TRIES_AT_ONCE {
             self.fs.fence(&here);
             self.fs.invalidate(&here, &[]);
@@ -553,7 +573,7 @@ impl Session<'_> {
             // Worked out on the peer itself, recorded: a refusal takes it
             // back (a copy of the trees would cost O(files) every time).
             let saved = self.peer.record();
-            match self.try_apply(batch, now, version, &cause) {
+            match self.try_apply(batch, now, version, &cause, origin) {
                 Ok(Attempt::Done(copies)) => {
                     self.peer.keep();
                     self.state_changed()?;
