@@ -325,6 +325,12 @@ impl Fs {
         })
     }
 
+    /// The last server sequence applied here: by the latest commit, or
+    /// since with nothing to write ([`Fs::synced_through`]).
+    pub fn synced_seq(&self) -> u64 {
+        self.origin.lock().seq
+    }
+
     /// Sync applied up to server sequence `seq` with nothing to write
     /// here: this mount's next changes build on it.
     pub fn synced_through(&self, seq: u64) {

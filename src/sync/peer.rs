@@ -52,6 +52,7 @@ pub struct Saved {
     applied: u64,
     counter: u64,
     in_flight: Option<ChangeSet>,
+    taken: Option<(u64, ChangeSet)>,
     candidates: Option<BTreeSet<FileId>>,
 }
 
@@ -64,6 +65,13 @@ pub struct Peer {
     pub local: Tree,
     pub counter: u64,
     in_flight: Option<ChangeSet>,
+    /// The push in flight when the connection went, until the next
+    /// Welcome tells whether the server took it.
+    unacked: Option<ChangeSet>,
+    /// A push the server took (as the sequence here) whose ack never
+    /// came: it reaches this peer in the log as its own change-set, or
+    /// inside a snapshot ([`Peer::on_snapshot`]).
+    taken: Option<(u64, ChangeSet)>,
     /// The files whose local state may differ from the synced one: only
     /// these are compared at a push (`None`: all of them).
     candidates: Option<BTreeSet<FileId>>,
@@ -79,6 +87,8 @@ impl Peer {
             local: tree,
             counter: 0,
             in_flight: None,
+            unacked: None,
+            taken: None,
             candidates: None,
         }
     }
@@ -92,6 +102,7 @@ impl Peer {
             applied: self.applied,
             counter: self.counter,
             in_flight: self.in_flight.clone(),
+            taken: self.taken.clone(),
             candidates: self.candidates.clone(),
         }
     }
@@ -103,6 +114,7 @@ impl Peer {
         self.applied = saved.applied;
         self.counter = saved.counter;
         self.in_flight = saved.in_flight;
+        self.taken = saved.taken;
         self.candidates = saved.candidates;
     }
 
@@ -126,16 +138,41 @@ impl Peer {
     }
 
     /// The connection went: what was in flight goes out again, in the
-    /// next push (the server ignores the old one if it arrives after it).
+    /// next push (the server ignores the old one if it arrives after it),
+    /// unless the next Welcome says it was taken ([`Peer::on_welcome`]).
     pub fn disconnected(&mut self) {
         if let Some(cs) = self.in_flight.take() {
             let fids: Vec<FileId> = cs.ops.iter().map(Op::fid).collect();
             self.mark(fids);
+            self.unacked = Some(cs);
+        }
+    }
+
+    /// The server's Welcome: the last push it took from this peer was
+    /// `counter`, as sequence `seq`. If that is the push whose ack was
+    /// lost, it is this peer's change from then on, not a pending one:
+    /// the log brings it back as its own, or a snapshot holds it.
+    pub fn on_welcome(&mut self, counter: u64, seq: u64) {
+        if let Some(cs) = self.unacked.take()
+            && cs.counter == counter
+            && seq > self.applied
+        {
+            self.taken = Some((seq, cs));
         }
     }
 
     pub fn in_flight(&self) -> bool {
         self.in_flight.is_some()
+    }
+
+    /// The push in flight.
+    pub fn in_flight_push(&self) -> Option<&ChangeSet> {
+        self.in_flight.as_ref()
+    }
+
+    /// A push the server took whose ack was lost, and its sequence.
+    pub fn taken_push(&self) -> Option<&(u64, ChangeSet)> {
+        self.taken.as_ref()
     }
 
     /// The next change-set to push, if none is in flight and there is
@@ -307,6 +344,9 @@ impl Peer {
             {
                 self.in_flight = None;
             }
+            if self.taken.as_ref().is_some_and(|(s, _)| *s <= seq) {
+                self.taken = None;
+            }
             let out = apply(&mut self.synced, seq, cs);
             self.applied = seq;
             self.mark(out.touched);
@@ -325,6 +365,29 @@ impl Peer {
         Ok(changed)
     }
 
+    /// Sequence `seq` again, after a restart, onto `synced` alone: the
+    /// store already holds what it did (`client/journal.rs`), and `local`
+    /// is read from the store. Nothing for one already applied.
+    pub fn replay(&mut self, seq: u64, cs: &ChangeSet) -> Result<(), Violation> {
+        if seq <= self.applied {
+            return Ok(());
+        }
+        self.next(seq)?;
+        apply(&mut self.synced, seq, cs);
+        self.applied = seq;
+        self.candidates = None;
+        Ok(())
+    }
+
+    /// [`Peer::replay`] of a snapshot: `synced` becomes `tree`.
+    pub fn replay_snapshot(&mut self, seq: u64, tree: Tree) {
+        if seq > self.applied {
+            self.synced = tree;
+            self.applied = seq;
+            self.candidates = None;
+        }
+    }
+
     /// The volume as the server had it at sequence `seq`, in place of the
     /// log up to there (the server cut its log: [`Relay::compact`]). The
     /// synced tree becomes `tree`, stamps and all, and this peer's pending
@@ -341,6 +404,16 @@ impl Peer {
     ) -> Result<BTreeSet<FileId>, Violation> {
         if seq <= self.applied {
             return Ok(BTreeSet::new());
+        }
+        // A push of this peer's own the snapshot holds, whose ack was
+        // lost: what it changed is no pending change of this peer's but
+        // what the log made of it, as an own change-set would have been.
+        if let Some((s, cs)) = self.taken.take() {
+            if s <= seq {
+                apply(&mut self.synced, s, &cs);
+            } else {
+                self.taken = Some((s, cs));
+            }
         }
         let named = differing(&self.synced, tree);
         let mut before = Tree::empty();
@@ -538,8 +611,8 @@ pub struct Relay {
     pub log: Vec<ChangeSet>,
     pub cut: u64,
     pub snapshot: Tree,
-    /// Per peer, the counter of the last push taken.
-    pub last_counter: BTreeMap<PeerId, u64>,
+    /// Per peer, the last push taken: its counter and sequence.
+    pub last_taken: BTreeMap<PeerId, (u64, u64)>,
 }
 
 impl Relay {
@@ -551,15 +624,16 @@ impl Relay {
     /// Takes a push from `origin` (as the connection's credential says):
     /// the next sequence, or `None` for one at or below the last taken.
     pub fn take(&mut self, origin: PeerId, name: &str, mut cs: ChangeSet, now: i64) -> Option<u64> {
-        let last = self.last_counter.entry(origin).or_default();
-        if cs.counter <= *last {
+        let last = self.last_taken.get(&origin).map_or(0, |t| t.0);
+        if cs.counter <= last {
             return None;
         }
-        *last = cs.counter;
+        let counter = cs.counter;
         cs.origin = origin;
         cs.origin_name = name.to_string();
         cs.time = now;
         self.log.push(cs);
+        self.last_taken.insert(origin, (counter, self.head()));
         Some(self.head())
     }
 
@@ -697,5 +771,47 @@ mod tests {
         // And it goes out at the next push, as a new file.
         let cs = p.push().expect("the copy to push");
         assert!(cs.ops.iter().any(|op| op.fid() == copy));
+    }
+
+    /// A peer's push is taken but its ack is lost with the connection;
+    /// another peer then deletes the file, and the server cuts its log
+    /// past both. Told at the next Welcome that its push was taken, the
+    /// peer finds it in the snapshot: the deleted file stays deleted and
+    /// nothing is pushed again. (Taken for a pending change, the push
+    /// brought the file back: a modification beats a delete.)
+    #[test]
+    fn a_push_whose_ack_was_lost_is_found_in_the_snapshot_not_pushed_again() {
+        let mut relay = Relay::default();
+        let empty = Tree::default();
+        let mut one = empty.clone();
+        one.put_node(10, file(&[(0, 1)]));
+        one.link((ROOT_ID, b"a".to_vec()), 10);
+        let mut new_fid = {
+            let mut n = 100u128;
+            move || {
+                n += 1;
+                n
+            }
+        };
+        let mut p = Peer::new(2, "p2", empty.clone());
+        p.local = one.clone();
+        let cs = p.push().expect("the new file");
+        let counter = cs.counter;
+        let seq = relay.take(2, "p2", cs, 0).expect("taken");
+        // The connection goes before the ack.
+        p.disconnected();
+        let mut server = empty.clone();
+        apply(&mut server, seq, &relay.log[0]);
+        // Peer 3 deletes the file; the log is cut past it.
+        let mut gone = server.clone();
+        gone.remove_file(10);
+        relay.take(3, "p3", push(&server, &gone, 3, seq), 0);
+        relay.compact(relay.head());
+        p.on_welcome(counter, seq);
+        let snap = relay.snapshot.clone();
+        p.on_snapshot(relay.cut, &snap, 0, &mut new_fid).unwrap();
+        assert!(p.local.nodes.is_empty() || !p.local.nodes.contains_key(&10));
+        assert!(p.local.names_of(10).next().is_none(), "the file came back");
+        assert_eq!(p.push(), None, "nothing to push again");
     }
 }

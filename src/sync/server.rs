@@ -20,7 +20,9 @@
 //! L volume 0x00 seq u64 BE      a change-set (wire encoding), origin and
 //!                                time set by the server
 //! H hash                         a block's bytes (deduplicated by hash)
-//! C volume 0x00 peer u32 BE      the counter of the last push taken, u64 LE
+//! C volume 0x00 peer u32 BE      the last push taken: counter u64 LE, and
+//!                                its sequence u64 LE (absent in stores
+//!                                written before protocol 4)
 //! K volume                       the cut: the log's sequences up to it are
 //!                                gone, folded into the snapshot, u64 LE
 //! S volume 0x00 part u32 BE      the snapshot, the volume as of the cut: a
@@ -46,14 +48,12 @@
 //! (`Peer::on_snapshot`). Cutting scans every volume's snapshot and log,
 //! once per `keep_log` pushes.
 //!
-//! It is off unless asked for (`keep_log` 0), for two reasons. A peer
-//! saves its synced tree at most once a second (`sync.state`), apart from
-//! its store: killed just after applying a change-set, it comes back with
-//! the change in its store and not in its state. With the log, applying
-//! that change-set again sets this right; behind a cut, a file that
-//! change-set made and a later one deleted looks like the peer's own new
-//! file, and comes back; a push of its own taken but not acknowledged
-//! before a disconnect comes back the same way. A peer still fetching the
+//! It is off unless asked for (`keep_log` 0), for these reasons. A push
+//! of a peer's own taken but not acknowledged before the peer restarted
+//! (the Welcome's `taken` tells a peer that kept running; a restarted one
+//! has forgotten the push), then passed by a cut, is rebased by the peer
+//! as still pending: what came after it (a delete, an overwrite) is
+//! undone or becomes a conflict copy. A peer still fetching the
 //! blocks of change-sets a cut folded away is refused them (the sweep
 //! deleted them) and starts again from the snapshot. And a snapshot is
 //! applied as one change-set: its blocks are held in memory together, not
@@ -102,6 +102,18 @@ fn counter_key(volume: &str, peer: u32) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(&peer.to_be_bytes());
     k
+}
+
+/// The last push taken from `peer`: (counter, sequence; 0 if not kept).
+fn last_taken(st: &State, volume: &str, peer: u32) -> Result<(u64, u64), SyncError> {
+    let snap = st.store.latest()?;
+    let v = snap.get(&counter_key(volume, peer))?.unwrap_or_default();
+    let word = |at: usize| {
+        v.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    Ok((word(0), word(8)))
 }
 
 /// Every block hash a change-set names.
@@ -441,6 +453,7 @@ async fn connection(
             peer: peer.id,
             peer_name: peer.name.clone(),
             head,
+            taken: last_taken(st, &volume, peer.id)?,
         },
         bytes,
     )
@@ -709,12 +722,7 @@ fn take_push(
     peer: &PeerEntry,
     p: Pending,
 ) -> Result<Option<(u64, u64, i64)>, SyncError> {
-    let snap = st.store.latest()?;
-    let last = snap
-        .get(&counter_key(volume, peer.id))?
-        .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-        .map_or(0, u64::from_le_bytes);
-    drop(snap);
+    let (last, _) = last_taken(st, volume, peer.id)?;
     let mut cs = p.cs;
     if cs.counter <= last {
         tracing::info!(peer = %peer.name, counter = cs.counter, last, "a stale push ignored");
@@ -737,7 +745,9 @@ fn take_push(
         t.put(&block_key(h), data)?;
     }
     t.put(&log_key(volume, seq), &encoded[super::wire::HEADER..])?;
-    t.put(&counter_key(volume, peer.id), &cs.counter.to_le_bytes())?;
+    let mut taken = cs.counter.to_le_bytes().to_vec();
+    taken.extend_from_slice(&seq.to_le_bytes());
+    t.put(&counter_key(volume, peer.id), &taken)?;
     t.commit(&format!("{volume} {seq} from {}", peer.name))?;
     tx.send_replace(seq);
     drop(heads);

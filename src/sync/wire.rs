@@ -25,8 +25,10 @@
 //!            credential str, store id [16], last applied sequence u64
 //!            (client, first frame on its stream)
 //! 2 Welcome  proto u16, server id [16], peer id u32, peer name str,
-//!            volume head sequence u64; then the change-sets after the
-//!            peer's last applied one follow as Deliver
+//!            volume head sequence u64, and from protocol 4 the last push
+//!            taken from this peer: counter u64, sequence u64 (0, 0: none
+//!            known); then the change-sets after the peer's last applied
+//!            one follow as Deliver
 //! 3 Refuse   code u16, reason str (then the server closes the connection)
 //! 4 Push     change-set (client: one local commit, or several folded)
 //! 5 Deliver  sequence u64, change-set (server: the log, in order)
@@ -71,8 +73,9 @@ use super::tree::{ChangeSet, Stamp};
 /// The protocol versions this build speaks.
 /// 2: Want names a base, and a block may come as a Patch.
 /// 3: the server may cut its log and send a Snapshot in its place.
+/// 4: Welcome names the last push the server took from the peer.
 pub const PROTO_MIN: u16 = 3;
-pub const PROTO_MAX: u16 = 3;
+pub const PROTO_MAX: u16 = 4;
 const MAGIC: [u8; 4] = *b"ZPSY";
 /// Bytes before a frame's body: `len` and `kind`.
 pub const HEADER: usize = 5;
@@ -128,6 +131,9 @@ pub enum Msg {
         peer: u32,
         peer_name: String,
         head: u64,
+        /// The last push the server took from this peer: (counter,
+        /// sequence); (0, 0) if none is known or before protocol 4.
+        taken: (u64, u64),
     },
     Refuse {
         code: u16,
@@ -255,12 +261,17 @@ impl Msg {
                 peer,
                 peer_name,
                 head,
+                taken,
             } => {
                 w.u16(*proto);
                 w.bytes(server_id);
                 w.u32(*peer);
                 w.str(peer_name)?;
                 w.u64(*head);
+                if *proto >= 4 {
+                    w.u64(taken.0);
+                    w.u64(taken.1);
+                }
             }
             Msg::Refuse { code, reason } => {
                 w.u16(*code);
@@ -369,13 +380,26 @@ impl Msg {
                     last_applied: r.u64("last applied")?,
                 }
             }
-            2 => Msg::Welcome {
-                proto: r.u16("proto")?,
-                server_id: r.array("server id")?,
-                peer: r.u32("peer")?,
-                peer_name: r.str("peer name")?,
-                head: r.u64("head")?,
-            },
+            2 => {
+                let proto = r.u16("proto")?;
+                let server_id = r.array("server id")?;
+                let peer = r.u32("peer")?;
+                let peer_name = r.str("peer name")?;
+                let head = r.u64("head")?;
+                let taken = if proto >= 4 {
+                    (r.u64("taken counter")?, r.u64("taken sequence")?)
+                } else {
+                    (0, 0)
+                };
+                Msg::Welcome {
+                    proto,
+                    server_id,
+                    peer,
+                    peer_name,
+                    head,
+                    taken,
+                }
+            }
             3 => Msg::Refuse {
                 code: r.u16("code")?,
                 reason: r.str("reason")?,
@@ -511,6 +535,8 @@ mod tests {
                     peer,
                     peer_name,
                     head,
+                    // Sent from protocol 4 on: a round trip keeps it only there.
+                    taken: if proto >= 4 { (head, head / 2) } else { (0, 0) },
                 }),
             (any::<u16>(), ".{0,100}").prop_map(|(code, reason)| Msg::Refuse { code, reason }),
             changeset().prop_map(Msg::Push),

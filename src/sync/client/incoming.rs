@@ -12,7 +12,7 @@
 use super::*;
 use crate::fs::Origin;
 use crate::sync::tree::{Op, Tree, diff};
-use crate::sync::wire::Wanted;
+use crate::sync::wire::{Msg, Wanted};
 
 /// Each block a change-set names: (file, index, hash).
 fn blocks_of(cs: &ChangeSet) -> impl Iterator<Item = (FileId, u64, Hash)> + '_ {
@@ -220,6 +220,14 @@ impl Session<'_> {
             match ev {
                 Event::Ack(seq, counter, time) => {
                     let (seq, counter, time) = (*seq, *counter, *time);
+                    // Journaled as the sequence it became (`journal.rs`).
+                    if let Some(cs) = self.peer.in_flight_push()
+                        && cs.counter == counter
+                    {
+                        let mut cs = cs.clone();
+                        cs.time = time;
+                        self.journal.append(seq, &[Msg::Deliver { seq, cs }])?;
+                    }
                     self.peer
                         .on_ack(seq, counter, time)
                         .map_err(|v| SyncError::Protocol(v.to_string()))?;
@@ -565,6 +573,22 @@ impl Session<'_> {
             },
             seq: *last,
         };
+        // Durable before the commit that applies it (`journal.rs`).
+        let mut entries = Vec::new();
+        for (seq, cs, snapshot) in batch {
+            match snapshot {
+                Some(tree) => entries.extend(crate::sync::snapshot::parts(
+                    tree,
+                    *seq,
+                    crate::sync::snapshot::PART_BLOCKS,
+                )),
+                None => entries.push(Msg::Deliver {
+                    seq: *seq,
+                    cs: cs.clone(),
+                }),
+            }
+        }
+        self.journal.append(*last, &entries)?;
         for _ in 0..TRIES_AT_ONCE {
             self.fs.fence(&here);
             self.fs.invalidate(&here, &[]);

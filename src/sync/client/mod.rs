@@ -11,6 +11,7 @@
 //! and names changed (`Fs::changed_elsewhere`).
 
 mod incoming;
+mod journal;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use super::{SyncError, tls};
 use crate::fs::Fs;
 use crate::fs::remote::Applied;
 use incoming::Incoming;
+use journal::Journal;
 
 /// The running sync thread.
 pub struct Client {
@@ -204,6 +206,17 @@ async fn run(
             return;
         }
     };
+    // What the store applied after the state was saved (killed between
+    // the two): onto the synced tree, saved, before anything else.
+    let journal = match recover(&fs, &store, &mut peer) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::error!("sync is off: {e}");
+            status.lock().why = format!("off: {e}");
+            return;
+        }
+    };
+    let mut journal = journal;
     let mut backoff = Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
         let mut s = Session {
@@ -213,6 +226,7 @@ async fn run(
             status: &status,
             bytes: Arc::new(Counted::default()),
             view: &mut view,
+            journal: &mut journal,
             push_places: HashMap::new(),
             push_snap: None,
             base_snap: None,
@@ -226,6 +240,7 @@ async fn run(
             push_later: false,
             out: None,
             owed: VecDeque::new(),
+            welcome_head: 0,
         };
         let r = s.run(&conf, &stop, &wake).await;
         if let Err(e) = s.save_now() {
@@ -255,6 +270,23 @@ async fn run(
     }
 }
 
+/// Replays the journal onto `peer` as far as the store holds it, saves
+/// the state, and returns the journal emptied.
+fn recover(fs: &Fs, store: &Path, peer: &mut Peer) -> Result<Journal, SyncError> {
+    let replayed = journal::replay(store, peer, fs.synced_seq())?;
+    if replayed > 0 {
+        tracing::info!(
+            replayed,
+            applied = peer.applied,
+            "sync: the journal brought the synced state up to the store"
+        );
+        save_peer(store, peer)?;
+    }
+    let mut j = Journal::open(store)?;
+    j.clear()?;
+    Ok(j)
+}
+
 struct Session<'a> {
     fs: &'a Arc<Fs>,
     store: &'a Path,
@@ -262,6 +294,9 @@ struct Session<'a> {
     status: &'a Arc<Mutex<Status>>,
     bytes: Arc<Counted>,
     view: &'a mut LocalView,
+    /// What was applied and acknowledged since the state was saved
+    /// (`journal.rs`).
+    journal: &'a mut Journal,
     /// The blocks of the push in flight: hash → (file, index).
     push_places: HashMap<Hash, (FileId, u64)>,
     /// The commit the push in flight was read from, held open so that its
@@ -297,6 +332,11 @@ struct Session<'a> {
     /// Blocks of the push in flight the server asked for, not yet queued:
     /// made one at a time while the outbox has room.
     owed: VecDeque<Hash>,
+    /// The volume's head when the server welcomed this session: nothing
+    /// is pushed before the log up to it is applied, so that a push never
+    /// carries again what this peer pushed before and the server took
+    /// (an ack lost with a connection), as a change made on an old base.
+    welcome_head: u64,
 }
 
 impl Session<'_> {
@@ -354,7 +394,11 @@ impl Session<'_> {
         self.out = Some(Outbox::new(send, self.bytes.clone()));
         match first {
             Some(Ok(Msg::Welcome {
-                peer, peer_name, ..
+                peer,
+                peer_name,
+                head,
+                taken,
+                ..
             })) => {
                 if self.peer.id != 0 && self.peer.id != peer {
                     return Err(SyncError::Config(format!(
@@ -365,6 +409,8 @@ impl Session<'_> {
                 self.peer.id = peer;
                 self.peer.name = peer_name.clone();
                 self.peer.disconnected();
+                self.peer.on_welcome(taken.0, taken.1);
+                self.welcome_head = head;
                 let mut st = self.status.lock();
                 st.connected = true;
                 st.why = "connected".into();
@@ -603,6 +649,7 @@ impl Session<'_> {
     fn save_now(&mut self) -> Result<(), SyncError> {
         if self.view.unsaved {
             save_peer(self.store, self.peer)?;
+            self.journal.clear()?;
             self.view.unsaved = false;
             self.view.saved_at = Some(std::time::Instant::now());
         }
@@ -650,7 +697,7 @@ impl Session<'_> {
     }
 
     fn push(&mut self) -> Result<(), SyncError> {
-        if self.peer.in_flight() || !self.inc.is_empty() {
+        if self.peer.in_flight() || !self.inc.is_empty() || self.peer.applied < self.welcome_head {
             return Ok(());
         }
         if self.last_push.is_some_and(|t| t.elapsed() < PUSH_GAP) {

@@ -56,6 +56,9 @@ enum Down {
     /// The volume at a sequence, in place of the log the server cut.
     Snapshot(u64, Tree),
     Ack(u64, u64, i64),
+    /// The last push taken from the peer (counter, sequence), and the
+    /// head: first on every connection.
+    Welcome(u64, u64, u64),
 }
 
 struct Conn {
@@ -71,6 +74,8 @@ struct SimPeer {
     peer: Peer,
     conn: Option<usize>,
     fids: u64,
+    /// The head its connection's Welcome named (none yet: `u64::MAX`).
+    welcome_head: u64,
 }
 
 struct Sim {
@@ -101,6 +106,8 @@ struct Stats {
     snapshots: u64,
     /// Conflict copies made while taking a snapshot.
     snapshot_copies: u64,
+    /// Pushes a Welcome said were taken though their ack was lost.
+    lost_acks: u64,
 }
 
 const NAMES: [&str; 5] = ["a", "b", "c.txt", "d", "e.log"];
@@ -122,6 +129,7 @@ impl Sim {
                 peer: Peer::new(i as u32 + 1, &format!("p{}", i + 1), Tree::default()),
                 conn: None,
                 fids: 0,
+                welcome_head: u64::MAX,
             })
             .collect();
         Sim {
@@ -160,6 +168,7 @@ impl Sim {
             down: VecDeque::new(),
         });
         self.peers[p].conn = Some(self.conns.len() - 1);
+        self.peers[p].welcome_head = u64::MAX;
         self.log(|| format!("p{} connects", p + 1));
     }
 
@@ -187,6 +196,12 @@ impl Sim {
         let Some(c) = self.peers[p].conn else {
             return;
         };
+        // As the client: nothing goes before the log up to the head the
+        // Welcome named is applied.
+        let sp = &self.peers[p];
+        if sp.peer.applied < sp.welcome_head {
+            return;
+        }
         // Now and then small push limits, so that changes go in parts.
         let cs = if self.rng.below(4) == 0 {
             let (ops, blocks) = (1 + self.rng.below(3), 1 + self.rng.below(3));
@@ -243,6 +258,12 @@ impl Sim {
         let p = self.conns[c].peer;
         match m {
             Up::Hello(applied) => {
+                let id = self.peers[p].peer.id;
+                let (counter, seq) = self.relay.last_taken.get(&id).copied().unwrap_or_default();
+                let head = self.relay.head();
+                self.conns[c]
+                    .down
+                    .push_back(Down::Welcome(counter, seq, head));
                 if self.relay.needs_snapshot(applied) {
                     let snap = Down::Snapshot(self.relay.cut, self.relay.snapshot.clone());
                     self.conns[c].down.push_back(snap);
@@ -281,7 +302,7 @@ impl Sim {
         let take = |peer: &mut Peer, f: &mut dyn FnMut() -> FileId| match &m {
             Down::Deliver(seq, cs) => peer.on_deliver(*seq, cs, now, f),
             Down::Snapshot(seq, tree) => peer.on_snapshot(*seq, tree, now, f),
-            Down::Ack(..) => Ok(BTreeSet::new()),
+            Down::Ack(..) | Down::Welcome(..) => Ok(BTreeSet::new()),
         };
         let r = match &m {
             Down::Deliver(..) | Down::Snapshot(..) if recorded => {
@@ -332,6 +353,12 @@ impl Sim {
             })
             .map(|_| ()),
             Down::Ack(seq, counter, time) => sp.peer.on_ack(*seq, *counter, *time),
+            Down::Welcome(counter, seq, head) => {
+                sp.peer.on_welcome(*counter, *seq);
+                sp.welcome_head = *head;
+                self.stats.lost_acks += u64::from(sp.peer.taken_push().is_some());
+                Ok(())
+            }
         };
         sp.fids = fids;
         self.stats.conflict_copies += fids - first;
@@ -349,6 +376,12 @@ impl Sim {
             Down::Ack(seq, counter, _) => {
                 self.log(|| format!("p{} has its push #{counter} acked as {seq}", p + 1))
             }
+            Down::Welcome(counter, seq, head) => self.log(|| {
+                format!(
+                    "p{} welcomed at head {head}; its push #{counter} was taken as {seq}",
+                    p + 1
+                )
+            }),
         }
         let local = &self.peers[p].peer.local;
         if local.nodes.len() > 10_000 {
@@ -525,6 +558,7 @@ fn run(seed: u64, replay: bool, total: &mut Stats) -> Result<(), String> {
     total.late_taken += sim.stats.late_taken;
     total.snapshots += sim.stats.snapshots;
     total.snapshot_copies += sim.stats.snapshot_copies;
+    total.lost_acks += sim.stats.lost_acks;
     r
 }
 
@@ -570,6 +604,7 @@ fn every_peer_converges_and_nothing_written_is_lost() {
     assert!(per(stats.ignored_pushes) > 10, "{stats:?}");
     assert!(per(stats.late_taken) > 10, "{stats:?}");
     assert!(per(stats.snapshots) > 100, "{stats:?}");
+    assert!(per(stats.lost_acks) > 50, "{stats:?}");
     assert!(per(stats.snapshot_copies) > 5, "{stats:?}");
 }
 
