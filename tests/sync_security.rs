@@ -563,3 +563,91 @@ fn the_server_reads_a_peer_that_sends_blocks_without_reading() {
     assert_eq!(st["heads"]["v"], 4, "{st}");
     assert_eq!(st["blocks_in"], 163, "{st}");
 }
+
+/// A cut folds away the change-set whose blocks a peer is still fetching,
+/// and the next cut leaves the block named by nothing. The server keeps
+/// such a block for one cut more, and sends it: it once deleted it at once
+/// and answered the peer's Want with an error, so a slow peer fetching a
+/// busy volume reconnected again and again.
+#[test]
+fn a_block_a_cut_left_unnamed_is_still_sent_until_the_next_cut() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_with(&["--keep-log", "1"]);
+    let slow_cred = std::fs::read_to_string(server.add_peer("slow", "v", work.path())).unwrap();
+    let fast_cred = std::fs::read_to_string(server.add_peer("fast", "v", work.path())).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let cfg = zippyfs::sync::tls::client_config(&server.fingerprint).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let version = |i: u8| vec![i; 10_000];
+    rt.block_on(async {
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let open = |cred: String| {
+            let (endpoint, cfg) = (endpoint.clone(), cfg.clone());
+            async move {
+                let conn = endpoint
+                    .connect_with(cfg, addr, zippyfs::sync::tls::SERVER_NAME)
+                    .unwrap()
+                    .await
+                    .unwrap();
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                send.write_all(&frame(&hello(cred.trim()))).await.unwrap();
+                assert!(matches!(next_msg(&mut recv).await, Msg::Welcome { .. }));
+                (conn, send, recv)
+            }
+        };
+        let (slow_conn, mut slow_send, mut slow_recv) = open(slow_cred).await;
+        let (fast_conn, mut fast_send, mut fast_recv) = open(fast_cred).await;
+        // Three versions of one file: the first is delivered to the slow
+        // peer at once.
+        for i in 1..=3u8 {
+            let data = version(i);
+            fast_send
+                .write_all(&frame(&push_of(u64::from(i), 77, "f", &data)))
+                .await
+                .unwrap();
+            assert!(matches!(next_msg(&mut fast_recv).await, Msg::Want { .. }));
+            let block = Msg::Block {
+                hash: *blake3::hash(&data).as_bytes(),
+                data,
+            };
+            fast_send.write_all(&frame(&block)).await.unwrap();
+            assert!(matches!(next_msg(&mut fast_recv).await, Msg::Ack { .. }));
+            if i == 1 {
+                assert!(matches!(
+                    next_msg(&mut slow_recv).await,
+                    Msg::Deliver { seq: 1, .. }
+                ));
+            }
+        }
+        // Two cuts: the second leaves the first version's block unnamed.
+        let cuts = |s: &serde_json::Value| s["cuts"].as_u64().unwrap_or(0);
+        eventually("two cuts", Duration::from_secs(10), || {
+            cuts(&server.status()) >= 2
+        });
+        // Now the slow peer asks for the first version's block.
+        let first = *blake3::hash(&version(1)).as_bytes();
+        slow_send
+            .write_all(&frame(&Msg::Want {
+                wants: vec![Wanted::whole(first)],
+            }))
+            .await
+            .unwrap();
+        let got = loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), next_msg(&mut slow_recv))
+                .await
+                .expect("an answer within 10 s");
+            match m {
+                Msg::Deliver { .. } | Msg::Snapshot { .. } => continue,
+                Msg::Block { hash, data } => break (hash, data),
+                other => panic!("the slow peer got {other:?}"),
+            }
+        };
+        assert_eq!(got, (first, version(1)));
+        slow_conn.close(0u32.into(), b"done");
+        fast_conn.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+    });
+}

@@ -41,9 +41,11 @@
 //! A volume keeps its last `keep_log` change-sets (`serve --keep-log`).
 //! When it holds twice that, the older half is folded into the snapshot
 //! with the function every peer applies the log with (`apply.rs`), and
-//! dropped, and every block neither the snapshot nor a change-set left of
-//! any volume names is deleted: one store commit, so a crash leaves either
-//! the old log or the new cut. A peer whose last applied sequence is below
+//! dropped, and every block that neither a snapshot nor a change-set of
+//! any volume named before the cut, nor names after it, is deleted (a
+//! block the cut leaves unnamed goes at the next one, so that a peer
+//! fetching it meanwhile gets it): one store commit, so a crash leaves
+//! either the old log or the new cut. A peer whose last applied sequence is below
 //! the cut gets the snapshot's parts in place of the log up to it
 //! (`Peer::on_snapshot`). Cutting scans every volume's snapshot and log,
 //! once per `keep_log` pushes.
@@ -54,8 +56,8 @@
 //! has forgotten the push), then passed by a cut, is rebased by the peer
 //! as still pending: what came after it (a delete, an overwrite) is
 //! undone or becomes a conflict copy. A peer still fetching the
-//! blocks of change-sets a cut folded away is refused them (the sweep
-//! deleted them) and starts again from the snapshot. And a snapshot is
+//! blocks of change-sets folded away two cuts ago is refused them (the
+//! sweep deleted them) and starts again from the snapshot. And a snapshot is
 //! applied as one change-set: its blocks are held in memory together, not
 //! a window at a time.
 

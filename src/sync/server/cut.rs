@@ -100,7 +100,10 @@ fn cut_log(st: &State, volume: &str, upto: u64) -> Result<(), SyncError> {
         .map_err(|e| SyncError::Protocol(format!("the log of {volume} folds to no tree: {e}")))?;
     let parts = crate::sync::snapshot::parts(&tree, upto, crate::sync::snapshot::PART_BLOCKS);
     // Blocks are shared by hash across volumes: what stays named is every
-    // volume's snapshot and log but what this cut drops.
+    // volume's snapshot and log, and for one cut more what this cut drops
+    // (the old snapshot and the log it folds): a peer still fetching the
+    // blocks of change-sets this cut folds away, or of the snapshot it
+    // replaces, gets them until the next cut instead of being refused.
     let mut named: HashSet<Hash> = tree
         .nodes
         .values()
@@ -116,7 +119,6 @@ fn cut_log(st: &State, volume: &str, upto: u64) -> Result<(), SyncError> {
             .map_or(0, u64::from_be_bytes);
         if volume_of(k) == Some(volume.as_bytes()) && seq <= upto {
             old_log.push(k.to_vec());
-            continue;
         }
         if let Msg::Push(cs) = Msg::decode(4, v.value)? {
             named.extend(hashes_of(&cs));
@@ -126,7 +128,6 @@ fn cut_log(st: &State, volume: &str, upto: u64) -> Result<(), SyncError> {
         let (k, v) = item?;
         if volume_of(k) == Some(volume.as_bytes()) {
             old_parts.push(k.to_vec());
-            continue;
         }
         if let Msg::Snapshot { cs, .. } = Msg::decode(10, v.value)? {
             named.extend(hashes_of(&cs));
