@@ -75,9 +75,15 @@ impl Journal {
         })
     }
 
-    /// Appends `msgs`, which take the peer up to sequence `seq`, and
-    /// makes them durable; nothing if that sequence was appended already.
-    pub(super) fn append(&mut self, seq: u64, msgs: &[Msg]) -> Result<(), SyncError> {
+    /// Appends `msgs`, which take the peer up to sequence `seq`, and makes
+    /// them durable (with what was appended before) if `durable`; nothing
+    /// if that sequence was appended already.
+    pub(super) fn append(
+        &mut self,
+        seq: u64,
+        msgs: &[Msg],
+        durable: bool,
+    ) -> Result<(), SyncError> {
         if seq <= self.through {
             return Ok(());
         }
@@ -90,7 +96,9 @@ impl Journal {
         }
         let io = |e| SyncError::io(&self.path, e);
         self.file.write_all(&buf).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        if durable {
+            self.file.sync_data().map_err(io)?;
+        }
         self.empty = false;
         self.through = seq;
         Ok(())
@@ -226,10 +234,14 @@ mod tests {
         let c2 = adds(&mut t, 1, 11, "mine");
         let c3 = adds(&mut t, 2, 12, "three");
         let c4 = adds(&mut t, 2, 13, "four");
-        j.append(1, &[Msg::Deliver { seq: 1, cs: c1 }]).unwrap();
-        j.append(2, &[Msg::Deliver { seq: 2, cs: c2 }]).unwrap();
-        j.append(3, &[Msg::Deliver { seq: 3, cs: c3 }]).unwrap();
-        j.append(4, &[Msg::Deliver { seq: 4, cs: c4 }]).unwrap();
+        j.append(1, &[Msg::Deliver { seq: 1, cs: c1 }], true)
+            .unwrap();
+        j.append(2, &[Msg::Deliver { seq: 2, cs: c2 }], true)
+            .unwrap();
+        j.append(3, &[Msg::Deliver { seq: 3, cs: c3 }], true)
+            .unwrap();
+        j.append(4, &[Msg::Deliver { seq: 4, cs: c4 }], true)
+            .unwrap();
         // The store applied up to 1: the own push at 2 is replayed, 3 was
         // not applied here, and what follows it waits too.
         let mut p = Peer::new(1, "p1", Tree::default());
@@ -258,16 +270,10 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
         let mut t = Tree::default();
         let c1 = adds(&mut t, 2, 10, "one");
-        j.append(
-            1,
-            &[Msg::Deliver {
-                seq: 1,
-                cs: c1.clone(),
-            }],
-        )
-        .unwrap();
+        let entry = [Msg::Deliver { seq: 1, cs: c1 }];
+        j.append(1, &entry, false).unwrap();
         let once = std::fs::metadata(&path).unwrap().len();
-        j.append(1, &[Msg::Deliver { seq: 1, cs: c1 }]).unwrap();
+        j.append(1, &entry, true).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), once);
     }
 
@@ -279,7 +285,7 @@ mod tests {
         adds(&mut t, 3, 11, "two");
         let mut j = Journal::open(dir.path()).unwrap();
         // Parts of one file each.
-        j.append(9, &crate::sync::snapshot::parts(&t, 9, 1))
+        j.append(9, &crate::sync::snapshot::parts(&t, 9, 1), true)
             .unwrap();
         let mut p = Peer::new(1, "p1", Tree::default());
         assert_eq!(

@@ -185,6 +185,21 @@ const STOP_MARGIN: Duration = Duration::from_secs(5);
 /// changed since the last.
 const PUSH_GAP: Duration = Duration::from_millis(20);
 
+/// How much longer the gap after a push is per operation and block it
+/// carried, up to [`PUSH_GAP_MAX`]: a stream of big changes (thousands of
+/// files made a second) goes in fewer, bigger pushes, whose fixed costs
+/// (a commit on the server and on every peer, the messages, the wakes)
+/// the machine's own work no longer pays fifty times a second. One small
+/// change still goes after [`PUSH_GAP`].
+const PUSH_GAP_PER_ITEM: Duration = Duration::from_micros(200);
+const PUSH_GAP_MAX: Duration = Duration::from_millis(200);
+
+/// The gap after a push of `ops` operations naming `blocks` blocks.
+fn push_gap(ops: usize, blocks: usize) -> Duration {
+    let items = u32::try_from(ops.saturating_add(blocks)).unwrap_or(u32::MAX);
+    (PUSH_GAP + PUSH_GAP_PER_ITEM.saturating_mul(items)).min(PUSH_GAP_MAX)
+}
+
 async fn run(
     fs: Arc<Fs>,
     store: PathBuf,
@@ -241,6 +256,7 @@ async fn run(
             out: None,
             owed: VecDeque::new(),
             welcome_head: 0,
+            gap: PUSH_GAP,
         };
         let r = s.run(&conf, &stop, &wake).await;
         if let Err(e) = s.save_now() {
@@ -322,8 +338,8 @@ struct Session<'a> {
     snapshot: crate::sync::snapshot::Assembler,
     /// An ack freed the push slot: push what is waiting.
     acked: bool,
-    /// When the last push went, and whether one waits for [`PUSH_GAP`]
-    /// to pass since.
+    /// When the last push went, and whether one waits for the gap after it
+    /// (`gap`, [`push_gap`]) to pass.
     last_push: Option<tokio::time::Instant>,
     push_later: bool,
     /// Where messages to the server queue (`stream::Outbox`), once
@@ -337,6 +353,8 @@ struct Session<'a> {
     /// carries again what this peer pushed before and the server took
     /// (an ack lost with a connection), as a change made on an old base.
     welcome_head: u64,
+    /// The least time from the last push to the next ([`push_gap`]).
+    gap: Duration,
 }
 
 impl Session<'_> {
@@ -471,7 +489,7 @@ impl Session<'_> {
                 r = out.room(), if !self.owed.is_empty() => r?,
                 _ = wake.notify.notified() => self.push()?,
                 _ = tokio::time::sleep_until(
-                    self.last_push.map_or_else(tokio::time::Instant::now, |t| t + PUSH_GAP)
+                    self.last_push.map_or_else(tokio::time::Instant::now, |t| t + self.gap)
                 ), if self.push_later => {
                     self.push_later = false;
                     self.push()?;
@@ -700,7 +718,7 @@ impl Session<'_> {
         if self.peer.in_flight() || !self.inc.is_empty() || self.peer.applied < self.welcome_head {
             return Ok(());
         }
-        if self.last_push.is_some_and(|t| t.elapsed() < PUSH_GAP) {
+        if self.last_push.is_some_and(|t| t.elapsed() < self.gap) {
             self.push_later = true;
             return Ok(());
         }
@@ -733,6 +751,7 @@ impl Session<'_> {
             self.status.lock().in_flight_ops = cs.ops.len() as u64;
             tracing::debug!(counter = cs.counter, ops = cs.ops.len(), "sync push");
             self.owed.clear();
+            self.gap = push_gap(cs.ops.len(), self.push_places.len());
             self.send(&Msg::Push(cs))?;
             self.last_push = Some(tokio::time::Instant::now());
         }
@@ -743,6 +762,18 @@ impl Session<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One small change waits the least gap; a big push makes the next
+    /// wait longer, up to the most.
+    #[test]
+    fn the_gap_after_a_push_grows_with_what_it_carried_up_to_a_bound() {
+        assert_eq!(push_gap(0, 0), PUSH_GAP);
+        assert!(push_gap(2, 1) < Duration::from_millis(21));
+        assert!(push_gap(250, 0) > Duration::from_millis(60));
+        assert!(push_gap(200, 200) < PUSH_GAP_MAX);
+        assert_eq!(push_gap(1024, 1024), PUSH_GAP_MAX);
+        assert_eq!(push_gap(usize::MAX, usize::MAX), PUSH_GAP_MAX);
+    }
 
     /// A commit wakes the thread only while it waits for one, and once.
     #[test]
