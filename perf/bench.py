@@ -469,7 +469,11 @@ def main():
     try:
         for r in range(a.rounds):
             for w in workloads:
-                for name in targets:
+                # Every other round the other way round: a target that
+                # always ran second would always meet what the first left
+                # (its store being deleted, writeback) and be measured so.
+                order = targets if r % 2 == 0 else targets[::-1]
+                for name in order:
                     t = Target(name, a.work)
                     drop_caches()
                     t.up()
@@ -530,7 +534,7 @@ def write(name, m, targets, results, sizes):
         "",
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, Linux {m['kernel']}; "
         f"commit {m['commit']}; {m['fio']}. Median of {rounds} rounds, targets interleaved "
-        "in each round. Seconds: lower is better; MB/s and IOPS: higher is better."
+        "in each round, the order reversed every other round. Seconds: lower is better; MB/s and IOPS: higher is better."
         + (f" zippy-sync's server ran at nice {SERVER_NICE}, standing in for a server on "
            "another machine (it still shares these CPUs)." if SERVER_NICE and "zippy-sync" in targets else "")
         + (f" Its CPU was capped at {SERVER_CPU}% of one CPU (a cgroup of its own)."
