@@ -191,6 +191,7 @@ fn set_retention(
         let mut t = s.begin_write()?;
         t.use_reserve();
         t.set_retention(policy.clone());
+        t.tag(&zippyfs::fs::Origin::carried(&s).tag());
         t.commit("retention")?;
     }
     Ok(())
@@ -212,9 +213,12 @@ pub fn gc(args: GcArgs) -> anyhow::Result<ExitCode> {
 fn gc_unmounted(store: &Path) -> anyhow::Result<ExitCode> {
     let s = open_with_policy(store)?;
     let before = (s.stats(), s.versions().len());
+    // Carried from the newest tagged version: `Origin::carried`.
+    let tag = zippyfs::fs::Origin::carried(&s).tag();
     let room = || -> anyhow::Result<()> {
         let mut t = s.begin_write()?;
         t.use_reserve();
+        t.tag(&tag);
         t.commit("gc")?;
         Ok(())
     };

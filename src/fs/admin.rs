@@ -35,6 +35,7 @@ impl Fs {
             let room = || -> FsResult<()> {
                 let mut t = self.store.begin_write()?;
                 t.use_reserve();
+                t.tag(&self.own_tag());
                 t.commit("gc")?;
                 Ok(())
             };
@@ -65,6 +66,7 @@ impl Fs {
             let mut t = self.store.begin_write()?;
             t.use_reserve();
             t.set_retention(policy);
+            t.tag(&self.own_tag());
             t.commit("retention")?;
             Ok(())
         })

@@ -255,6 +255,7 @@ impl Fs {
                 .map(|v| v.id)
                 .collect();
             t.let_go_of(records.iter().copied().chain([oldest.id]).collect());
+            t.tag(&self.own_tag());
             t.commit(&format!("{LET_GO} {} let go", oldest.id))?;
             let first = let_go.map_or_else(|| oldest.clone(), |(f, _)| f);
             let_go = Some((first, oldest.clone()));

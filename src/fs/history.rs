@@ -58,6 +58,23 @@ impl Origin {
         t
     }
 
+    /// What a commit that only frees space or changes the policy (gc,
+    /// retention, letting go on a full disk, offline or mounted) records:
+    /// this mount's own, built on the sequence the newest tagged version
+    /// recorded. So the newest version always says how far sync had
+    /// applied, which the peer's journal replay relies on (an untagged
+    /// version on top read as "nothing applied" and stopped it short).
+    pub fn carried(store: &crate::store::Store) -> Origin {
+        let seq = store
+            .versions()
+            .iter()
+            .rev()
+            .map(|v| Origin::of_tag(&v.tag))
+            .find(|o| *o != Origin::default())
+            .map_or(0, |o| o.seq);
+        Origin { peer: 0, seq }
+    }
+
     /// The origin a tag records; a tag of another format reads as none.
     pub fn of_tag(t: &[u8]) -> Origin {
         match (t.first(), t.get(1..5), t.get(5..13)) {

@@ -385,10 +385,7 @@ impl Fs {
             self.next_ino.store(next, Ordering::Relaxed);
             self.committed_next_ino.store(next, Ordering::Relaxed);
             // This mount's own changes build on what the store last applied.
-            let last = snap.version();
-            let seq =
-                (self.store.version_info(last)).map_or(0, |v| history::Origin::of_tag(&v.tag).seq);
-            *self.origin.lock() = history::Origin { peer: 0, seq };
+            *self.origin.lock() = history::Origin::carried(&self.store);
             if bs as u64 != self.block_size {
                 tracing::info!(
                     block_size = bs,

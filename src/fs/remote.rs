@@ -331,6 +331,13 @@ impl Fs {
         self.origin.lock().seq
     }
 
+    /// The tag of a version with no change of its own (gc, retention):
+    /// this mount's, built on the last sequence applied.
+    pub(crate) fn own_tag(&self) -> Vec<u8> {
+        let seq = self.origin.lock().seq;
+        super::Origin { peer: 0, seq }.tag()
+    }
+
     /// Sync applied up to server sequence `seq` with nothing to write
     /// here: this mount's next changes build on it.
     pub fn synced_through(&self, seq: u64) {

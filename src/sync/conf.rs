@@ -161,9 +161,11 @@ pub fn offline_status(store: &Path) -> Result<Option<Status>, SyncError> {
 /// applied; past it, change-sets wait to be asked for.
 pub const DEFAULT_WINDOW: u64 = 128 << 20;
 
-pub(super) fn save_peer(store: &Path, p: &Peer) -> Result<(), SyncError> {
+/// Writes the peer's state; returns its size.
+pub(super) fn save_peer(store: &Path, p: &Peer) -> Result<u64, SyncError> {
     let bytes = state::encode(p.id, p.applied, p.counter, &p.synced)?;
-    write_atomic(&store.join(STATE_FILE), &bytes)
+    write_atomic(&store.join(STATE_FILE), &bytes)?;
+    Ok(bytes.len() as u64)
 }
 
 pub(super) fn load_peer(store: &Path) -> Result<Peer, SyncError> {
@@ -174,9 +176,9 @@ pub(super) fn load_peer(store: &Path) -> Result<Peer, SyncError> {
                 .map_err(|e| SyncError::Config(format!("{}: {e}", path.display())))?;
             let mut p = Peer::new(s.id, "", s.synced);
             p.applied = s.applied;
-            // The state is saved at most once a second, so pushes made
-            // after the last save may have been taken; the server ignores
-            // a counter it has seen, so start well past any of them.
+            // Pushes made after the last save may have been taken (the
+            // client saves before it makes COUNTER_LEAP / 4 more); the
+            // server ignores a counter it has seen, so start past them.
             p.counter = s.counter.saturating_add(COUNTER_LEAP);
             Ok(p)
         }
@@ -186,4 +188,4 @@ pub(super) fn load_peer(store: &Path) -> Result<Peer, SyncError> {
 }
 
 /// More pushes than a peer makes between two saves of its state.
-const COUNTER_LEAP: u64 = 1 << 20;
+pub(super) const COUNTER_LEAP: u64 = 1 << 20;

@@ -304,5 +304,35 @@ mod tests {
         assert_eq!(last(&b), Origin { peer: 0, seq: 6 }, "after a remount");
     }
 
+    #[test]
+    fn versions_that_only_free_space_keep_the_sequence_sync_applied() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = fs(da.path());
+        let b = fs(db.path());
+        let last = |b: &Fs| Origin::of_tag(&b.store().versions().last().unwrap().tag);
+        a.mkdir(CTX, 1, b"theirs", 0o755).unwrap();
+        a.commit("test").unwrap();
+        send(&a, &Tree::default(), &b, 5);
+        // A mounted gc and retention change: versions of their own.
+        let before = b.store().latest_version();
+        b.gc().unwrap();
+        assert_ne!(b.store().latest_version(), before, "gc made a version");
+        assert_eq!(last(&b), Origin { peer: 0, seq: 5 });
+        b.set_retention(crate::store::Retention::default()).unwrap();
+        assert_eq!(last(&b), Origin { peer: 0, seq: 5 });
+        assert_eq!(b.synced_seq(), 5);
+        drop(b);
+        // One made with no tag (as a store written before tags were
+        // carried): the mount finds the newest tagged version.
+        {
+            let s = crate::store::Store::open(db.path(), Default::default()).unwrap();
+            let t = s.begin_write().unwrap();
+            t.commit("untagged").unwrap();
+            assert_eq!(Origin::carried(&s), Origin { peer: 0, seq: 5 });
+        }
+        let b = fs(db.path());
+        assert_eq!(b.synced_seq(), 5, "from the newest tagged version");
+    }
+
     use crate::fs::RenameMode;
 }

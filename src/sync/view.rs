@@ -53,9 +53,11 @@ pub(super) struct LocalView {
     /// hash → (file, index) of a block here (possibly stale: checked when read).
     pub(super) places: HashMap<Hash, (FileId, u64)>,
     pub(super) touched: Arc<Mutex<Touched>>,
-    /// The peer's state changed since it was last saved, and when that was.
+    /// The peer's state changed since it was last saved.
     pub(super) unsaved: bool,
-    pub(super) saved_at: Option<std::time::Instant>,
+    /// The size of the state last saved, and the push counter it held.
+    pub(super) saved_bytes: u64,
+    pub(super) saved_counter: u64,
 }
 
 /// What a refresh of the local tree did.

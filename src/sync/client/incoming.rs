@@ -220,11 +220,16 @@ impl Session<'_> {
             match ev {
                 Event::Ack(seq, counter, time) => {
                     let (seq, counter, time) = (*seq, *counter, *time);
+                    let pushed = (self.peer.in_flight_push())
+                        .filter(|cs| cs.counter == counter)
+                        .cloned();
+                    // Checked before it is journaled: a wrong ack must not
+                    // leave an entry (nor raise the journal's `through`).
+                    self.peer
+                        .on_ack(seq, counter, time)
+                        .map_err(|v| SyncError::Protocol(v.to_string()))?;
                     // Journaled as the sequence it became (`journal.rs`).
-                    if let Some(cs) = self.peer.in_flight_push()
-                        && cs.counter == counter
-                    {
-                        let mut cs = cs.clone();
+                    if let Some(mut cs) = pushed {
                         cs.time = time;
                         // Not synced here: an ack changes nothing in the
                         // store, so only a power cut could lose the entry
@@ -233,9 +238,6 @@ impl Session<'_> {
                         self.journal
                             .append(seq, &[Msg::Deliver { seq, cs }], false)?;
                     }
-                    self.peer
-                        .on_ack(seq, counter, time)
-                        .map_err(|v| SyncError::Protocol(v.to_string()))?;
                     self.status.lock().pushed = seq;
                     self.state_changed()?;
                     self.acked = true;

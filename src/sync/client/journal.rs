@@ -2,8 +2,9 @@
 //! acknowledged since it last saved its state.
 //!
 //! The state (`sync.state`: the synced tree, the last sequence applied) is
-//! rewritten whole, so at most once a second, while each apply is a
-//! commit of the store. Killed between the two, a peer came back with a
+//! rewritten whole, so only once this journal has grown as large as it
+//! (at least 4 MiB; `SAVE_JOURNAL_MIN`), while each apply is a commit of
+//! the store. Before the journal, killed between the two, a peer came back with a
 //! change in its store and not in its synced tree, so the change looked
 //! like its own: with the log, delivering that sequence again set it
 //! right; behind a cut log (the server's snapshot in place of it), a file
@@ -25,11 +26,15 @@
 //! ```
 //!
 //! An entry is replayed if it is this peer's own push (the store has what
-//! it pushed: a push is read from a commit), or if the store had applied
-//! its sequence: the last sequence applied is kept with every version
-//! (`fs::Origin`). Replay stops at the first entry that is neither (its
-//! apply did not commit: the server delivers it again), and at a torn or
-//! corrupt one (the write the crash cut short).
+//! it pushed: a push is read from a commit), if the store had applied its
+//! sequence (the last sequence applied is kept with every version,
+//! `fs::Origin`), or if an own entry follows it (an ack is taken only
+//! after everything delivered before it was applied, even a batch that
+//! wrote nothing here and so left no version saying so). Replay stops at
+//! the first entry that is none of these (its apply did not commit: the
+//! server delivers it again), and at a torn or corrupt one (the write the
+//! crash cut short; a write that fails is cut off at once, so nothing
+//! whole follows a torn entry).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,10 +50,15 @@ pub(super) const JOURNAL_FILE: &str = "sync.journal";
 pub(super) struct Journal {
     file: std::fs::File,
     path: PathBuf,
-    empty: bool,
+    /// Its length: entries are whole up to here.
+    len: u64,
     /// The last sequence appended: a batch tried again (refused, or
     /// waiting for a writer here) is written once.
     through: u64,
+    /// A write failed and the file could not be cut back to its last
+    /// whole entry: nothing more may go after the torn one (replay stops
+    /// there), so every append fails until the state is saved.
+    torn: bool,
 }
 
 fn sum(frame: &[u8]) -> [u8; 8] {
@@ -61,18 +71,33 @@ fn sum(frame: &[u8]) -> [u8; 8] {
 impl Journal {
     pub(super) fn open(store: &Path) -> Result<Journal, SyncError> {
         let path = store.join(JOURNAL_FILE);
+        let io = |e| SyncError::io(&path, e);
+        let existed = path.exists();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| SyncError::io(&path, e))?;
-        let empty = file.metadata().is_ok_and(|m| m.len() == 0);
+            .map_err(io)?;
+        if !existed {
+            // The first entry's sync makes the file's data durable, not
+            // its name.
+            std::fs::File::open(store)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| SyncError::io(store, e))?;
+        }
+        let len = file.metadata().map_err(io)?.len();
         Ok(Journal {
             file,
             path,
-            empty,
+            len,
             through: 0,
+            torn: false,
         })
+    }
+
+    /// Bytes in it.
+    pub(super) fn len(&self) -> u64 {
+        self.len
     }
 
     /// Appends `msgs`, which take the peer up to sequence `seq`, and makes
@@ -95,11 +120,23 @@ impl Journal {
             buf.extend_from_slice(&frame);
         }
         let io = |e| SyncError::io(&self.path, e);
-        self.file.write_all(&buf).map_err(io)?;
+        if self.torn {
+            return Err(io(std::io::Error::other(
+                "an earlier write failed part way and could not be undone",
+            )));
+        }
+        if let Err(e) = self.file.write_all(&buf) {
+            // A part of the entry may be in the file: cut it off, or the
+            // entries after it would never be replayed.
+            if self.file.set_len(self.len).is_err() {
+                self.torn = true;
+            }
+            return Err(io(e));
+        }
+        self.len += buf.len() as u64;
         if durable {
             self.file.sync_data().map_err(io)?;
         }
-        self.empty = false;
         self.through = seq;
         Ok(())
     }
@@ -108,13 +145,14 @@ impl Journal {
     pub(super) fn clear(&mut self) -> Result<(), SyncError> {
         // A batch not applied yet is written again at its next try.
         self.through = 0;
-        if self.empty {
+        if self.len == 0 && !self.torn {
             return Ok(());
         }
         let io = |e| SyncError::io(&self.path, e);
         self.file.set_len(0).map_err(io)?;
         self.file.sync_data().map_err(io)?;
-        self.empty = true;
+        self.len = 0;
+        self.torn = false;
         Ok(())
     }
 }
@@ -132,7 +170,7 @@ pub(super) fn replay(store: &Path, peer: &mut Peer, stored: u64) -> Result<u64, 
     };
     let from = peer.applied;
     let mut at = 0;
-    let mut snapshot = Assembler::default();
+    let mut entries = Vec::new();
     while at < bytes.len() {
         let Some(s) = bytes.get(at..at + 8) else {
             break;
@@ -145,13 +183,23 @@ pub(super) fn replay(store: &Path, peer: &mut Peer, stored: u64) -> Result<u64, 
             break;
         }
         at += 8 + n;
+        entries.push(m);
+    }
+    let own =
+        |m: &Msg| matches!(m, Msg::Deliver { cs, .. } if peer.id != 0 && cs.origin == peer.id);
+    // An acknowledgement is taken only after everything delivered before
+    // it was applied (a batch that wrote nothing here leaves no version
+    // saying so), so all before this peer's last own entry was applied.
+    let applied_before = entries.iter().rposition(own).map_or(0, |i| i + 1);
+    let mut snapshot = Assembler::default();
+    let mut whole = true;
+    for (i, m) in entries.into_iter().enumerate() {
+        let sure = i < applied_before;
         match m {
             Msg::Deliver { seq, cs } => {
                 let own = peer.id != 0 && cs.origin == peer.id;
-                if !own && seq > stored {
-                    break;
-                }
-                if peer.replay(seq, &cs).is_err() {
+                if !(sure || own || seq <= stored) || peer.replay(seq, &cs).is_err() {
+                    whole = false;
                     break;
                 }
             }
@@ -162,18 +210,25 @@ pub(super) fn replay(store: &Path, peer: &mut Peer, stored: u64) -> Result<u64, 
                 stamps,
             } => match snapshot.add(seq, last, &cs, &stamps) {
                 Ok(Some((seq, tree))) => {
-                    if seq > stored {
+                    if !sure && seq > stored {
+                        whole = false;
                         break;
                     }
                     peer.replay_snapshot(seq, tree);
                 }
                 Ok(None) => {}
-                Err(_) => break,
+                Err(_) => {
+                    whole = false;
+                    break;
+                }
             },
-            _ => break,
+            _ => {
+                whole = false;
+                break;
+            }
         }
     }
-    if at < bytes.len() {
+    if !whole || at < bytes.len() {
         tracing::info!(
             path = %path.display(),
             "sync: the journal's tail was not applied here (or was cut short); the server sends it again"
@@ -275,6 +330,57 @@ mod tests {
         let once = std::fs::metadata(&path).unwrap().len();
         j.append(1, &entry, true).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), once);
+    }
+
+    #[test]
+    fn a_batch_that_wrote_nothing_before_an_own_ack_is_replayed_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tree::default();
+        let mut j = Journal::open(dir.path()).unwrap();
+        // 2 changed nothing here, so no version recorded it; the ack of
+        // this peer's push at 3 came after it was applied.
+        let c2 = adds(&mut t, 2, 10, "same");
+        let c3 = adds(&mut t, 1, 11, "mine");
+        let c4 = adds(&mut t, 2, 12, "later");
+        j.append(2, &[Msg::Deliver { seq: 2, cs: c2 }], true)
+            .unwrap();
+        j.append(3, &[Msg::Deliver { seq: 3, cs: c3 }], false)
+            .unwrap();
+        j.append(4, &[Msg::Deliver { seq: 4, cs: c4 }], true)
+            .unwrap();
+        let mut p = Peer::new(1, "p1", Tree::default());
+        p.applied = 1;
+        assert_eq!(replay(dir.path(), &mut p, 1).unwrap(), 2);
+        assert_eq!(
+            (p.applied, names(&p)),
+            (3, vec![b"mine".to_vec(), b"same".to_vec()])
+        );
+    }
+
+    #[test]
+    fn a_write_that_cannot_be_undone_fails_every_append_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/dev/full")
+            .expect("/dev/full: this test needs it");
+        let mut j = Journal {
+            file: full,
+            path: dir.path().join(JOURNAL_FILE),
+            len: 0,
+            through: 0,
+            torn: false,
+        };
+        let mut t = Tree::default();
+        let entry = [Msg::Deliver {
+            seq: 1,
+            cs: adds(&mut t, 2, 10, "one"),
+        }];
+        assert!(j.append(1, &entry, true).is_err());
+        assert!(j.torn, "/dev/full cannot be cut back");
+        assert_eq!(j.through, 0, "nothing was appended");
+        let e = j.append(2, &entry, true).unwrap_err().to_string();
+        assert!(e.contains("could not be undone"), "{e}");
     }
 
     #[test]

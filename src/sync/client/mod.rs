@@ -165,8 +165,12 @@ impl Wake {
     }
 }
 
-/// How often a peer saves its state at most (it is rewritten whole).
-const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// The journal a peer lets grow before it saves its state, at least: the
+/// state is rewritten whole (O(files and blocks)), so it is saved once the
+/// journal is as large as the state was, which keeps the cost of saving
+/// proportional to what changed, and replay at start bounded by the
+/// state's size.
+const SAVE_JOURNAL_MIN: u64 = 4 << 20;
 
 /// The longest an unmount waits for the server to take the last changes.
 const FINAL_PUSH_WAIT: Duration = Duration::from_secs(10);
@@ -232,6 +236,9 @@ async fn run(
         }
     };
     let mut journal = journal;
+    view.saved_counter = peer.counter;
+    view.saved_bytes =
+        std::fs::metadata(store.join(super::conf::STATE_FILE)).map_or(0, |m| m.len());
     let mut backoff = Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
         let mut s = Session {
@@ -424,8 +431,15 @@ impl Session<'_> {
                         self.peer.id
                     )));
                 }
+                let first_time = self.peer.id == 0;
                 self.peer.id = peer;
                 self.peer.name = peer_name.clone();
+                if first_time {
+                    // Saved before anything is journaled: replay knows this
+                    // peer's own entries by its id.
+                    self.view.unsaved = true;
+                    self.save_now()?;
+                }
                 self.peer.disconnected();
                 self.peer.on_welcome(taken.0, taken.1);
                 self.welcome_head = head;
@@ -497,10 +511,7 @@ impl Session<'_> {
                 _ = tokio::time::sleep_until(
                     self.inc.retry_at().unwrap_or_else(tokio::time::Instant::now)
                 ), if self.inc.retry_at().is_some() => self.inc.retry_now(),
-                _ = tick.tick() => {
-                    self.save_now()?;
-                    self.push()?;
-                }
+                _ = tick.tick() => self.push()?,
             }
             let mut st = self.status.lock();
             st.bytes_in = self.bytes.read.load(Ordering::Relaxed);
@@ -654,11 +665,15 @@ impl Session<'_> {
         Ok(Msg::Block { hash: h, data })
     }
 
-    /// Saves the peer's state, at most once per [`SAVE_EVERY`] (the tick
-    /// and the end of the session save what is left).
+    /// Saves the peer's state once the journal holds as much as the state
+    /// (see [`SAVE_JOURNAL_MIN`]), or before the push counter runs past
+    /// what a restart skips; the end of the session saves what is left.
     fn state_changed(&mut self) -> Result<(), SyncError> {
         self.view.unsaved = true;
-        if self.view.saved_at.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
+        let pushes = self.peer.counter.saturating_sub(self.view.saved_counter);
+        if self.journal.len() >= self.view.saved_bytes.max(SAVE_JOURNAL_MIN)
+            || pushes >= crate::sync::conf::COUNTER_LEAP / 4
+        {
             self.save_now()?;
         }
         Ok(())
@@ -666,10 +681,10 @@ impl Session<'_> {
 
     fn save_now(&mut self) -> Result<(), SyncError> {
         if self.view.unsaved {
-            save_peer(self.store, self.peer)?;
+            self.view.saved_bytes = save_peer(self.store, self.peer)?;
+            self.view.saved_counter = self.peer.counter;
             self.journal.clear()?;
             self.view.unsaved = false;
-            self.view.saved_at = Some(std::time::Instant::now());
         }
         Ok(())
     }
