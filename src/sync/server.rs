@@ -471,6 +471,7 @@ async fn connection(
         pending: None,
         owed: VecDeque::new(),
         ack: None,
+        snapshot: None,
     };
     let r = c.run(rx, heads).await;
     // The writer task holds the stream, and with it the connection: close
@@ -499,9 +500,12 @@ struct Conn<'a> {
     /// Its push taken last: sequence, counter, time. Acknowledged once
     /// everything ordered before it has been sent.
     ack: Option<(u64, u64, i64)>,
+    /// The snapshot being sent in place of the log cut past `sent`, a
+    /// part at a time as the queue has room.
+    snapshot: Option<cut::SnapshotOut<'a>>,
 }
 
-impl Conn<'_> {
+impl<'a> Conn<'a> {
     async fn run(
         &mut self,
         mut rx: tokio::sync::mpsc::Receiver<Result<Msg, SyncError>>,
@@ -549,17 +553,25 @@ impl Conn<'_> {
                 self.send_block(w)?;
                 continue;
             }
+            if let Some(s) = &mut self.snapshot {
+                match s.next_part(self.volume)? {
+                    Some(part) => self.out.send(&part)?,
+                    None => {
+                        self.sent = s.cut;
+                        self.snapshot = None;
+                        self.st.totals.borrow_mut().snapshots_out += 1;
+                    }
+                }
+                continue;
+            }
             let upto = self.ack.map_or(head, |(seq, ..)| seq - 1);
             if self.sent >= upto {
                 return Ok(());
             }
-            let cut = self.st.cut(self.volume)?;
-            if self.sent < cut {
-                for part in self.st.snapshot_parts(self.volume)? {
-                    self.out.send(&part)?;
-                }
-                self.st.totals.borrow_mut().snapshots_out += 1;
-                self.sent = cut;
+            let st: &'a State = self.st;
+            let out = st.snapshot_out(self.volume)?;
+            if self.sent < out.cut {
+                self.snapshot = Some(out);
                 continue;
             }
             self.sent += 1;

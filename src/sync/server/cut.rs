@@ -37,6 +37,17 @@ impl State {
             .map_or(0, u64::from_le_bytes))
     }
 
+    /// `volume`'s snapshot, to send a part at a time: read from the
+    /// version of the store that is the newest now, held open until the
+    /// last part is out (a cut meanwhile writes a new snapshot beside it).
+    pub(super) fn snapshot_out(&self, volume: &str) -> Result<SnapshotOut<'_>, SyncError> {
+        let view = self.store.latest()?;
+        let cut = (view.get(&cut_key(volume))?)
+            .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+            .map_or(0, u64::from_le_bytes);
+        Ok(SnapshotOut { view, cut, next: 0 })
+    }
+
     /// The parts of `volume`'s snapshot, in order.
     pub(super) fn snapshot_parts(&self, volume: &str) -> Result<Vec<Msg>, SyncError> {
         let snap = self.store.latest()?;
@@ -47,6 +58,29 @@ impl State {
             out.push(Msg::decode(10, v.value)?);
         }
         Ok(out)
+    }
+}
+
+/// A snapshot on its way to a peer (see [`State::snapshot_out`]).
+pub(super) struct SnapshotOut<'a> {
+    view: crate::store::Snapshot<'a>,
+    /// The sequence it stands for.
+    pub(super) cut: u64,
+    next: u32,
+}
+
+impl SnapshotOut<'_> {
+    /// Its next part, or `None` once every part is out.
+    pub(super) fn next_part(&mut self, volume: &str) -> Result<Option<Msg>, SyncError> {
+        let Some(v) = self.view.get(&snapshot_key(volume, self.next))? else {
+            return Ok(None);
+        };
+        let m = Msg::decode(10, v)?;
+        self.next = self
+            .next
+            .checked_add(1)
+            .ok_or_else(|| SyncError::Protocol("a snapshot of 2^32 parts".into()))?;
+        Ok(Some(m))
     }
 }
 
