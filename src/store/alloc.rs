@@ -45,6 +45,9 @@ enum Undo {
 pub struct Allocator {
     by_start: BTreeMap<u64, u64>,
     by_size: BTreeSet<(u64, u64)>,
+    /// The sum of the free ranges: asked after every commit (the room
+    /// left), so kept, not summed over a set that pinned versions grow.
+    free_total: u64,
     hwm: u64,
     undo: Vec<Undo>,
 }
@@ -62,7 +65,7 @@ impl Allocator {
     }
 
     pub fn free_pages(&self) -> u64 {
-        self.by_start.values().sum()
+        self.free_total
     }
 
     pub fn free_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
@@ -153,10 +156,13 @@ impl Allocator {
     fn insert_free(&mut self, start: u64, len: u64) {
         self.by_start.insert(start, len);
         self.by_size.insert((len, start));
+        self.free_total += len;
     }
 
     fn remove_free(&mut self, start: u64, len: u64) {
-        self.by_start.remove(&start);
+        if self.by_start.remove(&start).is_some() {
+            self.free_total -= len;
+        }
         self.by_size.remove(&(len, start));
     }
 
@@ -228,6 +234,8 @@ pub struct Dead {
 #[derive(Clone, Debug, Default)]
 pub struct Deadlists {
     lists: BTreeMap<u64, Vec<Dead>>,
+    /// The sum of every range's pages (see `Allocator::free_total`).
+    total: u64,
 }
 
 impl Deadlists {
@@ -236,13 +244,14 @@ impl Deadlists {
             return;
         }
         ranges.sort_unstable();
+        self.total += ranges.iter().map(|d| d.len).sum::<u64>();
         let list = self.lists.entry(freed_by).or_default();
         list.extend(ranges);
         list.sort_unstable();
     }
 
     pub fn pages(&self) -> u64 {
-        self.lists.values().flatten().map(|d| d.len).sum()
+        self.total
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Dead)> + '_ {
@@ -283,6 +292,7 @@ impl Deadlists {
                     break;
                 }
                 out.push((d.start, d.len));
+                self.total -= d.len;
                 list.pop();
             }
             if list.is_empty() {
@@ -413,6 +423,66 @@ mod tests {
         a.rollback();
         assert_eq!(a.hwm(), 2);
         assert_eq!(a.free_pages(), 0);
+    }
+
+    #[test]
+    fn the_kept_totals_match_the_ranges_through_allocs_frees_rollbacks_and_releases() {
+        let mut a = Allocator::new(0);
+        let mut d = Deadlists::default();
+        // Settled allocations, and this transaction's allocs and frees.
+        let (mut held, mut allocs, mut frees): (Vec<(u64, u64)>, Vec<_>, Vec<_>) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for step in 1..=3000u64 {
+            match rand(6) {
+                0 | 1 => {
+                    let len = 1 + rand(8);
+                    allocs.push((a.alloc_with_room(len, rand(4)), len));
+                }
+                2 | 3 if !held.is_empty() => {
+                    let r = held.swap_remove(rand(held.len() as u64) as usize);
+                    if rand(2) == 0 {
+                        a.free(r.0, r.1);
+                        frees.push(r);
+                    } else {
+                        let dead = Dead {
+                            birth: step - 1,
+                            start: r.0,
+                            len: r.1,
+                        };
+                        d.add(step, vec![dead]);
+                    }
+                }
+                4 => {
+                    let kept: BTreeSet<u64> = [rand(step + 1)].into();
+                    let mut out = Vec::new();
+                    d.release(&kept, None, &mut out);
+                    for (s, l) in out {
+                        a.free(s, l);
+                    }
+                }
+                _ => {
+                    if rand(3) == 0 {
+                        a.rollback();
+                        allocs.clear();
+                        held.append(&mut frees);
+                    } else {
+                        a.settle();
+                        held.append(&mut allocs);
+                        frees.clear();
+                    }
+                    a.trim_tail();
+                }
+            }
+            assert_eq!(a.free_pages(), a.free_ranges().map(|r| r.1).sum::<u64>());
+            assert_eq!(d.pages(), d.iter().map(|(_, r)| r.len).sum::<u64>());
+        }
     }
 
     #[test]
