@@ -51,6 +51,14 @@ fn a_file_written_and_closed_on_one_peer_is_read_on_the_other() {
             && std::fs::read_link(a.path().join("d/link")).is_ok_and(|t| t == Path::new("x.txt"))
             && !a.path().join("hello.bin").exists()
     });
+    // What each peer applied and had acknowledged waits in its journal: the
+    // whole state is not rewritten every second (it was, O(files) each
+    // time), only once the journal is as large as it, or at the end.
+    std::thread::sleep(Duration::from_millis(1500));
+    let journal_len =
+        |m: &Mounted| std::fs::metadata(m.store.join("sync.journal")).map_or(0, |md| md.len());
+    assert!(journal_len(&a) > 0, "a's journal is empty while mounted");
+    assert!(journal_len(&b) > 0, "b's journal is empty while mounted");
     let st = server.status();
     assert!(st["pushes"].as_u64().unwrap_or(0) >= 2, "{st}");
     // The sync threads run at the default nice value (`-o sync_nice`).
@@ -78,10 +86,20 @@ fn a_file_written_and_closed_on_one_peer_is_read_on_the_other() {
         sync_threads.iter().all(|(_, n)| *n == 10),
         "{sync_threads:?}"
     );
+    let a_store = a.store.clone();
     a.unmount();
     // Unmounted, the store still tells what it synced.
     let b_store = b.store.clone();
     b.unmount();
+    for s in [&a_store, &b_store] {
+        let len = std::fs::metadata(s.join("sync.journal")).map_or(0, |m| m.len());
+        assert_eq!(
+            len,
+            0,
+            "{}: the state saved at the end holds it all",
+            s.display()
+        );
+    }
     let out = Command::new(bin())
         .args(["status", "--json"])
         .arg(&b_store)
