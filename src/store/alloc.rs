@@ -352,17 +352,23 @@ pub fn decode_state(buf: &[u8], page: u64) -> StoreResult<(Allocator, Deadlists)
     let hwm = get()?;
     let mut alloc = Allocator::new(hwm);
     let n = get()?;
+    // Free ranges were written in order of start and never overlap; one that
+    // starts before the last one ended would make the free set (and its
+    // running total) disagree with the file.
+    let mut free_end = 0;
     for _ in 0..n {
         let (s, l) = (get()?, get()?);
-        if l == 0 || s.checked_add(l).is_none_or(|e| e > hwm) {
+        if l == 0 || s < free_end || s.checked_add(l).is_none_or(|e| e > hwm) {
             return Err(StoreError::corrupt(
                 page,
                 "allocator state has a bad free range",
             ));
         }
+        free_end = s + l;
         alloc.insert_free(s, l);
     }
     let mut dead = Deadlists::default();
+    let mut dead_pages: u64 = 0;
     let d = get()?;
     for _ in 0..d {
         let f = get()?;
@@ -370,12 +376,15 @@ pub fn decode_state(buf: &[u8], page: u64) -> StoreResult<(Allocator, Deadlists)
         let mut list = Vec::new();
         for _ in 0..n {
             let (birth, start, len) = (get()?, get()?, get()?);
-            if len == 0 || start.checked_add(len).is_none_or(|e| e > hwm) {
-                return Err(StoreError::corrupt(
-                    page,
-                    "allocator state has a bad deadlist range",
-                ));
-            }
+            dead_pages = match dead_pages.checked_add(len) {
+                Some(t) if len > 0 && start.checked_add(len).is_some_and(|e| e <= hwm) => t,
+                _ => {
+                    return Err(StoreError::corrupt(
+                        page,
+                        "allocator state has a bad deadlist range",
+                    ));
+                }
+            };
             list.push(Dead { birth, start, len });
         }
         dead.add(f, list);
@@ -570,5 +579,25 @@ mod tests {
         );
         assert_eq!(a2.hwm(), a.hwm());
         assert_eq!(d2.iter().collect::<Vec<_>>(), d.iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_saved_state_with_overlapping_free_ranges_or_huge_deadlists_is_corrupt() {
+        let state = |words: &[u64]| {
+            let mut buf = vec![0u8; HEADER_SIZE + 8 * words.len()];
+            for (i, w) in words.iter().enumerate() {
+                put_u64(&mut buf, HEADER_SIZE + 8 * i, *w);
+            }
+            buf
+        };
+        // hwm 100; free 10+20 then 15+5, which lies inside the first.
+        assert!(decode_state(&state(&[100, 2, 10, 20, 15, 5, 0]), 1).is_err());
+        // The same ranges in order decode.
+        assert!(decode_state(&state(&[100, 2, 10, 5, 15, 5, 0]), 1).is_ok());
+        // Two deadlist ranges whose lengths add past u64::MAX.
+        let big = u64::MAX / 2 + 1;
+        let hwm = u64::MAX;
+        let words = [hwm, 0, 1, 7, 2, 1, 0, big, 1, 0, big];
+        assert!(decode_state(&state(&words), 1).is_err());
     }
 }
