@@ -338,6 +338,7 @@ def w_onedir(t):
 TREE = None
 SERVER_NICE = 0
 SERVER_CPU = None
+PIN_WORKLOAD = False
 # (round, workload, CPU seconds) of zippy-sync's server during each workload.
 SERVER_CPU_USED = []
 
@@ -440,9 +441,16 @@ def main():
                     help="cap zippy-sync's server at PCT percent of one CPU (a cgroup of its own): "
                          "with --server-nice, a stand-in for a server on another machine that "
                          "still costs this one at most PCT%% (said in the results)")
+    ap.add_argument("--pin-workload", action="store_true",
+                    help="run each round's workload processes (tar, fio, the shell loop) on one "
+                         "CPU, round r on CPU r mod N, every target alike; the filesystems' own "
+                         "threads are not pinned. On a machine whose disk interrupts all go to "
+                         "one CPU, where the workload lands otherwise decides much of its time "
+                         "(said in the results)")
     a = ap.parse_args()
-    global SERVER_NICE, SERVER_CPU
+    global SERVER_NICE, SERVER_CPU, PIN_WORKLOAD
     SERVER_NICE = a.server_nice
+    PIN_WORKLOAD = a.pin_workload
     SERVER_CPU = a.server_cpu
     targets = a.targets.split(",")
     if a.meta_ttl is not None:
@@ -477,9 +485,17 @@ def main():
                     t = Target(name, a.work)
                     drop_caches()
                     t.up()
+                    every_cpu = os.sched_getaffinity(0)
                     try:
                         cpu0 = process_cpu(t.server.pid) if t.server else None
-                        got = WORKLOADS[w](t)
+                        # After up(): the daemon and the server must not
+                        # inherit the pin.
+                        if PIN_WORKLOAD:
+                            os.sched_setaffinity(0, {sorted(every_cpu)[r % len(every_cpu)]})
+                        try:
+                            got = WORKLOADS[w](t)
+                        finally:
+                            os.sched_setaffinity(0, every_cpu)
                         if t.server:
                             SERVER_CPU_USED.append((r + 1, w, process_cpu(t.server.pid) - cpu0))
                         size = t.store_bytes()
@@ -538,7 +554,10 @@ def write(name, m, targets, results, sizes):
         + (f" zippy-sync's server ran at nice {SERVER_NICE}, standing in for a server on "
            "another machine (it still shares these CPUs)." if SERVER_NICE and "zippy-sync" in targets else "")
         + (f" Its CPU was capped at {SERVER_CPU}% of one CPU (a cgroup of its own)."
-           if SERVER_CPU and "zippy-sync" in targets else ""),
+           if SERVER_CPU and "zippy-sync" in targets else "")
+        + (" Each round's workload processes ran on one CPU (round r on CPU r mod "
+           f"{m['cpus']}), every target alike; the filesystems' threads were not pinned."
+           if PIN_WORKLOAD else ""),
         "",
         "| workload | " + " | ".join(targets) + " |",
         "|---|" + "---|" * len(targets),
@@ -580,6 +599,18 @@ def write(name, m, targets, results, sizes):
             y = med[b_].get(k)
             row.append(f"{better(k, x, y):.2f}x" if x and y else "")
         lines.append("| " + " | ".join(row) + " |")
+    if "zippy-sync" in targets and "zippy" in targets:
+        # Each round's pair ran back to back on the same CPU conditions:
+        # the ratio within a round removes the drift between rounds.
+        lines += ["", "zippy-sync against zippy, the ratio within each round (> 1: sync on is "
+                  "faster): median, lowest, highest:", ""]
+        lines.append("| workload | median | lowest | highest |")
+        lines.append("|---|---|---|---|")
+        for k in metrics:
+            pairs = list(zip(results["zippy-sync"].get(k, []), results["zippy"].get(k, [])))
+            rs = sorted(better(k, x, y) for x, y in pairs if x and y)
+            if rs:
+                lines.append(f"| {k} | {statistics.median(rs):.2f} | {rs[0]:.2f} | {rs[-1]:.2f} |")
     if store:
         lines += ["", "Store size after each workload (versioning on, default retention), MiB:", ""]
         ws = list(dict.fromkeys(w for t in store for w in store[t]))
