@@ -394,28 +394,35 @@ pub fn diff(from: &Tree, to: &Tree, fids: Option<&BTreeSet<FileId>>) -> Vec<Op> 
     let mut ops = Vec::new();
     let mut names = Vec::new();
     for &fid in fids {
-        if fid == ROOT_ID && from.nodes.get(&fid) == to.nodes.get(&fid) {
-            continue;
-        }
-        if let Some(new) = to.nodes.get(&fid) {
-            match from.nodes.get(&fid) {
-                None => ops.push(whole(fid, new)),
-                Some(old) if !old.same_content(new) => ops.push(delta(fid, old, new)),
-                Some(_) => {}
-            }
-        }
-        let old: BTreeSet<&Key> = from.names_of(fid).collect();
-        let new: BTreeSet<&Key> = to.names_of(fid).collect();
-        if old != new {
-            names.push(Op::Names {
-                fid,
-                removed: old.difference(&new).map(|k| (*k).clone()).collect(),
-                added: new.difference(&old).map(|k| (*k).clone()).collect(),
-            });
-        }
+        let (content, renamed) = diff_one(from, to, fid);
+        ops.extend(content);
+        names.extend(renamed);
     }
     ops.extend(names);
     ops
+}
+
+/// What turns file `fid` of `from` into that of `to`: the op of its
+/// content, and the op of its names, each if it changed.
+pub fn diff_one(from: &Tree, to: &Tree, fid: FileId) -> (Option<Op>, Option<Op>) {
+    let old_node = from.nodes.get(&fid);
+    let new_node = to.nodes.get(&fid);
+    if fid == ROOT_ID && old_node == new_node {
+        return (None, None);
+    }
+    let content = match (old_node, new_node) {
+        (None, Some(new)) => Some(whole(fid, new)),
+        (Some(old), Some(new)) if !old.same_content(new) => Some(delta(fid, old, new)),
+        _ => None,
+    };
+    let old: BTreeSet<&Key> = from.names_of(fid).collect();
+    let new: BTreeSet<&Key> = to.names_of(fid).collect();
+    let names = (old != new).then(|| Op::Names {
+        fid,
+        removed: old.difference(&new).map(|k| (*k).clone()).collect(),
+        added: new.difference(&old).map(|k| (*k).clone()).collect(),
+    });
+    (content, names)
 }
 
 /// The op that makes file `fid` as `n` is, whole.
