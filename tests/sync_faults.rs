@@ -491,7 +491,26 @@ fn a_peer_killed_just_after_applying_brings_nothing_back_from_behind_a_cut_log()
         b.path().join("doomed").exists()
     });
     let b_store = b.store.clone();
+    let applied = || -> u64 {
+        let at = b_store.as_path();
+        let o = std::process::Command::new(common::bin())
+            .args(["status".as_ref(), at.as_os_str(), "--json".as_ref()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        st["sync"]["applied"].as_u64().expect("sync.applied")
+    };
+    // b applied all of the log (daemon.json is written now and then).
+    let head = server.status()["heads"]["v"]
+        .as_u64()
+        .expect("the volume's head");
+    eventually("b's status at the head", Duration::from_secs(10), || {
+        common::daemon_json(b.path())["sync"]["applied"].as_u64() == Some(head)
+    });
     b.kill9();
+    // What the store holds, not the state saved before the second apply.
+    assert_eq!(applied(), head, "status of the killed peer's store");
     // The file goes, and the log is cut well past that.
     std::fs::remove_file(a.path().join("doomed")).unwrap();
     for i in 0..20 {

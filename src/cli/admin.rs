@@ -321,7 +321,14 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 
 /// `zippyfs status` of a store no daemon serves: what its files say.
 fn status_unmounted(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let sync = zippyfs::sync::conf::offline_status(dir)?;
+    // The store's own record of what it applied: the saved sync state
+    // and its journal are read up to it, as the next mount would.
+    let stored = if zippyfs::sync::conf::SyncConf::load(dir)?.is_some() {
+        zippyfs::fs::Origin::carried(&super::open(dir)?).seq
+    } else {
+        0
+    };
+    let sync = zippyfs::sync::conf::offline_status(dir, stored)?;
     let st = serde_json::json!({
         "store": dir.display().to_string(),
         "state": "not mounted",

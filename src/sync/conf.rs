@@ -143,12 +143,17 @@ impl Status {
 }
 
 /// What a store that is not mounted says of its sync: the server it joined
-/// and the last sequence it applied, as saved (`None`: it does not sync).
-pub fn offline_status(store: &Path) -> Result<Option<Status>, SyncError> {
+/// and the last sequence it applied (`None`: it does not sync). `stored`
+/// is the sequence the store's newest tagged version records as applied
+/// (`fs::Origin::carried`): the saved state may be older (it is saved now
+/// and then, the journal holds what came since), and the journal is
+/// replayed onto it here as the next mount will, without writing.
+pub fn offline_status(store: &Path, stored: u64) -> Result<Option<Status>, SyncError> {
     let Some(conf) = SyncConf::load(store)? else {
         return Ok(None);
     };
-    let peer = load_peer(store)?;
+    let mut peer = load_peer(store)?;
+    super::client::replay_journal(store, &mut peer, stored)?;
     Ok(Some(Status {
         server: conf.url(),
         why: "not mounted".into(),

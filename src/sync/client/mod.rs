@@ -293,10 +293,21 @@ async fn run(
     }
 }
 
+/// Brings `peer`, as its saved state left it, up to the journal entries
+/// the store holds (its newest tagged version applied sequence `stored`),
+/// writing nothing; returns how many sequences that moved it.
+pub(in crate::sync) fn replay_journal(
+    store: &Path,
+    peer: &mut Peer,
+    stored: u64,
+) -> Result<u64, SyncError> {
+    journal::replay(store, peer, stored)
+}
+
 /// Replays the journal onto `peer` as far as the store holds it, saves
 /// the state, and returns the journal emptied.
 fn recover(fs: &Fs, store: &Path, peer: &mut Peer) -> Result<Journal, SyncError> {
-    let replayed = journal::replay(store, peer, fs.synced_seq())?;
+    let replayed = replay_journal(store, peer, fs.synced_seq())?;
     if replayed > 0 {
         tracing::info!(
             replayed,
