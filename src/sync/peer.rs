@@ -200,7 +200,9 @@ impl Peer {
         let (ops, looked_at) = self.part(&candidates, max_ops, max_blocks);
         // What was looked at is in this push or has nothing to push; the
         // rest waits for the next one.
-        candidates.retain(|f| !looked_at.contains(f));
+        for f in &looked_at {
+            candidates.remove(f);
+        }
         self.candidates = Some(candidates);
         if ops.is_empty() {
             return None;
