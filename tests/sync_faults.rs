@@ -509,8 +509,15 @@ fn a_peer_killed_just_after_applying_brings_nothing_back_from_behind_a_cut_log()
         common::daemon_json(b.path())["sync"]["applied"].as_u64() == Some(head)
     });
     b.kill9();
-    // What the store holds, not the state saved before the second apply.
+    // What the store holds, not the state saved before the second apply;
+    // and asking writes nothing to the store.
+    let file = b_store.join(zippyfs::store::STORE_FILE);
+    let before = std::fs::read(&file).unwrap();
     assert_eq!(applied(), head, "status of the killed peer's store");
+    assert!(
+        std::fs::read(&file).unwrap() == before,
+        "status wrote to the store"
+    );
     // The file goes, and the log is cut well past that.
     std::fs::remove_file(a.path().join("doomed")).unwrap();
     for i in 0..20 {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use zippyfs::store::Store;
+use zippyfs::store::{Store, StoreOptions};
 
 use super::{
     Located, ask_daemon, end_progress, ensure_store, locate, mount_store, open, show_progress,
@@ -322,9 +322,19 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 /// `zippyfs status` of a store no daemon serves: what its files say.
 fn status_unmounted(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     // The store's own record of what it applied: the saved sync state
-    // and its journal are read up to it, as the next mount would.
+    // and its journal are read up to it, as the next mount would. Read
+    // without opening the store, which would write to it.
     let stored = if zippyfs::sync::conf::SyncConf::load(dir)?.is_some() {
-        zippyfs::fs::Origin::carried(&super::open(dir)?).seq
+        match Store::peek_versions(dir, &StoreOptions::default()) {
+            Ok(v) => zippyfs::fs::Origin::carried_in(&v).seq,
+            Err(e) => {
+                eprintln!(
+                    "zippyfs: the store's versions could not be read ({e}); \
+                     the sequence shown is the saved sync state's"
+                );
+                0
+            }
+        }
     } else {
         0
     };

@@ -65,8 +65,12 @@ impl Origin {
     /// applied, which the peer's journal replay relies on (an untagged
     /// version on top read as "nothing applied" and stopped it short).
     pub fn carried(store: &crate::store::Store) -> Origin {
-        let seq = store
-            .versions()
+        Origin::carried_in(&store.versions())
+    }
+
+    /// [`Origin::carried`] of a store's versions, oldest first.
+    pub fn carried_in(versions: &[crate::store::VersionInfo]) -> Origin {
+        let seq = versions
             .iter()
             .rev()
             .map(|v| Origin::of_tag(&v.tag))

@@ -43,6 +43,25 @@ impl Store {
         Ok(store)
     }
 
+    /// The versions of the store in `dir` as its newest whole commit lists
+    /// them, read without taking the lock and without writing anything: a
+    /// file that can only be read is enough, and a daemon may have it open
+    /// (a commit it makes meanwhile can make this fail; try again).
+    pub fn peek_versions(dir: &Path, opts: &StoreOptions) -> StoreResult<Vec<VersionInfo>> {
+        let path = dir.join(STORE_FILE);
+        let file =
+            File::open(&path).map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+        let backend = FileBackend::new(file, opts.map_size, WritePath::Pwritev)?;
+        let verified = Verified::new(opts.map_size);
+        let (slot, _) = choose_slot(&backend, &verified)?;
+        let pages = Pages {
+            backend: &backend,
+            verified: &verified,
+        };
+        let versions = fsck::load_versions(pages, slot.system_root)?;
+        Ok(versions.into_values().map(|m| m.info).collect())
+    }
+
     /// Opens a store on any backend (crash tests use [`SimBackend`]).
     pub fn open_backend(backend: Box<dyn Backend>, opts: StoreOptions) -> StoreResult<Store> {
         let verified = Verified::new(opts.map_size);
@@ -125,6 +144,14 @@ impl Store {
         w.slot = slot;
         if !rebuild {
             match load_alloc_state(&*self.backend, &slot) {
+                // The state's own pages are in use until this open frees
+                // them: a state that lists them as free is not this file's.
+                Ok((alloc, _)) if alloc.any_free(slot.alloc_page, slot.alloc_pages) => {
+                    tracing::warn!(
+                        "saved allocator state lists its own pages as free; rebuilding it"
+                    );
+                    rebuild = true;
+                }
                 Ok((alloc, dead)) => {
                     w.alloc = alloc;
                     w.dead = dead;
