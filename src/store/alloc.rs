@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use crate::store::error::{StoreError, StoreResult};
-use crate::store::format::{HEADER_SIZE, get_u64, put_u64};
+use crate::store::format::{FIRST_DATA_PAGE, HEADER_SIZE, get_u64, put_u64};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Undo {
@@ -182,6 +182,14 @@ impl Allocator {
         if fs + fl > start + len {
             self.insert_free(start + len, fs + fl - start - len);
         }
+    }
+
+    /// Whether any page of `[start, start+len)` is free.
+    pub fn any_free(&self, start: u64, len: u64) -> bool {
+        self.by_start
+            .range(..start.saturating_add(len))
+            .next_back()
+            .is_some_and(|(&s, &l)| s + l > start)
     }
 
     /// Forgets the undo log: the transaction committed.
@@ -352,10 +360,11 @@ pub fn decode_state(buf: &[u8], page: u64) -> StoreResult<(Allocator, Deadlists)
     let hwm = get()?;
     let mut alloc = Allocator::new(hwm);
     let n = get()?;
-    // Free ranges were written in order of start and never overlap; one that
-    // starts before the last one ended would make the free set (and its
-    // running total) disagree with the file.
-    let mut free_end = 0;
+    // Free ranges were written in order of start, never overlap and never
+    // take the commit slots; one that starts before the last one ended
+    // would make the free set (and its running total) disagree with the
+    // file.
+    let mut free_end = FIRST_DATA_PAGE;
     for _ in 0..n {
         let (s, l) = (get()?, get()?);
         if l == 0 || s < free_end || s.checked_add(l).is_none_or(|e| e > hwm) {
@@ -593,7 +602,12 @@ mod tests {
         // hwm 100; free 10+20 then 15+5, which lies inside the first.
         assert!(decode_state(&state(&[100, 2, 10, 20, 15, 5, 0]), 1).is_err());
         // The same ranges in order decode.
-        assert!(decode_state(&state(&[100, 2, 10, 5, 15, 5, 0]), 1).is_ok());
+        let (a, _) = decode_state(&state(&[100, 2, 10, 5, 15, 5, 0]), 1).unwrap();
+        // What open checks the state's own pages against.
+        assert!(!a.any_free(5, 5) && a.any_free(9, 2) && a.any_free(19, 10));
+        assert!(!a.any_free(20, 80));
+        // A free range over the commit slots (pages 0 and 1).
+        assert!(decode_state(&state(&[100, 1, 1, 5, 0]), 1).is_err());
         // Two deadlist ranges whose lengths add past u64::MAX.
         let big = u64::MAX / 2 + 1;
         let hwm = u64::MAX;
