@@ -10,7 +10,7 @@
 //! a file's content (attributes, data, xattrs, symlink target) and its
 //! names. The log's order decides: the change already in the log stands,
 //! and the concurrent one is not applied here. Its peer keeps what it
-//! wrote as a conflict copy (`peer.rs`), so nothing is lost.
+//! wrote as a conflict copy (`peer/`), so nothing is lost.
 //!
 //! - A content change concurrent with a content change, or made to a file
 //!   since deleted, is not applied.

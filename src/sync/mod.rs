@@ -6,7 +6,7 @@
 //! - `tree.rs`: the volume's tree by stable file id, and change-sets.
 //! - `apply.rs`: the one pure function the log is applied with, and the
 //!   conflict rules.
-//! - `peer.rs`: a peer's and the server's logic, without I/O.
+//! - `peer/`: a peer's and the server's logic, without I/O (`part.rs`: what goes in one push).
 //! - `local.rs`: a peer's own filesystem as a tree, and changes written
 //!   back into it.
 //! - `wire.rs`: the protocol's frames; `tls.rs`: certificates and pinning.
