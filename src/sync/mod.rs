@@ -12,7 +12,8 @@
 //! - `wire.rs`: the protocol's frames; `tls.rs`: certificates and pinning.
 //! - `server.rs`: `zippyfs serve` (`server/peers.rs`: its peers and
 //!   their credentials; `server/cut.rs`: cutting a volume's log); `client/`: the mount's sync thread
-//!   (`client/incoming.rs`: what it receives); `view.rs`: its local tree,
+//!   (`client/incoming.rs`: what it receives; `client/outgoing.rs`: what it
+//!   sends); `view.rs`: its local tree,
 //!   kept up to the last commit; `conf.rs`: `sync.conf`, `sync.state`, status.
 //! - `snapshot.rs`: the volume as of a sequence, in parts (what the
 //!   server keeps and sends in place of the log it cut).

@@ -12,6 +12,7 @@
 
 mod incoming;
 mod journal;
+mod outgoing;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use crate::fs::Fs;
 use crate::fs::remote::Applied;
 use incoming::Incoming;
 use journal::Journal;
+use outgoing::PUSH_GAP;
 
 /// The running sync thread.
 pub struct Client {
@@ -181,28 +183,6 @@ const FINAL_PUSH_WAIT: Duration = Duration::from_secs(10);
 /// and the stop is seen between messages: a margin for that, and a bound
 /// on an unmount whatever the thread meets.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
-
-/// The least time between two pushes. A change made after a quiet moment
-/// goes at once; under a stream of commits (an fsync loop makes thousands
-/// a second) the pushes, and the server's and every peer's commits for
-/// them, are at most 1 / PUSH_GAP a second, each carrying all that
-/// changed since the last.
-const PUSH_GAP: Duration = Duration::from_millis(20);
-
-/// How much longer the gap after a push is per operation and block it
-/// carried, up to [`PUSH_GAP_MAX`]: a stream of big changes (thousands of
-/// files made a second) goes in fewer, bigger pushes, whose fixed costs
-/// (a commit on the server and on every peer, the messages, the wakes)
-/// the machine's own work no longer pays fifty times a second. One small
-/// change still goes after [`PUSH_GAP`].
-const PUSH_GAP_PER_ITEM: Duration = Duration::from_micros(200);
-const PUSH_GAP_MAX: Duration = Duration::from_millis(200);
-
-/// The gap after a push of `ops` operations naming `blocks` blocks.
-fn push_gap(ops: usize, blocks: usize) -> Duration {
-    let items = u32::try_from(ops.saturating_add(blocks)).unwrap_or(u32::MAX);
-    (PUSH_GAP + PUSH_GAP_PER_ITEM.saturating_mul(items)).min(PUSH_GAP_MAX)
-}
 
 async fn run(
     fs: Arc<Fs>,
@@ -638,44 +618,6 @@ impl Session<'_> {
         self.outbox()?.send(m)
     }
 
-    /// Queues the blocks the server asked for while the outbox has room.
-    fn fill(&mut self) -> Result<(), SyncError> {
-        while self.outbox()?.has_room() {
-            let Some(h) = self.owed.pop_front() else {
-                break;
-            };
-            let m = self.block_for_server(h)?;
-            self.send(&m)?;
-        }
-        Ok(())
-    }
-
-    /// A block of the push in flight, for the server: as a patch against
-    /// the block the server has in its place, when the version the last
-    /// acknowledged push was read from still holds that block here and
-    /// the patch is small; whole otherwise, or if the server asks again.
-    fn block_for_server(&mut self, h: Hash) -> Result<Msg, SyncError> {
-        let (Some(&(fid, idx)), Some(snap)) = (self.push_places.get(&h), &self.push_snap) else {
-            return Err(SyncError::Protocol(
-                "the server wants a block not pushed".into(),
-            ));
-        };
-        let data = self.fs.file_block_in(snap, fid, idx)?;
-        let base = self.peer.synced.block(fid, idx).filter(|b| *b != h);
-        if let (Some(base), Some(base_snap)) = (base, &self.base_snap)
-            && self.patched.insert(h)
-            && let Ok(Some(old)) = self.fs.file_block_if(base_snap, fid, idx, &base)
-            && let Some(patch) = super::patch::diff(&old, &data)
-        {
-            return Ok(Msg::Patch {
-                hash: h,
-                base,
-                patch,
-            });
-        }
-        Ok(Msg::Block { hash: h, data })
-    }
-
     /// Saves the peer's state once the journal holds as much as the state
     /// (see [`SAVE_JOURNAL_MIN`]), or before the push counter runs past
     /// what a restart skips; the end of the session saves what is left.
@@ -699,107 +641,11 @@ impl Session<'_> {
         }
         Ok(())
     }
-
-    /// Brings the local tree up to the last commit: whole the first time
-    /// (and after a flood of changes), else only what the commits since
-    /// changed.
-    fn read_local(&mut self) -> Result<u64, SyncError> {
-        // The sets are swapped out, not drained, under the lock: the
-        // commit hook takes it too, and this thread runs at a lower
-        // priority, so it must not be preempted while holding it.
-        let (inodes, entries, overflow) = {
-            let mut t = self.view.touched.lock();
-            self.view.read_through = t.through;
-            (
-                std::mem::take(&mut t.inodes),
-                std::mem::take(&mut t.entries),
-                std::mem::take(&mut t.overflow),
-            )
-        };
-        let inodes: Vec<u64> = inodes.into_iter().collect();
-        let entries: Vec<(u64, Vec<u8>)> = entries.into_iter().collect();
-        if !self.view.ready || overflow {
-            let c = self.fs.committed()?;
-            self.peer.local = tree_of(&c);
-            self.peer.mark_all();
-            self.view.ino_fid = c.files.iter().map(|f| (f.inode.ino, f.id)).collect();
-            self.view.places = block_places(&self.peer.local).into_iter().collect();
-            self.view.ready = true;
-            return Ok(c.version);
-        }
-        let part = self.fs.committed_part(&inodes, &entries)?;
-        let complete = self
-            .view
-            .refresh(&mut self.peer.local, part.files, part.entries);
-        self.peer.mark(complete.changed.iter().copied());
-        if !complete.whole {
-            // An entry names a file this tree does not have: read it whole.
-            self.view.ready = false;
-            return self.read_local();
-        }
-        Ok(part.version)
-    }
-
-    fn push(&mut self) -> Result<(), SyncError> {
-        if self.peer.in_flight() || !self.inc.is_empty() || self.peer.applied < self.welcome_head {
-            return Ok(());
-        }
-        if self.last_push.is_some_and(|t| t.elapsed() < self.gap) {
-            self.push_later = true;
-            return Ok(());
-        }
-        // Nothing committed since the tree was last read and pushed.
-        if self.read_at != 0 && self.view.touched.lock().through == self.read_at {
-            return Ok(());
-        }
-        let version = self.read_local()?;
-        // Held until the push is acknowledged (see `push_snap`); if that
-        // version is already gone, a newer commit came: read again later.
-        let Ok(snap) = self.fs.store().snapshot(version) else {
-            self.read_at = 0;
-            return Ok(());
-        };
-        self.read_at = self.view.read_through;
-        if let Some(cs) = self.peer.push() {
-            self.pushed_at = version;
-            self.push_snap = Some(snap);
-            self.push_places.clear();
-            self.patched.clear();
-            for op in &cs.ops {
-                if let super::tree::Op::Node { fid, blocks, .. } = op {
-                    for (i, h) in blocks {
-                        if let Some(h) = h {
-                            self.push_places.insert(*h, (*fid, *i));
-                        }
-                    }
-                }
-            }
-            self.status.lock().in_flight_ops = cs.ops.len() as u64;
-            tracing::debug!(counter = cs.counter, ops = cs.ops.len(), "sync push");
-            self.owed.clear();
-            self.gap = push_gap(cs.ops.len(), self.push_places.len());
-            self.send(&Msg::Push(cs))?;
-            self.last_push = Some(tokio::time::Instant::now());
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// One small change waits the least gap; a big push makes the next
-    /// wait longer, up to the most.
-    #[test]
-    fn the_gap_after_a_push_grows_with_what_it_carried_up_to_a_bound() {
-        assert_eq!(push_gap(0, 0), PUSH_GAP);
-        assert!(push_gap(2, 1) < Duration::from_millis(21));
-        assert!(push_gap(250, 0) > Duration::from_millis(60));
-        assert!(push_gap(200, 200) < PUSH_GAP_MAX);
-        assert_eq!(push_gap(1024, 1024), PUSH_GAP_MAX);
-        assert_eq!(push_gap(usize::MAX, usize::MAX), PUSH_GAP_MAX);
-    }
 
     /// A commit wakes the thread only while it waits for one, and once.
     #[test]
