@@ -133,18 +133,21 @@ impl Allocator {
 
     pub fn free(&mut self, start: u64, len: u64) {
         debug_assert!(len > 0 && start + len <= self.hwm);
+        debug_assert!(
+            !self.any_free(start, len),
+            "double free of pages {start}+{len}"
+        );
         self.undo.push(Undo::Free { start, len });
         self.free_coalescing(start, len);
     }
 
     fn free_coalescing(&mut self, mut start: u64, mut len: u64) {
-        if let Some((&ps, &pl)) = self.by_start.range(..start).next_back() {
-            debug_assert!(ps + pl <= start, "double free of page {start}");
-            if ps + pl == start {
-                self.remove_free(ps, pl);
-                start = ps;
-                len += pl;
-            }
+        if let Some((&ps, &pl)) = self.by_start.range(..start).next_back()
+            && ps + pl == start
+        {
+            self.remove_free(ps, pl);
+            start = ps;
+            len += pl;
         }
         if let Some(&nl) = self.by_start.get(&(start + len)) {
             self.remove_free(start + len, nl);
@@ -346,8 +349,47 @@ pub fn encode_state(alloc: &Allocator, dead: &Deadlists, buf: &mut [u8]) {
     }
 }
 
-/// Reads a saved state; `page` names the run in errors.
-pub fn decode_state(buf: &[u8], page: u64) -> StoreResult<(Allocator, Deadlists)> {
+/// Reads the saved state held in pages `[page, page+pages)` and gives
+/// those pages back: the state after the open that loads it.
+///
+/// Every page the state names, free or waiting in a deadlist, must be
+/// named once, past the commit slots and outside the state's own run: a
+/// hostile or stale state that broke this would hand out pages in use (a
+/// double free, or a deadlist released over live data). Such a state is
+/// corrupt; the caller rebuilds it by walking the versions.
+pub fn load_state(buf: &[u8], page: u64, pages: u64) -> StoreResult<(Allocator, Deadlists)> {
+    let (mut alloc, dead) = decode_state(buf, page)?;
+    let bad = |what: &str| Err(StoreError::corrupt(page, format!("allocator state {what}")));
+    if pages == 0 || page.checked_add(pages).is_none_or(|e| e > alloc.hwm) {
+        return bad("lies outside the file");
+    }
+    if alloc.any_free(page, pages) {
+        return bad("lists its own pages as free");
+    }
+    let mut waiting: Vec<(u64, u64)> = dead.iter().map(|(_, d)| (d.start, d.len)).collect();
+    waiting.sort_unstable();
+    let mut end = FIRST_DATA_PAGE;
+    for &(s, l) in &waiting {
+        if s < end {
+            return bad("has a deadlist range over the slots or another range");
+        }
+        if alloc.any_free(s, l) {
+            return bad("has a deadlist range that is also free");
+        }
+        if s < page + pages && page < s + l {
+            return bad("has a deadlist range over its own pages");
+        }
+        end = s + l;
+    }
+    alloc.free(page, pages);
+    alloc.settle();
+    Ok((alloc, dead))
+}
+
+/// Reads a saved state; `page` names the run in errors. Each range is
+/// checked on its own and free ranges against each other; `load_state`
+/// checks the rest.
+fn decode_state(buf: &[u8], page: u64) -> StoreResult<(Allocator, Deadlists)> {
     let mut at = HEADER_SIZE;
     let mut get = || -> StoreResult<u64> {
         if at + 8 > buf.len() {
@@ -603,7 +645,6 @@ mod tests {
         assert!(decode_state(&state(&[100, 2, 10, 20, 15, 5, 0]), 1).is_err());
         // The same ranges in order decode.
         let (a, _) = decode_state(&state(&[100, 2, 10, 5, 15, 5, 0]), 1).unwrap();
-        // What open checks the state's own pages against.
         assert!(!a.any_free(5, 5) && a.any_free(9, 2) && a.any_free(19, 10));
         assert!(!a.any_free(20, 80));
         // A free range over the commit slots (pages 0 and 1).
@@ -613,5 +654,45 @@ mod tests {
         let hwm = u64::MAX;
         let words = [hwm, 0, 1, 7, 2, 1, 0, big, 1, 0, big];
         assert!(decode_state(&state(&words), 1).is_err());
+    }
+    #[test]
+    fn a_saved_state_naming_a_page_twice_or_its_own_pages_is_corrupt() {
+        let state = |words: &[u64]| {
+            let mut buf = vec![0u8; HEADER_SIZE + 8 * words.len()];
+            for (i, w) in words.iter().enumerate() {
+                put_u64(&mut buf, HEADER_SIZE + 8 * i, *w);
+            }
+            buf
+        };
+        // hwm 100, free 10+5; deadlist of version 9: (birth 4, pages 30+3);
+        // the state itself in pages 50+2.
+        let good = [100, 1, 10, 5, 1, 9, 1, 4, 30, 3];
+        let (a, d) = load_state(&state(&good), 50, 2).unwrap();
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![(10, 5), (50, 2)]);
+        assert_eq!((a.free_pages(), d.pages()), (7, 3));
+        let corrupt = |words: &[u64], page, pages| {
+            let err = load_state(&state(words), page, pages).unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        };
+        // Its own pages listed as free.
+        corrupt(&good, 12, 2);
+        // Its own pages waiting in a deadlist.
+        corrupt(&good, 31, 1);
+        // Its own run past the end of the file.
+        corrupt(&good, 99, 2);
+        // A deadlist range that is also free.
+        corrupt(&[100, 1, 10, 5, 1, 9, 1, 4, 14, 3], 50, 2);
+        // Two deadlist ranges over each other, in different deadlists.
+        corrupt(&[100, 0, 2, 9, 1, 4, 30, 3, 11, 1, 8, 32, 1], 50, 2);
+        // A deadlist range over the commit slots.
+        corrupt(&[100, 0, 1, 9, 1, 4, 1, 3], 50, 2);
+        // Released, the good state's ranges free without overlap.
+        let (mut a, mut d) = load_state(&state(&good), 50, 2).unwrap();
+        let mut out = Vec::new();
+        d.release(&BTreeSet::new(), None, &mut out);
+        for (s, l) in out {
+            a.free(s, l);
+        }
+        assert_eq!(a.free_pages(), 10);
     }
 }

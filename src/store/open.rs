@@ -144,19 +144,9 @@ impl Store {
         w.slot = slot;
         if !rebuild {
             match load_alloc_state(&*self.backend, &slot) {
-                // The state's own pages are in use until this open frees
-                // them: a state that lists them as free is not this file's.
-                Ok((alloc, _)) if alloc.any_free(slot.alloc_page, slot.alloc_pages) => {
-                    tracing::warn!(
-                        "saved allocator state lists its own pages as free; rebuilding it"
-                    );
-                    rebuild = true;
-                }
                 Ok((alloc, dead)) => {
                     w.alloc = alloc;
                     w.dead = dead;
-                    w.alloc.free(slot.alloc_page, slot.alloc_pages);
-                    w.alloc.settle();
                 }
                 Err(e) => {
                     tracing::warn!("saved allocator state unusable ({e}); rebuilding it");
@@ -372,7 +362,7 @@ fn load_alloc_state(backend: &dyn Backend, slot: &Slot) -> StoreResult<(Allocato
     let (off, len) = format::run_span(slot.alloc_page, slot.alloc_pages)?;
     let run = backend.read(off, len)?;
     verify_run(run, slot.alloc_page, &[KIND_ALLOC])?;
-    let (alloc, dead) = alloc::decode_state(run, slot.alloc_page)?;
+    let (alloc, dead) = alloc::load_state(run, slot.alloc_page, slot.alloc_pages)?;
     if alloc.hwm() != slot.hwm {
         return Err(StoreError::corrupt(
             slot.alloc_page,
