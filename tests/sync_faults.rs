@@ -47,6 +47,73 @@ fn settled(server: &Server) -> serde_json::Value {
 }
 
 #[test]
+fn a_store_joined_with_copies_of_the_volumes_files_fetches_only_what_it_lacks() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let a = peer(&server, "a", "v", work.path());
+    // 4 MiB on the volume: 64 blocks.
+    let big = content(7, 4 << 20);
+    std::fs::write(a.path().join("big"), &big).unwrap();
+    common::fsync_root(a.path());
+    // Another store, never synced, holds the same bytes under another
+    // name, and one block of its own.
+    let b_store = work.path().join("b-store");
+    let b = Mounted::start(&b_store, &[]);
+    let mut mine = big.clone();
+    mine[..65536].copy_from_slice(&content(8, 65536));
+    std::fs::write(b.path().join("mine"), &mine).unwrap();
+    b.unmount();
+    let cred = server.add_peer("b", "v", work.path());
+    let st = std::process::Command::new(common::bin())
+        .arg("join")
+        .arg(&b_store)
+        .arg(server.url("v"))
+        .args(["--fingerprint", &server.fingerprint])
+        .arg("--credential")
+        .arg(&cred)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "join");
+    let before = settled(&server);
+    let b = Mounted::start_logged(&b_store, &[], &work.path().join("b.log"));
+    eventually("big on b", Duration::from_secs(30), || {
+        std::fs::read(b.path().join("big")).is_ok_and(|d| d == big)
+    });
+    eventually("mine on a", Duration::from_secs(30), || {
+        std::fs::read(a.path().join("mine")).is_ok_and(|d| d == mine)
+    });
+    let after = settled(&server);
+    let (blocks_out, blocks_in) = (
+        num(&after, "blocks_out") - num(&before, "blocks_out"),
+        num(&after, "blocks_in") - num(&before, "blocks_in"),
+    );
+    eprintln!(
+        "joined with copies: {blocks_out} blocks to b, {blocks_in} from b, {} bytes to b, {} \
+         from b",
+        num(&after, "bytes_out") - num(&before, "bytes_out"),
+        num(&after, "bytes_in") - num(&before, "bytes_in"),
+    );
+    // b found 63 of big's 64 blocks in its own file (its block index:
+    // mine differs in the first), the server had 63 of mine's, and a
+    // found those 63 in big: mine's first block goes up and down to a,
+    // big's first comes down to b.
+    assert!(
+        blocks_out <= 2,
+        "{blocks_out} blocks fetched; a and b lacked one each"
+    );
+    assert!(
+        blocks_in <= 1,
+        "{blocks_in} blocks pushed; the server lacked one"
+    );
+    a.unmount();
+    b.unmount();
+}
+
+#[test]
 fn a_peer_offline_for_100_versions_catches_up_moving_only_the_blocks_it_lacked() {
     if !fuse_or_skip() {
         return;

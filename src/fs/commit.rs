@@ -350,8 +350,9 @@ impl Fs {
         meta.extend_from_slice(&self.fs_id.to_le_bytes());
         t.put(META_KEY, &meta)?;
         let mut extent_jobs: Vec<BlockJob> = Vec::new();
+        let index = self.keeps_block_index();
         for (shard, d) in deltas {
-            let extents = put_delta(&mut t, d)?;
+            let extents = put_delta(&mut t, d, index)?;
             if !extents.is_empty() {
                 extent_jobs.push(BlockJob {
                     shard: *shard,
@@ -365,6 +366,9 @@ impl Fs {
         for written in self.write_blocks(extent_jobs)? {
             for w in written {
                 t.put_with_reserved(&block_key(w.ino, w.idx), &w.hash, w.extent, w.sum)?;
+                if index {
+                    blockindex::add(&mut t, &w.hash, w.ino, w.idx)?;
+                }
             }
         }
         let t3 = std::time::Instant::now();
@@ -541,20 +545,29 @@ const INLINE_COMMIT_BYTES: u64 = 1 << 20;
 
 /// Puts one shard's delta into the transaction; returns the large blocks,
 /// each given an extent, whose bytes are still to be hashed and written.
-fn put_delta(t: &mut WriteTxn<'_>, d: &Delta) -> FsResult<Vec<(u64, u64, Reserved)>> {
+/// Writes `d` into `t` (keeping the block index if `index`); returns the
+/// large blocks, which get their extents reserved here and written later.
+fn put_delta(t: &mut WriteTxn<'_>, d: &Delta, index: bool) -> FsResult<Vec<(u64, u64, Reserved)>> {
     // Inodes that are gone take all their keys with them.
     for (&ino, i) in &d.inodes {
         if i.is_none() {
             t.delete(&inode_key(ino))?;
             t.delete(&symlink_key(ino))?;
             t.delete(&orphan_key(ino))?;
-            delete_prefix(t, &block_prefix(ino))?;
+            let blocks = block_prefix(ino);
+            if index {
+                blockindex::remove_range(t, &blocks, &prefix_end(&blocks))?;
+            }
+            delete_prefix(t, &blocks)?;
             delete_prefix(t, &xattr_prefix(ino))?;
         }
     }
     for (&ino, &from) in &d.truncs {
         let start = block_key(ino, from);
         let end = prefix_end(&block_prefix(ino));
+        if index {
+            blockindex::remove_range(t, &start, &end)?;
+        }
         delete_range(t, &start, &end)?;
     }
     for (&ino, i) in &d.inodes {
@@ -583,6 +596,9 @@ fn put_delta(t: &mut WriteTxn<'_>, d: &Delta) -> FsResult<Vec<(u64, u64, Reserve
     let mut extents = Vec::new();
     for (&(ino, idx), b) in &d.blocks {
         let k = block_key(ino, idx);
+        if index {
+            blockindex::remove(t, ino, idx)?;
+        }
         match b {
             Some(data) if data.len() > INLINE_BLOCK => {
                 extents.push((ino, idx, t.reserve_extent(data.len() as u64)?));
@@ -592,6 +608,9 @@ fn put_delta(t: &mut WriteTxn<'_>, d: &Delta) -> FsResult<Vec<(u64, u64, Reserve
                 v.extend_from_slice(blake3::hash(data).as_bytes());
                 v.extend_from_slice(data);
                 t.put(&k, &v)?;
+                if index {
+                    blockindex::add(t, &v[..32], ino, idx)?;
+                }
             }
             _ => {
                 t.delete(&k)?;

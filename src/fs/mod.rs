@@ -40,6 +40,7 @@
 mod acl;
 mod admin;
 mod attr;
+pub mod blockindex;
 mod coherence;
 mod commit;
 mod data;
@@ -271,6 +272,8 @@ pub struct Fs {
     origin: Mutex<history::Origin>,
     /// The final commit has begun: the daemon is on its way out.
     unmounting: std::sync::atomic::AtomicBool,
+    /// Commits keep the block index (see `blockindex`).
+    block_index: std::sync::atomic::AtomicBool,
     /// A commit step at which tests make the commit panic.
     #[cfg(test)]
     panic_at: Mutex<Option<&'static str>>,
@@ -355,6 +358,7 @@ impl Fs {
             sync_status: std::sync::OnceLock::new(),
             failed: std::sync::OnceLock::new(),
             unmounting: std::sync::atomic::AtomicBool::new(false),
+            block_index: std::sync::atomic::AtomicBool::new(false),
             committed_next_ino: AtomicU64::new(ROOT + 1),
             origin: Mutex::new(history::Origin::default()),
             space_log: Mutex::new(commit::Throttle::default()),
@@ -381,6 +385,10 @@ impl Fs {
         let snap = self.store.latest()?;
         if let Some(m) = snap.get(META_KEY)? {
             let (next, bs, fs_id) = decode_meta(m)?;
+            // A store that has a block index keeps it, whoever mounts it.
+            if snap.get(blockindex::MARKER)?.is_some() {
+                self.block_index.store(true, Ordering::Relaxed);
+            }
             self.fs_id = fs_id;
             self.next_ino.store(next, Ordering::Relaxed);
             self.committed_next_ino.store(next, Ordering::Relaxed);

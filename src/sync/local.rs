@@ -6,9 +6,7 @@
 //! peer's own, changed by the names made in it there), access and change
 //! times, inode numbers.
 
-use std::collections::BTreeMap;
-
-use super::tree::{FileId, Hash, Meta, Node, Op, ROOT_ID, Stamp, Tree};
+use super::tree::{Hash, Meta, Node, Op, ROOT_ID, Stamp, Tree};
 use crate::fs::remote::{Committed, FileState, ROOT_FILE_ID, RemoteChange, RemoteFile};
 use crate::fs::{Kind, Time};
 
@@ -137,23 +135,14 @@ pub fn to_remote(
     }
 }
 
-/// Where each block of a tree is: hash → (file, index), for reading the
-/// bytes of blocks to send.
-pub fn block_places(t: &Tree) -> BTreeMap<Hash, (FileId, u64)> {
-    let mut out = BTreeMap::new();
-    for (fid, n) in &t.nodes {
-        for (i, h) in &n.blocks {
-            out.entry(*h).or_insert((*fid, *i));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::fs::remote::Applied;
     use crate::fs::{Ctx, Fs, FsOptions, Origin, SetAttr};
+    use crate::sync::tree::FileId;
     use crate::sync::tree::diff;
 
     fn fs(dir: &std::path::Path) -> Fs {
@@ -164,6 +153,17 @@ mod tests {
             ..Default::default()
         };
         Fs::mount(dir, opts).unwrap()
+    }
+
+    /// Where each block of a tree is: hash → (file, index).
+    fn block_places(t: &Tree) -> BTreeMap<Hash, (FileId, u64)> {
+        let mut out = BTreeMap::new();
+        for (fid, n) in &t.nodes {
+            for (i, h) in &n.blocks {
+                out.entry(*h).or_insert((*fid, *i));
+            }
+        }
+        out
     }
 
     const CTX: Ctx = Ctx {

@@ -1,15 +1,15 @@
 //! The local tree of a syncing mount, kept up to the last commit by
 //! reading only what each commit changed: the commit hook feeds
 //! [`Touched`], [`LocalView::refresh`] folds what `Fs::committed_part`
-//! read of it into the tree, and keeps which inode is which file and
-//! where each block is.
+//! read of it into the tree, and keeps which inode is which file (where
+//! each block is, the store's block index says: `fs::blockindex`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::tree::{FileId, Hash, Tree};
+use super::tree::{FileId, Tree};
 
 /// What the commits since the last read changed (fed by the commit hook),
 /// bounded: past `TOUCHED_MAX` the next read is whole.
@@ -50,8 +50,6 @@ pub(super) struct LocalView {
     /// `Touched::through` when it was last read.
     pub(super) read_through: u64,
     pub(super) ino_fid: HashMap<u64, FileId>,
-    /// hash → (file, index) of a block here (possibly stale: checked when read).
-    pub(super) places: HashMap<Hash, (FileId, u64)>,
     pub(super) touched: Arc<Mutex<Touched>>,
     /// The peer's state changed since it was last saved.
     pub(super) unsaved: bool,
@@ -69,14 +67,6 @@ pub(super) struct Refreshed {
 }
 
 impl LocalView {
-    fn forget_places(&mut self, fid: FileId, node: &super::tree::Node) {
-        for (i, h) in &node.blocks {
-            if self.places.get(h) == Some(&(fid, *i)) {
-                self.places.remove(h);
-            }
-        }
-    }
-
     pub(super) fn refresh(
         &mut self,
         local: &mut Tree,
@@ -88,21 +78,11 @@ impl LocalView {
             match state {
                 Some(f) => {
                     self.ino_fid.insert(ino, f.id);
-                    if let Some(old) = local.nodes.get(&f.id).cloned() {
-                        self.forget_places(f.id, &old);
-                    }
-                    let node = super::local::node_of(&f);
-                    for (i, h) in &node.blocks {
-                        self.places.entry(*h).or_insert((f.id, *i));
-                    }
-                    local.nodes.insert(f.id, node);
+                    local.nodes.insert(f.id, super::local::node_of(&f));
                     changed.insert(f.id);
                 }
                 None => {
                     if let Some(fid) = self.ino_fid.remove(&ino) {
-                        if let Some(old) = local.nodes.get(&fid).cloned() {
-                            self.forget_places(fid, &old);
-                        }
                         let inside: Vec<super::tree::Key> =
                             local.children(fid).map(|(k, _)| k.clone()).collect();
                         for k in inside {
@@ -127,11 +107,8 @@ impl LocalView {
         // A file left without a name here is not in the tree (a file
         // unlinked while open lives on without one).
         for fid in &changed {
-            if *fid != super::tree::ROOT_ID
-                && local.names_of(*fid).next().is_none()
-                && let Some(old) = local.nodes.remove(fid)
-            {
-                self.forget_places(*fid, &old);
+            if *fid != super::tree::ROOT_ID && local.names_of(*fid).next().is_none() {
+                local.nodes.remove(fid);
             }
         }
         Refreshed { changed, whole }

@@ -3,6 +3,7 @@
 use super::*;
 use data::patch_block;
 
+mod blockindex;
 mod coherence;
 mod commit;
 mod model;

@@ -650,6 +650,25 @@ fn model_opts() -> FsOptions {
 fn run(ops: &[Op]) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let fs = Fs::mount(dir.path(), model_opts()).map_err(|e| e.to_string())?;
+    // Half the runs keep a block index (as a syncing store does): every
+    // commit must keep it exact, through remounts too.
+    let index = ops.len().is_multiple_of(2);
+    if index {
+        fs.keep_block_index().map_err(|e| e.to_string())?;
+    }
+    let check_index = |fs: &Fs| -> Result<(), String> {
+        if !index {
+            return Ok(());
+        }
+        let snap = fs.store().latest().map_err(|e| e.to_string())?;
+        match crate::fs::blockindex::check(&snap)
+            .map_err(|e| e.to_string())?
+            .as_slice()
+        {
+            [] => Ok(()),
+            wrong => Err(format!("block index: {wrong:?}")),
+        }
+    };
     let mut real = Real { dir, fs: Some(fs) };
     let mut m = Model::new();
     for (n, op) in ops.iter().enumerate() {
@@ -662,10 +681,12 @@ fn run(ops: &[Op]) -> Result<(), String> {
             ));
         }
         compare(real.fs(), &m).map_err(|e| format!("after step {n}, {op:?}: {e}"))?;
+        check_index(real.fs()).map_err(|e| format!("after step {n}, {op:?}: {e}"))?;
     }
     // Everything survives a last remount.
     apply(&mut real, &mut m, &Op::Remount);
-    compare(real.fs(), &m).map_err(|e| format!("after the final remount: {e}"))
+    compare(real.fs(), &m).map_err(|e| format!("after the final remount: {e}"))?;
+    check_index(real.fs()).map_err(|e| format!("after the final remount: {e}"))
 }
 
 proptest! {

@@ -99,8 +99,8 @@ pub(super) struct Incoming {
     /// Blocks asked for and not come yet → the sequence that asked.
     asked: HashMap<Hash, u64>,
     /// Blocks asked for against a base → where this peer had that base
-    /// (`view.places` names one place per hash, and a block that stands
-    /// in several places may have changed in the one it names).
+    /// (tried when the block index no longer finds the base: its place
+    /// may have changed since, and the bytes are checked by their hash).
     asked_at: HashMap<Hash, (FileId, u64)>,
     /// How many change-sets in the window use each block: a fetched block
     /// is let go of when none is left.
@@ -347,6 +347,7 @@ impl Session<'_> {
             // (the first time in a session), not at the first apply.
             self.read_local()?;
         }
+        let snap = self.fs.store().latest()?;
         let inc = &mut self.inc;
         let mut asks: Vec<(u64, Vec<Wanted>)> = Vec::new();
         let mut asking: HashSet<Hash> = HashSet::new();
@@ -365,15 +366,18 @@ impl Session<'_> {
             let mut need = Vec::new();
             for (fid, idx, h) in blocks_of(&d.cs) {
                 *inc.uses.entry(h).or_default() += 1;
-                if !self.view.places.contains_key(&h)
-                    && !inc.fetched.contains_key(&h)
+                if !inc.fetched.contains_key(&h)
                     && !inc.asked.contains_key(&h)
-                    && asking.insert(h)
+                    && !asking.contains(&h)
+                    && !self.fs.has_block(&snap, &h)?
                 {
+                    asking.insert(h);
                     // The block this peer has in its place, which the
                     // server may send it as a patch against.
-                    let base = (self.peer.local.block(fid, idx))
-                        .filter(|b| self.view.places.contains_key(b));
+                    let base = match self.peer.local.block(fid, idx) {
+                        Some(b) if self.fs.has_block(&snap, &b)? => Some(b),
+                        _ => None,
+                    };
                     if base.is_some() {
                         inc.asked_at.insert(h, (fid, idx));
                     }
@@ -384,6 +388,7 @@ impl Session<'_> {
             d.waiting += need.len();
             asks.push((d.seq, need));
         }
+        drop(snap);
         for (seq, need) in asks {
             self.ask(seq, &need)?;
         }
@@ -415,19 +420,20 @@ impl Session<'_> {
         let Some(&by) = self.inc.asked.get(&hash) else {
             return Err(SyncError::Protocol("a block not asked for".into()));
         };
-        // Where the base may be: fetched, the place `view.places` names,
-        // the place it stood when asked for; each checked by its hash.
-        let version = self.fs.store().latest_version();
-        let places = [
-            self.view.places.get(&base).copied(),
-            self.inc.asked_at.get(&hash).copied(),
-        ];
-        let old = self.inc.fetched.get(&base).cloned().or_else(|| {
-            places.into_iter().flatten().find_map(|(fid, idx)| {
-                let b = self.fs.committed_block(version?, fid, idx).ok()?;
-                (*blake3::hash(&b).as_bytes() == base).then_some(b)
-            })
-        });
+        // Where the base may be: fetched, where the block index finds it,
+        // the place it stood when asked for (checked by its hash).
+        let snap = self.fs.store().latest()?;
+        let old = match self.inc.fetched.get(&base) {
+            Some(b) => Some(b.clone()),
+            None => match self.fs.block_by_hash(&snap, &base)? {
+                Some(b) => Some(b),
+                None => self.inc.asked_at.get(&hash).and_then(|&(fid, idx)| {
+                    let b = self.fs.file_block_in(&snap, fid, idx).ok()?;
+                    (*blake3::hash(&b).as_bytes() == base).then_some(b)
+                }),
+            },
+        };
+        drop(snap);
         let rebuilt = old.and_then(|old| {
             crate::sync::patch::apply(&old, &patch, crate::sync::wire::MAX_BLOCK).ok()
         });
@@ -474,15 +480,13 @@ impl Session<'_> {
             self.fs.synced_through(origin.seq);
             return Ok(Attempt::Done(copies));
         }
-        let (fetched, places, fs) = (&self.inc.fetched, &self.view.places, self.fs);
+        let snap = self.fs.store().snapshot(version)?;
+        let (fetched, fs) = (&self.inc.fetched, self.fs);
         let change = match to_remote(&ops, version, &mut |h| {
-            fetched.get(h).cloned().or_else(|| {
-                // A place may be stale (the file changed since): the
-                // bytes must still hash to `h`.
-                let (fid, idx) = places.get(h)?;
-                let b = fs.committed_block(version, *fid, *idx).ok()?;
-                (blake3::hash(&b).as_bytes() == h).then_some(b)
-            })
+            fetched
+                .get(h)
+                .cloned()
+                .or_else(|| fs.block_by_hash(&snap, h).ok().flatten())
         }) {
             Ok(c) => c,
             Err(missing) => return Ok(Attempt::Need(missing.0)),

@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::conf::{Status, SyncConf, load_peer, save_peer};
-use super::local::{block_places, to_remote, tree_of};
+use super::local::{to_remote, tree_of};
 use super::peer::Peer;
 use super::stream::{Counted, Outbox, reader, send_msg};
 use super::tree::{ChangeSet, FileId, Hash};
@@ -48,6 +48,8 @@ pub struct Client {
 impl Client {
     /// Starts syncing `fs` (the store in `store`) as `conf` says.
     pub fn start(fs: Arc<Fs>, store: PathBuf, conf: SyncConf) -> Result<Client, SyncError> {
+        // Blocks told of are looked for here before they are fetched.
+        fs.keep_block_index()?;
         let stop = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Wake::default());
         let status = Arc::new(Mutex::new(Status {

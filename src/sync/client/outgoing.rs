@@ -89,7 +89,6 @@ impl Session<'_> {
             self.peer.local = tree_of(&c);
             self.peer.mark_all();
             self.view.ino_fid = c.files.iter().map(|f| (f.inode.ino, f.id)).collect();
-            self.view.places = block_places(&self.peer.local).into_iter().collect();
             self.view.ready = true;
             return Ok(c.version);
         }

@@ -1,0 +1,88 @@
+//! The block index against the block entries: built over files a store
+//! already has, kept exact by every commit after, and kept by a remount.
+
+use super::*;
+
+fn wrong(fs: &Fs) -> Vec<String> {
+    crate::fs::blockindex::check(&fs.store().latest().unwrap()).unwrap()
+}
+
+fn hash(b: &[u8]) -> [u8; 32] {
+    *blake3::hash(b).as_bytes()
+}
+
+#[test]
+fn a_block_index_built_over_existing_files_is_kept_exact_by_later_commits_and_remounts() {
+    let dir = tempfile::tempdir().unwrap();
+    // Blocks of 4 KiB: the large ones are extents, a short tail is inline.
+    let big: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 253) as u8).collect();
+    let (a, b);
+    {
+        let fs = Fs::mount(dir.path(), opts()).unwrap();
+        a = fs.create(ROOT_CTX, ROOT, b"a", 0o644).unwrap().0.ino;
+        fs.write(a, 0, &big).unwrap();
+        b = fs.create(ROOT_CTX, ROOT, b"b", 0o644).unwrap().0.ino;
+        fs.write(b, 0, b"small").unwrap();
+        fs.commit("files").unwrap();
+        // No index yet: nothing is found, however the store looks.
+        let snap = fs.store().latest().unwrap();
+        assert_eq!(fs.block_by_hash(&snap, &hash(&big[..4096])).unwrap(), None);
+        drop(snap);
+
+        fs.keep_block_index().unwrap();
+        assert_eq!(wrong(&fs), Vec::<String>::new());
+        let snap = fs.store().latest().unwrap();
+        for (i, part) in big.chunks(4096).enumerate() {
+            let found = fs.block_by_hash(&snap, &hash(part)).unwrap();
+            assert_eq!(found.as_deref(), Some(part), "block {i} of a");
+        }
+        assert_eq!(
+            fs.block_by_hash(&snap, &hash(b"small")).unwrap().as_deref(),
+            Some(&b"small"[..])
+        );
+        drop(snap);
+
+        // Overwrite one block, cut a file, drop another, copy a block into
+        // a third: each commit leaves the index exact.
+        fs.write(a, 4096, &[9u8; 4096]).unwrap();
+        fs.commit("overwrite").unwrap();
+        assert_eq!(wrong(&fs), Vec::<String>::new());
+        let snap = fs.store().latest().unwrap();
+        assert!(!fs.has_block(&snap, &hash(&big[4096..8192])).unwrap());
+        assert!(fs.has_block(&snap, &hash(&[9u8; 4096])).unwrap());
+        drop(snap);
+        fs.setattr(
+            a,
+            SetAttr {
+                size: Some(4096),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        fs.unlink(ROOT, b"b").unwrap();
+        fs.release(b).unwrap();
+        let c = fs.create(ROOT_CTX, ROOT, b"c", 0o644).unwrap().0.ino;
+        fs.write(c, 8192, &big[..4096]).unwrap();
+        fs.commit("cut, drop, copy").unwrap();
+        assert_eq!(wrong(&fs), Vec::<String>::new());
+        let snap = fs.store().latest().unwrap();
+        assert!(!fs.has_block(&snap, &hash(b"small")).unwrap());
+        assert!(!fs.has_block(&snap, &hash(&[9u8; 4096])).unwrap());
+        assert!(fs.has_block(&snap, &hash(&big[..4096])).unwrap());
+        drop(snap);
+        fs.release(a).unwrap();
+        fs.release(c).unwrap();
+        fs.shutdown().unwrap();
+    }
+    // A remount without asking keeps the index: the store has one.
+    let fs = Fs::mount(dir.path(), opts()).unwrap();
+    fs.unlink(ROOT, b"a").unwrap();
+    let d = fs.create(ROOT_CTX, ROOT, b"d", 0o644).unwrap().0.ino;
+    fs.write(d, 0, b"after the remount").unwrap();
+    fs.commit("after").unwrap();
+    assert_eq!(wrong(&fs), Vec::<String>::new());
+    let snap = fs.store().latest().unwrap();
+    assert!(fs.has_block(&snap, &hash(b"after the remount")).unwrap());
+    // a's first block is gone with a, but c holds the same bytes.
+    assert!(fs.has_block(&snap, &hash(&big[..4096])).unwrap());
+}
