@@ -55,7 +55,8 @@ pub struct Saved {
     counter: u64,
     in_flight: Option<ChangeSet>,
     taken: Option<(u64, ChangeSet)>,
-    candidates: Option<BTreeSet<FileId>>,
+    /// `candidates` was `None` (every file) when recording began.
+    all_candidates: bool,
 }
 
 #[derive(Clone)]
@@ -77,6 +78,10 @@ pub struct Peer {
     /// The files whose local state may differ from the synced one: only
     /// these are compared at a push (`None`: all of them).
     candidates: Option<BTreeSet<FileId>>,
+    /// While recording: the files `mark` added to `candidates`, which an
+    /// undo takes out again (after a whole read of the tree the set holds
+    /// every file not yet pushed: copied per apply, it cost that much).
+    marked: Option<Vec<FileId>>,
 }
 
 impl Peer {
@@ -92,6 +97,7 @@ impl Peer {
             unacked: None,
             taken: None,
             candidates: None,
+            marked: None,
         }
     }
 
@@ -100,12 +106,13 @@ impl Peer {
     pub fn record(&mut self) -> Saved {
         self.synced.record();
         self.local.record();
+        self.marked = Some(Vec::new());
         Saved {
             applied: self.applied,
             counter: self.counter,
             in_flight: self.in_flight.clone(),
             taken: self.taken.clone(),
-            candidates: self.candidates.clone(),
+            all_candidates: self.candidates.is_none(),
         }
     }
 
@@ -117,19 +124,35 @@ impl Peer {
         self.counter = saved.counter;
         self.in_flight = saved.in_flight;
         self.taken = saved.taken;
-        self.candidates = saved.candidates;
+        let marked = self.marked.take().unwrap_or_default();
+        match &mut self.candidates {
+            _ if saved.all_candidates => self.candidates = None,
+            Some(c) => {
+                for f in marked {
+                    c.remove(&f);
+                }
+            }
+            None => {}
+        }
     }
 
     /// Keeps everything since [`Peer::record`], and stops recording.
     pub fn keep(&mut self) {
         self.synced.keep();
         self.local.keep();
+        self.marked = None;
     }
 
     /// These files changed locally (or may have): the next push compares them.
     pub fn mark(&mut self, fids: impl IntoIterator<Item = FileId>) {
         if let Some(c) = &mut self.candidates {
-            c.extend(fids);
+            for f in fids {
+                if c.insert(f)
+                    && let Some(m) = &mut self.marked
+                {
+                    m.push(f);
+                }
+            }
         }
     }
 
@@ -676,6 +699,30 @@ mod tests {
         // And it goes out at the next push, as a new file.
         let cs = p.push().expect("the copy to push");
         assert!(cs.ops.iter().any(|op| op.fid() == copy));
+    }
+
+    /// An apply that is undone takes back the files it marked for the
+    /// next push, and only those; one that is kept keeps them.
+    #[test]
+    fn an_undone_apply_unmarks_only_what_it_marked() {
+        let mut p = Peer::new(2, "p2", Tree::default());
+        p.candidates = Some([10, 11].into());
+        let saved = p.record();
+        p.mark([11, 12, 13]);
+        p.undo(saved);
+        assert_eq!(p.candidates, Some([10, 11].into()));
+        let _ = p.record();
+        p.mark([12]);
+        p.keep();
+        assert_eq!(p.candidates, Some([10, 11, 12].into()));
+        // Marks outside a recording are not journaled.
+        p.mark([14]);
+        assert_eq!(p.marked, None);
+        p.mark_all();
+        let saved = p.record();
+        p.mark([15]);
+        p.undo(saved);
+        assert_eq!(p.candidates, None, "every file, as before");
     }
 
     /// A peer's push is taken but its ack is lost with the connection;
