@@ -351,8 +351,9 @@ impl Fs {
         t.put(META_KEY, &meta)?;
         let mut extent_jobs: Vec<BlockJob> = Vec::new();
         let index = self.keeps_block_index();
+        let mut changes = blockindex::Changes::default();
         for (shard, d) in deltas {
-            let extents = put_delta(&mut t, d, index)?;
+            let extents = put_delta(&mut t, d, index.then_some(&mut changes))?;
             if !extents.is_empty() {
                 extent_jobs.push(BlockJob {
                     shard: *shard,
@@ -367,14 +368,21 @@ impl Fs {
             for w in written {
                 t.put_with_reserved(&block_key(w.ino, w.idx), &w.hash, w.extent, w.sum)?;
                 if index {
-                    blockindex::add(&mut t, &w.hash, w.ino, w.idx)?;
+                    changes.added(&w.hash, w.ino, w.idx);
                 }
             }
         }
         let t3 = std::time::Instant::now();
         self.step("store commit");
+        let index = match index {
+            true => Some(self.write_index(&mut t, changes)?),
+            false => None,
+        };
         t.tag(&self.origin.lock().tag());
         let version = t.commit(cause)?.id;
+        if let Some(w) = index {
+            self.index_committed(w);
+        }
         self.committed_next_ino.store(next_ino, Ordering::Relaxed);
         tracing::debug!(
             blocks,
@@ -476,7 +484,13 @@ impl Fs {
     pub fn shutdown(&self) -> FsResult<()> {
         self.unmounting.store(true, Ordering::Release);
         self.flush.stop();
-        self.commit("unmount")
+        self.commit("unmount")?;
+        // Else the next open rebuilds it: the index is saved at a clean
+        // close, as the store's allocator state is.
+        if let Err(e) = self.fold_block_index() {
+            tracing::warn!("cannot save the block index ({e}); the next mount rebuilds it");
+        }
+        Ok(())
     }
 }
 
@@ -543,11 +557,15 @@ impl RepeatedError {
 /// committing thread (see `write_blocks`).
 const INLINE_COMMIT_BYTES: u64 = 1 << 20;
 
-/// Puts one shard's delta into the transaction; returns the large blocks,
-/// each given an extent, whose bytes are still to be hashed and written.
-/// Writes `d` into `t` (keeping the block index if `index`); returns the
-/// large blocks, which get their extents reserved here and written later.
-fn put_delta(t: &mut WriteTxn<'_>, d: &Delta, index: bool) -> FsResult<Vec<(u64, u64, Reserved)>> {
+/// Puts one shard's delta into the transaction (and what it does to the
+/// block index into `index`, for a store that keeps one); returns the
+/// large blocks, each given an extent, whose bytes are still to be hashed
+/// and written.
+fn put_delta(
+    t: &mut WriteTxn<'_>,
+    d: &Delta,
+    mut index: Option<&mut blockindex::Changes>,
+) -> FsResult<Vec<(u64, u64, Reserved)>> {
     // Inodes that are gone take all their keys with them.
     for (&ino, i) in &d.inodes {
         if i.is_none() {
@@ -555,8 +573,8 @@ fn put_delta(t: &mut WriteTxn<'_>, d: &Delta, index: bool) -> FsResult<Vec<(u64,
             t.delete(&symlink_key(ino))?;
             t.delete(&orphan_key(ino))?;
             let blocks = block_prefix(ino);
-            if index {
-                blockindex::remove_range(t, &blocks, &prefix_end(&blocks))?;
+            if let Some(ch) = index.as_deref_mut() {
+                ch.removed_range(t, &blocks, &prefix_end(&blocks))?;
             }
             delete_prefix(t, &blocks)?;
             delete_prefix(t, &xattr_prefix(ino))?;
@@ -565,8 +583,8 @@ fn put_delta(t: &mut WriteTxn<'_>, d: &Delta, index: bool) -> FsResult<Vec<(u64,
     for (&ino, &from) in &d.truncs {
         let start = block_key(ino, from);
         let end = prefix_end(&block_prefix(ino));
-        if index {
-            blockindex::remove_range(t, &start, &end)?;
+        if let Some(ch) = index.as_deref_mut() {
+            ch.removed_range(t, &start, &end)?;
         }
         delete_range(t, &start, &end)?;
     }
@@ -596,8 +614,8 @@ fn put_delta(t: &mut WriteTxn<'_>, d: &Delta, index: bool) -> FsResult<Vec<(u64,
     let mut extents = Vec::new();
     for (&(ino, idx), b) in &d.blocks {
         let k = block_key(ino, idx);
-        if index {
-            blockindex::remove(t, ino, idx)?;
+        if let Some(ch) = index.as_deref_mut() {
+            ch.removed(t, ino, idx)?;
         }
         match b {
             Some(data) if data.len() > INLINE_BLOCK => {
@@ -608,8 +626,8 @@ fn put_delta(t: &mut WriteTxn<'_>, d: &Delta, index: bool) -> FsResult<Vec<(u64,
                 v.extend_from_slice(blake3::hash(data).as_bytes());
                 v.extend_from_slice(data);
                 t.put(&k, &v)?;
-                if index {
-                    blockindex::add(t, &v[..32], ino, idx)?;
+                if let Some(ch) = index.as_deref_mut() {
+                    ch.added(&v[..32], ino, idx);
                 }
             }
             _ => {

@@ -274,6 +274,8 @@ pub struct Fs {
     unmounting: std::sync::atomic::AtomicBool,
     /// Commits keep the block index (see `blockindex`).
     block_index: std::sync::atomic::AtomicBool,
+    /// What the block index's log adds, for lookups.
+    index_log: Mutex<blockindex::Pending>,
     /// A commit step at which tests make the commit panic.
     #[cfg(test)]
     panic_at: Mutex<Option<&'static str>>,
@@ -359,6 +361,7 @@ impl Fs {
             failed: std::sync::OnceLock::new(),
             unmounting: std::sync::atomic::AtomicBool::new(false),
             block_index: std::sync::atomic::AtomicBool::new(false),
+            index_log: Mutex::new(blockindex::Pending::default()),
             committed_next_ino: AtomicU64::new(ROOT + 1),
             origin: Mutex::new(history::Origin::default()),
             space_log: Mutex::new(commit::Throttle::default()),
@@ -386,8 +389,8 @@ impl Fs {
         if let Some(m) = snap.get(META_KEY)? {
             let (next, bs, fs_id) = decode_meta(m)?;
             // A store that has a block index keeps it, whoever mounts it.
-            if snap.get(blockindex::MARKER)?.is_some() {
-                self.block_index.store(true, Ordering::Relaxed);
+            if let Some(marker) = snap.get(blockindex::MARKER)? {
+                self.open_block_index(marker)?;
             }
             self.fs_id = fs_id;
             self.next_ino.store(next, Ordering::Relaxed);
