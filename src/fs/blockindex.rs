@@ -217,9 +217,18 @@ impl Fs {
     }
 
     /// At the end of a mount, after its last commit: what is held goes
-    /// into the store, so the next open finds the index exact.
+    /// into the store and `MH` names the newest version (commits that
+    /// changed no block moved it on too), so the next open finds the index
+    /// exact.
     pub(super) fn fold_block_index(&self) -> FsResult<()> {
-        if !self.keeps_block_index() || self.index_log.lock().changes.is_empty() {
+        if !self.keeps_block_index() {
+            return Ok(());
+        }
+        let snap = self.store.latest()?;
+        let marked = snap.get(MARKER)?.and_then(exact_in);
+        let current = marked == Some(snap.version());
+        drop(snap);
+        if current && self.index_log.lock().changes.is_empty() {
             return Ok(());
         }
         let mut t = self.store.begin_write()?;
