@@ -348,7 +348,7 @@ impl Fs {
         let end = prefix_end(&start[..1 + HASH_BYTES]);
         for item in snap.range((Bound::Included(&start[..]), Bound::Excluded(&end[..])))? {
             let (k, _) = item?;
-            let Some((ino, idx)) = block_of(&k[HASH_BYTES..]) else {
+            let Some((ino, idx)) = k.get(HASH_BYTES..).and_then(block_of) else {
                 continue;
             };
             if holds(ino, idx)? {
