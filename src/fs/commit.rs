@@ -742,6 +742,8 @@ fn write_block_job(store: &Store, job: &BlockJob) -> StoreResult<Vec<Written>> {
     let last = job.blocks.len().saturating_sub(1);
     // Extents written and not yet handed to the disk: first, last, bytes.
     let mut run: Option<(Reserved, Reserved, u64)> = None;
+    // Adjacent extents hashed and not yet written: they go in one request.
+    let mut batch: Vec<(Reserved, &[u8])> = Vec::new();
     let mut out = Vec::with_capacity(job.blocks.len());
     for (i, &(ino, idx, extent)) in job.blocks.iter().enumerate() {
         let data = job
@@ -750,37 +752,6 @@ fn write_block_job(store: &Store, job: &BlockJob) -> StoreResult<Vec<Written>> {
             .get(&(ino, idx))
             .and_then(|b| b.as_deref())
             .unwrap_or(&[]);
-        if i == last
-            && let Some((first, prev, _)) = run.take()
-        {
-            store.start_writeback(&first, &prev);
-        }
-        store.write_reserved(&extent, data)?;
-        // The disk starts on the blocks written so far, a run of adjacent
-        // extents at a time, while this thread hashes and copies the next
-        // ones (what is left of the run goes before the job's last block).
-        // Not the job's last: a commit of one block (an fsync) gains
-        // nothing, and its extent would go out apart from the nodes that
-        // follow it, one more write request (measured:
-        // perf/notes/2026-11-26-early-writeback.md).
-        if i < last {
-            run = match run {
-                Some((first, prev, bytes)) if prev.adjoins(&extent) => {
-                    Some((first, extent, bytes + extent.len))
-                }
-                Some((first, prev, _)) => {
-                    store.start_writeback(&first, &prev);
-                    Some((extent, extent, extent.len))
-                }
-                None => Some((extent, extent, extent.len)),
-            };
-            if let Some((first, prev, bytes)) = run
-                && bytes >= WRITEBACK_RUN
-            {
-                store.start_writeback(&first, &prev);
-                run = None;
-            }
-        }
         out.push(Written {
             ino,
             idx,
@@ -788,8 +759,69 @@ fn write_block_job(store: &Store, job: &BlockJob) -> StoreResult<Vec<Written>> {
             hash: *blake3::hash(data).as_bytes(),
             sum: extent_checksum(data),
         });
+        if i == last {
+            write_batch(store, &mut batch, &mut run)?;
+            if let Some((first, prev, _)) = run.take() {
+                store.start_writeback(&first, &prev);
+            }
+            store.write_reserved(&extent, data)?;
+            break;
+        }
+        let bytes: u64 = batch.iter().map(|(r, _)| r.len).sum();
+        if batch
+            .last()
+            .is_some_and(|(prev, _)| !prev.adjoins(&extent) || bytes >= WRITE_BATCH)
+        {
+            write_batch(store, &mut batch, &mut run)?;
+        }
+        batch.push((extent, data));
     }
     Ok(out)
+}
+
+/// The most bytes of adjacent extents written in one request. Writing each
+/// 64 KiB block alone, the I/O threads met on the file's inode lock in the
+/// kernel at every block, and the one waiting spun there: a 1 GiB initial
+/// sync took 5 s instead of 2.5 s. 1 MiB held the lock long enough to cost
+/// the 70/30 mix 11%; 256 KiB left the suite's writes as they were
+/// (perf/notes/2026-12-05-initial-sync-io-threads.md).
+const WRITE_BATCH: u64 = 256 << 10;
+
+/// Writes `batch` (adjacent extents) in one request, and hands the disk
+/// what has been written a run of adjacent extents at a time, while this
+/// thread hashes and copies the next ones. The job's last block is not in
+/// a batch: a commit of one block (an fsync) gains nothing from early
+/// writeback, and its extent would go out apart from the nodes that
+/// follow it, one more write request (measured:
+/// perf/notes/2026-11-26-early-writeback.md).
+fn write_batch(
+    store: &Store,
+    batch: &mut Vec<(Reserved, &[u8])>,
+    run: &mut Option<(Reserved, Reserved, u64)>,
+) -> StoreResult<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    store.write_reserved_many(batch)?;
+    for (extent, _) in batch.drain(..) {
+        *run = match run.take() {
+            Some((first, prev, bytes)) if prev.adjoins(&extent) => {
+                Some((first, extent, bytes + extent.len))
+            }
+            Some((first, prev, _)) => {
+                store.start_writeback(&first, &prev);
+                Some((extent, extent, extent.len))
+            }
+            None => Some((extent, extent, extent.len)),
+        };
+        if let Some((first, prev, bytes)) = *run
+            && bytes >= WRITEBACK_RUN
+        {
+            store.start_writeback(&first, &prev);
+            *run = None;
+        }
+    }
+    Ok(())
 }
 
 fn delete_prefix(t: &mut crate::store::WriteTxn<'_>, prefix: &[u8]) -> FsResult<()> {

@@ -313,16 +313,26 @@ impl Store {
     /// ([`WriteTxn::reserve_extent`]); any thread may call it, and several
     /// at once. Nothing reads those pages until the transaction commits.
     pub fn write_reserved(&self, r: &Reserved, data: &[u8]) -> StoreResult<()> {
-        if data.len() as u64 != r.len {
-            return Err(StoreError::ValueTooLong {
-                len: data.len(),
-                max: r.len as usize,
-            });
+        self.write_reserved_many(&[(*r, data)])
+    }
+
+    /// [`Store::write_reserved`] of several extents: adjacent ones go to
+    /// the file in one request.
+    pub fn write_reserved_many(&self, writes: &[(Reserved, &[u8])]) -> StoreResult<()> {
+        let mut at = Vec::with_capacity(writes.len());
+        for (r, data) in writes {
+            if data.len() as u64 != r.len {
+                return Err(StoreError::ValueTooLong {
+                    len: data.len(),
+                    max: r.len as usize,
+                });
+            }
+            at.push((r.page * PAGE, *data));
         }
-        // SAFETY: `r` is an extent the open write transaction allocated from
-        // pages free at the last commit; no kept version or snapshot
+        // SAFETY: each `r` is an extent the open write transaction allocated
+        // from pages free at the last commit; no kept version or snapshot
         // references them, so no reader borrows them.
-        let result = unsafe { self.backend.write_all(&[(r.page * PAGE, data)]) };
+        let result = unsafe { self.backend.write_all(&at) };
         if result.is_err() {
             // As for any failed write: the page cache can no longer be trusted.
             self.writer_poison();
