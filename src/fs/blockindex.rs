@@ -38,7 +38,7 @@
 //! readers then find nothing (the peer fetches the block) and the next
 //! build starts over.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
@@ -181,17 +181,28 @@ impl Fs {
 
     /// At open, for a store with an index (`MH` = `marker`): kept from now
     /// on, and rebuilt first if a crash left it behind the newest version.
-    pub(super) fn open_block_index(&self, marker: &[u8]) -> FsResult<()> {
+    /// A rebuild that fails (a full disk) leaves it unkept for this mount:
+    /// lookups find nothing, and the next open or sync start tries again
+    /// (the mount itself must not fail for an index).
+    pub(super) fn open_block_index(&self, marker: &[u8]) {
         let latest = self.store.latest_version().unwrap_or(0);
         if exact_in(marker) != Some(latest) {
             tracing::info!("the block index is behind the newest version (a crash); rebuilding it");
             let started = std::time::Instant::now();
-            let blocks = self.build_block_index()?;
-            tracing::info!(blocks, took = ?started.elapsed(), "block index rebuilt");
+            match self.build_block_index() {
+                Ok(blocks) => {
+                    tracing::info!(blocks, took = ?started.elapsed(), "block index rebuilt")
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot rebuild the block index ({e}); sync fetches every block"
+                    );
+                    return;
+                }
+            }
         }
         *self.index_log.lock() = Pending::default();
         self.block_index.store(true, Ordering::Release);
-        Ok(())
     }
 
     /// A commit's index changes: held in memory, or, once that would hold
@@ -326,9 +337,12 @@ impl Fs {
     }
 
     /// Where a block with content `hash` is in `snap`: (inode, block), or
-    /// `None` when no block has it or the store keeps no index.
+    /// `None` when no block has it or the store keeps no index. Every place
+    /// the index names is checked against the block's recorded hash, so a
+    /// snapshot older than the index's last fold or build finds less,
+    /// never a wrong block.
     pub fn find_block(&self, snap: &Snapshot<'_>, hash: &[u8; 32]) -> FsResult<Option<(u64, u64)>> {
-        if !self.keeps_block_index() || snap.get(MARKER)?.is_none() {
+        if !self.keeps_block_index() {
             return Ok(None);
         }
         let holds = |ino: u64, idx: u64| -> FsResult<bool> {
@@ -376,17 +390,18 @@ impl Fs {
     /// held in memory) against that version's block entries, both ways:
     /// what is wrong, in words (tests and checks; nothing may commit
     /// meanwhile).
+    #[cfg(test)]
     pub fn check_block_index(&self) -> FsResult<Vec<String>> {
         let snap = self.store.latest()?;
         let mut wrong = Vec::new();
-        let mut want = BTreeSet::new();
+        let mut want = std::collections::BTreeSet::new();
         for item in snap.range(&b"B"[..]..&b"C"[..])? {
             let (k, e) = item?;
             if let Some((ino, idx)) = block_of(k) {
                 want.insert(key(e.value, ino, idx));
             }
         }
-        let mut have = BTreeSet::new();
+        let mut have = std::collections::BTreeSet::new();
         for item in snap.range(&[PREFIX][..]..&[PREFIX + 1][..])? {
             let (k, _) = item?;
             match Key::try_from(k) {

@@ -390,7 +390,7 @@ impl Fs {
             let (next, bs, fs_id) = decode_meta(m)?;
             // A store that has a block index keeps it, whoever mounts it.
             if let Some(marker) = snap.get(blockindex::MARKER)? {
-                self.open_block_index(marker)?;
+                self.open_block_index(marker);
             }
             self.fs_id = fs_id;
             self.next_ino.store(next, Ordering::Relaxed);

@@ -632,15 +632,17 @@ mod tests {
         assert_eq!(d2.iter().collect::<Vec<_>>(), d.iter().collect::<Vec<_>>());
     }
 
+    /// A saved state of these words, after the header.
+    fn state(words: &[u64]) -> Vec<u8> {
+        let mut buf = vec![0u8; HEADER_SIZE + 8 * words.len()];
+        for (i, w) in words.iter().enumerate() {
+            put_u64(&mut buf, HEADER_SIZE + 8 * i, *w);
+        }
+        buf
+    }
+
     #[test]
     fn a_saved_state_with_overlapping_free_ranges_or_huge_deadlists_is_corrupt() {
-        let state = |words: &[u64]| {
-            let mut buf = vec![0u8; HEADER_SIZE + 8 * words.len()];
-            for (i, w) in words.iter().enumerate() {
-                put_u64(&mut buf, HEADER_SIZE + 8 * i, *w);
-            }
-            buf
-        };
         // hwm 100; free 10+20 then 15+5, which lies inside the first.
         assert!(decode_state(&state(&[100, 2, 10, 20, 15, 5, 0]), 1).is_err());
         // The same ranges in order decode.
@@ -655,15 +657,9 @@ mod tests {
         let words = [hwm, 0, 1, 7, 2, 1, 0, big, 1, 0, big];
         assert!(decode_state(&state(&words), 1).is_err());
     }
+
     #[test]
     fn a_saved_state_naming_a_page_twice_or_its_own_pages_is_corrupt() {
-        let state = |words: &[u64]| {
-            let mut buf = vec![0u8; HEADER_SIZE + 8 * words.len()];
-            for (i, w) in words.iter().enumerate() {
-                put_u64(&mut buf, HEADER_SIZE + 8 * i, *w);
-            }
-            buf
-        };
         // hwm 100, free 10+5; deadlist of version 9: (birth 4, pages 30+3);
         // the state itself in pages 50+2.
         let good = [100, 1, 10, 5, 1, 9, 1, 4, 30, 3];
