@@ -5,7 +5,8 @@
 //! thin adapter) -> `fs` (the filesystem core, FUSE-free) -> `store` (the
 //! versioned copy-on-write B+Tree file; it knows nothing of files).
 //! `control` (the daemon's socket for gc, fsck, status and umount) -> `fs`.
-//! `sync` (issue #16, being built: so far its wire format) -> `fs`, `store`.
+//! `sync` (the server, the peer in the mount daemon, their protocol) ->
+//! `fs`, `store`.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 

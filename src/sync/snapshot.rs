@@ -147,10 +147,10 @@ impl Assembler {
                     target,
                     ..
                 } => {
-                    let mut add: BTreeMap<u64, [u8; 32]> = BTreeMap::new();
+                    let mut add = Vec::with_capacity(blocks.len());
                     for (i, h) in blocks {
                         let h = h.ok_or_else(|| format!("a hole in file {fid:x}"))?;
-                        add.insert(*i, h);
+                        add.push((*i, h));
                     }
                     if *whole {
                         if tree.nodes.contains_key(fid) {
@@ -167,7 +167,7 @@ impl Assembler {
                             *fid,
                             Node {
                                 meta: meta.clone(),
-                                blocks: add,
+                                blocks: add.into_iter().collect(),
                                 xattrs: x,
                                 target: target.clone().unwrap_or_default(),
                                 changed: Stamp::default(),
