@@ -27,6 +27,7 @@
 //! - A file left with no name is deleted.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use super::tree::{ChangeSet, FileId, Key, Node, Op, ROOT_ID, Stamp, Tree};
 use crate::fs::NAME_MAX;
@@ -97,6 +98,7 @@ fn apply_content(tree: &mut Tree, stamp: Stamp, cs: &ChangeSet, op: &Op) -> bool
             if concurrent(n.changed, cs) || n.meta.kind != meta.kind {
                 return false;
             }
+            let n = Arc::make_mut(n);
             if *whole {
                 n.blocks.clear();
                 n.xattrs.clear();
@@ -104,14 +106,16 @@ fn apply_content(tree: &mut Tree, stamp: Stamp, cs: &ChangeSet, op: &Op) -> bool
             n
         }
         // A file new to the volume, or one deleted since the change was made.
-        None if *whole => tree.nodes.entry(*fid).or_insert(Node {
-            meta: meta.clone(),
-            blocks: Default::default(),
-            xattrs: Default::default(),
-            target: Vec::new(),
-            changed: stamp,
-            renamed: stamp,
-        }),
+        None if *whole => Arc::make_mut(tree.nodes.entry(*fid).or_insert_with(|| {
+            Arc::new(Node {
+                meta: meta.clone(),
+                blocks: Default::default(),
+                xattrs: Default::default(),
+                target: Vec::new(),
+                changed: stamp,
+                renamed: stamp,
+            })
+        })),
         None => return false,
     };
     node.meta = meta.clone();
@@ -333,7 +337,8 @@ mod tests {
                 target: vec![],
                 changed: Stamp::default(),
                 renamed: Stamp::default(),
-            },
+            }
+            .into(),
         );
         f.link((ROOT_ID, b"a".to_vec()), 10);
         apply(&mut t, 1, &cs(1, 0, diff(&Tree::default(), &f, None)));
@@ -345,7 +350,7 @@ mod tests {
         let t = one_file();
         assert_eq!(t.entries.get(&(ROOT_ID, b"a".to_vec())), Some(&10));
         let mut edited = t.clone();
-        let n = edited.nodes.get_mut(&10).unwrap();
+        let n = edited.node_mut(10).unwrap();
         n.blocks.insert(3, [2; 32]);
         n.meta.size = 4 * 4096;
         edited.unlink(&(ROOT_ID, b"a".to_vec()));
@@ -360,9 +365,9 @@ mod tests {
     fn the_second_of_two_concurrent_writes_is_not_applied() {
         let mut t = one_file();
         let mut a = t.clone();
-        a.nodes.get_mut(&10).unwrap().blocks.insert(0, [7; 32]);
+        a.node_mut(10).unwrap().blocks.insert(0, [7; 32]);
         let mut b = t.clone();
-        b.nodes.get_mut(&10).unwrap().blocks.insert(0, [8; 32]);
+        b.node_mut(10).unwrap().blocks.insert(0, [8; 32]);
         let (da, db) = (diff(&t, &a, None), diff(&t, &b, None));
         assert!(apply(&mut t, 2, &cs(2, 1, da)).skipped.is_empty());
         assert_eq!(apply(&mut t, 3, &cs(3, 1, db)).skipped, vec![0]);
@@ -373,7 +378,7 @@ mod tests {
     fn a_delete_concurrent_with_a_write_leaves_the_write() {
         let mut t = one_file();
         let mut w = t.clone();
-        w.nodes.get_mut(&10).unwrap().blocks.insert(0, [7; 32]);
+        w.node_mut(10).unwrap().blocks.insert(0, [7; 32]);
         let mut d = t.clone();
         d.remove_file(10);
         let (dw, dd) = (diff(&t, &w, None), diff(&t, &d, None));
@@ -396,7 +401,8 @@ mod tests {
                     target: vec![],
                     changed: Stamp::default(),
                     renamed: Stamp::default(),
-                },
+                }
+                .into(),
             );
             f.link((ROOT_ID, name.as_bytes().to_vec()), fid);
         }

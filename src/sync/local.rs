@@ -42,7 +42,7 @@ pub fn node_of(f: &FileState) -> Node {
 pub fn tree_of(c: &Committed) -> Tree {
     let mut t = Tree::default();
     for f in &c.files {
-        t.nodes.insert(f.id, node_of(f));
+        t.nodes.insert(f.id, node_of(f).into());
     }
     for (dir, name, fid) in &c.names {
         t.link((*dir, name.clone()), *fid);

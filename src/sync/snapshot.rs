@@ -172,12 +172,12 @@ impl Assembler {
                                 target: target.clone().unwrap_or_default(),
                                 changed: Stamp::default(),
                                 renamed: Stamp::default(),
-                            },
+                            }
+                            .into(),
                         );
                     } else {
                         let n = tree
-                            .nodes
-                            .get_mut(fid)
+                            .node_mut(*fid)
                             .ok_or_else(|| format!("more blocks of file {fid:x} before it"))?;
                         n.blocks.extend(add);
                     }
@@ -201,8 +201,7 @@ impl Assembler {
         }
         for (fid, changed, renamed) in stamps {
             let n = tree
-                .nodes
-                .get_mut(fid)
+                .node_mut(*fid)
                 .ok_or_else(|| format!("stamps of {fid:x}, which is not there"))?;
             n.changed = *changed;
             n.renamed = *renamed;

@@ -10,6 +10,7 @@
 //! `apply.rs`, and rebased into the local tree.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::fs::{Kind, Time};
 
@@ -260,7 +261,10 @@ impl IntoIterator for Names {
 /// Files, and the names they go by.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tree {
-    pub nodes: BTreeMap<FileId, Node>,
+    /// Shared: a peer's local tree is its synced tree but for what it
+    /// has not pushed, so the two hold most nodes once; a node is copied
+    /// when one of them changes it (`Arc::make_mut`).
+    pub nodes: BTreeMap<FileId, Arc<Node>>,
     pub entries: BTreeMap<Key, FileId>,
     /// Every file's names (the inverse of `entries`); a directory has one.
     pub names: BTreeMap<FileId, Names>,
@@ -270,7 +274,7 @@ pub struct Tree {
 }
 
 /// A file's node (if it had one) and names, before a change.
-type Before = (Option<Node>, Names);
+type Before = (Option<Arc<Node>>, Names);
 
 /// See [`Tree::journal`].
 #[derive(Clone, Default)]
@@ -319,7 +323,7 @@ impl Tree {
             renamed: Stamp::default(),
         };
         Tree {
-            nodes: BTreeMap::from([(ROOT_ID, node)]),
+            nodes: BTreeMap::from([(ROOT_ID, Arc::new(node))]),
             entries: BTreeMap::new(),
             names: BTreeMap::new(),
             journal: Journal::default(),
@@ -367,13 +371,13 @@ impl Tree {
     /// The node of `fid` to change (recorded first).
     pub fn node_mut(&mut self, fid: FileId) -> Option<&mut Node> {
         self.touch(fid);
-        self.nodes.get_mut(&fid)
+        self.nodes.get_mut(&fid).map(Arc::make_mut)
     }
 
     /// Puts `node` as `fid`'s node (recorded first).
-    pub fn put_node(&mut self, fid: FileId, node: Node) {
+    pub fn put_node(&mut self, fid: FileId, node: impl Into<Arc<Node>>) {
         self.touch(fid);
-        self.nodes.insert(fid, node);
+        self.nodes.insert(fid, node.into());
     }
 
     /// Undoes every change since [`Tree::record`], and stops recording.
@@ -494,7 +498,7 @@ impl Tree {
     }
 
     /// Drops a file with all its names and content.
-    pub fn remove_file(&mut self, fid: FileId) -> Option<Node> {
+    pub fn remove_file(&mut self, fid: FileId) -> Option<Arc<Node>> {
         self.touch(fid);
         let keys: Vec<Key> = self.names_of(fid).cloned().collect();
         for k in &keys {

@@ -78,7 +78,7 @@ impl LocalView {
             match state {
                 Some(f) => {
                     self.ino_fid.insert(ino, f.id);
-                    local.nodes.insert(f.id, super::local::node_of(&f));
+                    local.nodes.insert(f.id, super::local::node_of(&f).into());
                     changed.insert(f.id);
                 }
                 None => {

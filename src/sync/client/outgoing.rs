@@ -87,6 +87,8 @@ impl Session<'_> {
         if !self.view.ready || overflow {
             let c = self.fs.committed()?;
             self.peer.local = tree_of(&c);
+            let all: Vec<_> = self.peer.local.nodes.keys().copied().collect();
+            self.peer.share(all);
             self.peer.mark_all();
             self.view.ino_fid = c.files.iter().map(|f| (f.inode.ino, f.id)).collect();
             self.view.ready = true;
@@ -96,6 +98,7 @@ impl Session<'_> {
         let complete = self
             .view
             .refresh(&mut self.peer.local, part.files, part.entries);
+        self.peer.share(complete.changed.iter().copied());
         self.peer.mark(complete.changed.iter().copied());
         if !complete.whole {
             // An entry names a file this tree does not have: read it whole.

@@ -25,6 +25,7 @@
 //! full change-set after a reconnect) are applied to `synced` only.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::apply::{Outcome, apply, free_conflict_name};
 use super::tree::{ChangeSet, FileId, Op, PeerId, ROOT_ID, Stamp, Tree, diff};
@@ -143,6 +144,23 @@ impl Peer {
         self.marked = None;
     }
 
+    /// Lets `local` hold the synced tree's node of each of these files
+    /// whose content is the same there (its stamps, which `local` never
+    /// judges by: a rebase gives it the synced ones first), so that the
+    /// two trees hold the file once.
+    pub fn share(&mut self, fids: impl IntoIterator<Item = FileId>) {
+        for fid in fids {
+            if let (Some(s), Some(l)) = (self.synced.nodes.get(&fid), self.local.nodes.get(&fid))
+                && !Arc::ptr_eq(s, l)
+                && s.same_content(l)
+            {
+                // While recording, an undo gives back its stamps too.
+                let s = s.clone();
+                self.local.put_node(fid, s);
+            }
+        }
+    }
+
     /// These files changed locally (or may have): the next push compares them.
     pub fn mark(&mut self, fids: impl IntoIterator<Item = FileId>) {
         if let Some(c) = &mut self.candidates {
@@ -216,6 +234,7 @@ impl Peer {
                 cs.time = time;
                 let out = apply(&mut self.synced, seq, &cs);
                 self.applied = seq;
+                self.share(out.touched.iter().copied());
                 // What the log made of it may differ from what was pushed
                 // (a skipped op, a conflict name): compare those again.
                 self.mark(out.touched);
@@ -277,6 +296,7 @@ impl Peer {
             }
             let out = apply(&mut self.synced, seq, cs);
             self.applied = seq;
+            self.share(out.touched.iter().copied());
             self.mark(out.touched);
             self.mark(cs.ops.iter().map(Op::fid));
             return Ok(BTreeSet::new());
@@ -403,7 +423,7 @@ impl Peer {
             near.iter().copied().filter(|f| !named.contains(f)),
         );
         let pending = diff(old, &self.local, Some(&near));
-        let mine: BTreeMap<FileId, (crate::sync::tree::Node, Option<crate::sync::tree::Key>)> =
+        let mine: BTreeMap<FileId, (Arc<crate::sync::tree::Node>, Option<crate::sync::tree::Key>)> =
             near.iter()
                 .filter_map(|f| {
                     let n = self.local.nodes.get(f)?.clone();
@@ -451,7 +471,7 @@ impl Peer {
                 continue;
             }
             let copy = new_fid();
-            let mut node = node.clone();
+            let mut node = crate::sync::tree::Node::clone(node);
             node.changed = Stamp::default();
             node.renamed = Stamp::default();
             self.local.put_node(copy, node);

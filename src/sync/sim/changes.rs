@@ -22,7 +22,7 @@ impl Sim {
         let mut gone = Vec::new();
         let done = match what {
             0 => create(t, &mut rng, fid, Kind::File, now).inspect(|_| {
-                if let Some(n) = t.nodes.get_mut(&fid) {
+                if let Some(n) = t.node_mut(fid) {
                     n.blocks.insert(0, token_hash(token));
                 }
             }),
@@ -34,7 +34,7 @@ impl Sim {
             7 => link(t, &mut rng),
             8 => chmod(t, &mut rng),
             9 => create(t, &mut rng, fid, Kind::Symlink, now).inspect(|_| {
-                if let Some(n) = t.nodes.get_mut(&fid) {
+                if let Some(n) = t.node_mut(fid) {
                     n.target = b"../x".to_vec();
                 }
             }),
@@ -106,7 +106,8 @@ fn create(t: &mut Tree, rng: &mut Rng, fid: FileId, kind: Kind, now: i64) -> Opt
             target: Vec::new(),
             changed: Stamp::default(),
             renamed: Stamp::default(),
-        },
+        }
+        .into(),
     );
     t.link(key, fid);
     Some(format!("create {kind:?} {fid:x}"))
@@ -114,7 +115,7 @@ fn create(t: &mut Tree, rng: &mut Rng, fid: FileId, kind: Kind, now: i64) -> Opt
 
 fn write(t: &mut Tree, rng: &mut Rng, token: u64, now: i64, gone: &mut Vec<u64>) -> Option<String> {
     let fid = rng.pick(&files(t))?;
-    let n = t.nodes.get_mut(&fid)?;
+    let n = t.node_mut(fid)?;
     let idx = rng.below(4) as u64;
     if let Some(old) = n.blocks.insert(idx, token_hash(token)) {
         gone.push(token_of(&old));
@@ -126,7 +127,7 @@ fn write(t: &mut Tree, rng: &mut Rng, token: u64, now: i64, gone: &mut Vec<u64>)
 
 fn truncate(t: &mut Tree, rng: &mut Rng, gone: &mut Vec<u64>) -> Option<String> {
     let fid = rng.pick(&files(t))?;
-    let n = t.nodes.get_mut(&fid)?;
+    let n = t.node_mut(fid)?;
     let keep = rng.below(3) as u64;
     gone.extend(n.blocks.split_off(&keep).values().map(token_of));
     n.meta.size = keep * 4096;
@@ -186,14 +187,14 @@ fn link(t: &mut Tree, rng: &mut Rng) -> Option<String> {
 fn chmod(t: &mut Tree, rng: &mut Rng) -> Option<String> {
     let all: Vec<FileId> = t.nodes.keys().copied().filter(|f| *f != ROOT_ID).collect();
     let fid = rng.pick(&all)?;
-    let n = t.nodes.get_mut(&fid)?;
+    let n = t.node_mut(fid)?;
     n.meta.perm ^= 0o070;
     Some(format!("chmod {fid:x}"))
 }
 
 fn xattr(t: &mut Tree, rng: &mut Rng, token: u64) -> Option<String> {
     let fid = rng.pick(&files(t))?;
-    let n = t.nodes.get_mut(&fid)?;
+    let n = t.node_mut(fid)?;
     n.xattrs
         .insert(b"user.k".to_vec(), token.to_le_bytes().to_vec());
     Some(format!("setxattr {fid:x}"))

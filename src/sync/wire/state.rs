@@ -127,7 +127,7 @@ pub fn decode(b: &[u8]) -> WireResult<PeerState> {
             node.xattrs.insert(k, v);
         }
         node.target = bytes(&mut r, "target")?;
-        synced.nodes.insert(fid, node);
+        synced.nodes.insert(fid, node.into());
     }
     for _ in 0..r.count("names", 36)? {
         let dir = u128::from_le_bytes(r.array("directory")?);
@@ -175,7 +175,8 @@ mod tests {
                 target: vec![],
                 changed: Stamp { seq: 4, origin: 2 },
                 renamed: Stamp { seq: 3, origin: 1 },
-            },
+            }
+            .into(),
         );
         t.link((1, b"f".to_vec()), 9);
         t.link((1, b"hard".to_vec()), 9);
