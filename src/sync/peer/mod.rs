@@ -356,10 +356,17 @@ impl Peer {
         // A push of this peer's own the snapshot holds, whose ack was
         // lost: what it changed is no pending change of this peer's but
         // what the log made of it, as an own change-set would have been.
+        // Only if it came next: applied here over less than the server
+        // applied it over, it could succeed where the log refused it (a
+        // write concurrent with one ordered before it), and its file would
+        // then look unchanged here and be reset to the other write, this
+        // one lost. Behind others it stays pending instead, so it meets
+        // what came after as concurrent: at worst a conflict copy of what
+        // the log already has.
         if let Some((s, cs)) = self.taken.take() {
-            if s <= seq {
+            if s == self.applied + 1 {
                 apply(&mut self.synced, s, &cs);
-            } else {
+            } else if s > seq {
                 self.taken = Some((s, cs));
             }
         }
@@ -653,6 +660,57 @@ mod tests {
             time: 1_796_385_781,
             ops: diff(from, to, None),
         }
+    }
+
+    /// A push whose ack was lost, which the log ordered after another
+    /// peer's write of the same file (and so did not apply), coming back
+    /// inside a snapshot: the peer must not take it for applied. Applied
+    /// onto what the peer had, where nothing stood in its way, it made the
+    /// file look unchanged here, and the other write then replaced this
+    /// one without a copy (sim seed 30,973).
+    #[test]
+    fn a_push_taken_behind_a_concurrent_write_and_returned_in_a_snapshot_keeps_its_write() {
+        let mut relay = Relay::default();
+        let empty = Tree::default();
+        let mut one = empty.clone();
+        one.put_node(10, file(&[(0, 1)]));
+        one.link((ROOT_ID, b"a".to_vec()), 10);
+        relay.take(1, "p1", push(&empty, &one, 1, 0), 0);
+        let mut p = Peer::new(2, "p2", empty.clone());
+        let mut copies = 100u128;
+        let mut new_fid = || {
+            copies += 1;
+            copies
+        };
+        p.on_deliver(1, &relay.log[0].clone(), 0, &mut new_fid)
+            .unwrap();
+        // Peer 3 writes the file (2); peer 2 writes it too, on 1, and
+        // pushes; the server orders that after (3), its write refused.
+        let mut theirs = one.clone();
+        theirs.node_mut(10).unwrap().blocks.insert(0, [7; 32]);
+        relay.take(3, "p3", push(&one, &theirs, 3, 1), 0);
+        p.local.node_mut(10).unwrap().blocks.insert(0, [8; 32]);
+        p.mark([10]);
+        let mine = p.push().expect("its write to push");
+        assert_eq!(relay.take(2, "p2", mine.clone(), 0), Some(3));
+        // The ack is lost with the connection; the log is cut at 3.
+        p.disconnected();
+        p.on_welcome(mine.counter, 3);
+        relay.compact(3);
+        let snapshot = relay.snapshot.clone();
+        p.on_snapshot(3, &snapshot, 1_796_385_800, &mut new_fid)
+            .unwrap();
+        assert_eq!(
+            p.local.nodes[&10].blocks[&0], [7; 32],
+            "the first write keeps the name"
+        );
+        assert!(
+            p.local
+                .nodes
+                .values()
+                .any(|n| n.blocks.get(&0) == Some(&[8; 32])),
+            "its own write, kept as a conflict copy"
+        );
     }
 
     /// A peer that missed sequences 2 and 3 and gets the snapshot at 3 in

@@ -14,7 +14,8 @@
 //! - every tree stays well formed at every step (each name in a directory
 //!   that exists, directories with one name and under the root).
 //!
-//! `ZIPPYFS_SIM_SEEDS=N` runs N histories (default 2,000);
+//! `ZIPPYFS_SIM_SEEDS=N` runs N histories (default 50,000), and the seeds
+//! that once failed;
 //! `ZIPPYFS_SIM_SEED=S` replays one, printing its steps. A failure names
 //! its seed.
 
@@ -544,6 +545,12 @@ fn check_tree(t: &Tree) -> Result<(), String> {
     Ok(())
 }
 
+/// Seeds past the default count that found a fault (each was fixed), run
+/// on every run: 12,937 and the others lost a write when a push of a
+/// peer's own, whose ack was lost, came back inside a snapshot behind
+/// others' change-sets (`Peer::on_snapshot`).
+const ONCE_FAILED: [u64; 6] = [12_937, 27_171, 30_973, 47_488, 62_057, 65_224];
+
 fn run(seed: u64, replay: bool, total: &mut Stats) -> Result<(), String> {
     let mut sim = Sim::new(seed, replay);
     let steps = 60 + sim.rng.below(140);
@@ -576,10 +583,10 @@ fn every_peer_converges_and_nothing_written_is_lost() {
     let n: u64 = std::env::var("ZIPPYFS_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2_000);
+        .unwrap_or(50_000);
     let mut failed = Vec::new();
     let mut stats = Stats::default();
-    for seed in 0..n {
+    for seed in (0..n).chain(ONCE_FAILED) {
         if let Err(e) = run(seed, false, &mut stats) {
             failed.push(format!("seed {seed}: {e}"));
         }
