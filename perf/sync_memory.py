@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""What sync costs a mount daemon in memory, by files: a plain mount (no
+sync) is given FILES files of 1 KiB (100 a directory); then peer A of a
+real `zippyfs serve` on 127.0.0.1 is given the same and pushes them, and
+peer B joins and takes them. Prints each daemon's resident and peak
+memory (VmRSS, VmHWM, MiB) from /proc.
+
+Run as root from the repository, after `cargo build --release`:
+perf/sync_memory.py [BINARY] [FILES]   (default target/release/zippyfs, 100000)
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sync as S  # noqa: E402
+
+BIN = sys.argv[1] if len(sys.argv) > 1 else S.BIN
+FILES = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
+S.BIN = BIN
+
+def mem(mnt):
+    with open(os.path.join(mnt, ".zippy", "daemon.json")) as f:
+        pid = json.load(f)["pid"]
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for l in f:
+            if l.startswith(("VmRSS", "VmHWM")):
+                k, v = l.split(":")
+                out[k] = int(v.split()[0]) // 1024
+    return out
+
+def write(root):
+    t = time.time()
+    data = b"x" * 1024
+    for d in range(FILES // 100):
+        os.mkdir(os.path.join(root, f"d{d:05}"))
+        for i in range(100):
+            with open(os.path.join(root, f"d{d:05}", f"f{i:03}"), "wb") as f:
+                f.write(data)
+    return time.time() - t
+
+def count(root):
+    return sum(len(fs) for _, _, fs in os.walk(root))
+
+work = tempfile.mkdtemp(prefix="zmem-", dir="/var/tmp")
+mounted = []
+server = None
+try:
+    plain_store, plain_mnt = os.path.join(work, "p-store"), os.path.join(work, "p-mnt")
+    os.mkdir(plain_mnt)
+    S.sh(BIN, "mount", plain_mnt, plain_store)
+    mounted.append(plain_mnt)
+    write(plain_mnt)
+    time.sleep(3)
+    print("plain", mem(plain_mnt), flush=True)
+    server = S.Server(work)
+    a = S.Peer(server, "a", work)
+    a.mount()
+    mounted.append(a.mnt)
+    w = write(a.mnt)
+    server.settled()
+    print("A (pushed)", mem(a.mnt), f"write {w:.1f}s", flush=True)
+    b = S.Peer(server, "b", work)
+    t = time.time()
+    b.mount()
+    mounted.append(b.mnt)
+    deadline = time.time() + 300
+    while time.time() < deadline and count(b.mnt) < FILES:
+        time.sleep(0.5)
+    print("B (received)", mem(b.mnt), f"{count(b.mnt)} files in {time.time()-t:.1f}s", flush=True)
+    time.sleep(2)
+    print("A (after)", mem(a.mnt), "B (after)", mem(b.mnt), flush=True)
+finally:
+    for m in reversed(mounted):
+        try:
+            with open(os.path.join(m, ".zippy", "daemon.json")) as f:
+                pid = json.load(f)["pid"]
+            subprocess.run([BIN, "umount", m], capture_output=True)
+            for _ in range(300):
+                if not os.path.exists(f"/proc/{pid}"):
+                    break
+                time.sleep(0.1)
+        except OSError as e:
+            print("umount", m, e)
+    if server:
+        server.stop()
+    shutil.rmtree(work, ignore_errors=True)
