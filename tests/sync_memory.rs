@@ -67,8 +67,9 @@ fn copy(t: &Tree) -> Tree {
 }
 
 /// The bytes a peer keeps whose synced tree is the tree `build` makes,
-/// and whose local tree was read from its store as the client reads it
-/// (`client/outgoing.rs`: a tree of its own, then shared).
+/// and whose local tree was read from its store: nodes of its own, then
+/// shared where the content is the same (`Peer::share`, as after each
+/// refresh; a whole read shares as it reads, `local::tree_like`).
 fn peer_bytes(build: impl FnOnce() -> Tree) -> i64 {
     let before = live();
     let tree = build();

@@ -40,9 +40,22 @@ pub fn node_of(f: &FileState) -> Node {
 
 /// A commit as a tree.
 pub fn tree_of(c: &Committed) -> Tree {
+    tree_like(c, &Tree::empty())
+}
+
+/// A commit as a tree that holds `like`'s node of each file whose
+/// content is the same there, so that the two trees hold it once (a
+/// peer's local tree read whole, like its synced tree), and the whole
+/// volume is never held twice while it is read.
+pub fn tree_like(c: &Committed, like: &Tree) -> Tree {
     let mut t = Tree::default();
     for f in &c.files {
-        t.nodes.insert(f.id, node_of(f).into());
+        let n = node_of(f);
+        let n = match like.nodes.get(&f.id) {
+            Some(s) if s.same_content(&n) => s.clone(),
+            _ => n.into(),
+        };
+        t.nodes.insert(f.id, n);
     }
     for (dir, name, fid) in &c.names {
         t.link((*dir, name.clone()), *fid);

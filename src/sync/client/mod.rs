@@ -24,10 +24,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::conf::{Status, SyncConf, load_peer, save_peer};
-use super::local::{to_remote, tree_of};
+use super::local::{to_remote, tree_like};
 use super::peer::Peer;
 use super::stream::{Counted, Outbox, reader, send_msg};
-use super::tree::{ChangeSet, FileId, Hash};
+use super::tree::{ChangeSet, FileId, Hash, Tree};
 use super::view::{LocalView, Touched};
 use super::wire::{MAX_WANT, Msg, PROTO_MAX, PROTO_MIN};
 use super::{SyncError, tls};
@@ -591,7 +591,7 @@ impl Session<'_> {
                     // server cut its log past this push while it waited
                     // to send): the push's commit is no base for patches.
                     self.peer
-                        .on_ack_within_snapshot(counter)
+                        .on_ack_within_snapshot(counter, seq)
                         .map_err(|v| SyncError::Protocol(v.to_string()))?;
                     self.push_snap = None;
                     self.read_at = 0;

@@ -86,9 +86,9 @@ impl Session<'_> {
         let entries: Vec<(u64, Vec<u8>)> = entries.into_iter().collect();
         if !self.view.ready || overflow {
             let c = self.fs.committed()?;
-            self.peer.local = tree_of(&c);
-            let all: Vec<_> = self.peer.local.nodes.keys().copied().collect();
-            self.peer.share(all);
+            // The old tree goes first: only one is held while it is read.
+            self.peer.local = Tree::empty();
+            self.peer.local = tree_like(&c, &self.peer.synced);
             self.peer.mark_all();
             self.view.ino_fid = c.files.iter().map(|f| (f.inode.ino, f.id)).collect();
             self.view.ready = true;

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::apply::{Outcome, apply, free_conflict_name};
-use super::tree::{ChangeSet, FileId, Op, PeerId, ROOT_ID, Stamp, Tree, diff};
+use super::tree::{ChangeSet, FileId, Key, Node, Op, PeerId, ROOT_ID, Stamp, Tree, diff};
 use crate::fs::Kind;
 
 mod part;
@@ -252,14 +252,19 @@ impl Peer {
         }
     }
 
-    /// The push in flight was acknowledged, and a snapshot already queued
-    /// holds it (the server cut its log past it before the ack went): no
-    /// sequence of its own to apply, the snapshot brings it. What it named
-    /// is compared again at the next push.
-    pub fn on_ack_within_snapshot(&mut self, counter: u64) -> Result<(), Violation> {
+    /// The push in flight was acknowledged as sequence `seq`, and a
+    /// snapshot already queued or applied holds it (the server cut its log
+    /// past it before the ack went): no sequence of its own to apply, the
+    /// snapshot brings it. One still to come finds it there as a push
+    /// taken ([`Peer::on_snapshot`]); what it named is compared again at
+    /// the next push.
+    pub fn on_ack_within_snapshot(&mut self, counter: u64, seq: u64) -> Result<(), Violation> {
         match self.in_flight.take() {
             Some(cs) if cs.counter == counter => {
                 self.mark(cs.ops.iter().map(Op::fid).collect::<Vec<_>>());
+                if seq > self.applied {
+                    self.taken = Some((seq, cs));
+                }
                 Ok(())
             }
             other => Err(Violation::StrayAck {
@@ -356,23 +361,30 @@ impl Peer {
         // A push of this peer's own the snapshot holds, whose ack was
         // lost: what it changed is no pending change of this peer's but
         // what the log made of it, as an own change-set would have been.
-        // Only if it came next: applied here over less than the server
-        // applied it over, it could succeed where the log refused it (a
-        // write concurrent with one ordered before it), and its file would
-        // then look unchanged here and be reset to the other write, this
-        // one lost. Behind others it stays pending instead, so it meets
-        // what came after as concurrent: at worst a conflict copy of what
-        // the log already has.
+        // If it came next, applying it here is what the server did.
+        // Behind others, it could succeed here where the log refused it
+        // (a write concurrent with one ordered before it: that write would
+        // then replace this one without a copy), so it is judged by what
+        // the snapshot shows of it instead (`as_taken`).
+        let mut behind = None;
         if let Some((s, cs)) = self.taken.take() {
             if s == self.applied + 1 {
                 apply(&mut self.synced, s, &cs);
-            } else if s > seq {
+            } else if s <= seq {
+                behind = Some((s, cs));
+            } else {
                 self.taken = Some((s, cs));
             }
         }
-        let named = differing(&self.synced, tree);
+        let mut named = differing(&self.synced, tree);
+        if let Some((_, cs)) = &behind {
+            named.extend(cs.ops.iter().map(Op::fid));
+        }
         let mut before = Tree::empty();
         before.copy_from(&self.synced, named.iter().copied());
+        if let Some((s, cs)) = &behind {
+            self.as_taken(&mut before, *s, cs, tree);
+        }
         // Every file whose names change is in `named`, so removing them all
         // first leaves no name taken when they are linked again.
         for &fid in &named {
@@ -397,6 +409,73 @@ impl Peer {
         let changed = self.rebase(&mut before, &named, seq, base, &out, now, new_fid);
         self.mark(changed.iter().copied());
         Ok(changed)
+    }
+
+    /// Brings into `before` (the synced state of the files a snapshot
+    /// changes, against which this peer's pending changes are found) what
+    /// its own push `cs`, taken as sequence `s` behind other peers'
+    /// change-sets, is known to have done: a file's content or names
+    /// whose stamp in `snap` is still that push's (the log applied them
+    /// and nothing changed them since), and a file it made that is gone
+    /// since (made by the log, whatever came before: a delete after it
+    /// is a delete of it). The rest stays pending, to meet what came
+    /// after as concurrent: never lost, at worst a conflict copy of what
+    /// the log already had.
+    fn as_taken(&self, before: &mut Tree, s: u64, cs: &ChangeSet, snap: &Tree) {
+        let own = Stamp {
+            seq: s,
+            origin: self.id,
+        };
+        for op in &cs.ops {
+            let fid = op.fid();
+            match (op, snap.nodes.get(&fid)) {
+                (Op::Node { .. }, Some(n)) if n.changed == own => {
+                    before.put_node(fid, n.clone());
+                }
+                (Op::Names { .. }, Some(n)) if n.renamed == own => {
+                    let was: Vec<Key> = before.names_of(fid).cloned().collect();
+                    for k in &was {
+                        before.unlink(k);
+                    }
+                    for k in snap.names_of(fid) {
+                        before.link(k.clone(), fid);
+                    }
+                }
+                (
+                    Op::Node {
+                        whole: true,
+                        meta,
+                        blocks,
+                        xattrs,
+                        target,
+                        ..
+                    },
+                    None,
+                ) if !self.synced.nodes.contains_key(&fid) => {
+                    let node = Node {
+                        meta: meta.clone(),
+                        blocks: blocks
+                            .iter()
+                            .filter_map(|(i, h)| h.map(|h| (*i, h)))
+                            .collect(),
+                        xattrs: xattrs
+                            .iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+                            .collect(),
+                        target: target.clone().unwrap_or_default(),
+                        changed: own,
+                        renamed: own,
+                    };
+                    before.put_node(fid, node);
+                }
+                (Op::Names { added, .. }, None) if !self.synced.nodes.contains_key(&fid) => {
+                    for k in added {
+                        before.link(k.clone(), fid);
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     fn next(&self, seq: u64) -> Result<(), Violation> {
@@ -843,5 +922,98 @@ mod tests {
         assert!(p.local.nodes.is_empty() || !p.local.nodes.contains_key(&10));
         assert!(p.local.names_of(10).next().is_none(), "the file came back");
         assert_eq!(p.push(), None, "nothing to push again");
+    }
+
+    /// As above, with another peer's change-set ordered before the push:
+    /// the push cannot be applied over what this peer had (the server
+    /// applied it over more), and is found in the snapshot instead.
+    #[test]
+    fn a_push_taken_behind_others_and_deleted_since_stays_deleted() {
+        let mut relay = Relay::default();
+        let empty = Tree::default();
+        let mut other = empty.clone();
+        other.put_node(20, file(&[(0, 9)]));
+        other.link((ROOT_ID, b"b".to_vec()), 20);
+        relay.take(3, "p3", push(&empty, &other, 3, 0), 0);
+        let mut new_fid = {
+            let mut n = 100u128;
+            move || {
+                n += 1;
+                n
+            }
+        };
+        let mut p = Peer::new(2, "p2", empty.clone());
+        p.local.put_node(10, file(&[(0, 1)]));
+        p.local.link((ROOT_ID, b"a".to_vec()), 10);
+        let cs = p.push().expect("the new file");
+        let counter = cs.counter;
+        let seq = relay.take(2, "p2", cs, 0).expect("taken");
+        assert_eq!(seq, 2, "behind peer 3's");
+        p.disconnected();
+        let mut server = empty.clone();
+        for (i, cs) in relay.log.iter().enumerate() {
+            apply(&mut server, i as u64 + 1, cs);
+        }
+        let mut gone = server.clone();
+        gone.remove_file(10);
+        relay.take(3, "p3", push(&server, &gone, 3, seq), 0);
+        relay.compact(relay.head());
+        p.on_welcome(counter, seq);
+        let snap = relay.snapshot.clone();
+        p.on_snapshot(relay.cut, &snap, 0, &mut new_fid).unwrap();
+        assert!(!p.local.nodes.contains_key(&10), "the file came back");
+        assert_eq!(p.push(), None, "nothing to push again");
+        assert!(p.local.same_as(&snap));
+    }
+
+    /// A push taken behind another peer's change-set, whose ack was lost,
+    /// then undone here (the block written back as it was) before the
+    /// snapshot came: what the user wrote last is what stays.
+    #[test]
+    fn a_push_taken_behind_others_then_undone_here_keeps_the_undo() {
+        let mut relay = Relay::default();
+        let empty = Tree::default();
+        let mut one = empty.clone();
+        one.put_node(10, file(&[(0, 1)]));
+        one.link((ROOT_ID, b"a".to_vec()), 10);
+        relay.take(1, "p1", push(&empty, &one, 1, 0), 0);
+        let mut new_fid = {
+            let mut n = 100u128;
+            move || {
+                n += 1;
+                n
+            }
+        };
+        let mut p = Peer::new(2, "p2", empty.clone());
+        p.on_deliver(1, &relay.log[0].clone(), 0, &mut new_fid)
+            .unwrap();
+        // Peer 3 makes another file (2); peer 2 writes block 0 (3).
+        let mut other = one.clone();
+        other.put_node(20, file(&[(0, 9)]));
+        other.link((ROOT_ID, b"b".to_vec()), 20);
+        relay.take(3, "p3", push(&one, &other, 3, 1), 0);
+        p.local.node_mut(10).unwrap().blocks.insert(0, [2; 32]);
+        p.mark([10]);
+        let cs = p.push().expect("the write");
+        let counter = cs.counter;
+        let seq = relay.take(2, "p2", cs, 0).expect("taken");
+        assert_eq!(seq, 3);
+        p.disconnected();
+        // Written back here, then the snapshot comes.
+        p.local.node_mut(10).unwrap().blocks.insert(0, [1; 32]);
+        p.mark([10]);
+        relay.compact(relay.head());
+        p.on_welcome(counter, seq);
+        let snap = relay.snapshot.clone();
+        assert_eq!(snap.nodes[&10].blocks[&0], [2; 32]);
+        p.on_snapshot(relay.cut, &snap, 0, &mut new_fid).unwrap();
+        assert_eq!(p.local.nodes[&10].blocks[&0], [1; 32], "the undo was lost");
+        let cs = p.push().expect("the undo to push");
+        assert!(
+            cs.ops
+                .iter()
+                .any(|op| matches!(op, Op::Node { fid: 10, blocks, .. } if blocks == &vec![(0, Some([1; 32]))])),
+            "{cs:?}"
+        );
     }
 }
