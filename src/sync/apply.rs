@@ -122,12 +122,7 @@ fn apply_content(tree: &mut Tree, stamp: Stamp, cs: &ChangeSet, op: &Op) -> bool
     if let Some(c) = cut {
         node.blocks.split_off(c);
     }
-    for (i, h) in blocks {
-        match h {
-            Some(h) => node.blocks.insert(*i, *h),
-            None => node.blocks.remove(i),
-        };
-    }
+    node.blocks.set_many(blocks);
     for (k, v) in xattrs {
         match v {
             Some(v) => node.xattrs.insert(k.clone(), v.clone()),

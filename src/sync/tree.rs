@@ -75,9 +75,11 @@ impl Node {
 /// A file's blocks by index, in index order. A sorted vector rather than
 /// a map: a peer holds two trees of the whole volume, and a map's node
 /// costs a one-block file some 460 bytes where this costs 40, and a big
-/// file about twice its 40 bytes a block (`tests/sync_memory.rs`). Inserting
-/// inside moves what follows, which is O(blocks) as the comparisons a
-/// changed file's push makes already are.
+/// file about twice its 40 bytes a block (`tests/sync_memory.rs`).
+/// Inserting inside moves what follows, so many changes go in together
+/// ([`Blocks::set_many`]): O(blocks) for an op at most, as the
+/// comparisons a changed file's push makes already are, whatever order
+/// the op lists them in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Blocks(Vec<(u64, Hash)>);
 
@@ -117,7 +119,61 @@ impl Blocks {
     /// Takes off the blocks at or past `idx`.
     pub fn split_off(&mut self, idx: &u64) -> Blocks {
         let p = self.0.partition_point(|(i, _)| i < idx);
-        Blocks(self.0.split_off(p))
+        let rest = Blocks(self.0.split_off(p));
+        self.fit();
+        rest
+    }
+
+    /// Sets blocks (`Some`) and makes holes (`None`), the last change of an
+    /// index winning: each in place where it replaces a block or adds one
+    /// past the last, else all in one merge.
+    pub fn set_many(&mut self, changes: &[(u64, Option<Hash>)]) {
+        let mut sorted: Vec<(u64, Option<Hash>)> = changes.to_vec();
+        sorted.sort_by_key(|(i, _)| *i);
+        // The last of equal indices wins (the sort is stable).
+        sorted.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 {
+                earlier.1 = later.1;
+                true
+            } else {
+                false
+            }
+        });
+        let last = self.0.last().map(|(i, _)| *i);
+        let in_place = sorted.iter().all(|(i, h)| match h {
+            Some(_) => self.at(*i).is_ok() || last.is_none_or(|l| *i > l),
+            None => self.at(*i).is_err(),
+        });
+        if in_place {
+            for (i, h) in sorted {
+                if let Some(h) = h {
+                    self.insert(i, h);
+                }
+            }
+            return;
+        }
+        let old = std::mem::take(&mut self.0);
+        let mut out = Vec::with_capacity(old.len() + sorted.len());
+        let mut new = sorted.into_iter().peekable();
+        for (i, h) in old {
+            while let Some((j, c)) = new.next_if(|(j, _)| *j < i) {
+                out.extend(c.map(|c| (j, c)));
+            }
+            match new.next_if(|(j, _)| *j == i) {
+                Some((_, c)) => out.extend(c.map(|c| (i, c))),
+                None => out.push((i, h)),
+            }
+        }
+        out.extend(new.filter_map(|(j, c)| c.map(|c| (j, c))));
+        self.0 = out;
+        self.fit();
+    }
+
+    /// Lets go of room a cut or a merge left unused.
+    fn fit(&mut self) {
+        if self.0.capacity() > 2 * self.0.len() + 4 {
+            self.0.shrink_to_fit();
+        }
     }
 
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&u64, &Hash)> {
@@ -166,9 +222,8 @@ impl Blocks {
 
 impl Extend<(u64, Hash)> for Blocks {
     fn extend<I: IntoIterator<Item = (u64, Hash)>>(&mut self, it: I) {
-        for (i, h) in it {
-            self.insert(i, h);
-        }
+        let changes: Vec<(u64, Option<Hash>)> = it.into_iter().map(|(i, h)| (i, Some(h))).collect();
+        self.set_many(&changes);
     }
 }
 
@@ -354,8 +409,8 @@ impl Tree {
 
     /// `fid` is about to change: while recording, keep it as it is now
     /// unless it changed before. Every change of a node or of a name goes
-    /// through here (the methods below call it; direct changes of `nodes`
-    /// call it first).
+    /// through here while recording (the methods below call it; `nodes` is
+    /// changed directly only where nothing records: a tree read or built).
     pub fn touch(&mut self, fid: FileId) {
         if let Some(j) = &mut self.journal.0
             && !j.contains_key(&fid)
@@ -602,7 +657,10 @@ pub fn diff_one(from: &Tree, to: &Tree, fid: FileId) -> (Option<Op>, Option<Op>)
     }
     let content = match (old_node, new_node) {
         (None, Some(new)) => Some(whole(fid, new)),
-        (Some(old), Some(new)) if !old.same_content(new) => Some(delta(fid, old, new)),
+        // One node shared by both trees is the same content, uncompared.
+        (Some(old), Some(new)) if !Arc::ptr_eq(old, new) && !old.same_content(new) => {
+            Some(delta(fid, old, new))
+        }
         _ => None,
     };
     let old: BTreeSet<&Key> = from.names_of(fid).collect();
@@ -666,5 +724,56 @@ fn delta(fid: FileId, old: &Node, new: &Node) -> Op {
         blocks,
         xattrs,
         target: (old.target != new.target).then(|| new.target.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn h(b: u8) -> Hash {
+        [b; 32]
+    }
+
+    proptest! {
+        /// `Blocks` does what the map it replaced did: changes in any
+        /// order (repeats, holes, inside and past the end), cuts, ranges.
+        #[test]
+        fn blocks_are_the_map_they_replaced(
+            start in proptest::collection::vec((0u64..64, any::<u8>()), 0..40),
+            changes in proptest::collection::vec((0u64..80, proptest::option::of(any::<u8>())), 0..40),
+            cut in 0u64..90,
+            from in 0u64..90,
+        ) {
+            let mut model: BTreeMap<u64, Hash> = start.iter().map(|&(i, b)| (i, h(b))).collect();
+            let mut blocks: Blocks = start.iter().map(|&(i, b)| (i, h(b))).collect();
+            let changes: Vec<(u64, Option<Hash>)> =
+                changes.iter().map(|&(i, b)| (i, b.map(h))).collect();
+            for (i, c) in &changes {
+                match c {
+                    Some(c) => model.insert(*i, *c),
+                    None => model.remove(i),
+                };
+            }
+            blocks.set_many(&changes);
+            let flat = |b: &Blocks| b.iter().map(|(i, h)| (*i, *h)).collect::<Vec<_>>();
+            prop_assert_eq!(flat(&blocks), model.clone().into_iter().collect::<Vec<_>>());
+            prop_assert_eq!(
+                blocks.range(from..).map(|(i, _)| *i).collect::<Vec<_>>(),
+                model.range(from..).map(|(i, _)| *i).collect::<Vec<_>>()
+            );
+            prop_assert_eq!(
+                blocks.range(..from).map(|(i, _)| *i).collect::<Vec<_>>(),
+                model.range(..from).map(|(i, _)| *i).collect::<Vec<_>>()
+            );
+            let rest = blocks.split_off(&cut);
+            let model_rest = model.split_off(&cut);
+            prop_assert_eq!(flat(&blocks), model.into_iter().collect::<Vec<_>>());
+            prop_assert_eq!(flat(&rest), model_rest.into_iter().collect::<Vec<_>>());
+        }
     }
 }

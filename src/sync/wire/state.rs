@@ -117,10 +117,13 @@ pub fn decode(b: &[u8]) -> WireResult<PeerState> {
             changed,
             renamed,
         };
-        for _ in 0..r.count("blocks", 40)? {
+        let n = r.count("blocks", 40)?;
+        let mut blocks = Vec::with_capacity(n);
+        for _ in 0..n {
             let i = r.u64("block")?;
-            node.blocks.insert(i, r.array("hash")?);
+            blocks.push((i, r.array("hash")?));
         }
+        node.blocks = blocks.into_iter().collect();
         for _ in 0..r.count("xattrs", 8)? {
             let k = bytes(&mut r, "xattr name")?;
             let v = bytes(&mut r, "xattr value")?;
