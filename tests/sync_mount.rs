@@ -425,3 +425,49 @@ fn without_the_writeback_cache_a_cut_shows_through_a_file_held_open() {
     }
     grow_and_cut_while_held(false);
 }
+
+/// A sync state damaged on disk (a flipped bit) is found by its hash: the
+/// mount serves its files as they are and says why sync is off, instead
+/// of syncing from a wrong idea of what the volume holds.
+#[test]
+fn a_damaged_sync_state_turns_sync_off_with_the_reason_and_loses_no_file() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let a = peer(&server, "a", "v", work.path());
+    for i in 0..50 {
+        std::fs::write(a.path().join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    eventually("a's files taken", Duration::from_secs(20), || {
+        let s = common::daemon_json(a.path());
+        s["sync"]["pushed"].as_u64().unwrap_or(0) >= 1 && s["sync"]["in_flight"] == false
+    });
+    let store = a.store.clone();
+    a.unmount();
+    let state = store.join("sync.state");
+    let mut b = std::fs::read(&state).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 0x04;
+    std::fs::write(&state, &b).unwrap();
+    let m = Mounted::start_logged(&store, &[], &work.path().join("a2.log"));
+    eventually("the reason in daemon.json", Duration::from_secs(20), || {
+        common::daemon_json(m.path())["sync"]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("damaged"))
+    });
+    for i in 0..50 {
+        assert_eq!(
+            std::fs::read_to_string(m.path().join(format!("f{i}"))).unwrap(),
+            format!("file {i}")
+        );
+    }
+    std::fs::write(m.path().join("after"), b"still a filesystem").unwrap();
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        b,
+        "the damaged state was overwritten"
+    );
+    m.unmount();
+}

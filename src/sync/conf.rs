@@ -17,7 +17,7 @@ use std::path::Path;
 use super::peer::Peer;
 use super::tree::Tree;
 use super::wire::state;
-use super::{SyncError, write_atomic, write_private};
+use super::{SyncError, write_private};
 
 /// The sync threads' nice value unless `-o sync_nice` says otherwise:
 /// sync is background work, and on a machine whose CPUs are busy with the
@@ -166,11 +166,18 @@ pub fn offline_status(store: &Path, stored: u64) -> Result<Option<Status>, SyncE
 /// applied; past it, change-sets wait to be asked for.
 pub const DEFAULT_WINDOW: u64 = 128 << 20;
 
-/// Writes the peer's state; returns its size.
+/// Writes the peer's state, a piece at a time; returns its size.
 pub(super) fn save_peer(store: &Path, p: &Peer) -> Result<u64, SyncError> {
-    let bytes = state::encode(p.id, p.applied, p.counter, &p.synced)?;
-    write_atomic(&store.join(STATE_FILE), &bytes)?;
-    Ok(bytes.len() as u64)
+    use std::io::Write;
+    let path = store.join(STATE_FILE);
+    let mut size = 0;
+    super::write_atomic_with(&path, 0o644, &mut |f| {
+        size = state::encode_to(p.id, p.applied, p.counter, &p.synced, &mut |b: &[u8]| {
+            f.write_all(b).map_err(|e| SyncError::io(&path, e))
+        })?;
+        Ok(())
+    })?;
+    Ok(size)
 }
 
 pub(super) fn load_peer(store: &Path) -> Result<Peer, SyncError> {

@@ -88,6 +88,17 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SyncError> {
 
 fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SyncError> {
     use std::io::Write;
+    write_atomic_with(path, mode, &mut |f| {
+        f.write_all(bytes).map_err(|e| SyncError::io(path, e))
+    })
+}
+
+/// As [`write_atomic`], the bytes written by `write` (a piece at a time).
+pub fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    write: &mut dyn FnMut(&mut std::fs::File) -> Result<(), SyncError>,
+) -> Result<(), SyncError> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let io = |e| SyncError::io(path, e);
@@ -98,7 +109,7 @@ fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SyncError
         .mode(mode)
         .open(&tmp)
         .map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
+    write(&mut f)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
     if let Some(dir) = path.parent()
