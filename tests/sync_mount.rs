@@ -471,3 +471,44 @@ fn a_damaged_sync_state_turns_sync_off_with_the_reason_and_loses_no_file() {
     );
     m.unmount();
 }
+
+/// The way back from a damaged sync state: remove it (and the journal),
+/// and the store joins its volume again. Files the same on both sides
+/// stay as they are (no conflict copies), and its pushes are taken again
+/// (numbered past the last the server took, not ignored as stale).
+#[test]
+fn a_store_whose_sync_state_was_removed_joins_again_without_copies() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let a = peer(&server, "a", "v", work.path());
+    let b = peer(&server, "b", "v", work.path());
+    for i in 0..20 {
+        std::fs::write(a.path().join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    eventually("a's files on b", Duration::from_secs(20), || {
+        (0..20).all(|i| b.path().join(format!("f{i}")).exists())
+    });
+    let store = a.store.clone();
+    a.unmount();
+    std::fs::remove_file(store.join("sync.state")).unwrap();
+    let _ = std::fs::remove_file(store.join("sync.journal"));
+    let a = Mounted::start_logged(&store, &[], &work.path().join("a2.log"));
+    std::fs::write(a.path().join("after"), b"written after joining again").unwrap();
+    std::fs::write(b.path().join("from-b"), b"and from b").unwrap();
+    eventually("both new files on both", Duration::from_secs(20), || {
+        std::fs::read(b.path().join("after")).is_ok_and(|d| d == b"written after joining again")
+            && std::fs::read(a.path().join("from-b")).is_ok_and(|d| d == b"and from b")
+    });
+    assert_eq!(tree(a.path()), tree(b.path()));
+    let copies: Vec<String> = tree(a.path())
+        .keys()
+        .filter(|n| n.contains(".conflict-"))
+        .cloned()
+        .collect();
+    assert!(copies.is_empty(), "{copies:?}");
+    a.unmount();
+    b.unmount();
+}

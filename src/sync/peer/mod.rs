@@ -195,7 +195,11 @@ impl Peer {
     /// `counter`, as sequence `seq`. If that is the push whose ack was
     /// lost, it is this peer's change from then on, not a pending one:
     /// the log brings it back as its own, or a snapshot holds it.
+    /// A peer whose saved state is older than its last push (restored, or
+    /// removed to join again) counts on from there: the server ignores a
+    /// push numbered at or below the last it took, and would never ack it.
     pub fn on_welcome(&mut self, counter: u64, seq: u64) {
+        self.counter = self.counter.max(counter);
         if let Some(cs) = self.unacked.take()
             && cs.counter == counter
             && seq > self.applied
@@ -1014,6 +1018,25 @@ mod tests {
                 .iter()
                 .any(|op| matches!(op, Op::Node { fid: 10, blocks, .. } if blocks == &vec![(0, Some([1; 32]))])),
             "{cs:?}"
+        );
+    }
+
+    /// A peer that lost its saved state (removed, or a store restored
+    /// from before its last pushes) numbers its next push past the last
+    /// the server took, which the server would otherwise ignore forever.
+    #[test]
+    fn a_peer_without_its_saved_counter_pushes_past_the_last_one_taken() {
+        let mut p = Peer::new(2, "p2", Tree::default());
+        p.on_welcome(500, 7);
+        p.local.put_node(10, file(&[(0, 1)]));
+        p.local.link((ROOT_ID, b"a".to_vec()), 10);
+        let mut relay = Relay::default();
+        relay.last_taken.insert(2, (500, 7));
+        let cs = p.push().expect("the new file");
+        assert_eq!(cs.counter, 501);
+        assert!(
+            relay.take(2, "p2", cs, 0).is_some(),
+            "the server ignored it"
         );
     }
 }
