@@ -512,3 +512,48 @@ fn a_store_whose_sync_state_was_removed_joins_again_without_copies() {
     a.unmount();
     b.unmount();
 }
+
+/// Joining again after the sync state was removed, while the volume moved
+/// on: the store reads the log from the start, knows its own pushes in it
+/// (by its credential's peer), and takes up where it left off: the other
+/// peer's edit and delete apply as they would have, and nothing it had
+/// pushed becomes a conflict copy.
+#[test]
+fn a_store_joining_again_takes_up_where_its_pushes_left_off() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let a = peer(&server, "a", "v", work.path());
+    let b = peer(&server, "b", "v", work.path());
+    std::fs::write(a.path().join("same.txt"), b"unchanged").unwrap();
+    std::fs::write(a.path().join("edited.txt"), b"as a had it").unwrap();
+    std::fs::write(a.path().join("deleted.txt"), b"deleted on b").unwrap();
+    eventually("a's files on b", Duration::from_secs(20), || {
+        std::fs::read(b.path().join("deleted.txt")).is_ok()
+            && std::fs::read(b.path().join("edited.txt")).is_ok()
+            && std::fs::read(b.path().join("same.txt")).is_ok()
+    });
+    let store = a.store.clone();
+    a.unmount();
+    std::fs::write(b.path().join("edited.txt"), b"as b made it").unwrap();
+    std::fs::remove_file(b.path().join("deleted.txt")).unwrap();
+    std::fs::remove_file(store.join("sync.state")).unwrap();
+    let _ = std::fs::remove_file(store.join("sync.journal"));
+    let a = Mounted::start_logged(&store, &[], &work.path().join("a2.log"));
+    eventually("b's edit and delete on a", Duration::from_secs(20), || {
+        std::fs::read(a.path().join("edited.txt")).is_ok_and(|d| d == b"as b made it")
+            && !a.path().join("deleted.txt").exists()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (ta, tb) = (tree(a.path()), tree(b.path()));
+    assert_eq!(ta, tb);
+    assert_eq!(
+        ta.keys().collect::<Vec<_>>(),
+        ["edited.txt", "same.txt"],
+        "a conflict copy, or a file back"
+    );
+    a.unmount();
+    b.unmount();
+}
