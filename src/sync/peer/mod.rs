@@ -1039,4 +1039,44 @@ mod tests {
             "the server ignored it"
         );
     }
+
+    /// The ack of a push the server had already folded into a snapshot
+    /// this peer has queued: the push is found in the snapshot as a taken
+    /// one is, so a delete made after it stays (marked for the next push
+    /// only, the file came back from this peer).
+    #[test]
+    fn a_push_acked_inside_a_queued_snapshot_is_found_there() {
+        let mut relay = Relay::default();
+        let empty = Tree::default();
+        let mut other = empty.clone();
+        other.put_node(20, file(&[(0, 9)]));
+        other.link((ROOT_ID, b"b".to_vec()), 20);
+        relay.take(3, "p3", push(&empty, &other, 3, 0), 0);
+        let mut new_fid = {
+            let mut n = 100u128;
+            move || {
+                n += 1;
+                n
+            }
+        };
+        let mut p = Peer::new(2, "p2", empty.clone());
+        p.local.put_node(10, file(&[(0, 1)]));
+        p.local.link((ROOT_ID, b"a".to_vec()), 10);
+        let cs = p.push().expect("the new file");
+        let counter = cs.counter;
+        let seq = relay.take(2, "p2", cs, 0).expect("taken");
+        let mut server = empty.clone();
+        for (i, cs) in relay.log.iter().enumerate() {
+            apply(&mut server, i as u64 + 1, cs);
+        }
+        let mut gone = server.clone();
+        gone.remove_file(10);
+        relay.take(3, "p3", push(&server, &gone, 3, seq), 0);
+        relay.compact(relay.head());
+        p.on_ack_within_snapshot(counter, seq).unwrap();
+        let snap = relay.snapshot.clone();
+        p.on_snapshot(relay.cut, &snap, 0, &mut new_fid).unwrap();
+        assert!(!p.local.nodes.contains_key(&10), "the file came back");
+        assert_eq!(p.push(), None, "nothing to push again");
+    }
 }
