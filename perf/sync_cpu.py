@@ -5,9 +5,12 @@ then the CPU seconds of the server and of each of the mount's threads
 (from /proc), the pushes and bytes the server took.
 
 Run as root from the repository, with the release binary built:
-  perf/sync_cpu.py sync|nosync fsync|seq|onedir
+  perf/sync_cpu.py sync|nosync fsync|seq|onedir [SIZE]
 (onedir: the suite's shell loop making 10,000 files in one directory;
-its "iops" is files a second)
+its "iops" is files a second). With SIZE (fsync only, e.g. 4G) the file
+is first written whole and pushed, and the 6 s of 4 KiB writes with an
+fsync each then go to that file (what a push costs as the file grows);
+without, fio lays out 64 MiB as it goes.
 """
 import json, os, subprocess, sys, tempfile, time
 
@@ -39,9 +42,21 @@ try:
             f=open(f"/proc/{p}/task/{t}/stat").read().rsplit(")",1)[1].split()
             r[name]=r.get(name,0)+(int(f[11])+int(f[12]))/os.sysconf("SC_CLK_TCK")
         return r
+    size=sys.argv[3] if len(sys.argv)>3 else None
+    s0={}
+    if size:
+        sh("fio",f"--directory={mnt}","--name=x","--ioengine=psync","--rw=write","--bs=1M",f"--size={size}","--end_fsync=1")
+        last=None
+        for _ in range(150):
+            time.sleep(4)
+            now=(json.load(open(os.path.join(srv,"status.json"))) if sys.argv[1]=="sync" else {},
+                 json.load(open(os.path.join(mnt,".zippy","daemon.json"))).get("sync",{}))
+            if now==last and not now[1].get("in_flight"): break
+            last=now
+        s0=now[0]
     c0=cpu(server.pid); t0=threads(pid)
     w=sys.argv[2]
-    args={"fsync":["--rw=randwrite","--bs=4k","--size=64M","--fsync=1","--time_based","--runtime=6"],
+    args={"fsync":["--rw=randwrite","--bs=4k",f"--size={size or '64M'}","--fsync=1","--time_based","--runtime=6"],
           "seq":["--rw=write","--bs=1M","--size=1G","--end_fsync=1"],"onedir":[]}[w]
     st=time.time()
     if w=="onedir":
@@ -54,7 +69,7 @@ try:
     time.sleep(1)
     t1=threads(pid)
     st_=json.load(open(os.path.join(srv,"status.json"))) if os.path.exists(os.path.join(srv,"status.json")) else {}
-    print("pushes", st_.get("pushes"), "bytes_in", st_.get("bytes_in"))
+    print("pushes", (st_.get("pushes") or 0)-(s0.get("pushes") or 0), "bytes_in", (st_.get("bytes_in") or 0)-(s0.get("bytes_in") or 0))
     print(sys.argv[1], w, "iops", round(j["iops"]), "MB/s", round(j["bw_bytes"]/1e6), "wall", round(el,2), "server cpu", round(cpu(server.pid)-c0,2))
     print({k: round(t1[k]-t0.get(k,0),2) for k in t1 if t1[k]-t0.get(k,0)>0.01})
 finally:
