@@ -733,6 +733,56 @@ mod tests {
         }
     }
 
+    /// A relay whose log holds peer 1's new file 10, named "a", as
+    /// sequence 1; the empty tree, and the tree after it.
+    fn one_file_from_p1() -> (Relay, Tree, Tree) {
+        let mut relay = Relay::default();
+        let empty = Tree::default();
+        let mut one = empty.clone();
+        one.put_node(10, file(&[(0, 1)]));
+        one.link((ROOT_ID, b"a".to_vec()), 10);
+        relay.take(1, "p1", push(&empty, &one, 1, 0), 0);
+        (relay, empty, one)
+    }
+
+    /// New file ids for conflict copies: 101, 102, ...
+    fn fids() -> impl FnMut() -> FileId {
+        let mut n = 100u128;
+        move || {
+            n += 1;
+            n
+        }
+    }
+
+    /// Peer 2 makes file 10 and pushes it; the server takes it as 2,
+    /// behind peer 3's new file (1); peer 3 then deletes it (3), and the
+    /// log is cut at 3. Returns the relay, peer 2 (its push in flight),
+    /// and the push's counter and sequence.
+    fn pushed_behind_others_then_deleted() -> (Relay, Peer, u64, u64) {
+        let mut relay = Relay::default();
+        let empty = Tree::default();
+        let mut other = empty.clone();
+        other.put_node(20, file(&[(0, 9)]));
+        other.link((ROOT_ID, b"b".to_vec()), 20);
+        relay.take(3, "p3", push(&empty, &other, 3, 0), 0);
+        let mut p = Peer::new(2, "p2", empty.clone());
+        p.local.put_node(10, file(&[(0, 1)]));
+        p.local.link((ROOT_ID, b"a".to_vec()), 10);
+        let cs = p.push().expect("the new file");
+        let counter = cs.counter;
+        let seq = relay.take(2, "p2", cs, 0).expect("taken");
+        assert_eq!(seq, 2, "behind peer 3's");
+        let mut server = empty;
+        for (i, cs) in relay.log.iter().enumerate() {
+            apply(&mut server, i as u64 + 1, cs);
+        }
+        let mut gone = server.clone();
+        gone.remove_file(10);
+        relay.take(3, "p3", push(&server, &gone, 3, seq), 0);
+        relay.compact(relay.head());
+        (relay, p, counter, seq)
+    }
+
     /// A push of `to` over `from` by `origin`, made on `base`.
     fn push(from: &Tree, to: &Tree, origin: PeerId, base: u64) -> ChangeSet {
         ChangeSet {
@@ -753,12 +803,7 @@ mod tests {
     /// one without a copy (sim seed 30,973).
     #[test]
     fn a_push_taken_behind_a_concurrent_write_and_returned_in_a_snapshot_keeps_its_write() {
-        let mut relay = Relay::default();
-        let empty = Tree::default();
-        let mut one = empty.clone();
-        one.put_node(10, file(&[(0, 1)]));
-        one.link((ROOT_ID, b"a".to_vec()), 10);
-        relay.take(1, "p1", push(&empty, &one, 1, 0), 0);
+        let (mut relay, empty, one) = one_file_from_p1();
         let mut p = Peer::new(2, "p2", empty.clone());
         let mut copies = 100u128;
         let mut new_fid = || {
@@ -804,12 +849,7 @@ mod tests {
     /// replace the other.)
     #[test]
     fn a_snapshot_counts_every_change_after_what_the_peer_had_as_concurrent() {
-        let mut relay = Relay::default();
-        let empty = Tree::default();
-        let mut one = empty.clone();
-        one.put_node(10, file(&[(0, 1)]));
-        one.link((ROOT_ID, b"a".to_vec()), 10);
-        relay.take(1, "p1", push(&empty, &one, 1, 0), 0);
+        let (mut relay, empty, one) = one_file_from_p1();
         let mut server = empty.clone();
         apply(&mut server, 1, &relay.log[0]);
         // Peer 3 writes the file (2), then makes another (3).
@@ -899,13 +939,7 @@ mod tests {
         let mut one = empty.clone();
         one.put_node(10, file(&[(0, 1)]));
         one.link((ROOT_ID, b"a".to_vec()), 10);
-        let mut new_fid = {
-            let mut n = 100u128;
-            move || {
-                n += 1;
-                n
-            }
-        };
+        let mut new_fid = fids();
         let mut p = Peer::new(2, "p2", empty.clone());
         p.local = one.clone();
         let cs = p.push().expect("the new file");
@@ -933,35 +967,9 @@ mod tests {
     /// applied it over more), and is found in the snapshot instead.
     #[test]
     fn a_push_taken_behind_others_and_deleted_since_stays_deleted() {
-        let mut relay = Relay::default();
-        let empty = Tree::default();
-        let mut other = empty.clone();
-        other.put_node(20, file(&[(0, 9)]));
-        other.link((ROOT_ID, b"b".to_vec()), 20);
-        relay.take(3, "p3", push(&empty, &other, 3, 0), 0);
-        let mut new_fid = {
-            let mut n = 100u128;
-            move || {
-                n += 1;
-                n
-            }
-        };
-        let mut p = Peer::new(2, "p2", empty.clone());
-        p.local.put_node(10, file(&[(0, 1)]));
-        p.local.link((ROOT_ID, b"a".to_vec()), 10);
-        let cs = p.push().expect("the new file");
-        let counter = cs.counter;
-        let seq = relay.take(2, "p2", cs, 0).expect("taken");
-        assert_eq!(seq, 2, "behind peer 3's");
+        let (relay, mut p, counter, seq) = pushed_behind_others_then_deleted();
+        let mut new_fid = fids();
         p.disconnected();
-        let mut server = empty.clone();
-        for (i, cs) in relay.log.iter().enumerate() {
-            apply(&mut server, i as u64 + 1, cs);
-        }
-        let mut gone = server.clone();
-        gone.remove_file(10);
-        relay.take(3, "p3", push(&server, &gone, 3, seq), 0);
-        relay.compact(relay.head());
         p.on_welcome(counter, seq);
         let snap = relay.snapshot.clone();
         p.on_snapshot(relay.cut, &snap, 0, &mut new_fid).unwrap();
@@ -975,19 +983,8 @@ mod tests {
     /// snapshot came: what the user wrote last is what stays.
     #[test]
     fn a_push_taken_behind_others_then_undone_here_keeps_the_undo() {
-        let mut relay = Relay::default();
-        let empty = Tree::default();
-        let mut one = empty.clone();
-        one.put_node(10, file(&[(0, 1)]));
-        one.link((ROOT_ID, b"a".to_vec()), 10);
-        relay.take(1, "p1", push(&empty, &one, 1, 0), 0);
-        let mut new_fid = {
-            let mut n = 100u128;
-            move || {
-                n += 1;
-                n
-            }
-        };
+        let (mut relay, empty, one) = one_file_from_p1();
+        let mut new_fid = fids();
         let mut p = Peer::new(2, "p2", empty.clone());
         p.on_deliver(1, &relay.log[0].clone(), 0, &mut new_fid)
             .unwrap();
@@ -1046,33 +1043,8 @@ mod tests {
     /// only, the file came back from this peer).
     #[test]
     fn a_push_acked_inside_a_queued_snapshot_is_found_there() {
-        let mut relay = Relay::default();
-        let empty = Tree::default();
-        let mut other = empty.clone();
-        other.put_node(20, file(&[(0, 9)]));
-        other.link((ROOT_ID, b"b".to_vec()), 20);
-        relay.take(3, "p3", push(&empty, &other, 3, 0), 0);
-        let mut new_fid = {
-            let mut n = 100u128;
-            move || {
-                n += 1;
-                n
-            }
-        };
-        let mut p = Peer::new(2, "p2", empty.clone());
-        p.local.put_node(10, file(&[(0, 1)]));
-        p.local.link((ROOT_ID, b"a".to_vec()), 10);
-        let cs = p.push().expect("the new file");
-        let counter = cs.counter;
-        let seq = relay.take(2, "p2", cs, 0).expect("taken");
-        let mut server = empty.clone();
-        for (i, cs) in relay.log.iter().enumerate() {
-            apply(&mut server, i as u64 + 1, cs);
-        }
-        let mut gone = server.clone();
-        gone.remove_file(10);
-        relay.take(3, "p3", push(&server, &gone, 3, seq), 0);
-        relay.compact(relay.head());
+        let (relay, mut p, counter, seq) = pushed_behind_others_then_deleted();
+        let mut new_fid = fids();
         p.on_ack_within_snapshot(counter, seq).unwrap();
         let snap = relay.snapshot.clone();
         p.on_snapshot(relay.cut, &snap, 0, &mut new_fid).unwrap();
