@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::sync::{Server, eventually, peer, peer_at, tree};
+use common::sync::{Server, eventually, peer, peer_at, tree, two_peers};
 use common::{Mounted, fuse_or_skip};
 
 fn content(seed: u64, len: usize) -> Vec<u8> {
@@ -118,10 +118,7 @@ fn a_peer_offline_for_100_versions_catches_up_moving_only_the_blocks_it_lacked()
     if !fuse_or_skip() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let server = Server::start();
-    let a = peer(&server, "a", "v", work.path());
-    let b = peer(&server, "b", "v", work.path());
+    let (work, server, a, b) = two_peers();
     // Its two halves are the same: the first 36 blocks changed below
     // stand in two places, and once one changes on b the place b's index
     // names for them is stale (the patch must still find the other).

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::sync::{Server, eventually, peer, peer_with, tree};
+use common::sync::{Server, eventually, peer, peer_with, tree, two_peers};
 use common::{Mounted, bin, fuse_or_skip};
 
 #[test]
@@ -15,10 +15,7 @@ fn a_file_written_and_closed_on_one_peer_is_read_on_the_other() {
     if !fuse_or_skip() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let server = Server::start();
-    let a = peer(&server, "a", "v", work.path());
-    let b = peer(&server, "b", "v", work.path());
+    let (_work, server, a, b) = two_peers();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
     std::fs::write(a.path().join("hello.bin"), &data).unwrap();
     let took = eventually("the file on b", Duration::from_secs(20), || {
@@ -183,10 +180,7 @@ fn a_change_to_a_file_the_other_peer_has_open_and_cached_is_read_there() {
     if !fuse_or_skip() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let server = Server::start();
-    let a = peer(&server, "a", "v", work.path());
-    let b = peer(&server, "b", "v", work.path());
+    let (_work, _server, a, b) = two_peers();
     std::fs::write(a.path().join("f"), vec![b'1'; 10_000]).unwrap();
     eventually("v1 on b", Duration::from_secs(20), || {
         std::fs::read(b.path().join("f")).is_ok_and(|d| d == vec![b'1'; 10_000])
@@ -220,10 +214,7 @@ fn concurrent_edits_offline_keep_both_and_every_peer_converges() {
     if !fuse_or_skip() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let server = Server::start();
-    let a = peer(&server, "a", "v", work.path());
-    let b = peer(&server, "b", "v", work.path());
+    let (_work, server, a, b) = two_peers();
     std::fs::write(a.path().join("doc.txt"), b"base").unwrap();
     std::fs::write(a.path().join("gone.txt"), b"to delete").unwrap();
     eventually("the base on b", Duration::from_secs(20), || {
@@ -481,10 +472,7 @@ fn a_store_whose_sync_state_was_removed_joins_again_without_copies() {
     if !fuse_or_skip() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let server = Server::start();
-    let a = peer(&server, "a", "v", work.path());
-    let b = peer(&server, "b", "v", work.path());
+    let (work, _server, a, b) = two_peers();
     for i in 0..20 {
         std::fs::write(a.path().join(format!("f{i}")), format!("file {i}")).unwrap();
     }
@@ -523,10 +511,7 @@ fn a_store_joining_again_takes_up_where_its_pushes_left_off() {
     if !fuse_or_skip() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let server = Server::start();
-    let a = peer(&server, "a", "v", work.path());
-    let b = peer(&server, "b", "v", work.path());
+    let (work, _server, a, b) = two_peers();
     std::fs::write(a.path().join("same.txt"), b"unchanged").unwrap();
     std::fs::write(a.path().join("edited.txt"), b"as a had it").unwrap();
     std::fs::write(a.path().join("deleted.txt"), b"deleted on b").unwrap();

@@ -168,6 +168,19 @@ pub fn peer_with(
     Mounted::start_logged(&store, args, &work.join(format!("{name}.log")))
 }
 
+/// A real server and two peers of its volume "v", `a` and `b`, each a
+/// real mount, in a directory of their own: `let (work, server, a, b) =
+/// two_peers();`, bound in that order so that the mounts go first, then
+/// the server, and the directory last (name one left unused `_work`,
+/// never `_`, which would drop it at once).
+pub fn two_peers() -> (tempfile::TempDir, Server, Mounted, Mounted) {
+    let work = tempfile::tempdir().expect("a work directory");
+    let server = Server::start();
+    let a = peer(&server, "a", "v", work.path());
+    let b = peer(&server, "b", "v", work.path());
+    (work, server, a, b)
+}
+
 /// Waits (bounded) until `check` holds; returns how long it took.
 pub fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
