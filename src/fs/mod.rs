@@ -388,10 +388,6 @@ impl Fs {
         let snap = self.store.latest()?;
         if let Some(m) = snap.get(META_KEY)? {
             let (next, bs, fs_id) = decode_meta(m)?;
-            // A store that has a block index keeps it, whoever mounts it.
-            if let Some(marker) = snap.get(blockindex::MARKER)? {
-                self.open_block_index(marker);
-            }
             self.fs_id = fs_id;
             self.next_ino.store(next, Ordering::Relaxed);
             self.committed_next_ino.store(next, Ordering::Relaxed);
@@ -403,6 +399,12 @@ impl Fs {
                     "using the block size the filesystem was made with"
                 );
                 self.block_size = bs as u64;
+            }
+            // A store that has a block index keeps it, whoever mounts it.
+            // After the origin: a rebuild's versions carry it on, so the
+            // newest version still says how far sync had applied.
+            if let Some(marker) = snap.get(blockindex::MARKER)? {
+                self.open_block_index(marker);
             }
             let orphans: Vec<u64> = snap
                 .range(&b"O"[..]..&b"P"[..])?

@@ -122,11 +122,18 @@ fn a_block_index_built_over_existing_files_is_kept_exact_by_later_commits_and_re
     // finds the index behind the newest version and rebuilds it.
     let lost = vec![0xab; 4096];
     fs.write(e, 60 * 4096, &lost).unwrap();
+    fs.synced_through(7);
     fs.commit("held").unwrap();
     let before = exact(&fs);
     drop(fs);
     let fs = Fs::mount(dir.path(), opts()).unwrap();
     assert!(exact(&fs) > before, "rebuilt");
+    // The rebuild's versions carry on how far sync had applied.
+    let newest = fs.store().versions().last().map(|v| v.tag.clone());
+    assert_eq!(
+        crate::fs::history::Origin::of_tag(&newest.unwrap_or_default()).seq,
+        7
+    );
     assert_eq!(wrong(&fs), Vec::<String>::new());
     let snap = fs.store().latest().unwrap();
     assert!(fs.has_block(&snap, &hash(&lost)).unwrap());
