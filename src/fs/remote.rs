@@ -247,6 +247,7 @@ impl Fs {
     }
 
     /// The bytes of block `idx` of the file with id `fid` in `version`.
+    #[cfg(test)]
     pub fn committed_block(&self, version: u64, fid: u128, idx: u64) -> FsResult<Vec<u8>> {
         self.file_block_in(&self.store.snapshot(version)?, fid, idx)
     }

@@ -79,7 +79,7 @@ fn concurrent(last: Stamp, cs: &ChangeSet) -> bool {
 }
 
 /// Applies one content op; false if it is not applied.
-fn apply_content(tree: &mut Tree, stamp: Stamp, cs: &ChangeSet, op: &Op) -> bool {
+pub(super) fn apply_content(tree: &mut Tree, stamp: Stamp, cs: &ChangeSet, op: &Op) -> bool {
     let Op::Node {
         fid,
         whole,
@@ -120,7 +120,7 @@ fn apply_content(tree: &mut Tree, stamp: Stamp, cs: &ChangeSet, op: &Op) -> bool
     };
     node.meta = meta.clone();
     if let Some(c) = cut {
-        node.blocks.split_off(c);
+        node.blocks.truncate(*c);
     }
     node.blocks.set_many(blocks);
     for (k, v) in xattrs {

@@ -171,7 +171,7 @@ pub(super) fn save_peer(store: &Path, p: &Peer) -> Result<u64, SyncError> {
     use std::io::Write;
     let path = store.join(STATE_FILE);
     let mut size = 0;
-    super::write_atomic_with(&path, 0o644, &mut |f| {
+    super::write_atomic_in_pieces(&path, &mut |f| {
         size = state::encode_to(p.id, p.applied, p.counter, &p.synced, &mut |b: &[u8]| {
             f.write_all(b).map_err(|e| SyncError::io(&path, e))
         })?;

@@ -39,6 +39,7 @@ pub fn node_of(f: &FileState) -> Node {
 }
 
 /// A commit as a tree.
+#[cfg(test)]
 pub fn tree_of(c: &Committed) -> Tree {
     tree_like(c, &Tree::empty())
 }

@@ -78,8 +78,11 @@ impl From<wire::WireError> for SyncError {
 
 /// Writes a file whole or not at all: a temporary file, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SyncError> {
-    write_with_mode(path, bytes, 0o644)
+    write_with_mode(path, bytes, ATOMIC_MODE)
 }
+
+/// Files sync writes whole for anyone to read (not keys).
+const ATOMIC_MODE: u32 = 0o644;
 
 /// As [`write_atomic`], readable by its owner only (keys, credentials).
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SyncError> {
@@ -94,7 +97,14 @@ fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SyncError
 }
 
 /// As [`write_atomic`], the bytes written by `write` (a piece at a time).
-pub fn write_atomic_with(
+pub fn write_atomic_in_pieces(
+    path: &Path,
+    write: &mut dyn FnMut(&mut std::fs::File) -> Result<(), SyncError>,
+) -> Result<(), SyncError> {
+    write_atomic_with(path, ATOMIC_MODE, write)
+}
+
+fn write_atomic_with(
     path: &Path,
     mode: u32,
     write: &mut dyn FnMut(&mut std::fs::File) -> Result<(), SyncError>,

@@ -428,8 +428,7 @@ impl Session<'_> {
             None => match self.fs.block_by_hash(&snap, &base)? {
                 Some(b) => Some(b),
                 None => self.inc.asked_at.get(&hash).and_then(|&(fid, idx)| {
-                    let b = self.fs.file_block_in(&snap, fid, idx).ok()?;
-                    (*blake3::hash(&b).as_bytes() == base).then_some(b)
+                    self.fs.file_block_if(&snap, fid, idx, &base).ok().flatten()
                 }),
             },
         };

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use super::super::apply::{Outcome, apply};
-use super::super::tree::{ChangeSet, FileId, Key, Node, Op, Stamp, Tree};
+use super::super::apply::{Outcome, apply, apply_content};
+use super::super::tree::{ChangeSet, FileId, Key, Op, Stamp, Tree};
 use super::Peer;
 use super::Violation;
 
@@ -119,32 +119,9 @@ impl Peer {
                         before.link(k.clone(), fid);
                     }
                 }
-                (
-                    Op::Node {
-                        whole: true,
-                        meta,
-                        blocks,
-                        xattrs,
-                        target,
-                        ..
-                    },
-                    None,
-                ) if !self.synced.nodes.contains_key(&fid) => {
-                    let node = Node {
-                        meta: meta.clone(),
-                        blocks: blocks
-                            .iter()
-                            .filter_map(|(i, h)| h.map(|h| (*i, h)))
-                            .collect(),
-                        xattrs: xattrs
-                            .iter()
-                            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
-                            .collect(),
-                        target: target.clone().unwrap_or_default(),
-                        changed: own,
-                        renamed: own,
-                    };
-                    before.put_node(fid, node);
+                // Made by this push: as the log made it.
+                (Op::Node { whole: true, .. }, None) if !self.synced.nodes.contains_key(&fid) => {
+                    apply_content(before, own, cs, op);
                 }
                 (Op::Names { added, .. }, None) if !self.synced.nodes.contains_key(&fid) => {
                     for k in added {

@@ -55,6 +55,13 @@ impl Blocks {
         rest
     }
 
+    /// Drops the blocks at or past `idx`.
+    pub fn truncate(&mut self, idx: u64) {
+        let p = self.0.partition_point(|(i, _)| *i < idx);
+        self.0.truncate(p);
+        self.fit();
+    }
+
     /// Sets blocks (`Some`) and makes holes (`None`), the last change of an
     /// index winning: each in place where it replaces a block or adds one
     /// past the last, else all in one merge.

@@ -135,7 +135,7 @@ pub fn decode(b: &[u8]) -> WireResult<PeerState> {
         if blake3::hash(body).as_bytes()[..] != hash[..] {
             return Err(r.bad("its hash does not match its bytes: the file is damaged"));
         }
-        r.b = &r.b[..r.b.len() - 32];
+        r.b = r.b.get(..r.b.len().saturating_sub(32)).unwrap_or_default();
     }
     let id = r.u32("peer")?;
     let applied = r.u64("applied")?;
