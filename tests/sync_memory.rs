@@ -60,29 +60,35 @@ fn file(blocks: u64) -> Node {
     n
 }
 
-/// The same tree, no node shared with `t`'s.
+/// The same tree built again, sharing nothing with `t`.
 fn copy(t: &Tree) -> Tree {
-    let mut c = t.clone();
-    for n in c.nodes.values_mut() {
-        *n = std::sync::Arc::new(Node::clone(n));
+    let mut c = Tree::empty();
+    for (fid, n) in &t.nodes {
+        c.put_node(*fid, Node::clone(n));
+    }
+    for (k, fid) in &t.entries {
+        c.link(k.clone(), *fid);
     }
     c
 }
 
 /// The bytes a peer keeps whose synced tree is the tree `build` makes,
-/// and whose local tree was read from its store: nodes of its own, then
-/// shared where the content is the same (`Peer::share`, as after each
-/// refresh; a whole read shares as it reads, `local::tree_like`).
+/// and whose local tree was read whole from its store, then layered over
+/// the synced one as a whole read does (`local::tree_like`).
 fn peer_bytes(build: impl FnOnce() -> Tree) -> i64 {
     let before = live();
     let tree = build();
     let read = copy(&tree);
     let mut peer = Peer::new(2, "p2", tree);
-    peer.local = read;
-    let fids: Vec<FileId> = peer.local.nodes.keys().copied().collect();
-    peer.share(fids);
+    peer.local = read.rebased_onto(&peer.synced);
+    drop(read);
     let bytes = live() - before;
     assert!(peer.synced.same_as(&peer.local));
+    assert_eq!(
+        peer.local.changes(),
+        0,
+        "the local tree holds nothing of its own"
+    );
     drop(peer);
     bytes
 }

@@ -106,16 +106,23 @@ pub(super) fn apply_content(tree: &mut Tree, stamp: Stamp, cs: &ChangeSet, op: &
             n
         }
         // A file new to the volume, or one deleted since the change was made.
-        None if *whole => Arc::make_mut(tree.nodes.entry(*fid).or_insert_with(|| {
-            Arc::new(Node {
-                meta: meta.clone(),
-                blocks: Default::default(),
-                xattrs: Default::default(),
-                target: Vec::new(),
-                changed: stamp,
-                renamed: stamp,
-            })
-        })),
+        None if *whole => {
+            tree.nodes.insert(
+                *fid,
+                Arc::new(Node {
+                    meta: meta.clone(),
+                    blocks: Default::default(),
+                    xattrs: Default::default(),
+                    target: Vec::new(),
+                    changed: stamp,
+                    renamed: stamp,
+                }),
+            );
+            match tree.nodes.get_mut(fid) {
+                Some(n) => Arc::make_mut(n),
+                None => return false,
+            }
+        }
         None => return false,
     };
     node.meta = meta.clone();

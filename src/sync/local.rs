@@ -44,10 +44,10 @@ pub fn tree_of(c: &Committed) -> Tree {
     tree_like(c, &Tree::empty())
 }
 
-/// A commit as a tree that holds `like`'s node of each file whose
-/// content is the same there, so that the two trees hold it once (a
-/// peer's local tree read whole, like its synced tree), and the whole
-/// volume is never held twice while it is read.
+/// A commit as a tree layered over `like`'s base (a peer's local tree
+/// read whole, like its synced tree): it holds of its own only what
+/// differs from `like`, and `like`'s node of each file whose content is
+/// the same there, so that the two trees hold the volume once.
 pub fn tree_like(c: &Committed, like: &Tree) -> Tree {
     let mut t = Tree::default();
     for f in &c.files {
@@ -61,7 +61,7 @@ pub fn tree_like(c: &Committed, like: &Tree) -> Tree {
     for (dir, name, fid) in &c.names {
         t.link((*dir, name.clone()), *fid);
     }
-    t
+    t.rebased_onto(like)
 }
 
 /// Blocks the change needs that are not at hand.

@@ -15,8 +15,10 @@ use std::sync::Arc;
 use crate::fs::{Kind, Time};
 
 mod blocks;
+mod layer;
 
 pub use blocks::{Blocks, Names};
+pub use layer::Layered;
 
 /// A file's identity on every peer of a volume (the inode record's file id).
 pub type FileId = u128;
@@ -79,13 +81,14 @@ impl Node {
 /// Files, and the names they go by.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tree {
-    /// Shared: a peer's local tree is its synced tree but for what it
-    /// has not pushed, so the two hold most nodes once; a node is copied
-    /// when one of them changes it (`Arc::make_mut`).
-    pub nodes: BTreeMap<FileId, Arc<Node>>,
-    pub entries: BTreeMap<Key, FileId>,
+    /// A peer's local tree is its synced tree but for what it has not
+    /// pushed: the two are layered over one base ([`Tree::fold`]), and a
+    /// node changed in one is shared with the other while the content is
+    /// the same (`Arc`, copied by the tree that changes it).
+    pub nodes: Layered<FileId, Arc<Node>>,
+    pub entries: Layered<Key, FileId>,
     /// Every file's names (the inverse of `entries`); a directory has one.
-    pub names: BTreeMap<FileId, Names>,
+    pub names: Layered<FileId, Names>,
     /// While recording ([`Tree::record`]): each file as it was before it
     /// was first changed. Not part of what the tree is (equality ignores it).
     pub journal: Journal,
@@ -141,9 +144,9 @@ impl Tree {
             renamed: Stamp::default(),
         };
         Tree {
-            nodes: BTreeMap::from([(ROOT_ID, Arc::new(node))]),
-            entries: BTreeMap::new(),
-            names: BTreeMap::new(),
+            nodes: [(ROOT_ID, Arc::new(node))].into_iter().collect(),
+            entries: Layered::default(),
+            names: Layered::default(),
             journal: Journal::default(),
         }
     }
@@ -151,9 +154,9 @@ impl Tree {
     /// A tree with nothing in it, not even the root (for parts of trees).
     pub fn empty() -> Tree {
         Tree {
-            nodes: BTreeMap::new(),
-            entries: BTreeMap::new(),
-            names: BTreeMap::new(),
+            nodes: Layered::default(),
+            entries: Layered::default(),
+            names: Layered::default(),
             journal: Journal::default(),
         }
     }
@@ -254,6 +257,66 @@ impl Tree {
         }
     }
 
+    /// Makes file `fid` (its node and names) here what it is in `from`,
+    /// sharing what the two trees' common base has (recorded first).
+    pub fn reset_to(&mut self, from: &Tree, fid: FileId) {
+        self.touch(fid);
+        for k in self.names_of(fid).cloned().collect::<Vec<_>>() {
+            self.unlink(&k);
+        }
+        for k in from.names_of(fid).cloned().collect::<Vec<_>>() {
+            if let Some(&was) = self.entries.get(&k) {
+                self.touch(was);
+                if was != fid
+                    && let Some(set) = self.names.get_mut(&was)
+                {
+                    set.remove(&k);
+                    if set.is_empty() {
+                        self.names.remove(&was);
+                    }
+                }
+            }
+            self.entries.take_from(&from.entries, &k);
+        }
+        self.names.take_from(&from.names, &fid);
+        self.nodes.take_from(&from.nodes, &fid);
+    }
+
+    /// Moves this tree's changes into its base: a tree built by inserts
+    /// (read, decoded) becomes one that trees cloned from it share.
+    pub fn freeze(&mut self) {
+        self.nodes.freeze();
+        self.entries.freeze();
+        self.names.freeze();
+    }
+
+    /// Folds `first`'s changes into the base it shares with `second`,
+    /// which keeps what it changed itself (see [`layer::fold`]): what a
+    /// peer's synced tree applied becomes shared with its local tree.
+    pub fn fold(first: &mut Tree, second: &mut Tree) {
+        layer::fold(&mut first.nodes, &mut second.nodes);
+        layer::fold(&mut first.entries, &mut second.entries);
+        layer::fold(&mut first.names, &mut second.names);
+    }
+
+    /// A tree equal to this one, layered over `like`'s base (see
+    /// [`Layered::rebased_onto`]): a tree read whole holds only what
+    /// differs from the tree it was read like.
+    pub fn rebased_onto(&self, like: &Tree) -> Tree {
+        Tree {
+            nodes: self.nodes.rebased_onto(&like.nodes),
+            entries: self.entries.rebased_onto(&like.entries),
+            names: self.names.rebased_onto(&like.names),
+            journal: self.journal.clone(),
+        }
+    }
+
+    /// How many files, names and entries this tree changed since its
+    /// last fold.
+    pub fn changes(&self) -> usize {
+        self.nodes.changes() + self.entries.changes() + self.names.changes()
+    }
+
     pub fn is_dir(&self, fid: FileId) -> bool {
         self.nodes
             .get(&fid)
@@ -281,7 +344,7 @@ impl Tree {
         if let Some(&was) = self.entries.get(&key) {
             self.touch(was);
         }
-        self.names.entry(fid).or_default().insert(key.clone());
+        self.names.get_or_default(&fid).insert(key.clone());
         self.entries.insert(key, fid);
     }
 

@@ -57,6 +57,13 @@ pub enum Violation {
 pub const PUSH_OPS: usize = 1024;
 /// The most blocks in one push (64 MiB of 64 KiB blocks), likewise.
 pub const PUSH_BLOCKS: usize = 1024;
+/// The fewest changes of the synced tree folded into the base at once
+/// ([`Peer::fold_if_due`]).
+#[cfg(not(test))]
+const FOLD_MIN: usize = 4096;
+/// Few in tests, so that the simulation's small trees fold often.
+#[cfg(test)]
+const FOLD_MIN: usize = 3;
 
 /// What [`Peer::record`] keeps besides the trees' journals.
 pub struct Saved {
@@ -94,7 +101,9 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(id: PeerId, name: &str, tree: Tree) -> Peer {
+    pub fn new(id: PeerId, name: &str, mut tree: Tree) -> Peer {
+        // Both trees start as the one base.
+        tree.freeze();
         Peer {
             id,
             name: name.to_string(),
@@ -163,9 +172,19 @@ impl Peer {
                 && s.same_content(l)
             {
                 // While recording, an undo gives back its stamps too.
-                let s = s.clone();
-                self.local.put_node(fid, s);
+                self.local.touch(fid);
+                self.local.nodes.take_from(&self.synced.nodes, &fid);
             }
+        }
+    }
+
+    /// Folds what the synced tree applied into the base it shares with
+    /// the local tree, once it is a sixteenth of the volume (at least
+    /// `FOLD_MIN` changes): the local tree then holds only what it has not
+    /// pushed, and a fold's cost is spread over the changes it folds.
+    fn fold_if_due(&mut self) {
+        if self.synced.changes() >= FOLD_MIN.max(self.synced.nodes.len() / 16) {
+            Tree::fold(&mut self.synced, &mut self.local);
         }
     }
 
@@ -255,6 +274,7 @@ impl Peer {
                         .iter()
                         .filter_map(|&i| cs.ops.get(i).map(Op::fid)),
                 );
+                self.fold_if_due();
                 Ok(())
             }
             other => Err(Violation::StrayAck {
@@ -316,6 +336,7 @@ impl Peer {
             self.share(out.touched.iter().copied());
             self.mark(out.touched);
             self.mark(cs.ops.iter().map(Op::fid));
+            self.fold_if_due();
             return Ok(BTreeSet::new());
         }
         // The synced state before, of the files the change-set names (the
@@ -327,6 +348,7 @@ impl Peer {
         self.applied = seq;
         let changed = self.rebase(&mut before, &named, seq, seq - 1, &out, now, new_fid);
         self.mark(changed.iter().copied());
+        self.fold_if_due();
         Ok(changed)
     }
 
@@ -341,6 +363,7 @@ impl Peer {
         apply(&mut self.synced, seq, cs);
         self.applied = seq;
         self.candidates = None;
+        self.fold_if_due();
         Ok(())
     }
 

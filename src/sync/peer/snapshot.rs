@@ -11,8 +11,9 @@ use super::Violation;
 
 impl Peer {
     /// [`Peer::replay`] of a snapshot: `synced` becomes `tree`.
-    pub fn replay_snapshot(&mut self, seq: u64, tree: Tree) {
+    pub fn replay_snapshot(&mut self, seq: u64, mut tree: Tree) {
         if seq > self.applied {
+            tree.freeze();
             self.synced = tree;
             self.applied = seq;
             self.candidates = None;
@@ -86,6 +87,7 @@ impl Peer {
         };
         let changed = self.rebase(&mut before, &named, seq, base, &out, now, new_fid);
         self.mark(changed.iter().copied());
+        self.fold_if_due();
         Ok(changed)
     }
 
