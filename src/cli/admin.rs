@@ -188,11 +188,7 @@ fn set_retention(
             .map_err(anyhow::Error::msg)?;
     } else {
         let s = open_with_policy(store)?;
-        let mut t = s.begin_write()?;
-        t.use_reserve();
-        t.set_retention(policy.clone());
-        t.tag(&zippyfs::fs::Origin::carried(&s).tag());
-        t.commit("retention")?;
+        zippyfs::fs::commit_unmounted(&s, "retention", |t| t.set_retention(policy.clone()))?;
     }
     Ok(())
 }
@@ -213,15 +209,7 @@ pub fn gc(args: GcArgs) -> anyhow::Result<ExitCode> {
 fn gc_unmounted(store: &Path) -> anyhow::Result<ExitCode> {
     let s = open_with_policy(store)?;
     let before = (s.stats(), s.versions().len());
-    // Carried from the newest tagged version: `Origin::carried`.
-    let tag = zippyfs::fs::Origin::carried(&s).tag();
-    let room = || -> anyhow::Result<()> {
-        let mut t = s.begin_write()?;
-        t.use_reserve();
-        t.tag(&tag);
-        t.commit("gc")?;
-        Ok(())
-    };
+    let room = || zippyfs::fs::commit_unmounted(&s, "gc", |_| {});
     room()?;
     // Over the space cap each commit lets one more old version go.
     let most = s.versions().len() as u64;

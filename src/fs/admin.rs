@@ -1,7 +1,29 @@
 //! What the control socket and `daemon.json` ask of a live filesystem:
-//! gc, retention, fsck and status.
+//! gc, retention, fsck and status; and the commit the same commands make
+//! on a store no daemon serves.
 
 use super::*;
+
+/// A commit of a store no daemon serves that changes no file: `change`
+/// (a retention policy, or nothing for a gc), which may use the reserve
+/// (it frees space), tagged with how far sync had applied
+/// ([`Origin::carried`]), and keeping a block index exact in the version
+/// before it exact in this one.
+pub fn commit_unmounted(
+    s: &Store,
+    cause: &str,
+    change: impl FnOnce(&mut crate::store::WriteTxn<'_>),
+) -> FsResult<()> {
+    let latest = s.latest_version().unwrap_or(0);
+    let tag = Origin::carried(s).tag();
+    let mut t = s.begin_write()?;
+    t.use_reserve();
+    change(&mut t);
+    t.tag(&tag);
+    blockindex::carry_exact(&mut t, latest)?;
+    t.commit(cause)?;
+    Ok(())
+}
 
 /// The last live `fsck`, kept for `daemon.json`.
 #[derive(Clone, Default, Debug)]

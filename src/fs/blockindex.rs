@@ -166,6 +166,19 @@ fn fold(t: &mut WriteTxn<'_>, changes: impl IntoIterator<Item = (bool, Key)>) ->
     Ok(())
 }
 
+/// For a commit made without a mount that changes no block entry (an
+/// offline `gc` or retention change), begun on version `latest`: an index
+/// exact in `latest` is exact in this commit too, and `MH` says so, or the
+/// next open would rebuild the whole index for nothing.
+pub(super) fn carry_exact(t: &mut WriteTxn<'_>, latest: u64) -> FsResult<()> {
+    let exact = t.get(MARKER)?.and_then(|e| exact_in(e.value));
+    if exact == Some(latest) {
+        let v = t.version();
+        t.put(MARKER, &v.to_le_bytes())?;
+    }
+    Ok(())
+}
+
 /// What a commit did with its changes, for [`Fs::index_committed`].
 pub(super) enum Written {
     Held(Changes),

@@ -55,6 +55,7 @@ pub mod remote;
 mod rename;
 mod space;
 
+pub use admin::commit_unmounted;
 use data::{read_blocks, slice_of};
 use delta::{Delta, Found, layered};
 pub use history::Origin;

@@ -257,31 +257,6 @@ impl Tree {
         }
     }
 
-    /// Makes file `fid` (its node and names) here what it is in `from`,
-    /// sharing what the two trees' common base has (recorded first).
-    pub fn reset_to(&mut self, from: &Tree, fid: FileId) {
-        self.touch(fid);
-        for k in self.names_of(fid).cloned().collect::<Vec<_>>() {
-            self.unlink(&k);
-        }
-        for k in from.names_of(fid).cloned().collect::<Vec<_>>() {
-            if let Some(&was) = self.entries.get(&k) {
-                self.touch(was);
-                if was != fid
-                    && let Some(set) = self.names.get_mut(&was)
-                {
-                    set.remove(&k);
-                    if set.is_empty() {
-                        self.names.remove(&was);
-                    }
-                }
-            }
-            self.entries.take_from(&from.entries, &k);
-        }
-        self.names.take_from(&from.names, &fid);
-        self.nodes.take_from(&from.nodes, &fid);
-    }
-
     /// Moves this tree's changes into its base: a tree built by inserts
     /// (read, decoded) becomes one that trees cloned from it share.
     pub fn freeze(&mut self) {

@@ -172,3 +172,37 @@ fn a_clean_close_after_commits_that_change_no_block_leaves_nothing_to_rebuild() 
     assert_eq!(rebuilds(&fs), before + 1);
     assert_eq!(wrong(&fs), Vec::<String>::new());
 }
+
+/// An offline `gc` or retention change makes versions that change no
+/// block: the index stays exact in them, and the next open rebuilds
+/// nothing.
+#[test]
+fn an_offline_gc_or_retention_change_leaves_the_block_index_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let rebuilds = |s: &Store| {
+        (s.versions().iter())
+            .filter(|v| v.cause == "block index")
+            .count()
+    };
+    {
+        let fs = Fs::mount(dir.path(), opts()).unwrap();
+        let f = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap().0.ino;
+        fs.write(f, 0, &[1u8; 4096]).unwrap();
+        fs.release(f).unwrap();
+        fs.keep_block_index().unwrap();
+        fs.shutdown().unwrap();
+    }
+    let before;
+    {
+        let s = Store::open(dir.path(), opts().store).unwrap();
+        crate::fs::commit_unmounted(&s, "gc", |_| {}).unwrap();
+        let policy = crate::store::Retention::default();
+        crate::fs::commit_unmounted(&s, "retention", |t| t.set_retention(policy)).unwrap();
+        before = rebuilds(&s);
+        s.close().unwrap();
+    }
+    let fs = Fs::mount(dir.path(), opts()).unwrap();
+    assert_eq!(Some(exact(&fs)), fs.store().latest_version());
+    assert_eq!(rebuilds(fs.store()), before, "rebuilt at open");
+    assert_eq!(wrong(&fs), Vec::<String>::new());
+}
