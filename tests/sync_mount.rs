@@ -111,6 +111,17 @@ fn a_file_written_and_closed_on_one_peer_is_read_on_the_other() {
     assert_eq!(st["state"], "not mounted", "{st}");
     assert_eq!(st["sync"]["server"], server.url("v"), "{st}");
     assert!(st["sync"]["applied"].as_u64().unwrap_or(0) >= 2, "{st}");
+    // A clean unmount leaves the block index exact, and fsck checks it.
+    for s in [&a_store, &b_store] {
+        let out = Command::new(bin()).arg("fsck").arg(s).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("block index: ") && l.ends_with(" 0 wrong")),
+            "{text}"
+        );
+    }
 }
 
 #[test]

@@ -12,13 +12,13 @@ use super::*;
 pub fn commit_unmounted(
     s: &Store,
     cause: &str,
-    change: impl FnOnce(&mut crate::store::WriteTxn<'_>),
+    change: impl FnOnce(&mut crate::store::WriteTxn<'_>) -> crate::store::StoreResult<()>,
 ) -> FsResult<()> {
     let latest = s.latest_version().unwrap_or(0);
     let tag = Origin::carried(s).tag();
     let mut t = s.begin_write()?;
     t.use_reserve();
-    change(&mut t);
+    change(&mut t)?;
     t.tag(&tag);
     blockindex::carry_exact(&mut t, latest)?;
     t.commit(cause)?;

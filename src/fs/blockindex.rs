@@ -179,6 +179,92 @@ pub(super) fn carry_exact(t: &mut WriteTxn<'_>, latest: u64) -> FsResult<()> {
     Ok(())
 }
 
+/// What [`check`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// The store keeps an index.
+    pub kept: bool,
+    /// It is exact in the version checked (else a crash left it behind,
+    /// and the next mount rebuilds it: nothing to check).
+    pub exact: bool,
+    /// Block entries and index keys looked at.
+    pub blocks: u64,
+    pub keys: u64,
+    /// What is wrong, in words: at most [`PROBLEMS_SHOWN`] of `wrong`.
+    pub problems: Vec<String>,
+    pub wrong: u64,
+}
+
+/// The most problems [`check`] names; it counts them all.
+pub const PROBLEMS_SHOWN: usize = 100;
+
+/// The index of `snap` against its block entries, both ways, a key at a
+/// time (memory does not grow with the store): every block entry has its
+/// key, and every key names a block entry with that hash. A wrong index
+/// never gives a wrong block (readers check a block's whole hash) but
+/// makes sync fetch what the store has, or look in vain; deleting `MH`
+/// (any change that leaves it behind) makes the next mount rebuild it.
+pub fn check(snap: &Snapshot<'_>) -> FsResult<Checked> {
+    let mut c = Checked::default();
+    let Some(marker) = snap.get(MARKER)? else {
+        return Ok(c);
+    };
+    c.kept = true;
+    c.exact = exact_in(marker) == Some(snap.version());
+    if !c.exact {
+        return Ok(c);
+    }
+    let wrong = |c: &mut Checked, what: String| {
+        c.wrong += 1;
+        if c.problems.len() < PROBLEMS_SHOWN {
+            c.problems.push(what);
+        }
+    };
+    for item in snap.range(&b"B"[..]..&b"C"[..])? {
+        let (k, e) = item?;
+        let Some((ino, idx)) = block_of(k) else {
+            continue;
+        };
+        c.blocks += 1;
+        if snap.get(&key(e.value, ino, idx))?.is_none() {
+            wrong(
+                &mut c,
+                format!("block {idx} of inode {ino} is not in the index"),
+            );
+        }
+    }
+    for item in snap.range(&[PREFIX][..]..&[PREFIX + 1][..])? {
+        let (k, _) = item?;
+        c.keys += 1;
+        let Ok(k) = Key::try_from(k) else {
+            wrong(&mut c, format!("an index key of {} bytes", k.len()));
+            continue;
+        };
+        let (h, ino, idx) = parts(&k);
+        match snap.get(&block_key(ino, idx))? {
+            Some(v) if v.get(..HASH_BYTES) == Some(&h[..]) => {}
+            Some(_) => wrong(
+                &mut c,
+                format!("the index names block {idx} of inode {ino} with another hash"),
+            ),
+            None => wrong(
+                &mut c,
+                format!("the index names block {idx} of inode {ino}, which is not there"),
+            ),
+        }
+    }
+    Ok(c)
+}
+
+/// Marks the index of `t` as behind every version, so that the next open
+/// rebuilds it (`zippyfs fsck --rebuild-index`).
+pub fn behind(t: &mut WriteTxn<'_>) -> crate::store::StoreResult<()> {
+    if t.get(MARKER)?.is_some() {
+        t.put(MARKER, &0u64.to_le_bytes())?;
+    }
+    Ok(())
+}
+
 /// What a commit did with its changes, for [`Fs::index_committed`].
 pub(super) enum Written {
     Held(Changes),

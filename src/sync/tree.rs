@@ -176,7 +176,8 @@ impl Tree {
     /// `fid` is about to change: while recording, keep it as it is now
     /// unless it changed before. Every change of a node or of a name goes
     /// through here while recording (the methods below call it; `nodes` is
-    /// changed directly only where nothing records: a tree read or built).
+    /// changed directly only where nothing records, a tree read or built,
+    /// or right after a `touch`, as `Peer::share` does).
     pub fn touch(&mut self, fid: FileId) {
         if let Some(j) = &mut self.journal.0
             && !j.contains_key(&fid)

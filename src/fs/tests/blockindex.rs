@@ -195,9 +195,13 @@ fn an_offline_gc_or_retention_change_leaves_the_block_index_exact() {
     let before;
     {
         let s = Store::open(dir.path(), opts().store).unwrap();
-        crate::fs::commit_unmounted(&s, "gc", |_| {}).unwrap();
+        crate::fs::commit_unmounted(&s, "gc", |_| Ok(())).unwrap();
         let policy = crate::store::Retention::default();
-        crate::fs::commit_unmounted(&s, "retention", |t| t.set_retention(policy)).unwrap();
+        crate::fs::commit_unmounted(&s, "retention", |t| {
+            t.set_retention(policy);
+            Ok(())
+        })
+        .unwrap();
         before = rebuilds(&s);
         s.close().unwrap();
     }
@@ -205,4 +209,51 @@ fn an_offline_gc_or_retention_change_leaves_the_block_index_exact() {
     assert_eq!(Some(exact(&fs)), fs.store().latest_version());
     assert_eq!(rebuilds(fs.store()), before, "rebuilt at open");
     assert_eq!(wrong(&fs), Vec::<String>::new());
+}
+
+/// `fsck`'s check of the index (`blockindex::check`): clean on a kept
+/// index, both kinds of damage found and counted, and an index marked
+/// behind is rebuilt whole by the next open.
+#[test]
+fn the_index_check_finds_a_missing_and_a_wrong_key_and_a_rebuild_mends_both() {
+    use crate::fs::blockindex::{MARKER, behind, check};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let fs = Fs::mount(dir.path(), opts()).unwrap();
+        let f = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap().0.ino;
+        fs.write(f, 0, &[1u8; 3 * 4096]).unwrap();
+        fs.write(f, 3 * 4096, &[2u8; 4096]).unwrap();
+        fs.release(f).unwrap();
+        fs.keep_block_index().unwrap();
+        fs.shutdown().unwrap();
+    }
+    let s = Store::open(dir.path(), opts().store).unwrap();
+    let clean = check(&s.latest().unwrap()).unwrap();
+    assert!(clean.kept && clean.exact, "{clean:?}");
+    assert_eq!((clean.blocks, clean.keys, clean.wrong), (4, 4, 0));
+    // Damage, with MH kept exact: one key out, one naming a wrong hash.
+    let keys: Vec<Vec<u8>> = (s.latest().unwrap().range(&b"H"[..]..&b"I"[..]).unwrap())
+        .map(|r| r.unwrap().0.to_vec())
+        .collect();
+    crate::fs::commit_unmounted(&s, "damage", |t| {
+        t.delete(&keys[0])?;
+        let mut bogus = keys[1].clone();
+        bogus[1] ^= 0xff;
+        t.delete(&keys[1])?;
+        t.put(&bogus, &[])
+    })
+    .unwrap();
+    let found = check(&s.latest().unwrap()).unwrap();
+    assert!(found.exact, "{found:?}");
+    // Two blocks without their key, and one key with another hash.
+    assert_eq!(found.wrong, 3, "{:?}", found.problems);
+    crate::fs::commit_unmounted(&s, "fsck", behind).unwrap();
+    let marked = check(&s.latest().unwrap()).unwrap();
+    assert!(marked.kept && !marked.exact, "{marked:?}");
+    assert!(s.latest().unwrap().get(MARKER).unwrap().is_some());
+    s.close().unwrap();
+    let fs = Fs::mount(dir.path(), opts()).unwrap();
+    let mended = check(&fs.store().latest().unwrap()).unwrap();
+    assert!(mended.exact, "{mended:?}");
+    assert_eq!((mended.blocks, mended.keys, mended.wrong), (4, 4, 0));
 }

@@ -179,9 +179,10 @@ impl Peer {
     }
 
     /// Folds what the synced tree applied into the base it shares with
-    /// the local tree, once it is a sixteenth of the volume (at least
-    /// `FOLD_MIN` changes): the local tree then holds only what it has not
-    /// pushed, and a fold's cost is spread over the changes it folds.
+    /// the local tree, once its changed files, names and entries number a
+    /// sixteenth of its files (at least `FOLD_MIN`): the local tree then
+    /// holds only what it has not pushed, and a fold's cost is spread over
+    /// the changes it folds.
     fn fold_if_due(&mut self) {
         if self.synced.changes() >= FOLD_MIN.max(self.synced.nodes.len() / 16) {
             Tree::fold(&mut self.synced, &mut self.local);

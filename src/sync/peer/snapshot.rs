@@ -15,6 +15,9 @@ impl Peer {
         if seq > self.applied {
             tree.freeze();
             self.synced = tree;
+            // The local tree is read whole before it is used again
+            // (`candidates` is every file): it lets go of the old base.
+            self.local = self.synced.clone();
             self.applied = seq;
             self.candidates = None;
         }

@@ -249,9 +249,10 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Layered<K, V> {
 
 /// Folds `first`'s changes into the base it shares with `second`, which
 /// keeps its own view of every key: what `first` holds only for itself
-/// becomes shared, and what `second` changed stays changed. Costs what
-/// `first` changed, unless a third map holds the base too (then the base
-/// is copied once). Maps over different bases: `first` alone is frozen.
+/// becomes shared, what `second` changed stays changed, and what it changed
+/// back to the base's is dropped. Costs what the two changed, unless a
+/// third map holds the base too (then the base is copied once). Maps over
+/// different bases: `first` alone is frozen.
 pub fn fold<K: Ord + Clone, V: Clone + PartialEq>(
     first: &mut Layered<K, V>,
     second: &mut Layered<K, V>,
