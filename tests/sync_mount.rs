@@ -553,3 +553,72 @@ fn a_store_joining_again_takes_up_where_its_pushes_left_off() {
     a.unmount();
     b.unmount();
 }
+
+/// Small writes, cuts and growth inside a big file, with an fsync each,
+/// on one peer and then the other: each commit is read in part (only the
+/// blocks it changed, `Changed::data`) over the file as the peer's tree
+/// had it, also after a change from the other peer was written into it,
+/// and every peer ends with the bytes the writes made.
+#[test]
+fn small_writes_and_cuts_inside_a_big_file_reach_the_other_peer_exactly() {
+    use std::os::unix::fs::FileExt;
+    if !fuse_or_skip() {
+        return;
+    }
+    let (_work, _server, a, b) = two_peers();
+    let mut model: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(a.path().join("big.img"), &model).unwrap();
+    eventually("the big file on b", Duration::from_secs(30), || {
+        std::fs::read(b.path().join("big.img")).is_ok_and(|d| d == model)
+    });
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for (round, (from, to)) in [(&a, &b), (&b, &a), (&a, &b)].into_iter().enumerate() {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(from.path().join("big.img"))
+            .unwrap();
+        for i in 0..30u64 {
+            match next(10) {
+                // A cut, or growth past the end.
+                0 => {
+                    let len = next(6 << 20);
+                    f.set_len(len).unwrap();
+                    model.resize(len as usize, 0);
+                }
+                _ => {
+                    let at = next(model.len() as u64 + 8192);
+                    let data = vec![(round as u8) << 5 | (i as u8 & 31); 4096];
+                    f.write_all_at(&data, at).unwrap();
+                    let end = at as usize + data.len();
+                    if model.len() < end {
+                        model.resize(end, 0);
+                    }
+                    model[at as usize..end].copy_from_slice(&data);
+                }
+            }
+            f.sync_all().unwrap();
+        }
+        drop(f);
+        let here = std::fs::read(from.path().join("big.img")).unwrap();
+        assert!(
+            here == model,
+            "round {round}: the writer reads {} bytes, first wrong at {:?}, the writes made {}",
+            here.len(),
+            here.iter().zip(&model).position(|(a, b)| a != b),
+            model.len()
+        );
+        eventually(
+            &format!("round {round}'s writes on the other peer"),
+            Duration::from_secs(30),
+            || std::fs::read(to.path().join("big.img")).is_ok_and(|d| d == model),
+        );
+    }
+    a.unmount();
+    b.unmount();
+}

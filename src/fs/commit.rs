@@ -607,26 +607,77 @@ pub struct Changed {
     pub version: u64,
     pub inodes: Vec<u64>,
     pub entries: Vec<(u64, Vec<u8>)>,
+    /// Of each changed inode that is still there, which of its blocks
+    /// changed (block entries change only as a commit's delta says), so
+    /// that a reader may read those alone; an inode of `inodes` not here
+    /// went.
+    pub data: HashMap<u64, BlocksChanged>,
+}
+
+/// Which blocks of one file one or more commits changed: those in
+/// `blocks` (written, made holes, or cut) are as the store has them now;
+/// every other block at or past `cut` went; no other block changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlocksChanged {
+    pub cut: Option<u64>,
+    pub blocks: Vec<u64>,
+}
+
+impl BlocksChanged {
+    /// Adds what a later commit changed.
+    pub fn then(&mut self, later: &BlocksChanged) {
+        self.cut = match (self.cut, later.cut) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.blocks.extend_from_slice(&later.blocks);
+    }
 }
 
 impl Changed {
     fn of(deltas: &[(usize, Arc<Delta>)]) -> Changed {
         let mut inodes = std::collections::HashSet::new();
         let mut entries = Vec::new();
+        let mut gone = std::collections::HashSet::new();
+        let mut data: HashMap<u64, BlocksChanged> = HashMap::new();
         for (_, d) in deltas {
             inodes.extend(d.inodes.keys().copied());
+            gone.extend(
+                d.inodes
+                    .iter()
+                    .filter(|(_, i)| i.is_none())
+                    .map(|(ino, _)| *ino),
+            );
             inodes.extend(d.blocks.keys().map(|(i, _)| *i));
             inodes.extend(d.truncs.keys().copied());
             inodes.extend(d.xattrs.keys().map(|(i, _)| *i));
             inodes.extend(d.symlinks.keys().copied());
+            for &(ino, idx) in d.blocks.keys() {
+                data.entry(ino).or_default().blocks.push(idx);
+            }
+            // A delta's truncation goes before its blocks (`put_delta`).
+            for (&ino, &from) in &d.truncs {
+                data.entry(ino).or_default().then(&BlocksChanged {
+                    cut: Some(from),
+                    blocks: Vec::new(),
+                });
+            }
             for (dir, ents) in &d.dirents {
                 entries.extend(ents.keys().map(|n| (*dir, n.clone())));
+            }
+        }
+        for &ino in &inodes {
+            if gone.contains(&ino) {
+                data.remove(&ino);
+            } else {
+                data.entry(ino).or_default();
             }
         }
         Changed {
             version: 0,
             inodes: inodes.into_iter().collect(),
             entries,
+            data,
         }
     }
 }

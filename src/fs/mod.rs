@@ -72,7 +72,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::shard::{IoThreads, shard_of};
 use crate::store::{Snapshot, Store, StoreOptions};
-pub use commit::Changed;
+pub use commit::{BlocksChanged, Changed};
 pub use error::{FsError, FsResult, err};
 pub(crate) use history::rfc3339;
 pub use history::{

@@ -22,6 +22,9 @@ pub struct FileState {
     pub inode: Inode,
     /// Block index → BLAKE3 hash.
     pub blocks: Vec<(u64, [u8; 32])>,
+    /// `Some`: read in part, `blocks` holds these blocks alone (those of
+    /// them that are there); see [`BlocksChanged`].
+    pub only: Option<BlocksChanged>,
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     pub target: Vec<u8>,
 }
@@ -47,7 +50,13 @@ pub struct Part {
 }
 
 /// One file's state in `snap`: its blocks, xattrs and symlink target.
-fn file_state(snap: &Snapshot<'_>, id: u128, inode: Inode) -> FsResult<FileState> {
+/// With `only`, of its blocks only those (the rest are as they were).
+fn file_state(
+    snap: &Snapshot<'_>,
+    id: u128,
+    inode: Inode,
+    only: Option<&BlocksChanged>,
+) -> FsResult<FileState> {
     let ino = inode.ino;
     let mut f = FileState {
         id,
@@ -55,9 +64,29 @@ fn file_state(snap: &Snapshot<'_>, id: u128, inode: Inode) -> FsResult<FileState
         blocks: Vec::new(),
         xattrs: Vec::new(),
         target: Vec::new(),
+        only: None,
     };
     let (b, x) = (block_prefix(ino), xattr_prefix(ino));
+    if let Some(part) = only {
+        let mut idx = part.blocks.clone();
+        idx.sort_unstable();
+        idx.dedup();
+        for i in &idx {
+            if let Some(e) = snap.get_entry(&block_key(ino, *i))?
+                && let Some(hash) = e.value.get(..32).and_then(|b| <[u8; 32]>::try_from(b).ok())
+            {
+                f.blocks.push((*i, hash));
+            }
+        }
+        f.only = Some(BlocksChanged {
+            cut: part.cut,
+            blocks: idx,
+        });
+    }
     for item in snap.range(&b[..]..&prefix_end(&b)[..])? {
+        if f.only.is_some() {
+            break;
+        }
         let (k, v) = item?;
         let idx = k
             .get(9..17)
@@ -157,6 +186,7 @@ impl Fs {
                     blocks: Vec::new(),
                     xattrs: Vec::new(),
                     target: Vec::new(),
+                    only: None,
                 },
             );
         }
@@ -219,8 +249,20 @@ impl Fs {
     /// without a record) and of the entries `(directory inode, name)`, as
     /// (directory id, name, file id or `None`); entries of a directory
     /// that is gone are left out. O(what is asked), not O(files).
-    pub fn committed_part(&self, inodes: &[u64], entries: &[(u64, Vec<u8>)]) -> FsResult<Part> {
+    ///
+    /// `blocks` says which blocks of which of `inodes` changed in the
+    /// commits up to version `through` (what [`Changed::data`] said): if
+    /// the last commit is that version, only those blocks are read of
+    /// them (`FileState::only`), else every block.
+    pub fn committed_part(
+        &self,
+        inodes: &[u64],
+        blocks: &HashMap<u64, BlocksChanged>,
+        through: u64,
+        entries: &[(u64, Vec<u8>)],
+    ) -> FsResult<Part> {
         let snap = self.snap()?;
+        let known = snap.version() == through;
         let mut out = Part {
             version: snap.version(),
             ..Default::default()
@@ -228,7 +270,10 @@ impl Fs {
         let id_of = |ino: u64, i: &Inode| if ino == ROOT { ROOT_FILE_ID } else { i.file_id };
         for &ino in inodes {
             let state = match history::inode_at(&snap, ino)? {
-                Some(inode) => Some(file_state(&snap, id_of(ino, &inode), inode)?),
+                Some(inode) => {
+                    let only = blocks.get(&ino).filter(|_| known);
+                    Some(file_state(&snap, id_of(ino, &inode), inode, only)?)
+                }
                 None => None,
             };
             out.files.push((ino, state));

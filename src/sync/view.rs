@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::tree::{FileId, Tree};
+use super::tree::{Blocks, FileId, Node, Tree};
+use crate::fs::BlocksChanged;
+use crate::fs::remote::FileState;
 
 /// What the commits since the last read changed (fed by the commit hook),
 /// bounded: past `TOUCHED_MAX` the next read is whole.
@@ -17,6 +19,12 @@ use super::tree::{FileId, Tree};
 pub struct Touched {
     pub(super) inodes: HashSet<u64>,
     pub(super) entries: HashSet<(u64, Vec<u8>)>,
+    /// Which blocks of which of `inodes` changed (`Changed::data`), where
+    /// every commit said so and they are few: those inodes are read in
+    /// part. The others are read whole.
+    pub(super) blocks: HashMap<u64, BlocksChanged>,
+    /// Block indices in `blocks`.
+    pub(super) listed: usize,
     pub(super) overflow: bool,
     /// The last commit added: its changes, and every earlier one's, are
     /// here or were read (its version may be visible before the hook
@@ -25,6 +33,9 @@ pub struct Touched {
 }
 
 const TOUCHED_MAX: usize = 1 << 20;
+/// The most changed blocks of one file read in part; past it the file is
+/// read whole (a range read of its blocks costs less than so many lookups).
+const PART_BLOCKS_MAX: usize = 4096;
 
 impl Touched {
     pub(super) fn add(&mut self, c: &crate::fs::Changed) {
@@ -32,11 +43,44 @@ impl Touched {
         if self.overflow {
             return;
         }
-        self.inodes.extend(c.inodes.iter().copied());
+        for &ino in &c.inodes {
+            let first = self.inodes.insert(ino);
+            match (first, c.data.get(&ino), self.blocks.get_mut(&ino)) {
+                (true, Some(d), _) => {
+                    self.listed += d.blocks.len();
+                    self.blocks.insert(ino, d.clone());
+                }
+                (false, Some(d), Some(had)) => {
+                    self.listed += d.blocks.len();
+                    had.then(d);
+                }
+                (false, None, Some(_)) => {
+                    // Gone since: read whole (it may be a new file).
+                    if let Some(had) = self.blocks.remove(&ino) {
+                        self.listed -= had.blocks.len();
+                    }
+                }
+                _ => {}
+            }
+            if self
+                .blocks
+                .get(&ino)
+                .is_some_and(|b| b.blocks.len() > PART_BLOCKS_MAX)
+                && let Some(had) = self.blocks.remove(&ino)
+            {
+                self.listed -= had.blocks.len();
+            }
+        }
         self.entries.extend(c.entries.iter().cloned());
+        if self.listed > TOUCHED_MAX {
+            self.blocks = HashMap::new();
+            self.listed = 0;
+        }
         if self.inodes.len() + self.entries.len() > TOUCHED_MAX {
             self.inodes = HashSet::new();
             self.entries = HashSet::new();
+            self.blocks = HashMap::new();
+            self.listed = 0;
             self.overflow = true;
         }
     }
@@ -64,6 +108,26 @@ pub(super) struct Refreshed {
     pub(super) changed: HashSet<FileId>,
     /// false: an entry named a file the tree lacks.
     pub(super) whole: bool,
+    /// Inodes read in part that the tree lacks: to be read whole.
+    pub(super) again: Vec<u64>,
+}
+
+/// `f`, read in part (`FileState::only`), over `old`, the file as the
+/// tree had it: the blocks it lists as the store has them, the rest cut
+/// or kept. Copies the block list once, compares none of it.
+fn patched(old: &Node, f: &FileState, part: &BlocksChanged) -> Node {
+    let mut n = super::local::node_of(f);
+    let listed = std::mem::take(&mut n.blocks);
+    let mut blocks: Blocks = old.blocks.clone();
+    if let Some(c) = part.cut {
+        blocks.truncate(c);
+    }
+    let changes: Vec<_> = (part.blocks.iter())
+        .map(|i| (*i, listed.get(i).copied()))
+        .collect();
+    blocks.set_many(&changes);
+    n.blocks = blocks;
+    n
 }
 
 impl LocalView {
@@ -74,11 +138,20 @@ impl LocalView {
         entries: Vec<(FileId, Vec<u8>, Option<FileId>)>,
     ) -> Refreshed {
         let mut changed = HashSet::new();
+        let mut again = Vec::new();
         for (ino, state) in files {
             match state {
                 Some(f) => {
+                    let node = match (&f.only, local.nodes.get(&f.id)) {
+                        (None, _) => super::local::node_of(&f),
+                        (Some(part), Some(old)) => patched(old, &f, part),
+                        (Some(_), None) => {
+                            again.push(ino);
+                            continue;
+                        }
+                    };
                     self.ino_fid.insert(ino, f.id);
-                    local.nodes.insert(f.id, super::local::node_of(&f).into());
+                    local.nodes.insert(f.id, node.into());
                     changed.insert(f.id);
                 }
                 None => {
@@ -111,6 +184,108 @@ impl LocalView {
                 local.nodes.remove(fid);
             }
         }
-        Refreshed { changed, whole }
+        Refreshed {
+            changed,
+            whole,
+            again,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::Changed;
+
+    /// An inode, and the cut and blocks a commit says changed (`None`: went).
+    type Data<'a> = (u64, Option<(Option<u64>, &'a [u64])>);
+
+    fn changed(version: u64, data: &[Data<'_>]) -> Changed {
+        Changed {
+            version,
+            inodes: data.iter().map(|(i, _)| *i).collect(),
+            entries: Vec::new(),
+            data: (data.iter())
+                .filter_map(|(i, d)| {
+                    d.map(|(cut, b)| {
+                        (
+                            *i,
+                            BlocksChanged {
+                                cut,
+                                blocks: b.to_vec(),
+                            },
+                        )
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn touched_files_are_read_in_part_only_while_every_commit_says_which_blocks_changed() {
+        let mut t = Touched::default();
+        t.add(&changed(1, &[(7, Some((None, &[1, 2]))), (8, None)]));
+        t.add(&changed(2, &[(7, Some((Some(4), &[9])))]));
+        // 8 went (or is new): whole, even if a later commit lists blocks.
+        t.add(&changed(3, &[(8, Some((None, &[0])))]));
+        assert_eq!(
+            t.blocks.get(&7),
+            Some(&BlocksChanged {
+                cut: Some(4),
+                blocks: vec![1, 2, 9]
+            })
+        );
+        assert!(!t.blocks.contains_key(&8));
+        assert_eq!(t.listed, 3);
+        // Gone in a later commit: whole.
+        t.add(&changed(4, &[(7, None)]));
+        assert!(t.blocks.is_empty());
+        assert_eq!((t.listed, t.through), (0, 4));
+        // Too many blocks of one file: whole.
+        let many: Vec<u64> = (0..=PART_BLOCKS_MAX as u64).collect();
+        t.add(&changed(5, &[(9, Some((None, &many)))]));
+        assert!(!t.blocks.contains_key(&9));
+        assert_eq!(t.listed, 0);
+    }
+
+    #[test]
+    fn a_file_read_in_part_is_its_old_blocks_cut_and_patched() {
+        let h = |b: u8| [b; 32];
+        let mut old = Node::clone(&Tree::default().nodes[&crate::sync::tree::ROOT_ID]);
+        old.blocks = [(0, h(0)), (1, h(1)), (5, h(5)), (6, h(6))]
+            .into_iter()
+            .collect();
+        let f = FileState {
+            id: 10,
+            inode: crate::fs::Inode {
+                ino: 3,
+                kind: crate::fs::Kind::File,
+                perm: 0o644,
+                nlink: 1,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                flags: 0,
+                size: 8 * 65536,
+                parent: 1,
+                atime: Default::default(),
+                mtime: Default::default(),
+                ctime: Default::default(),
+                crtime: Default::default(),
+                file_id: 10,
+            },
+            // Of those listed, 1 is now a hole and 7 was written.
+            blocks: vec![(0, h(9)), (7, h(7))],
+            xattrs: Vec::new(),
+            target: Vec::new(),
+            only: None,
+        };
+        let part = BlocksChanged {
+            cut: Some(6),
+            blocks: vec![7, 0, 1],
+        };
+        let n = patched(&old, &f, &part);
+        let got: Vec<(u64, [u8; 32])> = n.blocks.iter().map(|(i, h)| (*i, *h)).collect();
+        assert_eq!(got, [(0, h(9)), (5, h(5)), (7, h(7))]);
     }
 }

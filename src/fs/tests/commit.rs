@@ -319,3 +319,72 @@ fn fsyncs_arriving_during_a_commit_share_the_next_one() {
         assert_eq!(&data[at..at + 5], b"later");
     }
 }
+
+/// The commit hook says which blocks of each file a commit changed
+/// (`Changed::data`), so that sync reads those alone: written blocks, a
+/// cut, nothing for a change of attributes only, and no entry for a file
+/// that went.
+#[test]
+fn the_commit_hook_names_the_blocks_each_commit_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Fs::mount(dir.path(), opts()).unwrap();
+    type Seen = Vec<(Vec<u64>, HashMap<u64, BlocksChanged>)>;
+    let seen: Arc<parking_lot::Mutex<Seen>> = Arc::default();
+    let s = seen.clone();
+    fs.on_commit(Box::new(move |c| {
+        s.lock().push((c.inodes.clone(), c.data.clone()))
+    }));
+    let f = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap().0.ino;
+    fs.write(f, 0, &[1u8; 4096]).unwrap();
+    fs.write(f, 5 * 4096, &[2u8; 10]).unwrap();
+    fs.commit("write").unwrap();
+    fs.setattr(
+        f,
+        SetAttr {
+            size: Some(2 * 4096),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fs.write(f, 3 * 4096, &[3u8; 4096]).unwrap();
+    fs.commit("cut").unwrap();
+    fs.setattr(
+        f,
+        SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fs.commit("chmod").unwrap();
+    fs.release(f).unwrap();
+    fs.unlink(ROOT, b"f").unwrap();
+    fs.commit("unlink").unwrap();
+    let seen = seen.lock();
+    let data: Vec<Option<BlocksChanged>> = seen
+        .iter()
+        .map(|(_, d)| {
+            d.get(&f).map(|b| {
+                let mut b = b.clone();
+                b.blocks.sort_unstable();
+                b
+            })
+        })
+        .collect();
+    let part = |cut, blocks: &[u64]| {
+        Some(BlocksChanged {
+            cut,
+            blocks: blocks.to_vec(),
+        })
+    };
+    assert_eq!(
+        data,
+        [
+            part(None, &[0, 5]),
+            part(Some(2), &[3]),
+            part(None, &[]),
+            None
+        ]
+    );
+    assert!(seen.iter().all(|(inodes, _)| inodes.contains(&f)));
+}

@@ -73,12 +73,14 @@ impl Session<'_> {
         // The sets are swapped out, not drained, under the lock: the
         // commit hook takes it too, and this thread runs at a lower
         // priority, so it must not be preempted while holding it.
-        let (inodes, entries, overflow) = {
+        let (inodes, entries, blocks, overflow) = {
             let mut t = self.view.touched.lock();
             self.view.read_through = t.through;
+            t.listed = 0;
             (
                 std::mem::take(&mut t.inodes),
                 std::mem::take(&mut t.entries),
+                std::mem::take(&mut t.blocks),
                 std::mem::take(&mut t.overflow),
             )
         };
@@ -94,10 +96,24 @@ impl Session<'_> {
             self.view.ready = true;
             return Ok(c.version);
         }
-        let part = self.fs.committed_part(&inodes, &entries)?;
-        let complete = self
+        let through = self.view.read_through;
+        let part = self
+            .fs
+            .committed_part(&inodes, &blocks, through, &entries)?;
+        let mut complete = self
             .view
             .refresh(&mut self.peer.local, part.files, part.entries);
+        if !complete.again.is_empty() {
+            // Read in part, but new to the tree: read them whole, at the
+            // same commit's state or a later one (the next read catches up).
+            let rest = self
+                .fs
+                .committed_part(&complete.again, &HashMap::new(), 0, &[])?;
+            let more = self
+                .view
+                .refresh(&mut self.peer.local, rest.files, Vec::new());
+            complete.changed.extend(more.changed);
+        }
         self.peer.share(complete.changed.iter().copied());
         self.peer.mark(complete.changed.iter().copied());
         if !complete.whole {
