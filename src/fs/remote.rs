@@ -245,15 +245,17 @@ impl Fs {
         Ok(out)
     }
 
-    /// Part of the last commit: the state of `inodes` (`None`: gone or
-    /// without a record) and of the entries `(directory inode, name)`, as
-    /// (directory id, name, file id or `None`); entries of a directory
-    /// that is gone are left out. O(what is asked), not O(files).
+    /// Part of commit `through` (the last one, if that one is no longer
+    /// kept, or for 0): the state of `inodes` (`None`: gone or without a
+    /// record) and of the entries `(directory inode, name)`, as (directory
+    /// id, name, file id or `None`); entries of a directory that is gone
+    /// are left out. O(what is asked), not O(files).
     ///
     /// `blocks` says which blocks of which of `inodes` changed in the
-    /// commits up to version `through` (what [`Changed::data`] said): if
-    /// the last commit is that version, only those blocks are read of
-    /// them (`FileState::only`), else every block.
+    /// commits up to `through` (what [`Changed::data`] said): read at
+    /// `through`, only those blocks are read of them (`FileState::only`).
+    /// Commits go on meanwhile, so the read is at `through`, not at the
+    /// last commit, whose changes the caller has not been told yet.
     pub fn committed_part(
         &self,
         inodes: &[u64],
@@ -261,7 +263,10 @@ impl Fs {
         through: u64,
         entries: &[(u64, Vec<u8>)],
     ) -> FsResult<Part> {
-        let snap = self.snap()?;
+        let snap = match self.store.snapshot(through) {
+            Ok(s) if through != 0 => s,
+            _ => self.snap()?,
+        };
         let known = snap.version() == through;
         let mut out = Part {
             version: snap.version(),

@@ -496,22 +496,9 @@ fn delta(fid: FileId, old: &Node, new: &Node) -> Op {
     // Blocks past the new last one go with one cut, not one hole each.
     let end = new.blocks.keys().next_back().map_or(0, |i| i + 1);
     let cut = old.blocks.range(end..).next().map(|_| end);
-    // Both lists are in index order: one walk over the two, not a search
-    // per block (a push of one block of a big file compares it whole).
-    let mut blocks = Vec::new();
-    let mut holes = Vec::new();
-    let mut was = old.blocks.range(..end).peekable();
-    for (i, h) in &new.blocks {
-        while let Some((gone, _)) = was.next_if(|(j, _)| *j < i) {
-            holes.push((*gone, None));
-        }
-        match was.next_if(|(j, _)| *j == i) {
-            Some((_, o)) if o == h => {}
-            _ => blocks.push((*i, Some(*h))),
-        }
-    }
-    holes.extend(was.map(|(gone, _)| (*gone, None)));
-    blocks.extend(holes);
+    // Both lists are in index order: one walk over the two (over the
+    // chunks they do not share), not a search per block.
+    let blocks = blocks::changes(&old.blocks, &new.blocks, end);
     let mut xattrs = Vec::new();
     for (k, v) in &new.xattrs {
         if old.xattrs.get(k) != Some(v) {

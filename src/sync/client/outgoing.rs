@@ -104,11 +104,10 @@ impl Session<'_> {
             .view
             .refresh(&mut self.peer.local, part.files, part.entries);
         if !complete.again.is_empty() {
-            // Read in part, but new to the tree: read them whole, at the
-            // same commit's state or a later one (the next read catches up).
+            // Read in part, but new to the tree: read them whole.
             let rest = self
                 .fs
-                .committed_part(&complete.again, &HashMap::new(), 0, &[])?;
+                .committed_part(&complete.again, &HashMap::new(), through, &[])?;
             let more = self
                 .view
                 .refresh(&mut self.peer.local, rest.files, Vec::new());
