@@ -622,3 +622,36 @@ fn small_writes_and_cuts_inside_a_big_file_reach_the_other_peer_exactly() {
     a.unmount();
     b.unmount();
 }
+
+/// A peer whose newest version changed no file (a gc) still applies
+/// what comes: the sync thread reads at the last version it was told of,
+/// and a gc's version is told too.
+#[test]
+fn a_peer_that_just_ran_gc_still_takes_the_next_change() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let (_work, _server, a, b) = two_peers();
+    std::fs::write(a.path().join("first"), b"1").unwrap();
+    eventually("the first file on b", Duration::from_secs(20), || {
+        std::fs::read(b.path().join("first")).is_ok_and(|d| d == b"1")
+    });
+    let out = Command::new(bin())
+        .arg("gc")
+        .arg(b.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(a.path().join("second"), b"2").unwrap();
+    eventually(
+        "the second file on b, after its gc",
+        Duration::from_secs(20),
+        || std::fs::read(b.path().join("second")).is_ok_and(|d| d == b"2"),
+    );
+    a.unmount();
+    b.unmount();
+}

@@ -58,7 +58,7 @@ impl Fs {
                 let mut t = self.store.begin_write()?;
                 t.use_reserve();
                 t.tag(&self.own_tag());
-                t.commit("gc")?;
+                self.reported(t.commit("gc")?);
                 Ok(())
             };
             // Nothing was pending: commit an empty version so retention runs.
@@ -89,7 +89,7 @@ impl Fs {
             t.use_reserve();
             t.set_retention(policy);
             t.tag(&self.own_tag());
-            t.commit("retention")?;
+            self.reported(t.commit("retention")?);
             Ok(())
         })
     }

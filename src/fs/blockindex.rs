@@ -345,7 +345,7 @@ impl Fs {
         let all = self.index_log.lock().changes.clone();
         fold(&mut t, all)?;
         t.tag(&self.own_tag());
-        t.commit("block index")?;
+        self.reported(t.commit("block index")?);
         self.index_committed(Written::Folded);
         Ok(())
     }
@@ -400,7 +400,7 @@ impl Fs {
                 t.delete(&k)?;
             }
             t.tag(&self.own_tag());
-            t.commit("block index")?;
+            self.reported(t.commit("block index")?);
         }
         let from = self.store.latest_version().unwrap_or(0);
         let snap = self.store.snapshot(from)?;
@@ -426,7 +426,7 @@ impl Fs {
                 t.put(MARKER, &t.version().to_le_bytes())?;
             }
             t.tag(&self.own_tag());
-            t.commit("block index")?;
+            self.reported(t.commit("block index")?);
             blocks += part.len() as u64;
             match part.into_iter().next_back() {
                 Some((_, k)) if !last => resume = k,

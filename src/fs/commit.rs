@@ -181,6 +181,20 @@ impl Fs {
         }
     }
 
+    /// Tells the commit hook of `version`, a commit that changed no file
+    /// (gc, retention, letting go, the block index): it learns of every
+    /// version this mount makes, so that a reader that reads at the last
+    /// one it was told of is never left behind the newest.
+    pub(super) fn reported(&self, version: VersionInfo) -> VersionInfo {
+        if let Some(hook) = self.commit_hook.get() {
+            hook(&Changed {
+                version: version.id,
+                ..Changed::default()
+            });
+        }
+        version
+    }
+
     /// Runs `hook` at every commit step (tests).
     #[cfg(test)]
     pub(crate) fn on_step(&self, hook: Option<Arc<dyn Fn(&'static str) + Send + Sync>>) {
@@ -258,7 +272,7 @@ impl Fs {
                 .collect();
             t.let_go_of(records.iter().copied().chain([oldest.id]).collect());
             t.tag(&self.own_tag());
-            t.commit(&format!("{LET_GO} {} let go", oldest.id))?;
+            self.reported(t.commit(&format!("{LET_GO} {} let go", oldest.id))?);
             let first = let_go.map_or_else(|| oldest.clone(), |(f, _)| f);
             let_go = Some((first, oldest.clone()));
         };
@@ -303,7 +317,16 @@ impl Fs {
             return Ok(());
         }
         self.step("cut");
-        let mut changed = self.commit_hook.get().map(|_| Changed::of(&deltas));
+        let mut changed = self.commit_hook.get().map(|_| {
+            let mut c = Changed::of(&deltas);
+            if self.origin.lock().peer != 0 {
+                // A change from elsewhere (`apply_remote`): the files it
+                // wrote are read whole once, so whatever the sync thread
+                // expected of them and this wrote differently is found.
+                c.data.clear();
+            }
+            c
+        });
         let result = self.write_deltas(&deltas, cause);
         self.step("after commit");
         let bytes: u64 = deltas.iter().map(|(_, d)| d.bytes).sum();
@@ -610,7 +633,8 @@ pub struct Changed {
     /// Of each changed inode that is still there, which of its blocks
     /// changed (block entries change only as a commit's delta says), so
     /// that a reader may read those alone; an inode of `inodes` not here
-    /// went.
+    /// went, or is to be read whole (every inode of a change applied from
+    /// elsewhere).
     pub data: HashMap<u64, BlocksChanged>,
 }
 

@@ -51,8 +51,14 @@ impl Touched {
                     self.blocks.insert(ino, d.clone());
                 }
                 (false, Some(d), Some(had)) => {
-                    self.listed += d.blocks.len();
+                    let before = had.blocks.len();
                     had.then(d);
+                    if had.blocks.len() > PART_BLOCKS_MAX {
+                        // A stream of writes to the same blocks.
+                        had.blocks.sort_unstable();
+                        had.blocks.dedup();
+                    }
+                    self.listed = self.listed + had.blocks.len() - before;
                 }
                 (false, None, Some(_)) => {
                     // Gone since: read whole (it may be a new file).
@@ -139,6 +145,9 @@ impl LocalView {
     ) -> Refreshed {
         let mut changed = HashSet::new();
         let mut again = Vec::new();
+        // Files read in part that the tree lacks (new ones): read whole
+        // next, so their names are no sign of a tree that lacks files.
+        let mut coming = HashSet::new();
         for (ino, state) in files {
             match state {
                 Some(f) => {
@@ -147,6 +156,7 @@ impl LocalView {
                         (Some(part), Some(old)) => patched(old, &f, part),
                         (Some(_), None) => {
                             again.push(ino);
+                            coming.insert(f.id);
                             continue;
                         }
                     };
@@ -172,7 +182,7 @@ impl LocalView {
             let key = (dir, name);
             changed.extend(local.unlink(&key));
             if let Some(c) = child {
-                whole &= local.nodes.contains_key(&c);
+                whole &= local.nodes.contains_key(&c) || coming.contains(&c);
                 local.link(key, c);
                 changed.insert(c);
             }
@@ -246,6 +256,63 @@ mod tests {
         t.add(&changed(5, &[(9, Some((None, &many)))]));
         assert!(!t.blocks.contains_key(&9));
         assert_eq!(t.listed, 0);
+    }
+
+    fn state(ino: u64, id: FileId, blocks: Vec<(u64, [u8; 32])>) -> FileState {
+        FileState {
+            id,
+            inode: crate::fs::Inode {
+                ino,
+                kind: crate::fs::Kind::File,
+                perm: 0o644,
+                nlink: 1,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                flags: 0,
+                size: 8 * 65536,
+                parent: 1,
+                atime: Default::default(),
+                mtime: Default::default(),
+                ctime: Default::default(),
+                crtime: Default::default(),
+                file_id: id,
+            },
+            blocks,
+            xattrs: Vec::new(),
+            target: Vec::new(),
+            only: None,
+        }
+    }
+
+    /// A new file comes read in part (its blocks are all it changed):
+    /// it is read again whole, and its name is no sign that the tree
+    /// lacks files (which would read the whole volume again).
+    #[test]
+    fn a_new_file_read_in_part_is_read_again_and_the_tree_stays_whole() {
+        let mut view = LocalView::default();
+        let mut local = Tree::default();
+        let mut f = state(5, 20, vec![(0, [1; 32])]);
+        f.only = Some(BlocksChanged {
+            cut: None,
+            blocks: vec![0],
+        });
+        let root = crate::sync::tree::ROOT_ID;
+        let r = view.refresh(
+            &mut local,
+            vec![(5, Some(f))],
+            vec![(root, b"new".to_vec(), Some(20))],
+        );
+        assert_eq!(r.again, [5]);
+        assert!(r.whole, "a new file made the next read whole");
+        let r = view.refresh(
+            &mut local,
+            vec![(5, Some(state(5, 20, vec![(0, [1; 32])])))],
+            Vec::new(),
+        );
+        assert!(r.whole && r.again.is_empty());
+        assert!(local.nodes.contains_key(&20));
+        assert_eq!(local.entries.get(&(root, b"new".to_vec())), Some(&20));
     }
 
     #[test]

@@ -388,3 +388,39 @@ fn the_commit_hook_names_the_blocks_each_commit_changed() {
     );
     assert!(seen.iter().all(|(inodes, _)| inodes.contains(&f)));
 }
+
+/// Every version the mount makes reaches the commit hook, those that
+/// change no file too (gc, retention, the block index): sync reads at
+/// the last version it was told of, and one never told of would leave
+/// it behind the newest for good.
+#[test]
+fn every_version_a_mount_makes_is_told_to_the_commit_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Fs::mount(dir.path(), opts()).unwrap();
+    let told: Arc<parking_lot::Mutex<Vec<u64>>> = Arc::default();
+    let t = told.clone();
+    fs.on_commit(Box::new(move |c| t.lock().push(c.version)));
+    let f = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap().0.ino;
+    fs.write(f, 0, &[1u8; 4096]).unwrap();
+    fs.release(f).unwrap();
+    fs.commit("write").unwrap();
+    fs.gc().unwrap();
+    assert_eq!(
+        told.lock().last().copied(),
+        fs.store().latest_version(),
+        "gc"
+    );
+    fs.set_retention(crate::store::Retention::default())
+        .unwrap();
+    assert_eq!(
+        told.lock().last().copied(),
+        fs.store().latest_version(),
+        "retention"
+    );
+    fs.keep_block_index().unwrap();
+    assert_eq!(
+        told.lock().last().copied(),
+        fs.store().latest_version(),
+        "index"
+    );
+}

@@ -100,6 +100,12 @@ impl Session<'_> {
         let part = self
             .fs
             .committed_part(&inodes, &blocks, through, &entries)?;
+        if through != 0 && part.version != through {
+            // That commit is no longer kept: what the sets hold was read
+            // at a later one, whose other changes the tree would lack.
+            self.view.ready = false;
+            return self.read_local();
+        }
         let mut complete = self
             .view
             .refresh(&mut self.peer.local, part.files, part.entries);
