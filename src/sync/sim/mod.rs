@@ -107,6 +107,10 @@ struct Stats {
     snapshots: u64,
     /// Conflict copies made while taking a snapshot.
     snapshot_copies: u64,
+    /// Snapshots sent in place of a log a connection had still to send.
+    snapshots_in_place: u64,
+    /// Acks that came after a snapshot holding their push.
+    acks_within_snapshots: u64,
     /// Pushes a Welcome said were taken though their ack was lost.
     lost_acks: u64,
 }
@@ -353,6 +357,12 @@ impl Sim {
                 ((pid as u128) << 64) | (1 << 63) | fids as u128
             })
             .map(|_| ()),
+            // As the client: an ack at or below what is applied came after
+            // a snapshot that holds its push.
+            Down::Ack(seq, counter, _) if *seq <= sp.peer.applied => {
+                self.stats.acks_within_snapshots += 1;
+                sp.peer.on_ack_within_snapshot(*counter, *seq)
+            }
             Down::Ack(seq, counter, time) => sp.peer.on_ack(*seq, *counter, *time),
             Down::Welcome(counter, seq, head) => {
                 sp.peer.on_welcome(*counter, *seq);
@@ -445,6 +455,7 @@ impl Sim {
                 let upto = cut + self.rng.below((head - cut) as usize + 1) as u64;
                 self.relay.compact(upto);
                 self.log(|| format!("server cuts its log at {upto}"));
+                self.snapshot_in_place(upto);
             }
             _ => {
                 if !self.late.is_empty() {
@@ -456,6 +467,30 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// The log up to `upto` is cut while connections still have some of
+    /// it to send: each gets the snapshot in its place (as the server
+    /// does), and an ack of a push at or below the cut waiting behind
+    /// that log arrives after the snapshot that holds it
+    /// (`Peer::on_ack_within_snapshot`).
+    fn snapshot_in_place(&mut self, upto: u64) {
+        for c in 0..self.conns.len() {
+            let conn = &mut self.conns[c];
+            if !conn.open {
+                continue;
+            }
+            let behind = |d: &Down| matches!(d, Down::Deliver(s, _) if *s <= upto);
+            let Some(first) = conn.down.iter().position(behind) else {
+                continue;
+            };
+            let rest: Vec<Down> = conn.down.drain(first..).filter(|d| !behind(d)).collect();
+            conn.down
+                .push_back(Down::Snapshot(upto, self.relay.snapshot.clone()));
+            conn.down.extend(rest);
+            self.stats.snapshots += 1;
+            self.stats.snapshots_in_place += 1;
+        }
     }
 
     /// Reconnects everyone and runs the network until nothing moves.
@@ -565,6 +600,8 @@ fn run(seed: u64, replay: bool, total: &mut Stats) -> Result<(), String> {
     total.late_taken += sim.stats.late_taken;
     total.snapshots += sim.stats.snapshots;
     total.snapshot_copies += sim.stats.snapshot_copies;
+    total.snapshots_in_place += sim.stats.snapshots_in_place;
+    total.acks_within_snapshots += sim.stats.acks_within_snapshots;
     total.lost_acks += sim.stats.lost_acks;
     r
 }
@@ -613,6 +650,8 @@ fn every_peer_converges_and_nothing_written_is_lost() {
     assert!(per(stats.snapshots) > 100, "{stats:?}");
     assert!(per(stats.lost_acks) > 50, "{stats:?}");
     assert!(per(stats.snapshot_copies) > 5, "{stats:?}");
+    assert!(per(stats.snapshots_in_place) > 50, "{stats:?}");
+    assert!(stats.acks_within_snapshots > n / 1000, "{stats:?}");
 }
 
 #[test]
