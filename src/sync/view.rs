@@ -322,31 +322,8 @@ mod tests {
         old.blocks = [(0, h(0)), (1, h(1)), (5, h(5)), (6, h(6))]
             .into_iter()
             .collect();
-        let f = FileState {
-            id: 10,
-            inode: crate::fs::Inode {
-                ino: 3,
-                kind: crate::fs::Kind::File,
-                perm: 0o644,
-                nlink: 1,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                flags: 0,
-                size: 8 * 65536,
-                parent: 1,
-                atime: Default::default(),
-                mtime: Default::default(),
-                ctime: Default::default(),
-                crtime: Default::default(),
-                file_id: 10,
-            },
-            // Of those listed, 1 is now a hole and 7 was written.
-            blocks: vec![(0, h(9)), (7, h(7))],
-            xattrs: Vec::new(),
-            target: Vec::new(),
-            only: None,
-        };
+        // Of those listed, 1 is now a hole and 7 was written.
+        let f = state(3, 10, vec![(0, h(9)), (7, h(7))]);
         let part = BlocksChanged {
             cut: Some(6),
             blocks: vec![7, 0, 1],

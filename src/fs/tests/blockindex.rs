@@ -141,6 +141,16 @@ fn a_block_index_built_over_existing_files_is_kept_exact_by_later_commits_and_re
 
 /// Commits that change no block still move the newest version on: the
 /// clean close names it, and the next open trusts the index as it is.
+/// A store with one file of one block, closed keeping a block index.
+fn indexed_store_of_one_block(dir: &std::path::Path) {
+    let fs = Fs::mount(dir, opts()).unwrap();
+    let f = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap().0.ino;
+    fs.write(f, 0, &[1u8; 4096]).unwrap();
+    fs.release(f).unwrap();
+    fs.keep_block_index().unwrap();
+    fs.shutdown().unwrap();
+}
+
 #[test]
 fn a_clean_close_after_commits_that_change_no_block_leaves_nothing_to_rebuild() {
     let dir = tempfile::tempdir().unwrap();
@@ -149,14 +159,7 @@ fn a_clean_close_after_commits_that_change_no_block_leaves_nothing_to_rebuild() 
             .filter(|v| v.cause == "block index")
             .count()
     };
-    {
-        let fs = Fs::mount(dir.path(), opts()).unwrap();
-        let f = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap().0.ino;
-        fs.write(f, 0, &[1u8; 4096]).unwrap();
-        fs.release(f).unwrap();
-        fs.keep_block_index().unwrap();
-        fs.shutdown().unwrap();
-    }
+    indexed_store_of_one_block(dir.path());
     let fs = Fs::mount(dir.path(), opts()).unwrap();
     for i in 0..3u8 {
         fs.mkdir(ROOT_CTX, ROOT, &[b'd', b'0' + i], 0o755).unwrap();
@@ -184,14 +187,7 @@ fn an_offline_gc_or_retention_change_leaves_the_block_index_exact() {
             .filter(|v| v.cause == "block index")
             .count()
     };
-    {
-        let fs = Fs::mount(dir.path(), opts()).unwrap();
-        let f = fs.create(ROOT_CTX, ROOT, b"f", 0o644).unwrap().0.ino;
-        fs.write(f, 0, &[1u8; 4096]).unwrap();
-        fs.release(f).unwrap();
-        fs.keep_block_index().unwrap();
-        fs.shutdown().unwrap();
-    }
+    indexed_store_of_one_block(dir.path());
     let before;
     {
         let s = Store::open(dir.path(), opts().store).unwrap();
