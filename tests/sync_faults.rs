@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::sync::{Server, eventually, peer, peer_at, tree, two_peers};
+use common::sync::{
+    Server, eventually, frame, made_in_root, next_frame, peer, peer_at, tree, two_peers,
+};
 use common::{Mounted, fuse_or_skip};
 
 fn content(seed: u64, len: usize) -> Vec<u8> {
@@ -625,56 +627,16 @@ fn a_peer_killed_just_after_applying_brings_nothing_back_from_behind_a_cut_log()
     b.unmount();
 }
 
-/// One frame from a QUIC stream (for a server of the test's own).
-async fn next_frame(recv: &mut quinn::RecvStream) -> Option<zippyfs::sync::wire::Msg> {
-    let mut h = [0u8; zippyfs::sync::wire::HEADER];
-    recv.read_exact(&mut h).await.ok()?;
-    let (kind, len) = zippyfs::sync::wire::header(&h).expect("a valid header");
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.ok()?;
-    Some(zippyfs::sync::wire::Msg::decode(kind, &body).expect("a valid frame"))
-}
-
-fn frame_of(m: &zippyfs::sync::wire::Msg) -> Vec<u8> {
-    let mut b = Vec::new();
-    m.encode(&mut b).unwrap();
-    b
-}
-
 /// A change-set of another peer that makes directory `name` (id `fid`) in
 /// the root.
 fn mkdir_from_elsewhere(fid: u128, name: &str) -> zippyfs::sync::tree::ChangeSet {
-    use zippyfs::sync::tree::{ChangeSet, Meta, Op};
-    ChangeSet {
+    zippyfs::sync::tree::ChangeSet {
         origin: 2,
         origin_name: "elsewhere".into(),
         counter: fid as u64,
         base: 0,
         time: 0,
-        ops: vec![
-            Op::Node {
-                fid,
-                whole: true,
-                meta: Meta {
-                    kind: zippyfs::fs::Kind::Dir,
-                    perm: 0o755,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    size: 0,
-                    mtime: zippyfs::fs::Time::default(),
-                },
-                cut: None,
-                blocks: vec![],
-                xattrs: vec![],
-                target: None,
-            },
-            Op::Names {
-                fid,
-                removed: vec![],
-                added: vec![(1, name.as_bytes().to_vec())],
-            },
-        ],
+        ops: made_in_root(zippyfs::fs::Kind::Dir, fid, name, &[]),
     }
 }
 
@@ -735,16 +697,14 @@ fn a_peer_sending_its_push_keeps_reading_a_server_that_does_not_read() {
                 head: 0,
                 taken: (0, 0),
             };
-            send.write_all(&frame_of(&welcome)).await.unwrap();
+            send.write_all(&frame(&welcome)).await.unwrap();
             let Some(Msg::Push(cs)) = next_frame(&mut recv).await else {
                 panic!("the peer's first message after Welcome is not its push");
             };
             let hashes: std::collections::HashSet<[u8; 32]> =
                 zippyfs::sync::server::hashes_of(&cs).into_iter().collect();
             let wants: Vec<Wanted> = hashes.iter().map(|h| Wanted::whole(*h)).collect();
-            send.write_all(&frame_of(&Msg::Want { wants }))
-                .await
-                .unwrap();
+            send.write_all(&frame(&Msg::Want { wants })).await.unwrap();
             // The log, reading nothing.
             let flood = async {
                 for seq in 1..=LOG {
@@ -753,7 +713,7 @@ fn a_peer_sending_its_push_keeps_reading_a_server_that_does_not_read() {
                         seq,
                         cs: mkdir_from_elsewhere(1_000_000 + seq as u128, &name),
                     };
-                    send.write_all(&frame_of(&m)).await.unwrap();
+                    send.write_all(&frame(&m)).await.unwrap();
                 }
             };
             let flooded = tokio::time::timeout(Duration::from_secs(30), flood)
@@ -775,7 +735,7 @@ fn a_peer_sending_its_push_keeps_reading_a_server_that_does_not_read() {
                     seq: LOG + 1,
                     time: 0,
                 };
-                send.write_all(&frame_of(&ack)).await.unwrap();
+                send.write_all(&frame(&ack)).await.unwrap();
                 // Until the peer goes.
                 while next_frame(&mut recv).await.is_some() {}
             }

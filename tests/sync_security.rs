@@ -11,20 +11,14 @@ mod common;
 use std::time::Duration;
 
 use common::fuse_or_skip;
-use common::sync::{Rng, Server, eventually, peer};
+use common::sync::{Rng, Server, eventually, frame, made_in_root, next_frame, peer};
 use zippyfs::sync::patch::Patch;
-use zippyfs::sync::tree::{ChangeSet, Meta, Op};
+use zippyfs::sync::tree::{ChangeSet, Op};
 use zippyfs::sync::wire::{Msg, PROTO_MAX, PROTO_MIN, Wanted};
 
 /// A number below `n`, as an index.
 fn below(rng: &mut Rng, n: usize) -> usize {
     rng.below(n as u64) as usize
-}
-
-fn frame(m: &Msg) -> Vec<u8> {
-    let mut b = Vec::new();
-    m.encode(&mut b).unwrap();
-    b
 }
 
 /// A Hello for volume "v" with `credential`.
@@ -183,12 +177,7 @@ fn random_and_mutated_frames_never_stop_the_server_nor_change_its_volume() {
 
 /// One frame from the server.
 async fn next_msg(recv: &mut quinn::RecvStream) -> Msg {
-    let mut h = [0u8; zippyfs::sync::wire::HEADER];
-    recv.read_exact(&mut h).await.expect("a frame header");
-    let (kind, len) = zippyfs::sync::wire::header(&h).expect("a valid header");
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.expect("a frame body");
-    Msg::decode(kind, &body).expect("a valid frame")
+    next_frame(recv).await.expect("a frame")
 }
 
 /// A push of one file `name` (id `fid`) whose only block is `data`.
@@ -198,39 +187,13 @@ fn push_of(counter: u64, fid: u128, name: &str, data: &[u8]) -> Msg {
 
 /// A push of one file `name` (id `fid`) made of `blocks` of equal size.
 fn push_of_blocks(counter: u64, fid: u128, name: &str, blocks: &[Vec<u8>]) -> Msg {
-    let size = blocks.iter().map(|b| b.len() as u64).sum();
     Msg::Push(ChangeSet {
         origin: 0,
         origin_name: String::new(),
         counter,
         base: 0,
         time: 0,
-        ops: vec![
-            Op::Node {
-                fid,
-                whole: true,
-                meta: Meta {
-                    kind: zippyfs::fs::Kind::File,
-                    perm: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    size,
-                    mtime: zippyfs::fs::Time::default(),
-                },
-                cut: None,
-                blocks: (blocks.iter().enumerate())
-                    .map(|(i, b)| (i as u64, Some(*blake3::hash(b).as_bytes())))
-                    .collect(),
-                xattrs: vec![],
-                target: Some(Vec::new()),
-            },
-            Op::Names {
-                fid,
-                removed: vec![],
-                added: vec![(1, name.as_bytes().to_vec())],
-            },
-        ],
+        ops: made_in_root(zippyfs::fs::Kind::File, fid, name, blocks),
     })
 }
 
@@ -328,6 +291,60 @@ fn a_patch_that_does_not_rebuild_its_block_is_asked_for_whole_and_never_taken() 
     b.unmount();
 }
 
+/// A server with two peers of volume `v`: "slow", whose receive window
+/// holds about one delivery (the server's sends to it block as soon as it
+/// has two to send), and "fast".
+struct SlowAndFast {
+    _work: tempfile::TempDir,
+    server: Server,
+    addr: std::net::SocketAddr,
+    slow_cfg: quinn::ClientConfig,
+    slow_cred: String,
+    fast_cfg: quinn::ClientConfig,
+    fast_cred: String,
+}
+
+fn slow_and_fast() -> SlowAndFast {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let slow_cred = std::fs::read_to_string(server.add_peer("slow", "v", work.path())).unwrap();
+    let fast_cred = std::fs::read_to_string(server.add_peer("fast", "v", work.path())).unwrap();
+    let addr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let mut slow_cfg = zippyfs::sync::tls::client_config(&server.fingerprint).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(700));
+    transport.receive_window(quinn::VarInt::from_u32(700));
+    slow_cfg.transport_config(std::sync::Arc::new(transport));
+    let fast_cfg = zippyfs::sync::tls::client_config(&server.fingerprint).unwrap();
+    SlowAndFast {
+        _work: work,
+        server,
+        addr,
+        slow_cfg,
+        slow_cred,
+        fast_cfg,
+        fast_cred,
+    }
+}
+
+/// A session of the peer with credential `cred`, past its Welcome.
+async fn session(
+    endpoint: &quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    cfg: quinn::ClientConfig,
+    cred: &str,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let conn = endpoint
+        .connect_with(cfg, addr, zippyfs::sync::tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&frame(&hello(cred.trim()))).await.unwrap();
+    assert!(matches!(next_msg(&mut recv).await, Msg::Welcome { .. }));
+    (conn, send, recv)
+}
+
 /// A peer that reads slowly makes the server wait to send it the log; other
 /// peers' pushes keep coming meanwhile. When the slow peer's own push is
 /// taken, everything ordered before it must still reach it, in order,
@@ -335,41 +352,25 @@ fn a_patch_that_does_not_rebuild_its_block_is_asked_for_whole_and_never_taken() 
 /// once skipped: the peer saw a gap and had to reconnect).
 #[test]
 fn a_slow_reader_gets_every_sequence_before_the_ack_of_its_own_push() {
-    let work = tempfile::tempdir().unwrap();
-    let server = Server::start();
-    let slow_cred = std::fs::read_to_string(server.add_peer("slow", "v", work.path())).unwrap();
-    let fast_cred = std::fs::read_to_string(server.add_peer("fast", "v", work.path())).unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-    // The slow peer's receive window holds about one delivery, so the
-    // server blocks on it as soon as it has two to send.
-    let mut slow_cfg = zippyfs::sync::tls::client_config(&server.fingerprint).unwrap();
-    let mut transport = quinn::TransportConfig::default();
-    transport.stream_receive_window(quinn::VarInt::from_u32(700));
-    transport.receive_window(quinn::VarInt::from_u32(700));
-    slow_cfg.transport_config(std::sync::Arc::new(transport));
-    let fast_cfg = zippyfs::sync::tls::client_config(&server.fingerprint).unwrap();
+    let SlowAndFast {
+        _work,
+        server,
+        addr,
+        slow_cfg,
+        slow_cred,
+        fast_cfg,
+        fast_cred,
+    } = slow_and_fast();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let (seen, ack) = rt.block_on(async {
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let open = |cfg: quinn::ClientConfig, cred: String| {
-            let endpoint = endpoint.clone();
-            async move {
-                let conn = endpoint
-                    .connect_with(cfg, addr, zippyfs::sync::tls::SERVER_NAME)
-                    .unwrap()
-                    .await
-                    .unwrap();
-                let (mut send, mut recv) = conn.open_bi().await.unwrap();
-                send.write_all(&frame(&hello(cred.trim()))).await.unwrap();
-                assert!(matches!(next_msg(&mut recv).await, Msg::Welcome { .. }));
-                (conn, send, recv)
-            }
-        };
-        let (slow_conn, mut slow_send, mut slow_recv) = open(slow_cfg, slow_cred).await;
-        let (fast_conn, mut fast_send, mut fast_recv) = open(fast_cfg, fast_cred).await;
+        let (slow_conn, mut slow_send, mut slow_recv) =
+            session(&endpoint, addr, slow_cfg, &slow_cred).await;
+        let (fast_conn, mut fast_send, mut fast_recv) =
+            session(&endpoint, addr, fast_cfg, &fast_cred).await;
         // The slow peer's push waits for its block.
         let mine = b"slow peer's block".to_vec();
         slow_send
@@ -460,19 +461,15 @@ fn a_slow_reader_gets_every_sequence_before_the_ack_of_its_own_push() {
 /// waited for the other for ever.
 #[test]
 fn the_server_reads_a_peer_that_sends_blocks_without_reading() {
-    let work = tempfile::tempdir().unwrap();
-    let server = Server::start();
-    let slow_cred = std::fs::read_to_string(server.add_peer("slow", "v", work.path())).unwrap();
-    let fast_cred = std::fs::read_to_string(server.add_peer("fast", "v", work.path())).unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-    // The sender's receive window holds about one delivery: the server's
-    // sends to it block as soon as it has two to send.
-    let mut slow_cfg = zippyfs::sync::tls::client_config(&server.fingerprint).unwrap();
-    let mut transport = quinn::TransportConfig::default();
-    transport.stream_receive_window(quinn::VarInt::from_u32(700));
-    transport.receive_window(quinn::VarInt::from_u32(700));
-    slow_cfg.transport_config(std::sync::Arc::new(transport));
-    let fast_cfg = zippyfs::sync::tls::client_config(&server.fingerprint).unwrap();
+    let SlowAndFast {
+        _work,
+        server,
+        addr,
+        slow_cfg,
+        slow_cred,
+        fast_cfg,
+        fast_cred,
+    } = slow_and_fast();
     // 10 MiB of blocks: more than the server's reading task holds (64
     // frames) and QUIC's stream window together, so that this send
     // completes only if the server's session reads.
@@ -489,22 +486,10 @@ fn the_server_reads_a_peer_that_sends_blocks_without_reading() {
         .unwrap();
     let (seen, ack) = rt.block_on(async {
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let open = |cfg: quinn::ClientConfig, cred: String| {
-            let endpoint = endpoint.clone();
-            async move {
-                let conn = endpoint
-                    .connect_with(cfg, addr, zippyfs::sync::tls::SERVER_NAME)
-                    .unwrap()
-                    .await
-                    .unwrap();
-                let (mut send, mut recv) = conn.open_bi().await.unwrap();
-                send.write_all(&frame(&hello(cred.trim()))).await.unwrap();
-                assert!(matches!(next_msg(&mut recv).await, Msg::Welcome { .. }));
-                (conn, send, recv)
-            }
-        };
-        let (slow_conn, mut slow_send, mut slow_recv) = open(slow_cfg, slow_cred).await;
-        let (fast_conn, mut fast_send, mut fast_recv) = open(fast_cfg, fast_cred).await;
+        let (slow_conn, mut slow_send, mut slow_recv) =
+            session(&endpoint, addr, slow_cfg, &slow_cred).await;
+        let (fast_conn, mut fast_send, mut fast_recv) =
+            session(&endpoint, addr, fast_cfg, &fast_cred).await;
         // Three pushes of the other peer, each a delivery of most of the
         // sender's window.
         for counter in 1..=3u64 {
@@ -584,22 +569,10 @@ fn a_block_a_cut_left_unnamed_is_still_sent_until_the_next_cut() {
     let version = |i: u8| vec![i; 10_000];
     rt.block_on(async {
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let open = |cred: String| {
-            let (endpoint, cfg) = (endpoint.clone(), cfg.clone());
-            async move {
-                let conn = endpoint
-                    .connect_with(cfg, addr, zippyfs::sync::tls::SERVER_NAME)
-                    .unwrap()
-                    .await
-                    .unwrap();
-                let (mut send, mut recv) = conn.open_bi().await.unwrap();
-                send.write_all(&frame(&hello(cred.trim()))).await.unwrap();
-                assert!(matches!(next_msg(&mut recv).await, Msg::Welcome { .. }));
-                (conn, send, recv)
-            }
-        };
-        let (slow_conn, mut slow_send, mut slow_recv) = open(slow_cred).await;
-        let (fast_conn, mut fast_send, mut fast_recv) = open(fast_cred).await;
+        let (slow_conn, mut slow_send, mut slow_recv) =
+            session(&endpoint, addr, cfg.clone(), &slow_cred).await;
+        let (fast_conn, mut fast_send, mut fast_recv) =
+            session(&endpoint, addr, cfg.clone(), &fast_cred).await;
         // Three versions of one file: the first is delivered to the slow
         // peer at once.
         for i in 1..=3u8 {

@@ -243,3 +243,58 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+
+/// `m` as a frame on the wire (for a peer or a server of a test's own).
+pub fn frame(m: &zippyfs::sync::wire::Msg) -> Vec<u8> {
+    let mut b = Vec::new();
+    m.encode(&mut b).expect("an encodable message");
+    b
+}
+
+/// One frame from a QUIC stream, or `None` when it ends.
+pub async fn next_frame(recv: &mut quinn::RecvStream) -> Option<zippyfs::sync::wire::Msg> {
+    let mut h = [0u8; zippyfs::sync::wire::HEADER];
+    recv.read_exact(&mut h).await.ok()?;
+    let (kind, len) = zippyfs::sync::wire::header(&h).expect("a valid header");
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.ok()?;
+    Some(zippyfs::sync::wire::Msg::decode(kind, &body).expect("a valid frame"))
+}
+
+/// The ops that make `name` (id `fid`) in the root: a directory, or a
+/// file made of `blocks` (each named by its BLAKE3 hash).
+pub fn made_in_root(
+    kind: zippyfs::fs::Kind,
+    fid: u128,
+    name: &str,
+    blocks: &[Vec<u8>],
+) -> Vec<zippyfs::sync::tree::Op> {
+    use zippyfs::sync::tree::{Meta, Op};
+    let dir = kind == zippyfs::fs::Kind::Dir;
+    vec![
+        Op::Node {
+            fid,
+            whole: true,
+            meta: Meta {
+                kind,
+                perm: if dir { 0o755 } else { 0o644 },
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                size: blocks.iter().map(|b| b.len() as u64).sum(),
+                mtime: zippyfs::fs::Time::default(),
+            },
+            cut: None,
+            blocks: (blocks.iter().enumerate())
+                .map(|(i, b)| (i as u64, Some(*blake3::hash(b).as_bytes())))
+                .collect(),
+            xattrs: vec![],
+            target: (!dir).then(Vec::new),
+        },
+        Op::Names {
+            fid,
+            removed: vec![],
+            added: vec![(1, name.as_bytes().to_vec())],
+        },
+    ]
+}
