@@ -263,8 +263,8 @@ impl Fs {
         through: u64,
         entries: &[(u64, Vec<u8>)],
     ) -> FsResult<Part> {
-        let snap = match self.store.snapshot(through) {
-            Ok(s) if through != 0 => s,
+        let snap = match (through != 0).then(|| self.store.snapshot(through)) {
+            Some(Ok(s)) => s,
             _ => self.snap()?,
         };
         let known = snap.version() == through;

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::super::apply::{Outcome, apply, apply_content};
-use super::super::tree::{ChangeSet, FileId, Key, Op, Stamp, Tree};
+use super::super::tree::{ChangeSet, FileId, Key, Layered, Op, Stamp, Tree};
 use super::Peer;
 use super::Violation;
 
@@ -143,27 +143,24 @@ impl Peer {
 /// and `b`.
 fn differing(a: &Tree, b: &Tree) -> BTreeSet<FileId> {
     let mut out = BTreeSet::new();
-    for (fid, n) in &a.nodes {
-        if b.nodes.get(fid) != Some(n) {
-            out.insert(*fid);
-        }
-    }
-    for (fid, n) in &b.nodes {
-        if a.nodes.get(fid) != Some(n) {
-            out.insert(*fid);
-        }
-    }
-    for (fid, k) in &a.names {
-        if b.names.get(fid) != Some(k) {
-            out.insert(*fid);
-        }
-    }
-    for (fid, k) in &b.names {
-        if a.names.get(fid) != Some(k) {
-            out.insert(*fid);
-        }
-    }
+    differing_in(&a.nodes, &b.nodes, &mut out);
+    differing_in(&a.names, &b.names, &mut out);
     out
+}
+
+/// Adds to `out` the keys whose values differ between `a` and `b`.
+fn differing_in<V: Clone + PartialEq>(
+    a: &Layered<FileId, V>,
+    b: &Layered<FileId, V>,
+    out: &mut BTreeSet<FileId>,
+) {
+    for (x, y) in [(a, b), (b, a)] {
+        out.extend(
+            x.iter()
+                .filter(|(fid, v)| y.get(*fid) != Some(*v))
+                .map(|(fid, _)| *fid),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use super::{Hash, Key};
 /// of the list: the synced and the local tree's versions of a big file,
 /// and a node copied to change it, then share every chunk the change did
 /// not touch. So a change of a few blocks copies and compares a chunk or
-/// two, not the whole list ([`runs_to_compare`]), and each copy still
+/// two, not the whole list ([`changes`]), and each copy still
 /// costs about 40 bytes a block (`tests/sync_memory.rs`).
 #[derive(Clone, Debug)]
 pub struct Blocks(Repr);

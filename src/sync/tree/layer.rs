@@ -154,6 +154,7 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
 
     /// The keys this map has changed since its last fold (possibly back
     /// to what the base has).
+    #[cfg(test)]
     pub fn changed_keys(&self) -> impl Iterator<Item = &K> {
         self.over.keys()
     }
