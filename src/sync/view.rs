@@ -154,6 +154,9 @@ impl LocalView {
                     let node = match (&f.only, local.nodes.get(&f.id)) {
                         (None, _) => super::local::node_of(&f),
                         (Some(part), Some(old)) => patched(old, &f, part),
+                        // Without a name (unlinked while open): not in
+                        // the tree, so not read whole at every write.
+                        (Some(_), None) if f.inode.nlink == 0 => continue,
                         (Some(_), None) => {
                             again.push(ino);
                             coming.insert(f.id);
@@ -313,6 +316,23 @@ mod tests {
         assert!(r.whole && r.again.is_empty());
         assert!(local.nodes.contains_key(&20));
         assert_eq!(local.entries.get(&(root, b"new".to_vec())), Some(&20));
+    }
+
+    /// A file unlinked while open changes without a name: read in part,
+    /// it is left out, not read again whole at each commit that writes it.
+    #[test]
+    fn a_file_written_after_its_last_unlink_is_not_read_again_whole() {
+        let mut view = LocalView::default();
+        let mut local = Tree::default();
+        let mut f = state(5, 20, vec![(3, [1; 32])]);
+        f.inode.nlink = 0;
+        f.only = Some(BlocksChanged {
+            cut: None,
+            blocks: vec![3],
+        });
+        let r = view.refresh(&mut local, vec![(5, Some(f))], Vec::new());
+        assert!(r.again.is_empty(), "read again: {:?}", r.again);
+        assert!(r.whole && !local.nodes.contains_key(&20));
     }
 
     #[test]
