@@ -3,54 +3,12 @@
 
 mod common;
 
+use common::SmallDisk;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A small tmpfs of our own, unmounted when dropped: a disk that fills up.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn new(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().expect("tmpfs mountpoint");
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "zippytest"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "mount a {size} tmpfs (needs root)");
-        SmallDisk { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Writes a file until the disk is full (bounded: the disk is small).
-    fn fill(&self) -> PathBuf {
-        let p = self.path().join("filler");
-        let mut f = std::fs::File::create(&p).expect("filler");
-        let chunk = vec![0xeeu8; 256 << 10];
-        for _ in 0..4096 {
-            if f.write_all(&chunk).and_then(|_| f.sync_all()).is_err() {
-                return p;
-            }
-        }
-        panic!("the small disk never filled");
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 #[test]
 fn a_final_commit_that_fails_exits_nonzero_and_names_what_was_not_saved() {

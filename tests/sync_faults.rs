@@ -782,3 +782,106 @@ fn a_peer_sending_its_push_keeps_reading_a_server_that_does_not_read() {
     assert!(applied.is_ok(), "the peer did not apply the log");
     assert!(status.success(), "a's daemon: {status}");
 }
+
+/// What a peer's status says about sync (`.zippy/daemon.json`, "sync").
+fn why(m: &Mounted) -> String {
+    common::daemon_json(m.path())["sync"]["why"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A file more than the small disks below hold, then a small one after it.
+fn more_than_fits(a: &Mounted) -> Vec<u8> {
+    let big = content(77, 40 << 20);
+    std::fs::write(a.path().join("big.bin"), &big).unwrap();
+    std::fs::write(a.path().join("after.txt"), b"after").unwrap();
+    big
+}
+
+/// Both files of [`more_than_fits`] on `m`, whole.
+fn has_both(m: &Mounted, big: &[u8]) -> bool {
+    std::fs::read(m.path().join("after.txt")).is_ok_and(|d| d == b"after")
+        && std::fs::read(m.path().join("big.bin")).is_ok_and(|d| d == big)
+}
+
+/// The server's disk fills with a push: the peer is told why (not
+/// "connection lost"), the push is not sent again and again while the
+/// disk stays full, and it goes through by itself once there is room.
+#[test]
+fn a_full_disk_on_the_server_refuses_pushes_with_the_reason_until_there_is_room() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let disk = common::SmallDisk::new("24m");
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_in(disk.path());
+    let a = peer(&server, "a", "v", work.path());
+    let b = peer(&server, "b", "v", work.path());
+    std::fs::write(a.path().join("before.txt"), b"before").unwrap();
+    eventually("before.txt on b", Duration::from_secs(20), || {
+        std::fs::read(b.path().join("before.txt")).is_ok_and(|d| d == b"before")
+    });
+    let big = more_than_fits(&a);
+    eventually(
+        "a says the server has no room",
+        Duration::from_secs(30),
+        || why(&a).contains("the server's store: no space left"),
+    );
+    // Refused before its blocks cross again: over 5 s of tries (one a
+    // second or more), a few KiB each, not 40 MiB each.
+    let before = num(&server.status(), "bytes_in");
+    std::thread::sleep(Duration::from_secs(5));
+    let during = num(&server.status(), "bytes_in") - before;
+    assert!(during < 4 << 20, "{during} bytes taken while full");
+    assert!(!b.path().join("after.txt").exists());
+    assert!(has_both(&a, &big), "a lost its own files");
+    disk.grow("256m");
+    eventually(
+        "both files on b once there is room",
+        Duration::from_secs(60),
+        || has_both(&b, &big),
+    );
+    eventually("a connected again", Duration::from_secs(20), || {
+        why(&a) == "connected"
+    });
+}
+
+/// A peer's disk fills with a change from elsewhere: it says so, keeps
+/// serving what it has, and takes the change by itself once there is room.
+#[test]
+fn a_full_disk_on_a_peer_says_so_and_takes_the_change_once_there_is_room() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let disk = common::SmallDisk::new("24m");
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let a = peer(&server, "a", "v", work.path());
+    let b = peer(&server, "b", "v", disk.path());
+    std::fs::write(a.path().join("before.txt"), b"before").unwrap();
+    eventually("before.txt on b", Duration::from_secs(20), || {
+        std::fs::read(b.path().join("before.txt")).is_ok_and(|d| d == b"before")
+    });
+    let big = more_than_fits(&a);
+    eventually("b says it has no room", Duration::from_secs(30), || {
+        why(&b).contains("no space left")
+    });
+    assert!(!b.path().join("after.txt").exists());
+    assert_eq!(
+        std::fs::read(b.path().join("before.txt")).unwrap(),
+        b"before"
+    );
+    disk.grow("256m");
+    eventually(
+        "both files on b once there is room",
+        Duration::from_secs(60),
+        || has_both(&b, &big),
+    );
+    eventually("b connected again", Duration::from_secs(20), || {
+        why(&b) == "connected"
+    });
+    drop((a, b));
+    common::fsck_clean(&work.path().join("a-store"));
+    common::fsck_clean(&disk.path().join("b-store"));
+}

@@ -161,6 +161,10 @@ struct State {
     bytes: Arc<Counted>,
     /// The change-sets each volume keeps (see "Cutting the log"); 0: all.
     keep_log: u64,
+    /// The room there was ([`State::room`]) when a push last could not be
+    /// stored for lack of it: until there is more, a push that needs
+    /// blocks is refused before they cross the network, not after.
+    full: std::cell::Cell<Option<u64>>,
 }
 
 impl State {
@@ -195,6 +199,36 @@ impl State {
             Msg::Push(cs) => Ok(cs),
             _ => Err(SyncError::Protocol("a stored change-set is not one".into())),
         }
+    }
+
+    /// Bytes the store could grow into: the free space of the disk
+    /// holding it, and its own free pages.
+    fn room(&self) -> u64 {
+        let free_pages = self.store.stats().free_pages * 4096;
+        let Ok(c) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) else {
+            return free_pages;
+        };
+        // SAFETY: statvfs is a plain C struct of integers (all-zero is valid).
+        let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a NUL-terminated path and `v` a valid out-pointer.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut v) } != 0 {
+            return free_pages;
+        }
+        (v.f_bavail as u64).saturating_mul(v.f_frsize as u64) + free_pages
+    }
+
+    /// Refuses a push that needs blocks while the disk is as full as when
+    /// the last one failed; lets it through once there is more room.
+    fn room_for_blocks(&self) -> Result<(), SyncError> {
+        if let Some(then) = self.full.get() {
+            let now = self.room();
+            if now <= then {
+                return Err(SyncError::Store(crate::store::StoreError::NoSpace));
+            }
+            tracing::info!(room = now, "room again for pushes");
+            self.full.set(None);
+        }
+        Ok(())
     }
 
     fn has_block(&self, h: &Hash) -> Result<bool, SyncError> {
@@ -276,6 +310,7 @@ pub fn serve_until(
         totals: RefCell::new(Totals::default()),
         bytes: Arc::new(Counted::default()),
         keep_log,
+        full: std::cell::Cell::new(None),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -474,11 +509,32 @@ async fn connection(
         snapshot: None,
     };
     let r = c.run(rx, heads).await;
+    drop(c);
+    if let Err(e) = &r {
+        // The peer learns why: "connection lost" would hide a full disk
+        // here as well as the peer's own fault. It tries again later.
+        let reason = match e {
+            SyncError::Net(_) => None,
+            SyncError::Store(_) | SyncError::Fs(_) | SyncError::Io { .. } => {
+                Some(format!("the server's store: {e}"))
+            }
+            _ => Some(e.to_string()),
+        };
+        if let Some(mut reason) = reason {
+            reason.truncate(reason.floor_char_boundary(REFUSE_REASON_MAX));
+            if out.send(&Msg::Refuse { code: 5, reason }).is_ok() {
+                out.finish(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
     // The writer task holds the stream, and with it the connection: close
     // it, or a peer that stopped reading would keep it.
     conn.close(0u32.into(), b"closed");
     r
 }
+
+/// The longest reason sent with a Refuse (its frame's limit is 4 KiB).
+const REFUSE_REASON_MAX: usize = 1024;
 
 /// The most blocks a peer may have asked for and not yet been sent: past
 /// it the server stops reading that peer until it has sent some (the peer
@@ -636,6 +692,9 @@ impl<'a> Conn<'a> {
                         missing.insert(h);
                     }
                 }
+                if !missing.is_empty() {
+                    st.room_for_blocks()?;
+                }
                 self.want(missing.iter().copied())?;
                 self.pending = Some(Pending {
                     cs,
@@ -706,7 +765,14 @@ impl<'a> Conn<'a> {
             // stands for its delivery (`fill`). The sequence is fixed when
             // it is taken: a push another connection took before it must
             // reach this peer before the ack.
-            self.ack = take_push(st, self.volume, self.peer, p)?;
+            self.ack = match take_push(st, self.volume, self.peer, p) {
+                Err(SyncError::Store(e)) if e.is_no_space() => {
+                    st.full.set(Some(st.room()));
+                    tracing::warn!("a push not stored: {e}; pushes wait until there is room");
+                    return Err(SyncError::Store(e));
+                }
+                r => r?,
+            };
         }
         Ok(())
     }

@@ -29,7 +29,11 @@
 //!            taken from this peer: counter u64, sequence u64 (0, 0: none
 //!            known); then the change-sets after the peer's last applied
 //!            one follow as Deliver
-//! 3 Refuse   code u16, reason str (then the server closes the connection)
+//! 3 Refuse   code u16, reason str (then the server closes the connection):
+//!            1 protocol versions, 2 credential, 3 volume not allowed,
+//!            4 the peer is ahead of the log, 5 the server ended a
+//!            connection on an error (its store's, say a full disk, or
+//!            the peer's fault); the peer connects again later
 //! 4 Push     change-set (client: one local commit, or several folded)
 //! 5 Deliver  sequence u64, change-set (server: the log, in order)
 //! 6 Ack      counter u64, sequence u64, time i64 (server: push `counter`

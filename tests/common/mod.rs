@@ -5,6 +5,7 @@
 
 pub mod sync;
 
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -312,7 +313,6 @@ pub const SKIP_LOG: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests"
 /// Straight to standard error: the test harness captures `eprintln!` of
 /// passing tests, and a skip must be seen.
 pub fn skipped(what: &str) {
-    use std::io::Write;
     let test = std::thread::current()
         .name()
         .unwrap_or("an unnamed test")
@@ -495,4 +495,58 @@ fn statfs_type(p: &Path) -> Option<i64> {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type as i64)
+}
+
+/// A small tmpfs of our own, unmounted when dropped: a disk that fills up.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn new(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("tmpfs mountpoint");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "zippytest"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount a {size} tmpfs (needs root)");
+        SmallDisk { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Gives the disk room: `size` in all (larger than before).
+    pub fn grow(&self, size: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "remount the tmpfs at {size}");
+    }
+
+    /// Writes a file until the disk is full (bounded: the disk is small).
+    pub fn fill(&self) -> PathBuf {
+        let p = self.path().join("filler");
+        let mut f = std::fs::File::create(&p).expect("filler");
+        let chunk = vec![0xeeu8; 256 << 10];
+        for _ in 0..4096 {
+            if f.write_all(&chunk).and_then(|_| f.sync_all()).is_err() {
+                return p;
+            }
+        }
+        panic!("the small disk never filled");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
 }

@@ -65,7 +65,15 @@ impl Server {
     /// [`Server::start`] with extra arguments (`--keep-log 5`, say), kept
     /// for restarts.
     pub fn start_with(args: &[&str]) -> Server {
-        let dir = tempfile::tempdir().expect("server dir");
+        Self::start_at(tempfile::tempdir().expect("server dir"), args)
+    }
+
+    /// [`Server::start`] with its directory in `parent` (a small disk, say).
+    pub fn start_in(parent: &Path) -> Server {
+        Self::start_at(tempfile::tempdir_in(parent).expect("server dir"), &[])
+    }
+
+    fn start_at(dir: tempfile::TempDir, args: &[&str]) -> Server {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let (child, port, fingerprint) = spawn_server(dir.path(), 0, &args);
         Server {
