@@ -791,6 +791,20 @@ fn why(m: &Mounted) -> String {
         .to_string()
 }
 
+/// Waits (bounded) until the server's figure `k` stays still for a second
+/// (its status is written twice a second).
+fn quiet(server: &Server, k: &str) {
+    eventually(
+        &format!("the server's {k} still"),
+        Duration::from_secs(30),
+        || {
+            let was = num(&server.status(), k);
+            std::thread::sleep(Duration::from_secs(1));
+            num(&server.status(), k) == was
+        },
+    );
+}
+
 /// A file more than the small disks below hold, then a small one after it.
 fn more_than_fits(a: &Mounted) -> Vec<u8> {
     let big = content(77, 40 << 20);
@@ -830,6 +844,7 @@ fn a_full_disk_on_the_server_refuses_pushes_with_the_reason_until_there_is_room(
     );
     // Refused before its blocks cross again: over 5 s of tries (one a
     // second or more), a few KiB each, not 40 MiB each.
+    quiet(&server, "bytes_in");
     let before = num(&server.status(), "bytes_in");
     std::thread::sleep(Duration::from_secs(5));
     let during = num(&server.status(), "bytes_in") - before;
@@ -865,9 +880,30 @@ fn a_full_disk_on_a_peer_says_so_and_takes_the_change_once_there_is_room() {
     });
     let big = more_than_fits(&a);
     eventually("b says it has no room", Duration::from_secs(30), || {
-        why(&b).contains("no space left")
+        why(&b).to_lowercase().contains("no space left")
     });
-    assert!(!b.path().join("after.txt").exists());
+    // It stays connected and keeps what it fetched: once what it asked
+    // for is here, over 5 s of tries (one every 2 s) the server sends it
+    // nothing again, not 40 MiB a try.
+    quiet(&server, "bytes_out");
+    let before = num(&server.status(), "bytes_out");
+    std::thread::sleep(Duration::from_secs(5));
+    let during = num(&server.status(), "bytes_out") - before;
+    let log = std::fs::read_to_string(disk.path().join("b.log")).unwrap_or_default();
+    assert!(
+        during < 4 << 20,
+        "{during} bytes sent again while b was full; b's log:\n{log}"
+    );
+    assert!(
+        why(&b).to_lowercase().contains("no space left"),
+        "{}",
+        why(&b)
+    );
+    assert!(why(&b).starts_with("connected"), "{}", why(&b));
+    // The change may show in the mount before it is committed (as a
+    // write does before its fsync), but never as anything else.
+    let after = std::fs::read(b.path().join("after.txt"));
+    assert!(after.as_ref().map_or(true, |d| d == b"after"), "{after:?}");
     assert_eq!(
         std::fs::read(b.path().join("before.txt")).unwrap(),
         b"before"

@@ -68,6 +68,18 @@ impl SyncError {
             source,
         }
     }
+
+    /// The disk (or the owner's quota) holding the store is full: this
+    /// passes once there is room.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            SyncError::Store(e) | SyncError::Fs(crate::fs::FsError::Store(e)) => e.is_no_space(),
+            SyncError::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            _ => false,
+        }
+    }
 }
 
 impl From<wire::WireError> for SyncError {

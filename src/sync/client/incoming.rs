@@ -38,6 +38,8 @@ const TRIES_AT_ONCE: u32 = 3;
 
 /// The longest wait between two tries of a refused batch.
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// How often a change that found the disk full is tried again.
+const NO_SPACE_RETRY: Duration = Duration::from_secs(2);
 
 /// How one try at applying a batch went.
 enum Attempt {
@@ -273,8 +275,28 @@ impl Session<'_> {
         }
         let seq = d.seq;
         let batch = self.next_batch();
-        match self.apply(&batch)? {
-            Outcome::Applied => self.inc.tries = 0,
+        let outcome = match self.apply(&batch) {
+            Err(e) if e.is_no_space() => {
+                // The connection stays (this peer's own pushes go on) and
+                // so do the blocks fetched: tried again as it is, not
+                // fetched again, until there is room.
+                if self.inc.tries == 0 {
+                    tracing::warn!(seq, "sync: {e}; changes from elsewhere wait for room");
+                }
+                self.inc.tries = 1;
+                self.status.lock().why = format!("connected; changes from elsewhere wait: {e}");
+                self.inc.retry = Some(tokio::time::Instant::now() + NO_SPACE_RETRY);
+                return Ok(false);
+            }
+            r => r?,
+        };
+        match outcome {
+            Outcome::Applied => {
+                if self.inc.tries > 0 {
+                    self.status.lock().why = "connected".into();
+                }
+                self.inc.tries = 0;
+            }
             Outcome::Busy => {
                 // A writer here keeps touching these files: wait a little
                 // longer each time (the connection stays; blocks keep
@@ -610,7 +632,15 @@ impl Session<'_> {
             match self.try_apply(batch, now, version, &cause, origin) {
                 Ok(Attempt::Done(copies)) => {
                     self.peer.keep();
-                    self.state_changed()?;
+                    // Applied: a state not saved for lack of room is saved
+                    // later (the journal holds the batch), and the batch
+                    // must not be taken for one to try again.
+                    match self.state_changed() {
+                        Err(e) if e.is_no_space() => {
+                            tracing::warn!("sync: the state is not saved yet: {e}");
+                        }
+                        r => r?,
+                    }
                     self.status.lock().conflicts += copies;
                     tracing::debug!(first, last, "sync applied");
                     return Ok(Outcome::Applied);
