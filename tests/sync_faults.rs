@@ -917,6 +917,13 @@ fn a_full_disk_on_a_peer_says_so_and_takes_the_change_once_there_is_room() {
     eventually("b connected again", Duration::from_secs(20), || {
         why(&b) == "connected"
     });
+    // The change that waited went in as itself, not as a change of b's own
+    // against it (which would have made a conflict copy).
+    eventually("one tree", Duration::from_secs(20), || {
+        tree(a.path()) == tree(b.path())
+    });
+    let names: Vec<String> = tree(a.path()).into_keys().collect();
+    assert!(names.iter().all(|n| !n.contains(".conflict-")), "{names:?}");
     drop((a, b));
     common::fsck_clean(&work.path().join("a-store"));
     common::fsck_clean(&disk.path().join("b-store"));
