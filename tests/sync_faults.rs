@@ -928,3 +928,60 @@ fn a_full_disk_on_a_peer_says_so_and_takes_the_change_once_there_is_room() {
     common::fsck_clean(&work.path().join("a-store"));
     common::fsck_clean(&disk.path().join("b-store"));
 }
+
+/// `status` counts this mount's commits not yet on the server: they
+/// pile up while the server is down, and go to zero once it has them.
+#[test]
+fn the_status_counts_what_is_queued_until_the_server_has_it() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let (_work, mut server, a, b) = two_peers();
+    let sync = |m: &Mounted| common::daemon_json(m.path())["sync"].clone();
+    // Connected, nothing to push: nothing left from before either.
+    eventually(
+        "a checked for what is queued",
+        Duration::from_secs(20),
+        || {
+            let s = sync(&a);
+            s["queued_unchecked"] == false && s["queued_versions"] == 0
+        },
+    );
+    server.kill();
+    for i in 0..3u64 {
+        let p = a.path().join(format!("q{i}"));
+        let f = std::fs::File::create(&p).unwrap();
+        f.write_all_at(&content(i, 100_000), 0).unwrap();
+        f.sync_all().unwrap();
+    }
+    eventually(
+        "three versions queued on a",
+        Duration::from_secs(10),
+        || {
+            let s = sync(&a);
+            s["queued_versions"].as_u64() >= Some(3) && s["queued_bytes"].as_u64() >= Some(300_000)
+        },
+    );
+    let out = std::process::Command::new(common::bin())
+        .arg("status")
+        .arg(a.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("queued:"), "{text}");
+    assert!(text.contains("made here not yet on the server"), "{text}");
+    server.restart();
+    eventually(
+        "nothing queued once the server has it",
+        Duration::from_secs(30),
+        || {
+            let s = sync(&a);
+            s["queued_versions"] == 0 && s["queued_bytes"] == 0
+        },
+    );
+    eventually("the three files on b", Duration::from_secs(20), || {
+        (0..3u64).all(|i| {
+            std::fs::read(b.path().join(format!("q{i}"))).is_ok_and(|d| d == content(i, 100_000))
+        })
+    });
+}

@@ -309,7 +309,8 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let sync = &st["sync"];
     if sync.is_object() {
         let state = if sync["connected"] == true {
-            "connected".to_string()
+            // "connected", or what it waits for while connected.
+            sync["why"].as_str().unwrap_or("connected").to_string()
         } else {
             format!("not connected: {}", sync["why"].as_str().unwrap_or(""))
         };
@@ -331,6 +332,15 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             sync["conflicts"],
             sync["bytes_in"],
             sync["bytes_out"]
+        );
+        let unchecked = if sync["queued_unchecked"] == true {
+            "; what an earlier mount left unpushed is not checked yet"
+        } else {
+            ""
+        };
+        println!(
+            "queued:     {} versions ({} bytes written) made here not yet on the server{unchecked}",
+            sync["queued_versions"], sync["queued_bytes"]
         );
     }
     Ok(if st["failed"].is_null() {

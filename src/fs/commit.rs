@@ -319,7 +319,9 @@ impl Fs {
         self.step("cut");
         let mut changed = self.commit_hook.get().map(|_| {
             let mut c = Changed::of(&deltas);
-            if self.origin.lock().peer != 0 {
+            c.own = self.origin.lock().peer == 0;
+            c.bytes = deltas.iter().map(|(_, d)| d.bytes).sum();
+            if !c.own {
                 // A change from elsewhere (`apply_remote`): the files it
                 // wrote are read whole once, so whatever the sync thread
                 // expected of them and this wrote differently is found.
@@ -636,6 +638,10 @@ pub struct Changed {
     /// went, or is to be read whole (every inode of a change applied from
     /// elsewhere).
     pub data: HashMap<u64, BlocksChanged>,
+    /// Made here, not applied from elsewhere (`apply_remote`).
+    pub own: bool,
+    /// The data the commit wrote (its deltas' dirty bytes).
+    pub bytes: u64,
 }
 
 /// Which blocks of one file one or more commits changed: those in
@@ -702,6 +708,8 @@ impl Changed {
             inodes: inodes.into_iter().collect(),
             entries,
             data,
+            own: false,
+            bytes: 0,
         }
     }
 }

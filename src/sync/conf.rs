@@ -107,6 +107,57 @@ impl SyncConf {
     }
 }
 
+/// This mount's own commits not yet wholly on the server, oldest first,
+/// as runs of (the last version of the run, versions in it, bytes they
+/// wrote). Past [`QUEUED_RUNS`] the two oldest runs become one, so it
+/// stays small however long a peer is offline (a run goes once its last
+/// version is on the server: merged, it may show a little long).
+#[derive(Clone, Debug, Default)]
+pub struct Queued {
+    runs: std::collections::VecDeque<(u64, u64, u64)>,
+    /// Not yet known whether an earlier mount left changes unpushed (the
+    /// first push, or the first look that finds nothing to push, tells).
+    pub unchecked: bool,
+}
+
+const QUEUED_RUNS: usize = 256;
+
+impl Queued {
+    /// At a mount's start: nothing counted yet, and what an earlier mount
+    /// left is not yet known.
+    pub fn unchecked() -> Queued {
+        Queued {
+            unchecked: true,
+            ..Queued::default()
+        }
+    }
+
+    /// Commit `version`, made here, wrote `bytes`.
+    pub fn add(&mut self, version: u64, bytes: u64) {
+        self.runs.push_back((version, 1, bytes));
+        if self.runs.len() > QUEUED_RUNS
+            && let Some((_, n, b)) = self.runs.pop_front()
+            && let Some(next) = self.runs.front_mut()
+        {
+            next.1 += n;
+            next.2 += b;
+        }
+    }
+
+    /// Everything this mount committed up to `version` is on the server.
+    pub fn through(&mut self, version: u64) {
+        while self.runs.front().is_some_and(|r| r.0 <= version) {
+            self.runs.pop_front();
+        }
+        self.unchecked = false;
+    }
+
+    /// Versions and bytes queued.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.runs.iter()).fold((0, 0), |(n, b), r| (n + r.1, b + r.2))
+    }
+}
+
 /// What `status` and `daemon.json` show of sync.
 #[derive(Clone, Debug, Default)]
 pub struct Status {
@@ -122,6 +173,7 @@ pub struct Status {
     pub conflicts: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    pub queued: Queued,
 }
 
 impl Status {
@@ -138,6 +190,9 @@ impl Status {
             "conflicts": self.conflicts,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
+            "queued_versions": self.queued.totals().0,
+            "queued_bytes": self.queued.totals().1,
+            "queued_unchecked": self.queued.unchecked,
         })
     }
 }
@@ -158,6 +213,7 @@ pub fn offline_status(store: &Path, stored: u64) -> Result<Option<Status>, SyncE
         server: conf.url(),
         why: "not mounted".into(),
         applied: peer.applied,
+        queued: Queued::unchecked(),
         ..Default::default()
     }))
 }
@@ -201,3 +257,28 @@ pub(super) fn load_peer(store: &Path) -> Result<Peer, SyncError> {
 
 /// More pushes than a peer makes between two saves of its state.
 pub(super) const COUNTER_LEAP: u64 = 1 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However many commits wait, the runs stay few; a merged run goes
+    /// only once its last version is on the server, and counts stay exact.
+    #[test]
+    fn queued_commits_stay_few_runs_and_go_once_the_server_has_them() {
+        let mut q = Queued::unchecked();
+        for v in 1..=1000u64 {
+            q.add(v, 10);
+        }
+        assert_eq!(q.totals(), (1000, 10_000));
+        assert!(q.runs.len() <= QUEUED_RUNS);
+        assert!(q.unchecked);
+        q.through(900);
+        assert!(!q.unchecked);
+        assert_eq!(q.totals(), (100, 1000));
+        q.through(999);
+        assert_eq!(q.totals(), (1, 10));
+        q.through(1000);
+        assert_eq!(q.totals(), (0, 0));
+    }
+}

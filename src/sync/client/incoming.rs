@@ -230,6 +230,13 @@ impl Session<'_> {
                     self.peer
                         .on_ack(seq, counter, time)
                         .map_err(|v| SyncError::Protocol(v.to_string()))?;
+                    if let Some((c, version)) = self.whole_at.take() {
+                        if c == counter {
+                            self.status.lock().queued.through(version);
+                        } else {
+                            self.whole_at = Some((c, version));
+                        }
+                    }
                     // Journaled as the sequence it became (`journal.rs`).
                     if let Some(mut cs) = pushed {
                         cs.time = time;

@@ -55,13 +55,17 @@ impl Client {
         let status = Arc::new(Mutex::new(Status {
             server: conf.url(),
             why: "connecting".into(),
+            queued: crate::sync::conf::Queued::unchecked(),
             ..Default::default()
         }));
         let touched = Arc::new(Mutex::new(Touched::default()));
         {
-            let (wake, touched) = (wake.clone(), touched.clone());
+            let (wake, touched, st) = (wake.clone(), touched.clone(), status.clone());
             fs.on_commit(Box::new(move |c| {
                 touched.lock().add(c);
+                if c.own && !(c.inodes.is_empty() && c.entries.is_empty()) {
+                    st.lock().queued.add(c.version, c.bytes);
+                }
                 wake.committed();
             }));
             let status = status.clone();
@@ -236,6 +240,7 @@ async fn run(
             base_snap: None,
             patched: HashSet::new(),
             pushed_at: 0,
+            whole_at: None,
             read_at: 0,
             inc: Incoming::new(conf.window, fs.block_size()),
             snapshot: Default::default(),
@@ -328,6 +333,10 @@ struct Session<'a> {
     patched: HashSet<Hash>,
     /// The commit the in-flight push was read from.
     pushed_at: u64,
+    /// The push in flight (its counter) holds everything this mount
+    /// committed up to this version: once acknowledged, none of it is
+    /// queued any more.
+    whole_at: Option<(u64, u64)>,
     /// The last commit (`Touched::through`) whose changes the local tree
     /// was read with and pushed, when nothing was pending after it (0:
     /// read it at the next push).

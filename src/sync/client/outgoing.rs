@@ -149,7 +149,13 @@ impl Session<'_> {
             return Ok(());
         };
         self.read_at = self.view.read_through;
-        if let Some(cs) = self.peer.push() {
+        let push = self.peer.push();
+        let whole = !self.peer.has_waiting();
+        if push.is_none() && whole {
+            self.status.lock().queued.through(version);
+        }
+        if let Some(cs) = push {
+            self.whole_at = whole.then_some((cs.counter, version));
             self.pushed_at = version;
             self.push_snap = Some(snap);
             self.push_places.clear();

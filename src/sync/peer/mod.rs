@@ -240,6 +240,12 @@ impl Peer {
         self.in_flight.is_some()
     }
 
+    /// Whether files may differ from what the server has and are not in
+    /// a push yet (all of them before the first read).
+    pub fn has_waiting(&self) -> bool {
+        self.candidates.as_ref().is_none_or(|c| !c.is_empty())
+    }
+
     /// The push in flight.
     pub fn in_flight_push(&self) -> Option<&ChangeSet> {
         self.in_flight.as_ref()
