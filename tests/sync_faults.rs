@@ -845,10 +845,16 @@ fn a_full_disk_on_the_server_refuses_pushes_with_the_reason_until_there_is_room(
     // Refused before its blocks cross again: over 5 s of tries (one a
     // second or more), a few KiB each, not 40 MiB each.
     quiet(&server, "bytes_in");
-    let before = num(&server.status(), "bytes_in");
+    let st = server.status();
+    let (before, tries) = (num(&st, "bytes_in"), num(&st, "connections"));
     std::thread::sleep(Duration::from_secs(5));
-    let during = num(&server.status(), "bytes_in") - before;
+    let during = num(&server.status(), "bytes_in").saturating_sub(before);
     assert!(during < 4 << 20, "{during} bytes taken while full");
+    // It was tried meanwhile (and the server's figures are current).
+    assert!(
+        num(&server.status(), "connections") > tries,
+        "no try while full"
+    );
     assert!(!b.path().join("after.txt").exists());
     assert!(has_both(&a, &big), "a lost its own files");
     disk.grow("256m");
@@ -878,7 +884,7 @@ fn a_full_disk_on_a_peer_says_so_and_takes_the_change_once_there_is_room() {
     eventually("before.txt on b", Duration::from_secs(20), || {
         std::fs::read(b.path().join("before.txt")).is_ok_and(|d| d == b"before")
     });
-    let big = more_than_fits(&a);
+    more_than_fits(&a);
     eventually("b says it has no room", Duration::from_secs(30), || {
         why(&b).to_lowercase().contains("no space left")
     });
@@ -888,7 +894,7 @@ fn a_full_disk_on_a_peer_says_so_and_takes_the_change_once_there_is_room() {
     quiet(&server, "bytes_out");
     let before = num(&server.status(), "bytes_out");
     std::thread::sleep(Duration::from_secs(5));
-    let during = num(&server.status(), "bytes_out") - before;
+    let during = num(&server.status(), "bytes_out").saturating_sub(before);
     let log = std::fs::read_to_string(disk.path().join("b.log")).unwrap_or_default();
     assert!(
         during < 4 << 20,
@@ -908,11 +914,23 @@ fn a_full_disk_on_a_peer_says_so_and_takes_the_change_once_there_is_room() {
         std::fs::read(b.path().join("before.txt")).unwrap(),
         b"before"
     );
+    // Deleted on b while it shows uncommitted: that is b's own change,
+    // made after the one that waited, and it goes to a once there is room
+    // (before, the file came back on b and stayed on a).
+    eventually("big.bin shows on b", Duration::from_secs(10), || {
+        b.path().join("big.bin").exists()
+    });
+    std::fs::remove_file(b.path().join("big.bin")).unwrap();
     disk.grow("256m");
+    let gone = |m: &Mounted| !m.path().join("big.bin").exists();
     eventually(
-        "both files on b once there is room",
+        "after.txt on b, big.bin gone on both",
         Duration::from_secs(60),
-        || has_both(&b, &big),
+        || {
+            std::fs::read(b.path().join("after.txt")).is_ok_and(|d| d == b"after")
+                && gone(&a)
+                && gone(&b)
+        },
     );
     eventually("b connected again", Duration::from_secs(20), || {
         why(&b) == "connected"

@@ -317,9 +317,11 @@ impl Fs {
             return Ok(());
         }
         self.step("cut");
+        let unapplied = *self.unapplied.lock();
+        let cut_origin = unapplied.unwrap_or_else(|| *self.origin.lock());
         let mut changed = self.commit_hook.get().map(|_| {
             let mut c = Changed::of(&deltas);
-            c.own = self.origin.lock().peer == 0;
+            c.own = cut_origin.peer == 0;
             c.bytes = deltas.iter().map(|(_, d)| d.bytes).sum();
             if !c.own {
                 // A change from elsewhere (`apply_remote`): the files it
@@ -329,7 +331,7 @@ impl Fs {
             }
             c
         });
-        let result = self.write_deltas(&deltas, cause);
+        let result = self.write_deltas(&deltas, cause, cut_origin);
         self.step("after commit");
         let bytes: u64 = deltas.iter().map(|(_, d)| d.bytes).sum();
         for (i, d) in deltas {
@@ -343,6 +345,18 @@ impl Fs {
             }
         }
         if let Ok(version) = result {
+            // The change from elsewhere that did not fit is in: its
+            // sequence is applied here now.
+            if unapplied.is_some()
+                && self
+                    .unapplied
+                    .lock()
+                    .take_if(|u| *u == cut_origin)
+                    .is_some()
+            {
+                let mut o = self.origin.lock();
+                o.seq = o.seq.max(cut_origin.seq);
+            }
             if let (Some(hook), Some(c)) = (self.commit_hook.get(), &mut changed) {
                 c.version = version;
                 hook(c);
@@ -357,7 +371,12 @@ impl Fs {
         result.map(|_| ())
     }
 
-    fn write_deltas(&self, deltas: &[(usize, Arc<Delta>)], cause: &str) -> FsResult<u64> {
+    fn write_deltas(
+        &self,
+        deltas: &[(usize, Arc<Delta>)],
+        cause: &str,
+        origin: history::Origin,
+    ) -> FsResult<u64> {
         // Phase timings, logged at debug level (the store logs its own).
         let t0 = std::time::Instant::now();
         let mut t = self.store.begin_write()?;
@@ -405,7 +424,7 @@ impl Fs {
             true => Some(self.write_index(&mut t, changes)?),
             false => None,
         };
-        t.tag(&self.origin.lock().tag());
+        t.tag(&origin.tag());
         let version = t.commit(cause)?.id;
         if let Some(w) = index {
             self.index_committed(w);

@@ -271,6 +271,10 @@ pub struct Fs {
     /// it applies a change-set, then back to this mount with the sequence
     /// applied); kept with each version.
     origin: Mutex<history::Origin>,
+    /// A change from elsewhere whose commit failed (a full disk): its
+    /// changes were put back, and the commit that takes them records this
+    /// origin (and only then is its sequence applied here).
+    unapplied: Mutex<Option<history::Origin>>,
     /// The final commit has begun: the daemon is on its way out.
     unmounting: std::sync::atomic::AtomicBool,
     /// Commits keep the block index (see `blockindex`).
@@ -365,6 +369,7 @@ impl Fs {
             index_log: Mutex::new(blockindex::Pending::default()),
             committed_next_ino: AtomicU64::new(ROOT + 1),
             origin: Mutex::new(history::Origin::default()),
+            unapplied: Mutex::new(None),
             space_log: Mutex::new(commit::Throttle::default()),
             #[cfg(test)]
             panic_at: Mutex::new(None),

@@ -433,16 +433,27 @@ impl Fs {
             let done = w.apply(change)?;
             // Set with every shard held: a commit that takes these changes
             // records them as from `origin`.
-            *self.origin.lock() = origin;
-            done
+            let before = std::mem::replace(&mut *self.origin.lock(), origin);
+            (done, before)
         };
-        let r = self.commit(cause);
-        *self.origin.lock() = history::Origin {
-            peer: 0,
-            seq: origin.seq,
-        };
-        r?;
-        Ok(done)
+        let (done, before) = done;
+        match self.commit(cause) {
+            Ok(()) => {
+                *self.origin.lock() = history::Origin {
+                    peer: 0,
+                    seq: origin.seq,
+                };
+                Ok(done)
+            }
+            Err(e) => {
+                // Put back (a full disk): the commit that takes these
+                // changes records them as `origin`'s, not as this mount's
+                // own, and until then this mount is built on what it was.
+                *self.unapplied.lock() = Some(origin);
+                *self.origin.lock() = before;
+                Err(e)
+            }
+        }
     }
 }
 

@@ -45,7 +45,8 @@ pub use retention::Retention;
 pub use txn::{Reserved, WriteTxn};
 
 use alloc::{Allocator, Deadlists};
-use format::{KIND_ALLOC, PAGE, PAGE_SIZE, Ptr, Slot, verify_run};
+pub(crate) use format::PAGE_SIZE;
+use format::{KIND_ALLOC, PAGE, Ptr, Slot, verify_run};
 pub(crate) use open::slot_sector;
 use open::write_slot;
 use read::{Pages, Src, Verified};

@@ -131,8 +131,13 @@ fn write_atomic_with(
         .mode(mode)
         .open(&tmp)
         .map_err(io)?;
-    write(&mut f)?;
-    f.sync_all().map_err(io)?;
+    // A write cut short (a full disk) must not keep what it took.
+    let written = write(&mut f).and_then(|()| f.sync_all().map_err(io));
+    if let Err(e) = written {
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path).map_err(io)?;
     if let Some(dir) = path.parent()
         && let Ok(d) = std::fs::File::open(dir)

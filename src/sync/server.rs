@@ -162,9 +162,10 @@ struct State {
     /// The change-sets each volume keeps (see "Cutting the log"); 0: all.
     keep_log: u64,
     /// The room there was ([`State::room`]) when a push last could not be
-    /// stored for lack of it: until there is more, a push that needs
-    /// blocks is refused before they cross the network, not after.
-    full: std::cell::Cell<Option<u64>>,
+    /// stored for lack of it, and when: until there is more, or for
+    /// [`FULL_FOR`], a push that needs blocks is refused before they cross
+    /// the network, not after.
+    full: std::cell::Cell<Option<(u64, std::time::Instant)>>,
 }
 
 impl State {
@@ -204,7 +205,7 @@ impl State {
     /// Bytes the store could grow into: the free space of the disk
     /// holding it, and its own free pages.
     fn room(&self) -> u64 {
-        let free_pages = self.store.stats().free_pages * 4096;
+        let free_pages = self.store.stats().free_pages * crate::store::PAGE_SIZE as u64;
         let Ok(c) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) else {
             return free_pages;
         };
@@ -220,9 +221,11 @@ impl State {
     /// Refuses a push that needs blocks while the disk is as full as when
     /// the last one failed; lets it through once there is more room.
     fn room_for_blocks(&self) -> Result<(), SyncError> {
-        if let Some(then) = self.full.get() {
+        if let Some((then, at)) = self.full.get() {
             let now = self.room();
-            if now <= then {
+            // Past FULL_FOR a push tries again (a smaller one may fit, a
+            // quota may have been raised, which statvfs does not show).
+            if now <= then && at.elapsed() < FULL_FOR {
                 return Err(SyncError::Store(crate::store::StoreError::NoSpace));
             }
             tracing::info!(room = now, "room again for pushes");
@@ -533,6 +536,10 @@ async fn connection(
     r
 }
 
+/// How long a full disk refuses pushes that need blocks while it has no
+/// more room than when the last one failed.
+const FULL_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The longest reason sent with a Refuse (its frame's limit is 4 KiB).
 const REFUSE_REASON_MAX: usize = 1024;
 
@@ -767,7 +774,7 @@ impl<'a> Conn<'a> {
             // reach this peer before the ack.
             self.ack = match take_push(st, self.volume, self.peer, p) {
                 Err(SyncError::Store(e)) if e.is_no_space() => {
-                    st.full.set(Some(st.room()));
+                    st.full.set(Some((st.room(), std::time::Instant::now())));
                     tracing::warn!("a push not stored: {e}; pushes wait until there is room");
                     return Err(SyncError::Store(e));
                 }

@@ -58,6 +58,9 @@ enum Outcome {
     Need(Vec<Hash>),
     /// The mount kept changing the files it touches; try again later.
     Busy,
+    /// The store holds the batch up to this sequence: a try that did not
+    /// fit was taken by the commit before this one.
+    Stored(u64),
 }
 
 /// Something from the server that must be handled in log order.
@@ -116,6 +119,9 @@ pub(super) struct Incoming {
     window: usize,
     /// A refused batch waits until then; tries so far.
     retry: Option<tokio::time::Instant>,
+    /// The last sequence of the batch at the front that did not fit (a
+    /// full disk): tried again every [`NO_SPACE_RETRY`].
+    pub(super) no_room: Option<u64>,
     tries: u32,
 }
 
@@ -131,6 +137,7 @@ impl Incoming {
             in_window: 0,
             window: (window_bytes / block_size.max(1)).max(1) as usize,
             retry: None,
+            no_room: None,
             tries: 0,
         }
     }
@@ -281,7 +288,16 @@ impl Session<'_> {
             return Ok(false);
         }
         let seq = d.seq;
-        let batch = self.next_batch();
+        // The store may hold it already: a try that did not fit (a full
+        // disk) was taken by a later commit.
+        let stored = self.fs.synced_seq();
+        if seq <= stored {
+            let batch = self.next_batch(stored);
+            self.applied_by_a_later_commit(&batch)?;
+            self.applied(&batch)?;
+            return Ok(true);
+        }
+        let batch = self.next_batch(self.inc.no_room.unwrap_or(u64::MAX));
         let outcome = match self.apply(&batch) {
             Err(e) if e.is_no_space() => {
                 // The connection stays (this peer's own pushes go on) and
@@ -291,6 +307,7 @@ impl Session<'_> {
                     tracing::warn!(seq, "sync: {e}; changes from elsewhere wait for room");
                 }
                 self.inc.tries = 1;
+                self.inc.no_room = batch.last().map(|(s, _, _)| *s);
                 self.status.lock().why = format!("connected; changes from elsewhere wait: {e}");
                 self.inc.retry = Some(tokio::time::Instant::now() + NO_SPACE_RETRY);
                 return Ok(false);
@@ -298,11 +315,18 @@ impl Session<'_> {
             r => r?,
         };
         match outcome {
+            Outcome::Stored(stored) => {
+                let batch = self.next_batch(stored);
+                self.applied_by_a_later_commit(&batch)?;
+                self.applied(&batch)?;
+                return Ok(true);
+            }
             Outcome::Applied => {
                 if self.inc.tries > 0 {
                     self.status.lock().why = "connected".into();
                 }
                 self.inc.tries = 0;
+                self.inc.no_room = None;
             }
             Outcome::Busy => {
                 // A writer here keeps touching these files: wait a little
@@ -341,6 +365,13 @@ impl Session<'_> {
                 return Ok(false);
             }
         }
+        self.applied(&batch)?;
+        Ok(true)
+    }
+
+    /// Takes `batch`, applied, off the front of the queue, with the blocks
+    /// only it used, and asks for what comes next.
+    fn applied(&mut self, batch: &[Batched]) -> Result<(), SyncError> {
         let inc = &mut self.inc;
         for ev in inc.queue.drain(..batch.len()) {
             if let Event::Deliver(d) = ev {
@@ -361,8 +392,7 @@ impl Session<'_> {
         let uses = &inc.uses;
         inc.fetched.retain(|h, _| uses.contains_key(h));
         self.read_at = 0;
-        self.request()?;
-        Ok(true)
+        self.request()
     }
 
     /// Asks for the blocks of the change-sets next in the queue that are
@@ -540,10 +570,16 @@ impl Session<'_> {
     /// (a commit, the kernel told, a copy of its trees) once per batch
     /// instead of once per change-set.
     /// A snapshot is a batch of its own.
-    fn next_batch(&self) -> Vec<Batched> {
+    /// The change-sets at the front of the queue that are ready, up to
+    /// sequence `through` (a batch that did not fit is tried again as it
+    /// was).
+    fn next_batch(&self, through: u64) -> Vec<Batched> {
         let mut batch = Vec::new();
         let mut ops = 0;
         for ev in &self.inc.queue {
+            if ev.seq() > through {
+                break;
+            }
             match ev {
                 Event::Deliver(d) if d.snapshot.is_some() => {
                     if batch.is_empty() && d.requested && d.waiting == 0 {
@@ -563,6 +599,37 @@ impl Session<'_> {
             }
         }
         batch
+    }
+
+    /// The batch's try did not fit (a full disk), and a later commit took
+    /// what it had written (`Fs::apply_remote` puts it back, recorded as
+    /// from elsewhere): the synced tree takes the batch as a journal
+    /// replay does, and the local tree is read again whole, so that what
+    /// was changed here meanwhile (a file edited or deleted while the
+    /// change showed uncommitted) is this peer's own change, pushed as
+    /// such.
+    fn applied_by_a_later_commit(&mut self, batch: &[Batched]) -> Result<(), SyncError> {
+        for (seq, cs, snapshot) in batch {
+            match snapshot {
+                Some(tree) => self.peer.replay_snapshot(*seq, Tree::clone(tree)),
+                None => {
+                    (self.peer.replay(*seq, cs)).map_err(|v| SyncError::Protocol(v.to_string()))?
+                }
+            }
+        }
+        self.view.ready = false;
+        self.read_local()?;
+        self.state_changed()?;
+        tracing::info!(
+            last = batch.last().map_or(0, |b| b.0),
+            "sync: a change that waited for room is in"
+        );
+        let inc = &mut self.inc;
+        if inc.tries > 0 {
+            self.status.lock().why = "connected".into();
+        }
+        (inc.tries, inc.no_room, inc.retry) = (0, None, None);
+        Ok(())
     }
 
     /// Applies the change-sets of `batch`, in order, as one version.
@@ -632,6 +699,10 @@ impl Session<'_> {
             self.fs.fence(&here);
             self.fs.invalidate(&here, &[]);
             self.fs.commit("sync: before applying")?;
+            let stored = self.fs.synced_seq();
+            if stored >= *first {
+                return Ok(Outcome::Stored(stored));
+            }
             let version = self.read_local()?;
             // Worked out on the peer itself, recorded: a refusal takes it
             // back (a copy of the trees would cost O(files) every time).
@@ -639,14 +710,11 @@ impl Session<'_> {
             match self.try_apply(batch, now, version, &cause, origin) {
                 Ok(Attempt::Done(copies)) => {
                     self.peer.keep();
-                    // Applied: a state not saved for lack of room is saved
-                    // later (the journal holds the batch), and the batch
-                    // must not be taken for one to try again.
-                    match self.state_changed() {
-                        Err(e) if e.is_no_space() => {
-                            tracing::warn!("sync: the state is not saved yet: {e}");
-                        }
-                        r => r?,
+                    self.state_changed()?;
+                    if copies > 0 {
+                        // A copy of this peer's own holds what a push in
+                        // flight carried: not all of it reaches the server.
+                        self.whole_at = None;
                     }
                     self.status.lock().conflicts += copies;
                     tracing::debug!(first, last, "sync applied");

@@ -62,10 +62,12 @@ impl Client {
         {
             let (wake, touched, st) = (wake.clone(), touched.clone(), status.clone());
             fs.on_commit(Box::new(move |c| {
-                touched.lock().add(c);
+                // Counted before the sync thread can read the commit (and
+                // find it pushed, or nothing to push).
                 if c.own && !(c.inodes.is_empty() && c.entries.is_empty()) {
                     st.lock().queued.add(c.version, c.bytes);
                 }
+                touched.lock().add(c);
                 wake.committed();
             }));
             let status = status.clone();
@@ -533,6 +535,11 @@ impl Session<'_> {
         let deadline = tokio::time::Instant::now() + FINAL_PUSH_WAIT;
         loop {
             self.drain()?;
+            if self.inc.no_room.is_some() {
+                // Waiting for room blocks what is behind it (an ack
+                // included): nothing more goes before the next mount.
+                return Ok(());
+            }
             self.last_push = None;
             self.push()?;
             self.fill()?;
@@ -638,7 +645,13 @@ impl Session<'_> {
         if self.journal.len() >= self.view.saved_bytes.max(SAVE_JOURNAL_MIN)
             || pushes >= crate::sync::conf::COUNTER_LEAP / 4
         {
-            self.save_now()?;
+            match self.save_now() {
+                // Saved later: the journal holds what it would have.
+                Err(e) if e.is_no_space() => {
+                    tracing::warn!("sync: the state is not saved yet: {e}");
+                }
+                r => r?,
+            }
         }
         Ok(())
     }
