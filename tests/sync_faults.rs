@@ -842,12 +842,12 @@ fn a_full_disk_on_the_server_refuses_pushes_with_the_reason_until_there_is_room(
         Duration::from_secs(30),
         || why(&a).contains("the server's store: no space left"),
     );
-    // Refused before its blocks cross again: over 5 s of tries (one a
-    // second or more), a few KiB each, not 40 MiB each.
+    // Refused before its blocks cross again: over 8 s of tries (one every
+    // 2 s at most), a few KiB each, not 40 MiB each.
     quiet(&server, "bytes_in");
     let st = server.status();
     let (before, tries) = (num(&st, "bytes_in"), num(&st, "connections"));
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(8));
     let during = num(&server.status(), "bytes_in").saturating_sub(before);
     assert!(during < 4 << 20, "{during} bytes taken while full");
     // It was tried meanwhile (and the server's figures are current).
@@ -907,9 +907,15 @@ fn a_full_disk_on_a_peer_says_so_and_takes_the_change_once_there_is_room() {
     );
     assert!(why(&b).starts_with("connected"), "{}", why(&b));
     // The change may show in the mount before it is committed (as a
-    // write does before its fsync), but never as anything else.
+    // write does before its fsync), but only as a itself had it (a
+    // commit of a's may have taken the file before its data: empty).
     let after = std::fs::read(b.path().join("after.txt"));
-    assert!(after.as_ref().map_or(true, |d| d == b"after"), "{after:?}");
+    assert!(
+        after
+            .as_ref()
+            .map_or(true, |d| d.is_empty() || d == b"after"),
+        "{after:?}"
+    );
     assert_eq!(
         std::fs::read(b.path().join("before.txt")).unwrap(),
         b"before"
