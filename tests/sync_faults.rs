@@ -948,6 +948,17 @@ fn a_full_disk_on_a_peer_says_so_and_takes_the_change_once_there_is_room() {
     });
     let names: Vec<String> = tree(a.path()).into_keys().collect();
     assert!(names.iter().all(|n| !n.contains(".conflict-")), "{names:?}");
+    // Its version says where it came from, and that it waited.
+    let versions: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(b.path().join(".zippy/versions.json")).unwrap())
+            .unwrap();
+    assert!(
+        versions.iter().any(|v| v["origin"] == 1
+            && v["cause"].as_str().is_some_and(|c| {
+                c.starts_with("sync: a ") && c.ends_with("(after waiting for room)")
+            })),
+        "{versions:?}"
+    );
     drop((a, b));
     common::fsck_clean(&work.path().join("a-store"));
     common::fsck_clean(&disk.path().join("b-store"));

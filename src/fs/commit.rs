@@ -317,8 +317,14 @@ impl Fs {
             return Ok(());
         }
         self.step("cut");
-        let unapplied = *self.unapplied.lock();
-        let cut_origin = unapplied.unwrap_or_else(|| *self.origin.lock());
+        let unapplied = self.unapplied.lock().clone();
+        let (cut_origin, cause) = match &unapplied {
+            Some((o, c)) => (
+                *o,
+                std::borrow::Cow::Owned(format!("{c} (after waiting for room)")),
+            ),
+            None => (*self.origin.lock(), std::borrow::Cow::Borrowed(cause)),
+        };
         let mut changed = self.commit_hook.get().map(|_| {
             let mut c = Changed::of(&deltas);
             c.own = cut_origin.peer == 0;
@@ -331,7 +337,7 @@ impl Fs {
             }
             c
         });
-        let result = self.write_deltas(&deltas, cause, cut_origin);
+        let result = self.write_deltas(&deltas, &cause, cut_origin);
         self.step("after commit");
         let bytes: u64 = deltas.iter().map(|(_, d)| d.bytes).sum();
         for (i, d) in deltas {
@@ -351,7 +357,7 @@ impl Fs {
                 && self
                     .unapplied
                     .lock()
-                    .take_if(|u| *u == cut_origin)
+                    .take_if(|u| u.0 == cut_origin)
                     .is_some()
             {
                 let mut o = self.origin.lock();

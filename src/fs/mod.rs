@@ -271,10 +271,11 @@ pub struct Fs {
     /// it applies a change-set, then back to this mount with the sequence
     /// applied); kept with each version.
     origin: Mutex<history::Origin>,
-    /// A change from elsewhere whose commit failed (a full disk): its
-    /// changes were put back, and the commit that takes them records this
-    /// origin (and only then is its sequence applied here).
-    unapplied: Mutex<Option<history::Origin>>,
+    /// A change from elsewhere whose commit failed (a full disk), and its
+    /// cause: its changes were put back, and the commit that takes them
+    /// records this origin and cause (and only then is its sequence
+    /// applied here).
+    unapplied: Mutex<Option<(history::Origin, String)>>,
     /// The final commit has begun: the daemon is on its way out.
     unmounting: std::sync::atomic::AtomicBool,
     /// Commits keep the block index (see `blockindex`).

@@ -449,7 +449,7 @@ impl Fs {
                 // Put back (a full disk): the commit that takes these
                 // changes records them as `origin`'s, not as this mount's
                 // own, and until then this mount is built on what it was.
-                *self.unapplied.lock() = Some(origin);
+                *self.unapplied.lock() = Some((origin, cause.to_string()));
                 *self.origin.lock() = before;
                 Err(e)
             }

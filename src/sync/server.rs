@@ -526,7 +526,7 @@ async fn connection(
         if let Some(mut reason) = reason {
             reason.truncate(reason.floor_char_boundary(REFUSE_REASON_MAX));
             if out.send(&Msg::Refuse { code: 5, reason }).is_ok() {
-                out.finish(std::time::Duration::from_millis(500)).await;
+                out.finish(std::time::Duration::from_secs(2)).await;
             }
         }
     }
