@@ -165,7 +165,7 @@ struct State {
     /// stored for lack of it, and when: until there is more, or for
     /// [`FULL_FOR`], a push that needs blocks is refused before they cross
     /// the network, not after.
-    full: std::cell::Cell<Option<(u64, std::time::Instant)>>,
+    full: std::cell::Cell<Option<(u64, std::time::Instant, Full)>>,
 }
 
 impl State {
@@ -221,12 +221,15 @@ impl State {
     /// Refuses a push that needs blocks while the disk is as full as when
     /// the last one failed; lets it through once there is more room.
     fn room_for_blocks(&self) -> Result<(), SyncError> {
-        if let Some((then, at)) = self.full.get() {
+        if let Some((then, at, kind)) = self.full.get() {
             let now = self.room();
             // Past FULL_FOR a push tries again (a smaller one may fit, a
             // quota may have been raised, which statvfs does not show).
             if now <= then && at.elapsed() < FULL_FOR {
-                return Err(SyncError::Store(crate::store::StoreError::NoSpace));
+                return Err(SyncError::Store(match kind {
+                    Full::Disk => crate::store::StoreError::NoSpace,
+                    Full::Quota => crate::store::StoreError::Quota,
+                }));
             }
             tracing::info!(room = now, "room again for pushes");
             self.full.set(None);
@@ -536,6 +539,13 @@ async fn connection(
     r
 }
 
+/// What ran out when a push last could not be stored (the refusal says).
+#[derive(Clone, Copy)]
+enum Full {
+    Disk,
+    Quota,
+}
+
 /// How long a full disk refuses pushes that need blocks while it has no
 /// more room than when the last one failed.
 const FULL_FOR: std::time::Duration = std::time::Duration::from_secs(60);
@@ -774,7 +784,12 @@ impl<'a> Conn<'a> {
             // reach this peer before the ack.
             self.ack = match take_push(st, self.volume, self.peer, p) {
                 Err(SyncError::Store(e)) if e.is_no_space() => {
-                    st.full.set(Some((st.room(), std::time::Instant::now())));
+                    let kind = match e {
+                        crate::store::StoreError::Quota => Full::Quota,
+                        _ => Full::Disk,
+                    };
+                    st.full
+                        .set(Some((st.room(), std::time::Instant::now(), kind)));
                     tracing::warn!("a push not stored: {e}; pushes wait until there is room");
                     return Err(SyncError::Store(e));
                 }
