@@ -161,3 +161,32 @@ pub fn random32() -> Result<[u8; 32], SyncError> {
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write cut short (a full disk) leaves neither the file changed nor
+    /// its temporary copy taking the room it got.
+    #[test]
+    fn a_file_write_cut_short_leaves_the_old_file_and_no_temporary_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sync.state");
+        write_atomic(&path, b"old").unwrap();
+        let r = write_atomic_with(&path, 0o600, &mut |f: &mut std::fs::File| {
+            use std::io::Write;
+            f.write_all(&[7u8; 1 << 16])
+                .map_err(|e| SyncError::io(&path, e))?;
+            Err(SyncError::io(
+                &path,
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ))
+        });
+        assert!(r.is_err_and(|e| e.is_no_space()));
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert!(
+            !path.with_extension("tmp").exists(),
+            "the temporary copy stayed"
+        );
+    }
+}
