@@ -222,6 +222,11 @@ pub fn header(h: &[u8; HEADER]) -> WireResult<(u8, usize)> {
 }
 
 impl Msg {
+    /// The kind's name (for logs and errors).
+    pub fn name(&self) -> &'static str {
+        kind_info(self.kind()).map_or("?", |(name, _)| name)
+    }
+
     fn kind(&self) -> u8 {
         match self {
             Msg::Hello { .. } => 1,
