@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::sync::{
     Server, eventually, frame, made_in_root, next_frame, peer, peer_at, tree, two_peers,
+    written_and_seen,
 };
 use common::{Mounted, fuse_or_skip};
 
@@ -832,10 +833,7 @@ fn a_full_disk_on_the_server_refuses_pushes_with_the_reason_until_there_is_room(
     let server = Server::start_in(disk.path());
     let a = peer(&server, "a", "v", work.path());
     let b = peer(&server, "b", "v", work.path());
-    std::fs::write(a.path().join("before.txt"), b"before").unwrap();
-    eventually("before.txt on b", Duration::from_secs(20), || {
-        std::fs::read(b.path().join("before.txt")).is_ok_and(|d| d == b"before")
-    });
+    written_and_seen(&a, &b, "before.txt", b"before");
     let big = more_than_fits(&a);
     eventually(
         "a says the server has no room",
@@ -880,10 +878,7 @@ fn a_full_disk_on_a_peer_says_so_and_takes_the_change_once_there_is_room() {
     let server = Server::start();
     let a = peer(&server, "a", "v", work.path());
     let b = peer(&server, "b", "v", disk.path());
-    std::fs::write(a.path().join("before.txt"), b"before").unwrap();
-    eventually("before.txt on b", Duration::from_secs(20), || {
-        std::fs::read(b.path().join("before.txt")).is_ok_and(|d| d == b"before")
-    });
+    written_and_seen(&a, &b, "before.txt", b"before");
     more_than_fits(&a);
     eventually("b says it has no room", Duration::from_secs(30), || {
         why(&b).to_lowercase().contains("no space left")

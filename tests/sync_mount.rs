@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::sync::{Server, eventually, peer, peer_with, tree, two_peers};
+use common::sync::{Server, eventually, peer, peer_with, tree, two_peers, written_and_seen};
 use common::{Mounted, bin, fuse_or_skip};
 
 #[test]
@@ -632,10 +632,7 @@ fn a_peer_that_just_ran_gc_still_takes_the_next_change() {
         return;
     }
     let (_work, _server, a, b) = two_peers();
-    std::fs::write(a.path().join("first"), b"1").unwrap();
-    eventually("the first file on b", Duration::from_secs(20), || {
-        std::fs::read(b.path().join("first")).is_ok_and(|d| d == b"1")
-    });
+    written_and_seen(&a, &b, "first", b"1");
     let out = Command::new(bin())
         .arg("gc")
         .arg(b.path())

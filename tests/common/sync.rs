@@ -199,6 +199,16 @@ pub fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) 
     started.elapsed()
 }
 
+/// Writes `name` on `from` and waits (bounded) until `to` reads it whole.
+pub fn written_and_seen(from: &Mounted, to: &Mounted, name: &str, data: &[u8]) {
+    std::fs::write(from.path().join(name), data).expect("write on the first peer");
+    eventually(
+        &format!("{name} on the other peer"),
+        Duration::from_secs(20),
+        || std::fs::read(to.path().join(name)).is_ok_and(|d| d == data),
+    );
+}
+
 /// Every file under `root` (not the history directory): relative path →
 /// contents (a symlink's target, `<dir>` for a directory).
 pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
