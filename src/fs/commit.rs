@@ -317,6 +317,7 @@ impl Fs {
             return Ok(());
         }
         self.step("cut");
+        let bytes: u64 = deltas.iter().map(|(_, d)| d.bytes).sum();
         let unapplied = self.unapplied.lock().clone();
         let (cut_origin, cause) = match &unapplied {
             Some((o, c)) => (
@@ -328,7 +329,7 @@ impl Fs {
         let mut changed = self.commit_hook.get().map(|_| {
             let mut c = Changed::of(&deltas);
             c.own = cut_origin.peer == 0;
-            c.bytes = deltas.iter().map(|(_, d)| d.bytes).sum();
+            c.bytes = bytes;
             if !c.own {
                 // A change from elsewhere (`apply_remote`): the files it
                 // wrote are read whole once, so whatever the sync thread
@@ -339,7 +340,6 @@ impl Fs {
         });
         let result = self.write_deltas(&deltas, &cause, cut_origin);
         self.step("after commit");
-        let bytes: u64 = deltas.iter().map(|(_, d)| d.bytes).sum();
         for (i, d) in deltas {
             let mut g = self.shards[i].lock();
             g.committing = None;

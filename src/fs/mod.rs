@@ -60,6 +60,7 @@ use data::{read_blocks, slice_of};
 use delta::{Delta, Found, layered};
 pub use history::Origin;
 use namespace::{check_name, dot_entries};
+pub use space::host_statvfs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;

@@ -83,10 +83,12 @@ fn file_state(
             blocks: idx,
         });
     }
-    for item in snap.range(&b[..]..&prefix_end(&b)[..])? {
-        if f.only.is_some() {
-            break;
-        }
+    let whole = if f.only.is_none() {
+        Some(snap.range(&b[..]..&prefix_end(&b)[..])?)
+    } else {
+        None
+    };
+    for item in whole.into_iter().flatten() {
         let (k, v) = item?;
         let idx = k
             .get(9..17)
@@ -263,9 +265,11 @@ impl Fs {
         through: u64,
         entries: &[(u64, Vec<u8>)],
     ) -> FsResult<Part> {
+        // A commit no longer kept is read at the latest (`known` below).
         let snap = match (through != 0).then(|| self.store.snapshot(through)) {
             Some(Ok(s)) => s,
-            _ => self.snap()?,
+            Some(Err(crate::store::StoreError::NoSuchVersion(_))) | None => self.snap()?,
+            Some(Err(e)) => return Err(e.into()),
         };
         let known = snap.version() == through;
         let mut out = Part {
@@ -449,7 +453,10 @@ impl Fs {
                 // Put back (a full disk): the commit that takes these
                 // changes records them as `origin`'s, not as this mount's
                 // own, and until then this mount is built on what it was.
-                *self.unapplied.lock() = Some((origin, cause.to_string()));
+                // Any other failure stops commits altogether (`Fs::fail`).
+                if matches!(&e, FsError::Store(s) if s.is_no_space()) {
+                    *self.unapplied.lock() = Some((origin, cause.to_string()));
+                }
                 *self.origin.lock() = before;
                 Err(e)
             }

@@ -122,9 +122,13 @@ impl Blocks {
     }
 }
 
-pub(super) fn zeroed_statvfs() -> libc::statvfs {
+/// The `statvfs` of the filesystem holding `path`, if it answers.
+pub fn host_statvfs(path: &std::path::Path) -> Option<libc::statvfs> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: statvfs is a plain C struct of integers, for which all-zero is valid.
-    unsafe { std::mem::zeroed() }
+    let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `v` a valid out-pointer.
+    (unsafe { libc::statvfs(c.as_ptr(), &mut v) } == 0).then_some(v)
 }
 
 /// Bytes the store takes that old versions will not give back.
@@ -160,11 +164,7 @@ impl Fs {
 
     /// The host filesystem's `statvfs` for the store directory, if known.
     pub(super) fn host_statvfs(&self) -> Option<libc::statvfs> {
-        let p = self.store_dir.as_ref()?;
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
-        let mut v: libc::statvfs = zeroed_statvfs();
-        // SAFETY: `c` is a valid NUL-terminated path and `v` a valid out-pointer.
-        (unsafe { libc::statvfs(c.as_ptr(), &mut v) } == 0).then_some(v)
+        host_statvfs(self.store_dir.as_ref()?)
     }
 
     /// Bytes promised to files by `fallocate` and not yet filled.

@@ -178,6 +178,7 @@ pub struct Status {
 
 impl Status {
     pub fn json(&self) -> serde_json::Value {
+        let (queued_versions, queued_bytes) = self.queued.totals();
         serde_json::json!({
             "connected": self.connected,
             "why": self.why,
@@ -190,8 +191,8 @@ impl Status {
             "conflicts": self.conflicts,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
-            "queued_versions": self.queued.totals().0,
-            "queued_bytes": self.queued.totals().1,
+            "queued_versions": queued_versions,
+            "queued_bytes": queued_bytes,
             "queued_unchecked": self.queued.unchecked,
         })
     }

@@ -206,16 +206,9 @@ impl State {
     /// holding it, and its own free pages.
     fn room(&self) -> u64 {
         let free_pages = self.store.stats().free_pages * crate::store::PAGE_SIZE as u64;
-        let Ok(c) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) else {
-            return free_pages;
-        };
-        // SAFETY: statvfs is a plain C struct of integers (all-zero is valid).
-        let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `c` is a NUL-terminated path and `v` a valid out-pointer.
-        if unsafe { libc::statvfs(c.as_ptr(), &mut v) } != 0 {
-            return free_pages;
-        }
-        (v.f_bavail as u64).saturating_mul(v.f_frsize as u64) + free_pages
+        let host =
+            crate::fs::host_statvfs(&self.dir).map_or(0, |v| v.f_bavail.saturating_mul(v.f_frsize));
+        host + free_pages
     }
 
     /// Refuses a push that needs blocks while the disk is as full as when

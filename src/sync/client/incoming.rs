@@ -292,17 +292,14 @@ impl Session<'_> {
         // disk) was taken by a later commit.
         let stored = self.fs.synced_seq();
         if seq <= stored {
-            let batch = self.next_batch(stored);
-            self.applied_by_a_later_commit(&batch)?;
-            self.applied(&batch)?;
-            return Ok(true);
+            return self.take_stored(stored);
         }
         let batch = self.next_batch(self.inc.no_room.unwrap_or(u64::MAX));
         let outcome = match self.apply(&batch) {
             Err(e) if e.is_no_space() => {
-                // The connection stays (this peer's own pushes go on) and
-                // so do the blocks fetched: tried again as it is, not
-                // fetched again, until there is room.
+                // The connection stays, and so do the blocks fetched:
+                // tried again as it is, not fetched again, until there is
+                // room (what comes after it waits behind it).
                 if self.inc.tries == 0 {
                     tracing::warn!(seq, "sync: {e}; changes from elsewhere wait for room");
                 }
@@ -315,12 +312,7 @@ impl Session<'_> {
             r => r?,
         };
         match outcome {
-            Outcome::Stored(stored) => {
-                let batch = self.next_batch(stored);
-                self.applied_by_a_later_commit(&batch)?;
-                self.applied(&batch)?;
-                return Ok(true);
-            }
+            Outcome::Stored(stored) => return self.take_stored(stored),
             Outcome::Applied => {
                 if self.inc.tries > 0 {
                     self.status.lock().why = "connected".into();
@@ -601,15 +593,16 @@ impl Session<'_> {
         batch
     }
 
-    /// The batch's try did not fit (a full disk), and a later commit took
-    /// what it had written (`Fs::apply_remote` puts it back, recorded as
-    /// from elsewhere): the synced tree takes the batch as a journal
-    /// replay does, and the local tree is read again whole, so that what
-    /// was changed here meanwhile (a file edited or deleted while the
-    /// change showed uncommitted) is this peer's own change, pushed as
-    /// such.
-    fn applied_by_a_later_commit(&mut self, batch: &[Batched]) -> Result<(), SyncError> {
-        for (seq, cs, snapshot) in batch {
+    /// The change-sets at the front up to `stored`, which the store holds:
+    /// their try did not fit (a full disk), and a later commit took what
+    /// it had written (`Fs::apply_remote` puts it back, recorded as from
+    /// elsewhere). The synced tree takes them as a journal replay does,
+    /// and the local tree is read again whole, so that what was changed
+    /// here meanwhile (a file edited or deleted while the change showed
+    /// uncommitted) is this peer's own change, pushed as such.
+    fn take_stored(&mut self, stored: u64) -> Result<bool, SyncError> {
+        let batch = self.next_batch(stored);
+        for (seq, cs, snapshot) in &batch {
             match snapshot {
                 Some(tree) => self.peer.replay_snapshot(*seq, Tree::clone(tree)),
                 None => {
@@ -629,7 +622,8 @@ impl Session<'_> {
             self.status.lock().why = "connected".into();
         }
         (inc.tries, inc.no_room, inc.retry) = (0, None, None);
-        Ok(())
+        self.applied(&batch)?;
+        Ok(true)
     }
 
     /// Applies the change-sets of `batch`, in order, as one version.
