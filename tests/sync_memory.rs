@@ -47,7 +47,7 @@ fn live() -> i64 {
 }
 
 fn file(blocks: u64) -> Node {
-    let mut n = Node::clone(&Tree::default().nodes[&ROOT_ID]);
+    let mut n = Node::clone(&Tree::default().nodes.get(&ROOT_ID).expect("a root"));
     n.meta.kind = Kind::File;
     n.meta.size = blocks * 65536;
     // Collected, as a file read from the store is (`local::node_of`).
@@ -65,10 +65,10 @@ fn file(blocks: u64) -> Node {
 fn copy(t: &Tree) -> Tree {
     let mut c = Tree::empty();
     for (fid, n) in &t.nodes {
-        c.put_node(*fid, Node::clone(n));
+        c.put_node(fid, Node::clone(&n));
     }
     for (k, fid) in &t.entries {
-        c.link(k.clone(), *fid);
+        c.link(k, fid);
     }
     c
 }

@@ -169,7 +169,7 @@ fn apply_names(tree: &mut Tree, stamp: Stamp, cs: &ChangeSet, out: &mut Outcome)
         let keeps_entries = live.iter().position(|(_, fid, r, a)| {
             a.is_empty()
                 && r.len() == tree.names_of(*fid).count()
-                && tree.children(*fid).any(|(k, _)| !removing.contains(k))
+                && tree.children(*fid).any(|(k, _)| !removing.contains(&k))
         });
         match keeps_entries {
             Some(at) => out.skipped.push(live.remove(at).0),
@@ -216,7 +216,7 @@ fn names_op_allowed(
     if fid == ROOT_ID || concurrent(n.renamed, cs) {
         return false;
     }
-    if removed.iter().any(|k| tree.entries.get(k) != Some(&fid)) {
+    if removed.iter().any(|k| tree.entries.get(k) != Some(fid)) {
         return false;
     }
     let deletes = added.is_empty() && removed.len() == tree.names_of(fid).count();
@@ -350,7 +350,7 @@ mod tests {
     #[test]
     fn a_diff_applied_gives_the_tree_it_came_from() {
         let t = one_file();
-        assert_eq!(t.entries.get(&(ROOT_ID, b"a".to_vec())), Some(&10));
+        assert_eq!(t.entries.get(&(ROOT_ID, b"a".to_vec())), Some(10));
         let mut edited = t.clone();
         let n = edited.node_mut(10).unwrap();
         n.blocks.insert(3, [2; 32]);
@@ -373,7 +373,7 @@ mod tests {
         let (da, db) = (diff(&t, &a, None), diff(&t, &b, None));
         assert!(apply(&mut t, 2, &cs(2, 1, da)).skipped.is_empty());
         assert_eq!(apply(&mut t, 3, &cs(3, 1, db)).skipped, vec![0]);
-        assert_eq!(t.nodes[&10].blocks[&0], [7; 32]);
+        assert_eq!(t.nodes.get(&10).expect("in the tree").blocks[&0], [7; 32]);
     }
 
     #[test]
@@ -386,7 +386,7 @@ mod tests {
         let (dw, dd) = (diff(&t, &w, None), diff(&t, &d, None));
         apply(&mut t, 2, &cs(2, 1, dw));
         assert_eq!(apply(&mut t, 3, &cs(3, 1, dd)).skipped.len(), 1);
-        assert_eq!(t.entries.get(&(ROOT_ID, b"a".to_vec())), Some(&10));
+        assert_eq!(t.entries.get(&(ROOT_ID, b"a".to_vec())), Some(10));
     }
 
     #[test]

@@ -174,7 +174,7 @@ mod tests {
         let mut out = BTreeMap::new();
         for (fid, n) in &t.nodes {
             for (i, h) in &n.blocks {
-                out.entry(*h).or_insert((*fid, *i));
+                out.entry(*h).or_insert((fid, *i));
             }
         }
         out

@@ -40,8 +40,8 @@ pub fn parts(tree: &Tree, seq: u64, max_blocks: usize) -> Vec<Msg> {
     let max_blocks = max_blocks.max(1);
     let mut out = Vec::new();
     let mut part = Part::default();
-    for (&fid, node) in &tree.nodes {
-        let other = other_bytes(tree, fid, node);
+    for (fid, node) in &tree.nodes {
+        let other = other_bytes(tree, fid, &node);
         if part.stamps.len() >= MAX_STAMPS
             || (!part.ops.is_empty()
                 && (part.blocks + node.blocks.len() > max_blocks
@@ -50,7 +50,7 @@ pub fn parts(tree: &Tree, seq: u64, max_blocks: usize) -> Vec<Msg> {
             out.push(part.take(seq));
         }
         part.bytes += other;
-        let mut op = whole(fid, node);
+        let mut op = whole(fid, &node);
         // The blocks past the first part's worth go in parts of their own.
         let rest = match &mut op {
             Op::Node { blocks, .. } if blocks.len() > max_blocks => blocks.split_off(max_blocks),
@@ -61,7 +61,7 @@ pub fn parts(tree: &Tree, seq: u64, max_blocks: usize) -> Vec<Msg> {
         part.ops.push(Op::Names {
             fid,
             removed: Vec::new(),
-            added: tree.names_of(fid).cloned().collect(),
+            added: tree.names_of(fid).collect(),
         });
         part.stamps.push((fid, node.changed, node.renamed));
         for more in rest.chunks(max_blocks) {
@@ -223,15 +223,15 @@ pub fn check(t: &Tree) -> Result<(), String> {
         return Err("no root directory".into());
     }
     for ((dir, _), fid) in &t.entries {
-        if !t.is_dir(*dir) || !t.nodes.contains_key(fid) || *fid == ROOT_ID {
+        if !t.is_dir(dir) || !t.nodes.contains_key(&fid) || fid == ROOT_ID {
             return Err(format!("an entry of {dir:x} naming {fid:x}"));
         }
     }
     for (fid, n) in &t.nodes {
-        let names = t.names_of(*fid).count();
-        let want = match (*fid == ROOT_ID, n.meta.kind == Kind::Dir) {
+        let names = t.names_of(fid).count();
+        let want = match (fid == ROOT_ID, n.meta.kind == Kind::Dir) {
             (true, _) => names == 0,
-            (false, true) => names == 1 && t.is_within(*fid, ROOT_ID),
+            (false, true) => names == 1 && t.is_within(fid, ROOT_ID),
             (false, false) => names > 0,
         };
         if !want {

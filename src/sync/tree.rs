@@ -183,8 +183,8 @@ impl Tree {
             && !j.contains_key(&fid)
         {
             let was = (
-                self.nodes.get(&fid).cloned(),
-                self.names.get(&fid).cloned().unwrap_or_default(),
+                self.nodes.get(&fid),
+                self.names.get(&fid).unwrap_or_default(),
             );
             j.insert(fid, was);
         }
@@ -209,7 +209,7 @@ impl Tree {
         };
         for fid in j.keys() {
             for k in self.names.remove(fid).unwrap_or_default() {
-                if self.entries.get(&k) == Some(fid) {
+                if self.entries.get(&k) == Some(*fid) {
                     self.entries.remove(&k);
                 }
             }
@@ -249,9 +249,9 @@ impl Tree {
     pub fn copy_from(&mut self, from: &Tree, fids: impl IntoIterator<Item = FileId>) {
         for fid in fids {
             if let Some(n) = from.nodes.get(&fid) {
-                self.nodes.insert(fid, n.clone());
+                self.nodes.insert(fid, n);
             }
-            let keys: Vec<Key> = from.names_of(fid).cloned().collect();
+            let keys: Vec<Key> = from.names_of(fid).collect();
             for k in keys {
                 self.link(k, fid);
             }
@@ -304,12 +304,12 @@ impl Tree {
         self.nodes.get(&fid)?.blocks.get(&idx).copied()
     }
 
-    pub fn names_of(&self, fid: FileId) -> impl Iterator<Item = &Key> {
+    pub fn names_of(&self, fid: FileId) -> impl Iterator<Item = Key> + use<> {
         self.names.get(&fid).into_iter().flatten()
     }
 
     /// The entries of directory `dir`.
-    pub fn children(&self, dir: FileId) -> impl Iterator<Item = (&Key, &FileId)> {
+    pub fn children(&self, dir: FileId) -> impl Iterator<Item = (Key, FileId)> + '_ {
         self.entries
             .range((dir, Vec::new())..)
             .take_while(move |((p, _), _)| *p == dir)
@@ -317,7 +317,7 @@ impl Tree {
 
     pub fn link(&mut self, key: Key, fid: FileId) {
         self.touch(fid);
-        if let Some(&was) = self.entries.get(&key) {
+        if let Some(was) = self.entries.get(&key) {
             self.touch(was);
         }
         self.names.get_or_default(&fid).insert(key.clone());
@@ -325,7 +325,7 @@ impl Tree {
     }
 
     pub fn unlink(&mut self, key: &Key) -> Option<FileId> {
-        let fid = *self.entries.get(key)?;
+        let fid = self.entries.get(key)?;
         self.touch(fid);
         self.entries.remove(key);
         if let Some(set) = self.names.get_mut(&fid) {
@@ -347,7 +347,7 @@ impl Tree {
                 return true;
             }
             match self.names_of(at).next() {
-                Some((parent, _)) => at = *parent,
+                Some((parent, _)) => at = parent,
                 None => return false,
             }
         }
@@ -357,7 +357,7 @@ impl Tree {
     /// Drops a file with all its names and content.
     pub fn remove_file(&mut self, fid: FileId) -> Option<Arc<Node>> {
         self.touch(fid);
-        let keys: Vec<Key> = self.names_of(fid).cloned().collect();
+        let keys: Vec<Key> = self.names_of(fid).collect();
         for k in &keys {
             self.entries.remove(k);
         }
@@ -372,7 +372,7 @@ impl Tree {
             && self
                 .nodes
                 .iter()
-                .all(|(fid, n)| other.nodes.get(fid).is_some_and(|o| n.same_content(o)))
+                .all(|(fid, n)| other.nodes.get(&fid).is_some_and(|o| n.same_content(&o)))
     }
 }
 
@@ -434,7 +434,7 @@ pub fn diff(from: &Tree, to: &Tree, fids: Option<&BTreeSet<FileId>>) -> Vec<Op> 
     let fids = match fids {
         Some(f) => f,
         None => {
-            all = from.nodes.keys().chain(to.nodes.keys()).copied().collect();
+            all = from.nodes.keys().chain(to.nodes.keys()).collect();
             &all
         }
     };
@@ -458,19 +458,19 @@ pub fn diff_one(from: &Tree, to: &Tree, fid: FileId) -> (Option<Op>, Option<Op>)
         return (None, None);
     }
     let content = match (old_node, new_node) {
-        (None, Some(new)) => Some(whole(fid, new)),
+        (None, Some(new)) => Some(whole(fid, &new)),
         // One node shared by both trees is the same content, uncompared.
-        (Some(old), Some(new)) if !Arc::ptr_eq(old, new) && !old.same_content(new) => {
-            Some(delta(fid, old, new))
+        (Some(old), Some(new)) if !Arc::ptr_eq(&old, &new) && !old.same_content(&new) => {
+            Some(delta(fid, &old, &new))
         }
         _ => None,
     };
-    let old: BTreeSet<&Key> = from.names_of(fid).collect();
-    let new: BTreeSet<&Key> = to.names_of(fid).collect();
+    let old: BTreeSet<Key> = from.names_of(fid).collect();
+    let new: BTreeSet<Key> = to.names_of(fid).collect();
     let names = (old != new).then(|| Op::Names {
         fid,
-        removed: old.difference(&new).map(|k| (*k).clone()).collect(),
-        added: new.difference(&old).map(|k| (*k).clone()).collect(),
+        removed: old.difference(&new).cloned().collect(),
+        added: new.difference(&old).cloned().collect(),
     });
     (content, names)
 }
@@ -548,7 +548,7 @@ mod tests {
             new in proptest::collection::vec((0u64..64, any::<u8>()), 0..40),
         ) {
             let node = |b: &[(u64, u8)]| {
-                let mut n = Node::clone(&Tree::default().nodes[&ROOT_ID]);
+                let mut n = Node::clone(&Tree::default().nodes.get(&ROOT_ID).expect("a root"));
                 n.meta.kind = Kind::File;
                 n.blocks = b.iter().map(|&(i, x)| (i, h(x))).collect();
                 n

@@ -153,7 +153,7 @@ impl LocalView {
                 Some(f) => {
                     let node = match (&f.only, local.nodes.get(&f.id)) {
                         (None, _) => super::local::node_of(&f),
-                        (Some(part), Some(old)) => patched(old, &f, part),
+                        (Some(part), Some(old)) => patched(&old, &f, part),
                         // Without a name (unlinked while open): not in
                         // the tree, so not read whole at every write.
                         (Some(_), None) if f.inode.nlink == 0 => continue,
@@ -316,7 +316,7 @@ mod tests {
         );
         assert!(r.whole && r.again.is_empty());
         assert!(local.nodes.contains_key(&20));
-        assert_eq!(local.entries.get(&(root, b"new".to_vec())), Some(&20));
+        assert_eq!(local.entries.get(&(root, b"new".to_vec())), Some(20));
     }
 
     /// A file unlinked while open changes without a name: read in part,
@@ -339,7 +339,12 @@ mod tests {
     #[test]
     fn a_file_read_in_part_is_its_old_blocks_cut_and_patched() {
         let h = |b: u8| [b; 32];
-        let mut old = Node::clone(&Tree::default().nodes[&crate::sync::tree::ROOT_ID]);
+        let mut old = Node::clone(
+            &Tree::default()
+                .nodes
+                .get(&crate::sync::tree::ROOT_ID)
+                .expect("a root"),
+        );
         old.blocks = [(0, h(0)), (1, h(1)), (5, h(5)), (6, h(6))]
             .into_iter()
             .collect();

@@ -168,8 +168,8 @@ impl Peer {
     pub fn share(&mut self, fids: impl IntoIterator<Item = FileId>) {
         for fid in fids {
             if let (Some(s), Some(l)) = (self.synced.nodes.get(&fid), self.local.nodes.get(&fid))
-                && !Arc::ptr_eq(s, l)
-                && s.same_content(l)
+                && !Arc::ptr_eq(&s, &l)
+                && s.same_content(&l)
             {
                 // While recording, an undo gives back its stamps too.
                 self.local.touch(fid);
@@ -408,8 +408,8 @@ impl Peer {
         let mine: BTreeMap<FileId, (Arc<crate::sync::tree::Node>, Option<crate::sync::tree::Key>)> =
             near.iter()
                 .filter_map(|f| {
-                    let n = self.local.nodes.get(f)?.clone();
-                    Some((*f, (n, self.local.names_of(*f).next().cloned())))
+                    let n = self.local.nodes.get(f)?;
+                    Some((*f, (n, self.local.names_of(*f).next())))
                 })
                 .collect();
         for &fid in &near {
@@ -459,7 +459,7 @@ impl Peer {
             self.local.put_node(copy, node);
             let (dir, base) = name
                 .clone()
-                .or_else(|| old.names_of(*fid).next().cloned())
+                .or_else(|| old.names_of(*fid).next())
                 .unwrap_or((ROOT_ID, b"file".to_vec()));
             let dir = if self.local.is_dir(dir) { dir } else { ROOT_ID };
             // Deleted there and changed here: the change keeps the name
@@ -492,12 +492,12 @@ impl Peer {
             }
             for k in self.synced.names_of(fid) {
                 todo.push(k.0);
-                if let Some(&occupant) = self.local.entries.get(k) {
+                if let Some(occupant) = self.local.entries.get(&k) {
                     todo.push(occupant);
                 }
             }
             if !self.synced.nodes.contains_key(&fid) {
-                todo.extend(self.local.children(fid).map(|(_, c)| *c));
+                todo.extend(self.local.children(fid).map(|(_, c)| c));
             }
         }
         near

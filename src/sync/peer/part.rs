@@ -18,7 +18,6 @@ impl Peer {
             Some(c) => c,
             None => (self.synced.nodes.keys())
                 .chain(self.local.nodes.keys())
-                .copied()
                 .collect(),
         };
         let (ops, looked_at) = self.part(&candidates, max_ops, max_blocks);
@@ -98,11 +97,11 @@ impl Peer {
                 for k in self.local.names_of(f) {
                     if !self.synced.names_of(f).any(|o| o == k) {
                         todo.push(k.0);
-                        todo.extend(self.synced.entries.get(k).copied());
+                        todo.extend(self.synced.entries.get(&k));
                     }
                 }
                 if !self.local.nodes.contains_key(&f) || self.local.names_of(f).next().is_none() {
-                    todo.extend(self.synced.children(f).map(|(_, c)| *c));
+                    todo.extend(self.synced.children(f).map(|(_, c)| c));
                 }
             }
             if !part.is_empty() && (n + dn > max_ops || b + db > max_blocks) {

@@ -116,7 +116,7 @@ impl Peer {
                     before.put_node(fid, n.clone());
                 }
                 (Op::Names { .. }, Some(n)) if n.renamed == own => {
-                    let was: Vec<Key> = before.names_of(fid).cloned().collect();
+                    let was: Vec<Key> = before.names_of(fid).collect();
                     for k in &was {
                         before.unlink(k);
                     }
@@ -157,8 +157,8 @@ fn differing_in<V: Clone + PartialEq>(
     for (x, y) in [(a, b), (b, a)] {
         out.extend(
             x.iter()
-                .filter(|(fid, v)| y.get(*fid) != Some(*v))
-                .map(|(fid, _)| *fid),
+                .filter(|(fid, v)| y.get(fid).as_ref() != Some(v))
+                .map(|(fid, _)| fid),
         );
     }
 }
@@ -233,7 +233,8 @@ mod tests {
         p.on_snapshot(3, &snapshot, 1_796_385_800, &mut new_fid)
             .unwrap();
         assert_eq!(
-            p.local.nodes[&10].blocks[&0], [7; 32],
+            p.local.nodes.get(&10).expect("in the tree").blocks[&0],
+            [7; 32],
             "the first write keeps the name"
         );
         assert!(
@@ -286,7 +287,8 @@ mod tests {
         assert_eq!(p.synced.nodes, relay.snapshot.nodes, "stamps and all");
         assert_eq!(p.synced.entries, relay.snapshot.entries);
         assert_eq!(
-            p.local.nodes[&10].blocks[&0], [7; 32],
+            p.local.nodes.get(&10).expect("in the tree").blocks[&0],
+            [7; 32],
             "the other write keeps the name"
         );
         let copy = p
@@ -294,12 +296,12 @@ mod tests {
             .nodes
             .iter()
             .find(|(_, n)| n.blocks.get(&0) == Some(&[8; 32]));
-        let copy = *copy.expect("its own write, kept as a conflict copy").0;
-        let name = &p.local.names_of(copy).next().expect("the copy's name").1;
+        let copy = copy.expect("its own write, kept as a conflict copy").0;
+        let name = p.local.names_of(copy).next().expect("the copy's name").1;
         assert!(
-            String::from_utf8_lossy(name).starts_with("a.conflict-p2-"),
+            String::from_utf8_lossy(&name).starts_with("a.conflict-p2-"),
             "{}",
-            String::from_utf8_lossy(name)
+            String::from_utf8_lossy(&name)
         );
         // And it goes out at the next push, as a new file.
         let cs = p.push().expect("the copy to push");
@@ -386,9 +388,16 @@ mod tests {
         relay.compact(relay.head());
         p.on_welcome(counter, seq);
         let snap = relay.snapshot.clone();
-        assert_eq!(snap.nodes[&10].blocks[&0], [2; 32]);
+        assert_eq!(
+            snap.nodes.get(&10).expect("in the tree").blocks[&0],
+            [2; 32]
+        );
         p.on_snapshot(relay.cut, &snap, 0, &mut new_fid).unwrap();
-        assert_eq!(p.local.nodes[&10].blocks[&0], [1; 32], "the undo was lost");
+        assert_eq!(
+            p.local.nodes.get(&10).expect("in the tree").blocks[&0],
+            [1; 32],
+            "the undo was lost"
+        );
         let cs = p.push().expect("the undo to push");
         assert!(
             cs.ops

@@ -141,7 +141,7 @@ fn cut_log(st: &State, volume: &str, upto: u64) -> Result<(), SyncError> {
     let mut named: HashSet<Hash> = tree
         .nodes
         .values()
-        .flat_map(|n| n.blocks.values().copied())
+        .flat_map(|n| n.blocks.values().copied().collect::<Vec<_>>())
         .collect();
     let snap = st.store.latest()?;
     let (mut old_log, mut old_parts, mut dead) = (Vec::new(), Vec::new(), Vec::new());

@@ -50,7 +50,6 @@ impl Sim {
                 before.nodes.get(f) != after.nodes.get(f)
                     || before.names.get(f) != after.names.get(f)
             })
-            .copied()
             .collect();
         self.peers[p].peer.mark(touched);
         if let Some(d) = done {
@@ -67,7 +66,7 @@ fn dirs(t: &Tree) -> Vec<FileId> {
     t.nodes
         .iter()
         .filter(|(_, n)| n.meta.kind == Kind::Dir)
-        .map(|(f, _)| *f)
+        .map(|(f, _)| f)
         .collect()
 }
 
@@ -75,7 +74,7 @@ fn files(t: &Tree) -> Vec<FileId> {
     t.nodes
         .iter()
         .filter(|(_, n)| n.meta.kind == Kind::File)
-        .map(|(f, _)| *f)
+        .map(|(f, _)| f)
         .collect()
 }
 
@@ -143,9 +142,9 @@ fn forget(t: &mut Tree, fid: FileId, gone: &mut Vec<u64>) {
 }
 
 fn unlink(t: &mut Tree, rng: &mut Rng, gone: &mut Vec<u64>) -> Option<String> {
-    let keys: Vec<Key> = t.entries.keys().cloned().collect();
+    let keys: Vec<Key> = t.entries.keys().collect();
     let key = rng.pick(&keys)?;
-    let fid = t.entries[&key];
+    let fid = t.entries.get(&key).expect("in the tree");
     if t.is_dir(fid) && t.children(fid).next().is_some() {
         return None;
     }
@@ -155,14 +154,14 @@ fn unlink(t: &mut Tree, rng: &mut Rng, gone: &mut Vec<u64>) -> Option<String> {
 }
 
 fn rename(t: &mut Tree, rng: &mut Rng, gone: &mut Vec<u64>) -> Option<String> {
-    let keys: Vec<Key> = t.entries.keys().cloned().collect();
+    let keys: Vec<Key> = t.entries.keys().collect();
     let from = rng.pick(&keys)?;
-    let fid = t.entries[&from];
+    let fid = t.entries.get(&from).expect("in the tree");
     let to = (rng.pick(&dirs(t))?, a_name(rng));
     if to == from || (t.is_dir(fid) && t.is_within(to.0, fid)) {
         return None;
     }
-    if let Some(&old) = t.entries.get(&to) {
+    if let Some(old) = t.entries.get(&to) {
         if t.is_dir(old) || t.is_dir(fid) || old == fid {
             return None;
         }
@@ -185,7 +184,7 @@ fn link(t: &mut Tree, rng: &mut Rng) -> Option<String> {
 }
 
 fn chmod(t: &mut Tree, rng: &mut Rng) -> Option<String> {
-    let all: Vec<FileId> = t.nodes.keys().copied().filter(|f| *f != ROOT_ID).collect();
+    let all: Vec<FileId> = t.nodes.keys().filter(|f| *f != ROOT_ID).collect();
     let fid = rng.pick(&all)?;
     let n = t.node_mut(fid)?;
     n.meta.perm ^= 0o070;

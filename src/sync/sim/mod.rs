@@ -555,25 +555,25 @@ impl Sim {
 /// and under the root, every file with a name.
 fn check_tree(t: &Tree) -> Result<(), String> {
     for ((dir, name), fid) in &t.entries {
-        if !t.is_dir(*dir) {
+        if !t.is_dir(dir) {
             return Err(format!(
                 "{:?} is in {dir:x}, not a directory",
-                String::from_utf8_lossy(name)
+                String::from_utf8_lossy(&name)
             ));
         }
-        if !t.nodes.contains_key(fid) {
+        if !t.nodes.contains_key(&fid) {
             return Err(format!("entry for missing file {fid:x}"));
         }
     }
     for fid in t.nodes.keys() {
-        if *fid == ROOT_ID {
+        if fid == ROOT_ID {
             continue;
         }
-        let n = t.names_of(*fid).count();
+        let n = t.names_of(fid).count();
         if n == 0 {
             return Err(format!("file {fid:x} has no name"));
         }
-        if t.is_dir(*fid) && (n != 1 || !t.is_within(*fid, ROOT_ID)) {
+        if t.is_dir(fid) && (n != 1 || !t.is_within(fid, ROOT_ID)) {
             return Err(format!("directory {fid:x} has {n} names or is cut off"));
         }
     }
@@ -715,7 +715,7 @@ fn a_change_pushed_in_parts_arrives_whole_without_conflicts() {
                         for k in added {
                             assert_eq!(
                                 sim.server_tree.entries.get(k),
-                                Some(fid),
+                                Some(*fid),
                                 "seed {seed}: a name not taken as given in {:?}",
                                 cs.ops
                             );
@@ -746,7 +746,7 @@ fn a_change_pushed_in_parts_arrives_whole_without_conflicts() {
         assert_eq!(a.local.nodes.len(), b.local.nodes.len(), "seed {seed}");
         for (f, n) in &a.local.nodes {
             assert!(
-                b.local.nodes.get(f).is_some_and(|m| m.same_content(n)),
+                b.local.nodes.get(&f).is_some_and(|m| m.same_content(&n)),
                 "seed {seed}: file {f:x} differs"
             );
         }

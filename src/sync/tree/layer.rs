@@ -5,18 +5,99 @@
 //! base only by what it applied since the last fold), so the volume is
 //! held once, not twice ([`fold`]).
 //!
-//! The base is an `Arc`: cloning a layered map copies only its changes.
-//! Reads look in `over` first; iteration merges the two in key order.
+//! The base is either in memory (an `Arc`'d map: cloning a layered map
+//! copies only its changes) or a [`Source`] outside it, such as a version
+//! of the peer's tree store (`tree/stored.rs`), read as it is asked for.
+//! So reads hand out values, not references: a stored base has none to
+//! lend. Reads look in `over` first; iteration merges the two in key
+//! order.
 
-use std::borrow::Borrow;
 use std::collections::BTreeMap;
-use std::collections::btree_map;
 use std::iter::Peekable;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
+/// A frozen map kept outside memory. A read that fails answers as if the
+/// key were not there and says so where the source's owner looks
+/// (`Tree::damage`): nothing read after such a failure may be acted on.
+pub trait Source<K, V>: Send + Sync {
+    fn get(&self, k: &K) -> Option<V>;
+    fn len(&self) -> usize;
+    /// The entries from `lo` to `hi`, in key order.
+    fn range(&self, lo: Bound<&K>, hi: Bound<&K>) -> Box<dyn Iterator<Item = (K, V)> + '_>;
+}
+
+enum Base<K, V> {
+    Mem(Arc<BTreeMap<K, V>>),
+    Source(Arc<dyn Source<K, V>>),
+}
+
+impl<K, V> Clone for Base<K, V> {
+    fn clone(&self) -> Self {
+        match self {
+            Base::Mem(m) => Base::Mem(m.clone()),
+            Base::Source(s) => Base::Source(s.clone()),
+        }
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> Base<K, V> {
+    fn get(&self, k: &K) -> Option<V> {
+        match self {
+            Base::Mem(m) => m.get(k).cloned(),
+            Base::Source(s) => s.get(k),
+        }
+    }
+
+    fn contains_key(&self, k: &K) -> bool {
+        match self {
+            Base::Mem(m) => m.contains_key(k),
+            Base::Source(s) => s.get(k).is_some(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Base::Mem(m) => m.len(),
+            Base::Source(s) => s.len(),
+        }
+    }
+
+    fn range<'a>(&'a self, lo: Bound<&K>, hi: Bound<&K>) -> Box<dyn Iterator<Item = (K, V)> + 'a> {
+        match self {
+            Base::Mem(m) => Box::new(
+                m.range::<K, _>((lo, hi))
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            ),
+            Base::Source(s) => s.range(lo, hi),
+        }
+    }
+
+    fn ptr_eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Base::Mem(a), Base::Mem(b)) => Arc::ptr_eq(a, b),
+            (Base::Source(a), Base::Source(b)) => std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)),
+            _ => false,
+        }
+    }
+
+    /// The base as a map of its own to change: copied if shared, read
+    /// whole if it is a source (only a tree without a tree store folds in
+    /// memory).
+    fn make_mut(&mut self) -> &mut BTreeMap<K, V> {
+        if let Base::Source(s) = self {
+            let whole: BTreeMap<K, V> = s.range(Bound::Unbounded, Bound::Unbounded).collect();
+            *self = Base::Mem(Arc::new(whole));
+        }
+        match self {
+            Base::Mem(m) => Arc::make_mut(m),
+            Base::Source(_) => unreachable!("made a map just above"),
+        }
+    }
+}
+
 pub struct Layered<K, V> {
-    base: Arc<BTreeMap<K, V>>,
+    base: Base<K, V>,
     over: BTreeMap<K, Option<V>>,
     /// Keys in the merged map.
     len: usize,
@@ -25,7 +106,7 @@ pub struct Layered<K, V> {
 impl<K, V> Default for Layered<K, V> {
     fn default() -> Self {
         Layered {
-            base: Arc::default(),
+            base: Base::Mem(Arc::default()),
             over: BTreeMap::new(),
             len: 0,
         }
@@ -43,6 +124,15 @@ impl<K: Clone, V: Clone> Clone for Layered<K, V> {
 }
 
 impl<K: Ord + Clone, V: Clone> Layered<K, V> {
+    /// A map with `source` as its base and no changes of its own.
+    pub fn over_source(source: Arc<dyn Source<K, V>>) -> Self {
+        Layered {
+            len: source.len(),
+            base: Base::Source(source),
+            over: BTreeMap::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -51,23 +141,18 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
         self.len == 0
     }
 
-    pub fn get<Q>(&self, k: &Q) -> Option<&V>
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
+    pub fn get(&self, k: &K) -> Option<V> {
         match self.over.get(k) {
-            Some(v) => v.as_ref(),
+            Some(v) => v.clone(),
             None => self.base.get(k),
         }
     }
 
-    pub fn contains_key<Q>(&self, k: &Q) -> bool
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
-        self.get(k).is_some()
+    pub fn contains_key(&self, k: &K) -> bool {
+        match self.over.get(k) {
+            Some(v) => v.is_some(),
+            None => self.base.contains_key(k),
+        }
     }
 
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
@@ -97,7 +182,7 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
     fn take_value(&mut self, k: &K) -> Option<V> {
         match self.over.get_mut(k) {
             Some(v) => v.take(),
-            None => self.base.get(k).cloned(),
+            None => self.base.get(k),
         }
     }
 
@@ -105,7 +190,7 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
     /// is the base's.
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
         if !self.over.contains_key(k) {
-            let v = self.base.get(k)?.clone();
+            let v = self.base.get(k)?;
             self.over.insert(k.clone(), Some(v));
         }
         self.over.get_mut(k)?.as_mut()
@@ -125,38 +210,40 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
         v.expect("a value was just inserted")
     }
 
-    pub fn iter(
-        &self,
-    ) -> Merge<'_, K, V, btree_map::Iter<'_, K, V>, btree_map::Iter<'_, K, Option<V>>> {
-        Merge {
-            base: self.base.iter().peekable(),
-            over: self.over.iter().peekable(),
-        }
+    pub fn iter(&self) -> Merge<'_, K, V> {
+        self.range(..)
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &K> {
+    pub fn keys(&self) -> impl Iterator<Item = K> + '_ {
         self.iter().map(|(k, _)| k)
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &V> {
+    pub fn values(&self) -> impl Iterator<Item = V> + '_ {
         self.iter().map(|(_, v)| v)
     }
 
-    pub fn range<R: RangeBounds<K> + Clone>(
-        &self,
-        r: R,
-    ) -> Merge<'_, K, V, btree_map::Range<'_, K, V>, btree_map::Range<'_, K, Option<V>>> {
+    pub fn range<R: RangeBounds<K>>(&self, r: R) -> Merge<'_, K, V> {
+        let (lo, hi) = (r.start_bound(), r.end_bound());
         Merge {
-            base: self.base.range(r.clone()).peekable(),
-            over: self.over.range(r).peekable(),
+            base: self.base.range(lo, hi).peekable(),
+            over: self
+                .over
+                .range::<K, _>((lo, hi))
+                .map(clone_change as fn(_) -> _)
+                .peekable(),
         }
     }
 
     /// The keys this map has changed since its last fold (possibly back
     /// to what the base has).
-    #[cfg(test)]
     pub fn changed_keys(&self) -> impl Iterator<Item = &K> {
         self.over.keys()
+    }
+
+    /// This map's changes since its last fold: a value, or `None` for a
+    /// key removed.
+    pub fn changed(&self) -> impl Iterator<Item = (&K, Option<&V>)> {
+        self.over.iter().map(|(k, v)| (k, v.as_ref()))
     }
 
     /// How many keys this map has changed since its last fold.
@@ -167,7 +254,12 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
     /// Whether the two maps are layered over the same base, so that they
     /// can differ only in their changed keys.
     pub fn same_base(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.base, &other.base)
+        self.base.ptr_eq(&other.base)
+    }
+
+    /// Whether the base is kept outside memory.
+    pub fn is_sourced(&self) -> bool {
+        matches!(self.base, Base::Source(_))
     }
 
     /// Makes this map's value of `k` what `other` has: by dropping its
@@ -186,7 +278,7 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
         }
         match other.get(k) {
             Some(v) => {
-                self.insert(k.clone(), v.clone());
+                self.insert(k.clone(), v);
             }
             None => {
                 self.remove(k);
@@ -195,12 +287,12 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
     }
 
     /// Moves this map's changes into its base (copied first if another
-    /// map shares it).
+    /// map shares it; read whole into memory if it is a source).
     pub fn freeze(&mut self) {
         if self.over.is_empty() {
             return;
         }
-        let base = Arc::make_mut(&mut self.base);
+        let base = self.base.make_mut();
         for (k, v) in std::mem::take(&mut self.over) {
             match v {
                 Some(v) => base.insert(k, v),
@@ -208,6 +300,36 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
             };
         }
     }
+
+    /// Makes `source` this map's base, which must hold what this map holds
+    /// (a fold into the source's store wrote it): its changes go, but for
+    /// those `keep` names, which stay as this map has them (dropped where
+    /// the new base has the same).
+    pub fn rebase_on_source(&mut self, source: Arc<dyn Source<K, V>>, keep: &[K])
+    where
+        V: PartialEq,
+    {
+        let kept: Vec<(K, Option<V>)> = keep.iter().map(|k| (k.clone(), self.get(k))).collect();
+        self.base = Base::Source(source);
+        self.over.clear();
+        self.len = self.base.len();
+        for (k, v) in kept {
+            if self.base.get(&k) != v {
+                match v {
+                    Some(v) => {
+                        self.insert(k, v);
+                    }
+                    None => {
+                        self.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn clone_change<K: Clone, V: Clone>((k, v): (&K, &Option<V>)) -> (K, Option<V>) {
+    (k.clone(), v.clone())
 }
 
 impl<K: Ord + Clone, V: Clone + PartialEq> Layered<K, V> {
@@ -227,19 +349,19 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Layered<K, V> {
             match order {
                 std::cmp::Ordering::Less => {
                     if let Some((k, v)) = a.next() {
-                        out.insert(k.clone(), v.clone());
+                        out.insert(k, v);
                     }
                 }
                 std::cmp::Ordering::Greater => {
                     if let Some((k, _)) = b.next() {
-                        out.remove(k);
+                        out.remove(&k);
                     }
                 }
                 std::cmp::Ordering::Equal => {
                     if let (Some((k, va)), Some((_, vb))) = (a.next(), b.next())
                         && va != vb
                     {
-                        out.insert(k.clone(), va.clone());
+                        out.insert(k, va);
                     }
                 }
             }
@@ -253,7 +375,8 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Layered<K, V> {
 /// becomes shared, what `second` changed stays changed, and what it changed
 /// back to the base's is dropped. Costs what the two changed, unless a
 /// third map holds the base too (then the base is copied once). Maps over
-/// different bases: `first` alone is frozen.
+/// different bases: `first` alone is frozen. In memory: a peer with a tree
+/// store folds into it instead (`Tree::fold_into`).
 pub fn fold<K: Ord + Clone, V: Clone + PartialEq>(
     first: &mut Layered<K, V>,
     second: &mut Layered<K, V>,
@@ -263,9 +386,9 @@ pub fn fold<K: Ord + Clone, V: Clone + PartialEq>(
         return;
     }
     let keys: Vec<K> = first.over.keys().cloned().collect();
-    let views: Vec<Option<V>> = keys.iter().map(|k| second.get(k).cloned()).collect();
+    let views: Vec<Option<V>> = keys.iter().map(|k| second.get(k)).collect();
     // `second` lets go of the base so that `first` may own it.
-    second.base = Arc::default();
+    second.base = Base::Mem(Arc::default());
     first.freeze();
     second.base = first.base.clone();
     for (k, view) in keys.into_iter().zip(views) {
@@ -273,27 +396,23 @@ pub fn fold<K: Ord + Clone, V: Clone + PartialEq>(
     }
     // And whatever `second` changed back to what the base has.
     let base = &second.base;
-    second.over.retain(|k, v| v.as_ref() != base.get(k));
+    second.over.retain(|k, v| *v != base.get(k));
 }
 
 /// The two layers of a [`Layered`] in key order, `over` first.
-pub struct Merge<'a, K, V, I, J>
-where
-    I: Iterator<Item = (&'a K, &'a V)>,
-    J: Iterator<Item = (&'a K, &'a Option<V>)>,
-    K: 'a,
-    V: 'a,
-{
-    base: Peekable<I>,
-    over: Peekable<J>,
+pub struct Merge<'a, K, V> {
+    base: Peekable<Box<dyn Iterator<Item = (K, V)> + 'a>>,
+    #[allow(clippy::type_complexity)]
+    over: Peekable<
+        std::iter::Map<
+            std::collections::btree_map::Range<'a, K, Option<V>>,
+            fn((&'a K, &'a Option<V>)) -> (K, Option<V>),
+        >,
+    >,
 }
 
-impl<'a, K: Ord + 'a, V: 'a, I, J> Iterator for Merge<'a, K, V, I, J>
-where
-    I: Iterator<Item = (&'a K, &'a V)>,
-    J: Iterator<Item = (&'a K, &'a Option<V>)>,
-{
-    type Item = (&'a K, &'a V);
+impl<K: Ord, V> Iterator for Merge<'_, K, V> {
+    type Item = (K, V);
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -320,8 +439,8 @@ where
 }
 
 impl<'a, K: Ord + Clone, V: Clone> IntoIterator for &'a Layered<K, V> {
-    type Item = (&'a K, &'a V);
-    type IntoIter = Merge<'a, K, V, btree_map::Iter<'a, K, V>, btree_map::Iter<'a, K, Option<V>>>;
+    type Item = (K, V);
+    type IntoIter = Merge<'a, K, V>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
@@ -333,7 +452,7 @@ impl<K: Ord + Clone, V: Clone> FromIterator<(K, V)> for Layered<K, V> {
         let base: BTreeMap<K, V> = iter.into_iter().collect();
         Layered {
             len: base.len(),
-            base: Arc::new(base),
+            base: Base::Mem(Arc::new(base)),
             over: BTreeMap::new(),
         }
     }
@@ -362,14 +481,6 @@ impl<K: Ord + Clone + std::fmt::Debug, V: Clone + std::fmt::Debug> std::fmt::Deb
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map().entries(self.iter()).finish()
-    }
-}
-
-impl<K: Ord + Clone + Borrow<Q>, V: Clone, Q: Ord + ?Sized> std::ops::Index<&Q> for Layered<K, V> {
-    type Output = V;
-
-    fn index(&self, k: &Q) -> &V {
-        self.get(k).expect("no such key in the map")
     }
 }
 
@@ -443,11 +554,11 @@ mod tests {
                     }
                 }
                 for i in 0..2 {
-                    let got: Vec<(u8, u8)> = maps[i].iter().map(|(k, v)| (*k, *v)).collect();
+                    let got: Vec<(u8, u8)> = maps[i].iter().collect();
                     let want: Vec<(u8, u8)> = models[i].iter().map(|(k, v)| (*k, *v)).collect();
                     prop_assert_eq!(got, want);
                     prop_assert_eq!(maps[i].len(), models[i].len());
-                    let got: Vec<u8> = maps[i].range(8..20).map(|(k, _)| *k).collect();
+                    let got: Vec<u8> = maps[i].range(8..20).map(|(k, _)| k).collect();
                     let want: Vec<u8> = models[i].range(8..20).map(|(k, _)| *k).collect();
                     prop_assert_eq!(got, want);
                 }

@@ -108,7 +108,7 @@ pub fn encode_to<E: From<WireError>>(
         let mut w = Writer(&mut out);
         w.bytes(&dir.to_le_bytes());
         w.u32(count(name.len())?);
-        w.bytes(name);
+        w.bytes(&name);
         w.bytes(&fid.to_le_bytes());
         flush(&mut out, CHUNK)?;
     }
@@ -259,7 +259,7 @@ mod tests {
     fn a_state_saved_in_pieces_is_checked_whole_and_version_1_still_reads() {
         let mut t = Tree::default();
         for f in 10..30_010u128 {
-            let mut n = Node::clone(&t.nodes[&crate::sync::tree::ROOT_ID]);
+            let mut n = Node::clone(&t.nodes.get(&crate::sync::tree::ROOT_ID).expect("a root"));
             n.meta.kind = Kind::File;
             n.blocks = [(0, [f as u8; 32])].into();
             t.nodes.insert(f, n.into());
