@@ -526,19 +526,88 @@ impl<'s> Snapshot<'s> {
 
 impl Drop for Snapshot<'_> {
     fn drop(&mut self) {
-        if self.version == 0 {
+        self.store.unpin(self.version);
+    }
+}
+
+impl Store {
+    fn unpin(&self, version: u64) {
+        if version == 0 {
             return;
         }
-        let mut sh = self.store.shared.lock();
-        if let Some(n) = sh.pins.get_mut(&self.version) {
+        let mut sh = self.shared.lock();
+        if let Some(n) = sh.pins.get_mut(&version) {
             *n -= 1;
             if *n == 0 {
-                sh.pins.remove(&self.version);
-                if sh.dropped_pinned.remove(&self.version).is_some() {
-                    sh.released.push(self.version);
+                sh.pins.remove(&version);
+                if sh.dropped_pinned.remove(&version).is_some() {
+                    sh.released.push(version);
                 }
             }
         }
+    }
+
+    /// Kept version `version` (0: the empty view of a store nothing was
+    /// committed to) held open for as long as the [`Pinned`] lives, by a
+    /// holder that shares the store rather than borrowing it.
+    pub fn pin(self: &std::sync::Arc<Self>, version: u64) -> StoreResult<Pinned> {
+        let root = if version == 0 {
+            Ptr::NONE
+        } else {
+            let snap = self.snapshot(version)?;
+            let root = snap.root;
+            // The pin the snapshot took stays with the `Pinned`.
+            std::mem::forget(snap);
+            root
+        };
+        Ok(Pinned {
+            store: self.clone(),
+            version,
+            root,
+        })
+    }
+}
+
+/// A version kept open by a holder that shares its store (see
+/// [`Store::pin`]); its snapshots need no lookup of the version.
+pub struct Pinned {
+    store: std::sync::Arc<Store>,
+    version: u64,
+    root: Ptr,
+}
+
+impl Pinned {
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn store(&self) -> &std::sync::Arc<Store> {
+        &self.store
+    }
+
+    /// A snapshot of the pinned version (valid even if retention let it
+    /// go meanwhile: the pin keeps its pages).
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        if self.version != 0 {
+            *self
+                .store
+                .shared
+                .lock()
+                .pins
+                .entry(self.version)
+                .or_default() += 1;
+        }
+        Snapshot {
+            store: &self.store,
+            version: self.version,
+            root: self.root,
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        self.store.unpin(self.version);
     }
 }
 

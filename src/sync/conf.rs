@@ -1,6 +1,7 @@
 //! What a store keeps of its sync, and what it shows: `sync.conf` (the
 //! server and the credential, written by `zippyfs join`), `sync.state`
-//! (the peer's synced tree and counters, format in `wire/state.rs`), and
+//! (the peer's counters and the version of its tree store, `sync.tree/`,
+//! that holds its synced tree; format in `wire/state.rs`), and
 //! the status `daemon.json` and `zippyfs status` print.
 //!
 //! ## `sync.conf` (readable by its owner only)
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::peer::Peer;
-use super::tree::Tree;
+use super::tree::{Tree, TreeStore};
 use super::wire::state;
 use super::{SyncError, write_private};
 
@@ -208,7 +209,8 @@ pub fn offline_status(store: &Path, stored: u64) -> Result<Option<Status>, SyncE
     let Some(conf) = SyncConf::load(store)? else {
         return Ok(None);
     };
-    let mut peer = load_peer(store)?;
+    let trees = TreeStore::open(store)?;
+    let mut peer = load_peer(store, &trees)?;
     super::client::replay_journal(store, &mut peer, stored)?;
     Ok(Some(Status {
         server: conf.url(),
@@ -223,37 +225,50 @@ pub fn offline_status(store: &Path, stored: u64) -> Result<Option<Status>, SyncE
 /// applied; past it, change-sets wait to be asked for.
 pub const DEFAULT_WINDOW: u64 = 128 << 20;
 
-/// Writes the peer's state, a piece at a time; returns its size.
-pub(super) fn save_peer(store: &Path, p: &Peer) -> Result<u64, SyncError> {
-    use std::io::Write;
+/// Folds the peer's synced tree into its tree store and writes the state
+/// naming the version that made, so that the journal can start afresh.
+pub(super) fn save_peer(store: &Path, trees: &TreeStore, p: &mut Peer) -> Result<(), SyncError> {
+    let cause = format!("synced through sequence {}", p.applied);
+    let version = trees.fold(&mut p.synced, &mut p.local, trees.named(), &cause)?;
     let path = store.join(STATE_FILE);
-    let mut size = 0;
+    let bytes = state::encode(p.id, p.applied, p.counter, version);
     super::write_atomic_in_pieces(&path, &mut |f| {
-        size = state::encode_to(p.id, p.applied, p.counter, &p.synced, &mut |b: &[u8]| {
-            f.write_all(b).map_err(|e| SyncError::io(&path, e))
-        })?;
-        Ok(())
+        use std::io::Write;
+        f.write_all(&bytes).map_err(|e| SyncError::io(&path, e))
     })?;
-    Ok(size)
+    trees.set_named(version);
+    Ok(())
 }
 
-pub(super) fn load_peer(store: &Path) -> Result<Peer, SyncError> {
+/// The peer as its saved state left it, its synced tree read from
+/// `trees` as it is asked for (or held whole, from a state of an older
+/// version, until the next save moves it there).
+pub(super) fn load_peer(store: &Path, trees: &TreeStore) -> Result<Peer, SyncError> {
     let path = store.join(STATE_FILE);
-    match std::fs::read(&path) {
+    let mut p = match std::fs::read(&path) {
         Ok(b) => {
             let s = state::decode(&b)
                 .map_err(|e| SyncError::Config(format!("{}: {e}", path.display())))?;
-            let mut p = Peer::new(s.id, "", s.synced);
+            let tree = match s.synced {
+                state::Synced::Stored(v) => {
+                    trees.set_named(v);
+                    trees.tree(v)?
+                }
+                state::Synced::Inline(t) => t,
+            };
+            let mut p = Peer::new(s.id, "", tree);
             p.applied = s.applied;
             // Pushes made after the last save may have been taken (the
             // client saves before it makes COUNTER_LEAP / 4 more); the
             // server ignores a counter it has seen, so start past them.
             p.counter = s.counter.saturating_add(COUNTER_LEAP);
-            Ok(p)
+            p
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Peer::new(0, "", Tree::default())),
-        Err(e) => Err(SyncError::io(&path, e)),
-    }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Peer::new(0, "", Tree::default()),
+        Err(e) => return Err(SyncError::io(&path, e)),
+    };
+    p.folds_in_store();
+    Ok(p)
 }
 
 /// More pushes than a peer makes between two saves of its state.

@@ -16,9 +16,11 @@ use crate::fs::{Kind, Time};
 
 mod blocks;
 mod layer;
+mod stored;
 
 pub use blocks::{Blocks, Names};
 pub use layer::Layered;
+pub use stored::{TREE_DIR, TreeStore};
 
 /// A file's identity on every peer of a volume (the inode record's file id).
 pub type FileId = u128;

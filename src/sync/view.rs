@@ -103,8 +103,7 @@ pub(super) struct LocalView {
     pub(super) touched: Arc<Mutex<Touched>>,
     /// The peer's state changed since it was last saved.
     pub(super) unsaved: bool,
-    /// The size of the state last saved, and the push counter it held.
-    pub(super) saved_bytes: u64,
+    /// The push counter the state last saved held.
     pub(super) saved_counter: u64,
 }
 

@@ -541,6 +541,8 @@ impl Session<'_> {
             Ok(c) => c,
             Err(missing) => return Ok(Attempt::Need(missing.0)),
         };
+        // Worked out from the trees: not if a read of them failed.
+        self.trees.check()?;
         Ok(match self.fs.apply_remote(&change, cause, origin)? {
             Applied::Done {
                 mut inodes,

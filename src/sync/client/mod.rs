@@ -27,6 +27,7 @@ use super::conf::{Status, SyncConf, load_peer, save_peer};
 use super::local::{to_remote, tree_like};
 use super::peer::Peer;
 use super::stream::{Counted, Outbox, reader, send_msg};
+use super::tree::TreeStore;
 use super::tree::{ChangeSet, FileId, Hash, Tree};
 use super::view::{LocalView, Touched};
 use super::wire::{MAX_WANT, Msg, PROTO_MAX, PROTO_MIN};
@@ -175,12 +176,14 @@ impl Wake {
     }
 }
 
-/// The journal a peer lets grow before it saves its state, at least: the
-/// state is rewritten whole (O(files and blocks)), so it is saved once the
-/// journal is as large as the state was, which keeps the cost of saving
-/// proportional to what changed, and replay at start bounded by the
-/// state's size.
+/// The journal a peer lets grow before it saves its state: a save folds
+/// what the synced tree changed into the tree store (a commit, O(changes)),
+/// and bounds what a restart replays.
 const SAVE_JOURNAL_MIN: u64 = 4 << 20;
+
+/// The most files, names and entries the synced tree holds changed in
+/// memory before a save folds them into the tree store.
+const FOLD_AT: usize = 16_384;
 
 /// The longest an unmount waits for the server to take the last changes.
 const FINAL_PUSH_WAIT: Duration = Duration::from_secs(10);
@@ -205,7 +208,15 @@ async fn run(
         touched,
         ..Default::default()
     };
-    let mut peer = match load_peer(&store) {
+    let trees = match TreeStore::open(&store) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("sync is off: {e}");
+            status.lock().why = format!("off: {e}");
+            return;
+        }
+    };
+    let mut peer = match load_peer(&store, &trees) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!("sync is off: {e}");
@@ -215,7 +226,7 @@ async fn run(
     };
     // What the store applied after the state was saved (killed between
     // the two): onto the synced tree, saved, before anything else.
-    let journal = match recover(&fs, &store, &mut peer) {
+    let journal = match recover(&fs, &store, &trees, &mut peer) {
         Ok(j) => j,
         Err(e) => {
             tracing::error!("sync is off: {e}");
@@ -225,13 +236,12 @@ async fn run(
     };
     let mut journal = journal;
     view.saved_counter = peer.counter;
-    view.saved_bytes =
-        std::fs::metadata(store.join(super::conf::STATE_FILE)).map_or(0, |m| m.len());
     let mut backoff = Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
         let mut s = Session {
             fs: &fs,
             store: &store,
+            trees: &trees,
             peer: &mut peer,
             status: &status,
             bytes: Arc::new(Counted::default()),
@@ -295,7 +305,12 @@ pub(in crate::sync) fn replay_journal(
 
 /// Replays the journal onto `peer` as far as the store holds it, saves
 /// the state, and returns the journal emptied.
-fn recover(fs: &Fs, store: &Path, peer: &mut Peer) -> Result<Journal, SyncError> {
+fn recover(
+    fs: &Fs,
+    store: &Path,
+    trees: &TreeStore,
+    peer: &mut Peer,
+) -> Result<Journal, SyncError> {
     let replayed = replay_journal(store, peer, fs.synced_seq())?;
     if replayed > 0 {
         tracing::info!(
@@ -303,7 +318,7 @@ fn recover(fs: &Fs, store: &Path, peer: &mut Peer) -> Result<Journal, SyncError>
             applied = peer.applied,
             "sync: the journal brought the synced state up to the store"
         );
-        save_peer(store, peer)?;
+        save_peer(store, trees, peer)?;
     }
     let mut j = Journal::open(store)?;
     j.clear()?;
@@ -313,6 +328,8 @@ fn recover(fs: &Fs, store: &Path, peer: &mut Peer) -> Result<Journal, SyncError>
 struct Session<'a> {
     fs: &'a Arc<Fs>,
     store: &'a Path,
+    /// Where the synced tree is kept (`tree/stored.rs`).
+    trees: &'a TreeStore,
     peer: &'a mut Peer,
     status: &'a Arc<Mutex<Status>>,
     bytes: Arc<Counted>,
@@ -636,13 +653,16 @@ impl Session<'_> {
         self.outbox()?.send(m)
     }
 
-    /// Saves the peer's state once the journal holds as much as the state
-    /// (see [`SAVE_JOURNAL_MIN`]), or before the push counter runs past
-    /// what a restart skips; the end of the session saves what is left.
+    /// Saves the peer's state once the journal holds [`SAVE_JOURNAL_MIN`],
+    /// the synced tree changed [`FOLD_AT`] files and names since the
+    /// last save (what it holds in memory), or before the push counter
+    /// runs past what a restart skips; the end of the session saves what
+    /// is left.
     fn state_changed(&mut self) -> Result<(), SyncError> {
         self.view.unsaved = true;
         let pushes = self.peer.counter.saturating_sub(self.view.saved_counter);
-        if self.journal.len() >= self.view.saved_bytes.max(SAVE_JOURNAL_MIN)
+        if self.journal.len() >= SAVE_JOURNAL_MIN
+            || self.peer.synced.changes() >= FOLD_AT
             || pushes >= crate::sync::conf::COUNTER_LEAP / 4
         {
             match self.save_now() {
@@ -658,7 +678,7 @@ impl Session<'_> {
 
     fn save_now(&mut self) -> Result<(), SyncError> {
         if self.view.unsaved {
-            self.view.saved_bytes = save_peer(self.store, self.peer)?;
+            save_peer(self.store, self.trees, self.peer)?;
             self.view.saved_counter = self.peer.counter;
             self.journal.clear()?;
             self.view.unsaved = false;

@@ -150,6 +150,8 @@ impl Session<'_> {
         };
         self.read_at = self.view.read_through;
         let push = self.peer.push();
+        // A tree read that failed reads as a file not there: never push it.
+        self.trees.check()?;
         let whole = !self.peer.has_waiting();
         if push.is_none() && whole {
             self.status.lock().queued.through(version);

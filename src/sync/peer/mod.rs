@@ -98,6 +98,9 @@ pub struct Peer {
     /// undo takes out again (after a whole read of the tree the set holds
     /// every file not yet pushed: copied per apply, it cost that much).
     marked: Option<Vec<FileId>>,
+    /// The trees' base is a tree store, which the owner folds into
+    /// (`TreeStore::fold`): never folded in memory here.
+    in_store: bool,
 }
 
 impl Peer {
@@ -116,6 +119,7 @@ impl Peer {
             taken: None,
             candidates: None,
             marked: None,
+            in_store: false,
         }
     }
 
@@ -184,9 +188,14 @@ impl Peer {
     /// holds only what it has not pushed, and a fold's cost is spread over
     /// the changes it folds.
     fn fold_if_due(&mut self) {
-        if self.synced.changes() >= FOLD_MIN.max(self.synced.nodes.len() / 16) {
+        if !self.in_store && self.synced.changes() >= FOLD_MIN.max(self.synced.nodes.len() / 16) {
             Tree::fold(&mut self.synced, &mut self.local);
         }
+    }
+
+    /// The owner folds the trees into a tree store from now on.
+    pub fn folds_in_store(&mut self) {
+        self.in_store = true;
     }
 
     /// These files changed locally (or may have): the next push compares them.

@@ -301,16 +301,16 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
         }
     }
 
-    /// Makes `source` this map's base, which must hold what this map holds
-    /// (a fold into the source's store wrote it): its changes go, but for
-    /// those `keep` names, which stay as this map has them (dropped where
-    /// the new base has the same).
-    pub fn rebase_on_source(&mut self, source: Arc<dyn Source<K, V>>, keep: &[K])
+    /// Makes `like`'s base this map's, which must hold what this map
+    /// holds but for the keys in `keep` (a fold wrote it): those stay as
+    /// this map has them (dropped where the new base has the same), every
+    /// other change of this map goes.
+    pub fn rebase_on(&mut self, like: &Self, keep: &[K])
     where
         V: PartialEq,
     {
         let kept: Vec<(K, Option<V>)> = keep.iter().map(|k| (k.clone(), self.get(k))).collect();
-        self.base = Base::Source(source);
+        self.base = like.base.clone();
         self.over.clear();
         self.len = self.base.len();
         for (k, v) in kept {
