@@ -558,7 +558,7 @@ mod tests {
         /// Which tree (synced or local), file, blocks, salt.
         Put(bool, u8, u64, u8),
         Link(bool, u8, u8),
-        Unlink(bool, u8, u8),
+        Unlink(bool, u8),
         Remove(bool, u8),
         Fold,
         Reopen,
@@ -570,7 +570,7 @@ mod tests {
             (any::<bool>(), 2..12u8, blocks, any::<u8>())
                 .prop_map(|(t, f, b, s)| Step::Put(t, f, b, s)),
             (any::<bool>(), 2..12u8, 0..4u8).prop_map(|(t, f, n)| Step::Link(t, f, n)),
-            (any::<bool>(), 0..4u8, 2..12u8).prop_map(|(t, n, f)| Step::Unlink(t, n, f)),
+            (any::<bool>(), 0..4u8).prop_map(|(t, n)| Step::Unlink(t, n)),
             (any::<bool>(), 2..12u8).prop_map(|(t, f)| Step::Remove(t, f)),
             Just(Step::Fold),
             Just(Step::Reopen),
@@ -585,7 +585,7 @@ mod tests {
                     t.link((1, vec![b'a' + n]), f.into());
                 }
             }
-            Step::Unlink(_, n, _) => {
+            Step::Unlink(_, n) => {
                 t.unlink(&(1, vec![b'a' + n]));
             }
             Step::Remove(_, f) => {
