@@ -2,8 +2,11 @@
 """What sync costs a mount daemon in memory, by files: a plain mount (no
 sync) is given FILES files of 1 KiB (100 a directory); then peer A of a
 real `zippyfs serve` on 127.0.0.1 is given the same and pushes them, and
-peer B joins and takes them. Prints each daemon's resident and peak
-memory (VmRSS, VmHWM, MiB) from /proc.
+peer B joins and takes them. Prints each daemon's heap in use (what its
+allocator handed out and did not have back, `heap_bytes` in daemon.json)
+and its resident and peak memory from /proc (VmRSS, VmHWM, and VmRSS
+split into RssAnon and RssFile: the store's mapped pages are RssFile,
+page cache the kernel takes back), all in MiB.
 
 Run as root from the repository, after `cargo build --release`:
 perf/sync_memory.py [BINARY] [FILES]   (default target/release/zippyfs, 100000)
@@ -26,11 +29,12 @@ S.BIN = BIN
 
 def mem(mnt):
     with open(os.path.join(mnt, ".zippy", "daemon.json")) as f:
-        pid = json.load(f)["pid"]
-    out = {}
+        st = json.load(f)
+    pid = st["pid"]
+    out = {"heap": (st.get("heap_bytes") or 0) >> 20}
     with open(f"/proc/{pid}/status") as f:
         for l in f:
-            if l.startswith(("VmRSS", "VmHWM")):
+            if l.startswith(("VmRSS", "VmHWM", "RssAnon", "RssFile")):
                 k, v = l.split(":")
                 out[k] = int(v.split()[0]) // 1024
     return out

@@ -342,6 +342,14 @@ impl Fs {
     }
 
     /// The inode of file id `fid` in the last commit, if it has one.
+    /// The file id inode `ino` had in `snap` (`None`: it had no record).
+    pub fn file_id_at(&self, snap: &Snapshot<'_>, ino: u64) -> FsResult<Option<u128>> {
+        if ino == ROOT {
+            return Ok(Some(ROOT_FILE_ID));
+        }
+        Ok(history::inode_at(snap, ino)?.map(|i| i.file_id))
+    }
+
     pub fn ino_of_file_id(&self, fid: u128) -> FsResult<Option<u64>> {
         let snap = self.snap()?;
         self.ino_of(&snap, &[], fid)

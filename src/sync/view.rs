@@ -99,7 +99,6 @@ pub(super) struct LocalView {
     pub(super) ready: bool,
     /// `Touched::through` when it was last read.
     pub(super) read_through: u64,
-    pub(super) ino_fid: HashMap<u64, FileId>,
     pub(super) touched: Arc<Mutex<Touched>>,
     /// The peer's state changed since it was last saved.
     pub(super) unsaved: bool,
@@ -136,12 +135,16 @@ fn patched(old: &Node, f: &FileState, part: &BlocksChanged) -> Node {
 }
 
 impl LocalView {
+    /// Folds what a read in part found into `local`. `was` gives the file
+    /// id an inode that went had when the tree was last read (`None`: it
+    /// had none then, so the tree never held it).
     pub(super) fn refresh(
         &mut self,
         local: &mut Tree,
         files: Vec<(u64, Option<crate::fs::remote::FileState>)>,
         entries: Vec<(FileId, Vec<u8>, Option<FileId>)>,
-    ) -> Refreshed {
+        was: &mut dyn FnMut(u64) -> Result<Option<FileId>, crate::sync::SyncError>,
+    ) -> Result<Refreshed, crate::sync::SyncError> {
         let mut changed = HashSet::new();
         let mut again = Vec::new();
         // Files read in part that the tree lacks (new ones): read whole
@@ -162,12 +165,11 @@ impl LocalView {
                             continue;
                         }
                     };
-                    self.ino_fid.insert(ino, f.id);
                     local.nodes.insert(f.id, node.into());
                     changed.insert(f.id);
                 }
                 None => {
-                    if let Some(fid) = self.ino_fid.remove(&ino) {
+                    if let Some(fid) = was(ino)? {
                         let inside: Vec<super::tree::Key> =
                             local.children(fid).map(|(k, _)| k.clone()).collect();
                         for k in inside {
@@ -196,11 +198,11 @@ impl LocalView {
                 local.nodes.remove(fid);
             }
         }
-        Refreshed {
+        Ok(Refreshed {
             changed,
             whole,
             again,
-        }
+        })
     }
 }
 
@@ -301,21 +303,43 @@ mod tests {
             blocks: vec![0],
         });
         let root = crate::sync::tree::ROOT_ID;
-        let r = view.refresh(
-            &mut local,
-            vec![(5, Some(f))],
-            vec![(root, b"new".to_vec(), Some(20))],
-        );
+        let r = view
+            .refresh(
+                &mut local,
+                vec![(5, Some(f))],
+                vec![(root, b"new".to_vec(), Some(20))],
+                &mut |_| Ok(None),
+            )
+            .unwrap();
         assert_eq!(r.again, [5]);
         assert!(r.whole, "a new file made the next read whole");
-        let r = view.refresh(
-            &mut local,
-            vec![(5, Some(state(5, 20, vec![(0, [1; 32])])))],
-            Vec::new(),
-        );
+        let r = view
+            .refresh(
+                &mut local,
+                vec![(5, Some(state(5, 20, vec![(0, [1; 32])])))],
+                Vec::new(),
+                &mut |_| Ok(None),
+            )
+            .unwrap();
         assert!(r.whole && r.again.is_empty());
         assert!(local.nodes.contains_key(&20));
         assert_eq!(local.entries.get(&(root, b"new".to_vec())), Some(20));
+        // The inode goes: the id it had when last read names the file.
+        let mut asked = Vec::new();
+        let r = view
+            .refresh(
+                &mut local,
+                vec![(5, None)],
+                vec![(root, b"new".to_vec(), None)],
+                &mut |ino| {
+                    asked.push(ino);
+                    Ok(Some(20))
+                },
+            )
+            .unwrap();
+        assert_eq!(asked, [5]);
+        assert!(r.whole && r.changed.contains(&20));
+        assert!(!local.nodes.contains_key(&20) && local.entries.is_empty());
     }
 
     /// A file unlinked while open changes without a name: read in part,
@@ -330,7 +354,11 @@ mod tests {
             cut: None,
             blocks: vec![3],
         });
-        let r = view.refresh(&mut local, vec![(5, Some(f))], Vec::new());
+        let r = view
+            .refresh(&mut local, vec![(5, Some(f))], Vec::new(), &mut |_| {
+                Ok(None)
+            })
+            .unwrap();
         assert!(r.again.is_empty(), "read again: {:?}", r.again);
         assert!(r.whole && !local.nodes.contains_key(&20));
     }

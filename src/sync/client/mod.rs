@@ -250,6 +250,7 @@ async fn run(
             push_places: HashMap::new(),
             push_snap: None,
             base_snap: None,
+            read_snap: None,
             patched: HashSet::new(),
             pushed_at: 0,
             whole_at: None,
@@ -339,6 +340,10 @@ struct Session<'a> {
     journal: &'a mut Journal,
     /// The blocks of the push in flight: hash → (file, index).
     push_places: HashMap<Hash, (FileId, u64)>,
+    /// The commit the local tree was last read at, held open: an inode a
+    /// later read finds gone is known by the file id it had here (`None`:
+    /// the next read is whole).
+    read_snap: Option<crate::store::Snapshot<'a>>,
     /// The commit the push in flight was read from, held open so that its
     /// blocks stay readable until the server has them (retention may let
     /// the version go otherwise, under many commits).

@@ -92,8 +92,8 @@ impl Session<'_> {
             self.peer.local = Tree::empty();
             self.peer.local = tree_like(&c, &self.peer.synced);
             self.peer.mark_all();
-            self.view.ino_fid = c.files.iter().map(|f| (f.inode.ino, f.id)).collect();
             self.view.ready = true;
+            self.read_snap = self.fs.store().snapshot(c.version).ok();
             return Ok(c.version);
         }
         let through = self.view.read_through;
@@ -106,9 +106,16 @@ impl Session<'_> {
             self.view.ready = false;
             return self.read_local();
         }
-        let mut complete = self
-            .view
-            .refresh(&mut self.peer.local, part.files, part.entries);
+        // An inode that went is known by the id it had at the last read.
+        let Some(read_snap) = self.read_snap.take() else {
+            self.view.ready = false;
+            return self.read_local();
+        };
+        let fs = self.fs;
+        let mut was = |ino| fs.file_id_at(&read_snap, ino).map_err(SyncError::from);
+        let mut complete =
+            self.view
+                .refresh(&mut self.peer.local, part.files, part.entries, &mut was)?;
         if !complete.again.is_empty() {
             // Read in part, but new to the tree: read them whole.
             let rest = self
@@ -116,9 +123,11 @@ impl Session<'_> {
                 .committed_part(&complete.again, &HashMap::new(), through, &[])?;
             let more = self
                 .view
-                .refresh(&mut self.peer.local, rest.files, Vec::new());
+                .refresh(&mut self.peer.local, rest.files, Vec::new(), &mut was)?;
             complete.changed.extend(more.changed);
         }
+        drop(read_snap);
+        self.read_snap = self.fs.store().snapshot(part.version).ok();
         self.peer.share(complete.changed.iter().copied());
         self.peer.mark(complete.changed.iter().copied());
         if !complete.whole {
