@@ -68,8 +68,18 @@ try:
     a.mount()
     mounted.append(a.mnt)
     w = write(a.mnt)
+    # Until the server has all of it (pushes go one at a time).
+    t = time.time()
+    deadline = t + 600
+    while time.time() < deadline:
+        with open(os.path.join(a.mnt, ".zippy", "daemon.json")) as f:
+            sync = json.load(f).get("sync", {})
+        if sync.get("queued_versions") == 0 and not sync.get("in_flight"):
+            break
+        time.sleep(0.5)
+    pushed = time.time() - t
     server.settled()
-    print("A (pushed)", mem(a.mnt), f"write {w:.1f}s", flush=True)
+    print("A (pushed)", mem(a.mnt), f"write {w:.1f}s, pushed {pushed:.1f}s after", flush=True)
     b = S.Peer(server, "b", work)
     t = time.time()
     b.mount()

@@ -157,7 +157,11 @@ pub enum Applied {
 impl Fs {
     /// Every file and name of the last commit, by file id.
     pub fn committed(&self) -> FsResult<Committed> {
-        let snap = self.snap()?;
+        self.committed_in(&self.snap()?)
+    }
+
+    /// Every file and name of the commit `snap` shows.
+    pub fn committed_in(&self, snap: &Snapshot<'_>) -> FsResult<Committed> {
         let mut out = Committed {
             version: snap.version(),
             ..Default::default()
@@ -271,6 +275,19 @@ impl Fs {
             Some(Err(crate::store::StoreError::NoSuchVersion(_))) | None => self.snap()?,
             Some(Err(e)) => return Err(e.into()),
         };
+        self.committed_part_in(&snap, inodes, blocks, through, entries)
+    }
+
+    /// [`Fs::committed_part`] in `snap`: the blocks changed are read alone
+    /// only if `snap` is commit `through`.
+    pub fn committed_part_in(
+        &self,
+        snap: &Snapshot<'_>,
+        inodes: &[u64],
+        blocks: &HashMap<u64, BlocksChanged>,
+        through: u64,
+        entries: &[(u64, Vec<u8>)],
+    ) -> FsResult<Part> {
         let known = snap.version() == through;
         let mut out = Part {
             version: snap.version(),
@@ -278,21 +295,21 @@ impl Fs {
         };
         let id_of = |ino: u64, i: &Inode| if ino == ROOT { ROOT_FILE_ID } else { i.file_id };
         for &ino in inodes {
-            let state = match history::inode_at(&snap, ino)? {
+            let state = match history::inode_at(snap, ino)? {
                 Some(inode) => {
                     let only = blocks.get(&ino).filter(|_| known);
-                    Some(file_state(&snap, id_of(ino, &inode), inode, only)?)
+                    Some(file_state(snap, id_of(ino, &inode), inode, only)?)
                 }
                 None => None,
             };
             out.files.push((ino, state));
         }
         for (dir, name) in entries {
-            let Some(d) = history::inode_at(&snap, *dir)? else {
+            let Some(d) = history::inode_at(snap, *dir)? else {
                 continue;
             };
-            let child = match history::dirent_at(&snap, *dir, name)? {
-                Some((c, _)) => history::inode_at(&snap, c)?.map(|i| id_of(c, &i)),
+            let child = match history::dirent_at(snap, *dir, name)? {
+                Some((c, _)) => history::inode_at(snap, c)?.map(|i| id_of(c, &i)),
                 None => None,
             };
             out.entries.push((id_of(*dir, &d), name.clone(), child));

@@ -4,6 +4,7 @@
 //! for, whole or as patches, queued while the outbox has room.
 
 use super::*;
+use crate::store::StoreError;
 
 /// The least time between two pushes. A change made after a quiet moment
 /// goes at once; under a stream of commits (an fsync loop makes thousands
@@ -27,7 +28,7 @@ fn push_gap(ops: usize, blocks: usize) -> Duration {
     (PUSH_GAP + PUSH_GAP_PER_ITEM.saturating_mul(items)).min(PUSH_GAP_MAX)
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
     /// Queues the blocks the server asked for while the outbox has room.
     pub(super) fn fill(&mut self) -> Result<(), SyncError> {
         while self.outbox()?.has_room() {
@@ -86,20 +87,28 @@ impl Session<'_> {
         };
         let inodes: Vec<u64> = inodes.into_iter().collect();
         let entries: Vec<(u64, Vec<u8>)> = entries.into_iter().collect();
+        let fs: &'a Arc<Fs> = self.fs;
         if !self.view.ready || overflow {
-            let c = self.fs.committed()?;
+            // Held as the commit this read was at (see `read_snap`).
+            let snap = fs.store().latest()?;
+            let c = fs.committed_in(&snap)?;
             // The old tree goes first: only one is held while it is read.
             self.peer.local = Tree::empty();
             self.peer.local = tree_like(&c, &self.peer.synced);
             self.peer.mark_all();
             self.view.ready = true;
-            self.read_snap = self.fs.store().snapshot(c.version).ok();
+            self.read_snap = Some(snap);
             return Ok(c.version);
         }
         let through = self.view.read_through;
-        let part = self
-            .fs
-            .committed_part(&inodes, &blocks, through, &entries)?;
+        // A commit no longer kept is read at the latest (and then whole,
+        // below).
+        let snap = match (through != 0).then(|| fs.store().snapshot(through)) {
+            Some(Ok(s)) => s,
+            Some(Err(StoreError::NoSuchVersion(_))) | None => fs.store().latest()?,
+            Some(Err(e)) => return Err(e.into()),
+        };
+        let part = fs.committed_part_in(&snap, &inodes, &blocks, through, &entries)?;
         if through != 0 && part.version != through {
             // That commit is no longer kept: what the sets hold was read
             // at a later one, whose other changes the tree would lack.
@@ -111,23 +120,21 @@ impl Session<'_> {
             self.view.ready = false;
             return self.read_local();
         };
-        let fs = self.fs;
         let mut was = |ino| fs.file_id_at(&read_snap, ino).map_err(SyncError::from);
         let mut complete =
             self.view
                 .refresh(&mut self.peer.local, part.files, part.entries, &mut was)?;
         if !complete.again.is_empty() {
             // Read in part, but new to the tree: read them whole.
-            let rest = self
-                .fs
-                .committed_part(&complete.again, &HashMap::new(), through, &[])?;
+            let rest =
+                fs.committed_part_in(&snap, &complete.again, &HashMap::new(), through, &[])?;
             let more = self
                 .view
                 .refresh(&mut self.peer.local, rest.files, Vec::new(), &mut was)?;
             complete.changed.extend(more.changed);
         }
         drop(read_snap);
-        self.read_snap = self.fs.store().snapshot(part.version).ok();
+        self.read_snap = Some(snap);
         self.peer.share(complete.changed.iter().copied());
         self.peer.mark(complete.changed.iter().copied());
         if !complete.whole {
