@@ -90,6 +90,21 @@ try:
     print("B (received)", mem(b.mnt), f"{count(b.mnt)} files in {time.time()-t:.1f}s", flush=True)
     time.sleep(2)
     print("A (after)", mem(a.mnt), "B (after)", mem(b.mnt), flush=True)
+    # B again: the mount reads its local tree whole, against its synced
+    # tree in the tree store.
+    b.umount()
+    mounted.remove(b.mnt)
+    t = time.time()
+    b.mount()
+    mounted.append(b.mnt)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        with open(os.path.join(b.mnt, ".zippy", "daemon.json")) as f:
+            sync = json.load(f).get("sync", {})
+        if sync.get("connected") and sync.get("queued_unchecked") is False:
+            break
+        time.sleep(0.2)
+    print("B (mounted again)", mem(b.mnt), f"read and checked in {time.time()-t:.1f}s", flush=True)
 finally:
     for m in reversed(mounted):
         try:

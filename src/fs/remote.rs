@@ -251,6 +251,92 @@ impl Fs {
         Ok(out)
     }
 
+    /// Every file of the commit `snap` shows that has a name (and the
+    /// root), one at a time in inode order: what [`Fs::committed_in`]
+    /// lists, without holding it all.
+    pub fn each_file(&self, snap: &Snapshot<'_>, f: &mut dyn FnMut(FileState)) -> FsResult<()> {
+        for item in snap.range(&b"I"[..]..&b"J"[..])? {
+            let (k, v) = item?;
+            let Some(ino) = k
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            let inode = Inode::decode(ino, v.value)?;
+            // Unlinked while open: no name, not in the tree.
+            if ino != ROOT && inode.nlink == 0 {
+                continue;
+            }
+            let id = if ino == ROOT {
+                ROOT_FILE_ID
+            } else {
+                inode.file_id
+            };
+            f(file_state(snap, id, inode, None)?);
+        }
+        Ok(())
+    }
+
+    /// Every entry of the commit `snap` shows, as (directory id, name,
+    /// file id), one at a time in key order.
+    pub fn each_entry(
+        &self,
+        snap: &Snapshot<'_>,
+        f: &mut dyn FnMut(u128, &[u8], u128),
+    ) -> FsResult<()> {
+        let id_of = |ino: u64| -> FsResult<Option<u128>> { self.file_id_at(snap, ino) };
+        let mut dir: Option<(u64, Option<u128>)> = None;
+        for item in snap.range(&[DIRENT][..]..&[DIRENT + 1][..])? {
+            let (k, v) = item?;
+            let (Some(d), Some(child)) = (
+                k.get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes),
+                v.value
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes),
+            ) else {
+                continue;
+            };
+            // Entries come by directory: its id is looked up once.
+            let d_id = match dir {
+                Some((at, id)) if at == d => id,
+                _ => {
+                    let id = id_of(d)?;
+                    dir = Some((d, id));
+                    id
+                }
+            };
+            if let (Some(d_id), Some(c_id)) = (d_id, id_of(child)?) {
+                f(d_id, &k[9..], c_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the commit `snap` shows has the file `fid` with a name.
+    pub fn has_file_in(&self, snap: &Snapshot<'_>, fid: u128) -> FsResult<bool> {
+        Ok(match self.ino_of(snap, &[], fid)? {
+            Some(ROOT) => true,
+            Some(ino) => history::inode_at(snap, ino)?.is_some_and(|i| i.nlink > 0),
+            None => false,
+        })
+    }
+
+    /// The file entry (`dir`, `name`) names in the commit `snap` shows.
+    pub fn entry_in(&self, snap: &Snapshot<'_>, dir: u128, name: &[u8]) -> FsResult<Option<u128>> {
+        let Some(d) = self.ino_of(snap, &[], dir)? else {
+            return Ok(None);
+        };
+        match history::dirent_at(snap, d, name)? {
+            Some((c, _)) => self.file_id_at(snap, c),
+            None => Ok(None),
+        }
+    }
+
     /// Part of commit `through` (the last one, if that one is no longer
     /// kept, or for 0): the state of `inodes` (`None`: gone or without a
     /// record) and of the entries `(directory inode, name)`, as (directory

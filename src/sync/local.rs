@@ -6,9 +6,16 @@
 //! peer's own, changed by the names made in it there), access and change
 //! times, inode numbers.
 
-use super::tree::{Hash, Meta, Node, Op, ROOT_ID, Stamp, Tree};
-use crate::fs::remote::{Committed, FileState, ROOT_FILE_ID, RemoteChange, RemoteFile};
+use std::collections::BTreeSet;
+
+use super::SyncError;
+use super::tree::{FileId, Hash, Meta, Node, Op, ROOT_ID, Stamp, Tree};
+use crate::fs::Fs;
+#[cfg(test)]
+use crate::fs::remote::Committed;
+use crate::fs::remote::{FileState, ROOT_FILE_ID, RemoteChange, RemoteFile};
 use crate::fs::{Kind, Time};
+use crate::store::Snapshot;
 
 const _: () = assert!(ROOT_ID == ROOT_FILE_ID);
 
@@ -41,27 +48,60 @@ pub fn node_of(f: &FileState) -> Node {
 /// A commit as a tree.
 #[cfg(test)]
 pub fn tree_of(c: &Committed) -> Tree {
-    tree_like(c, &Tree::empty())
-}
-
-/// A commit as a tree layered over `like`'s base (a peer's local tree
-/// read whole, like its synced tree): it holds of its own only what
-/// differs from `like`, and `like`'s node of each file whose content is
-/// the same there, so that the two trees hold the volume once.
-pub fn tree_like(c: &Committed, like: &Tree) -> Tree {
     let mut t = Tree::default();
     for f in &c.files {
-        let n = node_of(f);
-        let n = match like.nodes.get(&f.id) {
-            Some(s) if s.same_content(&n) => s.clone(),
-            _ => n.into(),
-        };
-        t.nodes.insert(f.id, n);
+        t.nodes.insert(f.id, node_of(f).into());
     }
     for (dir, name, fid) in &c.names {
         t.link((*dir, name.clone()), *fid);
     }
-    t.rebased_onto(like)
+    t
+}
+
+/// The commit `snap` shows as a tree, read a file and an entry at a time
+/// and layered over `synced` (a peer's local tree read whole): it holds
+/// of its own only what differs from `synced`, and nothing of the volume
+/// is held whole while it is read. Returns it and the files that differ.
+pub fn read_whole(
+    fs: &Fs,
+    snap: &Snapshot<'_>,
+    synced: &Tree,
+) -> Result<(Tree, BTreeSet<FileId>), SyncError> {
+    let mut t = synced.clone();
+    t.journal = Default::default();
+    let mut differ = BTreeSet::new();
+    fs.each_file(snap, &mut |f| {
+        let n = node_of(&f);
+        if !synced.nodes.get(&f.id).is_some_and(|s| s.same_content(&n)) {
+            t.nodes.insert(f.id, n.into());
+            differ.insert(f.id);
+        }
+    })?;
+    // Files the commit does not have (every file but the root has names).
+    for (fid, _) in &synced.names {
+        if !fs.has_file_in(snap, fid)? {
+            t.remove_file(fid);
+            differ.insert(fid);
+        }
+    }
+    fs.each_entry(snap, &mut |dir, name, fid| {
+        let key = (dir, name.to_vec());
+        if t.entries.get(&key) != Some(fid) {
+            differ.extend(t.unlink(&key));
+            t.link(key, fid);
+            differ.insert(fid);
+        }
+    })?;
+    // Entries the commit does not have.
+    for ((dir, name), fid) in &synced.entries {
+        if t.entries.get(&(dir, name.clone())) == Some(fid)
+            && fs.entry_in(snap, dir, &name)? != Some(fid)
+        {
+            t.unlink(&(dir, name));
+            differ.insert(fid);
+        }
+    }
+    Ok((t, differ))
 }
 
 /// Blocks the change needs that are not at hand.
@@ -206,6 +246,62 @@ mod tests {
             Applied::Done { .. }
         ));
         now
+    }
+
+    /// A tree read whole a file at a time over the synced one (in memory,
+    /// or in a tree store) is the commit's tree, and holds of its own, and
+    /// names as differing, exactly the files a push would carry.
+    #[test]
+    fn a_tree_read_whole_a_file_at_a_time_is_the_commit_and_names_what_differs() {
+        for stored in [false, true] {
+            let (da, dt) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let a = fs(da.path());
+            let d = a.mkdir(CTX, 1, b"dir", 0o750).unwrap();
+            let sub = a.mkdir(CTX, d.ino, b"sub", 0o755).unwrap();
+            let (f, _) = a.create(CTX, d.ino, b"f.txt", 0o640).unwrap();
+            a.write(f.ino, 0, &[7u8; 9000]).unwrap();
+            a.link(f.ino, sub.ino, b"hard").unwrap();
+            let (g, _) = a.create(CTX, 1, b"g", 0o644).unwrap();
+            a.write(g.ino, 0, b"gone soon").unwrap();
+            let (k, _) = a.create(CTX, 1, b"kept", 0o644).unwrap();
+            a.write(k.ino, 0, b"as it was").unwrap();
+            a.symlink(CTX, 1, b"ln", b"dir/f.txt").unwrap();
+            a.commit("test").unwrap();
+            let mut synced = tree_of(&a.committed().unwrap());
+            let trees = crate::sync::tree::TreeStore::open(dt.path()).unwrap();
+            if stored {
+                let mut other = synced.clone();
+                trees.fold(&mut synced, &mut other, 0, "test").unwrap();
+                assert!(synced.nodes.is_sourced());
+            }
+
+            a.rename(d.ino, b"f.txt", 1, b"moved.txt", RenameMode::Replace)
+                .unwrap();
+            a.write(f.ino, 100, b"middle").unwrap();
+            a.unlink(sub.ino, b"hard").unwrap();
+            a.rmdir(d.ino, b"sub").unwrap();
+            a.unlink(1, b"g").unwrap();
+            let (n, _) = a.create(CTX, d.ino, b"new", 0o600).unwrap();
+            a.write(n.ino, 0, b"new here").unwrap();
+            a.setxattr(d.ino, b"user.k", b"v", false, false).unwrap();
+            a.commit("test").unwrap();
+
+            let now = tree_of(&a.committed().unwrap());
+            let snap = a.store().latest().unwrap();
+            let (local, differ) = read_whole(&a, &snap, &synced).unwrap();
+            assert!(local.same_as(&now), "stored {stored}");
+            assert_eq!(local.names, now.names, "stored {stored}");
+            let want: BTreeSet<FileId> = diff(&synced, &now, None).iter().map(Op::fid).collect();
+            assert_eq!(differ, want, "stored {stored}");
+            assert!(!differ.contains(&now.entries.get(&(ROOT_ID, b"kept".to_vec())).unwrap()));
+            assert!(local.nodes.same_base(&synced.nodes));
+            assert!(
+                local.changes() <= 4 * want.len() + synced.changes(),
+                "stored {stored}: {} changes of its own",
+                local.changes()
+            );
+            assert!(trees.damage().is_none());
+        }
     }
 
     #[test]

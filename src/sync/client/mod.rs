@@ -24,11 +24,11 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::conf::{Status, SyncConf, load_peer, save_peer};
-use super::local::{to_remote, tree_like};
+use super::local::{read_whole, to_remote};
 use super::peer::Peer;
 use super::stream::{Counted, Outbox, reader, send_msg};
 use super::tree::TreeStore;
-use super::tree::{ChangeSet, FileId, Hash, Tree};
+use super::tree::{ChangeSet, FileId, Hash};
 use super::view::{LocalView, Touched};
 use super::wire::{MAX_WANT, Msg, PROTO_MAX, PROTO_MIN};
 use super::{SyncError, tls};

@@ -91,14 +91,13 @@ impl<'a> Session<'a> {
         if !self.view.ready || overflow {
             // Held as the commit this read was at (see `read_snap`).
             let snap = fs.store().latest()?;
-            let c = fs.committed_in(&snap)?;
-            // The old tree goes first: only one is held while it is read.
-            self.peer.local = Tree::empty();
-            self.peer.local = tree_like(&c, &self.peer.synced);
-            self.peer.mark_all();
+            let (local, differ) = read_whole(fs, &snap, &self.peer.synced)?;
+            self.peer.local = local;
+            self.peer.mark_read(differ);
             self.view.ready = true;
+            let version = snap.version();
             self.read_snap = Some(snap);
-            return Ok(c.version);
+            return Ok(version);
         }
         let through = self.view.read_through;
         // A commit no longer kept is read at the latest (and then whole,

@@ -217,6 +217,16 @@ impl Peer {
         self.candidates = None;
     }
 
+    /// The local tree was read whole and these are the files it holds
+    /// apart from the synced tree: the next push compares them (and
+    /// whatever was marked before), not every file.
+    pub fn mark_read(&mut self, differ: std::collections::BTreeSet<FileId>) {
+        match &mut self.candidates {
+            Some(c) => c.extend(differ),
+            None => self.candidates = Some(differ),
+        }
+    }
+
     /// The connection went: what was in flight goes out again, in the
     /// next push (the server ignores the old one if it arrives after it),
     /// unless the next Welcome says it was taken ([`Peer::on_welcome`]).
