@@ -474,6 +474,64 @@ fn a_damaged_sync_state_turns_sync_off_with_the_reason_and_loses_no_file() {
     m.unmount();
 }
 
+/// A tree store (`sync.tree/`) damaged on disk: the mount serves its
+/// files as they are and says why sync is off, instead of pushing or
+/// applying from a tree it cannot read (a file it cannot read must never
+/// look deleted).
+#[test]
+fn a_damaged_tree_store_turns_sync_off_with_the_reason_and_loses_no_file() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let a = peer(&server, "a", "v", work.path());
+    for i in 0..50 {
+        std::fs::write(a.path().join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    eventually("a's files taken", Duration::from_secs(20), || {
+        let s = common::daemon_json(a.path());
+        s["sync"]["pushed"].as_u64().unwrap_or(0) >= 1
+            && s["sync"]["in_flight"] == false
+            && s["sync"]["queued_versions"] == 0
+    });
+    let store = a.store.clone();
+    a.unmount();
+    // Every page but the two commit slots made garbage: the tree's pages,
+    // and the free space's record.
+    let file = store.join("sync.tree").join("zippy.store");
+    let mut b = std::fs::read(&file).unwrap();
+    assert!(b.len() > 8192, "{} bytes", b.len());
+    for (i, x) in b[8192..].iter_mut().enumerate() {
+        *x ^= 0x5a ^ (i as u8);
+    }
+    std::fs::write(&file, &b).unwrap();
+    let pushes = server.status()["pushes"].as_u64().unwrap_or(0);
+    let m = Mounted::start_logged(&store, &[], &work.path().join("a2.log"));
+    std::fs::write(m.path().join("after"), b"still a filesystem").unwrap();
+    eventually("the reason in daemon.json", Duration::from_secs(20), || {
+        common::daemon_json(m.path())["sync"]["why"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("off:") && w.contains("sync.tree"))
+    });
+    for i in 0..50 {
+        assert_eq!(
+            std::fs::read_to_string(m.path().join(format!("f{i}"))).unwrap(),
+            format!("file {i}")
+        );
+    }
+    assert_eq!(
+        std::fs::read(m.path().join("after")).unwrap(),
+        b"still a filesystem"
+    );
+    assert_eq!(
+        server.status()["pushes"].as_u64().unwrap_or(0),
+        pushes,
+        "a push went from a tree that could not be read"
+    );
+    m.unmount();
+}
+
 /// The way back from a damaged sync state: remove it (and the journal),
 /// and the store joins its volume again. Files the same on both sides
 /// stay as they are (no conflict copies), and its pushes are taken again

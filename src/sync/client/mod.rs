@@ -278,6 +278,13 @@ async fn run(
                 Err(e) => e.to_string(),
             };
         }
+        // What the trees read since a read of the tree store failed may be
+        // wrong: nothing more is done from them.
+        if let Some(d) = trees.damage() {
+            tracing::error!("sync is off: {d}");
+            status.lock().why = format!("off: {d}");
+            return;
+        }
         if let Err(e) = r {
             tracing::warn!("sync: {e}; connecting again in {backoff:?}");
             wake.idle.store(true, Ordering::SeqCst);

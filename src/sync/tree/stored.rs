@@ -301,7 +301,8 @@ impl TreeStore {
             reserve: 1 << 20,
             ..Default::default()
         };
-        let store = Store::open(&store_dir.join(TREE_DIR), opts)?;
+        let store = Store::open(&store_dir.join(TREE_DIR), opts)
+            .map_err(|e| SyncError::Config(format!("the synced tree in {TREE_DIR}: {e}")))?;
         Ok(TreeStore {
             store: Arc::new(store),
             damage: Arc::default(),
