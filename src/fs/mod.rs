@@ -386,6 +386,12 @@ impl Fs {
         &self.store
     }
 
+    /// The store, to hold a version open beyond a borrow of the
+    /// filesystem (`Store::pin_snapshot`).
+    pub fn shared_store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     pub fn block_size(&self) -> u64 {
         self.block_size
     }

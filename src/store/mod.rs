@@ -568,6 +568,23 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Keeps `snap`'s version open as a [`Pinned`]: its pin moves over, so
+    /// a version retention let go meanwhile stays readable.
+    pub fn pin_snapshot(self: &std::sync::Arc<Self>, snap: Snapshot<'_>) -> StoreResult<Pinned> {
+        if !std::ptr::eq(snap.store, &**self) {
+            return self.pin(snap.version);
+        }
+        let (version, root) = (snap.version, snap.root);
+        std::mem::forget(snap);
+        Ok(Pinned {
+            store: self.clone(),
+            version,
+            root,
+        })
+    }
+}
+
 /// A version kept open by a holder that shares its store (see
 /// [`Store::pin`]); its snapshots need no lookup of the version.
 pub struct Pinned {

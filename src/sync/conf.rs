@@ -209,8 +209,10 @@ pub fn offline_status(store: &Path, stored: u64) -> Result<Option<Status>, SyncE
     let Some(conf) = SyncConf::load(store)? else {
         return Ok(None);
     };
-    let trees = TreeStore::open(store)?;
-    let mut peer = load_peer(store, &trees)?;
+    // The counters alone: the tree store is not opened (it would be
+    // written to), and replaying onto an empty tree moves them as it
+    // would move them onto the tree.
+    let mut peer = load_peer(store, None)?;
     super::client::replay_journal(store, &mut peer, stored)?;
     Ok(Some(Status {
         server: conf.url(),
@@ -242,18 +244,22 @@ pub(super) fn save_peer(store: &Path, trees: &TreeStore, p: &mut Peer) -> Result
 
 /// The peer as its saved state left it, its synced tree read from
 /// `trees` as it is asked for (or held whole, from a state of an older
-/// version, until the next save moves it there).
-pub(super) fn load_peer(store: &Path, trees: &TreeStore) -> Result<Peer, SyncError> {
+/// version, until the next save moves it there). Without `trees`, its
+/// counters over an empty tree.
+pub(super) fn load_peer(store: &Path, trees: Option<&TreeStore>) -> Result<Peer, SyncError> {
     let path = store.join(STATE_FILE);
     let mut p = match std::fs::read(&path) {
         Ok(b) => {
             let s = state::decode(&b)
                 .map_err(|e| SyncError::Config(format!("{}: {e}", path.display())))?;
             let tree = match s.synced {
-                state::Synced::Stored(v) => {
-                    trees.set_named(v);
-                    trees.tree(v)?
-                }
+                state::Synced::Stored(v) => match trees {
+                    Some(trees) => {
+                        trees.set_named(v);
+                        trees.tree(v)?
+                    }
+                    None => Tree::default(),
+                },
                 state::Synced::Inline(t) => t,
             };
             let mut p = Peer::new(s.id, "", tree);

@@ -454,6 +454,11 @@ pub fn diff(from: &Tree, to: &Tree, fids: Option<&BTreeSet<FileId>>) -> Vec<Op> 
 /// What turns file `fid` of `from` into that of `to`: the op of its
 /// content, and the op of its names, each if it changed.
 pub fn diff_one(from: &Tree, to: &Tree, fid: FileId) -> (Option<Op>, Option<Op>) {
+    // Over one base, neither changed: nothing to read (a stored base would
+    // decode the file twice to find them equal).
+    if from.nodes.same_at(&to.nodes, &fid) && from.names.same_at(&to.names, &fid) {
+        return (None, None);
+    }
     let old_node = from.nodes.get(&fid);
     let new_node = to.nodes.get(&fid);
     if fid == ROOT_ID && old_node == new_node {

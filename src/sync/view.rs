@@ -100,6 +100,10 @@ pub(super) struct LocalView {
     /// `Touched::through` when it was last read.
     pub(super) read_through: u64,
     pub(super) touched: Arc<Mutex<Touched>>,
+    /// The commit the tree was last read at, held open (across
+    /// connections): an inode a later read finds gone is known by the file
+    /// id it had there (`None`: the next read is whole).
+    pub(super) read_pin: Option<crate::store::Pinned>,
     /// The peer's state changed since it was last saved.
     pub(super) unsaved: bool,
     /// The push counter the state last saved held.

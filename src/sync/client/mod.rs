@@ -185,6 +185,10 @@ const SAVE_JOURNAL_MIN: u64 = 4 << 20;
 /// memory before a save folds them into the tree store.
 const FOLD_AT: usize = 16_384;
 
+/// How long a peer away from its server keeps the commit its local tree
+/// was last read at (`LocalView::read_pin`).
+const READ_PIN_OFFLINE: Duration = Duration::from_secs(60);
+
 /// The longest an unmount waits for the server to take the last changes.
 const FINAL_PUSH_WAIT: Duration = Duration::from_secs(10);
 
@@ -216,7 +220,7 @@ async fn run(
             return;
         }
     };
-    let mut peer = match load_peer(&store, &trees) {
+    let mut peer = match load_peer(&store, Some(&trees)) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!("sync is off: {e}");
@@ -237,7 +241,14 @@ async fn run(
     let mut journal = journal;
     view.saved_counter = peer.counter;
     let mut backoff = Duration::from_secs(1);
+    let mut connected_at = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        // The commit last read stays held while the peer reconnects (the
+        // next read is then in part), not while it is away for long: it
+        // keeps the space of what was deleted since from being reused.
+        if connected_at.elapsed() > READ_PIN_OFFLINE {
+            view.read_pin = None;
+        }
         let mut s = Session {
             fs: &fs,
             store: &store,
@@ -250,7 +261,6 @@ async fn run(
             push_places: HashMap::new(),
             push_snap: None,
             base_snap: None,
-            read_snap: None,
             patched: HashSet::new(),
             pushed_at: 0,
             whole_at: None,
@@ -266,6 +276,9 @@ async fn run(
             gap: PUSH_GAP,
         };
         let r = s.run(&conf, &stop, &wake).await;
+        if status.lock().connected {
+            connected_at = std::time::Instant::now();
+        }
         if let Err(e) = s.save_now() {
             tracing::error!("sync: cannot save its state: {e}");
         }
@@ -347,10 +360,6 @@ struct Session<'a> {
     journal: &'a mut Journal,
     /// The blocks of the push in flight: hash → (file, index).
     push_places: HashMap<Hash, (FileId, u64)>,
-    /// The commit the local tree was last read at, held open: an inode a
-    /// later read finds gone is known by the file id it had here (`None`:
-    /// the next read is whole).
-    read_snap: Option<crate::store::Snapshot<'a>>,
     /// The commit the push in flight was read from, held open so that its
     /// blocks stay readable until the server has them (retention may let
     /// the version go otherwise, under many commits).

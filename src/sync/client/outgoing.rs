@@ -96,7 +96,7 @@ impl<'a> Session<'a> {
             self.peer.mark_read(differ);
             self.view.ready = true;
             let version = snap.version();
-            self.read_snap = Some(snap);
+            self.view.read_pin = Some(fs.shared_store().pin_snapshot(snap)?);
             return Ok(version);
         }
         let through = self.view.read_through;
@@ -115,10 +115,11 @@ impl<'a> Session<'a> {
             return self.read_local();
         }
         // An inode that went is known by the id it had at the last read.
-        let Some(read_snap) = self.read_snap.take() else {
+        let Some(read_pin) = self.view.read_pin.take() else {
             self.view.ready = false;
             return self.read_local();
         };
+        let read_snap = read_pin.snapshot();
         let mut was = |ino| fs.file_id_at(&read_snap, ino).map_err(SyncError::from);
         let mut complete =
             self.view
@@ -133,7 +134,8 @@ impl<'a> Session<'a> {
             complete.changed.extend(more.changed);
         }
         drop(read_snap);
-        self.read_snap = Some(snap);
+        drop(read_pin);
+        self.view.read_pin = Some(fs.shared_store().pin_snapshot(snap)?);
         self.peer.share(complete.changed.iter().copied());
         self.peer.mark(complete.changed.iter().copied());
         if !complete.whole {

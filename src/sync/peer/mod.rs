@@ -171,6 +171,9 @@ impl Peer {
     /// two trees hold the file once.
     pub fn share(&mut self, fids: impl IntoIterator<Item = FileId>) {
         for fid in fids {
+            if self.local.nodes.same_at(&self.synced.nodes, &fid) {
+                continue;
+            }
             if let (Some(s), Some(l)) = (self.synced.nodes.get(&fid), self.local.nodes.get(&fid))
                 && !Arc::ptr_eq(&s, &l)
                 && s.same_content(&l)

@@ -22,6 +22,8 @@ use std::sync::Arc;
 /// (`Tree::damage`): nothing read after such a failure may be acted on.
 pub trait Source<K, V>: Send + Sync {
     fn get(&self, k: &K) -> Option<V>;
+    /// Whether `k` is there, without reading its value.
+    fn contains(&self, k: &K) -> bool;
     fn len(&self) -> usize;
     /// The entries from `lo` to `hi`, in key order.
     fn range(&self, lo: Bound<&K>, hi: Bound<&K>) -> Box<dyn Iterator<Item = (K, V)> + '_>;
@@ -52,7 +54,7 @@ impl<K: Ord + Clone, V: Clone> Base<K, V> {
     fn contains_key(&self, k: &K) -> bool {
         match self {
             Base::Mem(m) => m.contains_key(k),
-            Base::Source(s) => s.get(k).is_some(),
+            Base::Source(s) => s.contains(k),
         }
     }
 
@@ -249,6 +251,12 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
     /// How many keys this map has changed since its last fold.
     pub fn changes(&self) -> usize {
         self.over.len()
+    }
+
+    /// Whether the two maps have the same value of `k` without reading it:
+    /// over one base, with neither changing `k` (`false` says nothing).
+    pub fn same_at(&self, other: &Self, k: &K) -> bool {
+        self.same_base(other) && !self.over.contains_key(k) && !other.over.contains_key(k)
     }
 
     /// Whether the two maps are layered over the same base, so that they

@@ -59,6 +59,11 @@ pub struct TreeStore {
     damage: Damage,
     /// The version the saved state names (kept until a later one is).
     named: AtomicU64,
+    /// The version the trees were last built on ([`TreeStore::tree`]): a
+    /// fold writes their changes onto it, so if the store has a newer
+    /// one (a fold whose state was never written, then a restart from
+    /// the state), the fold writes the tree whole.
+    current: AtomicU64,
 }
 
 fn node_key(fid: FileId) -> Vec<u8> {
@@ -115,12 +120,9 @@ fn read_node(snap: &Snapshot<'_>, fid: FileId, v: &[u8]) -> Result<Node, String>
     match rest {
         [0] => Ok(n),
         [1] => {
-            let prefix = chunk_prefix(fid);
-            let mut end = prefix.clone();
-            end.push(0xff);
             let mut blocks = Vec::new();
             let range = snap
-                .range(&prefix[..]..&end[..])
+                .range(as_slices(&prefix_range(&chunk_prefix(fid))))
                 .map_err(|e| e.to_string())?;
             for item in range {
                 let (_, e) = item.map_err(|e| e.to_string())?;
@@ -216,6 +218,16 @@ impl<K: Send + Sync, V: Send + Sync> Source<K, V> for Map<K, V> {
         }
     }
 
+    fn contains(&self, k: &K) -> bool {
+        match self.pin.snapshot().get(&(self.key)(k)) {
+            Ok(v) => v.is_some(),
+            Err(e) => {
+                self.failed(e);
+                false
+            }
+        }
+    }
+
     fn len(&self) -> usize {
         self.len
     }
@@ -307,6 +319,7 @@ impl TreeStore {
             store: Arc::new(store),
             damage: Arc::default(),
             named: AtomicU64::new(0),
+            current: AtomicU64::new(0),
         })
     }
 
@@ -362,6 +375,7 @@ impl TreeStore {
                 }
             }
         };
+        self.current.store(version, Ordering::Relaxed);
         let mut t = Tree::empty();
         t.nodes = Layered::over_source(Arc::new(Map {
             pin: pin.clone(),
@@ -404,14 +418,18 @@ impl TreeStore {
         cause: &str,
     ) -> Result<u64, SyncError> {
         self.check()?;
-        let whole = !synced.nodes.is_sourced();
+        let latest = self.store.latest_version().unwrap_or(0);
+        let whole = !synced.nodes.is_sourced() || self.current.load(Ordering::Relaxed) != latest;
         let mut txn = self.store.begin_write()?;
+        // Every version but the one the state names goes (the trees' own
+        // base stays readable while they hold it): a state that cannot be
+        // written leaves one more, not one more per try.
         let old: Vec<u64> = self
             .store
             .versions()
             .iter()
             .map(|v| v.id)
-            .filter(|&v| v < named)
+            .filter(|&v| v != named)
             .collect();
         txn.let_go_of(old);
         if whole {
@@ -483,11 +501,34 @@ fn keys<K: Ord + Clone, V: Clone>(a: &Layered<K, V>, b: &Layered<K, V>) -> Vec<K
     k
 }
 
-fn delete_prefix(txn: &mut WriteTxn<'_>, prefix: &[u8]) -> StoreResult<()> {
+/// The first key past every key that starts with `prefix` (`None`: no
+/// key is, the prefix being all 0xff).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
-    end.push(0xff);
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The keys that start with `prefix`, as a range's bounds.
+fn prefix_range(prefix: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    (
+        Bound::Included(prefix.to_vec()),
+        prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded),
+    )
+}
+
+fn as_slices(r: &(Bound<Vec<u8>>, Bound<Vec<u8>>)) -> (Bound<&[u8]>, Bound<&[u8]>) {
+    (r.0.as_ref().map(|v| &v[..]), r.1.as_ref().map(|v| &v[..]))
+}
+
+fn delete_prefix(txn: &mut WriteTxn<'_>, prefix: &[u8]) -> StoreResult<()> {
     let keys: Vec<Vec<u8>> = txn
-        .range(prefix..&end[..])?
+        .range(as_slices(&prefix_range(prefix)))?
         .map(|r| r.map(|(k, _)| k.to_vec()))
         .collect::<StoreResult<_>>()?;
     for k in keys {
@@ -654,6 +695,78 @@ mod tests {
                 prop_assert!(ts.damage().is_none());
             }
         }
+    }
+
+    /// A fold whose state was never written, then a restart from the state
+    /// and the journal replayed: the trees are built on the version the
+    /// state names, the store has a newer one, and the next fold writes the
+    /// tree whole instead of its changes onto the newer version (where a
+    /// file made and deleted since would live on).
+    #[test]
+    fn a_fold_after_a_restart_from_an_older_version_writes_the_tree_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let ts = TreeStore::open(dir.path()).unwrap();
+        let (mut synced, mut local) = (Tree::default(), Tree::default());
+        synced.put_node(5, file(1, 1));
+        synced.link((1, b"kept".to_vec()), 5);
+        let v1 = ts.fold(&mut synced, &mut local, 0, "saved").unwrap();
+        ts.set_named(v1);
+        // The journal from here: a file made, folded (the state write
+        // fails), then deleted.
+        let journal = |t: &mut Tree, step: usize| match step {
+            0 => {
+                t.put_node(6, file(1, 2));
+                t.link((1, b"brief".to_vec()), 6);
+            }
+            _ => {
+                t.remove_file(6);
+            }
+        };
+        journal(&mut synced, 0);
+        ts.fold(&mut synced, &mut local, v1, "state not written")
+            .unwrap();
+        drop((synced, local));
+        drop(ts);
+        let ts = TreeStore::open(dir.path()).unwrap();
+        ts.set_named(v1);
+        let mut synced = ts.tree(v1).unwrap();
+        let mut local = synced.clone();
+        journal(&mut synced, 0);
+        journal(&mut synced, 1);
+        let v = ts.fold(&mut synced, &mut local, v1, "saved again").unwrap();
+        let t = ts.tree(v).unwrap();
+        assert_eq!(t.nodes.get(&6), None, "the deleted file lives on");
+        assert_eq!(t.entries.get(&(1, b"brief".to_vec())), None);
+        assert_eq!((t.nodes.len(), t.entries.len(), t.names.len()), (2, 1, 1));
+        assert_eq!(t.nodes.keys().collect::<Vec<_>>(), [1, 5]);
+        assert!(ts.damage().is_none());
+    }
+
+    /// A tree written whole clears what the store held, file ids whose
+    /// first byte is 0xff included.
+    #[test]
+    fn a_tree_written_whole_leaves_nothing_of_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let ts = TreeStore::open(dir.path()).unwrap();
+        let high: FileId = (0xff << 120) | 5;
+        let (mut synced, mut local) = (Tree::default(), Tree::default());
+        synced.put_node(high, file(INLINE_BLOCKS as u64 + 3, 1));
+        synced.link((1, vec![0xff, 1]), high);
+        synced.link((high >> 8 | (0xff << 120), b"x".to_vec()), high);
+        ts.fold(&mut synced, &mut local, 0, "first").unwrap();
+        let (mut fresh, mut local) = (Tree::default(), Tree::default());
+        let v = ts.fold(&mut fresh, &mut local, 0, "whole").unwrap();
+        let t = ts.tree(v).unwrap();
+        assert_eq!(t.nodes.keys().collect::<Vec<_>>(), [1]);
+        assert!(t.entries.is_empty() && t.names.is_empty());
+        let snap = ts.store.latest().unwrap();
+        let left: Vec<Vec<u8>> = snap
+            .range(&b"A"[..]..)
+            .unwrap()
+            .map(|r| r.unwrap().0.to_vec())
+            .filter(|k| k[0] != b'N' && k[0] != b'#')
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     /// A value that does not decode reads as "not there" and is kept as
