@@ -111,7 +111,8 @@ fn a_file_written_and_closed_on_one_peer_is_read_on_the_other() {
     assert_eq!(st["state"], "not mounted", "{st}");
     assert_eq!(st["sync"]["server"], server.url("v"), "{st}");
     assert!(st["sync"]["applied"].as_u64().unwrap_or(0) >= 2, "{st}");
-    // A clean unmount leaves the block index exact, and fsck checks it.
+    // A clean unmount leaves the block index exact, and fsck checks it,
+    // and the tree store.
     for s in [&a_store, &b_store] {
         let out = Command::new(bin()).arg("fsck").arg(s).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -119,6 +120,11 @@ fn a_file_written_and_closed_on_one_peer_is_read_on_the_other() {
         assert!(
             text.lines()
                 .any(|l| l.starts_with("block index: ") && l.ends_with(" 0 wrong")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("sync tree (sync.tree/): ")),
             "{text}"
         );
     }
@@ -530,6 +536,19 @@ fn a_damaged_tree_store_turns_sync_off_with_the_reason_and_loses_no_file() {
         "a push went from a tree that could not be read"
     );
     m.unmount();
+    // fsck says so too.
+    let out = Command::new(bin())
+        .arg("fsck")
+        .arg(&store)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("sync tree (sync.tree/): "), "{said}");
 }
 
 /// The way back from a damaged sync state: remove it (and the journal),

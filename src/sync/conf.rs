@@ -277,6 +277,33 @@ pub(super) fn load_peer(store: &Path, trees: Option<&TreeStore>) -> Result<Peer,
     Ok(p)
 }
 
+/// The check of a store's tree store (`sync.tree/`, see
+/// [`TreeStore::fsck`]) at the version its saved state names, if it has
+/// one; the store must not be mounted.
+pub fn fsck_tree_store(
+    store: &Path,
+) -> Result<Option<(crate::store::FsckReport, Vec<String>)>, SyncError> {
+    let file = store
+        .join(super::tree::TREE_DIR)
+        .join(crate::store::STORE_FILE);
+    if !file.exists() {
+        return Ok(None);
+    }
+    let path = store.join(STATE_FILE);
+    let version = match std::fs::read(&path) {
+        Ok(b) => match state::decode(&b)
+            .map_err(|e| SyncError::Config(format!("{}: {e}", path.display())))?
+            .synced
+        {
+            state::Synced::Stored(v) => v,
+            state::Synced::Inline(_) => 0,
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(SyncError::io(&path, e)),
+    };
+    Ok(Some(TreeStore::open(store)?.fsck(version)?))
+}
+
 /// More pushes than a peer makes between two saves of its state.
 pub(super) const COUNTER_LEAP: u64 = 1 << 20;
 

@@ -37,7 +37,9 @@ use parking_lot::Mutex;
 
 use super::layer::Source;
 use super::{FileId, Key, Layered, Names, Node, Tree};
-use crate::store::{Pinned, Retention, Snapshot, Store, StoreOptions, StoreResult, WriteTxn};
+use crate::store::{
+    FsckReport, Pinned, Retention, Snapshot, Store, StoreOptions, StoreResult, WriteTxn,
+};
 use crate::sync::SyncError;
 use crate::sync::wire::state::{put_node, take_node};
 
@@ -402,6 +404,35 @@ impl TreeStore {
             decode: decode_names,
         }));
         Ok(t)
+    }
+
+    /// Checks every page of every kept version (the store's `fsck`), and
+    /// then the tree of `version` (0: none): every value reads, its counts
+    /// are what it holds, and it is a tree (`snapshot::check`). Returns
+    /// the store's report and what is wrong with the tree.
+    pub fn fsck(&self, version: u64) -> Result<(FsckReport, Vec<String>), SyncError> {
+        let report = self.store.fsck()?;
+        let mut problems = Vec::new();
+        if !report.is_clean() || version == 0 {
+            return Ok((report, problems));
+        }
+        let t = self.tree(version)?;
+        let held = [
+            t.nodes.iter().count(),
+            t.entries.iter().count(),
+            t.names.iter().count(),
+        ];
+        let counted = [t.nodes.len(), t.entries.len(), t.names.len()];
+        if let Some(d) = self.damage() {
+            problems.push(d);
+        } else if held != counted {
+            problems.push(format!(
+                "version {version} counts {counted:?} nodes, entries and names, and holds {held:?}"
+            ));
+        } else if let Err(e) = crate::sync::snapshot::check(&t) {
+            problems.push(format!("version {version} is not a tree: {e}"));
+        }
+        Ok((report, problems))
     }
 
     /// Commits `synced` into the store and layers both trees over the
