@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -434,14 +434,9 @@ fn without_the_writeback_cache_a_cut_shows_through_a_file_held_open() {
     grow_and_cut_while_held(false);
 }
 
-/// A sync state damaged on disk (a flipped bit) is found by its hash: the
-/// mount serves its files as they are and says why sync is off, instead
-/// of syncing from a wrong idea of what the volume holds.
-#[test]
-fn a_damaged_sync_state_turns_sync_off_with_the_reason_and_loses_no_file() {
-    if !fuse_or_skip() {
-        return;
-    }
+/// A peer of a fresh server given 50 small files, unmounted once the
+/// server has them all: the working directory, the server, the store.
+fn a_store_with_50_files_pushed() -> (tempfile::TempDir, Server, PathBuf) {
     let work = tempfile::tempdir().unwrap();
     let server = Server::start();
     let a = peer(&server, "a", "v", work.path());
@@ -450,20 +445,24 @@ fn a_damaged_sync_state_turns_sync_off_with_the_reason_and_loses_no_file() {
     }
     eventually("a's files taken", Duration::from_secs(20), || {
         let s = common::daemon_json(a.path());
-        s["sync"]["pushed"].as_u64().unwrap_or(0) >= 1 && s["sync"]["in_flight"] == false
+        s["sync"]["pushed"].as_u64().unwrap_or(0) >= 1
+            && s["sync"]["in_flight"] == false
+            && s["sync"]["queued_versions"] == 0
     });
     let store = a.store.clone();
     a.unmount();
-    let state = store.join("sync.state");
-    let mut b = std::fs::read(&state).unwrap();
-    let at = b.len() / 2;
-    b[at] ^= 0x04;
-    std::fs::write(&state, &b).unwrap();
-    let m = Mounted::start_logged(&store, &[], &work.path().join("a2.log"));
+    (work, server, store)
+}
+
+/// `store` mounted again, once its daemon.json says why sync is off as
+/// `why` expects; its 50 files read as they were written, and it takes
+/// a new one.
+fn mounted_with_sync_off(store: &Path, work: &Path, why: impl Fn(&str) -> bool) -> Mounted {
+    let m = Mounted::start_logged(store, &[], &work.join("a2.log"));
     eventually("the reason in daemon.json", Duration::from_secs(20), || {
         common::daemon_json(m.path())["sync"]["why"]
             .as_str()
-            .is_some_and(|w| w.contains("damaged"))
+            .is_some_and(&why)
     });
     for i in 0..50 {
         assert_eq!(
@@ -472,6 +471,28 @@ fn a_damaged_sync_state_turns_sync_off_with_the_reason_and_loses_no_file() {
         );
     }
     std::fs::write(m.path().join("after"), b"still a filesystem").unwrap();
+    assert_eq!(
+        std::fs::read(m.path().join("after")).unwrap(),
+        b"still a filesystem"
+    );
+    m
+}
+
+/// A sync state damaged on disk (a flipped bit) is found by its hash: the
+/// mount serves its files as they are and says why sync is off, instead
+/// of syncing from a wrong idea of what the volume holds.
+#[test]
+fn a_damaged_sync_state_turns_sync_off_with_the_reason_and_loses_no_file() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let (work, _server, store) = a_store_with_50_files_pushed();
+    let state = store.join("sync.state");
+    let mut b = std::fs::read(&state).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 0x04;
+    std::fs::write(&state, &b).unwrap();
+    let m = mounted_with_sync_off(&store, work.path(), |w| w.contains("damaged"));
     assert_eq!(
         std::fs::read(&state).unwrap(),
         b,
@@ -489,20 +510,7 @@ fn a_damaged_tree_store_turns_sync_off_with_the_reason_and_loses_no_file() {
     if !fuse_or_skip() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let server = Server::start();
-    let a = peer(&server, "a", "v", work.path());
-    for i in 0..50 {
-        std::fs::write(a.path().join(format!("f{i}")), format!("file {i}")).unwrap();
-    }
-    eventually("a's files taken", Duration::from_secs(20), || {
-        let s = common::daemon_json(a.path());
-        s["sync"]["pushed"].as_u64().unwrap_or(0) >= 1
-            && s["sync"]["in_flight"] == false
-            && s["sync"]["queued_versions"] == 0
-    });
-    let store = a.store.clone();
-    a.unmount();
+    let (work, server, store) = a_store_with_50_files_pushed();
     // Every page but the two commit slots made garbage: the tree's pages,
     // and the free space's record.
     let file = store.join("sync.tree").join("zippy.store");
@@ -513,23 +521,9 @@ fn a_damaged_tree_store_turns_sync_off_with_the_reason_and_loses_no_file() {
     }
     std::fs::write(&file, &b).unwrap();
     let pushes = server.status()["pushes"].as_u64().unwrap_or(0);
-    let m = Mounted::start_logged(&store, &[], &work.path().join("a2.log"));
-    std::fs::write(m.path().join("after"), b"still a filesystem").unwrap();
-    eventually("the reason in daemon.json", Duration::from_secs(20), || {
-        common::daemon_json(m.path())["sync"]["why"]
-            .as_str()
-            .is_some_and(|w| w.starts_with("off:") && w.contains("sync.tree"))
+    let m = mounted_with_sync_off(&store, work.path(), |w| {
+        w.starts_with("off:") && w.contains("sync.tree")
     });
-    for i in 0..50 {
-        assert_eq!(
-            std::fs::read_to_string(m.path().join(format!("f{i}"))).unwrap(),
-            format!("file {i}")
-        );
-    }
-    assert_eq!(
-        std::fs::read(m.path().join("after")).unwrap(),
-        b"still a filesystem"
-    );
     assert_eq!(
         server.status()["pushes"].as_u64().unwrap_or(0),
         pushes,

@@ -8,7 +8,7 @@
 //! [`Fs::apply_remote`] answers [`Applied::Moved`] because a program
 //! changed something in between.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use super::*;
 
@@ -31,6 +31,7 @@ pub struct FileState {
 
 /// The whole of a commit by file id (files without a name, such as those
 /// unlinked while open, are not in it).
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct Committed {
     pub version: u64,
@@ -47,6 +48,13 @@ pub struct Part {
     pub files: Vec<(u64, Option<FileState>)>,
     /// (directory id, name, file id or `None`: no such entry).
     pub entries: Vec<(u128, Vec<u8>, Option<u128>)>,
+}
+
+/// The inode a key of the form `X ino ...` is about.
+fn ino_in_key(k: &[u8]) -> Option<u64> {
+    k.get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
 }
 
 /// One file's state in `snap`: its blocks, xattrs and symlink target.
@@ -155,26 +163,21 @@ pub enum Applied {
 }
 
 impl Fs {
-    /// Every file and name of the last commit, by file id.
+    /// Every file and name of the last commit, by file id, whole: read by
+    /// its own walk of the store, apart from [`Fs::each_file`] and
+    /// [`Fs::each_entry`] (what sync reads), for tests to hold them to.
+    #[cfg(test)]
     pub fn committed(&self) -> FsResult<Committed> {
-        self.committed_in(&self.snap()?)
-    }
-
-    /// Every file and name of the commit `snap` shows.
-    pub fn committed_in(&self, snap: &Snapshot<'_>) -> FsResult<Committed> {
+        let snap = self.snap()?;
         let mut out = Committed {
             version: snap.version(),
             ..Default::default()
         };
         let mut ids: HashMap<u64, u128> = HashMap::new();
-        let mut files: BTreeMap<u64, FileState> = BTreeMap::new();
+        let mut files = std::collections::BTreeMap::<u64, FileState>::new();
         for item in snap.range(&b"I"[..]..&b"J"[..])? {
             let (k, v) = item?;
-            let Some(ino) = k
-                .get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-            else {
+            let Some(ino) = ino_in_key(k) else {
                 continue;
             };
             let inode = Inode::decode(ino, v.value)?;
@@ -196,11 +199,7 @@ impl Fs {
                 },
             );
         }
-        let ino_of = |k: &[u8]| {
-            k.get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-        };
+        let ino_of = ino_in_key;
         for item in snap.range(&[DIRENT][..]..&[DIRENT + 1][..])? {
             let (k, v) = item?;
             let (Some(dir), Some(child)) = (
@@ -252,16 +251,11 @@ impl Fs {
     }
 
     /// Every file of the commit `snap` shows that has a name (and the
-    /// root), one at a time in inode order: what [`Fs::committed_in`]
-    /// lists, without holding it all.
+    /// root), one at a time in inode order, without holding them all.
     pub fn each_file(&self, snap: &Snapshot<'_>, f: &mut dyn FnMut(FileState)) -> FsResult<()> {
         for item in snap.range(&b"I"[..]..&b"J"[..])? {
             let (k, v) = item?;
-            let Some(ino) = k
-                .get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-            else {
+            let Some(ino) = ino_in_key(k) else {
                 continue;
             };
             let inode = Inode::decode(ino, v.value)?;
@@ -291,9 +285,7 @@ impl Fs {
         for item in snap.range(&[DIRENT][..]..&[DIRENT + 1][..])? {
             let (k, v) = item?;
             let (Some(d), Some(child)) = (
-                k.get(1..9)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes),
+                ino_in_key(k),
                 v.value
                     .get(..8)
                     .and_then(|b| b.try_into().ok())

@@ -158,9 +158,10 @@ fn bytes(r: &mut Reader<'_>, field: &'static str, max: usize) -> WireResult<Vec<
     Ok(r.take(n, field)?.to_vec())
 }
 
-fn node(r: &mut Reader<'_>) -> WireResult<Op> {
-    let fid = u128::from_le_bytes(r.array("fid")?);
-    let whole = flag(r, "whole")?;
+/// A file's meta: kind u8, perm u16 (its low 12 bits), uid u32, gid u32,
+/// rdev u32, size u64, mtime sec i64, nsec u32; checked against what a
+/// file can be (the sync state's nodes are read by it too).
+pub(super) fn meta(r: &mut Reader<'_>) -> WireResult<Meta> {
     let code = r.array::<1>("kind")?[0];
     let kind = Kind::from_code(code).ok_or_else(|| r.bad(format!("unknown kind {code}")))?;
     let meta = Meta {
@@ -178,6 +179,13 @@ fn node(r: &mut Reader<'_>) -> WireResult<Op> {
     if meta.mtime.nsec >= 1_000_000_000 || meta.size > crate::fs::MAX_FILE_SIZE {
         return Err(r.bad("mtime nanoseconds or size out of range"));
     }
+    Ok(meta)
+}
+
+fn node(r: &mut Reader<'_>) -> WireResult<Op> {
+    let fid = u128::from_le_bytes(r.array("fid")?);
+    let whole = flag(r, "whole")?;
+    let meta = meta(r)?;
     let has_cut = flag(r, "cut")?;
     let cut = r.u64("cut")?;
     let cut = has_cut.then_some(cut);

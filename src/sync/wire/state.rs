@@ -25,8 +25,7 @@
 //! bytes), target bytes.
 
 use super::{Reader, WireError, WireResult, Writer, count};
-use crate::fs::{Kind, Time};
-use crate::sync::tree::{Meta, Node, Stamp, Tree};
+use crate::sync::tree::{Node, Stamp, Tree};
 
 const MAGIC: &[u8; 4] = b"ZPSS";
 
@@ -106,20 +105,7 @@ pub fn take_node<'a>(b: &'a [u8], what: &'static str) -> WireResult<(Node, &'a [
 }
 
 fn read_node(r: &mut Reader<'_>) -> WireResult<Node> {
-    let code = r.array::<1>("kind")?[0];
-    let kind = Kind::from_code(code).ok_or_else(|| r.bad(format!("kind {code}")))?;
-    let meta = Meta {
-        kind,
-        perm: r.u16("perm")?,
-        uid: r.u32("uid")?,
-        gid: r.u32("gid")?,
-        rdev: r.u32("rdev")?,
-        size: r.u64("size")?,
-        mtime: Time {
-            sec: r.u64("mtime")? as i64,
-            nsec: r.u32("mtime")?,
-        },
-    };
+    let meta = super::changeset::meta(r)?;
     let mut stamp = || -> WireResult<Stamp> {
         Ok(Stamp {
             seq: r.u64("stamp")?,
@@ -238,6 +224,8 @@ fn bytes(r: &mut Reader<'_>, field: &'static str) -> WireResult<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::{Kind, Time};
+    use crate::sync::tree::Meta;
 
     fn inline(s: PeerState) -> Tree {
         match s.synced {
