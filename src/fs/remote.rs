@@ -57,6 +57,12 @@ fn ino_in_key(k: &[u8]) -> Option<u64> {
         .map(u64::from_be_bytes)
 }
 
+/// The directory and the inode a directory entry's key and value name.
+fn dirent_in(k: &[u8], v: &[u8]) -> Option<(u64, u64)> {
+    let child = v.get(..8)?.try_into().ok().map(u64::from_le_bytes)?;
+    Some((ino_in_key(k)?, child))
+}
+
 /// One file's state in `snap`: its blocks, xattrs and symlink target.
 /// With `only`, of its blocks only those (the rest are as they were).
 fn file_state(
@@ -202,13 +208,7 @@ impl Fs {
         let ino_of = ino_in_key;
         for item in snap.range(&[DIRENT][..]..&[DIRENT + 1][..])? {
             let (k, v) = item?;
-            let (Some(dir), Some(child)) = (
-                ino_of(k),
-                v.value
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_le_bytes),
-            ) else {
+            let Some((dir, child)) = dirent_in(k, v.value) else {
                 continue;
             };
             if let (Some(&d), Some(&c)) = (ids.get(&dir), ids.get(&child)) {
@@ -284,13 +284,7 @@ impl Fs {
         let mut dir: Option<(u64, Option<u128>)> = None;
         for item in snap.range(&[DIRENT][..]..&[DIRENT + 1][..])? {
             let (k, v) = item?;
-            let (Some(d), Some(child)) = (
-                ino_in_key(k),
-                v.value
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_le_bytes),
-            ) else {
+            let Some((d, child)) = dirent_in(k, v.value) else {
                 continue;
             };
             // Entries come by directory: its id is looked up once.
