@@ -178,6 +178,11 @@ struct Map<K, V> {
     prefix: u8,
     key: fn(&K) -> Vec<u8>,
     decode: Decode<K, V>,
+    /// The last value read: one asked for again (both trees read a file
+    /// in turn, an apply reads it more than once) is not decoded again,
+    /// and is the same `Arc` both times, which compares without reading.
+    /// One value: a big file's node is held while it is in use anyway.
+    last: Mutex<Option<(K, V)>>,
 }
 
 impl<K, V> Map<K, V> {
@@ -200,13 +205,21 @@ impl<K, V> Map<K, V> {
     }
 }
 
-impl<K: Send + Sync, V: Send + Sync> Source<K, V> for Map<K, V> {
+impl<K: Send + Sync + Clone + PartialEq, V: Send + Sync + Clone> Source<K, V> for Map<K, V> {
     fn get(&self, k: &K) -> Option<V> {
+        if let Some((lk, lv)) = &*self.last.lock()
+            && lk == k
+        {
+            return Some(lv.clone());
+        }
         let snap = self.pin.snapshot();
         let key = (self.key)(k);
         match snap.get(&key) {
             Ok(Some(v)) => match (self.decode)(&snap, &key[1..], v) {
-                Ok((_, v)) => Some(v),
+                Ok((_, v)) => {
+                    *self.last.lock() = Some((k.clone(), v.clone()));
+                    Some(v)
+                }
                 Err(e) => {
                     self.failed(e);
                     None
@@ -386,6 +399,7 @@ impl TreeStore {
             prefix: b'N',
             key: |f| node_key(*f),
             decode: decode_node,
+            last: Mutex::new(None),
         }));
         t.entries = Layered::over_source(Arc::new(Map {
             pin: pin.clone(),
@@ -394,6 +408,7 @@ impl TreeStore {
             prefix: b'E',
             key: entry_key,
             decode: decode_entry,
+            last: Mutex::new(None),
         }));
         t.names = Layered::over_source(Arc::new(Map {
             pin,
@@ -402,6 +417,7 @@ impl TreeStore {
             prefix: b'A',
             key: |f| names_key(*f),
             decode: decode_names,
+            last: Mutex::new(None),
         }));
         Ok(t)
     }
@@ -798,6 +814,26 @@ mod tests {
             .filter(|k| k[0] != b'N' && k[0] != b'#')
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// A file read twice from the store is decoded once: both reads hand
+    /// out the same node, so two trees over the base compare it unread.
+    #[test]
+    fn a_node_read_again_is_the_same_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let ts = TreeStore::open(dir.path()).unwrap();
+        let (mut synced, mut local) = (Tree::default(), Tree::default());
+        synced.put_node(5, file(INLINE_BLOCKS as u64 + 1, 1));
+        synced.link((1, b"f".to_vec()), 5);
+        let v = ts.fold(&mut synced, &mut local, 0, "test").unwrap();
+        let t = ts.tree(v).unwrap();
+        let (a, b) = (t.nodes.get(&5).unwrap(), t.nodes.get(&5).unwrap());
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(
+            t.nodes.get(&1).map(|n| n.meta.kind),
+            Some(crate::fs::Kind::Dir)
+        );
+        assert_eq!(*t.nodes.get(&5).unwrap(), *a, "read again after another");
     }
 
     /// A value that does not decode reads as "not there" and is kept as
