@@ -323,36 +323,28 @@ impl Fs {
         }
     }
 
-    /// Part of commit `through` (the last one, if that one is no longer
-    /// kept, or for 0): the state of `inodes` (`None`: gone or without a
-    /// record) and of the entries `(directory inode, name)`, as (directory
-    /// id, name, file id or `None`); entries of a directory that is gone
-    /// are left out. O(what is asked), not O(files).
-    ///
-    /// `blocks` says which blocks of which of `inodes` changed in the
-    /// commits up to `through` (what [`Changed::data`] said): read at
-    /// `through`, only those blocks are read of them (`FileState::only`).
-    /// Commits go on meanwhile, so the read is at `through`, not at the
-    /// last commit, whose changes the caller has not been told yet.
-    pub fn committed_part(
-        &self,
-        inodes: &[u64],
-        blocks: &HashMap<u64, BlocksChanged>,
-        through: u64,
-        entries: &[(u64, Vec<u8>)],
-    ) -> FsResult<Part> {
-        // A commit no longer kept is read at the latest (`known` below).
-        let snap = match (through != 0).then(|| self.store.snapshot(through)) {
-            Some(Ok(s)) => s,
-            Some(Err(crate::store::StoreError::NoSuchVersion(_))) | None => self.snap()?,
-            Some(Err(e)) => return Err(e.into()),
-        };
-        self.committed_part_in(&snap, inodes, blocks, through, entries)
+    /// Commit `through`, or the last one if that one is no longer kept
+    /// (or for 0): where [`Fs::committed_part`] reads.
+    pub fn commit_or_latest(&self, through: u64) -> FsResult<Snapshot<'_>> {
+        match (through != 0).then(|| self.store.snapshot(through)) {
+            Some(Ok(s)) => Ok(s),
+            Some(Err(crate::store::StoreError::NoSuchVersion(_))) | None => self.snap(),
+            Some(Err(e)) => Err(e.into()),
+        }
     }
 
-    /// [`Fs::committed_part`] in `snap`: the blocks changed are read alone
-    /// only if `snap` is commit `through`.
-    pub fn committed_part_in(
+    /// Part of the commit `snap` shows: the state of `inodes` (`None`:
+    /// gone or without a record) and of the entries `(directory inode,
+    /// name)`, as (directory id, name, file id or `None`); entries of a
+    /// directory that is gone are left out. O(what is asked), not O(files).
+    ///
+    /// `blocks` says which blocks of which of `inodes` changed in the
+    /// commits up to `through` (what [`Changed::data`] said): if `snap` is
+    /// commit `through`, only those blocks are read of them
+    /// (`FileState::only`). Commits go on meanwhile, so the read is at
+    /// `through`, not at the last commit, whose changes the caller has not
+    /// been told yet.
+    pub fn committed_part(
         &self,
         snap: &Snapshot<'_>,
         inodes: &[u64],

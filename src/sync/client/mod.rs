@@ -27,8 +27,7 @@ use super::conf::{Status, SyncConf, load_peer, save_peer};
 use super::local::{read_whole, to_remote};
 use super::peer::Peer;
 use super::stream::{Counted, Outbox, reader, send_msg};
-use super::tree::TreeStore;
-use super::tree::{ChangeSet, FileId, Hash};
+use super::tree::{ChangeSet, FileId, Hash, TreeStore};
 use super::view::{LocalView, Touched};
 use super::wire::{MAX_WANT, Msg, PROTO_MAX, PROTO_MIN};
 use super::{SyncError, tls};
@@ -212,33 +211,14 @@ async fn run(
         touched,
         ..Default::default()
     };
-    let trees = match TreeStore::open(&store) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!("sync is off: {e}");
-            status.lock().why = format!("off: {e}");
-            return;
-        }
+    let sync_off = |why: &str| {
+        tracing::error!("sync is off: {why}");
+        status.lock().why = format!("off: {why}");
     };
-    let mut peer = match load_peer(&store, Some(&trees)) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!("sync is off: {e}");
-            status.lock().why = format!("off: {e}");
-            return;
-        }
+    let (trees, mut peer, mut journal) = match start(&fs, &store) {
+        Ok(s) => s,
+        Err(e) => return sync_off(&e.to_string()),
     };
-    // What the store applied after the state was saved (killed between
-    // the two): onto the synced tree, saved, before anything else.
-    let journal = match recover(&fs, &store, &trees, &mut peer) {
-        Ok(j) => j,
-        Err(e) => {
-            tracing::error!("sync is off: {e}");
-            status.lock().why = format!("off: {e}");
-            return;
-        }
-    };
-    let mut journal = journal;
     view.saved_counter = peer.counter;
     let mut backoff = Duration::from_secs(1);
     let mut connected_at = std::time::Instant::now();
@@ -294,9 +274,7 @@ async fn run(
         // What the trees read since a read of the tree store failed may be
         // wrong: nothing more is done from them.
         if let Some(d) = trees.damage() {
-            tracing::error!("sync is off: {d}");
-            status.lock().why = format!("off: {d}");
-            return;
+            return sync_off(&d);
         }
         if let Err(e) = r {
             tracing::warn!("sync: {e}; connecting again in {backoff:?}");
@@ -324,6 +302,16 @@ pub(in crate::sync) fn replay_journal(
     journal::replay(store, peer, stored)
 }
 
+/// What the sync thread starts from: the tree store, the peer as its
+/// state left it, and the journal, replayed onto it first (what the store
+/// applied after the state was saved, when killed between the two).
+fn start(fs: &Fs, store: &Path) -> Result<(TreeStore, Peer, Journal), SyncError> {
+    let trees = TreeStore::open(store)?;
+    let mut peer = load_peer(store, Some(&trees))?;
+    let journal = recover(fs, store, &trees, &mut peer)?;
+    Ok((trees, peer, journal))
+}
+
 /// Replays the journal onto `peer` as far as the store holds it, saves
 /// the state, and returns the journal emptied.
 fn recover(
@@ -349,7 +337,7 @@ fn recover(
 struct Session<'a> {
     fs: &'a Arc<Fs>,
     store: &'a Path,
-    /// Where the synced tree is kept (`tree/stored.rs`).
+    /// Where the synced tree is kept (`tree/stored/`).
     trees: &'a TreeStore,
     peer: &'a mut Peer,
     status: &'a Arc<Mutex<Status>>,

@@ -4,7 +4,6 @@
 //! for, whole or as patches, queued while the outbox has room.
 
 use super::*;
-use crate::store::StoreError;
 
 /// The least time between two pushes. A change made after a quiet moment
 /// goes at once; under a stream of commits (an fsync loop makes thousands
@@ -89,7 +88,7 @@ impl<'a> Session<'a> {
         let entries: Vec<(u64, Vec<u8>)> = entries.into_iter().collect();
         let fs: &'a Arc<Fs> = self.fs;
         if !self.view.ready || overflow {
-            // Held as the commit this read was at (see `read_snap`).
+            // Held as the commit this read was at (`LocalView::read_pin`).
             let snap = fs.store().latest()?;
             let (local, differ) = read_whole(fs, &snap, &self.peer.synced)?;
             self.peer.local = local;
@@ -102,12 +101,8 @@ impl<'a> Session<'a> {
         let through = self.view.read_through;
         // A commit no longer kept is read at the latest (and then whole,
         // below).
-        let snap = match (through != 0).then(|| fs.store().snapshot(through)) {
-            Some(Ok(s)) => s,
-            Some(Err(StoreError::NoSuchVersion(_))) | None => fs.store().latest()?,
-            Some(Err(e)) => return Err(e.into()),
-        };
-        let part = fs.committed_part_in(&snap, &inodes, &blocks, through, &entries)?;
+        let snap = fs.commit_or_latest(through)?;
+        let part = fs.committed_part(&snap, &inodes, &blocks, through, &entries)?;
         if through != 0 && part.version != through {
             // That commit is no longer kept: what the sets hold was read
             // at a later one, whose other changes the tree would lack.
@@ -126,8 +121,7 @@ impl<'a> Session<'a> {
                 .refresh(&mut self.peer.local, part.files, part.entries, &mut was)?;
         if !complete.again.is_empty() {
             // Read in part, but new to the tree: read them whole.
-            let rest =
-                fs.committed_part_in(&snap, &complete.again, &HashMap::new(), through, &[])?;
+            let rest = fs.committed_part(&snap, &complete.again, &HashMap::new(), through, &[])?;
             let more = self
                 .view
                 .refresh(&mut self.peer.local, rest.files, Vec::new(), &mut was)?;

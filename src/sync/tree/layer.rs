@@ -7,7 +7,7 @@
 //!
 //! The base is either in memory (an `Arc`'d map: cloning a layered map
 //! copies only its changes) or a [`Source`] outside it, such as a version
-//! of the peer's tree store (`tree/stored.rs`), read as it is asked for.
+//! of the peer's tree store (`tree/stored/`), read as it is asked for.
 //! So reads hand out values, not references: a stored base has none to
 //! lend. Reads look in `over` first; iteration merges the two in key
 //! order.

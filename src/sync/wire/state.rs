@@ -1,5 +1,5 @@
 //! A peer's sync state on disk (`<store>/sync.state`): what it has applied
-//! of the log, and which version of its tree store (`tree/stored.rs`,
+//! of the log, and which version of its tree store (`tree/stored/`,
 //! `<store>/sync.tree`) holds the synced tree as of then, so that a
 //! restart asks the server only for what came after.
 //!
@@ -44,16 +44,21 @@ pub enum Synced {
     Inline(Tree),
 }
 
-/// The state of version 3.
-pub fn encode(id: u32, applied: u64, counter: u64, tree_version: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    let mut w = Writer(&mut out);
+/// A state's first bytes: magic, version, peer, applied, counter.
+fn head(out: &mut Vec<u8>, version: u8, id: u32, applied: u64, counter: u64) {
+    let mut w = Writer(out);
     w.bytes(MAGIC);
-    w.bytes(&[3]);
+    w.bytes(&[version]);
     w.u32(id);
     w.u64(applied);
     w.u64(counter);
-    w.u64(tree_version);
+}
+
+/// The state of version 3.
+pub fn encode(id: u32, applied: u64, counter: u64, tree_version: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    head(&mut out, 3, id, applied, counter);
+    Writer(&mut out).u64(tree_version);
     let hash = blake3::hash(&out);
     out.extend_from_slice(hash.as_bytes());
     out
@@ -140,13 +145,8 @@ fn read_node(r: &mut Reader<'_>) -> WireResult<Node> {
 #[cfg(test)]
 pub fn encode_v2(id: u32, applied: u64, counter: u64, synced: &Tree) -> WireResult<Vec<u8>> {
     let mut out = Vec::new();
-    let mut w = Writer(&mut out);
-    w.bytes(MAGIC);
-    w.bytes(&[2]);
-    w.u32(id);
-    w.u64(applied);
-    w.u64(counter);
-    w.u32(count(synced.nodes.len())?);
+    head(&mut out, 2, id, applied, counter);
+    Writer(&mut out).u32(count(synced.nodes.len())?);
     for (fid, n) in &synced.nodes {
         out.extend_from_slice(&fid.to_le_bytes());
         put_node(&mut out, &n, true)?;

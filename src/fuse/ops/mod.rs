@@ -10,6 +10,9 @@ use std::time::Duration;
 use super::wire::{self, Args, Full, Out, Request, Ttl, op};
 use crate::fs::{Ctx, Fs, FsError, RenameMode, SetAttr, Time};
 
+mod open;
+use open::{create, open};
+
 /// How long the kernel may trust the attributes and directory entries we
 /// return, by default (`-o ttl=SECS`). We are the only writer, so the
 /// kernel's view only goes stale through changes it made itself (which it
@@ -487,26 +490,6 @@ fn link(o: &Ops, req: &Request, out: &mut Out) -> Res {
     entry(o, out, &i)
 }
 
-/// `fuse_open_in`: flags, open_flags (u32).
-fn open(o: &Ops, req: &Request, out: &mut Out) -> Res {
-    let mut a = Args::new(req.op);
-    let (flags, open_flags) = a.u32().zip(a.u32()).ok_or(EINVAL)?;
-    let flags = flags as i32;
-    let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-    let fh = o.fs.open(req.hdr.nodeid, write)?;
-    if flags & libc::O_TRUNC != 0 && open_flags & FUSE_OPEN_KILL_SUIDGID != 0 {
-        o.kill_privs(req.hdr.nodeid)?;
-    }
-    // Generated files are read from us every time; the rest keeps the
-    // page cache across opens.
-    let open_flags = if o.fs.is_generated(req.hdr.nodeid) {
-        FOPEN_DIRECT_IO
-    } else {
-        FOPEN_KEEP_CACHE
-    };
-    Ok(out.open_out(fh, open_flags)?)
-}
-
 /// `fuse_read_in` (40 bytes): fh, offset (u64), size, read_flags (u32),
 /// lock_owner u64, flags, padding (u32).
 fn read_in(req: &Request) -> Result<(u64, u64, u32), Errno> {
@@ -677,73 +660,6 @@ fn releasedir(o: &Ops, req: &Request, _: &mut Out) -> Res {
     Ok(())
 }
 
-/// `fuse_create_in`: flags, mode, umask, open_flags (u32); payload: name.
-fn create(o: &Ops, req: &Request, out: &mut Out) -> Res {
-    let mut a = Args::new(req.op);
-    let (flags, mode, umask) = (|| Some((a.u32()?, a.u32()?, a.u32()?)))().ok_or(EINVAL)?;
-    let flags = flags as i32;
-    let (i, fh) = match o
-        .fs
-        .create(ctx_masked(req, umask), req.hdr.nodeid, name(req)?, mode)
-    {
-        Ok(made) => made,
-        // The name came after the kernel looked (a change from another
-        // peer applied meanwhile, its negative entry not yet dropped):
-        // without O_EXCL an open that may create opens what is there, as
-        // on a local filesystem.
-        Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
-            open_existing(o, req, flags)?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    entry(o, out, &i)?;
-    Ok(out.open_out(fh, FOPEN_KEEP_CACHE)?)
-}
-
-/// The open of `create` when its name is there: what the kernel would
-/// have checked for an existing file (a directory, the caller's access),
-/// then `O_TRUNC`.
-fn open_existing(o: &Ops, req: &Request, flags: i32) -> Result<(crate::fs::Inode, u64), Errno> {
-    let i = o.fs.lookup(req.hdr.nodeid, name(req)?)?;
-    let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-    let read = flags & libc::O_ACCMODE != libc::O_WRONLY;
-    let refuse = if i.kind == crate::fs::Kind::Dir {
-        Some(libc::EISDIR)
-    } else if req.hdr.uid != 0 {
-        // Owner, group, other: the first class the caller is in decides
-        // (its supplementary groups are not in the request).
-        let shift = if i.uid == req.hdr.uid {
-            6
-        } else if i.gid == req.hdr.gid {
-            3
-        } else {
-            0
-        };
-        let bits = (i.perm >> shift) & 0o7;
-        ((read && bits & 0o4 == 0) || (write && bits & 0o2 == 0)).then_some(libc::EACCES)
-    } else {
-        None
-    };
-    if let Some(e) = refuse {
-        return Err(Errno(e));
-    }
-    if flags & libc::O_TRUNC != 0 {
-        o.fs.setattr(
-            i.ino,
-            SetAttr {
-                size: Some(0),
-                ..Default::default()
-            },
-        )?;
-        if req.hdr.uid != 0 {
-            o.kill_privs(i.ino)?;
-        }
-    }
-    let i = o.fs.getattr(i.ino)?;
-    let fh = o.fs.open(i.ino, write)?;
-    Ok((i, fh))
-}
-
 /// `fuse_fallocate_in`: fh, offset, length (u64), mode, padding (u32).
 fn fallocate(o: &Ops, req: &Request, _: &mut Out) -> Res {
     let mut a = Args::new(req.op);
@@ -782,88 +698,4 @@ fn lseek(o: &Ops, req: &Request, out: &mut Out) -> Res {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A CREATE for `name` in the root from `uid`, with open `flags`.
-    fn create_req(name: &[u8], flags: i32, uid: u32) -> (wire::InHeader, Vec<u8>, Vec<u8>) {
-        let hdr = wire::InHeader {
-            len: 0,
-            opcode: op::CREATE,
-            unique: 1,
-            nodeid: 1,
-            uid,
-            gid: uid,
-            pid: 1,
-        };
-        let mut arg = Vec::new();
-        for v in [flags as u32, 0o100644, 0o022, 0] {
-            arg.extend_from_slice(&v.to_le_bytes());
-        }
-        let mut payload = name.to_vec();
-        payload.push(0);
-        (hdr, arg, payload)
-    }
-
-    /// An open that may create, for a name that came after the kernel
-    /// looked (a change from another peer): it opens the file there, as
-    /// on a local filesystem, unless O_EXCL, a directory, or the file's
-    /// mode says otherwise; O_TRUNC cuts it.
-    #[test]
-    fn an_open_that_may_create_opens_a_name_that_came_meanwhile() {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = Fs::mount(
-            dir.path(),
-            crate::fs::FsOptions {
-                io_threads: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let fs = Arc::new(fs);
-        let ops = Ops::new(fs.clone(), false, Duration::from_secs(1));
-        let mut buf = vec![0u8; 4096];
-        let mut call = |name: &[u8], flags: i32, uid: u32| {
-            let (hdr, arg, payload) = create_req(name, flags, uid);
-            create(&ops, &hdr.request(&arg, &payload), &mut Out::new(&mut buf))
-        };
-        let rw = libc::O_CREAT | libc::O_RDWR;
-        call(b"f", rw, 0).unwrap();
-        let ino = fs.lookup(1, b"f").unwrap().ino;
-        fs.write(ino, 0, b"kept").unwrap();
-        call(b"f", rw, 0).expect("opened, not EEXIST");
-        assert_eq!(fs.read(ino, 0, 10).unwrap(), b"kept");
-        assert_eq!(call(b"f", rw | libc::O_EXCL, 0), Err(Errno(libc::EEXIST)));
-        assert_eq!(
-            call(b"f", libc::O_CREAT | libc::O_RDONLY, 1000),
-            Ok(()),
-            "0644: others may read"
-        );
-        assert_eq!(call(b"f", rw, 1000), Err(Errno(libc::EACCES)));
-        call(b"f", rw | libc::O_TRUNC, 0).unwrap();
-        assert_eq!(fs.getattr(ino).unwrap().size, 0);
-        fs.mkdir(
-            Ctx {
-                uid: 0,
-                gid: 0,
-                umask: 0o022,
-            },
-            1,
-            b"d",
-            0o755,
-        )
-        .unwrap();
-        assert_eq!(call(b"d", rw, 0), Err(Errno(libc::EISDIR)));
-    }
-
-    #[test]
-    fn the_table_knows_every_opcode_we_serve_and_nothing_else() {
-        assert_eq!(handler(op::LOOKUP).map(|h| h.name), Some("lookup"));
-        assert_eq!(handler(op::WRITE).map(|h| h.arg), Some(40));
-        assert!(handler(op::FORGET).is_some_and(|h| !h.reply));
-        assert!(handler(op::POLL).is_none());
-        assert!(handler(op::INIT).is_none(), "fuser negotiates INIT");
-        assert!(handler(u32::MAX).is_none());
-        assert!(handler(TABLE_LEN as u32).is_none());
-    }
-}
+mod tests;
