@@ -242,7 +242,7 @@ async fn run(
             push_snap: None,
             base_snap: None,
             patched: HashSet::new(),
-            pushed_at: 0,
+            pushed_through: 0,
             whole_at: None,
             read_at: 0,
             inc: Incoming::new(conf.window, fs.block_size()),
@@ -359,8 +359,9 @@ struct Session<'a> {
     /// Blocks of the push in flight already offered as a patch: asked
     /// again, they go whole.
     patched: HashSet<Hash>,
-    /// The commit the in-flight push was read from.
-    pushed_at: u64,
+    /// The last commit (`Touched::through`) the last push was read with:
+    /// a commit past it keeps the gap after a push ([`Session::gap_now`]).
+    pushed_through: u64,
     /// The push in flight (its counter) holds everything this mount
     /// committed up to this version: once acknowledged, none of it is
     /// queued any more.
@@ -533,7 +534,7 @@ impl Session<'_> {
                 r = out.room(), if !self.owed.is_empty() => r?,
                 _ = wake.notify.notified() => self.push()?,
                 _ = tokio::time::sleep_until(
-                    self.last_push.map_or_else(tokio::time::Instant::now, |t| t + self.gap)
+                    self.last_push.map_or_else(tokio::time::Instant::now, |t| t + self.gap_now())
                 ), if self.push_later => {
                     self.push_later = false;
                     self.push()?;

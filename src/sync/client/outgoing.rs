@@ -140,11 +140,23 @@ impl<'a> Session<'a> {
         Ok(part.version)
     }
 
+    /// The gap to wait after the last push: the one its size set while
+    /// commits keep coming, the least once none came since it (a quiet
+    /// mount has no writes to leave the machine to, and a backlog goes
+    /// as fast as the server takes it).
+    pub(super) fn gap_now(&self) -> Duration {
+        if self.view.touched.lock().through > self.pushed_through {
+            self.gap
+        } else {
+            PUSH_GAP
+        }
+    }
+
     pub(super) fn push(&mut self) -> Result<(), SyncError> {
         if self.peer.in_flight() || !self.inc.is_empty() || self.peer.applied < self.welcome_head {
             return Ok(());
         }
-        if self.last_push.is_some_and(|t| t.elapsed() < self.gap) {
+        if self.last_push.is_some_and(|t| t.elapsed() < self.gap_now()) {
             self.push_later = true;
             return Ok(());
         }
@@ -169,7 +181,7 @@ impl<'a> Session<'a> {
         }
         if let Some(cs) = push {
             self.whole_at = whole.then_some((cs.counter, version));
-            self.pushed_at = version;
+            self.pushed_through = self.view.read_through;
             self.push_snap = Some(snap);
             self.push_places.clear();
             self.patched.clear();
