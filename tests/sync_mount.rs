@@ -288,6 +288,133 @@ fn concurrent_edits_offline_keep_both_and_every_peer_converges() {
     b.unmount();
 }
 
+/// A peer that holds little of its backlog in memory (`-o sync_spill=8`:
+/// its changes not yet pushed go into its tree store past 8) makes
+/// hundreds of files, renames, deletes and links offline, is mounted
+/// again offline (the spilled changes of the mount before are scratch),
+/// and catches up: every change arrives, a concurrent edit keeps both,
+/// and its stores check clean.
+#[test]
+fn a_backlog_spilled_out_of_memory_arrives_whole() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let mut server = Server::start();
+    let spill = ["-o", "sync_spill=8"];
+    let a = common::sync::peer_with(&server, &server.url("v"), "a", "v", work.path(), &spill);
+    let b = peer(&server, "b", "v", work.path());
+    for i in 0..20 {
+        std::fs::write(a.path().join(format!("old{i}")), format!("old {i}")).unwrap();
+    }
+    eventually("the first files on b", Duration::from_secs(20), || {
+        tree(a.path()) == tree(b.path())
+    });
+    server.kill();
+    for d in 0..3 {
+        let dir = a.path().join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for i in 0..100 {
+            std::fs::write(dir.join(format!("f{i}")), format!("{d}/{i}")).unwrap();
+        }
+    }
+    std::fs::rename(a.path().join("d2"), a.path().join("d0/moved")).unwrap();
+    for i in 0..10 {
+        std::fs::remove_file(a.path().join(format!("old{i}"))).unwrap();
+        std::fs::rename(
+            a.path().join(format!("old{}", i + 10)),
+            a.path().join(format!("d1/renamed{i}")),
+        )
+        .unwrap();
+    }
+    std::fs::hard_link(a.path().join("d1/f0"), a.path().join("linked")).unwrap();
+    std::os::unix::fs::symlink("d1/f1", a.path().join("pointer")).unwrap();
+    std::fs::write(a.path().join("d1/renamed0"), b"edit from a").unwrap();
+    std::fs::write(b.path().join("old10"), b"edit from b").unwrap();
+    common::fsync_root(a.path());
+    common::fsync_root(b.path());
+    let a_store = a.store.clone();
+    a.unmount();
+    let a = Mounted::start_logged(&a_store, &spill, &work.path().join("a2.log"));
+    std::fs::write(a.path().join("d1/f99"), b"after the remount").unwrap();
+    common::fsync_root(a.path());
+    server.restart();
+    let took = eventually("the same tree on both", Duration::from_secs(60), || {
+        let (ta, tb) = (tree(a.path()), tree(b.path()));
+        ta == tb && ta.keys().any(|k| k.contains(".conflict-"))
+    });
+    eprintln!("converged {took:?} after the server came back");
+    let st = common::daemon_json(a.path());
+    assert!(
+        st["sync"]["spills"].as_u64().unwrap_or(0) >= 2,
+        "the backlog was not spilled: {st}"
+    );
+    let t = tree(b.path());
+    for d in 0..2 {
+        for i in 0..100 {
+            let want = if (d, i) == (1, 99) {
+                b"after the remount".to_vec()
+            } else {
+                format!("{d}/{i}").into_bytes()
+            };
+            assert_eq!(t.get(&format!("d{d}/f{i}")), Some(&want), "d{d}/f{i}");
+        }
+    }
+    for i in 0..100 {
+        assert_eq!(
+            t.get(&format!("d0/moved/f{i}")),
+            Some(&format!("2/{i}").into_bytes()),
+            "d0/moved/f{i}"
+        );
+    }
+    assert!(!t.contains_key("d2"));
+    for i in 0..10 {
+        assert!(!t.contains_key(&format!("old{i}")), "old{i} deleted");
+        assert!(
+            !t.contains_key(&format!("old{}", i + 10)) || i == 0,
+            "old{} renamed",
+            i + 10
+        );
+    }
+    for i in 1..10 {
+        assert_eq!(
+            t.get(&format!("d1/renamed{i}")),
+            Some(&format!("old {}", i + 10).into_bytes())
+        );
+    }
+    // Renamed and edited on a, edited on b: both edits are kept.
+    let mut both: Vec<Vec<u8>> = t
+        .iter()
+        .filter(|(k, _)| k.contains("renamed0") || k.starts_with("old10"))
+        .map(|(_, v)| v.clone())
+        .collect();
+    both.sort();
+    assert_eq!(
+        both,
+        [b"edit from a".to_vec(), b"edit from b".to_vec()],
+        "{:?}",
+        t.keys()
+    );
+    assert_eq!(t.get("linked"), Some(&b"1/0".to_vec()));
+    let ino =
+        |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    assert_eq!(
+        ino(&b.path().join("linked")),
+        ino(&b.path().join("d1/f0")),
+        "a hard link"
+    );
+    assert_eq!(
+        std::fs::read_link(b.path().join("pointer")).unwrap(),
+        std::path::Path::new("d1/f1")
+    );
+    let b_store = b.store.clone();
+    drop(server);
+    a.unmount();
+    b.unmount();
+    common::fsck_clean(&a_store);
+    common::fsck_clean(&b_store);
+}
+
 #[test]
 fn a_push_whose_version_retention_lets_go_still_sends_its_blocks() {
     if !fuse_or_skip() {

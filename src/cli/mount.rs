@@ -50,7 +50,9 @@ pub struct MountArgs {
     /// writeback_cache=on|off (the kernel's writeback cache; on),
     /// sync_window=SIZE (a syncing mount's blocks held or asked for ahead
     /// of applying them; 128M), sync_nice=N (the nice value, 0 to 19, of
-    /// its sync threads; 10),
+    /// its sync threads; 10), sync_spill=N (changed files, names and
+    /// entries not yet pushed it holds in memory before it moves them into
+    /// its tree store; 16384),
     /// history_name=NAME (the directory of old versions, .zippy by default); others go to
     /// the kernel mount (ro, noatime, allow_other, ...).
     #[arg(short = 'o', value_name = "OPTION,...", value_delimiter = ',')]
@@ -72,6 +74,8 @@ pub struct Plan {
     sync_window: u64,
     /// `-o sync_nice`: the sync threads' nice value.
     sync_nice: i32,
+    /// `-o sync_spill`: changes not yet pushed held in memory.
+    sync_spill: usize,
 }
 
 /// The checks before anything else, and the options sorted out.
@@ -107,6 +111,7 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
     };
     let mut sync_window = zippyfs::sync::conf::DEFAULT_WINDOW;
     let mut sync_nice = zippyfs::sync::conf::DEFAULT_NICE;
+    let mut sync_spill = zippyfs::sync::conf::DEFAULT_SPILL_AT;
     for o in args
         .options
         .iter()
@@ -124,6 +129,11 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
                 .ok()
                 .filter(|n| (0..=19).contains(n))
                 .with_context(|| format!("-o sync_nice={v}: a number from 0 to 19 is needed"))?;
+        } else if let Some(v) = o.strip_prefix("sync_spill=") {
+            sync_spill =
+                v.parse().ok().filter(|&n| n >= 1).with_context(|| {
+                    format!("-o sync_spill={v}: a number of 1 or more is needed")
+                })?;
         } else if !fs_option(o, &mut fs)? && !mount_option(o, &mut mount)? {
             mount.options.push(o.to_string());
         }
@@ -135,6 +145,7 @@ fn plan(args: MountArgs) -> anyhow::Result<Plan> {
         mount,
         sync_window,
         sync_nice,
+        sync_spill,
     })
 }
 
@@ -309,6 +320,7 @@ pub fn serve(plan: &Plan, live: &mut dyn FnMut()) -> anyhow::Result<()> {
             tracing::info!(server = %conf.url(), "syncing");
             conf.window = plan.sync_window;
             conf.nice = plan.sync_nice;
+            conf.spill_at = plan.sync_spill;
             Some(zippyfs::sync::client::Client::start(
                 Arc::clone(&fs),
                 plan.store.clone(),

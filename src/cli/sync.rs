@@ -107,6 +107,7 @@ pub fn join(args: JoinArgs) -> anyhow::Result<ExitCode> {
         credential,
         window: zippyfs::sync::conf::DEFAULT_WINDOW,
         nice: zippyfs::sync::conf::DEFAULT_NICE,
+        spill_at: zippyfs::sync::conf::DEFAULT_SPILL_AT,
     }
     .save(&args.store)?;
     println!(

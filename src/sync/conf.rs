@@ -26,6 +26,11 @@ use super::{SyncError, write_private};
 /// (`tuning.md` has the measured effect).
 pub const DEFAULT_NICE: i32 = 10;
 
+/// The most files, names and entries of changes not yet pushed a mount
+/// holds in memory before it spills them into the tree store, unless
+/// `-o sync_spill` says otherwise: about 8 MiB of small files' changes.
+pub const DEFAULT_SPILL_AT: usize = 16_384;
+
 pub const CONF_FILE: &str = "sync.conf";
 pub const STATE_FILE: &str = "sync.state";
 
@@ -42,6 +47,9 @@ pub struct SyncConf {
     pub window: u64,
     /// The nice value of the sync threads (`-o sync_nice`; [`DEFAULT_NICE`]).
     pub nice: i32,
+    /// Changes not yet pushed held in memory before a spill (`-o
+    /// sync_spill`; [`DEFAULT_SPILL_AT`]).
+    pub spill_at: usize,
 }
 
 impl SyncConf {
@@ -94,6 +102,7 @@ impl SyncConf {
             credential: get("credential")?,
             window: DEFAULT_WINDOW,
             nice: DEFAULT_NICE,
+            spill_at: DEFAULT_SPILL_AT,
         }))
     }
 
@@ -175,6 +184,9 @@ pub struct Status {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub queued: Queued,
+    /// How often this mount moved changes not yet pushed out of memory
+    /// into its tree store (`-o sync_spill`).
+    pub spills: u64,
 }
 
 impl Status {
@@ -195,6 +207,7 @@ impl Status {
             "queued_versions": queued_versions,
             "queued_bytes": queued_bytes,
             "queued_unchecked": self.queued.unchecked,
+            "spills": self.spills,
         })
     }
 }
@@ -260,7 +273,7 @@ pub(super) fn load_peer(store: &Path, trees: Option<&TreeStore>) -> Result<Peer,
                     }
                     None => Tree::default(),
                 },
-                state::Synced::Inline(t) => t,
+                state::Synced::Inline(t) => *t,
             };
             let mut p = Peer::new(s.id, "", tree);
             p.applied = s.applied;

@@ -58,40 +58,70 @@ pub fn tree_of(c: &Committed) -> Tree {
     t
 }
 
+/// Moves a tree's changes out of memory (`TreeStore::spill`) and
+/// returns the files whose changes went.
+pub type Spill<'a> = dyn FnMut(&mut Tree) -> Result<Vec<FileId>, SyncError> + 'a;
+
 /// The commit `snap` shows as a tree, read a file and an entry at a time
 /// and layered over `synced` (a peer's local tree read whole): it holds
 /// of its own only what differs from `synced`, and nothing of the volume
-/// is held whole while it is read. Returns it and the files that differ.
+/// is held whole while it is read. Whenever it holds `spill_at` changes,
+/// `spill` moves them out of memory. Returns it and the files that
+/// differ, but for those spilled (the tree names them).
 pub fn read_whole(
     fs: &Fs,
     snap: &Snapshot<'_>,
     synced: &Tree,
+    spill_at: usize,
+    spill: &mut Spill<'_>,
 ) -> Result<(Tree, BTreeSet<FileId>), SyncError> {
     let mut t = synced.clone();
     t.journal = Default::default();
     let mut differ = BTreeSet::new();
+    let mut due = |t: &mut Tree, differ: &mut BTreeSet<FileId>| -> Result<(), SyncError> {
+        if t.changes() >= spill_at {
+            for f in spill(t)? {
+                differ.remove(&f);
+            }
+        }
+        Ok(())
+    };
+    let mut failed = None;
     fs.each_file(snap, &mut |f| {
         let n = node_of(&f);
-        if !synced.nodes.get(&f.id).is_some_and(|s| s.same_content(&n)) {
+        if failed.is_none() && !synced.nodes.get(&f.id).is_some_and(|s| s.same_content(&n)) {
             t.nodes.insert(f.id, n.into());
             differ.insert(f.id);
+            if let Err(e) = due(&mut t, &mut differ) {
+                failed = Some(e);
+            }
         }
     })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     // Files the commit does not have (every file but the root has names).
     for (fid, _) in &synced.names {
         if !fs.has_file_in(snap, fid)? {
             t.remove_file(fid);
             differ.insert(fid);
+            due(&mut t, &mut differ)?;
         }
     }
     fs.each_entry(snap, &mut |dir, name, fid| {
         let key = (dir, name.to_vec());
-        if t.entries.get(&key) != Some(fid) {
+        if failed.is_none() && t.entries.get(&key) != Some(fid) {
             differ.extend(t.unlink(&key));
             t.link(key, fid);
             differ.insert(fid);
+            if let Err(e) = due(&mut t, &mut differ) {
+                failed = Some(e);
+            }
         }
     })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     // Entries the commit does not have.
     for ((dir, name), fid) in &synced.entries {
         if t.entries.get(&(dir, name.clone())) == Some(fid)
@@ -99,6 +129,7 @@ pub fn read_whole(
         {
             t.unlink(&(dir, name));
             differ.insert(fid);
+            due(&mut t, &mut differ)?;
         }
     }
     Ok((t, differ))
@@ -288,7 +319,10 @@ mod tests {
 
             let now = tree_of(&a.committed().unwrap());
             let snap = a.store().latest().unwrap();
-            let (local, differ) = read_whole(&a, &snap, &synced).unwrap();
+            let (local, differ) = read_whole(&a, &snap, &synced, usize::MAX, &mut |_| {
+                unreachable!("nothing spills")
+            })
+            .unwrap();
             assert!(local.same_as(&now), "stored {stored}");
             assert_eq!(local.names, now.names, "stored {stored}");
             let want: BTreeSet<FileId> = diff(&synced, &now, None).iter().map(Op::fid).collect();

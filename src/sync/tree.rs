@@ -289,6 +289,28 @@ impl Tree {
         }
     }
 
+    /// Whether some of this tree's changes are out of memory
+    /// ([`TreeStore::spill`]).
+    pub fn is_spilled(&self) -> bool {
+        self.nodes.is_spilled() || self.entries.is_spilled() || self.names.is_spilled()
+    }
+
+    /// The files whose node or names changed in a spill, in order, once
+    /// (a changed entry changed the names of the files it names).
+    pub fn spilled_files(&self) -> impl Iterator<Item = FileId> + '_ {
+        union(self.nodes.spilled_keys(), self.names.spilled_keys())
+    }
+
+    /// Whether a spill holds a change of `fid`'s node or names.
+    pub fn is_spilled_file(&self, fid: FileId) -> bool {
+        self.nodes.mid_has(&fid) || self.names.mid_has(&fid)
+    }
+
+    /// Whether changes are being recorded ([`Tree::record`]).
+    pub fn is_recording(&self) -> bool {
+        self.journal.0.is_some()
+    }
+
     /// How many files, names and entries this tree changed since its
     /// last fold.
     pub fn changes(&self) -> usize {
@@ -376,6 +398,23 @@ impl Tree {
                 .iter()
                 .all(|(fid, n)| other.nodes.get(&fid).is_some_and(|o| n.same_content(&o)))
     }
+}
+
+/// Two ascending sequences as one, each item once.
+pub fn union<T: Ord>(
+    a: impl Iterator<Item = T>,
+    b: impl Iterator<Item = T>,
+) -> impl Iterator<Item = T> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if x == y => {
+            b.next();
+            a.next()
+        }
+        (Some(x), Some(y)) if x < y => a.next(),
+        (Some(_), None) => a.next(),
+        _ => b.next(),
+    })
 }
 
 /// One change in a change-set.

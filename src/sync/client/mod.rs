@@ -246,6 +246,7 @@ async fn run(
             whole_at: None,
             read_at: 0,
             inc: Incoming::new(conf.window, fs.block_size()),
+            spill_at: conf.spill_at,
             snapshot: Default::default(),
             acked: false,
             last_push: None,
@@ -393,6 +394,9 @@ struct Session<'a> {
     welcome_head: u64,
     /// The least time from the last push to the next ([`push_gap`]).
     gap: Duration,
+    /// The most changes the local tree holds in memory before they are
+    /// spilled into the tree store (`-o sync_spill`).
+    spill_at: usize,
 }
 
 impl Session<'_> {

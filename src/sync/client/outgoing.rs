@@ -90,7 +90,26 @@ impl<'a> Session<'a> {
         if !self.view.ready || overflow {
             // Held as the commit this read was at (`LocalView::read_pin`).
             let snap = fs.store().latest()?;
-            let (local, differ) = read_whole(fs, &snap, &self.peer.synced)?;
+            let trees = self.trees;
+            let mut full = false;
+            let mut spills = 0;
+            let mut spill = |t: &mut crate::sync::tree::Tree| {
+                if full {
+                    return Ok(Vec::new());
+                }
+                spills += 1;
+                match trees.spill(t) {
+                    Err(e) if e.is_no_space() => {
+                        tracing::warn!("sync: the changes not yet pushed stay in memory: {e}");
+                        full = true;
+                        Ok(Vec::new())
+                    }
+                    r => r,
+                }
+            };
+            let spill_at = self.spill_at;
+            let (local, differ) = read_whole(fs, &snap, &self.peer.synced, spill_at, &mut spill)?;
+            self.status.lock().spills += spills;
             self.peer.local = local;
             self.peer.mark_read(differ);
             self.view.ready = true;
@@ -132,6 +151,7 @@ impl<'a> Session<'a> {
         self.view.read_pin = Some(fs.shared_store().pin_snapshot(snap)?);
         self.peer.share(complete.changed.iter().copied());
         self.peer.mark(complete.changed.iter().copied());
+        self.spill_if_due()?;
         if !complete.whole {
             // An entry names a file this tree does not have: read it whole.
             self.view.ready = false;
@@ -149,6 +169,28 @@ impl<'a> Session<'a> {
             self.gap
         } else {
             PUSH_GAP
+        }
+    }
+
+    /// Moves the local tree's changes out of memory once it holds
+    /// `spill_at` of them (`-o sync_spill`): a backlog of changes not yet pushed is kept
+    /// in the tree store. Without room for it there, the backlog stays in
+    /// memory until there is.
+    pub(super) fn spill_if_due(&mut self) -> Result<(), SyncError> {
+        if self.peer.local.changes() < self.spill_at || self.peer.local.is_recording() {
+            return Ok(());
+        }
+        match self.trees.spill(&mut self.peer.local) {
+            Ok(went) => {
+                self.peer.spilled(&went);
+                self.status.lock().spills += 1;
+                Ok(())
+            }
+            Err(e) if e.is_no_space() => {
+                tracing::warn!("sync: the changes not yet pushed stay in memory: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 

@@ -101,6 +101,10 @@ pub struct Peer {
     /// The trees' base is a tree store, which the owner folds into
     /// (`TreeStore::fold`): never folded in memory here.
     in_store: bool,
+    /// The last walk for a push found nothing to push in the local
+    /// tree's spilled changes (`Tree::spilled_files`), nor anything else:
+    /// nothing waits there until something is spilled or marked again.
+    spill_idle: bool,
 }
 
 impl Peer {
@@ -120,6 +124,7 @@ impl Peer {
             candidates: None,
             marked: None,
             in_store: false,
+            spill_idle: false,
         }
     }
 
@@ -224,6 +229,7 @@ impl Peer {
     /// apart from the synced tree: the next push compares them (and
     /// whatever was marked before), not every file.
     pub fn mark_read(&mut self, differ: std::collections::BTreeSet<FileId>) {
+        self.spill_idle = false;
         match &mut self.candidates {
             Some(c) => c.extend(differ),
             None => self.candidates = Some(differ),
@@ -266,6 +272,19 @@ impl Peer {
     /// a push yet (all of them before the first read).
     pub fn has_waiting(&self) -> bool {
         self.candidates.as_ref().is_none_or(|c| !c.is_empty())
+            || (self.local.is_spilled() && !self.spill_idle)
+    }
+
+    /// The local tree's changes of these files went out of memory
+    /// (`TreeStore::spill`): a push's walk finds them there
+    /// (`Tree::spilled_files`), so they need not be held as candidates.
+    pub fn spilled(&mut self, went: &[FileId]) {
+        if let Some(c) = &mut self.candidates {
+            for f in went {
+                c.remove(f);
+            }
+        }
+        self.spill_idle = false;
     }
 
     /// The push in flight.

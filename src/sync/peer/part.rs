@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::Peer;
-use crate::sync::tree::{ChangeSet, FileId, Op, diff_one};
+use crate::sync::tree::{ChangeSet, FileId, Op, diff_one, union};
 
 impl Peer {
     /// [`Peer::push`] with these limits. A change bigger than them goes in
@@ -28,6 +28,8 @@ impl Peer {
         }
         self.candidates = Some(candidates);
         if ops.is_empty() {
+            // The walk went through every candidate and spilled change.
+            self.spill_idle = true;
             return None;
         }
         self.counter += 1;
@@ -77,7 +79,11 @@ impl Peer {
         };
         let mut part = BTreeSet::new();
         let (mut n, mut b) = (0, 0);
-        for &fid in candidates {
+        // The files whose changes were spilled are candidates too.
+        let spilled = self.local.is_spilled();
+        let is_candidate =
+            |f: FileId| candidates.contains(&f) || (spilled && self.local.is_spilled_file(f));
+        for fid in union(candidates.iter().copied(), self.local.spilled_files()) {
             if part.contains(&fid) {
                 continue;
             }
@@ -85,7 +91,7 @@ impl Peer {
             let (mut dn, mut db) = (0, 0);
             let mut todo = vec![fid];
             while let Some(f) = todo.pop() {
-                if part.contains(&f) || with.contains(&f) || !candidates.contains(&f) {
+                if part.contains(&f) || with.contains(&f) || !is_candidate(f) {
                     continue;
                 }
                 let Some((fn_, fb)) = changed(f) else {
@@ -132,9 +138,73 @@ impl Peer {
 mod tests {
     use super::super::tests::file;
     use crate::fs::Kind;
-    use crate::sync::tree::{Op, ROOT_ID, Tree, diff};
+    use crate::sync::tree::{Op, ROOT_ID, Tree, TreeStore, diff};
 
     use super::*;
+
+    /// A backlog whose changes were spilled into the tree store (and
+    /// more made since, in memory) goes in parts that make the whole
+    /// change, and leaves the store as folds find the synced tree caught
+    /// up: nothing is pushed twice, nothing waits at the end.
+    #[test]
+    fn a_spilled_backlog_goes_in_parts_and_leaves_the_tree_store_once_pushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let trees = TreeStore::open(dir.path()).unwrap();
+        let mut p = Peer::new(2, "p2", Tree::default());
+        p.folds_in_store();
+        let v = trees.fold(&mut p.synced, &mut p.local, 0, "saved").unwrap();
+        trees.set_named(v);
+        let empty = p.synced.clone();
+        p.mark_read(BTreeSet::new());
+        let mut d = file(&[]);
+        d.meta.kind = Kind::Dir;
+        p.local.put_node(9000, d);
+        p.local.link((ROOT_ID, b"d".to_vec()), 9000);
+        for f in 10..210u128 {
+            p.local.put_node(f, file(&[(0, f as u8)]));
+            p.local.link((9000, f.to_string().into_bytes()), f);
+        }
+        let went = trees.spill(&mut p.local).unwrap();
+        p.spilled(&went);
+        assert_eq!(p.local.changes(), 0, "all of it spilled");
+        assert!(p.local.is_spilled() && p.has_waiting());
+        // More since, in memory, and a spilled file changed again.
+        for f in 500..520u128 {
+            p.local.put_node(f, file(&[(0, 1)]));
+            p.local.link((ROOT_ID, f.to_string().into_bytes()), f);
+            p.mark([f]);
+        }
+        p.local.put_node(10, file(&[(0, 99)]));
+        p.mark([10]);
+        let whole = diff(&empty, &p.local, None).len();
+        let (mut pushes, mut carried) = (0, 0);
+        while let Some(cs) = p.push_at_most(40, 64) {
+            pushes += 1;
+            assert!(pushes < 1000, "the backlog does not shrink");
+            carried += cs.ops.len();
+            p.on_ack(p.applied + 1, cs.counter, 0).unwrap();
+            if pushes % 3 == 0 {
+                let v = trees
+                    .fold(&mut p.synced, &mut p.local, trees.named(), "t")
+                    .unwrap();
+                trees.set_named(v);
+            }
+        }
+        assert_eq!(carried, whole, "every op once");
+        assert!(p.synced.same_as(&p.local), "the parts make the whole");
+        assert!(!p.has_waiting(), "something waits");
+        let v = trees
+            .fold(&mut p.synced, &mut p.local, trees.named(), "t")
+            .unwrap();
+        trees.set_named(v);
+        assert!(
+            !p.local.is_spilled(),
+            "spilled changes left: {:?}",
+            p.local.spilled_files().collect::<Vec<_>>()
+        );
+        assert!(p.synced.same_as(&p.local));
+        assert!(trees.damage().is_none());
+    }
 
     #[test]
     fn a_backlog_of_changes_goes_in_parts_that_together_are_the_whole_change() {

@@ -29,6 +29,9 @@ pub trait Source<K, V>: Send + Sync {
     fn range(&self, lo: Bound<&K>, hi: Bound<&K>) -> Box<dyn Iterator<Item = (K, V)> + '_>;
 }
 
+/// Spilled changes: a key's value, or `None` for a key removed.
+pub type Mid<K, V> = Arc<dyn Source<K, Option<V>>>;
+
 enum Base<K, V> {
     Mem(Arc<BTreeMap<K, V>>),
     Source(Arc<dyn Source<K, V>>),
@@ -100,6 +103,9 @@ impl<K: Ord + Clone, V: Clone> Base<K, V> {
 
 pub struct Layered<K, V> {
     base: Base<K, V>,
+    /// Changes of this map moved out of memory ([`Layered::spill`]),
+    /// between `base` and `over`: a value, or `None` for a key removed.
+    mid: Option<Mid<K, V>>,
     over: BTreeMap<K, Option<V>>,
     /// Keys in the merged map.
     len: usize,
@@ -109,6 +115,7 @@ impl<K, V> Default for Layered<K, V> {
     fn default() -> Self {
         Layered {
             base: Base::Mem(Arc::default()),
+            mid: None,
             over: BTreeMap::new(),
             len: 0,
         }
@@ -119,6 +126,7 @@ impl<K: Clone, V: Clone> Clone for Layered<K, V> {
     fn clone(&self) -> Self {
         Layered {
             base: self.base.clone(),
+            mid: self.mid.clone(),
             over: self.over.clone(),
             len: self.len,
         }
@@ -131,6 +139,7 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
         Layered {
             len: source.len(),
             base: Base::Source(source),
+            mid: None,
             over: BTreeMap::new(),
         }
     }
@@ -146,15 +155,35 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
     pub fn get(&self, k: &K) -> Option<V> {
         match self.over.get(k) {
             Some(v) => v.clone(),
-            None => self.base.get(k),
+            None => self.below(k),
         }
     }
 
     pub fn contains_key(&self, k: &K) -> bool {
         match self.over.get(k) {
             Some(v) => v.is_some(),
+            None => self.below_contains(k),
+        }
+    }
+
+    /// The value of `k` under `over`: spilled, or the base's.
+    fn below(&self, k: &K) -> Option<V> {
+        match self.mid.as_ref().and_then(|m| m.get(k)) {
+            Some(v) => v,
+            None => self.base.get(k),
+        }
+    }
+
+    fn below_contains(&self, k: &K) -> bool {
+        match self.mid.as_ref().and_then(|m| m.get(k)) {
+            Some(v) => v.is_some(),
             None => self.base.contains_key(k),
         }
+    }
+
+    /// Whether a spilled change holds `k`.
+    pub fn mid_has(&self, k: &K) -> bool {
+        self.mid.as_ref().is_some_and(|m| m.contains(k))
     }
 
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
@@ -170,7 +199,7 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
         let old = self.take_value(k);
         if old.is_some() {
             self.len -= 1;
-            if self.base.contains_key(k) {
+            if self.below_contains(k) {
                 self.over.insert(k.clone(), None);
             } else {
                 self.over.remove(k);
@@ -184,7 +213,7 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
     fn take_value(&mut self, k: &K) -> Option<V> {
         match self.over.get_mut(k) {
             Some(v) => v.take(),
-            None => self.base.get(k),
+            None => self.below(k),
         }
     }
 
@@ -192,7 +221,7 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
     /// is the base's.
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
         if !self.over.contains_key(k) {
-            let v = self.base.get(k)?;
+            let v = self.below(k)?;
             self.over.insert(k.clone(), Some(v));
         }
         self.over.get_mut(k)?.as_mut()
@@ -226,12 +255,20 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
 
     pub fn range<R: RangeBounds<K>>(&self, r: R) -> Merge<'_, K, V> {
         let (lo, hi) = (r.start_bound(), r.end_bound());
+        let base = match &self.mid {
+            None => self.base.range(lo, hi),
+            Some(mid) => Box::new(Merge {
+                base: self.base.range(lo, hi).peekable(),
+                over: mid.range(lo, hi).peekable(),
+            }),
+        };
         Merge {
-            base: self.base.range(lo, hi).peekable(),
-            over: self
-                .over
-                .range::<K, _>((lo, hi))
-                .map(clone_change as fn(_) -> _)
+            base: base.peekable(),
+            over: (Box::new(
+                self.over
+                    .range::<K, _>((lo, hi))
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            ) as Box<dyn Iterator<Item = _>>)
                 .peekable(),
         }
     }
@@ -256,13 +293,62 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
     /// Whether the two maps have the same value of `k` without reading it:
     /// over one base, with neither changing `k` (`false` says nothing).
     pub fn same_at(&self, other: &Self, k: &K) -> bool {
-        self.same_base(other) && !self.over.contains_key(k) && !other.over.contains_key(k)
+        self.shares_base(other)
+            && !self.over.contains_key(k)
+            && !other.over.contains_key(k)
+            && !self.mid_has(k)
+            && !other.mid_has(k)
     }
 
-    /// Whether the two maps are layered over the same base, so that they
-    /// can differ only in their changed keys.
+    /// Whether the two maps are layered over the same base and the same
+    /// spilled changes, so that they differ only in their changed keys.
     pub fn same_base(&self, other: &Self) -> bool {
+        self.shares_base(other)
+            && match (&self.mid, &other.mid) {
+                (None, None) => true,
+                (Some(a), Some(b)) => std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)),
+                _ => false,
+            }
+    }
+
+    /// Whether the two maps are layered over the same base (their spilled
+    /// changes aside).
+    pub fn shares_base(&self, other: &Self) -> bool {
         self.base.ptr_eq(&other.base)
+    }
+
+    /// Whether some of this map's changes are spilled.
+    pub fn is_spilled(&self) -> bool {
+        self.mid.is_some()
+    }
+
+    /// What [`Layered::spill`] is to move out of memory: each change, and
+    /// whether it is the base's value again (then a spilled change of it
+    /// is dropped, not kept).
+    pub fn to_spill(&self) -> impl Iterator<Item = (&K, Option<&V>, bool)>
+    where
+        V: PartialEq,
+    {
+        self.over
+            .iter()
+            .map(|(k, v)| (k, v.as_ref(), self.base.get(k).as_ref() == v.as_ref()))
+    }
+
+    /// Moves this map's changes out of memory: `mid` holds the spilled
+    /// changes as they were with these ([`Layered::to_spill`]) over them
+    /// (`None`: there are none, every one went back to the base's value).
+    /// What the map holds is the same.
+    pub fn spill(&mut self, mid: Option<Mid<K, V>>) {
+        self.mid = mid;
+        self.over.clear();
+    }
+
+    /// The keys of the spilled changes, in order.
+    pub fn spilled_keys(&self) -> Box<dyn Iterator<Item = K> + '_> {
+        match &self.mid {
+            Some(m) => Box::new(m.range(Bound::Unbounded, Bound::Unbounded).map(|(k, _)| k)),
+            None => Box::new(std::iter::empty()),
+        }
     }
 
     /// Whether the base is kept outside memory.
@@ -274,9 +360,14 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
     /// own change where `other` has none over the same base, so that the
     /// two hold it once.
     pub fn take_from(&mut self, other: &Self, k: &K) {
-        if self.same_base(other) && !other.over.contains_key(k) {
+        if self.shares_base(other) && !other.over.contains_key(k) && !other.mid_has(k) {
             let was = self.contains_key(k);
-            self.over.remove(k);
+            if self.mid_has(k) {
+                // The base's value, over the spilled one.
+                self.over.insert(k.clone(), self.base.get(k));
+            } else {
+                self.over.remove(k);
+            }
             match (was, self.base.contains_key(k)) {
                 (false, true) => self.len += 1,
                 (true, false) => self.len -= 1,
@@ -297,6 +388,15 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
     /// Moves this map's changes into its base (copied first if another
     /// map shares it; read whole into memory if it is a source).
     pub fn freeze(&mut self) {
+        if let Some(mid) = self.mid.take() {
+            let base = self.base.make_mut();
+            for (k, v) in mid.range(Bound::Unbounded, Bound::Unbounded) {
+                match v {
+                    Some(v) => base.insert(k, v),
+                    None => base.remove(&k),
+                };
+            }
+        }
         if self.over.is_empty() {
             return;
         }
@@ -317,9 +417,30 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
     where
         V: PartialEq,
     {
+        let mid = self.mid.clone();
+        self.rebase_on_with(like, keep, mid);
+    }
+
+    /// [`Layered::rebase_on`], with `mid` as its spilled changes: they
+    /// hold what this map's do, but for keys in `keep` (where a fold
+    /// dropped those that went back to the new base's value).
+    pub fn rebase_on_with(&mut self, like: &Self, keep: &[K], mid: Option<Mid<K, V>>)
+    where
+        V: PartialEq,
+    {
         let kept: Vec<(K, Option<V>)> = keep.iter().map(|k| (k.clone(), self.get(k))).collect();
         self.base = like.base.clone();
         self.over.clear();
+        if mid.is_some() || self.mid.is_some() {
+            // What the map holds is the same: so is its length.
+            self.mid = mid;
+            for (k, v) in kept {
+                if self.below(&k) != v {
+                    self.over.insert(k, v);
+                }
+            }
+            return;
+        }
         self.len = self.base.len();
         for (k, v) in kept {
             if self.base.get(&k) != v {
@@ -334,10 +455,6 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
             }
         }
     }
-}
-
-fn clone_change<K: Clone, V: Clone>((k, v): (&K, &Option<V>)) -> (K, Option<V>) {
-    (k.clone(), v.clone())
 }
 
 impl<K: Ord + Clone, V: Clone + PartialEq> Layered<K, V> {
@@ -407,16 +524,10 @@ pub fn fold<K: Ord + Clone, V: Clone + PartialEq>(
     second.over.retain(|k, v| *v != base.get(k));
 }
 
-/// The two layers of a [`Layered`] in key order, `over` first.
+/// Two layers of a [`Layered`] in key order, the upper first.
 pub struct Merge<'a, K, V> {
     base: Peekable<Box<dyn Iterator<Item = (K, V)> + 'a>>,
-    #[allow(clippy::type_complexity)]
-    over: Peekable<
-        std::iter::Map<
-            std::collections::btree_map::Range<'a, K, Option<V>>,
-            fn((&'a K, &'a Option<V>)) -> (K, Option<V>),
-        >,
-    >,
+    over: Peekable<Box<dyn Iterator<Item = (K, Option<V>)> + 'a>>,
 }
 
 impl<K: Ord, V> Iterator for Merge<'_, K, V> {
@@ -461,6 +572,7 @@ impl<K: Ord + Clone, V: Clone> FromIterator<(K, V)> for Layered<K, V> {
         Layered {
             len: base.len(),
             base: Base::Mem(Arc::new(base)),
+            mid: None,
             over: BTreeMap::new(),
         }
     }
@@ -504,6 +616,85 @@ mod tests {
         Mutate(bool, u8),
         TakeFrom(bool, u8),
         Fold(bool),
+        /// The second map's changes out of memory.
+        Spill,
+        /// The first map's changes written as a new base, as a tree
+        /// store's fold does, and the second map put over it.
+        StoreFold,
+    }
+
+    /// A map outside memory, for the tests: a copy.
+    struct Held<K, V>(BTreeMap<K, V>);
+
+    impl<K: Ord + Clone + Send + Sync, V: Clone + Send + Sync> Source<K, V> for Held<K, V> {
+        fn get(&self, k: &K) -> Option<V> {
+            self.0.get(k).cloned()
+        }
+        fn contains(&self, k: &K) -> bool {
+            self.0.contains_key(k)
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn range(&self, lo: Bound<&K>, hi: Bound<&K>) -> Box<dyn Iterator<Item = (K, V)> + '_> {
+            Box::new(self.0.range((lo, hi)).map(|(k, v)| (k.clone(), v.clone())))
+        }
+    }
+
+    fn spilled(m: &Layered<u8, u8>) -> BTreeMap<u8, Option<u8>> {
+        m.mid
+            .as_ref()
+            .map(|m| m.range(Bound::Unbounded, Bound::Unbounded).collect())
+            .unwrap_or_default()
+    }
+
+    /// What `TreeStore::spill` does, in memory.
+    fn spill(m: &mut Layered<u8, u8>) {
+        let mut mid = spilled(m);
+        for (k, v, back) in m.to_spill() {
+            if back {
+                mid.remove(k);
+            } else {
+                mid.insert(*k, v.copied());
+            }
+        }
+        m.spill((!mid.is_empty()).then(|| Arc::new(Held(mid)) as Mid<u8, u8>));
+    }
+
+    /// What `TreeStore::fold` does, in memory: `synced`'s changes become
+    /// a new base; `local` goes over it, its spilled changes that are now
+    /// the base's value dropped.
+    fn store_fold(synced: &mut Layered<u8, u8>, local: &mut Layered<u8, u8>) {
+        assert!(!synced.is_spilled());
+        let whole: BTreeMap<u8, u8> = synced.iter().collect();
+        let new: Layered<u8, u8> = Layered::over_source(Arc::new(Held(whole)));
+        if !local.shares_base(synced) {
+            *local = local.rebased_onto(&new);
+        } else {
+            let mut keys: Vec<u8> = synced
+                .over
+                .keys()
+                .chain(local.over.keys())
+                .copied()
+                .collect();
+            keys.sort();
+            keys.dedup();
+            let mid = local
+                .mid
+                .is_some()
+                .then(|| {
+                    let mut mid = spilled(local);
+                    for k in &keys {
+                        if mid.contains_key(k) && local.get(k) == synced.get(k) {
+                            mid.remove(k);
+                        }
+                    }
+                    (!mid.is_empty()).then(|| Arc::new(Held(mid)) as Mid<u8, u8>)
+                })
+                .flatten();
+            local.rebase_on_with(&new, &keys, mid);
+        }
+        *synced = new;
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -513,6 +704,8 @@ mod tests {
             (any::<bool>(), 0..32u8).prop_map(|(s, k)| Step::Mutate(s, k)),
             (any::<bool>(), 0..32u8).prop_map(|(s, k)| Step::TakeFrom(s, k)),
             any::<bool>().prop_map(Step::Fold),
+            Just(Step::Spill),
+            Just(Step::StoreFold),
         ]
     }
 
@@ -560,6 +753,13 @@ mod tests {
                         let [a, b] = &mut maps;
                         if first { fold(a, b) } else { fold(b, a) }
                     }
+                    Step::Spill => spill(&mut maps[1]),
+                    Step::StoreFold => {
+                        let [a, b] = &mut maps;
+                        if !a.is_spilled() {
+                            store_fold(a, b);
+                        }
+                    }
                 }
                 for i in 0..2 {
                     let got: Vec<(u8, u8)> = maps[i].iter().collect();
@@ -571,6 +771,12 @@ mod tests {
                     prop_assert_eq!(got, want);
                 }
                 prop_assert_eq!(maps[0] == maps[1], models[0] == models[1]);
+                // What the two hold alike without reading is alike.
+                for k in 0..32u8 {
+                    if maps[0].same_at(&maps[1], &k) {
+                        prop_assert_eq!(models[0].get(&k), models[1].get(&k));
+                    }
+                }
                 let moved = maps[0].rebased_onto(&maps[1]);
                 prop_assert!(moved.same_base(&maps[1]));
                 prop_assert_eq!(&moved, &maps[0]);

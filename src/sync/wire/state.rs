@@ -41,7 +41,7 @@ pub enum Synced {
     /// In the tree store, at this version (0: empty).
     Stored(u64),
     /// In the state itself (versions 1 and 2).
-    Inline(Tree),
+    Inline(Box<Tree>),
 }
 
 /// A state's first bytes: magic, version, peer, applied, counter.
@@ -203,7 +203,7 @@ pub fn decode(b: &[u8]) -> WireResult<PeerState> {
             let fid = u128::from_le_bytes(r.array("fid")?);
             synced.link((dir, name), fid);
         }
-        Synced::Inline(synced)
+        Synced::Inline(Box::new(synced))
     };
     if !r.b.is_empty() {
         return Err(WireError::Trailing(r.b.len(), "sync state"));
@@ -229,7 +229,7 @@ mod tests {
 
     fn inline(s: PeerState) -> Tree {
         match s.synced {
-            Synced::Inline(t) => t,
+            Synced::Inline(t) => *t,
             Synced::Stored(v) => panic!("a tree store version ({v}) where the tree was inline"),
         }
     }

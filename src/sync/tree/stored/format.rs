@@ -15,6 +15,12 @@
 //!                          name length u32 LE, name)
 //! "#"                      how many nodes, entries and files with names
 //!                          (u64 LE each)
+//! "L" key                  a change of the local tree moved out of memory
+//!                          (`TreeStore::spill`), keyed as above ("LN",
+//!                          "LB", "LE", "LA"): a byte, 0 the key is gone
+//!                          from the local tree, 1 its value follows,
+//!                          as above. Scratch: a mount reads its local tree
+//!                          again, and drops these first.
 //! ```
 //!
 
@@ -82,12 +88,53 @@ pub(super) fn node_value(n: &Node) -> Result<(Vec<u8>, bool), SyncError> {
     Ok((v, chunked))
 }
 
-pub(super) fn read_node(snap: &Snapshot<'_>, fid: FileId, v: &[u8]) -> Result<Node, String> {
+/// Where the local tree's spilled changes are (see the keys above).
+pub(super) const SPILLED: &[u8] = b"L";
+
+/// `key` of a spilled change.
+pub(super) fn spilled(key: Vec<u8>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.extend_from_slice(SPILLED);
+    k.extend_from_slice(&key);
+    k
+}
+
+/// A spilled change's value: gone, or `value`.
+pub(super) fn spilled_value(value: Option<&[u8]>) -> Vec<u8> {
+    match value {
+        None => vec![0],
+        Some(v) => {
+            let mut out = Vec::with_capacity(v.len() + 1);
+            out.push(1);
+            out.extend_from_slice(v);
+            out
+        }
+    }
+}
+
+/// A spilled change's value read: gone (`None`), or the value's bytes.
+fn spilled_bytes(v: &[u8]) -> Result<Option<&[u8]>, String> {
+    match v.split_first() {
+        Some((0, [])) => Ok(None),
+        Some((1, rest)) => Ok(Some(rest)),
+        _ => Err(format!("a spilled change of {} bytes", v.len())),
+    }
+}
+
+pub(super) fn read_node(
+    snap: &Snapshot<'_>,
+    fid: FileId,
+    v: &[u8],
+    spill: bool,
+) -> Result<Node, String> {
     let (mut n, rest) = take_node(v, "stored node").map_err(|e| e.to_string())?;
     match rest {
         [0] => Ok(n),
         [1] => {
-            let prefix = chunk_prefix(fid);
+            let mut prefix = chunk_prefix(fid);
+            if spill {
+                prefix = spilled(prefix);
+            }
             let mut blocks = Vec::new();
             let range = snap
                 .range(&prefix[..]..&prefix_end(&prefix)[..])
@@ -139,7 +186,43 @@ pub(super) fn decode_node(
     v: &[u8],
 ) -> Result<(FileId, Arc<Node>), String> {
     let fid = fid_at(k)?;
-    Ok((fid, Arc::new(read_node(snap, fid, v)?)))
+    Ok((fid, Arc::new(read_node(snap, fid, v, false)?)))
+}
+
+pub(super) fn decode_spilled_node(
+    snap: &Snapshot<'_>,
+    k: &[u8],
+    v: &[u8],
+) -> Result<(FileId, Option<Arc<Node>>), String> {
+    let fid = fid_at(k)?;
+    let n = match spilled_bytes(v)? {
+        Some(v) => Some(Arc::new(read_node(snap, fid, v, true)?)),
+        None => None,
+    };
+    Ok((fid, n))
+}
+
+pub(super) fn decode_spilled_entry(
+    snap: &Snapshot<'_>,
+    k: &[u8],
+    v: &[u8],
+) -> Result<(Key, Option<FileId>), String> {
+    match spilled_bytes(v)? {
+        Some(v) => decode_entry(snap, k, v).map(|(k, f)| (k, Some(f))),
+        None => Ok(((fid_at(k)?, k[16..].to_vec()), None)),
+    }
+}
+
+pub(super) fn decode_spilled_names(
+    _: &Snapshot<'_>,
+    k: &[u8],
+    v: &[u8],
+) -> Result<(FileId, Option<Names>), String> {
+    let names = match spilled_bytes(v)? {
+        Some(v) => Some(read_names(v)?),
+        None => None,
+    };
+    Ok((fid_at(k)?, names))
 }
 
 pub(super) fn decode_entry(_: &Snapshot<'_>, k: &[u8], v: &[u8]) -> Result<(Key, FileId), String> {
@@ -180,29 +263,63 @@ pub(super) fn put_file_node(
     let (v, chunked) = node_value(n)?;
     txn.put(&node_key(fid), &v)?;
     if chunked {
-        let mut chunk: Vec<u8> = Vec::new();
-        let mut at = None;
-        let flush = |txn: &mut WriteTxn<'_>, at: u64, chunk: &mut Vec<u8>| {
-            let mut k = chunk_prefix(fid);
-            k.extend_from_slice(&at.to_be_bytes());
-            let r = txn.put(&k, chunk);
-            chunk.clear();
-            r
-        };
-        for (i, h) in &n.blocks {
-            let c = i >> CHUNK_SHIFT;
-            if let Some(a) = at
-                && a != c
-            {
-                flush(txn, a, &mut chunk)?;
-            }
-            at = Some(c);
-            chunk.extend_from_slice(&i.to_le_bytes());
-            chunk.extend_from_slice(h);
+        put_chunks(txn, fid, n, false)?;
+    }
+    Ok(())
+}
+
+/// Puts a spilled change of file `fid`'s node: `None` drops it (the
+/// local tree has the base's again), `Some(None)` says it is gone.
+pub(super) fn put_spilled_node(
+    txn: &mut WriteTxn<'_>,
+    fid: FileId,
+    n: Option<Option<&Node>>,
+) -> Result<(), SyncError> {
+    delete_prefix(txn, &spilled(chunk_prefix(fid)))?;
+    let key = spilled(node_key(fid));
+    match n {
+        None => {
+            txn.delete(&key)?;
         }
-        if let Some(a) = at {
+        Some(None) => txn.put(&key, &spilled_value(None))?,
+        Some(Some(n)) => {
+            let (v, chunked) = node_value(n)?;
+            txn.put(&key, &spilled_value(Some(&v)))?;
+            if chunked {
+                put_chunks(txn, fid, n, true)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The blocks of a node too big for its value, in chunks of their own.
+fn put_chunks(txn: &mut WriteTxn<'_>, fid: FileId, n: &Node, spill: bool) -> Result<(), SyncError> {
+    let mut chunk: Vec<u8> = Vec::new();
+    let mut at = None;
+    let flush = |txn: &mut WriteTxn<'_>, at: u64, chunk: &mut Vec<u8>| {
+        let mut k = chunk_prefix(fid);
+        if spill {
+            k = spilled(k);
+        }
+        k.extend_from_slice(&at.to_be_bytes());
+        let r = txn.put(&k, chunk);
+        chunk.clear();
+        r
+    };
+    for (i, h) in &n.blocks {
+        let c = i >> CHUNK_SHIFT;
+        if let Some(a) = at
+            && a != c
+        {
             flush(txn, a, &mut chunk)?;
         }
+        at = Some(c);
+        chunk.extend_from_slice(&i.to_le_bytes());
+        chunk.extend_from_slice(h);
+    }
+    if let Some(a) = at {
+        flush(txn, a, &mut chunk)?;
     }
     Ok(())
 }

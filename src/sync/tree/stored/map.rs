@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 
 use super::super::layer::Source;
 use super::TREE_DIR;
+use crate::fs::inode::prefix_end;
 use crate::store::{Pinned, Snapshot};
 
 /// Where [`Source`] reads that failed are kept.
@@ -21,7 +22,7 @@ pub(super) struct Map<K, V> {
     pin: Arc<Pinned>,
     damage: Damage,
     len: usize,
-    prefix: u8,
+    prefix: &'static [u8],
     key: fn(&K) -> Vec<u8>,
     decode: Decode<K, V>,
     /// The last value read: one asked for again (both trees read a file
@@ -37,7 +38,7 @@ impl<K, V> Map<K, V> {
         pin: Arc<Pinned>,
         damage: Damage,
         len: usize,
-        prefix: u8,
+        prefix: &'static [u8],
         key: fn(&K) -> Vec<u8>,
         decode: Decode<K, V>,
     ) -> Map<K, V> {
@@ -81,7 +82,7 @@ impl<K: Send + Sync + Clone + PartialEq, V: Send + Sync + Clone> Source<K, V> fo
         let snap = self.pin.snapshot();
         let key = (self.key)(k);
         match snap.get(&key) {
-            Ok(Some(v)) => match (self.decode)(&snap, &key[1..], v) {
+            Ok(Some(v)) => match (self.decode)(&snap, &key[self.prefix.len()..], v) {
                 Ok((_, v)) => {
                     *self.last.lock() = Some((k.clone(), v.clone()));
                     Some(v)
@@ -116,11 +117,11 @@ impl<K: Send + Sync + Clone + PartialEq, V: Send + Sync + Clone> Source<K, V> fo
     fn range(&self, lo: Bound<&K>, hi: Bound<&K>) -> Box<dyn Iterator<Item = (K, V)> + '_> {
         let snap = self.pin.snapshot();
         let lo = match self.bound(lo) {
-            Bound::Unbounded => Bound::Included(vec![self.prefix]),
+            Bound::Unbounded => Bound::Included(self.prefix.to_vec()),
             b => b,
         };
         let hi = match self.bound(hi) {
-            Bound::Unbounded => Bound::Excluded(vec![self.prefix + 1]),
+            Bound::Unbounded => Bound::Excluded(prefix_end(self.prefix)),
             b => b,
         };
         let range = snap.range((lo.as_ref().map(|v| &v[..]), hi.as_ref().map(|v| &v[..])));
@@ -156,7 +157,11 @@ impl<K, V> Iterator for Walk<'_, K, V> {
             return None;
         }
         let r = match self.range.next()? {
-            Ok((k, e)) => (self.map.decode)(&self.snap, k.get(1..).unwrap_or_default(), e.value),
+            Ok((k, e)) => (self.map.decode)(
+                &self.snap,
+                k.get(self.map.prefix.len()..).unwrap_or_default(),
+                e.value,
+            ),
             Err(e) => Err(e.to_string()),
         };
         match r {

@@ -19,12 +19,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{FileId, Key, Layered, Tree};
+use super::layer::Mid;
+use super::{FileId, Key, Layered, Names, Node, Tree};
 use crate::store::{FsckReport, Retention, Store, StoreOptions};
 use crate::sync::SyncError;
 use format::{
-    COUNTS, decode_entry, decode_names, decode_node, delete_prefix, entry_key, names_key,
-    names_value, node_key, put_file_node,
+    COUNTS, SPILLED, decode_entry, decode_names, decode_node, decode_spilled_entry,
+    decode_spilled_names, decode_spilled_node, delete_prefix, entry_key, names_key, names_value,
+    node_key, put_file_node, put_spilled_node, spilled, spilled_value,
 };
 use map::{Damage, Map};
 
@@ -41,6 +43,11 @@ pub struct TreeStore {
     /// one (a fold whose state was never written, then a restart from
     /// the state), the fold writes the tree whole.
     current: AtomicU64,
+    /// The version the local tree's spilled changes are read from (0:
+    /// none): a fold keeps it, since letting a version go that a reader
+    /// holds until after the last commit would leave its pages waiting
+    /// to be freed with no kept version to free them by.
+    spilled_at: AtomicU64,
 }
 
 impl TreeStore {
@@ -60,6 +67,7 @@ impl TreeStore {
             damage: Arc::default(),
             named: AtomicU64::new(0),
             current: AtomicU64::new(0),
+            spilled_at: AtomicU64::new(0),
         })
     }
 
@@ -121,7 +129,7 @@ impl TreeStore {
             pin.clone(),
             self.damage.clone(),
             nodes,
-            b'N',
+            b"N",
             |f| node_key(*f),
             decode_node,
         )));
@@ -129,7 +137,7 @@ impl TreeStore {
             pin.clone(),
             self.damage.clone(),
             entries,
-            b'E',
+            b"E",
             entry_key,
             decode_entry,
         )));
@@ -137,7 +145,7 @@ impl TreeStore {
             pin,
             self.damage.clone(),
             names,
-            b'A',
+            b"A",
             |f| names_key(*f),
             decode_names,
         )));
@@ -193,12 +201,17 @@ impl TreeStore {
         // Every version but the one the state names goes (the trees' own
         // base stays readable while they hold it): a state that cannot be
         // written leaves one more, not one more per try.
+        let spilled_at = if local.is_spilled() {
+            self.spilled_at.load(Ordering::Relaxed)
+        } else {
+            0
+        };
         let old: Vec<u64> = self
             .store
             .versions()
             .iter()
             .map(|v| v.id)
-            .filter(|&v| v != named)
+            .filter(|&v| v != named && v != spilled_at)
             .collect();
         txn.let_go_of(old);
         if whole {
@@ -244,13 +257,39 @@ impl TreeStore {
         let nodes: Vec<FileId> = keys(&synced.nodes, &local.nodes);
         let entries: Vec<Key> = keys(&synced.entries, &local.entries);
         let names: Vec<FileId> = keys(&synced.names, &local.names);
-        let same = local.nodes.same_base(&synced.nodes);
+        let same = local.nodes.shares_base(&synced.nodes);
+        if same && local.is_spilled() {
+            // A spilled change the synced tree now has too goes.
+            for f in &nodes {
+                if local.nodes.mid_has(f) && local.nodes.get(f) == synced.nodes.get(f) {
+                    put_spilled_node(&mut txn, *f, None)?;
+                }
+            }
+            for k in &entries {
+                if local.entries.mid_has(k) && local.entries.get(k) == synced.entries.get(k) {
+                    txn.delete(&spilled(entry_key(k)))?;
+                }
+            }
+            for f in &names {
+                if local.names.mid_has(f) && local.names.get(f) == synced.names.get(f) {
+                    txn.delete(&spilled(names_key(*f)))?;
+                }
+            }
+        } else {
+            // Left by a mount before, or by a local tree now whole in
+            // memory (`rebased_onto`).
+            delete_prefix(&mut txn, SPILLED)?;
+        }
         let info = txn.commit(cause)?;
         let new = self.tree(info.id)?;
         if same {
-            local.nodes.rebase_on(&new.nodes, &nodes);
-            local.entries.rebase_on(&new.entries, &entries);
-            local.names.rebase_on(&new.names, &names);
+            let (n, e, a) = self.spilled_maps(info.id, local.is_spilled())?;
+            let any = n.is_some() || e.is_some() || a.is_some();
+            self.spilled_at
+                .store(if any { info.id } else { 0 }, Ordering::Relaxed);
+            local.nodes.rebase_on_with(&new.nodes, &nodes, n);
+            local.entries.rebase_on_with(&new.entries, &entries, e);
+            local.names.rebase_on_with(&new.names, &names, a);
         } else {
             *local = local.rebased_onto(&new);
         }
@@ -261,6 +300,124 @@ impl TreeStore {
         Ok(info.id)
     }
 }
+
+impl TreeStore {
+    /// Moves the local tree's changes out of memory, into the store (as
+    /// `"L"` keys, beside the synced tree's base, which stays as it is):
+    /// a backlog of changes not yet pushed (a peer that made a million
+    /// files offline, or writes faster than it pushes) is held here, not
+    /// in memory. Returns the files whose changes went, which the local
+    /// tree yields again as [`Tree::spilled_files`].
+    pub fn spill(&self, local: &mut Tree) -> Result<Vec<FileId>, SyncError> {
+        self.check()?;
+        let latest = self.store.latest_version().unwrap_or(0);
+        let mut txn = self.store.begin_write()?;
+        if !local.is_spilled() {
+            // Left by a mount before: the local tree is read anew.
+            delete_prefix(&mut txn, SPILLED)?;
+        }
+        let mut went = Vec::new();
+        for (fid, n, back) in local.nodes.to_spill() {
+            put_spilled_node(&mut txn, *fid, (!back).then_some(n.map(|n| &**n)))?;
+            if !back {
+                went.push(*fid);
+            }
+        }
+        for (k, fid, back) in local.entries.to_spill() {
+            let key = spilled(entry_key(k));
+            if back {
+                txn.delete(&key)?;
+            } else {
+                let v = fid.map(|f| f.to_le_bytes());
+                txn.put(&key, &spilled_value(v.as_ref().map(|v| &v[..])))?;
+            }
+        }
+        for (fid, names, back) in local.names.to_spill() {
+            let key = spilled(names_key(*fid));
+            if back {
+                txn.delete(&key)?;
+            } else {
+                let v = names.map(names_value);
+                txn.put(&key, &spilled_value(v.as_deref()))?;
+                went.push(*fid);
+            }
+        }
+        let info = txn.commit("sync: the local tree's changes spilled")?;
+        // The synced tree's keys did not change: a fold writes onto this
+        // version as onto the one before.
+        let _ =
+            self.current
+                .compare_exchange(latest, info.id, Ordering::Relaxed, Ordering::Relaxed);
+        let (n, e, a) = self.spilled_maps(info.id, true)?;
+        let any = n.is_some() || e.is_some() || a.is_some();
+        self.spilled_at
+            .store(if any { info.id } else { 0 }, Ordering::Relaxed);
+        local.nodes.spill(n);
+        local.entries.spill(e);
+        local.names.spill(a);
+        went.sort_unstable();
+        went.dedup();
+        Ok(went)
+    }
+
+    /// The local tree's spilled changes as version `version` holds them
+    /// (`None` for a map with none, or for all of them unless `any`).
+    fn spilled_maps(&self, version: u64, any: bool) -> Result<SpilledMaps, SyncError> {
+        if !any {
+            return Ok((None, None, None));
+        }
+        let pin = Arc::new(self.store.pin(version)?);
+        let has = |p: &[u8]| -> Result<bool, SyncError> {
+            let snap = pin.snapshot();
+            let mut r = snap.range(p..&crate::fs::inode::prefix_end(p)[..])?;
+            Ok(r.next().is_some())
+        };
+        let n: Option<Mid<FileId, Arc<Node>>> = if has(b"LN")? {
+            Some(Arc::new(Map::new(
+                pin.clone(),
+                self.damage.clone(),
+                0,
+                b"LN",
+                |f| spilled(node_key(*f)),
+                decode_spilled_node,
+            )))
+        } else {
+            None
+        };
+        let e: Option<Mid<Key, FileId>> = if has(b"LE")? {
+            Some(Arc::new(Map::new(
+                pin.clone(),
+                self.damage.clone(),
+                0,
+                b"LE",
+                |k| spilled(entry_key(k)),
+                decode_spilled_entry,
+            )))
+        } else {
+            None
+        };
+        let a: Option<Mid<FileId, Names>> = if has(b"LA")? {
+            Some(Arc::new(Map::new(
+                pin.clone(),
+                self.damage.clone(),
+                0,
+                b"LA",
+                |f| spilled(names_key(*f)),
+                decode_spilled_names,
+            )))
+        } else {
+            None
+        };
+        Ok((n, e, a))
+    }
+}
+
+/// The local tree's three maps' spilled changes.
+type SpilledMaps = (
+    Option<Mid<FileId, Arc<Node>>>,
+    Option<Mid<Key, FileId>>,
+    Option<Mid<FileId, Names>>,
+);
 
 /// The keys either map changed since its last fold, in order, once.
 fn keys<K: Ord + Clone, V: Clone>(a: &Layered<K, V>, b: &Layered<K, V>) -> Vec<K> {
