@@ -10,6 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use zippyfs::fs::Kind;
+use zippyfs::sync::conf::DEFAULT_SPILL_AT;
 use zippyfs::sync::peer::Peer;
 use zippyfs::sync::tree::{FileId, Node, ROOT_ID, Tree, TreeStore};
 
@@ -143,4 +144,67 @@ fn a_peers_trees_do_not_grow_with_the_blocks_of_a_big_file() {
     );
     assert!(per_block <= 1, "{per_block} bytes a block");
     assert!(big <= 4 << 20, "{big} bytes for 1,000,003 blocks");
+}
+
+/// The bytes a peer keeps after it made `files` one-block files it has
+/// not pushed (100 a directory, marked as a read marks them), spilling its
+/// local tree's changes into its tree store whenever it holds
+/// `DEFAULT_SPILL_AT` of them, as a mount does (`-o sync_spill`).
+fn backlog_bytes(files: u64) -> i64 {
+    let dir = tempfile::tempdir().unwrap();
+    let before = live();
+    let trees = TreeStore::open(dir.path()).unwrap();
+    let mut peer = Peer::new(2, "p2", Tree::default());
+    peer.folds_in_store();
+    let v = trees
+        .fold(&mut peer.synced, &mut peer.local, 0, "saved")
+        .unwrap();
+    trees.set_named(v);
+    peer.mark_read(Default::default());
+    let mut spills = 0;
+    for d in 0..files / 100 {
+        let dir = 1_000_000 + FileId::from(d);
+        let mut n = file(0);
+        n.meta.kind = Kind::Dir;
+        peer.local.put_node(dir, n);
+        peer.local
+            .link((ROOT_ID, format!("dir-{d:05}").into_bytes()), dir);
+        peer.mark([dir]);
+        for f in 0..100 {
+            let fid = 10 + FileId::from(d * 100 + f);
+            peer.local.put_node(fid, file(1));
+            peer.local
+                .link((dir, format!("file-{f:03}.txt").into_bytes()), fid);
+            peer.mark([fid]);
+        }
+        if peer.local.changes() >= DEFAULT_SPILL_AT {
+            let went = trees.spill(&mut peer.local).unwrap();
+            peer.spilled(&went);
+            spills += 1;
+        }
+    }
+    let bytes = live() - before;
+    assert!(spills >= 1, "nothing spilled");
+    assert!(peer.has_waiting());
+    assert_eq!(peer.local.nodes.len() as u64, files + files / 100 + 1);
+    assert!(trees.damage().is_none());
+    drop(peer);
+    bytes
+}
+
+/// Ten times the files made and not yet pushed cost a peer at most a few
+/// bytes a file more: past the spill bound they are in its tree store.
+#[test]
+fn a_backlog_not_yet_pushed_does_not_grow_a_peers_memory() {
+    let small = backlog_bytes(20_000);
+    let big = backlog_bytes(200_000);
+    let per_file = (big - small) / 180_000;
+    eprintln!(
+        "a backlog of 20,000 new files: {small} bytes; of 200,000: {big} ({per_file} a file more)"
+    );
+    assert!(per_file <= 16, "{per_file} bytes a file");
+    assert!(
+        big <= 16 << 20,
+        "{big} bytes for a backlog of 200,000 files"
+    );
 }
