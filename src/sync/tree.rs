@@ -311,8 +311,8 @@ impl Tree {
         self.journal.0.is_some()
     }
 
-    /// How many files, names and entries this tree changed since its
-    /// last fold.
+    /// How many files, names and entries this tree holds changed in
+    /// memory (since its last fold, or spill).
     pub fn changes(&self) -> usize {
         self.nodes.changes() + self.entries.changes() + self.names.changes()
     }

@@ -32,9 +32,10 @@ pub struct Touched {
     pub(super) through: u64,
 }
 
-/// Past it, reading what changed one inode and entry at a time would hold
-/// them all at once (a backlog made offline): the whole read holds what it
-/// reads a file at a time, and spills what differs as it goes.
+/// Past it (inodes and entries, or block indices listed), reading what
+/// changed one inode and entry at a time would hold them all at once (a
+/// backlog made offline): the whole read holds what it reads a file at a
+/// time, and spills what differs as it goes.
 const TOUCHED_MAX: usize = 1 << 16;
 /// The most changed blocks of one file read in part; past it the file is
 /// read whole (a range read of its blocks costs less than so many lookups).

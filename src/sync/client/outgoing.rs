@@ -88,28 +88,36 @@ impl<'a> Session<'a> {
         let entries: Vec<(u64, Vec<u8>)> = entries.into_iter().collect();
         let fs: &'a Arc<Fs> = self.fs;
         if !self.view.ready || overflow {
+            // Whole again next time unless this read gets through.
+            self.view.ready = false;
             // Held as the commit this read was at (`LocalView::read_pin`).
             let snap = fs.store().latest()?;
-            let trees = self.trees;
+            let (trees, status) = (self.trees, self.status);
             let mut full = false;
-            let mut spills = 0;
             let mut spill = |t: &mut crate::sync::tree::Tree| {
                 if full {
                     return Ok(Vec::new());
                 }
-                spills += 1;
-                match trees.spill(t) {
-                    Err(e) if e.is_no_space() => {
-                        tracing::warn!("sync: the changes not yet pushed stay in memory: {e}");
-                        full = true;
-                        Ok(Vec::new())
-                    }
-                    r => r,
-                }
+                let went = spill(trees, t, status)?;
+                full = went.is_none();
+                Ok(went.unwrap_or_default())
             };
             let spill_at = self.spill_at;
-            let (local, differ) = read_whole(fs, &snap, &self.peer.synced, spill_at, &mut spill)?;
-            self.status.lock().spills += spills;
+            let read = read_whole(fs, &snap, &self.peer.synced, spill_at, &mut spill);
+            let (local, differ) = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    if self.peer.local.is_spilled() {
+                        // The read's spills took the tree store's place of
+                        // the spilled changes of the local tree it was to
+                        // replace, which can no longer read them: it goes,
+                        // and the next read (whole) brings it back.
+                        self.peer.local = self.peer.synced.clone();
+                        self.peer.mark_all();
+                    }
+                    return Err(e);
+                }
+            };
             self.peer.local = local;
             self.peer.mark_read(differ);
             self.view.ready = true;
@@ -151,12 +159,12 @@ impl<'a> Session<'a> {
         self.view.read_pin = Some(fs.shared_store().pin_snapshot(snap)?);
         self.peer.share(complete.changed.iter().copied());
         self.peer.mark(complete.changed.iter().copied());
-        self.spill_if_due()?;
         if !complete.whole {
             // An entry names a file this tree does not have: read it whole.
             self.view.ready = false;
             return self.read_local();
         }
+        self.spill_if_due()?;
         Ok(part.version)
     }
 
@@ -180,18 +188,10 @@ impl<'a> Session<'a> {
         if self.peer.local.changes() < self.spill_at || self.peer.local.is_recording() {
             return Ok(());
         }
-        match self.trees.spill(&mut self.peer.local) {
-            Ok(went) => {
-                self.peer.spilled(&went);
-                self.status.lock().spills += 1;
-                Ok(())
-            }
-            Err(e) if e.is_no_space() => {
-                tracing::warn!("sync: the changes not yet pushed stay in memory: {e}");
-                Ok(())
-            }
-            Err(e) => Err(e),
+        if let Some(went) = spill(self.trees, &mut self.peer.local, self.status)? {
+            self.peer.spilled(&went);
         }
+        Ok(())
     }
 
     pub(super) fn push(&mut self) -> Result<(), SyncError> {
@@ -244,6 +244,27 @@ impl<'a> Session<'a> {
             self.last_push = Some(tokio::time::Instant::now());
         }
         Ok(())
+    }
+}
+
+/// Spills `t`'s changes into `trees` (`TreeStore::spill`), counted in the
+/// status: the files whose changes went, or `None` when the tree store's
+/// disk has no room (they stay in memory, and that is said).
+fn spill(
+    trees: &TreeStore,
+    t: &mut crate::sync::tree::Tree,
+    status: &Mutex<Status>,
+) -> Result<Option<Vec<FileId>>, SyncError> {
+    match trees.spill(t) {
+        Ok(went) => {
+            status.lock().spills += 1;
+            Ok(Some(went))
+        }
+        Err(e) if e.is_no_space() => {
+            tracing::warn!("sync: the changes not yet pushed stay in memory: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -92,7 +92,9 @@ pub struct Peer {
     /// inside a snapshot ([`Peer::on_snapshot`]).
     taken: Option<(u64, ChangeSet)>,
     /// The files whose local state may differ from the synced one: only
-    /// these are compared at a push (`None`: all of them).
+    /// these, and those whose changes the local tree spilled
+    /// (`Tree::spilled_files`), are compared at a push (`None`: all of
+    /// them).
     candidates: Option<BTreeSet<FileId>>,
     /// While recording: the files `mark` added to `candidates`, which an
     /// undo takes out again (after a whole read of the tree the set holds

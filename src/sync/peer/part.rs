@@ -79,11 +79,17 @@ impl Peer {
         };
         let mut part = BTreeSet::new();
         let (mut n, mut b) = (0, 0);
-        // The files whose changes were spilled are candidates too.
-        let spilled = self.local.is_spilled();
+        // The files whose changes were spilled are candidates too, unless
+        // the last walk found nothing to push among them (what changed
+        // since is marked).
+        let spilled = self.local.is_spilled() && !self.spill_idle;
         let is_candidate =
             |f: FileId| candidates.contains(&f) || (spilled && self.local.is_spilled_file(f));
-        for fid in union(candidates.iter().copied(), self.local.spilled_files()) {
+        let spilled_files = spilled
+            .then(|| self.local.spilled_files())
+            .into_iter()
+            .flatten();
+        for fid in union(candidates.iter().copied(), spilled_files) {
             if part.contains(&fid) {
                 continue;
             }

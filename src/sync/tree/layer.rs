@@ -1,9 +1,11 @@
-//! A map in two layers: a shared, frozen `base` and this map's own
-//! changes to it (`over`, where `None` is a key removed). A peer's two
-//! trees are two such maps over one base: its local tree differs from its
-//! synced one only by what it has not pushed (and the synced one from the
-//! base only by what it applied since the last fold), so the volume is
-//! held once, not twice ([`fold`]).
+//! A map in layers: a shared, frozen `base` and this map's own changes to
+//! it (`over`, where `None` is a key removed). A peer's two trees are two
+//! such maps over one base: its local tree differs from its synced one
+//! only by what it has not pushed (and the synced one from the base only
+//! by what it applied since the last fold), so the volume is held once,
+//! not twice ([`fold`]). Between the two, a map may have changes moved
+//! out of memory (`mid`, [`Layered::spill`]): a local tree's backlog not
+//! yet pushed waits there, in the tree store.
 //!
 //! The base is either in memory (an `Arc`'d map: cloning a layered map
 //! copies only its changes) or a [`Source`] outside it, such as a version
@@ -273,19 +275,20 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
         }
     }
 
-    /// The keys this map has changed since its last fold (possibly back
+    /// The keys this map has changed in memory, since its last fold or
+    /// spill (possibly back
     /// to what the base has).
     pub fn changed_keys(&self) -> impl Iterator<Item = &K> {
         self.over.keys()
     }
 
-    /// This map's changes since its last fold: a value, or `None` for a
+    /// This map's changes in memory: a value, or `None` for a
     /// key removed.
     pub fn changed(&self) -> impl Iterator<Item = (&K, Option<&V>)> {
         self.over.iter().map(|(k, v)| (k, v.as_ref()))
     }
 
-    /// How many keys this map has changed since its last fold.
+    /// How many keys this map has changed in memory.
     pub fn changes(&self) -> usize {
         self.over.len()
     }
@@ -410,21 +413,12 @@ impl<K: Ord + Clone, V: Clone> Layered<K, V> {
     }
 
     /// Makes `like`'s base this map's, which must hold what this map
-    /// holds but for the keys in `keep` (a fold wrote it): those stay as
-    /// this map has them (dropped where the new base has the same), every
-    /// other change of this map goes.
-    pub fn rebase_on(&mut self, like: &Self, keep: &[K])
-    where
-        V: PartialEq,
-    {
-        let mid = self.mid.clone();
-        self.rebase_on_with(like, keep, mid);
-    }
-
-    /// [`Layered::rebase_on`], with `mid` as its spilled changes: they
-    /// hold what this map's do, but for keys in `keep` (where a fold
-    /// dropped those that went back to the new base's value).
-    pub fn rebase_on_with(&mut self, like: &Self, keep: &[K], mid: Option<Mid<K, V>>)
+    /// holds but for the keys in `keep` (a fold wrote it), and `mid` its
+    /// spilled changes, which must hold what this map's do but for keys in
+    /// `keep` (a fold drops those back to the new base's value): the keys
+    /// in `keep` stay as this map has them (dropped where the layers below
+    /// have the same), every other change in memory goes.
+    pub fn rebase_on(&mut self, like: &Self, keep: &[K], mid: Option<Mid<K, V>>)
     where
         V: PartialEq,
     {
@@ -500,8 +494,9 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Layered<K, V> {
 /// becomes shared, what `second` changed stays changed, and what it changed
 /// back to the base's is dropped. Costs what the two changed, unless a
 /// third map holds the base too (then the base is copied once). Maps over
-/// different bases: `first` alone is frozen. In memory: a peer with a tree
-/// store folds into it instead (`Tree::fold_into`).
+/// different bases, or different spilled changes: `first` alone is frozen.
+/// In memory: a peer with a tree store folds into it instead
+/// (`TreeStore::fold`).
 pub fn fold<K: Ord + Clone, V: Clone + PartialEq>(
     first: &mut Layered<K, V>,
     second: &mut Layered<K, V>,
@@ -692,7 +687,7 @@ mod tests {
                     (!mid.is_empty()).then(|| Arc::new(Held(mid)) as Mid<u8, u8>)
                 })
                 .flatten();
-            local.rebase_on_with(&new, &keys, mid);
+            local.rebase_on(&new, &keys, mid);
         }
         *synced = new;
     }

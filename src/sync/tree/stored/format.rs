@@ -19,7 +19,8 @@
 //!                          (`TreeStore::spill`), keyed as above ("LN",
 //!                          "LB", "LE", "LA"): a byte, 0 the key is gone
 //!                          from the local tree, 1 its value follows,
-//!                          as above. Scratch: a mount reads its local tree
+//!                          as above ("LB" chunks have no such byte: they
+//!                          are a spilled node's blocks, as "B" ones are). Scratch: a mount reads its local tree
 //!                          again, and drops these first.
 //! ```
 //!

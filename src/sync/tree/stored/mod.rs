@@ -1,11 +1,14 @@
 //! The base of a peer's two trees kept in a store of their own
 //! (`<store>/sync.tree/`, the same engine as the filesystem's), read as it
 //! is asked for: a peer's memory holds what its trees changed since the
-//! last fold, not the volume. A fold ([`TreeStore::fold`]) is a commit:
+//! last fold (of its local tree's changes not yet pushed, those since the
+//! last spill), not the volume. A fold ([`TreeStore::fold`]) is a commit:
 //! the synced tree's changes go into the store, and both trees are layered
 //! over the new version. `sync.state` names the version that holds the
 //! synced tree as of the sequence it records; the versions before it are
-//! let go at the next fold.
+//! let go at the next fold. A spill ([`TreeStore::spill`]) is a commit of
+//! the local tree's changes under keys of their own, read back as a layer
+//! of that tree; they are scratch, dropped by the next mount.
 //!
 //! A read that fails (an I/O error, a damaged page, a value that does not
 //! decode) answers "not there" to the tree and is kept: the owner asks
@@ -21,14 +24,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::layer::Mid;
 use super::{FileId, Key, Layered, Names, Node, Tree};
-use crate::store::{FsckReport, Retention, Store, StoreOptions};
+use crate::store::{FsckReport, Pinned, Retention, Store, StoreOptions};
 use crate::sync::SyncError;
 use format::{
     COUNTS, SPILLED, decode_entry, decode_names, decode_node, decode_spilled_entry,
     decode_spilled_names, decode_spilled_node, delete_prefix, entry_key, names_key, names_value,
     node_key, put_file_node, put_spilled_node, spilled, spilled_value,
 };
-use map::{Damage, Map};
+use map::{Damage, Decode, Map};
 
 /// The tree store's directory inside the store directory.
 pub const TREE_DIR: &str = "sync.tree";
@@ -260,20 +263,14 @@ impl TreeStore {
         let same = local.nodes.shares_base(&synced.nodes);
         if same && local.is_spilled() {
             // A spilled change the synced tree now has too goes.
-            for f in &nodes {
-                if local.nodes.mid_has(f) && local.nodes.get(f) == synced.nodes.get(f) {
-                    put_spilled_node(&mut txn, *f, None)?;
-                }
+            for f in caught_up(&local.nodes, &synced.nodes, &nodes) {
+                put_spilled_node(&mut txn, *f, None)?;
             }
-            for k in &entries {
-                if local.entries.mid_has(k) && local.entries.get(k) == synced.entries.get(k) {
-                    txn.delete(&spilled(entry_key(k)))?;
-                }
+            for k in caught_up(&local.entries, &synced.entries, &entries) {
+                txn.delete(&spilled(entry_key(k)))?;
             }
-            for f in &names {
-                if local.names.mid_has(f) && local.names.get(f) == synced.names.get(f) {
-                    txn.delete(&spilled(names_key(*f)))?;
-                }
+            for f in caught_up(&local.names, &synced.names, &names) {
+                txn.delete(&spilled(names_key(*f)))?;
             }
         } else {
             // Left by a mount before, or by a local tree now whole in
@@ -287,9 +284,9 @@ impl TreeStore {
             let any = n.is_some() || e.is_some() || a.is_some();
             self.spilled_at
                 .store(if any { info.id } else { 0 }, Ordering::Relaxed);
-            local.nodes.rebase_on_with(&new.nodes, &nodes, n);
-            local.entries.rebase_on_with(&new.entries, &entries, e);
-            local.names.rebase_on_with(&new.names, &names, a);
+            local.nodes.rebase_on(&new.nodes, &nodes, n);
+            local.entries.rebase_on(&new.entries, &entries, e);
+            local.names.rebase_on(&new.names, &names, a);
         } else {
             *local = local.rebased_onto(&new);
         }
@@ -342,6 +339,9 @@ impl TreeStore {
                 went.push(*fid);
             }
         }
+        // What was compared with the base was read (a failed read would
+        // make a change look like the base's and drop it).
+        self.check()?;
         let info = txn.commit("sync: the local tree's changes spilled")?;
         // The synced tree's keys did not change: a fold writes onto this
         // version as onto the one before.
@@ -367,48 +367,46 @@ impl TreeStore {
             return Ok((None, None, None));
         }
         let pin = Arc::new(self.store.pin(version)?);
-        let has = |p: &[u8]| -> Result<bool, SyncError> {
-            let snap = pin.snapshot();
-            let mut r = snap.range(p..&crate::fs::inode::prefix_end(p)[..])?;
-            Ok(r.next().is_some())
-        };
-        let n: Option<Mid<FileId, Arc<Node>>> = if has(b"LN")? {
-            Some(Arc::new(Map::new(
-                pin.clone(),
-                self.damage.clone(),
-                0,
-                b"LN",
-                |f| spilled(node_key(*f)),
-                decode_spilled_node,
-            )))
-        } else {
-            None
-        };
-        let e: Option<Mid<Key, FileId>> = if has(b"LE")? {
-            Some(Arc::new(Map::new(
-                pin.clone(),
-                self.damage.clone(),
-                0,
-                b"LE",
-                |k| spilled(entry_key(k)),
-                decode_spilled_entry,
-            )))
-        } else {
-            None
-        };
-        let a: Option<Mid<FileId, Names>> = if has(b"LA")? {
-            Some(Arc::new(Map::new(
-                pin.clone(),
-                self.damage.clone(),
-                0,
+        Ok((
+            self.spilled_map(&pin, b"LN", |f| spilled(node_key(*f)), decode_spilled_node)?,
+            self.spilled_map(&pin, b"LE", |k| spilled(entry_key(k)), decode_spilled_entry)?,
+            self.spilled_map(
+                &pin,
                 b"LA",
                 |f| spilled(names_key(*f)),
                 decode_spilled_names,
-            )))
-        } else {
-            None
+            )?,
+        ))
+    }
+
+    /// One map's spilled changes, under `prefix` in the version `pin`
+    /// holds, if it has any.
+    fn spilled_map<K, V>(
+        &self,
+        pin: &Arc<Pinned>,
+        prefix: &'static [u8],
+        key: fn(&K) -> Vec<u8>,
+        decode: Decode<K, Option<V>>,
+    ) -> Result<Option<Mid<K, V>>, SyncError>
+    where
+        K: Send + Sync + Clone + PartialEq + 'static,
+        V: Send + Sync + Clone + 'static,
+    {
+        let any = {
+            let snap = pin.snapshot();
+            let mut r = snap.range(prefix..&crate::fs::inode::prefix_end(prefix)[..])?;
+            r.next().is_some()
         };
-        Ok((n, e, a))
+        Ok(any.then(|| {
+            Arc::new(Map::new(
+                pin.clone(),
+                self.damage.clone(),
+                0,
+                prefix,
+                key,
+                decode,
+            )) as Mid<K, V>
+        }))
     }
 }
 
@@ -418,6 +416,17 @@ type SpilledMaps = (
     Option<Mid<Key, FileId>>,
     Option<Mid<FileId, Names>>,
 );
+
+/// Of `keys`, those `local` holds a spilled change of that `synced` now
+/// has too.
+fn caught_up<'a, K: Ord + Clone, V: Clone + PartialEq>(
+    local: &'a Layered<K, V>,
+    synced: &'a Layered<K, V>,
+    keys: &'a [K],
+) -> impl Iterator<Item = &'a K> {
+    keys.iter()
+        .filter(move |k| local.mid_has(k) && local.get(k) == synced.get(k))
+}
 
 /// The keys either map changed since its last fold, in order, once.
 fn keys<K: Ord + Clone, V: Clone>(a: &Layered<K, V>, b: &Layered<K, V>) -> Vec<K> {
