@@ -415,6 +415,61 @@ fn a_backlog_spilled_out_of_memory_arrives_whole() {
     common::fsck_clean(&b_store);
 }
 
+/// A store whose sync state an older version wrote (version 2: the
+/// synced tree inside `sync.state`, no `sync.tree/`) mounts, takes what
+/// came meanwhile without fetching again what it had, moves its tree into
+/// a tree store, and saves a state of version 3.
+#[test]
+fn a_sync_state_of_version_2_is_taken_up_and_moved_into_a_tree_store() {
+    use zippyfs::sync::tree::{TREE_DIR, TreeStore};
+    use zippyfs::sync::wire::state;
+    if !fuse_or_skip() {
+        return;
+    }
+    let (work, server, a, b) = two_peers();
+    // Each file's bytes its own: fetched again, any one would show.
+    let old = |i: u8| vec![i; 200_000];
+    for i in 0..30u8 {
+        std::fs::write(a.path().join(format!("f{i}")), old(i)).unwrap();
+    }
+    eventually("the files on b", Duration::from_secs(30), || {
+        tree(a.path()) == tree(b.path())
+    });
+    let b_store = b.store.clone();
+    b.unmount();
+    // What version 2 wrote: the same peer, counters and synced tree.
+    let path = b_store.join("sync.state");
+    let saved = state::decode(&std::fs::read(&path).unwrap()).unwrap();
+    let state::Synced::Stored(v) = saved.synced else {
+        panic!("this version wrote a state with the tree inline");
+    };
+    let v2 = {
+        let trees = TreeStore::open(&b_store).unwrap();
+        let synced = trees.tree(v).unwrap();
+        state::encode_v2(saved.id, saved.applied, saved.counter, &synced).unwrap()
+    };
+    std::fs::write(&path, v2).unwrap();
+    std::fs::remove_dir_all(b_store.join(TREE_DIR)).unwrap();
+    std::fs::write(a.path().join("new"), b"made while b was away").unwrap();
+    let b = Mounted::start_logged(&b_store, &[], &work.path().join("b2.log"));
+    eventually("the same tree on both", Duration::from_secs(30), || {
+        tree(a.path()) == tree(b.path())
+    });
+    let st = common::daemon_json(b.path());
+    let fetched = st["sync"]["bytes_in"].as_u64().unwrap_or(u64::MAX);
+    eprintln!("b fetched {fetched} bytes after its state was of version 2");
+    assert!(fetched < 200_000, "b fetched {fetched} bytes again: {st}");
+    drop(server);
+    b.unmount();
+    a.unmount();
+    let saved = state::decode(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(
+        matches!(saved.synced, state::Synced::Stored(v) if v > 0),
+        "the state is not of version 3 naming a tree store version"
+    );
+    common::fsck_clean(&b_store);
+}
+
 #[test]
 fn a_push_whose_version_retention_lets_go_still_sends_its_blocks() {
     if !fuse_or_skip() {

@@ -30,6 +30,9 @@ pub struct Touched {
     /// here or were read (its version may be visible before the hook
     /// adds it, so "nothing new" is judged by this, not by the store).
     pub(super) through: u64,
+    /// The last commit added that was made here (not a change applied
+    /// from elsewhere): while these keep coming the mount is busy.
+    pub(super) own_through: u64,
 }
 
 /// Past it (inodes and entries, or block indices listed), reading what
@@ -44,6 +47,9 @@ const PART_BLOCKS_MAX: usize = 4096;
 impl Touched {
     pub(super) fn add(&mut self, c: &crate::fs::Changed) {
         self.through = self.through.max(c.version);
+        if c.own {
+            self.own_through = self.own_through.max(c.version);
+        }
         if self.overflow {
             return;
         }
@@ -242,6 +248,20 @@ mod tests {
                 .collect(),
             ..Changed::default()
         }
+    }
+
+    /// The gap after a push holds while commits made here come; changes
+    /// applied from elsewhere do not count.
+    #[test]
+    fn only_commits_made_here_keep_the_mount_busy() {
+        let mut t = Touched::default();
+        let mut c = changed(3, &[(7, None)]);
+        c.own = true;
+        t.add(&c);
+        let mut c = changed(4, &[(8, None)]);
+        c.own = false;
+        t.add(&c);
+        assert_eq!((t.through, t.own_through), (4, 3));
     }
 
     #[test]

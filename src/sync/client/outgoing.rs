@@ -169,11 +169,12 @@ impl<'a> Session<'a> {
     }
 
     /// The gap to wait after the last push: the one its size set while
-    /// commits keep coming, the least once none came since it (a quiet
-    /// mount has no writes to leave the machine to, and a backlog goes
-    /// as fast as the server takes it).
+    /// commits made here keep coming, the least once none came since it
+    /// (a quiet mount has no writes to leave the machine to, and a
+    /// backlog goes as fast as the server takes it; changes applied from
+    /// elsewhere are this thread's own work).
     pub(super) fn gap_now(&self) -> Duration {
-        if self.view.touched.lock().through > self.pushed_through {
+        if self.view.touched.lock().own_through > self.pushed_through {
             self.gap
         } else {
             PUSH_GAP

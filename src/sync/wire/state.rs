@@ -141,8 +141,9 @@ fn read_node(r: &mut Reader<'_>) -> WireResult<Node> {
     Ok(node)
 }
 
-/// The state of version 2, whole (tests: what an older version wrote).
-#[cfg(test)]
+/// The state of version 2, whole: what an older version wrote, for the
+/// tests of an upgrade (this version writes version 3 only).
+#[doc(hidden)]
 pub fn encode_v2(id: u32, applied: u64, counter: u64, synced: &Tree) -> WireResult<Vec<u8>> {
     let mut out = Vec::new();
     head(&mut out, 2, id, applied, counter);
