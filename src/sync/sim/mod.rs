@@ -15,7 +15,8 @@
 //!   that exists, directories with one name and under the root).
 //!
 //! `ZIPPYFS_SIM_SEEDS=N` runs N histories (default 50,000), and the seeds
-//! that once failed;
+//! that once failed; the same histories run again with each peer's trees
+//! in a tree store that spills and folds between steps;
 //! `ZIPPYFS_SIM_SEED=S` replays one, printing its steps. A failure names
 //! its seed.
 
@@ -652,6 +653,87 @@ fn every_peer_converges_and_nothing_written_is_lost() {
     assert!(per(stats.snapshot_copies) > 5, "{stats:?}");
     assert!(per(stats.snapshots_in_place) > 50, "{stats:?}");
     assert!(stats.acks_within_snapshots > n / 1000, "{stats:?}");
+}
+
+/// The histories again with each peer's trees over a tree store of its
+/// own, as a mount keeps them: between steps, now and then, a peer spills
+/// its local tree's changes into the store (`TreeStore::spill`, with no
+/// bound, so even one change goes) or folds its synced tree into it
+/// (`TreeStore::fold`). Every peer still converges and nothing written is
+/// lost. `ZIPPYFS_SIM_STORE_SEEDS=N` runs N histories (default 1,000).
+#[test]
+fn every_peer_converges_with_trees_in_a_tree_store_that_spills() {
+    use super::tree::TreeStore;
+    let n: u64 = std::env::var("ZIPPYFS_SIM_STORE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let (mut spills, mut folds, mut failed) = (0u64, 0u64, Vec::new());
+    for seed in 0..n {
+        let dir = tempfile::tempdir().expect("a directory");
+        let mut sim = Sim::new(seed, false);
+        let mut stores = Vec::new();
+        for (i, sp) in sim.peers.iter_mut().enumerate() {
+            let path = dir.path().join(format!("p{i}"));
+            std::fs::create_dir(&path).expect("a store directory");
+            let trees = TreeStore::open(&path).expect("a tree store");
+            sp.peer.folds_in_store();
+            let v = trees
+                .fold(&mut sp.peer.synced, &mut sp.peer.local, 0, "start")
+                .expect("a fold");
+            trees.set_named(v);
+            stores.push(trees);
+        }
+        // Apart from the simulation's own, so that its histories are the
+        // ones the test above runs.
+        let mut rng = Rng(seed ^ 0x5711_5eed);
+        let steps = 60 + sim.rng.below(140);
+        let mut r = Ok(());
+        for _ in 0..steps {
+            r = sim.step();
+            if r.is_err() {
+                break;
+            }
+            let p = rng.below(3);
+            let (trees, peer) = (&stores[p], &mut sim.peers[p].peer);
+            match rng.below(8) {
+                0..2 if peer.local.changes() > 0 => match trees.spill(&mut peer.local) {
+                    Ok(went) => {
+                        spills += 1;
+                        peer.spilled(&went);
+                    }
+                    Err(e) => r = Err(format!("a spill failed: {e}")),
+                },
+                2 => match trees.fold(&mut peer.synced, &mut peer.local, trees.named(), "t") {
+                    Ok(v) => {
+                        folds += 1;
+                        trees.set_named(v);
+                    }
+                    Err(e) => r = Err(format!("a fold failed: {e}")),
+                },
+                _ => {}
+            }
+            if r.is_err() {
+                break;
+            }
+        }
+        let r = r.and_then(|_| sim.heal()).and_then(|_| sim.check());
+        if let Err(e) = r {
+            failed.push(format!("seed {seed}: {e}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {n} histories failed:\n{}",
+        failed.len(),
+        failed
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(spills > n && folds > n, "{spills} spills, {folds} folds");
 }
 
 #[test]
