@@ -330,7 +330,12 @@ fn fsck(fs: &Fs, out: &mut UnixStream) -> Result<Value, String> {
         r
     });
     let report = report.map_err(|e| format!("fsck: {e}"))?;
-    Ok(json!({"problems": report.problems.len(), "report": report.to_string()}))
+    let (mut text, mut problems) = (report.to_string(), report.problems.len());
+    if let Some((more, n)) = fs.sync_fsck() {
+        text.push_str(&more);
+        problems += n;
+    }
+    Ok(json!({"problems": problems, "report": text}))
 }
 
 /// A socket address for a path of any length: paths longer than

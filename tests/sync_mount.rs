@@ -83,6 +83,19 @@ fn a_file_written_and_closed_on_one_peer_is_read_on_the_other() {
         sync_threads.iter().all(|(_, n)| *n == 10),
         "{sync_threads:?}"
     );
+    // A live fsck checks the tree store too (the sync thread holds it).
+    let out = Command::new(bin())
+        .arg("fsck")
+        .arg(a.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sync tree (sync.tree/): ") && l.ends_with(" 0 problems")),
+        "{text}"
+    );
     let a_store = a.store.clone();
     a.unmount();
     // Unmounted, the store still tells what it synced.

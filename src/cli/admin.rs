@@ -101,21 +101,14 @@ pub fn fsck(args: FsckArgs) -> anyhow::Result<ExitCode> {
     // The pages are sound: now what the filesystem keeps in them for sync.
     let index = zippyfs::fs::blockindex::check(&s.latest()?)?;
     let mut failed = false;
-    let tree = zippyfs::sync::conf::fsck_tree_store(&store)
-        .map(|c| c.map(|(report, problems)| (report.to_string(), report.is_clean(), problems)))
-        .unwrap_or_else(|e| Some((format!("cannot be read: {e}\n"), false, Vec::new())));
-    if let Some((report, clean, problems)) = tree {
-        print!("sync tree (sync.tree/): {report}");
-        for p in &problems {
-            println!("  {p}");
-        }
-        failed = !clean || !problems.is_empty();
-        if failed {
-            println!(
-                "  (sync stays off while it cannot be read; to join again, remove sync.state, \
-                 sync.journal and sync.tree/ with the store not mounted)"
-            );
-        }
+    let tree = match zippyfs::sync::conf::fsck_tree_store(&store) {
+        Ok(None) => None,
+        Ok(Some(check)) => Some(zippyfs::sync::conf::fsck_text(Ok(check))),
+        Err(e) => Some(zippyfs::sync::conf::fsck_text(Err(e))),
+    };
+    if let Some((text, problems)) = tree {
+        print!("{text}");
+        failed = problems > 0;
     }
     match index {
         c if !c.kept => {}

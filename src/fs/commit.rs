@@ -64,6 +64,17 @@ impl Fs {
         let _ = self.sync_status.set(status);
     }
 
+    /// Adds sync's own check (its report, and how many problems it found)
+    /// to a live `fsck` ([`Fs::sync_fsck`]).
+    pub fn on_fsck(&self, check: Box<dyn Fn() -> (String, usize) + Send + Sync>) {
+        let _ = self.sync_fsck.set(check);
+    }
+
+    /// Sync's own check, if the store syncs: its report and problems.
+    pub fn sync_fsck(&self) -> Option<(String, usize)> {
+        self.sync_fsck.get().map(|check| check())
+    }
+
     /// Tells the kernel side that these inodes and entries changed from
     /// elsewhere (see [`KernelSide::invalidate`]).
     pub fn invalidate(&self, inodes: &[u64], entries: &[(u64, Vec<u8>)]) {

@@ -258,6 +258,9 @@ pub struct Fs {
     /// Sync's state, for `daemon.json` (when the store syncs).
     #[allow(clippy::type_complexity)]
     sync_status: std::sync::OnceLock<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
+    /// Sync's own check, for a live `fsck`: its report and problems.
+    #[allow(clippy::type_complexity)]
+    sync_fsck: std::sync::OnceLock<Box<dyn Fn() -> (String, usize) + Send + Sync>>,
     /// Why the in-memory state can no longer be trusted to be what a
     /// commit would make durable (a commit panicked, the store is
     /// poisoned); set once, never cleared. From then on every change and
@@ -365,6 +368,7 @@ impl Fs {
             prune_due: Mutex::new(Vec::new()),
             commit_hook: std::sync::OnceLock::new(),
             sync_status: std::sync::OnceLock::new(),
+            sync_fsck: std::sync::OnceLock::new(),
             failed: std::sync::OnceLock::new(),
             unmounting: std::sync::atomic::AtomicBool::new(false),
             block_index: std::sync::atomic::AtomicBool::new(false),

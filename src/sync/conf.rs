@@ -317,6 +317,32 @@ pub fn fsck_tree_store(
     Ok(Some(TreeStore::open(store)?.fsck(version)?))
 }
 
+/// What `fsck` prints of a tree store's check (see [`TreeStore::fsck`]),
+/// and how many problems it found.
+pub fn fsck_text(
+    check: Result<(crate::store::FsckReport, Vec<String>), SyncError>,
+) -> (String, usize) {
+    let dir = super::tree::TREE_DIR;
+    let (mut text, n) = match check {
+        Ok((report, problems)) => {
+            let mut text = format!("sync tree ({dir}/): {report}");
+            for p in &problems {
+                text.push_str(&format!("  {p}\n"));
+            }
+            let n = report.problems.len() + problems.len();
+            (text, n)
+        }
+        Err(e) => (format!("sync tree ({dir}/): cannot be read: {e}\n"), 1),
+    };
+    if n > 0 {
+        text.push_str(&format!(
+            "  (sync stays off while it cannot be read; to join again, remove sync.state, \
+             sync.journal and {dir}/ with the store not mounted)\n"
+        ));
+    }
+    (text, n)
+}
+
 /// More pushes than a peer makes between two saves of its state.
 pub(super) const COUNTER_LEAP: u64 = 1 << 20;
 

@@ -73,6 +73,25 @@ impl Client {
             let status = status.clone();
             fs.on_status(Box::new(move || status.lock().json()));
         }
+        // The tree store, once the sync thread has opened it, for a live
+        // `fsck` (the version its saved state names).
+        let trees: Arc<Mutex<Option<Arc<TreeStore>>>> = Arc::default();
+        {
+            let trees = trees.clone();
+            fs.on_fsck(Box::new(move || {
+                let open = trees.lock().clone();
+                match open {
+                    Some(t) => crate::sync::conf::fsck_text(t.fsck(t.named())),
+                    None => (
+                        format!(
+                            "sync tree ({}/): not checked: sync has not opened it (starting, or off)\n",
+                            crate::sync::tree::TREE_DIR
+                        ),
+                        0,
+                    ),
+                }
+            }));
+        }
         let (s, w, st) = (stop.clone(), wake.clone(), status.clone());
         let nice = conf.nice;
         let thread = std::thread::Builder::new()
@@ -95,7 +114,12 @@ impl Client {
                         return;
                     }
                 };
-                rt.block_on(run(fs, store, conf, s, w, st, touched));
+                let shared = Shared {
+                    status: st,
+                    touched,
+                    trees,
+                };
+                rt.block_on(run(fs, store, conf, s, w, shared));
             })
             .map_err(|e| SyncError::Net(format!("cannot start the sync thread: {e}")))?;
         Ok(Client {
@@ -198,15 +222,27 @@ const FINAL_PUSH_WAIT: Duration = Duration::from_secs(10);
 /// on an unmount whatever the thread meets.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
 
+/// What the sync thread shares with the mount: its status, what the
+/// commits changed, and its tree store once open (for a live `fsck`).
+struct Shared {
+    status: Arc<Mutex<Status>>,
+    touched: Arc<Mutex<Touched>>,
+    trees: Arc<Mutex<Option<Arc<TreeStore>>>>,
+}
+
 async fn run(
     fs: Arc<Fs>,
     store: PathBuf,
     conf: SyncConf,
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
-    status: Arc<Mutex<Status>>,
-    touched: Arc<Mutex<Touched>>,
+    shared: Shared,
 ) {
+    let Shared {
+        status,
+        touched,
+        trees: open,
+    } = shared;
     let mut view = LocalView {
         touched,
         ..Default::default()
@@ -219,6 +255,8 @@ async fn run(
         Ok(s) => s,
         Err(e) => return sync_off(&e.to_string()),
     };
+    let trees = Arc::new(trees);
+    *open.lock() = Some(trees.clone());
     view.saved_counter = peer.counter;
     let mut backoff = Duration::from_secs(1);
     let mut connected_at = std::time::Instant::now();

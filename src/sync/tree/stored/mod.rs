@@ -99,8 +99,16 @@ impl TreeStore {
     }
 
     /// The tree kept as version `version` (0: an empty store's), its maps
-    /// read from the store as they are asked for.
+    /// read from the store as they are asked for; the trees are built on
+    /// it from now on (a fold writes onto it).
     pub fn tree(&self, version: u64) -> Result<Tree, SyncError> {
+        let t = self.read_tree(version)?;
+        self.current.store(version, Ordering::Relaxed);
+        Ok(t)
+    }
+
+    /// [`TreeStore::tree`], to look at only.
+    fn read_tree(&self, version: u64) -> Result<Tree, SyncError> {
         let pin = Arc::new(self.store.pin(version)?);
         let (nodes, entries, names) = {
             let snap = pin.snapshot();
@@ -126,7 +134,6 @@ impl TreeStore {
                 }
             }
         };
-        self.current.store(version, Ordering::Relaxed);
         let mut t = Tree::empty();
         t.nodes = Layered::over_source(Arc::new(Map::new(
             pin.clone(),
@@ -165,7 +172,7 @@ impl TreeStore {
         if !report.is_clean() || version == 0 {
             return Ok((report, problems));
         }
-        let t = self.tree(version)?;
+        let t = self.read_tree(version)?;
         let held = [
             t.nodes.iter().count(),
             t.entries.iter().count(),
