@@ -205,7 +205,6 @@ impl Fs {
                 },
             );
         }
-        let ino_of = ino_in_key;
         for item in snap.range(&[DIRENT][..]..&[DIRENT + 1][..])? {
             let (k, v) = item?;
             let Some((dir, child)) = dirent_in(k, v.value) else {
@@ -218,7 +217,7 @@ impl Fs {
         for item in snap.range(&b"B"[..]..&b"C"[..])? {
             let (k, v) = item?;
             let (Some(ino), Some(idx), Some(hash)) = (
-                ino_of(k),
+                ino_in_key(k),
                 k.get(9..17)
                     .and_then(|b| b.try_into().ok())
                     .map(u64::from_be_bytes),
@@ -232,13 +231,13 @@ impl Fs {
         }
         for item in snap.range(&b"X"[..]..&b"Y"[..])? {
             let (k, v) = item?;
-            if let Some(f) = ino_of(k).and_then(|i| files.get_mut(&i)) {
+            if let Some(f) = ino_in_key(k).and_then(|i| files.get_mut(&i)) {
                 f.xattrs.push((k[9..].to_vec(), v.value.to_vec()));
             }
         }
         for item in snap.range(&b"S"[..]..&b"T"[..])? {
             let (k, v) = item?;
-            if let Some(f) = ino_of(k).and_then(|i| files.get_mut(&i)) {
+            if let Some(f) = ino_in_key(k).and_then(|i| files.get_mut(&i)) {
                 f.target = v.value.to_vec();
             }
         }
@@ -251,10 +250,15 @@ impl Fs {
     }
 
     /// Every file of the commit `snap` shows that has a name (and the
-    /// root), one at a time in inode order, without holding them all.
-    pub fn each_file(&self, snap: &Snapshot<'_>, f: &mut dyn FnMut(FileState)) -> FsResult<()> {
-        for item in snap.range(&b"I"[..]..&b"J"[..])? {
-            let (k, v) = item?;
+    /// root), one at a time in inode order, without holding them all;
+    /// stops at the first error `f` returns.
+    pub fn each_file<E: From<FsError>>(
+        &self,
+        snap: &Snapshot<'_>,
+        f: &mut dyn FnMut(FileState) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for item in snap.range(&b"I"[..]..&b"J"[..]).map_err(FsError::from)? {
+            let (k, v) = item.map_err(FsError::from)?;
             let Some(ino) = ino_in_key(k) else {
                 continue;
             };
@@ -268,22 +272,27 @@ impl Fs {
             } else {
                 inode.file_id
             };
-            f(file_state(snap, id, inode, None)?);
+            f(file_state(snap, id, inode, None)?)?;
         }
         Ok(())
     }
 
     /// Every entry of the commit `snap` shows, as (directory id, name,
-    /// file id), one at a time in key order.
-    pub fn each_entry(
+    /// file id), one at a time in key order; stops at the first error `f`
+    /// returns.
+    #[allow(clippy::type_complexity)]
+    pub fn each_entry<E: From<FsError>>(
         &self,
         snap: &Snapshot<'_>,
-        f: &mut dyn FnMut(u128, &[u8], u128),
-    ) -> FsResult<()> {
+        f: &mut dyn FnMut(u128, &[u8], u128) -> Result<(), E>,
+    ) -> Result<(), E> {
         let id_of = |ino: u64| -> FsResult<Option<u128>> { self.file_id_at(snap, ino) };
         let mut dir: Option<(u64, Option<u128>)> = None;
-        for item in snap.range(&[DIRENT][..]..&[DIRENT + 1][..])? {
-            let (k, v) = item?;
+        for item in snap
+            .range(&[DIRENT][..]..&[DIRENT + 1][..])
+            .map_err(FsError::from)?
+        {
+            let (k, v) = item.map_err(FsError::from)?;
             let Some((d, child)) = dirent_in(k, v.value) else {
                 continue;
             };
@@ -297,7 +306,7 @@ impl Fs {
                 }
             };
             if let (Some(d_id), Some(c_id)) = (d_id, id_of(child)?) {
-                f(d_id, &k[9..], c_id);
+                f(d_id, &k[9..], c_id)?;
             }
         }
         Ok(())

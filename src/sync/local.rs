@@ -86,20 +86,15 @@ pub fn read_whole(
         }
         Ok(())
     };
-    let mut failed = None;
-    fs.each_file(snap, &mut |f| {
+    fs.each_file::<SyncError>(snap, &mut |f| {
         let n = node_of(&f);
-        if failed.is_none() && !synced.nodes.get(&f.id).is_some_and(|s| s.same_content(&n)) {
+        if !synced.nodes.get(&f.id).is_some_and(|s| s.same_content(&n)) {
             t.nodes.insert(f.id, n.into());
             differ.insert(f.id);
-            if let Err(e) = due(&mut t, &mut differ) {
-                failed = Some(e);
-            }
+            due(&mut t, &mut differ)?;
         }
+        Ok(())
     })?;
-    if let Some(e) = failed {
-        return Err(e);
-    }
     // Files the commit does not have (every file but the root has names).
     for (fid, _) in &synced.names {
         if !fs.has_file_in(snap, fid)? {
@@ -108,20 +103,16 @@ pub fn read_whole(
             due(&mut t, &mut differ)?;
         }
     }
-    fs.each_entry(snap, &mut |dir, name, fid| {
+    fs.each_entry::<SyncError>(snap, &mut |dir, name, fid| {
         let key = (dir, name.to_vec());
-        if failed.is_none() && t.entries.get(&key) != Some(fid) {
+        if t.entries.get(&key) != Some(fid) {
             differ.extend(t.unlink(&key));
             t.link(key, fid);
             differ.insert(fid);
-            if let Err(e) = due(&mut t, &mut differ) {
-                failed = Some(e);
-            }
+            due(&mut t, &mut differ)?;
         }
+        Ok(())
     })?;
-    if let Some(e) = failed {
-        return Err(e);
-    }
     // Entries the commit does not have.
     for ((dir, name), fid) in &synced.entries {
         if t.entries.get(&(dir, name.clone())) == Some(fid)

@@ -3,13 +3,17 @@
 
 use super::*;
 
+/// Whether an open with `flags` writes (a cut writes).
+fn writes(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
 /// `fuse_open_in`: flags, open_flags (u32).
 pub(super) fn open(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let mut a = Args::new(req.op);
     let (flags, open_flags) = a.u32().zip(a.u32()).ok_or(EINVAL)?;
     let flags = flags as i32;
-    let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-    let fh = o.fs.open(req.hdr.nodeid, write)?;
+    let fh = o.fs.open(req.hdr.nodeid, writes(flags))?;
     if flags & libc::O_TRUNC != 0 && open_flags & FUSE_OPEN_KILL_SUIDGID != 0 {
         o.kill_privs(req.hdr.nodeid)?;
     }
@@ -26,7 +30,8 @@ pub(super) fn open(o: &Ops, req: &Request, out: &mut Out) -> Res {
 /// `fuse_create_in`: flags, mode, umask, open_flags (u32); payload: name.
 pub(super) fn create(o: &Ops, req: &Request, out: &mut Out) -> Res {
     let mut a = Args::new(req.op);
-    let (flags, mode, umask) = (|| Some((a.u32()?, a.u32()?, a.u32()?)))().ok_or(EINVAL)?;
+    let (flags, mode, umask, open_flags) =
+        (|| Some((a.u32()?, a.u32()?, a.u32()?, a.u32()?)))().ok_or(EINVAL)?;
     let flags = flags as i32;
     let (i, fh) = match o
         .fs
@@ -38,7 +43,7 @@ pub(super) fn create(o: &Ops, req: &Request, out: &mut Out) -> Res {
         // without O_EXCL an open that may create opens what is there, as
         // on a local filesystem.
         Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
-            open_existing(o, req, flags)?
+            open_existing(o, req, flags, open_flags)?
         }
         Err(e) => return Err(e.into()),
     };
@@ -48,10 +53,16 @@ pub(super) fn create(o: &Ops, req: &Request, out: &mut Out) -> Res {
 
 /// The open of `create` when its name is there: what the kernel would
 /// have checked for an existing file (a directory, the caller's access),
-/// then `O_TRUNC`.
-fn open_existing(o: &Ops, req: &Request, flags: i32) -> Result<(crate::fs::Inode, u64), Errno> {
-    let i = o.fs.lookup(req.hdr.nodeid, name(req)?)?;
-    let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+/// then `O_TRUNC` (and, as the kernel's `open_flags` say, the set-ID bits
+/// dropped).
+fn open_existing(
+    o: &Ops,
+    req: &Request,
+    flags: i32,
+    open_flags: u32,
+) -> Result<(crate::fs::Inode, u64), Errno> {
+    let mut i = o.fs.lookup(req.hdr.nodeid, name(req)?)?;
+    let write = writes(flags);
     let read = flags & libc::O_ACCMODE != libc::O_WRONLY;
     let refuse = if i.kind == crate::fs::Kind::Dir {
         Some(libc::EISDIR)
@@ -81,11 +92,11 @@ fn open_existing(o: &Ops, req: &Request, flags: i32) -> Result<(crate::fs::Inode
                 ..Default::default()
             },
         )?;
-        if req.hdr.uid != 0 {
+        if open_flags & FUSE_OPEN_KILL_SUIDGID != 0 {
             o.kill_privs(i.ino)?;
         }
+        i = o.fs.getattr(i.ino)?;
     }
-    let i = o.fs.getattr(i.ino)?;
     let fh = o.fs.open(i.ino, write)?;
     Ok((i, fh))
 }

@@ -75,21 +75,18 @@ impl Client {
         }
         // The tree store, once the sync thread has opened it, for a live
         // `fsck` (the version its saved state names).
-        let trees: Arc<Mutex<Option<Arc<TreeStore>>>> = Arc::default();
+        let trees: Arc<std::sync::OnceLock<Arc<TreeStore>>> = Arc::default();
         {
             let trees = trees.clone();
-            fs.on_fsck(Box::new(move || {
-                let open = trees.lock().clone();
-                match open {
-                    Some(t) => crate::sync::conf::fsck_text(t.fsck(t.named())),
-                    None => (
-                        format!(
-                            "sync tree ({}/): not checked: sync has not opened it (starting, or off)\n",
-                            crate::sync::tree::TREE_DIR
-                        ),
-                        0,
+            fs.on_fsck(Box::new(move || match trees.get() {
+                Some(t) => crate::sync::conf::fsck_text(t.fsck(t.named())),
+                None => (
+                    format!(
+                        "sync tree ({}/): not checked: sync has not opened it (starting, or off)\n",
+                        crate::sync::tree::TREE_DIR
                     ),
-                }
+                    0,
+                ),
             }));
         }
         let (s, w, st) = (stop.clone(), wake.clone(), status.clone());
@@ -227,7 +224,7 @@ const STOP_MARGIN: Duration = Duration::from_secs(5);
 struct Shared {
     status: Arc<Mutex<Status>>,
     touched: Arc<Mutex<Touched>>,
-    trees: Arc<Mutex<Option<Arc<TreeStore>>>>,
+    trees: Arc<std::sync::OnceLock<Arc<TreeStore>>>,
 }
 
 async fn run(
@@ -256,7 +253,7 @@ async fn run(
         Err(e) => return sync_off(&e.to_string()),
     };
     let trees = Arc::new(trees);
-    *open.lock() = Some(trees.clone());
+    let _ = open.set(trees.clone());
     view.saved_counter = peer.counter;
     let mut backoff = Duration::from_secs(1);
     let mut connected_at = std::time::Instant::now();

@@ -437,10 +437,9 @@ fn caught_up<'a, K: Ord + Clone, V: Clone + PartialEq>(
 
 /// The keys either map changed since its last fold, in order, once.
 fn keys<K: Ord + Clone, V: Clone>(a: &Layered<K, V>, b: &Layered<K, V>) -> Vec<K> {
-    let mut k: Vec<K> = a.changed_keys().chain(b.changed_keys()).cloned().collect();
-    k.sort();
-    k.dedup();
-    k
+    super::union(a.changed_keys(), b.changed_keys())
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
